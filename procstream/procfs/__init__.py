@@ -1,0 +1,44 @@
+"""Read processes from /proc, or from any directory laid out like it.
+
+Synchronous and stdlib-only; imports nothing of procstream but its own modules. One parser
+module per /proc file (``stat.py``, ``status.py``, ``io.py``, ...), pure functions from
+``bytes`` to values, so they can be tested on captured fixtures.
+
+    fs = FS("/proc")
+    for proc in fs.all_procs():
+        pid_id = proc.proc_id()      # reads stat
+        static = proc.static()       # once per process: cmdline, status (uid)
+        metrics = proc.metrics()     # every poll: stat, status, io, fd
+
+Errors: see ``errors.py``.
+"""
+
+from __future__ import annotations
+
+from .errors import ProcfsError, ProcfsParseError
+from .fs import FS, Proc
+from .models import (
+    FixedProc,
+    ProcId,
+    ProcIdInfo,
+    ProcLike,
+    ProcMetrics,
+    ProcStatic,
+    States,
+    state_of,
+)
+
+__all__ = [
+    "FS",
+    "Proc",
+    "ProcId",
+    "ProcStatic",
+    "ProcMetrics",
+    "ProcIdInfo",
+    "ProcLike",
+    "FixedProc",
+    "States",
+    "state_of",
+    "ProcfsError",
+    "ProcfsParseError",
+]

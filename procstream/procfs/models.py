@@ -1,0 +1,187 @@
+"""Value types produced by the /proc readers.
+
+All are frozen, slotted dataclasses: cheap to build on the hot path, hashable where they
+serve as keys, and safe to hand to another thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+__all__ = [
+    "ProcId",
+    "ProcStatic",
+    "ProcMetrics",
+    "States",
+    "ProcIdInfo",
+    "ProcLike",
+    "FixedProc",
+    "state_of",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ProcId:
+    """Identity of a process: a pid is reused over time, (pid, start time) is not."""
+
+    pid: int
+    #: start time after boot, in clock ticks (field 22 of ``stat``)
+    start_time_rel: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProcStatic:
+    """What we read once per process: identity and naming attributes."""
+
+    name: str  # comm, at most 15 bytes, may contain spaces and ')'
+    cmdline: tuple[str, ...]  # argv; empty for kernel threads and zombies
+    parent_pid: int
+    start_time: float  # epoch seconds
+    uid: int = -1  # effective uid, -1 when unknown
+    cgroups: tuple[str, ...] = ()  # cgroup paths, read only when asked for
+
+
+@dataclass(frozen=True, slots=True)
+class States:
+    """How many threads are in each scheduler state (process-exporter's ``states``)."""
+
+    running: int = 0
+    sleeping: int = 0
+    waiting: int = 0
+    zombie: int = 0
+    other: int = 0
+
+    def __add__(self, other: States) -> States:
+        return States(
+            self.running + other.running,
+            self.sleeping + other.sleeping,
+            self.waiting + other.waiting,
+            self.zombie + other.zombie,
+            self.other + other.other,
+        )
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "running": self.running,
+            "sleeping": self.sleeping,
+            "waiting": self.waiting,
+            "zombie": self.zombie,
+            "other": self.other,
+        }
+
+
+_ONE_STATE: dict[str, States] = {
+    "R": States(running=1),
+    "S": States(sleeping=1),
+    "D": States(waiting=1),
+    "Z": States(zombie=1),
+}
+_OTHER = States(other=1)
+
+
+def state_of(letter: str) -> States:
+    """The shared ``States`` for one thread in state ``letter`` (no allocation)."""
+    return _ONE_STATE.get(letter, _OTHER)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcMetrics:
+    """What we read at every poll. Counters are totals since the process started."""
+
+    cpu_user: float  # seconds
+    cpu_system: float  # seconds
+    read_bytes: int
+    write_bytes: int
+    resident_bytes: int
+    virtual_bytes: int
+    swapped_bytes: int = 0
+    major_faults: int = 0
+    minor_faults: int = 0
+    ctx_voluntary: int = 0
+    ctx_nonvoluntary: int = 0
+    num_threads: int = 1
+    open_fds: int = -1  # -1 when /proc/PID/fd can't be read
+    states: States = field(default_factory=States)
+    #: how many optional files (io, fd, ...) could not be read for this sample
+    partial_errors: int = 0
+
+    @property
+    def cpu_time(self) -> float:
+        return self.cpu_user + self.cpu_system
+
+
+class ProcLike(Protocol):
+    """What the tracker needs from one process seen in one poll.
+
+    ``procstream.procfs.Proc`` reads /proc lazily and caches each file for the life of the
+    object (one poll), so asking twice never reads twice. Every method may raise
+    ``ProcessLookupError`` (the process is gone: an exit, not an error),
+    ``PermissionError`` (we may not read it) or ``ProcfsParseError``.
+    """
+
+    @property
+    def pid(self) -> int: ...
+
+    def proc_id(self) -> ProcId:
+        """Identity; reads only ``stat``. Call first: it is the cheapest read."""
+        ...
+
+    def static(self, *, cgroups: bool = False) -> ProcStatic:
+        """Naming attributes; call once per process lifetime (when first seen).
+
+        ``cgroups=True`` also reads ``cgroup`` (only needed by ``{{.Cgroups}}``).
+        """
+        ...
+
+    def metrics(self) -> ProcMetrics:
+        """Counters and gauges; call once per poll for tracked processes only."""
+        ...
+
+    def fd_limit(self) -> int:
+        """Soft limit on open files (``limits``); 0 when unlimited or unknown.
+
+        Static: call once per process, when it starts being tracked.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ProcIdInfo:
+    """One process as read in one poll: who it is, what it is, what it uses."""
+
+    id: ProcId
+    static: ProcStatic
+    metrics: ProcMetrics
+
+
+@dataclass(frozen=True, slots=True)
+class FixedProc:
+    """A ``ProcLike`` answering from values already known, like Go's ``IDInfo``.
+
+    Tests use it to feed made-up processes to a tracker; the kernel event source uses it
+    for processes it has already read. ``error`` (if set) is raised by ``metrics()``, to
+    play a process that vanishes or turns unreadable mid-read.
+    """
+
+    info: ProcIdInfo
+    limit: int = 0
+    error: BaseException | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.info.id.pid
+
+    def proc_id(self) -> ProcId:
+        return self.info.id
+
+    def static(self, *, cgroups: bool = False) -> ProcStatic:
+        return self.info.static
+
+    def metrics(self) -> ProcMetrics:
+        if self.error is not None:
+            raise self.error
+        return self.info.metrics
+
+    def fd_limit(self) -> int:
+        return self.limit
