@@ -1,0 +1,246 @@
+"""Turn one poll's grouper report into events: flat JSON-ready dicts (DESIGN §4).
+
+Rules:
+- Events are plain dicts with snake_case keys, seconds and bytes, so they go to orjson,
+  the event log and the hub's state unchanged. The hub adds ``seq`` and ``host``.
+- One batch per poll, in this order: ``proc.exit`` (so a reused pid's old process ends
+  before the new one starts), ``proc.start``, ``group.update`` (only for groups whose
+  fields changed), then one ``cycle``.
+- ``proc.*`` events carry the process's identity fields; its command line is redacted
+  once, when the process is first reported, and reused for its exit.
+- ``group.update`` totals are the monotonic counters; rates (``cpu_pct``, ``read_bps``,
+  ``write_bps``) are over the interval since the previous poll; ``cpu_pct`` 100 = one core.
+- The first poll yields no ``proc.start`` for processes already running: it yields the
+  baseline state (``EventBuilder.state()``) instead, like a list before a watch.
+
+Pure: no I/O, no clock (times come from the reports).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .grouper import GroupCounts, GrouperUpdate
+from .procfs.models import ProcId
+from .tracker import TrackedProc
+
+__all__ = [
+    "Event",
+    "PROC_START",
+    "PROC_EXIT",
+    "GROUP_UPDATE",
+    "CYCLE",
+    "EVENT_TYPES",
+    "EventBuilder",
+    "group_fields",
+]
+
+Event = dict[str, Any]
+
+PROC_START = "proc.start"
+PROC_EXIT = "proc.exit"
+GROUP_UPDATE = "group.update"
+CYCLE = "cycle"
+EVENT_TYPES = (PROC_START, PROC_EXIT, GROUP_UPDATE, CYCLE)
+
+Redact = Callable[[tuple[str, ...]], tuple[str, ...]]
+
+
+def _r(x: float, digits: int) -> float:
+    return round(x, digits)
+
+
+def group_fields(
+    name: str,
+    g: GroupCounts,
+    prev: GroupCounts | None = None,
+    dt: float = 0.0,
+) -> Event:
+    """The fields of one group (``group.update`` minus type/seq/ts/host).
+
+    Rates are computed against ``prev`` over ``dt`` seconds; without either they are 0.
+    """
+    c = g.counts
+    if prev is not None and dt > 0:
+        p = prev.counts
+        cpu_pct = max(c.cpu - p.cpu, 0.0) / dt * 100.0
+        read_bps = max(c.read_bytes - p.read_bytes, 0) / dt
+        write_bps = max(c.write_bytes - p.write_bytes, 0) / dt
+    else:
+        cpu_pct = read_bps = write_bps = 0.0
+    m = g.memory
+    return {
+        "group": name,
+        "procs": g.procs,
+        "threads": g.num_threads,
+        "cpu_s": _r(c.cpu, 6),
+        "cpu_user_s": _r(c.cpu_user, 6),
+        "cpu_system_s": _r(c.cpu_system, 6),
+        "cpu_pct": _r(cpu_pct, 2),
+        "read_bytes": c.read_bytes,
+        "write_bytes": c.write_bytes,
+        "read_bps": _r(read_bps, 1),
+        "write_bps": _r(write_bps, 1),
+        "mem_resident": m.resident_bytes,
+        "mem_virtual": m.virtual_bytes,
+        "mem_swap": m.swapped_bytes,
+        "open_fds": g.open_fds,
+        "worst_fd_ratio": _r(g.worst_fd_ratio, 6),
+        "major_faults": c.major_faults,
+        "minor_faults": c.minor_faults,
+        "ctx_voluntary": c.ctx_voluntary,
+        "ctx_nonvoluntary": c.ctx_nonvoluntary,
+        "oldest_start_time": _r(g.oldest_start_time, 3),
+        "states": g.states.as_dict(),
+    }
+
+
+class EventBuilder:
+    """Builds each poll's batch of events and the state they apply to.
+
+    Keeps, per tracked process, its identity fields (redacted once) and, per group, the
+    last fields sent, so a group is sent only when it changed.
+    """
+
+    def __init__(
+        self,
+        *,
+        username: Callable[[int], str],
+        redact: Redact | None = None,
+    ) -> None:
+        self.username = username
+        self.redact: Redact = redact if redact is not None else (lambda argv: argv)
+        self._procs: dict[ProcId, Event] = {}
+        self._groups: dict[str, Event] = {}
+        self._prev_counts: dict[str, GroupCounts] = {}
+        self._prev_time: float | None = None
+
+    # -- identity ---------------------------------------------------------------------
+
+    def proc_fields(self, tp: TrackedProc) -> Event:
+        """Identity fields of a tracked process (cached; the cmdline redacted once)."""
+        fields = self._procs.get(tp.id)
+        if fields is None:
+            s = tp.static
+            fields = {
+                "pid": tp.id.pid,
+                "ppid": s.parent_pid,
+                "start_time": _r(s.start_time, 3),
+                "name": s.name,
+                "cmdline": list(self.redact(s.cmdline)),
+                "group": tp.group,
+                "user": self.username(s.uid),
+                "uid": s.uid,
+            }
+            self._procs[tp.id] = fields
+        return fields
+
+    def proc_start(self, tp: TrackedProc, ts: float, *, source: str = "poll") -> Event:
+        ev: Event = {"type": PROC_START, "ts": _r(ts, 6)}
+        ev.update(self.proc_fields(tp))
+        ev["source"] = source
+        return ev
+
+    def proc_exit(
+        self,
+        tp: TrackedProc,
+        ts: float,
+        *,
+        source: str = "poll",
+        exit_code: int | None = None,
+        signal: int | None = None,
+        core_dumped: bool | None = None,
+        lifetime_s: float | None = None,
+    ) -> Event:
+        """The exit of ``tp`` with its last sample as final totals; forgets ``tp``."""
+        ev: Event = {"type": PROC_EXIT, "ts": _r(ts, 6)}
+        ev.update(self.proc_fields(tp))
+        self._procs.pop(tp.id, None)
+        m = tp.metrics
+        if lifetime_s is None:
+            lifetime_s = ts - tp.static.start_time
+        ev["lifetime_s"] = _r(max(lifetime_s, 0.0), 3)
+        ev["cpu_s"] = _r(m.cpu_time, 6)
+        ev["read_bytes"] = m.read_bytes
+        ev["write_bytes"] = m.write_bytes
+        ev["exit_code"] = exit_code
+        ev["signal"] = signal
+        if core_dumped is not None:
+            ev["core_dumped"] = core_dumped
+        ev["source"] = source
+        return ev
+
+    # -- one poll ---------------------------------------------------------------------
+
+    def state(
+        self, tracked: Iterable[TrackedProc], groups: dict[str, GroupCounts], ts: float
+    ) -> tuple[dict[str, Event], list[Event]]:
+        """The baseline state after the first poll: (groups by name, processes).
+
+        Also primes the builder so the next ``batch()`` only reports changes.
+        """
+        group_state = {name: group_fields(name, g) for name, g in groups.items()}
+        self._groups = dict(group_state)
+        self._prev_counts = dict(groups)
+        self._prev_time = ts
+        procs = [dict(self.proc_fields(tp)) for tp in sorted(tracked, key=lambda t: t.id.pid)]
+        return group_state, procs
+
+    def batch(
+        self,
+        update: GrouperUpdate,
+        groups: dict[str, GroupCounts],
+        *,
+        duration_ms: float,
+        extra_cycle: dict[str, Any] | None = None,
+    ) -> list[Event]:
+        """All events of one poll, in order (see the module rules)."""
+        ts = update.time
+        events: list[Event] = []
+        for tp in sorted(update.exited, key=lambda t: t.id.pid):
+            events.append(self.proc_exit(tp, ts))
+        for tp in update.started:
+            events.append(self.proc_start(tp, ts))
+        events.extend(self.group_updates(groups, ts, update.removed_groups))
+        cycle: Event = {
+            "type": CYCLE,
+            "ts": _r(ts, 6),
+            "duration_ms": _r(duration_ms, 3),
+            "procs_seen": update.procs_seen,
+            "tracked": update.tracked,
+            "started": len(update.started),
+            "exited": len(update.exited),
+            "permission_errors": update.errors.permission,
+            "read_errors": update.errors.read,
+            "partial_errors": update.errors.partial,
+        }
+        if extra_cycle:
+            cycle.update(extra_cycle)
+        events.append(cycle)
+        return events
+
+    def group_updates(
+        self, groups: dict[str, GroupCounts], ts: float, removed: Iterable[str] = ()
+    ) -> list[Event]:
+        """``group.update`` events for the groups that changed since the last call."""
+        prev_time = self._prev_time
+        dt = ts - prev_time if prev_time is not None else 0.0
+        events: list[Event] = []
+        sent = self._groups
+        prev_counts = self._prev_counts
+        for name in sorted(groups):
+            g = groups[name]
+            fields = group_fields(name, g, prev_counts.get(name), dt)
+            if sent.get(name) == fields:
+                continue
+            sent[name] = fields
+            ev: Event = {"type": GROUP_UPDATE, "ts": _r(ts, 6)}
+            ev.update(fields)
+            events.append(ev)
+        for name in sorted(removed):
+            sent.pop(name, None)
+            events.append({"type": GROUP_UPDATE, "ts": _r(ts, 6), "group": name, "removed": True})
+        self._prev_counts = dict(groups)
+        self._prev_time = ts
+        return events

@@ -1,0 +1,334 @@
+"""Sort tracked processes into named groups and keep per-group totals across polls.
+
+Rules (process-exporter's):
+- A new process is named by the config (``MatchNamer``); the first rule that matches wins.
+- With ``track_children``, a new process that matches no rule joins the group of its
+  nearest tracked ancestor, also when that ancestor appeared in the same poll; a process
+  whose ancestry holds no tracked process is ignored.
+- With ``recheck``, a process that matched nothing is considered again at every poll (it
+  may exec or rename itself into a group later); otherwise it is ignored until it exits.
+- Group counters (``GroupCounts.counts``) never decrease and keep the usage of processes
+  that have exited. A group that once existed is still reported when empty (all gauges
+  zero), unless ``remove_empty_groups``.
+
+Pure and synchronous; the clock is injected through the tracker.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from .config import MatchNamer, ProcAttributes
+from .procfs.models import ProcLike, States
+from .tracker import (
+    ZERO_COUNTS,
+    CollectErrors,
+    Counts,
+    Memory,
+    NewProc,
+    TrackedProc,
+    Tracker,
+)
+
+__all__ = ["GroupCounts", "GrouperUpdate", "Grouper"]
+
+_NO_STATES = States()
+_NO_MEMORY = Memory()
+
+
+@dataclass(frozen=True, slots=True)
+class GroupCounts:
+    """One group as of the latest poll: monotonic counters plus current gauges."""
+
+    procs: int
+    counts: Counts
+    memory: Memory = _NO_MEMORY
+    open_fds: int = 0
+    worst_fd_ratio: float = 0.0
+    num_threads: int = 0
+    states: States = _NO_STATES
+    #: epoch seconds of the oldest process in the group; 0.0 when the group is empty
+    oldest_start_time: float = 0.0
+
+
+@dataclass(slots=True)
+class GrouperUpdate:
+    """What one ``Grouper.update()`` changed."""
+
+    time: float
+    #: processes that began to be tracked in this poll, with their group
+    started: list[TrackedProc] = field(default_factory=list)
+    #: tracked processes found gone in this poll, with their last sample
+    exited: list[TrackedProc] = field(default_factory=list)
+    errors: CollectErrors = field(default_factory=CollectErrors)
+    procs_seen: int = 0
+    tracked: int = 0
+    #: groups dropped because they went empty (only with ``remove_empty_groups``)
+    removed_groups: list[str] = field(default_factory=list)
+
+
+class _Acc:
+    """Mutable per-group sums for one poll (cheaper than building frozen values per proc)."""
+
+    __slots__ = (
+        "procs",
+        "cpu_user",
+        "cpu_system",
+        "read_bytes",
+        "write_bytes",
+        "major_faults",
+        "minor_faults",
+        "ctx_voluntary",
+        "ctx_nonvoluntary",
+        "resident",
+        "virtual",
+        "swapped",
+        "open_fds",
+        "worst_fd_ratio",
+        "threads",
+        "running",
+        "sleeping",
+        "waiting",
+        "zombie",
+        "other",
+        "oldest",
+    )
+
+    def __init__(self) -> None:
+        self.procs = 0
+        self.cpu_user = 0.0
+        self.cpu_system = 0.0
+        self.read_bytes = 0
+        self.write_bytes = 0
+        self.major_faults = 0
+        self.minor_faults = 0
+        self.ctx_voluntary = 0
+        self.ctx_nonvoluntary = 0
+        self.resident = 0
+        self.virtual = 0
+        self.swapped = 0
+        self.open_fds = 0
+        self.worst_fd_ratio = 0.0
+        self.threads = 0
+        self.running = 0
+        self.sleeping = 0
+        self.waiting = 0
+        self.zombie = 0
+        self.other = 0
+        self.oldest = 0.0
+
+    def add(self, tp: TrackedProc) -> None:
+        m = tp.metrics
+        d = tp.latest
+        self.procs += 1
+        if d is not ZERO_COUNTS:
+            self.cpu_user += d.cpu_user
+            self.cpu_system += d.cpu_system
+            self.read_bytes += d.read_bytes
+            self.write_bytes += d.write_bytes
+            self.major_faults += d.major_faults
+            self.minor_faults += d.minor_faults
+            self.ctx_voluntary += d.ctx_voluntary
+            self.ctx_nonvoluntary += d.ctx_nonvoluntary
+        self.resident += m.resident_bytes
+        self.virtual += m.virtual_bytes
+        self.swapped += m.swapped_bytes
+        fds = m.open_fds
+        if fds > 0:
+            self.open_fds += fds
+            if tp.fd_limit > 0:
+                ratio = fds / tp.fd_limit
+                if ratio > self.worst_fd_ratio:
+                    self.worst_fd_ratio = ratio
+        self.threads += m.num_threads
+        s = m.states
+        self.running += s.running
+        self.sleeping += s.sleeping
+        self.waiting += s.waiting
+        self.zombie += s.zombie
+        self.other += s.other
+        start = tp.static.start_time
+        if self.oldest == 0.0 or start < self.oldest:
+            self.oldest = start
+
+    def latest(self) -> Counts:
+        return Counts(
+            self.cpu_user,
+            self.cpu_system,
+            self.read_bytes,
+            self.write_bytes,
+            self.major_faults,
+            self.minor_faults,
+            self.ctx_voluntary,
+            self.ctx_nonvoluntary,
+        )
+
+    def result(self, totals: Counts) -> GroupCounts:
+        return GroupCounts(
+            procs=self.procs,
+            counts=totals,
+            memory=Memory(self.resident, self.virtual, self.swapped),
+            open_fds=self.open_fds,
+            worst_fd_ratio=self.worst_fd_ratio,
+            num_threads=self.threads,
+            states=States(self.running, self.sleeping, self.waiting, self.zombie, self.other),
+            oldest_start_time=self.oldest,
+        )
+
+
+class Grouper:
+    """Top-level view of the host's processes by group. Call ``update()`` once per poll."""
+
+    def __init__(
+        self,
+        namer: MatchNamer,
+        track_children: bool = True,
+        remove_empty_groups: bool = False,
+        recheck: bool = False,
+        *,
+        clock: Callable[[], float] = time.time,
+        usernames: Callable[[int], str] | None = None,
+    ) -> None:
+        self.namer = namer
+        self.track_children = track_children
+        self.remove_empty_groups = remove_empty_groups
+        self.recheck = recheck
+        self.tracker = Tracker(clock=clock, read_cgroups=bool(getattr(namer, "needs_cgroups", True)))
+        if usernames is None:
+            from .users import UserNames
+
+            usernames = UserNames()
+        self.username = usernames
+        #: monotonic counters per group, including the usage of exited processes
+        self._totals: dict[str, Counts] = {}
+        self._groups: dict[str, GroupCounts] = {}
+
+    # -- naming -----------------------------------------------------------------------
+
+    def attributes(self, new: NewProc) -> ProcAttributes:
+        s = new.static
+        return ProcAttributes(
+            name=s.name,
+            cmdline=s.cmdline,
+            cgroups=s.cgroups,
+            username=self.username(s.uid),
+            pid=new.id.pid,
+            start_time=s.start_time,
+            uid=s.uid,
+        )
+
+    def match(self, new: NewProc) -> str | None:
+        """The group a new process's own attributes put it in, or None."""
+        wanted, name = self.namer.match_and_name(self.attributes(new))
+        return name if wanted else None
+
+    def _decide(self, news: list[NewProc]) -> list[TrackedProc]:
+        """Track or ignore each new process; return the newly tracked ones in pid order."""
+        tracker = self.tracker
+        started: list[TrackedProc] = []
+        unmatched: dict[int, NewProc] = {}
+        for new in news:
+            group = self.match(new)
+            if group is None:
+                unmatched[new.id.pid] = new
+            else:
+                started.append(tracker.track(group, new))
+        if self.track_children and unmatched:
+            resolved: dict[int, str | None] = {}
+            for pid, new in unmatched.items():
+                group = self._ancestor_group(new, unmatched, resolved)
+                if group is not None:
+                    started.append(tracker.track(group, new))
+        for pid, new in unmatched.items():
+            if new.id not in tracker.tracked and not self.recheck:
+                tracker.ignore(new.id)
+        started.sort(key=lambda tp: tp.id.pid)
+        return started
+
+    def _ancestor_group(
+        self,
+        new: NewProc,
+        unmatched: dict[int, NewProc],
+        resolved: dict[int, str | None],
+    ) -> str | None:
+        """Group of the nearest tracked ancestor of an unmatched new process, or None.
+
+        Walks up through known processes and through other new processes of the same
+        poll; iterative, so a deep fork chain can't overflow the stack.
+        """
+        tracker = self.tracker
+        chain: list[int] = []
+        group: str | None = None
+        current = new
+        while True:
+            pid = current.id.pid
+            if pid in resolved:
+                group = resolved[pid]
+                break
+            chain.append(pid)
+            ppid = current.static.parent_pid
+            if ppid <= 0 or ppid == pid or ppid in chain:
+                break
+            parent_id = tracker.known(ppid)
+            if parent_id is not None:
+                parent = tracker.tracked.get(parent_id)
+                group = parent.group if parent is not None else None
+                break
+            nxt = unmatched.get(ppid)
+            if nxt is None:
+                break  # parent unseen (exited before we looked): nothing to inherit
+            current = nxt
+        for pid in chain:
+            resolved[pid] = group
+        return group
+
+    # -- one poll ---------------------------------------------------------------------
+
+    def update(self, procs: Iterable[ProcLike]) -> GrouperUpdate:
+        """Scan ``procs`` once, track new processes, refresh the groups.
+
+        Raises what the scan raises (e.g. ``ProcfsError``) without changing any state
+        the next poll depends on.
+        """
+        tu = self.tracker.update(procs)
+        report = GrouperUpdate(
+            time=tu.time,
+            exited=tu.exited,
+            errors=tu.errors,
+            procs_seen=tu.procs_seen,
+        )
+        report.started = self._decide(tu.new)
+        report.tracked = len(self.tracker)
+        report.removed_groups = self._regroup()
+        return report
+
+    def _regroup(self) -> list[str]:
+        accs: dict[str, _Acc] = {}
+        for tp in self.tracker.tracked.values():
+            acc = accs.get(tp.group)
+            if acc is None:
+                acc = accs[tp.group] = _Acc()
+            acc.add(tp)
+        totals = self._totals
+        groups: dict[str, GroupCounts] = {}
+        for name, acc in accs.items():
+            total = totals.get(name, ZERO_COUNTS) + acc.latest()
+            totals[name] = total
+            groups[name] = acc.result(total)
+        removed: list[str] = []
+        for name, total in list(totals.items()):
+            if name in groups:
+                continue
+            if self.remove_empty_groups:
+                del totals[name]
+                removed.append(name)
+            else:
+                groups[name] = GroupCounts(procs=0, counts=total)
+        self._groups = groups
+        return removed
+
+    def groups(self) -> dict[str, GroupCounts]:
+        """Every group as of the latest ``update()`` (a new dict each call)."""
+        return dict(self._groups)

@@ -1,0 +1,375 @@
+"""Track processes across polls: who is new, who exited, what each used since last time.
+
+Rules (process-exporter's, with its leak fixed):
+- A process is identified by ``ProcId`` (pid, start time); a reused pid is a new process.
+- The tracker reads only what it needs: ``stat`` for every process (identity), static data
+  once when a process is first seen, metrics only for processes it tracks. Ignored
+  processes cost one ``stat`` read per poll.
+- The grouper decides, for each new process, ``track()`` (with a group name) or
+  ``ignore()``. A new process left undecided is considered again at the next poll (that is
+  how ``recheck`` works).
+- Usage counted for a group is the increase of each tracked process's counters between
+  polls (never negative). A process that was already running at the first poll starts
+  from zero; one that started after it counts everything it used since it started.
+- Tracked processes that are no longer seen are reported once as exited, then forgotten;
+  ignored ones are forgotten silently (the Go version kept them forever).
+
+Pure and synchronous: no asyncio, no /proc internals; the clock is injected.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from .procfs.errors import ProcfsParseError
+from .procfs.models import ProcId, ProcIdInfo, ProcLike, ProcMetrics, ProcStatic, States
+
+__all__ = [
+    "Counts",
+    "Memory",
+    "CollectErrors",
+    "TrackedProc",
+    "NewProc",
+    "TrackerUpdate",
+    "Tracker",
+    "info",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Counters: CPU seconds, I/O bytes, page faults, context switches."""
+
+    cpu_user: float = 0.0
+    cpu_system: float = 0.0
+    read_bytes: int = 0
+    write_bytes: int = 0
+    major_faults: int = 0
+    minor_faults: int = 0
+    ctx_voluntary: int = 0
+    ctx_nonvoluntary: int = 0
+
+    @property
+    def cpu(self) -> float:
+        return self.cpu_user + self.cpu_system
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(
+            self.cpu_user + other.cpu_user,
+            self.cpu_system + other.cpu_system,
+            self.read_bytes + other.read_bytes,
+            self.write_bytes + other.write_bytes,
+            self.major_faults + other.major_faults,
+            self.minor_faults + other.minor_faults,
+            self.ctx_voluntary + other.ctx_voluntary,
+            self.ctx_nonvoluntary + other.ctx_nonvoluntary,
+        )
+
+    @staticmethod
+    def of(m: ProcMetrics) -> Counts:
+        """The counters of one sample, as totals since the process started."""
+        return Counts(
+            m.cpu_user,
+            m.cpu_system,
+            m.read_bytes,
+            m.write_bytes,
+            m.major_faults,
+            m.minor_faults,
+            m.ctx_voluntary,
+            m.ctx_nonvoluntary,
+        )
+
+    @staticmethod
+    def between(old: ProcMetrics, new: ProcMetrics) -> Counts:
+        """What a process used from sample ``old`` to sample ``new``, never negative.
+
+        Counters can go backwards (a thread whose switches were summed exits; ``io``
+        becomes unreadable and reads as 0): such a drop counts as no usage, not as a
+        negative one, so group totals never decrease.
+        """
+        return Counts(
+            max(new.cpu_user - old.cpu_user, 0.0),
+            max(new.cpu_system - old.cpu_system, 0.0),
+            max(new.read_bytes - old.read_bytes, 0),
+            max(new.write_bytes - old.write_bytes, 0),
+            max(new.major_faults - old.major_faults, 0),
+            max(new.minor_faults - old.minor_faults, 0),
+            max(new.ctx_voluntary - old.ctx_voluntary, 0),
+            max(new.ctx_nonvoluntary - old.ctx_nonvoluntary, 0),
+        )
+
+
+ZERO_COUNTS = Counts()
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    """Memory gauges in bytes."""
+
+    resident_bytes: int = 0
+    virtual_bytes: int = 0
+    swapped_bytes: int = 0
+
+
+@dataclass(slots=True)
+class CollectErrors:
+    """Non-fatal errors of one poll (process-exporter's scrape error counters)."""
+
+    #: a process whose basic files could not be read or parsed (not because it vanished)
+    read: int = 0
+    #: a tracked process of which some optional file (io, fd) could not be read
+    partial: int = 0
+    #: a process we were not allowed to read at all
+    permission: int = 0
+
+    def add(self, other: CollectErrors) -> None:
+        self.read += other.read
+        self.partial += other.partial
+        self.permission += other.permission
+
+
+@dataclass(slots=True, eq=False)
+class TrackedProc:
+    """A process the tracker follows, with its latest sample.
+
+    ``latest`` is what it used since the previous poll (what its group gains this poll).
+    """
+
+    id: ProcId
+    static: ProcStatic
+    group: str
+    metrics: ProcMetrics
+    fd_limit: int
+    first_seen: float
+    last_seen: float
+    latest: Counts = ZERO_COUNTS
+    #: poll generation in which it was last seen (internal bookkeeping)
+    seen: int = 0
+    #: how the tracker learnt of it: "poll" or another source such as "netlink"
+    source: str = "poll"
+
+    @property
+    def pid(self) -> int:
+        return self.id.pid
+
+    def info(self) -> ProcIdInfo:
+        return ProcIdInfo(self.id, self.static, self.metrics)
+
+
+@dataclass(frozen=True, slots=True)
+class NewProc:
+    """A process seen for the first time (or undecided so far), awaiting a decision."""
+
+    proc: ProcLike
+    id: ProcId
+    static: ProcStatic
+
+
+@dataclass(slots=True)
+class TrackerUpdate:
+    """What one ``Tracker.update()`` found."""
+
+    time: float
+    new: list[NewProc] = field(default_factory=list)
+    exited: list[TrackedProc] = field(default_factory=list)
+    errors: CollectErrors = field(default_factory=CollectErrors)
+    procs_seen: int = 0
+
+
+_EMPTY_METRICS = ProcMetrics(0.0, 0.0, 0, 0, 0, 0, states=States())
+
+
+class Tracker:
+    """Follows processes across polls. Call ``update()`` once per poll, then decide each
+    new process with ``track()`` or ``ignore()`` before the next ``update()``."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        read_cgroups: bool = False,
+    ) -> None:
+        self.clock = clock
+        self.read_cgroups = read_cgroups
+        self.tracked: dict[ProcId, TrackedProc] = {}
+        self._ignored: dict[ProcId, int] = {}
+        self._by_pid: dict[int, ProcId] = {}
+        self._gen = 0
+        # Processes whose start (in clock ticks since boot) is after the youngest process
+        # of the first poll started after we did: all of their usage counts.
+        self._first_poll_max_ticks: int | None = None
+
+    # -- queries ----------------------------------------------------------------------
+
+    def known(self, pid: int) -> ProcId | None:
+        """The ``ProcId`` of a tracked or ignored process with this pid, if any."""
+        return self._by_pid.get(pid)
+
+    def is_ignored(self, pid_id: ProcId) -> bool:
+        return pid_id in self._ignored
+
+    def __len__(self) -> int:
+        return len(self.tracked)
+
+    # -- one poll ---------------------------------------------------------------------
+
+    def update(self, procs: Iterable[ProcLike]) -> TrackerUpdate:
+        """Read every process once; refresh tracked ones; report new and exited ones.
+
+        Raises whatever iterating ``procs`` raises (e.g. ``ProcfsError`` when the mount
+        point can't be listed): a failed poll changes nothing.
+        """
+        gen = self._gen + 1
+        now = self.clock()
+        report = TrackerUpdate(time=now)
+        errors = report.errors
+        tracked = self.tracked
+        ignored = self._ignored
+        between = Counts.between
+        seen = 0
+        max_ticks = 0
+        for proc in procs:
+            try:
+                pid_id = proc.proc_id()
+            except ProcessLookupError:
+                continue
+            except PermissionError:
+                errors.permission += 1
+                continue
+            except (ProcfsParseError, OSError):
+                errors.read += 1
+                continue
+            seen += 1
+            if pid_id.start_time_rel > max_ticks:
+                max_ticks = pid_id.start_time_rel
+            tp = tracked.get(pid_id)
+            if tp is not None:
+                try:
+                    metrics = proc.metrics()
+                except ProcessLookupError:
+                    continue  # exited while we read it: reported as exited below
+                except PermissionError:
+                    errors.permission += 1
+                    tp.seen = gen  # still alive; keep its last sample
+                    tp.latest = ZERO_COUNTS
+                    continue
+                except (ProcfsParseError, OSError):
+                    errors.read += 1
+                    tp.seen = gen
+                    tp.latest = ZERO_COUNTS
+                    continue
+                if metrics.partial_errors:
+                    errors.partial += 1
+                tp.latest = between(tp.metrics, metrics)
+                tp.metrics = metrics
+                tp.last_seen = now
+                tp.seen = gen
+                continue
+            if pid_id in ignored:
+                ignored[pid_id] = gen
+                continue
+            try:
+                static = proc.static(cgroups=self.read_cgroups)
+            except ProcessLookupError:
+                continue
+            except PermissionError:
+                errors.permission += 1
+                continue
+            except (ProcfsParseError, OSError):
+                errors.read += 1
+                continue
+            report.new.append(NewProc(proc, pid_id, static))
+
+        report.procs_seen = seen
+        if self._first_poll_max_ticks is None:
+            self._first_poll_max_ticks = max_ticks
+        self._gen = gen
+        self._sweep(gen, report)
+        return report
+
+    def _sweep(self, gen: int, report: TrackerUpdate) -> None:
+        by_pid = self._by_pid
+        gone = [tp for tp in self.tracked.values() if tp.seen != gen]
+        for tp in gone:
+            del self.tracked[tp.id]
+            if by_pid.get(tp.id.pid) == tp.id:
+                del by_pid[tp.id.pid]
+        report.exited.extend(gone)
+        stale = [pid_id for pid_id, g in self._ignored.items() if g != gen]
+        for pid_id in stale:
+            del self._ignored[pid_id]
+            if by_pid.get(pid_id.pid) == pid_id:
+                del by_pid[pid_id.pid]
+
+    # -- decisions on new processes ----------------------------------------------------
+
+    def started_after_first_poll(self, pid_id: ProcId) -> bool:
+        """True when the process started after our first poll (all its usage counts)."""
+        first = self._first_poll_max_ticks
+        return first is not None and pid_id.start_time_rel > first
+
+    def track(
+        self,
+        group: str,
+        new: NewProc,
+        *,
+        metrics: ProcMetrics | None = None,
+        fd_limit: int | None = None,
+        source: str = "poll",
+    ) -> TrackedProc:
+        """Start tracking a new process under ``group``; reads its metrics and fd limit.
+
+        A process that vanished before its metrics could be read is still tracked (with
+        empty metrics): we saw it start, and the next poll reports its exit.
+        """
+        proc = new.proc
+        errors_ok = (ProcessLookupError, PermissionError, ProcfsParseError, OSError)
+        if metrics is None:
+            try:
+                metrics = proc.metrics()
+            except errors_ok:
+                metrics = _EMPTY_METRICS
+        if fd_limit is None:
+            try:
+                fd_limit = proc.fd_limit()
+            except errors_ok:
+                fd_limit = 0
+        now = self.clock()
+        latest = Counts.of(metrics) if self.started_after_first_poll(new.id) else ZERO_COUNTS
+        tp = TrackedProc(
+            id=new.id,
+            static=new.static,
+            group=group,
+            metrics=metrics,
+            fd_limit=fd_limit,
+            first_seen=now,
+            last_seen=now,
+            latest=latest,
+            seen=self._gen,
+            source=source,
+        )
+        self._ignored.pop(new.id, None)
+        self.tracked[new.id] = tp
+        self._by_pid[new.id.pid] = new.id
+        return tp
+
+    def ignore(self, pid_id: ProcId) -> None:
+        """Stop considering a new process: it costs one ``stat`` read per poll until it
+        exits, then it is forgotten."""
+        self._ignored[pid_id] = self._gen
+        self._by_pid[pid_id.pid] = pid_id
+
+    def forget(self, pid_id: ProcId) -> TrackedProc | None:
+        """Drop a process now (e.g. its exit was reported by another source)."""
+        tp = self.tracked.pop(pid_id, None)
+        self._ignored.pop(pid_id, None)
+        if self._by_pid.get(pid_id.pid) == pid_id:
+            del self._by_pid[pid_id.pid]
+        return tp
+
+
+def info(proc: ProcLike) -> ProcIdInfo:
+    """Read one process's identity, static data and metrics (Go's ``Info(p)``)."""
+    return ProcIdInfo(proc.proc_id(), proc.static(), proc.metrics())

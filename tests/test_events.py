@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from procstream.events import EventBuilder, group_fields
+from procstream.grouper import Grouper
+from tests.fakes import BOOT, HZ, ByName, Clock, fake
+
+GROUP_KEYS = {
+    "group", "procs", "threads", "cpu_s", "cpu_user_s", "cpu_system_s", "cpu_pct",
+    "read_bytes", "write_bytes", "read_bps", "write_bps", "mem_resident", "mem_virtual",
+    "mem_swap", "open_fds", "worst_fd_ratio", "major_faults", "minor_faults",
+    "ctx_voluntary", "ctx_nonvoluntary", "oldest_start_time", "states",
+}  # fmt: skip
+PROC_KEYS = {"pid", "ppid", "start_time", "name", "cmdline", "group", "user", "uid"}
+
+
+class Setup:
+    def __init__(self, *names: str, redact=None) -> None:
+        self.clock = Clock()
+        self.grouper = Grouper(ByName(set(names)), clock=self.clock, usernames=lambda u: f"u{u}")
+        self.builder = EventBuilder(username=self.grouper.username, redact=redact)
+        self.first = True
+
+    def poll(self, procs, dt: float = 1.0):
+        self.clock.advance(dt)
+        update = self.grouper.update(procs)
+        groups = self.grouper.groups()
+        if self.first:
+            self.first = False
+            return self.builder.state(self.grouper.tracker.tracked.values(), groups, update.time)
+        return self.builder.batch(update, groups, duration_ms=1.5)
+
+
+def test_first_poll_yields_state_not_start_events():
+    s = Setup("web")
+    groups, procs = s.poll([fake(10, "web", cmdline=("web", "-x"), uid=3)])
+    assert set(groups) == {"web"}
+    assert set(groups["web"]) == GROUP_KEYS
+    assert procs == [
+        {
+            "pid": 10,
+            "ppid": 1,
+            "start_time": pytest.approx(BOOT + 1000 / HZ),
+            "name": "web",
+            "cmdline": ["web", "-x"],
+            "group": "web",
+            "user": "u3",
+            "uid": 3,
+        }
+    ]
+
+
+def test_batch_orders_exits_starts_groups_then_cycle():
+    s = Setup("a", "b")
+    s.poll([fake(10, "a", start=100)])
+    batch = s.poll([fake(10, "b", start=5000)])  # pid reuse: exit of a, start of b
+    assert [e["type"] for e in batch] == ["proc.exit", "proc.start", "group.update", "group.update", "cycle"]
+    exit_, start = batch[0], batch[1]
+    assert (exit_["pid"], exit_["group"]) == (10, "a")
+    assert (start["pid"], start["group"], start["source"]) == (10, "b", "poll")
+    assert set(start) == PROC_KEYS | {"type", "ts", "source"}
+    assert set(exit_) == PROC_KEYS | {
+        "type", "ts", "source", "lifetime_s", "cpu_s", "read_bytes", "write_bytes", "exit_code", "signal",
+    }  # fmt: skip
+    assert exit_["exit_code"] is None and exit_["signal"] is None
+    cycle = batch[-1]
+    assert cycle["started"] == 1 and cycle["exited"] == 1 and cycle["duration_ms"] == 1.5
+    orjson.dumps(batch)  # JSON-ready as is
+
+
+def test_exit_carries_final_totals_and_lifetime():
+    s = Setup("a")
+    s.poll([])
+    s.poll([fake(10, "a", start=100, cpu=(1.0, 0.5), io=(10, 20))])
+    s.poll([fake(10, "a", start=100, cpu=(2.0, 0.5), io=(30, 40))])
+    batch = s.poll([])
+    exit_ = batch[0]
+    assert exit_["type"] == "proc.exit"
+    assert exit_["cpu_s"] == pytest.approx(2.5)
+    assert (exit_["read_bytes"], exit_["write_bytes"]) == (30, 40)
+    assert exit_["lifetime_s"] == pytest.approx(s.clock.t - (BOOT + 1.0), abs=1e-3)
+
+
+def test_group_update_only_when_changed_with_rates():
+    s = Setup("a")
+    s.poll([fake(10, "a", start=100, cpu=(1.0, 0.0), io=(0, 0))])
+    quiet = s.poll([fake(10, "a", start=100, cpu=(1.0, 0.0))], dt=2.0)
+    assert [e["type"] for e in quiet] == ["cycle"]
+    busy = s.poll([fake(10, "a", start=100, cpu=(2.0, 0.0), io=(4000, 2000))], dt=2.0)
+    g = busy[0]
+    assert g["type"] == "group.update"
+    assert g["cpu_pct"] == pytest.approx(50.0)
+    assert g["read_bps"] == pytest.approx(2000.0)
+    assert g["write_bps"] == pytest.approx(1000.0)
+    assert g["cpu_s"] == pytest.approx(1.0)
+    # usage stops: rates fall to zero, which is a change worth sending once
+    calm = s.poll([fake(10, "a", start=100, cpu=(2.0, 0.0), io=(4000, 2000))], dt=2.0)
+    assert calm[0]["cpu_pct"] == 0.0
+    assert [e["type"] for e in s.poll([fake(10, "a", start=100, cpu=(2.0, 0.0), io=(4000, 2000))])] == ["cycle"]
+
+
+def test_removed_group_event():
+    s = Setup("a")
+    s.grouper.remove_empty_groups = True
+    s.poll([fake(10, "a")])
+    batch = s.poll([])
+    removed = [e for e in batch if e["type"] == "group.update"]
+    assert removed == [{"type": "group.update", "ts": pytest.approx(s.clock.t), "group": "a", "removed": True}]
+
+
+def test_cmdline_is_redacted_once_and_reused_for_the_exit():
+    calls = []
+
+    def redact(argv):
+        calls.append(argv)
+        return tuple("***" if a.startswith("--password=") else a for a in argv)
+
+    s = Setup("db", redact=redact)
+    s.poll([])
+    start = s.poll([fake(5, "db", start=10, cmdline=("db", "--password=hunter2"))])[0]
+    exit_ = s.poll([])[0]
+    assert start["cmdline"] == exit_["cmdline"] == ["db", "***"]
+    assert len(calls) == 1
+
+
+def test_group_fields_without_previous_sample_has_zero_rates():
+    s = Setup("a")
+    s.poll([fake(1, "a", cpu=(5.0, 0.0))])
+    f = group_fields("a", s.grouper.groups()["a"])
+    assert f["cpu_pct"] == 0.0 and f["read_bps"] == 0.0
+    assert f["states"] == {"running": 0, "sleeping": 1, "waiting": 0, "zombie": 0, "other": 0}

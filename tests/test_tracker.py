@@ -1,0 +1,175 @@
+from __future__ import annotations
+
+import tracemalloc
+
+import pytest
+
+from procstream.procfs.errors import ProcfsParseError
+from procstream.procfs.models import ProcId
+from procstream.tracker import Counts, Tracker, info
+from tests.fakes import Clock, fake
+
+
+def decide_all(tracker: Tracker, report, group: str = "g") -> None:
+    for new in report.new:
+        tracker.track(group, new)
+
+
+def test_new_processes_are_reported_once_and_tracked():
+    t = Tracker(clock=Clock())
+    r = t.update([fake(10), fake(11)])
+    assert [n.id.pid for n in r.new] == [10, 11]
+    assert r.procs_seen == 2
+    decide_all(t, r)
+    r = t.update([fake(10), fake(11)])
+    assert r.new == [] and r.exited == []
+    assert len(t) == 2
+
+
+def test_exit_is_reported_once_with_last_sample_then_forgotten():
+    t = Tracker(clock=Clock())
+    decide_all(t, t.update([fake(10, cpu=(1.0, 0.5))]))
+    t.update([fake(10, cpu=(2.0, 0.5))])
+    r = t.update([])
+    assert [tp.id.pid for tp in r.exited] == [10]
+    assert r.exited[0].metrics.cpu_time == pytest.approx(2.5)
+    assert t.update([]).exited == []
+    assert t.known(10) is None
+
+
+def test_reused_pid_with_new_start_time_is_a_new_process():
+    t = Tracker(clock=Clock())
+    decide_all(t, t.update([fake(10, start=100)]))
+    r = t.update([fake(10, start=500)])
+    assert [tp.id for tp in r.exited] == [ProcId(10, 100)]
+    assert [n.id for n in r.new] == [ProcId(10, 500)]
+    decide_all(t, r)
+    assert t.known(10) == ProcId(10, 500)
+
+
+def test_ignored_processes_are_not_read_and_are_forgotten_on_exit():
+    t = Tracker(clock=Clock())
+    r = t.update([fake(20)])
+    t.ignore(r.new[0].id)
+    # metrics() would raise: an ignored process must not be read beyond its stat
+    r = t.update([fake(20, error=AssertionError("metrics read for an ignored process"))])
+    assert r.new == [] and r.exited == []
+    assert t.known(20) == ProcId(20, 1000)
+    r = t.update([])
+    assert r.exited == []  # ignored processes exit silently
+    assert t.known(20) is None and not t.is_ignored(ProcId(20, 1000))
+
+
+def test_usage_of_processes_running_at_first_poll_starts_at_zero():
+    t = Tracker(clock=Clock())
+    r = t.update([fake(10, start=100, cpu=(5.0, 1.0))])
+    tp = t.track("g", r.new[0])
+    assert tp.latest == Counts()
+    t.update([fake(10, start=100, cpu=(5.5, 1.0), io=(10, 0))])
+    assert tp.latest.cpu == pytest.approx(0.5)
+    assert tp.latest.read_bytes == 10
+
+
+def test_processes_started_after_first_poll_count_everything():
+    t = Tracker(clock=Clock())
+    t.update([fake(10, start=100)])
+    r = t.update([fake(10, start=100), fake(30, start=200, cpu=(0.3, 0.1), io=(7, 8))])
+    by_pid = {n.id.pid: n for n in r.new}
+    assert t.track("g", by_pid[10]).latest == Counts()
+    tp = t.track("g", by_pid[30])
+    assert tp.latest.cpu == pytest.approx(0.4)
+    assert (tp.latest.read_bytes, tp.latest.write_bytes) == (7, 8)
+
+
+def test_counter_drops_count_as_zero_not_negative():
+    t = Tracker(clock=Clock())
+    decide_all(t, t.update([fake(10, io=(100, 100), ctx=(50, 5))]))
+    tp = t.tracked[ProcId(10, 1000)]
+    t.update([fake(10, io=(0, 120), ctx=(40, 6))])  # io became unreadable, a thread left
+    assert tp.latest.read_bytes == 0
+    assert tp.latest.write_bytes == 20
+    assert tp.latest.ctx_voluntary == 0
+    assert tp.latest.ctx_nonvoluntary == 1
+
+
+def test_vanishing_mid_read_is_an_exit_not_an_error():
+    t = Tracker(clock=Clock())
+    decide_all(t, t.update([fake(10)]))
+    r = t.update([fake(10, error=ProcessLookupError())])
+    assert [tp.pid for tp in r.exited] == [10]
+    assert (r.errors.read, r.errors.permission) == (0, 0)
+
+
+def test_unreadable_and_garbage_processes_are_counted():
+    class Broken:
+        def __init__(self, pid: int, exc: BaseException) -> None:
+            self.pid = pid
+            self.exc = exc
+
+        def proc_id(self) -> ProcId:
+            raise self.exc
+
+    t = Tracker(clock=Clock())
+    r = t.update([Broken(1, PermissionError()), Broken(2, ProcfsParseError("bad")), fake(3)])
+    assert r.errors.permission == 1
+    assert r.errors.read == 1
+    assert [n.id.pid for n in r.new] == [3]
+
+
+def test_permission_error_on_a_tracked_process_keeps_it_alive():
+    t = Tracker(clock=Clock())
+    decide_all(t, t.update([fake(10, cpu=(1.0, 0.0))]))
+    r = t.update([fake(10, error=PermissionError())])
+    assert r.exited == [] and r.errors.permission == 1
+    assert t.tracked[ProcId(10, 1000)].latest == Counts()
+
+
+def test_partial_errors_are_counted_per_process():
+    t = Tracker(clock=Clock())
+    decide_all(t, t.update([fake(10), fake(11)]))
+    r = t.update([fake(10, partial=2), fake(11)])
+    assert r.errors.partial == 1
+
+
+def test_track_survives_a_process_that_vanishes_before_its_metrics():
+    t = Tracker(clock=Clock())
+    t.update([])
+    r = t.update([fake(40, start=5000, error=ProcessLookupError())])
+    tp = t.track("g", r.new[0])
+    assert tp.metrics.cpu_time == 0.0
+    assert [x.pid for x in t.update([]).exited] == [40]
+
+
+def test_info_reads_identity_static_and_metrics():
+    p = fake(7, "seven", cpu=(1.0, 2.0))
+    i = info(p)
+    assert i.id == ProcId(7, 1000)
+    assert i.static.name == "seven"
+    assert i.metrics.cpu_time == pytest.approx(3.0)
+
+
+def test_no_growth_under_churn_of_10000_short_processes():
+    t = Tracker(clock=Clock())
+    t.update([fake(1, start=1)])
+    tracemalloc.start()
+    try:
+        baseline = None
+        for i in range(10_000):
+            pid = 1000 + (i % 30_000)
+            start = 10 + i
+            r = t.update([fake(1, start=1), fake(pid, start=start)])
+            for new in r.new:
+                if i % 2:
+                    t.track("g", new)
+                else:
+                    t.ignore(new.id)
+            if i == 1000:
+                baseline = tracemalloc.get_traced_memory()[0]
+        current = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(t.tracked) <= 2
+    assert len(t._ignored) <= 1
+    assert len(t._by_pid) <= 2
+    assert baseline is not None
+    assert current - baseline < 64 * 1024
