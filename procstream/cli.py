@@ -1,0 +1,96 @@
+"""Command line: argument parsing and wiring (``procstream`` and ``python -m procstream``).
+
+Exit codes: 0 success; 2 bad usage or configuration (a bad config file, an unreadable
+--procfs, a kernel event source that is not permitted), with one line on stderr saying
+what and where.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .config import ConfigError, Config, default_config, load_config
+from .events import EventBuilder
+from .grouper import Grouper
+from .procfs import FS, ProcfsError
+
+__all__ = ["build_parser", "main", "UsageError", "load_namer", "build_core"]
+
+
+class UsageError(Exception):
+    """A user error that ends the program with exit code 2 and this message."""
+
+
+def _add_core_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="process-exporter YAML config (default: every process with a command line, grouped by comm)")
+    p.add_argument("--procfs", metavar="DIR", default="/proc", help="where /proc is mounted (default: /proc)")
+    p.add_argument(
+        "--children",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a new process matching no rule joins its nearest tracked ancestor's group (default: on)",
+    )
+    p.add_argument("--recheck", action="store_true", help="re-match processes that matched nothing at every poll (exec/rename)")
+    p.add_argument("--remove-empty-groups", action="store_true", help="forget groups whose last process exited")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="procstream",
+        description="Watch a Linux host's processes through /proc, group them, stream what happens.",
+    )
+    parser.add_argument("--version", action="version", version=f"procstream {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    once = sub.add_parser("once", help="print one JSON snapshot of groups and processes, then exit")
+    _add_core_options(once)
+    once.add_argument("--delay", type=float, default=0.0, metavar="S", help="poll twice, S seconds apart, so rates are filled in")
+    once.add_argument("--pretty", action="store_true", help="indent the JSON")
+    return parser
+
+
+def load_namer(path: str | None) -> Config:
+    """The config file's rules, or process-exporter's packaged default."""
+    if path is None:
+        return default_config()
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise UsageError(f"bad config: {exc}") from exc
+
+
+def build_core(args: argparse.Namespace) -> tuple[FS, Grouper, EventBuilder]:
+    """The /proc reader, the grouper and the event builder the options ask for."""
+    namer = load_namer(args.config)
+    try:
+        fs = FS(args.procfs)
+    except ProcfsError as exc:
+        raise UsageError(f"cannot read --procfs: {exc}") from exc
+    grouper = Grouper(
+        namer,
+        track_children=args.children,
+        remove_empty_groups=args.remove_empty_groups,
+        recheck=args.recheck,
+    )
+    builder = EventBuilder(username=grouper.username)
+    return fs, grouper, builder
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "once":
+            from .once import run as run_once
+
+            fs, grouper, builder = build_core(args)
+            return run_once(fs, grouper, builder, delay=args.delay, pretty=args.pretty)
+    except UsageError as exc:
+        print(f"procstream: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(f"unhandled command {args.command!r}")
