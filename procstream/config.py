@@ -221,8 +221,8 @@ class Rule:
                 return _NO_MATCH
         matches: dict[str, str] = {}
         if self.regexes:
-            if not cmdline:
-                return _NO_MATCH
+            # Like process-exporter: regexes see "" when there is no cmdline (kernel
+            # threads, zombies), so `^$` selects those and the default `.+` doesn't.
             joined = " ".join(cmdline)
             if self._wants_matches:
                 for rx in self.regexes:

@@ -62,6 +62,15 @@ def test_packaged_default() -> None:
     assert parse_config(DEFAULT_CONFIG_TEXT).match_and_name(attrs("x", "y")) == (True, "x")
 
 
+def test_cmdline_regexes_see_an_empty_string_without_cmdline_like_go() -> None:
+    # process-exporter runs the regexes on "" for kernel threads: `^$` selects them
+    config = parse_config("process_names:\n  - name: 'kernel:{{.Comm}}'\n    cmdline: ['^$']\n")
+    assert config.match_and_name(attrs("kthreadd")) == (True, "kernel:kthreadd")
+    assert config.match_and_name(attrs("bash", "/bin/bash")) == NO
+    # exe still needs an argv[0]
+    assert parse_config("process_names:\n  - exe: [kthreadd]\n").match_and_name(attrs("kthreadd")) == NO
+
+
 README_SELECTORS = r"""
 process_names:
   # comm is the second field of /proc/<pid>/stat minus parens.
@@ -277,14 +286,14 @@ def test_exe_entries_are_any_of() -> None:
     assert config.match_and_name(attrs("bar", "bar/")) == (True, "bar")  # Go's filepath.Base
 
 
-def test_no_cmdline_never_matches_exe_or_cmdline() -> None:
+def test_no_cmdline_never_matches_exe_and_only_empty_matching_regexes() -> None:
     config = parse_config(
         """
 process_names:
   - name: by-exe
     exe: [kthreadd]
   - name: by-cmdline
-    cmdline: ['.*']
+    cmdline: ['.+']
   - name: "{{.ExeBase}}|{{.ExeFull}}|{{.Comm}}"
     comm: [kthreadd]
 """

@@ -17,6 +17,7 @@ LAYER: dict[str, int] = {
     "procstream.netlink": 0,
     "procstream.users": 1,
     "procstream.gotemplate": 1,
+    "procstream.goregex": 1,
     "procstream.config": 1,
     "procstream.redact": 1,
     "procstream.protocol": 1,
@@ -48,6 +49,8 @@ BANNED: dict[str, tuple[str, ...]] = {
     "procstream.grouper": ("asyncio", "websockets", "procstream.procfs.fs", "procstream.procfs._read"),
     "procstream.events": ("asyncio", "websockets", "procstream.procfs.fs", "procstream.procfs._read"),
     "procstream.config": ("asyncio", "websockets", "procstream.procfs"),
+    "procstream.goregex": ("asyncio", "websockets", "procstream.procfs"),
+    "procstream.gotemplate": ("asyncio", "websockets", "procstream.procfs"),
     # the server knows nothing of /proc
     "procstream.server": ("procstream.procfs", "procstream.tracker", "procstream.grouper", "procstream.poller"),
     "procstream.hub": ("procstream.procfs", "procstream.tracker", "procstream.grouper", "procstream.poller"),
