@@ -1,0 +1,326 @@
+"""``FS`` (a /proc mount point) and ``Proc`` (one process, read lazily for one poll).
+
+This is the layer that decides which files a question needs and what a failure means;
+the parser modules only turn bytes into values. Rules (see also ``errors.py``):
+
+- ``stat``, ``status`` and ``cmdline`` are required: if one is missing the process has
+  gone (``ProcessLookupError``), if unreadable ``PermissionError``.
+- ``io``, ``fd``, ``task/`` (and ``cgroup``, ``limits``) are optional: unreadable
+  (``io`` and ``fd`` are owner-only) or missing while the process is still there, their
+  values fall back to a default (0 bytes, -1 fds, leader-only thread data) and
+  ``ProcMetrics.partial_errors`` counts them. Missing *because the process has gone* is
+  still ``ProcessLookupError``: after an ENOENT we look whether ``stat`` is still there.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as _stat_mod
+from collections.abc import Iterator
+
+from ._read import read_file
+from .boot import parse_btime
+from .cgroup import parse_cgroup
+from .cmdline import parse_cmdline
+from .errors import ProcfsError, ProcfsParseError
+from .fd import count_open_fds
+from .io import parse_io
+from .limits import parse_max_open_files
+from .models import ProcId, ProcMetrics, ProcStatic, States, state_of
+from .stat import Stat, parse_stat, parse_state
+from .status import Status, parse_ctx_switches, parse_status
+
+__all__ = ["FS", "Proc"]
+
+
+class FS:
+    """A procfs mount point (``/proc``, a host's ``/proc`` bind-mounted elsewhere, or a
+    fake tree laid out like it). Create once; it reads ``{mount_point}/stat`` for the
+    boot time and fails early with ``ProcfsError`` if that is impossible.
+
+    ``thread_detail``: count thread states and sum context switches over every thread
+    (``task/*/stat`` and ``task/*/status``, two extra reads per thread) as
+    process-exporter does; off, only the main thread's are used.
+    """
+
+    def __init__(
+        self, mount_point: str | os.PathLike[str] = "/proc", *, thread_detail: bool = True
+    ) -> None:
+        self.mount_point: str = os.fspath(mount_point)
+        self.thread_detail: bool = thread_detail
+        try:
+            mode = os.stat(self.mount_point).st_mode
+        except OSError as exc:
+            raise ProcfsError(
+                exc.errno, f"procfs mount point unreadable ({exc.strerror})", self.mount_point
+            ) from exc
+        if not _stat_mod.S_ISDIR(mode):
+            raise ProcfsError(
+                errno.ENOTDIR, "procfs mount point is not a directory", self.mount_point
+            )
+        path = os.path.join(self.mount_point, "stat")
+        try:
+            data = read_file(path)
+            # procfs files report size 0 (their content is made on read); a copied tree's
+            # stat can't be empty (it holds btime). See fd.py for why this matters.
+            self.is_procfs: bool = os.stat(path).st_size == 0
+        except OSError as exc:
+            raise ProcfsError(exc.errno, f"cannot read ({exc.strerror})", path) from exc
+        try:
+            self.boot_time: int = parse_btime(data)
+        except ProcfsParseError as exc:
+            raise ProcfsError(errno.EINVAL, f"cannot read ({exc})", path) from exc
+        self.clock_ticks: int = os.sysconf("SC_CLK_TCK")
+        self.page_size: int = os.sysconf("SC_PAGE_SIZE")
+
+    def __repr__(self) -> str:
+        return f"FS({self.mount_point!r}, thread_detail={self.thread_detail})"
+
+    def all_procs(self) -> Iterator[Proc]:
+        """A ``Proc`` for every process (numeric entry) of the mount point, pid order.
+
+        Call once per poll. The directory is listed here, eagerly: a failure raises
+        ``ProcfsError`` from this call, not from the first ``next()``. Processes are not
+        read until asked; one that exits meanwhile raises ``ProcessLookupError`` then.
+        """
+        try:
+            names = os.listdir(self.mount_point)
+        except OSError as exc:
+            raise ProcfsError(
+                exc.errno, f"cannot list processes ({exc.strerror})", self.mount_point
+            ) from exc
+        pids = sorted(int(name) for name in names if name.isdigit())
+        return (Proc(self, pid) for pid in pids)
+
+    def proc(self, pid: int) -> Proc:
+        """The process ``pid``; nothing is read (or checked) until a method asks."""
+        return Proc(self, pid)
+
+
+class Proc:
+    """One process as seen in one poll: implements ``ProcLike`` (see models.py).
+
+    Reads lazily and caches every file's bytes and every parsed result for the life of
+    the object, so ``static()`` and ``metrics()`` share one read of ``stat`` and one of
+    ``status``. Make a new one (``FS.all_procs``/``FS.proc``) for the next poll.
+    """
+
+    __slots__ = (
+        "_fs",
+        "_pid",
+        "_dir",
+        "_raw",
+        "_stat",
+        "_status",
+        "_id",
+        "_static",
+        "_static_cgroups",
+        "_metrics",
+        "_limit",
+    )
+
+    def __init__(self, fs: FS, pid: int) -> None:
+        self._fs = fs
+        self._pid = pid
+        self._dir = f"{fs.mount_point}/{pid}/"
+        self._raw: dict[str, bytes] = {}
+        self._stat: Stat | None = None
+        self._status: Status | None = None
+        self._id: ProcId | None = None
+        self._static: ProcStatic | None = None
+        self._static_cgroups: ProcStatic | None = None
+        self._metrics: ProcMetrics | None = None
+        self._limit: int | None = None
+
+    def __repr__(self) -> str:
+        return f"Proc({self._pid}, {self._fs.mount_point!r})"
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    # -- files -------------------------------------------------------------------
+
+    def _file(self, name: str, until_eof: bool = True) -> bytes:
+        data = self._raw.get(name)
+        if data is None:
+            data = self._raw[name] = read_file(self._dir + name, until_eof=until_eof)
+        return data
+
+    def _stat_fields(self) -> Stat:
+        if self._stat is None:
+            self._stat = parse_stat(self._file("stat", until_eof=False))
+        return self._stat
+
+    def _status_fields(self) -> Status:
+        if self._status is None:
+            self._status = parse_status(self._file("status"))
+        return self._status
+
+    def _missing(self, exc: ProcessLookupError) -> None:
+        """Called when an optional file was not found: return if only that file is
+        missing (the process is still there), re-raise ``exc`` if the process is gone."""
+        if exc.errno == errno.ENOENT:
+            try:
+                os.stat(self._dir + "stat")
+                return
+            except OSError:
+                pass
+        raise exc
+
+    # -- ProcLike ----------------------------------------------------------------
+
+    def proc_id(self) -> ProcId:
+        """Identity; reads only ``stat``. Call first: it is the cheapest read."""
+        if self._id is None:
+            self._id = ProcId(self._pid, self._stat_fields().starttime)
+        return self._id
+
+    def static(self, *, cgroups: bool = False) -> ProcStatic:
+        """Naming attributes (reads stat, cmdline, status); once per process lifetime.
+
+        ``cgroups=True`` also reads ``cgroup`` (``()`` if the kernel has none).
+        """
+        if self._static is None:
+            fs = self._fs
+            st = self._stat_fields()
+            self._static = ProcStatic(
+                st.comm,
+                # empty for kernel threads and zombies (the file exists but is empty)
+                parse_cmdline(self._file("cmdline")),
+                st.ppid,
+                fs.boot_time + st.starttime / fs.clock_ticks,
+                self._status_fields().uid,
+            )
+        if not cgroups:
+            return self._static
+        if self._static_cgroups is None:
+            try:
+                paths = parse_cgroup(self._file("cgroup"))
+            except ProcessLookupError as exc:
+                self._missing(exc)
+                paths = ()
+            base = self._static
+            self._static_cgroups = ProcStatic(
+                base.name, base.cmdline, base.parent_pid, base.start_time, base.uid, paths
+            )
+        return self._static_cgroups
+
+    def metrics(self) -> ProcMetrics:
+        """Counters and gauges (reads stat, status, io, fd; task/* with thread detail).
+
+        Once per poll, for tracked processes. ``io`` or ``fd`` unreadable or missing:
+        read/write bytes 0 or open fds -1, counted in ``partial_errors``.
+        """
+        if self._metrics is not None:
+            return self._metrics
+        fs = self._fs
+        st = self._stat_fields()
+        status = self._status_fields()  # zombies and kernel threads lack VmSwap: 0
+        partial = 0
+
+        try:
+            read_bytes, write_bytes = parse_io(self._file("io", until_eof=False))
+        except PermissionError:
+            read_bytes = write_bytes = 0
+            partial += 1
+        except ProcessLookupError as exc:
+            self._missing(exc)  # e.g. a zombie without io, a kernel without task I/O stats
+            read_bytes = write_bytes = 0
+            partial += 1
+
+        try:
+            open_fds = count_open_fds(self._dir + "fd", size_counts=fs.is_procfs)
+        except PermissionError:
+            open_fds = -1
+            partial += 1
+        except ProcessLookupError as exc:
+            self._missing(exc)
+            open_fds = -1
+            partial += 1
+
+        detail = None
+        if fs.thread_detail and st.num_threads > 1:
+            try:
+                detail = self._threads()
+            except PermissionError:
+                partial += 1
+        if detail is None:
+            states = state_of(st.state)
+            ctx_voluntary = status.ctx_voluntary
+            ctx_nonvoluntary = status.ctx_nonvoluntary
+        else:
+            states, ctx_voluntary, ctx_nonvoluntary = detail
+
+        ticks = fs.clock_ticks
+        self._metrics = ProcMetrics(
+            st.utime / ticks,
+            st.stime / ticks,
+            read_bytes,
+            write_bytes,
+            st.rss * fs.page_size,
+            st.vsize,
+            status.swapped_bytes,
+            st.majflt,
+            st.minflt,
+            ctx_voluntary,
+            ctx_nonvoluntary,
+            st.num_threads,
+            open_fds,
+            states,
+            partial,
+        )
+        return self._metrics
+
+    def _threads(self) -> tuple[States, int, int] | None:
+        """(states, voluntary, nonvoluntary context switches) over ``task/*``.
+
+        ``/proc/PID/status`` only has the main thread's context switches, hence the sum.
+        A thread that exits while we list is skipped. None when ``task/`` is missing or no
+        thread could be read: the caller then uses the main thread's values (as it does,
+        counting a partial error, on ``PermissionError``).
+        """
+        task = self._dir + "task/"
+        try:
+            tids = os.listdir(task)
+        except FileNotFoundError as exc:
+            self._missing(ProcessLookupError(exc.errno, exc.strerror, task))
+            return None
+        running = sleeping = waiting = zombie = other = 0
+        voluntary = nonvoluntary = 0
+        for tid in tids:
+            prefix = task + tid + "/"
+            try:
+                letter = parse_state(read_file(prefix + "stat", until_eof=False))
+                ctx = parse_ctx_switches(read_file(prefix + "status"))
+            except ProcessLookupError:
+                continue
+            if letter == "S":
+                sleeping += 1
+            elif letter == "R":
+                running += 1
+            elif letter == "D":
+                waiting += 1
+            elif letter == "Z":
+                zombie += 1
+            else:
+                other += 1
+            voluntary += ctx[0]
+            nonvoluntary += ctx[1]
+        if running + sleeping + waiting + zombie + other == 0:
+            return None
+        return States(running, sleeping, waiting, zombie, other), voluntary, nonvoluntary
+
+    def fd_limit(self) -> int:
+        """Soft limit on open files (reads ``limits``); 0 when unlimited or unknown
+        (unreadable, or missing while the process is still there). Once per process."""
+        if self._limit is None:
+            try:
+                self._limit = parse_max_open_files(self._file("limits"))
+            except PermissionError:
+                self._limit = 0
+            except ProcessLookupError as exc:
+                self._missing(exc)
+                self._limit = 0
+        return self._limit
