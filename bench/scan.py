@@ -1,0 +1,238 @@
+"""CPU per poll: procstream vs the bare-Python floor, psutil and process-exporter.
+
+    python bench/scan.py [--sizes 1000,5000] [--polls 20]
+
+For each size N it starts N idle processes (copies of ``sleep``), then measures, in the
+same run and on the same processes, CPU time per poll of:
+
+- procstream: ``Grouper.update()`` + ``groups()`` with the default config (steady state,
+  after the first poll), and the same plus building the poll's events;
+- floor: bare Python reading exactly the files procstream reads in steady state
+  (``stat`` of every process; ``status``, ``io`` and the ``fd`` directory of the tracked
+  ones) with os.open/os.read, no parsing;
+- psutil: ``process_iter`` with the same attributes;
+- process-exporter: Debian's ``prometheus-process-exporter -threads=false
+  -gather-smaps=false`` with the same (default) config, CPU of the exporter process per
+  ``/metrics`` scrape (read from its /proc/PID/stat).
+
+Prints µs per process per poll and the budget ratios (DESIGN §9: procstream ≤ 1/4 of
+process-exporter and ≤ 2x the floor). Everything it starts, it stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from procstream.config import default_config  # noqa: E402
+from procstream.events import EventBuilder  # noqa: E402
+from procstream.grouper import Grouper  # noqa: E402
+from procstream.procfs import FS  # noqa: E402
+
+__all__ = ["main"]
+
+PSUTIL_ATTRS = [
+    "pid", "ppid", "name", "cmdline", "create_time", "uids", "cpu_times", "io_counters",
+    "memory_info", "num_ctx_switches", "num_threads", "num_fds", "status",
+]  # fmt: skip
+
+
+def cpu_of(fn: Callable[[], object], rounds: int) -> float:
+    """Median CPU seconds of this process per call of ``fn``."""
+    samples = []
+    for _ in range(rounds):
+        t0 = time.process_time()
+        fn()
+        samples.append(time.process_time() - t0)
+    return statistics.median(samples)
+
+
+def _read(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 8192)
+    finally:
+        os.close(fd)
+
+
+def make_floor(mount: str, tracked: set[int]) -> Callable[[], int]:
+    def floor() -> int:
+        n = 0
+        for name in os.listdir(mount):
+            if not name.isdigit():
+                continue
+            d = f"{mount}/{name}/"
+            try:
+                _read(d + "stat")
+                if int(name) in tracked:
+                    _read(d + "status")
+                    try:
+                        _read(d + "io")
+                    except PermissionError:
+                        pass
+                    os.stat(d + "fd")
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            n += 1
+        return n
+
+    return floor
+
+
+def spawn(n: int, exe: str) -> list[subprocess.Popen[bytes]]:
+    return [subprocess.Popen([exe, "3600"], stdin=subprocess.DEVNULL) for _ in range(n)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def exporter_cpu_per_scrape(scrapes: int) -> float | None:
+    exe = shutil.which("prometheus-process-exporter")
+    if exe is None:
+        print("  process-exporter: not installed (apt install prometheus-process-exporter)")
+        return None
+    port = free_port()
+    with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as f:
+        f.write("process_names:\n  - name: '{{.Comm}}'\n    cmdline: ['.+']\n")
+        cfg = f.name
+    proc = subprocess.Popen(
+        [exe, f"-config.path={cfg}", f"-web.listen-address=127.0.0.1:{port}", "-threads=false", "-gather-smaps=false"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=10).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        for _ in range(2):
+            urllib.request.urlopen(url, timeout=30).read()
+
+        def cpu() -> float:
+            fields = _read(f"/proc/{proc.pid}/stat").rpartition(b")")[2].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+        c0 = cpu()
+        for _ in range(scrapes):
+            urllib.request.urlopen(url, timeout=30).read()
+        return (cpu() - c0) / scrapes
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        os.unlink(cfg)
+
+
+def measure(n_total: int, polls: int, exporter: bool) -> dict[str, float]:
+    fs = FS("/proc")
+    grouper = Grouper(default_config())
+    builder = EventBuilder(username=grouper.username)
+    grouper.update(fs.all_procs())
+    builder.state(grouper.tracker.tracked.values(), grouper.groups(), time.time())
+    nprocs = len(os.listdir("/proc"))
+    tracked = {tp.pid for tp in grouper.tracker.tracked.values()}
+
+    def ours() -> None:
+        grouper.update(fs.all_procs())
+        grouper.groups()
+
+    def ours_events() -> None:
+        u = grouper.update(fs.all_procs())
+        builder.batch(u, grouper.groups(), duration_ms=0.0)
+
+    results = {
+        "procstream": cpu_of(ours, polls),
+        "procstream+events": cpu_of(ours_events, polls),
+        "floor": cpu_of(make_floor("/proc", tracked), polls),
+    }
+    try:
+        import psutil  # type: ignore[import-untyped]
+
+        def ps() -> None:
+            for p in psutil.process_iter(PSUTIL_ATTRS):
+                p.info  # noqa: B018
+
+        ps()
+        results["psutil"] = cpu_of(ps, max(polls // 4, 3))
+    except ImportError:
+        print("  psutil: not installed")
+    if exporter:
+        cost = exporter_cpu_per_scrape(max(polls // 2, 5))
+        if cost is not None:
+            results["process-exporter"] = cost
+    results["_procs"] = sum(1 for name in os.listdir("/proc") if name.isdigit())
+    results["_tracked"] = len(tracked)
+    del nprocs
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="1000,5000", help="comma list of idle process counts to start")
+    ap.add_argument("--polls", type=int, default=20)
+    ap.add_argument("--no-exporter", action="store_true")
+    args = ap.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    tmp = tempfile.mkdtemp(prefix="procstream-bench-")
+    exe = os.path.join(tmp, "bench_sleeper")
+    shutil.copy("/bin/sleep", exe)
+    children: list[subprocess.Popen[bytes]] = []
+    table: list[tuple[int, dict[str, float]]] = []
+    try:
+        for size in sizes:
+            children += spawn(size - len(children), exe)
+            time.sleep(1.0)  # let the sleepers settle (exec done) before measuring
+            print(f"== {size} idle processes started", flush=True)
+            r = measure(size, args.polls, not args.no_exporter)
+            table.append((size, r))
+            n = r["_procs"]
+            print(f"   {int(n)} processes on the host, {int(r['_tracked'])} tracked by the default config")
+            for key, value in r.items():
+                if key.startswith("_"):
+                    continue
+                print(f"   {key:18s} {value * 1e3:9.2f} ms/poll {value / n * 1e6:8.2f} µs/process")
+            ours = r["procstream"]
+            print(f"   procstream / floor            = {ours / r['floor']:.2f}   (budget ≤ 2)")
+            if "process-exporter" in r:
+                print(f"   procstream / process-exporter = {ours / r['process-exporter']:.3f}  (budget ≤ 0.25)")
+            if "psutil" in r:
+                print(f"   procstream / psutil           = {ours / r['psutil']:.3f}")
+        if len(table) > 1:
+            (n0, r0), (n1, r1) = table[0], table[-1]
+            print(f"== growth from {int(r0['_procs'])} to {int(r1['_procs'])} processes")
+            for key in r0:
+                if key.startswith("_") or key not in r1:
+                    continue
+                per0 = r0[key] / r0["_procs"] * 1e6
+                per1 = r1[key] / r1["_procs"] * 1e6
+                print(f"   {key:18s} {per0:8.2f} -> {per1:8.2f} µs/process (x{r1[key] / r0[key]:.2f} per poll)")
+    finally:
+        for c in children:
+            c.terminate()
+        for c in children:
+            c.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
