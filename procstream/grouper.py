@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from .config import MatchNamer, ProcAttributes
-from .procfs.models import ProcLike, States
+from .procfs.errors import ProcfsParseError
+from .procfs.models import ProcId, ProcLike, ProcMetrics, States
 from .tracker import (
     ZERO_COUNTS,
     CollectErrors,
@@ -283,6 +284,53 @@ class Grouper:
         for pid in chain:
             resolved[pid] = group
         return group
+
+    # -- between polls: another source (kernel events) reports a start or an exit ------
+
+    def admit(self, proc: ProcLike, *, source: str = "netlink") -> TrackedProc | None:
+        """Decide one process now, outside a poll (e.g. when it has just exec'd).
+
+        Tracks it if its own attributes or its ancestry put it in a group and returns it;
+        returns None when it is already tracked, matches nothing (it is then ignored,
+        unless ``recheck``), or is already gone. A process ignored so far is judged anew:
+        an exec gives it a new name and command line.
+        """
+        tracker = self.tracker
+        try:
+            pid_id = proc.proc_id()
+            if pid_id in tracker.tracked:
+                return None
+            static = proc.static(cgroups=tracker.read_cgroups)
+        except (ProcessLookupError, PermissionError, ProcfsParseError, OSError):
+            return None
+        new = NewProc(proc, pid_id, static)
+        group = self.match(new)
+        if group is None and self.track_children:
+            group = self._ancestor_group(new, {}, {})
+        if group is None:
+            if not self.recheck:
+                tracker.ignore(pid_id)
+            return None
+        return tracker.track(group, new, source=source)
+
+    def retire(self, pid_id: ProcId, final: ProcMetrics | None = None) -> TrackedProc | None:
+        """Remove a tracked process whose exit another source reported; None if untracked.
+
+        ``final`` (its last counters, read at exit) adds what it used since the last poll
+        to its group's totals, which the poller alone would lose. It stays ignored while
+        /proc still lists it (a zombie must not come back as a new process).
+        """
+        tracker = self.tracker
+        if pid_id not in tracker.tracked:
+            return None
+        tp = tracker.forget(pid_id)
+        assert tp is not None
+        if final is not None:
+            tp.latest = Counts.between(tp.metrics, final)
+            tp.metrics = final
+            self._totals[tp.group] = self._totals.get(tp.group, ZERO_COUNTS) + tp.latest
+        tracker.ignore(pid_id)
+        return tp
 
     # -- one poll ---------------------------------------------------------------------
 

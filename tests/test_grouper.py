@@ -190,3 +190,57 @@ def test_no_growth_under_churn_of_10000_short_processes():
     assert len(g.tracker._ignored) <= 1
     assert baseline is not None and current - baseline < 64 * 1024
     assert g.groups()["short"].counts.cpu == pytest.approx(0.01 * 5000)
+
+
+def test_admit_tracks_a_process_between_polls_by_rule_or_ancestry():
+    g = grouper("sshd", "ls")
+    g.update([fake(100, "sshd")])
+    tp = g.admit(fake(101, "ls", ppid=100, start=5000))
+    assert tp is not None and (tp.group, tp.source) == ("ls", "netlink")
+    child = g.admit(fake(102, "cat", ppid=100, start=5001))
+    assert child is not None and child.group == "sshd"
+    assert g.admit(fake(101, "ls", ppid=100, start=5000)) is None  # already tracked
+    assert g.admit(fake(103, "cron", ppid=1, start=5002)) is None
+    assert g.tracker.is_ignored(g.tracker.known(103))
+    # the next poll sees them as known: no second start
+    r = g.update([fake(100, "sshd"), fake(101, "ls", ppid=100, start=5000), fake(102, "cat", ppid=100, start=5001)])
+    assert r.started == [] and r.exited == []
+
+
+def test_admit_judges_an_ignored_process_anew_after_exec():
+    g = grouper("worker")
+    g.update([fake(50, "python", ppid=0)])
+    assert g.tracker.is_ignored(g.tracker.known(50))
+    tp = g.admit(fake(50, "worker", ppid=0))
+    assert tp is not None and tp.group == "worker"
+
+
+def test_admit_of_a_vanished_process_is_none():
+    class Gone:
+        pid = 9
+
+        def proc_id(self):
+            raise ProcessLookupError
+
+    g = grouper("x")
+    assert g.admit(Gone()) is None
+
+
+def test_retire_counts_final_usage_and_keeps_a_zombie_from_coming_back():
+    g = grouper("w")
+    g.update([])
+    g.update([fake(10, "w", start=50, cpu=(1.0, 0.0))])
+    assert g.groups()["w"].counts.cpu == pytest.approx(1.0)
+    final = fake(10, "w", start=50, cpu=(1.7, 0.1), io=(5, 6)).metrics()
+    tp = g.retire(g.tracker.known(10), final)
+    assert tp is not None and tp.metrics.cpu_time == pytest.approx(1.8)
+    assert g.retire(tp.id, final) is None  # only once
+    # the zombie is still listed at the next poll: no new start, no second exit
+    r = g.update([fake(10, "w", start=50, cpu=(1.7, 0.1), state="Z")])
+    assert r.started == [] and r.exited == []
+    w = g.groups()["w"]
+    assert w.procs == 0
+    assert w.counts.cpu == pytest.approx(1.8)
+    assert (w.counts.read_bytes, w.counts.write_bytes) == (5, 6)
+    g.update([])
+    assert g.tracker.known(10) is None
