@@ -56,6 +56,8 @@ _STDOUT = "-"
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 # Event logs hold command lines (redacted, but still): not world-readable.
 _FILE_MODE = 0o640
+# What a sink may raise: OSError for files and pipes; ValueError for a closed stdout.
+_SINK_ERRORS = (OSError, ValueError)
 
 
 def parse_types(text: str) -> frozenset[str]:
@@ -84,16 +86,16 @@ class _Streak:
 
     def __init__(self, what: str) -> None:
         self.what = what
-        self.key: tuple[str, int | None] | None = None
+        self.key: tuple[str, object] | None = None
         self.errors = 0
         self.lost = 0
 
-    def failed(self, path: str, op: str, exc: OSError, lost: int) -> None:
-        key = (op, exc.errno)
+    def failed(self, path: str, op: str, exc: Exception, lost: int) -> None:
+        key = (op, getattr(exc, "errno", None) or type(exc).__name__)
         if key != self.key:
             log.warning(
                 "event log %s: %s failed: %s; %s",
-                path, op, exc.strerror or exc,
+                path, op, getattr(exc, "strerror", None) or exc,
                 "events are dropped until it works again" if self.what == "write"
                 else "the file grows past its size limit until it works again",
             )
@@ -122,7 +124,8 @@ class EventLog:
     on the event loop after every poll; ``reopen()`` on SIGHUP; ``close()`` at shutdown.
 
     ``max_bytes`` 0 means no rotation; with ``backups`` 0 a full file is removed and
-    started afresh. ``max_queue`` bounds the events waiting for the writer.
+    started afresh. ``max_queue`` bounds the events waiting for the writer (on top of the
+    batch it is writing at that moment).
     """
 
     def __init__(
@@ -325,7 +328,7 @@ class EventLog:
         """Open the sink now (at start and after reopen) so a bad path shows at once."""
         try:
             self._open()
-        except OSError as exc:
+        except _SINK_ERRORS as exc:
             self._write_errors += 1
             self._write_streak.failed(self._path, "open", exc, 0)
 
@@ -405,7 +408,7 @@ class EventLog:
             else:
                 self._write_all(b"".join(lines))
                 self._progress = len(lines)
-        except OSError as exc:
+        except _SINK_ERRORS as exc:
             lost = len(lines) - self._progress
             self._written += self._progress
             self._write_errors += 1

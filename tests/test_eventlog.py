@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -338,6 +340,25 @@ def test_stdout_mode(capfd: pytest.CaptureFixture[str], logs: list[EventLog]) ->
     assert el.close()
     out = capfd.readouterr().out
     assert [json.loads(line)["seq"] for line in out.splitlines()] == [1, 3]
+
+
+def test_closed_stdout_is_a_counted_failure(monkeypatch: pytest.MonkeyPatch, logs: list[EventLog]) -> None:
+    class Stdout:
+        def __init__(self, buffer: io.BytesIO) -> None:
+            self.buffer = buffer
+
+    dead = io.BytesIO()
+    dead.close()  # writing raises ValueError, not OSError: still a counted failure
+    monkeypatch.setattr(sys, "stdout", Stdout(dead))
+    el = make(logs, "-")
+    el.write([ev(1)])
+    wait_for(lambda: el.dropped == 1, "the failed write")
+    assert el.write_errors == 1 and el.events_written == 0
+    live = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", Stdout(live))
+    el.write([ev(2)])  # the writer thread survived and picks up the new stdout
+    wait_for(lambda: el.events_written == 1, "the next write")
+    assert [json.loads(line)["seq"] for line in live.getvalue().splitlines()] == [2]
 
 
 def test_close_drains_the_queue(tmp_path: Path) -> None:
