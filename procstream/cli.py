@@ -16,6 +16,7 @@ from .config import ConfigError, Config, default_config, load_config
 from .events import EventBuilder
 from .grouper import Grouper
 from .procfs import FS, ProcfsError
+from .redact import RedactPatternError, Redactor
 
 __all__ = ["build_parser", "main", "UsageError", "load_namer", "build_core"]
 
@@ -35,6 +36,14 @@ def _add_core_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--recheck", action="store_true", help="re-match processes that matched nothing at every poll (exec/rename)")
     p.add_argument("--remove-empty-groups", action="store_true", help="forget groups whose last process exited")
+    p.add_argument(
+        "--redact",
+        action="append",
+        default=[],
+        metavar="REGEX",
+        help="also hide what REGEX matches in command lines (group 1 only if it has one); repeatable",
+    )
+    p.add_argument("--no-cmdline", action="store_true", help="send no command lines at all")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,13 +79,17 @@ def build_core(args: argparse.Namespace) -> tuple[FS, Grouper, EventBuilder]:
         fs = FS(args.procfs)
     except ProcfsError as exc:
         raise UsageError(f"cannot read --procfs: {exc}") from exc
+    try:
+        redactor = Redactor(args.redact, drop_cmdline=args.no_cmdline)
+    except RedactPatternError as exc:
+        raise UsageError(str(exc)) from exc
     grouper = Grouper(
         namer,
         track_children=args.children,
         remove_empty_groups=args.remove_empty_groups,
         recheck=args.recheck,
     )
-    builder = EventBuilder(username=grouper.username)
+    builder = EventBuilder(username=grouper.username, redact=redactor)
     return fs, grouper, builder
 
 
