@@ -23,10 +23,11 @@ one generic-netlink message ``TASKSTATS_CMD_NEW`` holding an ``AGGR_PID`` nest
 last thread of a process that ever had several threads exits, an ``AGGR_TGID`` nest
 (``TASKSTATS_TYPE_TGID`` + ``STATS``) for the whole process. A single-threaded process
 gets only its ``AGGR_PID`` record (``pid == tgid``, flag ``AGROUP`` from version 12 on).
-The kernel's ``AGGR_TGID`` statistics are sums over the threads of only utime, stime,
-nvcsw, nivcsw and elapsed times, and only on kernels with the 2026 fix "taskstats:
-retain dead thread stats in TGID queries" (older ones send zeros there: see
-``TaskExit.summed``); faults and I/O are never summed. The decoder fills the process's
+The kernel's ``AGGR_TGID`` statistics are sums over the threads of the delay-accounting
+fields (``runtime_ns``, ``cpu_delay_ns``: every kernel) and of utime, stime, nvcsw,
+nivcsw and elapsed times (only kernels with the 2026 fix "taskstats: retain dead thread
+stats in TGID queries"; older ones send zeros there: see ``TaskExit.summed``); faults
+and I/O are never summed. The decoder fills the process's
 identity (comm, uid, gid, ppid, exit status, start, lifetime) from the last thread's
 record of the same message. For complete per-process totals, add the ``AGGR_PID``
 records of one ``tgid``.
@@ -44,9 +45,13 @@ Relation with the proc connector, for whoever pairs the two streams:
 - the exit status ``exit_code`` is the raw wait status, as in the connector's
   ``ExitEvent.status``; :attr:`TaskExit.code`, :attr:`TaskExit.signal` and
   :attr:`TaskExit.core_dumped` decode it exactly like ``netlink.decode_exit_status``.
-- CPU times are tick-sampled (``task_cputime``), not the scheduler-precise values that
-  ``/proc/PID/stat`` and ``getrusage`` report after ``cputime_adjust``: expect a few
-  ticks of difference (a tick is 1-10 ms).
+- CPU: ``utime``/``stime`` are raw tick samples (``task_cputime``), not the values
+  ``/proc/PID/stat`` and ``getrusage`` report, which ``cputime_adjust`` scales to the
+  scheduler's exact runtime. On an idle CPU they agree within a few ticks (1-10 ms each);
+  a task that shared its CPU can be charged several times too little or too much (seen
+  here: 36 ms charged for 207 ms used, with three busy tasks on two CPUs). With delay
+  accounting on (:func:`delay_accounting`), every record also carries the exact runtime
+  (``runtime_ns``) and ``TaskExit.cpu_s`` uses it.
 
 Permissions: registering needs CAP_NET_ADMIN (``GENL_ADMIN_PERM``), the initial user and
 PID namespaces (else EINVAL) and the initial network namespace (the family does not exist
@@ -61,6 +66,7 @@ import platform
 import select
 import socket
 import struct
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Final, Literal, TypeAlias
@@ -75,6 +81,7 @@ __all__ = [
     "TaskstatsError",
     "probe",
     "possible_cpus",
+    "delay_accounting",
     "DEFAULT_RCVBUF",
     "AFORK",
     "ASU",
@@ -154,6 +161,7 @@ _BASIC_ZEROS: Final = (b"",) + (0,) * 23
 
 @dataclass(frozen=True, slots=True)
 class _Layout:
+    delays: struct.Struct  # from cpu_count (16): cpu_delay_total, cpu_run_virtual_total
     basic: int  # offset of ac_comm
     btime64: int  # v10
     tgid: int  # v12, u32
@@ -163,8 +171,10 @@ class _Layout:
 # Append-only for every version but 15: 6.15's development kernels inserted the delay
 # max/min fields in the middle (cpu/blkio/swapin, +48 bytes before ac_comm; freepages,
 # thrashing, compact further on); version 16 moved them to the end again.
-_STD = _Layout(basic=80, btime64=344, tgid=368, tgetime=376)
-_V15 = _Layout(basic=128, btime64=424, tgid=464, tgetime=472)
+# cpu_delay_total is at 24 in both; cpu_run_virtual_total at 72 (v15: 120).
+_STD = _Layout(delays=struct.Struct("=8xQ40xQ"), basic=80, btime64=344, tgid=368, tgetime=376)
+_V15 = _Layout(delays=struct.Struct("=8xQ88xQ"), basic=128, btime64=424, tgid=464, tgetime=472)
+_DELAYS_OFF: Final = 16
 
 _U32_MAX: Final = 0xFFFFFFFF
 
@@ -215,9 +225,9 @@ class TaskExit:
     there is. ``etime_us`` is the thread's lifetime.
 
     ``aggregate="tgid"``: the whole process, sent with its last thread's record. ``pid``
-    equals ``tgid``. The kernel sums only ``utime_us``, ``stime_us``, ``nvcsw`` and
-    ``nivcsw`` into it, and only when ``summed`` (see the module doc); the fault and I/O
-    counters are 0 here. Identity (comm, uid, gid, ppid, ``exit_code``, ``flags``) comes
+    equals ``tgid``. The kernel sums ``runtime_ns``/``cpu_delay_ns`` into it, and
+    ``utime_us``, ``stime_us``, ``nvcsw``, ``nivcsw`` only when ``summed`` (see the module
+    doc); the fault and I/O counters are 0 here. Identity (comm, uid, gid, ppid, ``exit_code``, ``flags``) comes
     from the last thread's record; ``etime_us`` is the process lifetime (``ac_tgetime``,
     version 12 on; before that the leader's lifetime if the leader exited last, else 0)
     and ``btime`` is derived from it.
@@ -262,14 +272,52 @@ class TaskExit:
     hiwater_vm_kb: int = 0
     #: the process's lifetime up to this exit (version 12 on; 0 when unknown)
     tgetime_us: int = 0
-    #: False only for a process record whose CPU/switch/time sums the kernel left at zero
-    #: (kernels before the 2026 "retain dead thread stats" fix): add the threads' records
+    #: False only for a process record whose utime/stime/switch sums the kernel left at
+    #: zero (kernels before the 2026 "retain dead thread stats" fix): add the threads'
+    #: records, or use ``runtime_ns``, which every kernel sums
     summed: bool = True
+    #: exact CPU time in ns (the scheduler's ``sum_exec_runtime``, ``cpu_run_virtual_total``)
+    #: and time spent runnable but waiting for a CPU; both 0 unless delay accounting is on
+    #: (sysctl ``kernel.task_delayacct=1`` or boot option ``delayacct``)
+    runtime_ns: int = 0
+    cpu_delay_ns: int = 0
+
+    @property
+    def exact_cpu(self) -> bool:
+        """True when ``cpu_s`` is the scheduler's exact runtime, not tick samples."""
+        return self.runtime_ns > 0
 
     @property
     def cpu_s(self) -> float:
-        """User + system CPU in seconds."""
+        """CPU time in seconds: the exact runtime when delay accounting is on, else user +
+        system from tick sampling (which can be several times off for a task that shared
+        its CPU with others: the tick charges whoever runs at that instant)."""
+        if self.runtime_ns:
+            return self.runtime_ns / 1e9
         return (self.utime_us + self.stime_us) / 1e6
+
+    @property
+    def cpu_user_s(self) -> float:
+        """User part of ``cpu_s``; with an exact runtime, split in the ticks' proportion
+        (as ``/proc`` and getrusage do)."""
+        return self._split()[0]
+
+    @property
+    def cpu_system_s(self) -> float:
+        """System part of ``cpu_s`` (see ``cpu_user_s``)."""
+        return self._split()[1]
+
+    def _split(self) -> tuple[float, float]:
+        user, system = self.utime_us / 1e6, self.stime_us / 1e6
+        if not self.runtime_ns:
+            return user, system
+        total = self.runtime_ns / 1e9
+        if self.stime_us == 0:  # as the kernel's cputime_adjust()
+            return total, 0.0
+        if self.utime_us == 0:
+            return 0.0, total
+        user = total * self.utime_us / (self.utime_us + self.stime_us)
+        return user, total - user
 
     @property
     def lifetime_s(self) -> float:
@@ -507,6 +555,10 @@ def _decode_stats(
         exitcode = _U32.unpack_from(data, off + 4)[0]
         flag = nice = 0
     layout = _V15 if version == 15 else _STD
+    if length >= _DELAYS_OFF + layout.delays.size:
+        cpu_delay, runtime = layout.delays.unpack_from(data, off + _DELAYS_OFF)
+    else:
+        cpu_delay = runtime = 0
     avail = length - layout.basic
     if avail >= _BASIC.size:
         vals = _BASIC.unpack_from(data, off + layout.basic)
@@ -535,7 +587,7 @@ def _decode_stats(
         ident, tgid, "pid" if is_pid else "tgid", ppid, uid, gid, comm, exitcode, btime,
         etime, utime, stime, minflt, majflt, read_bytes, write_bytes, nvcsw, nivcsw, version,
         flag, nice, rchar, wchar, syscr, syscw, cancelled, hiwater_rss, hiwater_vm, tgetime,
-        True if is_pid else (etime != 0 or utime != 0 or stime != 0),
+        True if is_pid else (etime != 0 or utime != 0 or stime != 0), runtime, cpu_delay,
     )  # fmt: skip
 
 
@@ -681,6 +733,11 @@ class TaskstatsListener:
                 code, f"cannot create a NETLINK_GENERIC socket ({_err(exc)})"
             ) from exc
         try:
+            why = _netns_problem()
+            if why:
+                # The kernel sends records to a port of the initial network namespace only;
+                # elsewhere registration succeeds and nothing ever arrives.
+                raise TaskstatsError(errno.ENETUNREACH, why)
             self._set_rcvbuf(sock)
             sock.bind((0, 0))
             # Connected to the kernel (port 0), the socket refuses datagrams from other
@@ -989,6 +1046,31 @@ def _family_id(data: bytes, start: int, end: int) -> int | None:
     return None
 
 
+# The initial network namespace has a fixed inode on recent kernels
+# (include/linux/proc_ns.h); on older ones a mismatch proves nothing.
+_PROC_NET_INIT_INO: Final = 0xEFFFFFF9
+
+
+def _netns_problem() -> str | None:
+    """Are we outside the initial network namespace? (None: no, or can't tell.)"""
+    try:
+        ours = os.stat("/proc/self/ns/net")
+    except OSError:
+        return None
+    if ours.st_ino == _PROC_NET_INIT_INO:
+        return None
+    try:
+        init = os.stat("/proc/1/ns/net")
+    except OSError:
+        return None  # pid 1's links are often unreadable; probe()'s test exit decides
+    if (init.st_dev, init.st_ino) != (ours.st_dev, ours.st_ino):
+        return (
+            "this process is not in the initial network namespace (a container needs host "
+            "networking): the kernel sends exit records there only"
+        )
+    return None
+
+
 def _register_problem(err: int, mask: str) -> str:
     if err == errno.EPERM:
         return "the kernel refused the registration (EPERM): it needs root or CAP_NET_ADMIN"
@@ -1014,22 +1096,65 @@ def _err(exc: BaseException) -> str:
 # --- probe -------------------------------------------------------------------------------
 
 
-def probe() -> tuple[bool, str]:
+def probe(timeout: float = 1.0) -> tuple[bool, str]:
     """Can procstream receive exit accounting here? ``(ok, reason)``; the reason is a log
-    line. Call once at start-up: it opens, registers (waiting for the kernel's answer),
-    and closes again, so every cause (no CONFIG_TASKSTATS, no CAP_NET_ADMIN, a child
-    user/PID/network namespace) is reported as the kernel sees it."""
+    line. Call once at start-up (it takes a few ms): it opens and registers (so every
+    refusal, no CONFIG_TASKSTATS, no CAP_NET_ADMIN, a child user or PID namespace, comes
+    as the kernel says it), then starts and joins a thread of its own and waits up to
+    ``timeout`` for that thread's exit record: only an end-to-end test catches a child
+    network namespace, where registering succeeds and nothing arrives."""
     prefix = "taskstats unavailable: "
     if not hasattr(socket, "AF_NETLINK"):
         return False, prefix + "not Linux (no AF_NETLINK)"
     try:
-        listener = TaskstatsListener(rcvbuf=64 * 1024).open(timeout=1.0)
+        listener = TaskstatsListener(rcvbuf=256 * 1024).open(timeout=timeout)
     except TaskstatsError as exc:
         return False, prefix + (exc.strerror or str(exc))
     except OSError as exc:
         return False, prefix + f"unexpected error opening it ({_err(exc)})"
     try:
+        seen = _see_a_thread_exit(listener, timeout)
         family, mask = listener.family_id, listener.cpumask
+    except OSError as exc:
+        return False, prefix + f"unexpected error reading it ({_err(exc)})"
     finally:
         listener.close()
-    return True, f"taskstats available (family {family}, CPUs {mask})"
+    if not seen:
+        return False, prefix + (
+            f"registered, but no exit record arrived within {timeout:g} s: this process is "
+            "probably not in the initial network namespace (a container needs host networking)"
+        )
+    exact = delay_accounting()
+    cpu = (
+        "exact CPU times: delay accounting on" if exact
+        else "CPU times from tick samples: delay accounting off (sysctl kernel.task_delayacct=1 "
+        "makes them exact)"
+    )
+    return True, f"taskstats available (family {family}, CPUs {mask}; {cpu})"
+
+
+def delay_accounting() -> bool | None:
+    """Is the kernel's delay accounting on (``/proc/sys/kernel/task_delayacct``)? Then
+    records carry the exact CPU runtime (``TaskExit.runtime_ns``). None: can't tell (no
+    such sysctl: before Linux 5.14, or built without CONFIG_TASK_DELAY_ACCT)."""
+    try:
+        with open("/proc/sys/kernel/task_delayacct", "rb") as f:
+            return f.read().strip() not in (b"0", b"")
+    except OSError:
+        return None
+
+
+def _see_a_thread_exit(listener: TaskstatsListener, timeout: float) -> bool:
+    """Start and join a thread that does nothing; True once its exit record arrived."""
+    thread = threading.Thread(target=lambda: None, name="taskstats-probe")
+    thread.start()
+    thread.join()
+    tid = thread.native_id
+    deadline = time.monotonic() + timeout
+    while True:
+        for rec in listener.read_events():
+            if isinstance(rec, TaskExit) and rec.pid == tid:
+                return True
+        left = deadline - time.monotonic()
+        if left <= 0 or listener.wait_readable(left) is None:
+            return False
