@@ -775,6 +775,22 @@ def test_deregistering_stops_the_records() -> None:
 
 
 @live
+def test_read_events_is_bounded_per_call(ts: TaskstatsListener) -> None:
+    pids = []
+    for _ in range(10):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        pids.append(pid)
+    assert ts.wait_readable(5.0) is True
+    first = ts.read_events(max_datagrams=1)
+    assert 1 <= len(first) <= 2  # one datagram: a thread's record, maybe its process's
+    rest = collect(ts, lambda evs: all(records(first + evs, p) for p in pids))
+    assert len({e.pid for e in first + rest if isinstance(e, TaskExit) and e.pid in pids}) == 10
+
+
+@live
 def test_close_is_idempotent_and_final() -> None:
     listener = TaskstatsListener().open()
     assert not listener.closed and listener.open() is listener
