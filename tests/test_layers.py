@@ -15,6 +15,7 @@ LAYER: dict[str, int] = {
     "procstream": 0,
     "procstream.procfs": 0,
     "procstream.netlink": 0,
+    "procstream.taskstats": 0,
     "procstream.users": 1,
     "procstream.gotemplate": 1,
     "procstream.goregex": 1,
@@ -44,6 +45,7 @@ BANNED: dict[str, tuple[str, ...]] = {
     # /proc readers: stdlib only, nothing of procstream but their own package
     "procstream.procfs": ("procstream.", "asyncio", "websockets", "orjson", "yaml", "prometheus_client"),
     "procstream.netlink": ("procstream.", "asyncio", "websockets"),
+    "procstream.taskstats": ("procstream.", "asyncio", "websockets"),
     # pure state machines: no event loop, no network, no /proc internals
     "procstream.tracker": ("asyncio", "websockets", "procstream.procfs.fs", "procstream.procfs._read"),
     "procstream.grouper": ("asyncio", "websockets", "procstream.procfs.fs", "procstream.procfs._read"),
