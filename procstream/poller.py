@@ -153,11 +153,23 @@ class Poller:
         self._wake.set()
 
     async def run(self) -> None:
-        """Poll forever on a fixed grid of ``interval`` seconds (cancel to stop)."""
+        """Poll forever on a fixed grid of ``interval`` seconds (cancel to stop).
+
+        If a poll already ran (``poll_now()`` before starting the server, say), the
+        first tick of the grid is one interval later.
+        """
         loop = asyncio.get_running_loop()
-        next_tick = loop.time()
+        next_tick = loop.time() + (self.interval if self.status.polls else 0.0)
         try:
             while True:
+                self._wake.clear()
+                delay = next_tick - loop.time()
+                if delay > 0:
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                        next_tick = loop.time()  # an early poll restarts the grid
+                    except TimeoutError:
+                        pass
                 await self.poll_now()
                 next_tick += self.interval
                 now = loop.time()
@@ -167,13 +179,6 @@ class Poller:
                     self.status.skipped += missed
                     log.info("poll overran its interval; skipping %d tick(s)", missed)
                     next_tick += missed * self.interval
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=max(next_tick - now, 0.0))
-                except TimeoutError:
-                    pass
-                else:
-                    next_tick = loop.time()  # an early poll restarts the grid
         finally:
             self._executor.shutdown(wait=False, cancel_futures=True)
 

@@ -162,3 +162,17 @@ async def test_submit_runs_on_the_poll_thread():
 def test_interval_must_be_positive():
     with pytest.raises(ValueError):
         make(interval=0)
+
+
+async def test_run_after_a_first_poll_waits_one_interval():
+    poller, scan, sink = make(interval=0.5)
+    assert await poller.poll_now() is True
+    assert len(sink.states) == 1
+    task = asyncio.create_task(poller.run())
+    try:
+        t0 = time.monotonic()
+        await wait_for(lambda: len(sink.batches) == 1)
+        assert time.monotonic() - t0 >= 0.4  # the grid starts one interval after the first poll
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
