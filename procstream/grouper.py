@@ -208,6 +208,12 @@ class Grouper:
 
     # -- naming -----------------------------------------------------------------------
 
+    def set_namer(self, namer: MatchNamer) -> None:
+        """Use new rules from now on (config reload). Processes already grouped keep
+        their group; only processes not decided yet are named by the new rules."""
+        self.namer = namer
+        self.tracker.read_cgroups = bool(getattr(namer, "needs_cgroups", True))
+
     def attributes(self, new: NewProc) -> ProcAttributes:
         s = new.static
         return ProcAttributes(
@@ -325,12 +331,24 @@ class Grouper:
             return None
         tp = tracker.forget(pid_id)
         assert tp is not None
-        if final is not None:
-            tp.latest = Counts.between(tp.metrics, final)
-            tp.metrics = final
-            self._totals[tp.group] = self._totals.get(tp.group, ZERO_COUNTS) + tp.latest
+        self.account_exit(tp, final)
         tracker.ignore(pid_id)
         return tp
+
+    def account_exit(self, tp: TrackedProc, final: ProcMetrics | None) -> None:
+        """Add to ``tp``'s group what it used that no poll has counted yet: its usage
+        since it was last sampled, up to its ``final`` counters (when known)."""
+        usage = ZERO_COUNTS
+        if not tp.accounted:
+            usage = tp.latest
+            tp.accounted = True
+        if final is not None:
+            delta = Counts.between(tp.metrics, final)
+            tp.metrics = final
+            tp.latest = delta
+            usage = usage + delta
+        if usage != ZERO_COUNTS:
+            self._totals[tp.group] = self._totals.get(tp.group, ZERO_COUNTS) + usage
 
     # -- one poll ---------------------------------------------------------------------
 
@@ -359,6 +377,7 @@ class Grouper:
             if acc is None:
                 acc = accs[tp.group] = _Acc()
             acc.add(tp)
+            tp.accounted = True
         totals = self._totals
         groups: dict[str, GroupCounts] = {}
         for name, acc in accs.items():

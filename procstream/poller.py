@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from .events import Event, EventBuilder
-from .grouper import GroupCounts, Grouper
+from .grouper import GroupCounts, Grouper, GrouperUpdate
 from .procfs.models import ProcLike
 
 __all__ = ["Sink", "PollStatus", "Poller"]
@@ -77,6 +77,7 @@ class Poller:
         *,
         interval: float = 1.0,
         extra_cycle: Callable[[], dict[str, Any]] | None = None,
+        on_update: Callable[[GrouperUpdate], None] | None = None,
         on_poll: Callable[[float, dict[str, GroupCounts]], None] | None = None,
     ) -> None:
         if interval <= 0:
@@ -86,7 +87,11 @@ class Poller:
         self.builder = builder
         self.sink = sink
         self.interval = interval
+        #: fields added to every ``cycle`` event (called on the poll thread)
         self.extra_cycle = extra_cycle
+        #: sees (and may edit) each poll's report before its events are built
+        self.on_update = on_update
+        #: called with each poll's time and groups (e.g. for /metrics)
         self.on_poll = on_poll
         self.status = PollStatus(interval=interval, started_at=time.time())
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="procstream-poll")
@@ -99,6 +104,8 @@ class Poller:
     def _poll_once(self) -> _PollResult:
         t0 = time.perf_counter()
         update = self.grouper.update(self.scan())
+        if self.on_update is not None:
+            self.on_update(update)
         groups = self.grouper.groups()
         if self._first:
             group_state, procs = self.builder.state(

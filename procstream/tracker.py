@@ -149,6 +149,9 @@ class TrackedProc:
     seen: int = 0
     #: how the tracker learnt of it: "poll" or another source such as "netlink"
     source: str = "poll"
+    #: whether ``latest`` is already in its group's totals (the grouper sets it); until
+    #: then, newer usage adds to ``latest`` instead of replacing it
+    accounted: bool = False
 
     @property
     def pid(self) -> int:
@@ -253,16 +256,21 @@ class Tracker:
                 except PermissionError:
                     errors.permission += 1
                     tp.seen = gen  # still alive; keep its last sample
-                    tp.latest = ZERO_COUNTS
+                    if tp.accounted:
+                        tp.latest = ZERO_COUNTS
                     continue
                 except (ProcfsParseError, OSError):
                     errors.read += 1
                     tp.seen = gen
-                    tp.latest = ZERO_COUNTS
+                    if tp.accounted:
+                        tp.latest = ZERO_COUNTS
                     continue
                 if metrics.partial_errors:
                     errors.partial += 1
-                tp.latest = between(tp.metrics, metrics)
+                delta = between(tp.metrics, metrics)
+                # usage not yet in the group's totals (tracked between polls) carries over
+                tp.latest = delta if tp.accounted else tp.latest + delta
+                tp.accounted = False
                 tp.metrics = metrics
                 tp.last_seen = now
                 tp.seen = gen
