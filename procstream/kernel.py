@@ -35,7 +35,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Union
 
 from .events import Event, EventBuilder
@@ -93,13 +93,20 @@ class KLost:
 KItem = Union[KStart, KExit, KLost]
 
 
-def read_now(fs: FS, pid: int, *, cgroups: bool = False) -> FixedProc | None:
-    """Everything a poll would read of a new process, read immediately."""
+def read_now(fs: FS, pid: int, *, cgroups: bool = False, exact_cpu: bool = False) -> FixedProc | None:
+    """Everything a poll would read of a process, read immediately.
+
+    ``exact_cpu`` (for an exit) replaces the 10 ms ticks of ``stat`` with the scheduler's
+    exact runtime when the process is single-threaded: for a process that lived 100 ms,
+    ticks alone can miss a tenth of its CPU.
+    """
     proc = fs.proc(pid)
     try:
         pid_id = proc.proc_id()
         static = proc.static(cgroups=cgroups)
         metrics = proc.metrics()
+        if exact_cpu and metrics.num_threads == 1:
+            metrics = _with_runtime(metrics, proc.runtime_ns())
     except _READ_ERRORS:
         return None
     try:
@@ -107,6 +114,17 @@ def read_now(fs: FS, pid: int, *, cgroups: bool = False) -> FixedProc | None:
     except _READ_ERRORS:
         limit = 0
     return FixedProc(ProcIdInfo(pid_id, static, metrics), limit=limit)
+
+
+def _with_runtime(m: ProcMetrics, runtime_ns: int) -> ProcMetrics:
+    """``m`` with its CPU total set to ``runtime_ns``, split like the kernel's
+    ``cputime_adjust`` (in the proportion of the user/system ticks)."""
+    total = runtime_ns / 1e9
+    ticks = m.cpu_user + m.cpu_system
+    if total <= ticks:
+        return m
+    user = total if ticks == 0 else total * m.cpu_user / ticks
+    return replace(m, cpu_user=user, cpu_system=total - user)
 
 
 # -- on the poll thread -------------------------------------------------------------------
@@ -475,7 +493,7 @@ class KernelSource:
             if ev.is_thread:
                 return None
             self._count("exit")
-            proc = read_now(self.fs, ev.pid, cgroups=cgroups)
+            proc = read_now(self.fs, ev.pid, cgroups=cgroups, exact_cpu=True)
             stats = self._exit_stats.pop(ev.pid, None)
             if stats is None and self._taskstats is not None:
                 self._read_taskstats()  # the record is queued before the exit event

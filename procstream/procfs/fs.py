@@ -28,6 +28,7 @@ from .fd import count_open_fds
 from .io import parse_io
 from .limits import parse_max_open_files
 from .models import ProcId, ProcMetrics, ProcStatic, States, state_of
+from .schedstat import parse_schedstat
 from .stat import Stat, parse_stat, parse_state
 from .status import Status, parse_ctx_switches, parse_status
 
@@ -311,6 +312,12 @@ class Proc:
         if running + sleeping + waiting + zombie + other == 0:
             return None
         return States(running, sleeping, waiting, zombie, other), voluntary, nonvoluntary
+
+    def runtime_ns(self) -> int:
+        """Exact CPU time of the main thread in ns (reads ``schedstat``): the whole
+        process's when it is single-threaded. For the final CPU of a process at exit,
+        where ``stat``'s 10 ms ticks are too coarse."""
+        return parse_schedstat(self._file("schedstat"))
 
     def fd_limit(self) -> int:
         """Soft limit on open files (reads ``limits``); 0 when unlimited or unknown
