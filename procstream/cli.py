@@ -55,6 +55,31 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
+    serve = sub.add_parser("serve", help="run the service: WebSocket stream, viewer, health and metrics")
+    _add_core_options(serve)
+    serve.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between polls (default: 1)")
+    serve.add_argument("--listen", default="127.0.0.1:8765", metavar="HOST:PORT", help="address to listen on (default: 127.0.0.1:8765)")
+    serve.add_argument("--max-clients", type=int, default=1024, metavar="N", help="refuse WebSocket clients past N (default: 1024)")
+    serve.add_argument("--buffer", type=int, default=100_000, metavar="N", help="events kept for resume (default: 100000)")
+    serve.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto", help="event loop (default: uvloop when installed)")
+    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    serve.add_argument(
+        "--source",
+        choices=("auto", "poll", "netlink"),
+        default="auto",
+        help="process events: the kernel's (netlink, needs root or CAP_NET_ADMIN on the host's /proc) "
+        "next to the poller; auto uses them when permitted (default: auto)",
+    )
+    serve.add_argument("--event-log", metavar="FILE", help="append proc.start/proc.exit as NDJSON to FILE ('-' = stdout) for log shippers")
+    serve.add_argument(
+        "--event-log-types",
+        default="proc.start,proc.exit",
+        metavar="TYPES",
+        help="event types to log, comma list, proc.* allowed (default: proc.start,proc.exit)",
+    )
+    serve.add_argument("--event-log-max-bytes", type=int, default=0, metavar="N", help="rotate the event log past N bytes (default: 0 = never)")
+    serve.add_argument("--event-log-backups", type=int, default=5, metavar="N", help="rotated files to keep (default: 5)")
+
     once = sub.add_parser("once", help="print one JSON snapshot of groups and processes, then exit")
     _add_core_options(once)
     once.add_argument("--delay", type=float, default=0.0, metavar="S", help="poll twice, S seconds apart, so rates are filled in")
@@ -96,6 +121,10 @@ def build_core(args: argparse.Namespace) -> tuple[FS, Grouper, EventBuilder]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "serve":
+            from .app import run as run_serve
+
+            return run_serve(args)
         if args.command == "once":
             from .once import run as run_once
 

@@ -124,3 +124,51 @@ def unprivileged(fn: Callable[..., Any], *args: Any, timeout: float = 10.0) -> A
     if kind == "raised":
         raise value
     return value
+
+
+def add_proc(
+    root: Path,
+    pid: int,
+    *,
+    comm: str,
+    cmdline: tuple[str, ...],
+    start: int,
+    ppid: int = 1,
+    utime: int = 0,
+    template: int = 1000,
+) -> None:
+    """Add (or replace) process ``pid`` in a fake tree made by ``make_fake_proc``.
+
+    A copy of process ``template`` with a new comm, argv, parent, start (clock ticks since
+    boot) and user CPU ticks; built beside the tree and renamed into place, so a poller
+    never sees half a process.
+    """
+    src = root / str(template)
+    tmp = root.parent / f".new-{pid}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(src, tmp, symlinks=True)
+    fields = (src / "stat").read_bytes().rpartition(b")")[2].split()
+    fields[1] = str(ppid).encode()  # ppid (field 4)
+    fields[11] = str(utime).encode()  # utime (field 14)
+    fields[19] = str(start).encode()  # starttime (field 22)
+    (tmp / "stat").write_bytes(f"{pid} ({comm}) ".encode() + b" ".join(fields) + b"\n")
+    (tmp / "cmdline").write_bytes(b"".join(a.encode() + b"\0" for a in cmdline))
+    task = tmp / "task"
+    if task.exists():
+        shutil.rmtree(task)
+    dst = root / str(pid)
+    if dst.exists():
+        old = root.parent / f".old-{pid}"
+        dst.rename(old)
+        tmp.rename(dst)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(dst)
+
+
+def remove_proc(root: Path, pid: int) -> None:
+    """Make process ``pid`` vanish from a fake tree at once."""
+    gone = root.parent / f".gone-{pid}"
+    (root / str(pid)).rename(gone)
+    shutil.rmtree(gone)

@@ -1,0 +1,212 @@
+"""``procstream serve`` as users run it: a real server process, real websockets clients
+on loopback, over a fake /proc the test changes between polls and over live processes."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from tests._procfs_util import add_proc, make_fake_proc, remove_proc
+from tests.serving import Client, Served, http_get, seqs
+from tests.util import running, wait_for
+
+
+@pytest.fixture
+def fake_root() -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="procstream-serve-"))
+    try:
+        yield make_fake_proc(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_hello_snapshot_then_live_events_over_a_fake_proc(fake_root: Path, tmp_path: Path) -> None:
+    with Served("--procfs", str(fake_root), "--interval", "0.2", log=tmp_path / "log") as srv:
+        c = await Client.connect(srv.ws)
+        try:
+            await c.wait("hello and snapshot", lambda: c.of("snapshot"))
+            hello, snapshot = c.objects[0], c.objects[1]
+            assert hello["type"] == "hello" and hello["v"] == 1 and hello["interval"] == 0.2
+            assert snapshot["type"] == "snapshot" and snapshot["seq"] == hello["head_seq"]
+            assert set(snapshot["groups"]) == {"sleep", "a) (b c)", "python3"}
+            assert {p["pid"] for p in snapshot["procs"]} == {1000, 1001, 1006, 1010}
+
+            add_proc(fake_root, 2000, comm="worker", cmdline=("worker", "--id", "1"), start=90_000, utime=50)
+            await c.wait("the new process", lambda: c.of("proc.start", pid=2000))
+            (start,) = c.of("proc.start", pid=2000)
+            assert (start["group"], start["cmdline"], start["source"]) == ("worker", ["worker", "--id", "1"], "poll")
+
+            # pid reuse: same pid, a new start time -> the old one exits, a new one starts
+            add_proc(fake_root, 2000, comm="other", cmdline=("other",), start=95_000)
+            await c.wait("pid reuse", lambda: c.of("proc.start", pid=2000, group="other"))
+            (old_exit,) = c.of("proc.exit", pid=2000)
+            assert old_exit["group"] == "worker" and old_exit["cpu_s"] == 0.5
+            assert old_exit["seq"] < c.of("proc.start", pid=2000, group="other")[0]["seq"]
+
+            remove_proc(fake_root, 2000)
+            await c.wait("its exit", lambda: c.of("proc.exit", pid=2000, group="other"))
+            updates = c.of("group.update", group="worker")
+            assert updates and updates[-1]["procs"] == 0 and updates[-1]["cpu_s"] == 0.5
+
+            events = c.events()
+            assert seqs(events) == list(range(snapshot["seq"] + 1, snapshot["seq"] + 1 + len(events)))
+        finally:
+            await c.close()
+        assert srv.stop() == 0
+
+
+async def test_live_processes_start_and_exit_and_snapshot_api(tmp_path: Path) -> None:
+    exe = tmp_path / "psserve_live"
+    shutil.copy("/bin/sleep", exe)
+    with Served("--interval", "0.2", "--source", "poll", log=tmp_path / "log") as srv:
+        c = await Client.connect(srv.ws + "?types=proc.*&groups=psserve_live")
+        try:
+            await c.wait("snapshot", lambda: c.of("snapshot"))
+            with running(str(exe), "60") as p:
+                await c.wait("start", lambda: c.of("proc.start", pid=p.pid))
+                status, body, headers = http_get(srv.url + "/api/snapshot")
+                assert status == 200 and headers["Content-Type"].startswith("application/json")
+                doc = orjson.loads(body)
+                assert doc["groups"]["psserve_live"]["procs"] == 1
+                assert any(proc["pid"] == p.pid for proc in doc["procs"])
+            await c.wait("exit", lambda: c.of("proc.exit", pid=p.pid))
+            # the filter held: only proc.* of that group, plus control objects
+            assert {o["type"] for o in c.objects} <= {"hello", "snapshot", "proc.start", "proc.exit", "bookmark"}
+            assert all(o.get("group", "psserve_live") == "psserve_live" for o in c.events())
+        finally:
+            await c.close()
+
+
+async def test_sigterm_closes_clients_with_1001_and_exits_0(tmp_path: Path) -> None:
+    srv = Served("--interval", "0.2", "--source", "poll", log=tmp_path / "log").start()
+    try:
+        clients = [await Client.connect(srv.ws) for _ in range(3)]
+        for c in clients:
+            await c.wait("snapshot", lambda c=c: c.of("snapshot"))
+        t0 = time.monotonic()
+        srv.signal(signal.SIGTERM)
+        code = await asyncio.to_thread(srv.proc.wait, 5)
+        assert code == 0 and time.monotonic() - t0 < 5
+        for c in clients:
+            await c.wait("the close", lambda c=c: c._reader.done())
+            assert isinstance(c.closed, ConnectionClosed) or c.ws.close_code is not None
+            assert c.ws.close_code == 1001
+    finally:
+        srv.stop()
+
+
+async def test_resume_after_a_disconnect_replays_exactly_what_was_missed(fake_root: Path, tmp_path: Path) -> None:
+    with Served("--procfs", str(fake_root), "--interval", "0.1", log=tmp_path / "log") as srv:
+        c = await Client.connect(srv.ws)
+        await c.wait("snapshot", lambda: c.of("snapshot"))
+        add_proc(fake_root, 3000, comm="a1", cmdline=("a1",), start=80_000)
+        await c.wait("a1", lambda: c.of("proc.start", pid=3000))
+        hello = c.objects[0]
+        last = c.events()[-1]["seq"]
+        await c.close()
+        seen_before = c.events()
+        # while nobody listens
+        add_proc(fake_root, 3001, comm="a2", cmdline=("a2",), start=80_100)
+        remove_proc(fake_root, 3000)
+        time.sleep(0.5)
+        c2 = await Client.connect(f"{srv.ws}?since={last}&epoch={hello['epoch']}")
+        try:
+            await c2.wait("the missed start", lambda: c2.of("proc.start", pid=3001))
+            await c2.wait("the missed exit", lambda: c2.of("proc.exit", pid=3000))
+            assert not c2.of("reset") and not c2.of("snapshot")
+            replay = c2.events()
+            assert seqs(replay)[0] == last + 1
+            assert seqs(replay) == list(range(last + 1, last + 1 + len(replay)))
+            assert not set(seqs(seen_before)) & set(seqs(replay))
+        finally:
+            await c2.close()
+        # a foreign epoch gets reset + snapshot
+        c3 = await Client.connect(f"{srv.ws}?since={last}&epoch=not-this-one")
+        try:
+            await c3.wait("reset", lambda: c3.of("snapshot"))
+            assert c3.of("reset") and c3.objects.index(c3.of("reset")[0]) < c3.objects.index(c3.of("snapshot")[0])
+        finally:
+            await c3.close()
+
+
+async def test_event_log_holds_the_wire_objects(fake_root: Path, tmp_path: Path) -> None:
+    log_file = tmp_path / "events.ndjson"
+    with Served("--procfs", str(fake_root), "--interval", "0.1", "--event-log", str(log_file), log=tmp_path / "log") as srv:
+        c = await Client.connect(srv.ws)
+        try:
+            await c.wait("snapshot", lambda: c.of("snapshot"))
+            add_proc(fake_root, 4000, comm="logged", cmdline=("logged", "--password=hunter2"), start=85_000)
+            await c.wait("start", lambda: c.of("proc.start", pid=4000))
+            remove_proc(fake_root, 4000)
+            await c.wait("exit", lambda: c.of("proc.exit", pid=4000))
+            wire = [o for o in c.objects if o.get("type") in ("proc.start", "proc.exit")]
+        finally:
+            await c.close()
+        assert srv.stop() == 0
+    logged = [orjson.loads(line) for line in log_file.read_bytes().splitlines()]
+    assert logged == wire
+    assert b"hunter2" not in log_file.read_bytes()
+
+
+async def test_sighup_reloads_a_good_config_and_keeps_the_old_on_a_bad_one(fake_root: Path, tmp_path: Path) -> None:
+    config = tmp_path / "config.yml"
+    config.write_text("process_names:\n  - name: 'first-{{.Comm}}'\n    cmdline: ['.+']\n")
+    srv = Served("--procfs", str(fake_root), "--interval", "0.1", "--config", str(config), log=tmp_path / "log").start()
+    c = await Client.connect(srv.ws)
+    try:
+        await c.wait("snapshot", lambda: c.of("snapshot"))
+        assert "first-sleep" in c.of("snapshot")[0]["groups"]
+        config.write_text("process_names:\n  - name: 'second-{{.Comm}}'\n    cmdline: ['.+']\n")
+        srv.signal(signal.SIGHUP)
+        wait_for("the reload", lambda: "reloaded" in srv.output())
+        add_proc(fake_root, 5000, comm="fresh", cmdline=("fresh",), start=86_000)
+        await c.wait("new rules", lambda: c.of("proc.start", pid=5000))
+        assert c.of("proc.start", pid=5000)[0]["group"] == "second-fresh"
+        config.write_text("process_names:\n  - name: '{{.Nope}}'\n    cmdline: ['.+']\n")
+        srv.signal(signal.SIGHUP)
+        wait_for("the refusal", lambda: "keeping the previous config" in srv.output())
+        add_proc(fake_root, 5001, comm="later", cmdline=("later",), start=86_100)
+        await c.wait("old rules kept", lambda: c.of("proc.start", pid=5001))
+        assert c.of("proc.start", pid=5001)[0]["group"] == "second-later"
+        assert srv.proc.poll() is None
+    finally:
+        await c.close()
+        srv.stop()
+
+
+def test_bad_config_stops_serve_with_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text("process_names:\n  - comm: [a]\n    bogus: 1\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "procstream", "serve", "--config", str(bad), "--listen", "127.0.0.1:0"],
+        capture_output=True,
+        timeout=30,
+    )
+    assert r.returncode == 2
+    assert str(bad) in r.stderr.decode() and "process_names[0]" in r.stderr.decode()
+
+
+async def test_healthz_turns_503_when_polls_fail(fake_root: Path, tmp_path: Path) -> None:
+    with Served("--procfs", str(fake_root), "--interval", "0.1", log=tmp_path / "log") as srv:
+        assert http_get(srv.url + "/healthz")[0] == 200
+        moved = fake_root.parent / "moved"
+        fake_root.rename(moved)  # the /proc mount disappears
+        try:
+            wait_for("503", lambda: http_get(srv.url + "/healthz")[0] == 503)
+            body = orjson.loads(http_get(srv.url + "/healthz")[1])
+            assert body["status"] == "stale" and body["last_error"]
+        finally:
+            moved.rename(fake_root)
+        wait_for("200 again", lambda: http_get(srv.url + "/healthz")[0] == 200)
+        assert srv.proc.poll() is None
