@@ -372,7 +372,9 @@ class Hub:
                 self._apply(t, ev)
             types.append(t)
             groups.append(ev.get("group", NO_GROUP))
-            parts.append(dumps(ev))
+            # orjson hands back bytes with spare capacity (1-4 KiB for a 300-byte event);
+            # the ring keeps 100,000 of them, so keep an exact-size copy instead.
+            parts.append(memoryview(dumps(ev)).tobytes())
             counts[t] = counts.get(t, 0) + 1
         self._head = seq
         self._ring.extend(now, types, groups, parts)

@@ -227,23 +227,23 @@ class KernelApplier:
 
     def _exit(self, item: KExit, events: list[Event]) -> None:
         tracker = self.grouper.tracker
-        pid_id = tracker.known(item.pid)
-        tp: TrackedProc | None = None
         final: ProcMetrics | None = None
-        if pid_id is not None and not self._same_process(pid_id, item):
-            pid_id = None  # the pid was already reused: this exit is of the older process
-        if pid_id is not None and pid_id in tracker.tracked:
-            current = tracker.tracked[pid_id]
-            final = self._final(current, item)
-            tp = self.grouper.retire(pid_id, final)
-        elif pid_id is not None:
-            return  # an ignored process: nobody asked about it
+        # A poll that already found this pid gone holds its exit: this report is that
+        # process's (whatever may have reused the pid since is still alive).
+        tp = self.hold.take(item.pid)
+        if tp is not None:
+            final = self._final(tp, item)
+            if final is not None:
+                self.grouper.account_exit(tp, final)
         else:
-            tp = self.hold.take(item.pid)
-            if tp is not None:
-                final = self._final(tp, item)
-                if final is not None:
-                    self.grouper.account_exit(tp, final)
+            pid_id = tracker.known(item.pid)
+            if pid_id is not None and not self._same_process(pid_id, item):
+                pid_id = None  # the pid was already reused: this exit is of the older process
+            if pid_id is not None and pid_id in tracker.tracked:
+                final = self._final(tracker.tracked[pid_id], item)
+                tp = self.grouper.retire(pid_id, final)
+            elif pid_id is not None:
+                return  # an ignored process: nobody asked about it
             else:
                 tp = self._unseen(item, events)
         if tp is None:
@@ -271,7 +271,7 @@ class KernelApplier:
         if item.stats is not None:
             tp = self.grouper.tracker.tracked.get(pid_id)
             if tp is not None:
-                return item.stats.matches_start(tp.static.start_time)
+                return item.stats.matches_start(tp.static.start_time, tolerance=2.0)
         return True
 
     def _final(self, tp: TrackedProc, item: KExit) -> ProcMetrics | None:

@@ -231,3 +231,17 @@ def test_every_live_process_parses(fs: FS) -> None:
         assert metrics.num_threads >= 1
         seen += 1
     assert seen >= 10
+
+
+def test_start_time_is_precise_not_whole_seconds(fs: FS) -> None:
+    # btime is whole seconds; start times must not inherit its up-to-1 s error
+    before = time.time()
+    proc = subprocess.Popen(["sleep", "30"])
+    after = time.time()
+    try:
+        start = fs.proc(proc.pid).static().start_time
+        assert before - 0.05 <= start <= after + 0.05
+        assert abs(fs.boot_time_precise - fs.boot_time) < 1.0
+    finally:
+        proc.kill()
+        proc.wait()

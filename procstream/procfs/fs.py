@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 import stat as _stat_mod
 from collections.abc import Iterator
 
@@ -74,6 +75,14 @@ class FS:
             raise ProcfsError(errno.EINVAL, f"cannot read ({exc})", path) from exc
         self.clock_ticks: int = os.sysconf("SC_CLK_TCK")
         self.page_size: int = os.sysconf("SC_PAGE_SIZE")
+        #: boot time to the microsecond, for start times: ``btime`` is whole seconds,
+        #: which would put every start up to 1 s early (and make lifetimes, and matching
+        #: a process with what the kernel reports at its exit, off by as much).
+        self.boot_time_precise: float = float(self.boot_time)
+        if self.is_procfs:
+            precise = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+            if abs(precise - self.boot_time) < 2.0:  # the same host's clock, as it should be
+                self.boot_time_precise = precise
 
     def __repr__(self) -> str:
         return f"FS({self.mount_point!r}, thread_detail={self.thread_detail})"
@@ -191,7 +200,7 @@ class Proc:
                 # empty for kernel threads and zombies (the file exists but is empty)
                 parse_cmdline(self._file("cmdline")),
                 st.ppid,
-                fs.boot_time + st.starttime / fs.clock_ticks,
+                fs.boot_time_precise + st.starttime / fs.clock_ticks,
                 self._status_fields().uid,
             )
         if not cgroups:
