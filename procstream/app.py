@@ -22,6 +22,7 @@ from .events import Event
 from .grouper import Grouper
 from .hub import Hub
 from .kernel import KernelSource, choose_source
+from .metrics import MetricsCollector, make_registry, metrics_route
 from .netlink import ConnectorError
 from .poller import Poller
 from .server import ProcstreamServer, ServerConfig
@@ -100,6 +101,17 @@ class Service:
             ServerConfig(host=host, port=port, max_clients=args.max_clients),
             health=self.poller.health,
         )
+        # /metrics: the poller hands each good poll to the collector; scrapes read it.
+        self.metrics = MetricsCollector(
+            hub_stats=self.hub.stats,
+            server_stats=self.server.stats,
+            poll_status=self.poller.status,
+            kernel=lambda: self.kernel.stats if self.kernel is not None else None,
+            eventlog=lambda: self.eventlog,
+            source=lambda: "netlink" if self.kernel is not None else "poll",
+        )
+        self.poller.on_poll = self.metrics.on_poll
+        self.server.add_route("/metrics", metrics_route(make_registry(self.metrics)))
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
