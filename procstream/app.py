@@ -1,9 +1,11 @@
 """``procstream serve``: the service, wired from its parts.
 
-Start-up order: read the config and /proc once (so the first subscriber already gets a
-full snapshot), then listen, then poll on the interval. Signals: SIGTERM/SIGINT close
-every client with 1001 and exit 0 within 5 s; SIGHUP re-reads ``--config`` (a bad file
-is logged and the old rules stay) and reopens the event log.
+Start-up order: check the security settings (token, origins, listening address, TLS
+files: a problem is exit 2 before anything listens), read the config and /proc once (so
+the first subscriber already gets a full snapshot), then listen, then poll on the
+interval. Signals: SIGTERM/SIGINT close every client with 1001 and exit 0 within 5 s;
+SIGHUP re-reads ``--config`` (a bad file is logged and the old rules stay), reopens the
+event log and re-reads the TLS certificate and key.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import socket
 from collections.abc import Callable
@@ -22,11 +25,21 @@ from .events import Event
 from .grouper import Grouper
 from .hub import Hub
 from .kernel import KernelSource, choose_source
+from .metrics import MetricsCollector, make_registry, metrics_route
 from .netlink import ConnectorError
 from .poller import Poller
+from .security import (
+    Guard,
+    SecurityConfig,
+    SecurityError,
+    TlsFiles,
+    check_exposure,
+    check_token,
+    install_log_redaction,
+)
 from .server import ProcstreamServer, ServerConfig
 
-__all__ = ["parse_listen", "Service", "run"]
+__all__ = ["parse_listen", "token_from", "Service", "run"]
 
 log = logging.getLogger("procstream")
 
@@ -47,6 +60,15 @@ def parse_listen(value: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise UsageError(f"--listen {value!r}: port out of range")
     return host or "0.0.0.0", port
+
+
+def token_from(args: argparse.Namespace) -> str | None:
+    """``--token``, else ``$PROCSTREAM_TOKEN``; None when neither is set (or empty)."""
+    token = args.token if args.token is not None else os.environ.get("PROCSTREAM_TOKEN")
+    try:
+        return check_token(token)
+    except SecurityError as exc:
+        raise UsageError(f"--token/PROCSTREAM_TOKEN: {exc}") from None
 
 
 class _HubAndLog:
@@ -71,6 +93,18 @@ class Service:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         host, port = parse_listen(args.listen)
+        # Security first: a refusal must come before any work or listening socket.
+        token = token_from(args)
+        try:
+            self.exposure_warning = check_exposure(host, port, token=token, insecure=args.insecure)
+            if args.tls_key and not args.tls_cert:
+                raise SecurityError("--tls-key needs --tls-cert")
+            self.tls = TlsFiles(args.tls_cert, args.tls_key) if args.tls_cert else None
+            self.guard = Guard(
+                SecurityConfig(token=token, allow_origins=tuple(args.allow_origin), tls=self.tls is not None)
+            )
+        except SecurityError as exc:
+            raise UsageError(str(exc)) from None
         fs, grouper, builder = build_core(args)
         self.fs = fs
         self.grouper: Grouper = grouper
@@ -97,9 +131,27 @@ class Service:
         self._builder = builder
         self.server = ProcstreamServer(
             self.hub,
-            ServerConfig(host=host, port=port, max_clients=args.max_clients),
+            ServerConfig(
+                host=host,
+                port=port,
+                max_clients=args.max_clients,
+                ssl_context=self.tls.context if self.tls is not None else None,
+            ),
             health=self.poller.health,
+            authorize=self.guard,
         )
+        # /metrics: the poller hands each good poll to the collector; scrapes read it.
+        self.metrics = MetricsCollector(
+            hub_stats=self.hub.stats,
+            server_stats=self.server.stats,
+            poll_status=self.poller.status,
+            kernel=lambda: self.kernel.stats if self.kernel is not None else None,
+            eventlog=lambda: self.eventlog,
+            refusals=self.guard.stats.as_dict,
+            source=lambda: "netlink" if self.kernel is not None else "poll",
+        )
+        self.poller.on_poll = self.metrics.on_poll
+        self.server.add_route("/metrics", metrics_route(make_registry(self.metrics)))
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -107,13 +159,21 @@ class Service:
         self._stop.set()
 
     async def reload(self) -> None:
-        """Re-read ``--config``; keep the old rules if the new file is bad.
+        """Reopen the event log, re-read the TLS files and ``--config``; keep the old
+        certificate or rules when a new file is bad.
 
         Processes already grouped keep their group; the new rules name processes seen
         from now on (and, with --recheck, those that matched nothing so far).
         """
         if self.eventlog is not None:
             self.eventlog.reopen()
+        if self.tls is not None:
+            try:
+                await asyncio.to_thread(self.tls.reload)
+            except SecurityError as exc:
+                log.error("SIGHUP: %s; keeping the previous certificate", exc)
+            else:
+                log.info("SIGHUP: reloaded the TLS certificate %s", self.tls.cert)
         if not self.args.config:
             log.info("SIGHUP: no --config to reload")
             return
@@ -144,12 +204,16 @@ class Service:
             await self._start_kernel_source()
             await self.server.start()
             log.info(
-                "procstream serving http://%s:%d/ (interval %.3gs, %d groups)",
+                "procstream serving %s://%s:%d/ (interval %.3gs, %d groups, %s)",
+                "https" if self.tls is not None else "http",
                 self.server.config.host,
                 self.server.port,
                 self.args.interval,
                 len(self.grouper.groups()),
+                "token required" if self.guard.config.token else "no token",
             )
+            if self.exposure_warning:
+                log.warning("%s", self.exposure_warning)
             if ready is not None:
                 ready(self.server)
             poll_task = asyncio.create_task(self.poller.run(), name="procstream-poller")
@@ -223,6 +287,8 @@ def run(args: argparse.Namespace) -> int:
     if args.log_level != "debug":
         # one line per HTTP request or connection is debug detail, not service news
         logging.getLogger("websockets").setLevel(logging.WARNING)
+    # websockets logs request lines and headers at debug level: keep tokens out.
+    install_log_redaction(token_from(args))
     if args.interval <= 0:
         raise UsageError("--interval must be > 0")
     factory = _event_loop_factory(args.loop)

@@ -79,6 +79,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--event-log-max-bytes", type=int, default=0, metavar="N", help="rotate the event log past N bytes (default: 0 = never)")
     serve.add_argument("--event-log-backups", type=int, default=5, metavar="N", help="rotated files to keep (default: 5)")
+    sec = serve.add_argument_group("security")
+    sec.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help="every route but /healthz needs it (Authorization: Bearer TOKEN or ?token=TOKEN); "
+        "default: $PROCSTREAM_TOKEN. Prefer the variable: other users can read a command line",
+    )
+    sec.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="also accept browser pages from ORIGIN (scheme://host[:port]); repeatable. "
+        "The server's own origin is always accepted",
+    )
+    sec.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow listening on a non-loopback address without a token",
+    )
+    sec.add_argument("--tls-cert", metavar="FILE", help="serve https/wss with this PEM certificate (chain)")
+    sec.add_argument("--tls-key", metavar="FILE", help="the PEM private key of --tls-cert (default: in the --tls-cert file)")
 
     once = sub.add_parser("once", help="print one JSON snapshot of groups and processes, then exit")
     _add_core_options(once)

@@ -78,7 +78,7 @@ class Poller:
         interval: float = 1.0,
         extra_cycle: Callable[[], dict[str, Any]] | None = None,
         on_update: Callable[[GrouperUpdate], None] | None = None,
-        on_poll: Callable[[float, dict[str, GroupCounts]], None] | None = None,
+        on_poll: Callable[[GrouperUpdate, dict[str, GroupCounts], float], None] | None = None,
     ) -> None:
         if interval <= 0:
             raise ValueError("interval must be > 0")
@@ -91,7 +91,8 @@ class Poller:
         self.extra_cycle = extra_cycle
         #: sees (and may edit) each poll's report before its events are built
         self.on_update = on_update
-        #: called with each poll's time and groups (e.g. for /metrics)
+        #: called on the poll thread after each good poll with its report, its groups and
+        #: its duration in seconds (``/metrics`` keeps the latest; must not block)
         self.on_poll = on_poll
         self.status = PollStatus(interval=interval, started_at=time.time())
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="procstream-poll")
@@ -122,7 +123,7 @@ class Poller:
             duration = time.perf_counter() - t0
             result = _PollResult(False, events, None, None, duration)
         if self.on_poll is not None:
-            self.on_poll(update.time, groups)
+            self.on_poll(update, groups, duration)
         return result
 
     # -- event loop -------------------------------------------------------------------

@@ -21,6 +21,7 @@ import inspect
 import logging
 import mimetypes
 import os
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -108,6 +109,8 @@ class ServerConfig:
     #: more than this many bad frames within the window → close 1008
     bad_frame_limit: int = 20
     bad_frame_window: float = 10.0
+    #: serve https/wss with this context (None: plain http/ws)
+    ssl_context: ssl.SSLContext | None = None
 
 
 class ServerStats:
@@ -211,9 +214,10 @@ class ProcstreamServer:
             open_timeout=cfg.open_timeout,
             write_limit=cfg.write_limit,
             server_header=SERVER_NAME,
+            ssl=cfg.ssl_context,
         )
         self._housekeeper.start()
-        log.info("listening on %s:%d", cfg.host, self.port)
+        log.info("listening on %s:%d%s", cfg.host, self.port, " (TLS)" if cfg.ssl_context is not None else "")
 
     async def close(self, code: int = 1001, reason: str = "server shutting down") -> None:
         """Stop listening, close every client with ``code`` (1001 "going away") and wait
