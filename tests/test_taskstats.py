@@ -537,15 +537,17 @@ def test_receive_buffer_is_large(ts: TaskstatsListener) -> None:
 
 
 @live
-def test_a_cpu_burner_exiting_7_is_reported_whole(ts: TaskstatsListener) -> None:
+def test_a_cpu_burner_exiting_7_is_reported_whole(exact_cpu: None, ts: TaskstatsListener) -> None:
     pid, out, t0, wall = run_child(BURN.format(seconds=0.2, code=7))
     measured = float(out)
     events = collect(ts, seen(pid))
     [rec] = records(events, pid)
     assert rec.exit_code == 7 << 8 and (rec.code, rec.signal, rec.core_dumped) == (7, None, False)
-    # tick samples: close on an otherwise idle CPU, which a test run gives the child
+    # the scheduler's exact runtime (delay accounting on); the tick samples beside it
+    # are only close on an idle machine, so they are held to a looser bound
+    assert rec.exact_cpu and abs(rec.cpu_s - measured) <= 0.005, (rec.cpu_s, measured)
     ticks = (rec.utime_us + rec.stime_us) / 1e6
-    assert abs(ticks - measured) <= 0.020, (ticks, measured)
+    assert 0 < ticks <= measured * 2, (ticks, measured)
     assert rec.comm == os.path.basename(sys.executable)[:15]
     assert rec.ppid == os.getpid() and rec.tgid == pid and not rec.is_thread
     assert rec.uid == os.getuid() and rec.gid == os.getgid()
