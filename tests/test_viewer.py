@@ -8,12 +8,14 @@ console error or an uncaught exception in the page. Screenshots go to ``artifact
 from __future__ import annotations
 
 import html.parser
+import json
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ import pytest
 
 from tests._procfs_util import add_proc, make_fake_proc, remove_proc
 from tests.serving import Served, http_get
-from tests.util import running, wait_for
+from tests.util import running
 
 ROOT = Path(__file__).resolve().parent.parent
 WEB = ROOT / "procstream" / "web"
@@ -90,6 +92,16 @@ class Viewer:
         """Wait (with a deadline) until ``js`` (a function of ``arg``) is truthy in the page."""
         return self.page.wait_for_function(js, arg=arg, timeout=timeout).json_value()
 
+    def poll(self, what: str, fn: Any, timeout: float = TIMEOUT_MS / 1000) -> Any:
+        """``wait_for`` that keeps Playwright's event dispatch going (route handlers run
+        only while the test is inside a Playwright call; time.sleep would starve them)."""
+        deadline = time.monotonic() + timeout
+        while not (value := fn()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            self.page.wait_for_timeout(20)
+        return value
+
     def rows(self, table: str) -> list[dict[str, Any]]:
         return self.page.evaluate(ROWS_JS, table)
 
@@ -127,9 +139,8 @@ class Viewer:
         self.context.close()
 
 
-@pytest.fixture
-def viewer(browser: Any) -> Iterator[Viewer]:
-    v = Viewer(browser)
+def _checked(browser: Any, color_scheme: str) -> Iterator[Viewer]:
+    v = Viewer(browser, color_scheme)
     try:
         yield v
         assert v.unexpected_errors() == [], "console errors or uncaught exceptions in the page"
@@ -139,13 +150,15 @@ def viewer(browser: Any) -> Iterator[Viewer]:
 
 
 @pytest.fixture
+def viewer(browser: Any) -> Iterator[Viewer]:
+    """A page in light mode; fails the test on console errors or CSP violations."""
+    yield from _checked(browser, "light")
+
+
+@pytest.fixture
 def dark_viewer(browser: Any) -> Iterator[Viewer]:
-    v = Viewer(browser, color_scheme="dark")
-    try:
-        yield v
-        assert v.unexpected_errors() == [], "console errors or uncaught exceptions in the page"
-    finally:
-        v.close()
+    """The same in dark mode (prefers-color-scheme: dark)."""
+    yield from _checked(browser, "dark")
 
 
 def csp_directives(value: str) -> dict[str, list[str]]:
@@ -411,6 +424,71 @@ def test_survives_a_server_restart_and_shows_what_changed(viewer: Viewer, fake_r
     assert len(viewer.sockets) >= 2
     resumed = parse_qs(urlsplit(viewer.sockets[-1]).query)
     assert "since" in resumed and "epoch" in resumed  # it asked to resume; the server said reset
+
+
+def test_reconnect_resumes_and_a_gap_is_refilled_by_a_replay(viewer: Viewer, fake_root: Path) -> None:
+    """Same server run: a cut connection resumes with since+epoch (a replay, no snapshot),
+    and frames lost on a live connection are asked for again (subscribe with since)."""
+    page = viewer.page
+    routes: dict[str, Any] = {"online": True, "drop": False, "dropped": [], "links": [], "sent": []}
+
+    def route(ws: Any) -> None:
+        if not routes["online"]:
+            ws.close(code=4002, reason="test: offline")
+            return
+        server = ws.connect_to_server()
+
+        def forward(message: str | bytes) -> None:
+            if routes["drop"]:
+                routes["dropped"].append(message)
+            else:
+                ws.send(message)
+
+        def upstream(message: str | bytes) -> None:
+            routes["sent"].append(message)
+            server.send(message)
+
+        server.on_message(forward)
+        ws.on_message(upstream)
+        routes["links"].append((ws, server))
+
+    page.route_web_socket(re.compile(r"/ws(\?|$)"), route)
+    with Served("--procfs", str(fake_root), "--interval", "0.2") as srv:
+        viewer.open(srv.url + "/")
+        viewer.wait("() => document.getElementById('n-groups').textContent === '3'")
+        # Cut it, keep it offline while a process starts, then let it back.
+        routes["online"] = False
+        ws, server = routes["links"][-1]
+        ws.close(code=4001, reason="test: cut")
+        server.close()
+        viewer.wait_state("reconnecting")
+        add_proc(fake_root, 2300, comm="missed", cmdline=("missed",), start=97_000)
+        viewer.poll("the server to see it", lambda: b'"pid":2300' in http_get(srv.url + "/api/snapshot")[1])
+        routes["online"] = True
+        page.evaluate("document.getElementById('retry').click()")
+        viewer.wait_state("live")
+        started = viewer.wait_log(2300, "start")  # replayed as it happened, not "found"
+        assert started["cells"][2] == "missed"
+        query = parse_qs(urlsplit(viewer.sockets[-1]).query)
+        assert set(query) == {"since", "epoch"}
+        notes = [r["cells"][2] for r in viewer.rows("log-table") if "note" in r["cls"].split()]
+        assert any(n.startswith("Reconnected after") for n in notes), notes
+        assert not any("rebuilt" in n for n in notes)
+
+        # Lose the frames carrying a start; the next frame shows a gap and the page asks again.
+        routes["drop"] = True
+        add_proc(fake_root, 2301, comm="missed", cmdline=("missed", "2"), start=98_000)
+        viewer.poll("the start to be dropped", lambda: any(b'"pid":2301' in (m if isinstance(m, bytes) else m.encode())
+                                                       for m in routes["dropped"]))
+        routes["drop"] = False
+        viewer.wait_log(2301, "start")
+        (ask,) = [json.loads(m) for m in routes["sent"]]
+        assert ask["op"] == "subscribe" and set(ask) == {"op", "since", "epoch"}
+        assert ask["epoch"] == query["epoch"][0] and ask["since"] >= int(query["since"][0])
+        assert viewer.page.evaluate("document.getElementById('conn').dataset.state") == "live"
+        notes = [r["cells"][2] for r in viewer.rows("log-table") if "note" in r["cls"].split()]
+        assert not any("rebuilt" in n for n in notes)
+        assert len(viewer.sockets) == 2  # the gap was filled on the same connection
 
 
 def test_token_reaches_the_socket_and_the_csp_allows_only_the_page_itself(viewer: Viewer, fake_root: Path) -> None:
