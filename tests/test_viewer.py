@@ -319,6 +319,8 @@ def test_a_started_process_and_its_exit_code_over_live_processes(dark_viewer: Vi
     job = tmp_path / "psvw_job"  # the comm, hence the group, is the executable's name
     shutil.copy("/bin/dash", job)
     with Served("--interval", "0.5", "--source", "auto", log=tmp_path / "log") as srv:
+        # Exit codes come from the kernel's process events (root, netlink); polling can't know them.
+        assert "event source: kernel process events" in srv.output(), srv.output()
         viewer.open(srv.url + "/")
         page = viewer.page
         page.fill("#group-filter", "psvw")
