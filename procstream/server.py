@@ -81,6 +81,16 @@ _CONTENT_TYPES: Final = {
     ".webmanifest": "application/manifest+json",
 }
 
+# The viewer's Content-Security-Policy: its own files only, no inline script or style
+# (every process-supplied string is text, and this makes an injection inert anyway),
+# WebSockets to this origin only ('self' covers ws:/wss: of the same host and port in
+# CSP Level 3 browsers; tests/test_viewer.py checks it in Chromium), no framing.
+_VIEWER_CSP: Final = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'; form-action 'none'"
+)
+
 _PLACEHOLDER: Final = (
     b"<!doctype html><meta charset=utf-8><title>procstream</title>"
     b"<p>procstream is running. The viewer is not installed; "
@@ -340,7 +350,10 @@ class ProcstreamServer:
         root = self._static_root
         if not root.is_dir():
             if parts == ["index.html"]:
-                return http_response(200, _PLACEHOLDER, _CONTENT_TYPES[".html"])
+                return http_response(
+                    200, _PLACEHOLDER, _CONTENT_TYPES[".html"],
+                    {"Content-Security-Policy": _VIEWER_CSP},
+                )
             return _text(404, "not found")
         target = root.joinpath(*parts).resolve()
         # resolve() follows symlinks: whatever it lands on must still be inside root.
@@ -352,7 +365,10 @@ class ProcstreamServer:
             return _text(404, "not found")
         suffix = target.suffix.lower()
         ctype = _CONTENT_TYPES.get(suffix) or mimetypes.guess_type(target.name)[0]
-        return http_response(200, body, ctype or "application/octet-stream")
+        return http_response(
+            200, body, ctype or "application/octet-stream",
+            {"Content-Security-Policy": _VIEWER_CSP},
+        )
 
     # -- WebSocket ---------------------------------------------------------------------
 

@@ -1,0 +1,194 @@
+// Entry point: wires the connection, the store and the views, and owns what is global
+// to the page: the selected group (kept in the URL's #fragment), keyboard shortcuts,
+// the help dialog and the once-a-frame flush of every change to the DOM.
+
+import { Connection, socketUrl } from './connection.js';
+import { LogView } from './eventlog.js';
+import { onFrame } from './frame.js';
+import { GroupsView } from './groups.js';
+import { Header } from './header.js';
+import { ProcsView } from './procs.js';
+import { theme } from './sparkline.js';
+import { Store } from './store.js';
+
+const $ = (id) => document.getElementById(id);
+
+const store = new Store();
+// A ?token= in the page's URL is passed on to the socket (DESIGN §8).
+const token = new URLSearchParams(window.location.search).get('token');
+
+const conn = new Connection({
+  url: () => {
+    const resume = store.resumePoint();
+    store.resumeAsked = resume;
+    return socketUrl({ since: resume?.since, epoch: resume?.epoch, token });
+  },
+  onObjects: (objs) => {
+    store.handleAll(objs);
+    schedule();
+  },
+  onClose: (info) => {
+    store.connectionLost(info);
+    schedule();
+  },
+  onState: () => schedule(),
+});
+// Missing events: ask for a resume on the same connection (replay, or reset + snapshot).
+store.onGap = ({ since, epoch }) => conn.send({ op: 'subscribe', since, epoch });
+
+theme.read();
+window.matchMedia('(prefers-color-scheme: dark)').addEventListener('change', () => {
+  theme.read();
+  schedule();
+});
+
+const header = new Header(store, conn, {
+  host: $('host'),
+  conn: $('conn'),
+  connText: $('conn-text'),
+  retry: $('retry'),
+  pollAge: $('poll-age'),
+  pollDur: $('poll-dur'),
+  rate: $('ev-rate'),
+  groups: $('n-groups'),
+  procs: $('n-procs'),
+  cpu: $('cpu-total'),
+  mem: $('mem-total'),
+});
+
+let selected = null;
+
+const groups = new GroupsView(store, {
+  scroller: $('groups-scroll'),
+  table: $('groups-table'),
+  filter: $('group-filter'),
+  count: $('groups-count'),
+  held: $('order-held'),
+  empty: $('groups-empty'),
+}, (name) => select(name));
+
+const procs = new ProcsView(store, {
+  panel: $('procs-panel'),
+  group: $('procs-group'),
+  count: $('procs-count'),
+  close: $('procs-close'),
+  facts: $('procs-facts'),
+  scroller: $('procs-scroll'),
+  table: $('procs-table'),
+  empty: $('procs-empty'),
+}, () => select(null, { focusGroups: true }));
+
+const log = new LogView(store, {
+  scroller: $('log-scroll'),
+  table: $('log-table'),
+  type: $('log-type'),
+  group: $('log-group'),
+  pause: $('log-pause'),
+  count: $('log-count'),
+  empty: $('log-empty'),
+}, (name) => {
+  if (store.groups.has(name)) select(name, { reveal: true });
+});
+
+/** Select a group (null: none): highlight it, list its processes, remember it in #. */
+function select(name, { reveal = false, focusGroups = false } = {}) {
+  selected = name;
+  groups.setSelected(name, reveal);
+  procs.show(name);
+  const hash = name === null ? '' : `#group=${encodeURIComponent(name)}`;
+  if (window.location.hash !== hash) {
+    window.history.replaceState(null, '', `${window.location.pathname}${window.location.search}${hash}`);
+  }
+  if (focusGroups) groups.vt.scroller.focus({ preventScroll: true });
+  schedule();
+}
+
+function selectionFromHash() {
+  const m = /^#group=(.*)$/.exec(window.location.hash);
+  if (!m) return null;
+  try {
+    return decodeURIComponent(m[1]);
+  } catch {
+    return null;
+  }
+}
+
+let revealPending = selectionFromHash() !== null;
+
+function flush() {
+  const changes = store.takeChanges();
+  const now = store.serverNow();
+  header.update(changes, now);
+  groups.update(changes, false, now);
+  if (revealPending && store.synced) {
+    // A group named in the URL: scroll to it once it exists.
+    revealPending = false;
+    if (selected !== null && store.groups.has(selected)) {
+      groups.setSelected(selected, true);
+      groups.update(null, false, now);
+    }
+  }
+  procs.update(changes, now);
+  log.update(changes);
+}
+
+function schedule() {
+  onFrame(flush);
+}
+
+// Ages, "last poll ... ago" and the retry countdown move with the clock.
+setInterval(schedule, 1000);
+
+// -- keyboard shortcuts -------------------------------------------------------------
+
+const help = $('help');
+$('help-open').addEventListener('click', () => help.showModal());
+$('help-close').addEventListener('click', () => help.close());
+
+function typing(el) {
+  return el instanceof HTMLInputElement || el instanceof HTMLSelectElement || el instanceof HTMLTextAreaElement;
+}
+
+document.addEventListener('keydown', (e) => {
+  if (e.ctrlKey || e.metaKey || e.altKey || help.open) return;
+  const target = e.target;
+  if (e.key === 'Escape') {
+    if (typing(target) && target.value) {
+      target.value = '';
+      target.dispatchEvent(new Event('input', { bubbles: true }));
+      return;
+    }
+    if (typing(target)) {
+      target.blur();
+      return;
+    }
+    if (selected !== null) select(null, { focusGroups: true });
+    return;
+  }
+  if (typing(target)) return;
+  switch (e.key) {
+    case '/':
+      e.preventDefault();
+      $('group-filter').focus();
+      $('group-filter').select();
+      break;
+    case 'g':
+      groups.vt.scroller.focus();
+      break;
+    case 'l':
+      $('log-scroll').focus();
+      break;
+    case 'p':
+      log.setPaused(!log.paused);
+      break;
+    case '?':
+      help.showModal();
+      break;
+    default:
+      break;
+  }
+});
+
+select(selectionFromHash());
+conn.start();
+schedule();

@@ -1,0 +1,451 @@
+// The viewer's state: groups, processes and the event log, kept in plain objects and
+// Maps, fed with the objects of the wire protocol (DESIGN §4–5) in order.
+//
+// It applies events strictly in sequence: duplicates (seq already seen, e.g. a replay
+// overlapping what arrived live) are skipped, a gap asks the server to resume from the
+// last applied seq, and a reset or overflow waits for the snapshot that follows and
+// rebuilds from it. It never touches the DOM; views read it and consume `changes` once
+// per animation frame (takeChanges).
+
+import { RingBuffer } from './ring.js';
+import { fmtAge } from './format.js';
+
+/** The event log keeps this many entries (starts, exits, notes); older ones fall out. */
+export const LOG_LIMIT = 2000;
+/** The CPU history (sparklines) spans about this many seconds of polls. */
+export const HISTORY_SECONDS = 180;
+const MIN_HISTORY_POINTS = 30;
+const MAX_HISTORY_POINTS = 600;
+// After a resync, list at most this many of the processes that started or exited while
+// the viewer was not listening; the note says how many more there were.
+const MAX_SYNTHETIC = 400;
+
+// Fields of a group that describe what it uses now (as opposed to its counters).
+const CURRENT_FIELDS = [
+  'procs', 'threads', 'cpu_pct', 'read_bps', 'write_bps', 'mem_resident', 'mem_virtual',
+  'mem_swap', 'open_fds', 'worst_fd_ratio', 'oldest_start_time',
+];
+
+const RESET_TEXT = {
+  epoch: 'Server restarted',
+  expired: 'Away longer than the server remembers',
+  future: 'Server is behind this viewer',
+  resync: 'Server re-read its state',
+};
+
+/** The identity of a process: a pid is reused, a (pid, start time) pair is not. */
+export function procKey(p) {
+  return `${p.pid}@${p.start_time}`;
+}
+
+function historyPoints(interval) {
+  const n = Math.round(HISTORY_SECONDS / (interval > 0 ? interval : 1));
+  return Math.min(MAX_HISTORY_POINTS, Math.max(MIN_HISTORY_POINTS, n));
+}
+
+/** Events received per second over a sliding window of a few seconds. */
+class RateMeter {
+  constructor(windowMs = 5000, bucketMs = 250) {
+    this.windowMs = windowMs;
+    this.bucketMs = bucketMs;
+    this.buckets = []; // [bucket number, count]
+    this.since = 0;
+  }
+
+  add(n, now) {
+    const b = Math.floor(now / this.bucketMs);
+    const last = this.buckets[this.buckets.length - 1];
+    if (last && last[0] === b) last[1] += n;
+    else this.buckets.push([b, n]);
+    if (!this.since) this.since = now;
+    this.trim(now);
+  }
+
+  trim(now) {
+    const oldest = Math.floor((now - this.windowMs) / this.bucketMs);
+    let i = 0;
+    while (i < this.buckets.length && this.buckets[i][0] <= oldest) i += 1;
+    if (i) this.buckets.splice(0, i);
+  }
+
+  rate(now) {
+    this.trim(now);
+    let sum = 0;
+    for (const [, n] of this.buckets) sum += n;
+    // Young meters divide by the time they have actually been counting.
+    const span = Math.min(this.windowMs, Math.max(1000, now - this.since));
+    return this.since ? (sum * 1000) / span : 0;
+  }
+}
+
+/**
+ * A group as the views see it: `f` holds the latest group.update fields, `hist` the
+ * cpu_pct of the last polls (a ring shared by all groups: index store.histPos is the
+ * oldest sample), `sum`/`n` its running average.
+ */
+function newGroup(name, points) {
+  return {
+    name,
+    f: { group: name },
+    hist: new Float32Array(points).fill(NaN),
+    sum: 0,
+    n: 0,
+    gone: false, // not reported since the server restarted; kept, dimmed
+  };
+}
+
+export class Store {
+  constructor() {
+    this.host = '';
+    this.server = '';
+    this.interval = 1;
+    this.epoch = null;
+    this.seq = null; // last applied seq
+    this.synced = false; // a snapshot was applied: the state is complete as of seq
+    this.awaiting = true; // a snapshot is due (first connect, after reset/overflow)
+    this.pendingResync = null; // why the coming snapshot replaces the state
+    this.resumeAsked = null; // {since, epoch} the current connection asked for
+    this.lostAt = 0; // performance.now() when the connection was lost
+    this.gapRequested = false;
+    /** Called with {since, epoch} when events are missing; the app re-subscribes. */
+    this.onGap = null;
+    this.lastError = null;
+
+    this.groups = new Map(); // name -> group
+    this.procs = new Map(); // procKey -> proc fields
+    this.members = new Map(); // group name -> Map(procKey -> proc)
+    this.log = new RingBuffer(LOG_LIMIT);
+    this.logIds = 0;
+
+    this.histPoints = historyPoints(this.interval);
+    this.histPos = 0;
+    this.histVersion = 0;
+    this.lastCycle = null; // the last cycle event, plus `at` (performance.now())
+    this.skews = []; // server clock minus ours, from recent cycles
+    this.rate = new RateMeter();
+    this.eventsApplied = 0;
+    this.changes = this.freshChanges();
+  }
+
+  freshChanges() {
+    return {
+      groups: new Set(), // groups whose fields changed
+      structure: false, // groups appeared or disappeared
+      members: new Set(), // groups whose process list changed
+      log: 0, // entries added to the log
+      cycle: false, // a poll finished (new sparkline sample)
+      rebuilt: false, // state replaced from a snapshot
+      conn: false, // hello, reset, error: the header should look again
+    };
+  }
+
+  /** What changed since the last call; views call this once per frame. */
+  takeChanges() {
+    const c = this.changes;
+    this.changes = this.freshChanges();
+    return c;
+  }
+
+  /** Where to resume from after a disconnect, or null when a fresh snapshot is needed. */
+  resumePoint() {
+    if (!this.synced || this.awaiting || this.epoch === null || this.seq === null) return null;
+    return { since: this.seq, epoch: this.epoch };
+  }
+
+  /** Our best guess of the server's clock now (epoch seconds). */
+  serverNow() {
+    let skew = 0;
+    if (this.skews.length) skew = Math.max(...this.skews);
+    return Date.now() / 1000 + skew;
+  }
+
+  /** The connection closed: note it once in the log. */
+  connectionLost(info) {
+    if (this.lostAt) return;
+    this.lostAt = performance.now();
+    this.resumeAsked = null;
+    if (this.synced) {
+      const why = info && info.code && info.code !== 1006 ? ` (close code ${info.code}${info.reason ? `: ${info.reason}` : ''})` : '';
+      this.addNote(`Connection lost${why}; reconnecting`, 'warn');
+    }
+    this.changes.conn = true;
+  }
+
+  /** Apply the objects of one frame, in order. */
+  handleAll(objs) {
+    for (const o of objs) {
+      if (o && typeof o === 'object') this.handle(o);
+    }
+  }
+
+  handle(o) {
+    switch (o.type) {
+      case 'hello':
+        this.onHello(o);
+        break;
+      case 'snapshot':
+        this.onSnapshot(o);
+        break;
+      case 'reset':
+        this.awaiting = true;
+        this.pendingResync = { kind: 'reset', reason: o.reason };
+        this.changes.conn = true;
+        break;
+      case 'overflow':
+        this.awaiting = true;
+        this.pendingResync = { kind: 'overflow', dropped: o.dropped };
+        this.changes.conn = true;
+        break;
+      case 'bookmark':
+        // No filter: a bookmark ahead of us means events went missing.
+        if (!this.awaiting && this.seq !== null && o.seq > this.seq) this.gap();
+        break;
+      case 'subscribed':
+        // Our re-subscription took effect: what follows is in order again.
+        this.gapRequested = false;
+        break;
+      case 'error':
+        this.lastError = String(o.error ?? 'error');
+        this.changes.conn = true;
+        break;
+      default:
+        if (typeof o.seq === 'number') this.onEvent(o);
+    }
+  }
+
+  onHello(o) {
+    this.host = String(o.host ?? '');
+    this.server = String(o.server ?? '');
+    if (o.interval > 0 && o.interval !== this.interval) {
+      this.interval = o.interval;
+      this.resizeHistory();
+    }
+    const asked = this.resumeAsked;
+    this.resumeAsked = null;
+    this.gapRequested = false;
+    if (asked && this.synced && o.epoch === asked.epoch) {
+      // Same server run: it replays what we missed (or sends reset + snapshot).
+      this.awaiting = false;
+      if (this.lostAt) {
+        const away = (performance.now() - this.lostAt) / 1000;
+        this.addNote(`Reconnected after ${fmtAge(away)}; resuming after event #${asked.since}`, 'info');
+      }
+    } else {
+      this.awaiting = true;
+    }
+    this.lostAt = 0;
+    this.lastError = null;
+    this.changes.conn = true;
+  }
+
+  onSnapshot(o) {
+    const hadState = this.synced;
+    const restarted = hadState && o.epoch !== this.epoch;
+    const why = this.pendingResync ?? { kind: 'reset', reason: restarted ? 'epoch' : 'resync' };
+    this.pendingResync = null;
+
+    const next = new Map();
+    for (const [name, fields] of Object.entries(o.groups ?? {})) {
+      const g = this.groups.get(name) ?? newGroup(name, this.histPoints);
+      g.f = Object.assign({ group: name }, fields);
+      g.gone = false;
+      next.set(name, g);
+    }
+    if (restarted) {
+      // The new server run knows nothing of groups whose processes all ended while it
+      // was down. They went empty: keep them, dimmed, like the server keeps empty groups.
+      for (const [name, g] of this.groups) {
+        if (next.has(name)) continue;
+        for (const key of CURRENT_FIELDS) g.f[key] = 0;
+        g.gone = true;
+        next.set(name, g);
+      }
+    }
+    this.groups = next;
+
+    const before = this.procs;
+    this.procs = new Map();
+    this.members = new Map();
+    for (const p of o.procs ?? []) {
+      const key = procKey(p);
+      this.procs.set(key, p);
+      this.memberMap(p.group).set(key, p);
+    }
+    if (hadState) this.noteDifferences(before, why);
+
+    this.epoch = o.epoch ?? this.epoch;
+    this.seq = o.seq;
+    this.synced = true;
+    this.awaiting = false;
+    this.changes.structure = true;
+    this.changes.rebuilt = true;
+    this.changes.conn = true;
+  }
+
+  /** After a rebuild, log what changed while we were not listening. */
+  noteDifferences(before, why) {
+    const exited = [];
+    const started = [];
+    for (const [key, p] of before) if (!this.procs.has(key)) exited.push(p);
+    for (const [key, p] of this.procs) if (!before.has(key)) started.push(p);
+    const now = this.serverNow();
+    exited.sort((a, b) => a.pid - b.pid);
+    started.sort((a, b) => a.start_time - b.start_time || a.pid - b.pid);
+    let listed = 0;
+    for (const p of exited) {
+      if (listed++ >= MAX_SYNTHETIC) break;
+      this.addEntry('exit', now, { ...p, exit_code: null, signal: null, lifetime_s: null }, true);
+    }
+    for (const p of started) {
+      if (listed++ >= MAX_SYNTHETIC) break;
+      this.addEntry('start', p.start_time, p, true);
+    }
+    let head;
+    if (why.kind === 'overflow') head = `Viewer fell behind (${why.dropped} events skipped)`;
+    else head = RESET_TEXT[why.reason] ?? 'Resynchronised';
+    const more = exited.length + started.length > MAX_SYNTHETIC
+      ? ` (first ${MAX_SYNTHETIC} listed)` : '';
+    this.addNote(
+      `${head} \u2014 rebuilt from a snapshot: ${started.length} started, ${exited.length} ended while away${more}`,
+      'warn',
+    );
+  }
+
+  onEvent(o) {
+    this.rate.add(1, performance.now());
+    if (this.awaiting || this.seq === null) return; // not part of any state we hold
+    if (o.seq <= this.seq) return; // already applied (a replay overlapping live events)
+    if (o.seq !== this.seq + 1) {
+      this.gap();
+      return;
+    }
+    this.seq = o.seq;
+    this.gapRequested = false;
+    this.eventsApplied += 1;
+    switch (o.type) {
+      case 'proc.start':
+        this.onStart(o);
+        break;
+      case 'proc.exit':
+        this.onExit(o);
+        break;
+      case 'group.update':
+        this.onGroupUpdate(o);
+        break;
+      case 'cycle':
+        this.onCycle(o);
+        break;
+      default:
+        break; // a newer server's event type: the seq still counts
+    }
+  }
+
+  gap() {
+    if (this.gapRequested || !this.onGap) return;
+    this.gapRequested = true;
+    this.onGap({ since: this.seq, epoch: this.epoch });
+  }
+
+  onStart(o) {
+    const key = procKey(o);
+    o.seenAt = performance.now();
+    this.procs.set(key, o);
+    this.memberMap(o.group).set(key, o);
+    this.changes.members.add(o.group);
+    this.addEntry('start', o.ts, o, false);
+  }
+
+  onExit(o) {
+    const key = procKey(o);
+    const known = this.procs.get(key);
+    this.procs.delete(key);
+    const group = known ? known.group : o.group;
+    const m = this.members.get(group);
+    if (m) m.delete(key);
+    this.changes.members.add(group);
+    this.addEntry('exit', o.ts, o, false);
+  }
+
+  onGroupUpdate(o) {
+    const name = o.group;
+    if (o.removed) {
+      if (this.groups.delete(name)) this.changes.structure = true;
+      this.members.delete(name);
+      return;
+    }
+    let g = this.groups.get(name);
+    if (!g) {
+      g = newGroup(name, this.histPoints);
+      this.groups.set(name, g);
+      this.changes.structure = true;
+    }
+    Object.assign(g.f, o);
+    g.gone = false;
+    this.changes.groups.add(name);
+  }
+
+  onCycle(o) {
+    const now = performance.now();
+    // Replayed cycles are old; only fresh ones say how far the server's clock is from ours.
+    if (!this.lastCycle || o.ts > this.lastCycle.ts) {
+      this.skews.push(o.ts - Date.now() / 1000);
+      if (this.skews.length > 20) this.skews.shift();
+    }
+    this.lastCycle = { ...o, at: now };
+    this.pushHistory();
+    this.changes.cycle = true;
+  }
+
+  /** One sparkline sample per group per poll (unchanged groups keep their last cpu_pct). */
+  pushHistory() {
+    const pos = this.histPos;
+    for (const g of this.groups.values()) {
+      const v = g.gone ? NaN : Number(g.f.cpu_pct ?? NaN);
+      const old = g.hist[pos];
+      if (!Number.isNaN(old)) {
+        g.sum -= old;
+        g.n -= 1;
+      }
+      g.hist[pos] = v;
+      if (!Number.isNaN(v)) {
+        g.sum += g.hist[pos]; // the stored (float32) value, so the later subtraction matches
+        g.n += 1;
+      }
+    }
+    this.histPos = (pos + 1) % this.histPoints;
+    this.histVersion += 1;
+  }
+
+  resizeHistory() {
+    this.histPoints = historyPoints(this.interval);
+    this.histPos = 0;
+    for (const g of this.groups.values()) {
+      g.hist = new Float32Array(this.histPoints).fill(NaN);
+      g.sum = 0;
+      g.n = 0;
+    }
+    this.histVersion += 1;
+  }
+
+  memberMap(group) {
+    let m = this.members.get(group);
+    if (!m) {
+      m = new Map();
+      this.members.set(group, m);
+    }
+    return m;
+  }
+
+  addEntry(kind, ts, ev, synthetic) {
+    this.logIds += 1;
+    this.log.push({ id: this.logIds, kind, ts, ev, synthetic });
+    this.changes.log += 1;
+  }
+
+  /** A note in the event log about the viewer itself (connection, resync). */
+  addNote(text, tone) {
+    this.logIds += 1;
+    this.log.push({ id: this.logIds, kind: 'note', ts: this.serverNow(), text, tone });
+    this.changes.log += 1;
+  }
+}
