@@ -210,3 +210,48 @@ async def test_healthz_turns_503_when_polls_fail(fake_root: Path, tmp_path: Path
             moved.rename(fake_root)
         wait_for("200 again", lambda: http_get(srv.url + "/healthz")[0] == 200)
         assert srv.proc.poll() is None
+
+
+async def test_event_log_follows_logrotate_survives_a_lost_directory_and_rotates(fake_root: Path, tmp_path: Path) -> None:
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    log_file = logdir / "events.ndjson"
+    args = ("--procfs", str(fake_root), "--interval", "0.1", "--event-log", str(log_file),
+            "--event-log-max-bytes", "4000", "--event-log-backups", "2")  # fmt: skip
+    with Served(*args, log=tmp_path / "log") as srv:
+
+        def logged(pid: int, path: Path = log_file) -> bool:
+            return path.exists() and any(orjson.loads(line)["pid"] == pid for line in path.read_bytes().splitlines())
+
+        add_proc(fake_root, 6000, comm="first", cmdline=("first",), start=70_000)
+        wait_for("the first start in the log", lambda: logged(6000))
+        # logrotate: move the file away, then SIGHUP
+        log_file.rename(logdir / "events.ndjson.moved")
+        srv.signal(signal.SIGHUP)
+        add_proc(fake_root, 6001, comm="second", cmdline=("second",), start=70_100)
+        wait_for("the next start in a new file", lambda: logged(6001))
+        assert not logged(6001, logdir / "events.ndjson.moved")
+        # the directory disappears: errors are counted, the stream goes on
+        shutil.rmtree(logdir)
+        add_proc(fake_root, 6002, comm="third", cmdline=("third",), start=70_200)
+
+        def errors() -> float:
+            body = http_get(srv.url + "/metrics")[1].decode()
+            line = next(x for x in body.splitlines() if x.startswith("procstream_event_log_write_errors_total"))
+            return float(line.split()[-1])
+
+        wait_for("write errors counted", lambda: errors() > 0)
+        assert srv.proc.poll() is None and http_get(srv.url + "/healthz")[0] == 200
+        logdir.mkdir()
+        add_proc(fake_root, 6003, comm="fourth", cmdline=("fourth",), start=70_300)
+        wait_for("logging to resume", lambda: logged(6003))
+        # size rotation keeps whole lines and the backups asked for
+        for i in range(30):
+            add_proc(fake_root, 6100 + i, comm=f"r{i}", cmdline=(f"r{i}", "x" * 60), start=71_000 + i)
+        wait_for("the last of them", lambda: any(logged(6129, p) for p in logdir.glob("events.ndjson*")))
+        assert (logdir / "events.ndjson.1").exists()
+        assert sorted(p.name for p in logdir.iterdir()) <= ["events.ndjson", "events.ndjson.1", "events.ndjson.2"]
+        for p in logdir.iterdir():
+            assert p.stat().st_size <= 4000
+            for line in p.read_bytes().splitlines():
+                orjson.loads(line)  # whole lines only
