@@ -11,6 +11,8 @@ same run and on the same processes, CPU time per poll of:
   (``stat`` of every process; ``status``, ``io`` and the ``fd`` directory of the tracked
   ones) with os.open/os.read, no parsing;
 - psutil: ``process_iter`` with the same attributes;
+- procstream serve: the whole service (``--source poll``, no subscribers), CPU of its
+  process per poll over 10 s;
 - process-exporter: Debian's ``prometheus-process-exporter -threads=false
   -gather-smaps=false`` with the same (default) config, CPU of the exporter process per
   ``/metrics`` scrape (read from its /proc/PID/stat).
@@ -22,6 +24,7 @@ process-exporter and ≤ 2x the floor). Everything it starts, it stops.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import socket
@@ -142,6 +145,44 @@ def exporter_cpu_per_scrape(scrapes: int) -> float | None:
         os.unlink(cfg)
 
 
+def serve_cpu_per_poll(seconds: float = 10.0, interval: float = 0.5) -> float:
+    """CPU of a whole ``procstream serve`` process (poller, event building, hub, no
+    subscribers) per poll, from its /proc/PID/stat over ``seconds``."""
+    port = free_port()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "procstream", "serve", "--source", "poll", "--interval", str(interval),
+         "--listen", f"127.0.0.1:{port}", "--log-level", "warning"],
+        cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}/healthz"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=5).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        time.sleep(2 * interval)  # past start-up: measure the steady state
+
+        def sample() -> tuple[float, int]:
+            fields = _read(f"/proc/{proc.pid}/stat").rpartition(b")")[2].split()
+            cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            polls = json.loads(urllib.request.urlopen(url, timeout=5).read())["polls"]
+            return cpu, polls
+
+        c0, p0 = sample()
+        time.sleep(seconds)
+        c1, p1 = sample()
+        return (c1 - c0) / max(p1 - p0, 1)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def measure(n_total: int, polls: int, exporter: bool) -> dict[str, float]:
     fs = FS("/proc")
     grouper = Grouper(default_config())
@@ -175,6 +216,7 @@ def measure(n_total: int, polls: int, exporter: bool) -> dict[str, float]:
         results["psutil"] = cpu_of(ps, max(polls // 4, 3))
     except ImportError:
         print("  psutil: not installed")
+    results["procstream serve"] = serve_cpu_per_poll()
     if exporter:
         cost = exporter_cpu_per_scrape(max(polls // 2, 5))
         if cost is not None:
@@ -214,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"   procstream / floor            = {ours / r['floor']:.2f}   (budget ≤ 2)")
             if "process-exporter" in r:
                 print(f"   procstream / process-exporter = {ours / r['process-exporter']:.3f}  (budget ≤ 0.25)")
+                serve = r["procstream serve"]
+                print(f"   procstream serve / process-exporter = {serve / r['process-exporter']:.3f}  (whole service per poll)")
             if "psutil" in r:
                 print(f"   procstream / psutil           = {ours / r['psutil']:.3f}")
         if len(table) > 1:
