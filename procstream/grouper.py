@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from .config import MatchNamer, ProcAttributes
-from .procfs.errors import ProcfsParseError
+from .procfs.errors import READ_ERRORS
 from .procfs.models import ProcId, ProcLike, ProcMetrics, States
 from .tracker import (
     ZERO_COUNTS,
@@ -307,7 +307,7 @@ class Grouper:
             if pid_id in tracker.tracked:
                 return None
             static = proc.static(cgroups=tracker.read_cgroups)
-        except (ProcessLookupError, PermissionError, ProcfsParseError, OSError):
+        except READ_ERRORS:
             return None
         new = NewProc(proc, pid_id, static)
         group = self.match(new)

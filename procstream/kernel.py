@@ -43,7 +43,7 @@ from .grouper import Grouper, GrouperUpdate
 from .netlink import ConnectorError, EventsLost, ExecEvent, ExitEvent, ProcConnector, monotonic_ns_to_epoch
 from .netlink import probe as probe_connector
 from .poller import Poller
-from .procfs import FS, FixedProc, ProcfsParseError, ProcId, ProcIdInfo, ProcMetrics, ProcStatic, States
+from .procfs import FS, READ_ERRORS, FixedProc, ProcId, ProcIdInfo, ProcMetrics, ProcStatic, States
 from .taskstats import TaskExit, TaskstatsError, TaskstatsListener
 from .taskstats import EventsLost as TaskstatsLost
 from .tracker import NewProc, TrackedProc
@@ -51,8 +51,6 @@ from .tracker import NewProc, TrackedProc
 __all__ = ["KStart", "KExit", "KLost", "KernelApplier", "ExitHold", "KernelSource", "choose_source"]
 
 log = logging.getLogger("procstream.kernel")
-
-_READ_ERRORS = (ProcessLookupError, PermissionError, ProcfsParseError, OSError)
 
 
 # -- what the reader thread hands over ---------------------------------------------------
@@ -107,11 +105,11 @@ def read_now(fs: FS, pid: int, *, cgroups: bool = False, exact_cpu: bool = False
         metrics = proc.metrics()
         if exact_cpu and metrics.num_threads == 1:
             metrics = _with_runtime(metrics, proc.runtime_ns())
-    except _READ_ERRORS:
+    except READ_ERRORS:
         return None
     try:
         limit = proc.fd_limit()
-    except _READ_ERRORS:
+    except READ_ERRORS:
         limit = 0
     return FixedProc(ProcIdInfo(pid_id, static, metrics), limit=limit)
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from .procfs.errors import ProcfsParseError
+from .procfs.errors import READ_ERRORS
 from .procfs.models import ProcId, ProcIdInfo, ProcLike, ProcMetrics, ProcStatic, States
 
 __all__ = [
@@ -184,6 +184,18 @@ class TrackerUpdate:
 _EMPTY_METRICS = ProcMetrics(0.0, 0.0, 0, 0, 0, 0, states=States())
 
 
+
+def _count_failure(exc: BaseException, errors: CollectErrors) -> None:
+    """A process that vanished is no error; one we may not read is a permission error;
+    anything else (garbage, I/O error) a read error."""
+    if isinstance(exc, ProcessLookupError):
+        return
+    if isinstance(exc, PermissionError):
+        errors.permission += 1
+    else:
+        errors.read += 1
+
+
 class Tracker:
     """Follows processes across polls. Call ``update()`` once per poll, then decide each
     new process with ``track()`` or ``ignore()`` before the next ``update()``."""
@@ -236,13 +248,8 @@ class Tracker:
         for proc in procs:
             try:
                 pid_id = proc.proc_id()
-            except ProcessLookupError:
-                continue
-            except PermissionError:
-                errors.permission += 1
-                continue
-            except (ProcfsParseError, OSError):
-                errors.read += 1
+            except READ_ERRORS as exc:
+                _count_failure(exc, errors)
                 continue
             seen += 1
             if pid_id.start_time_rel > max_ticks:
@@ -251,17 +258,11 @@ class Tracker:
             if tp is not None:
                 try:
                     metrics = proc.metrics()
-                except ProcessLookupError:
-                    continue  # exited while we read it: reported as exited below
-                except PermissionError:
-                    errors.permission += 1
-                    tp.seen = gen  # still alive; keep its last sample
-                    if tp.accounted:
-                        tp.latest = ZERO_COUNTS
-                    continue
-                except (ProcfsParseError, OSError):
-                    errors.read += 1
-                    tp.seen = gen
+                except READ_ERRORS as exc:
+                    if isinstance(exc, ProcessLookupError):
+                        continue  # exited while we read it: reported as exited below
+                    _count_failure(exc, errors)
+                    tp.seen = gen  # still alive: keep its last sample
                     if tp.accounted:
                         tp.latest = ZERO_COUNTS
                     continue
@@ -280,13 +281,8 @@ class Tracker:
                 continue
             try:
                 static = proc.static(cgroups=self.read_cgroups)
-            except ProcessLookupError:
-                continue
-            except PermissionError:
-                errors.permission += 1
-                continue
-            except (ProcfsParseError, OSError):
-                errors.read += 1
+            except READ_ERRORS as exc:
+                _count_failure(exc, errors)
                 continue
             report.new.append(NewProc(proc, pid_id, static))
 
@@ -333,16 +329,15 @@ class Tracker:
         empty metrics): we saw it start, and the next poll reports its exit.
         """
         proc = new.proc
-        errors_ok = (ProcessLookupError, PermissionError, ProcfsParseError, OSError)
         if metrics is None:
             try:
                 metrics = proc.metrics()
-            except errors_ok:
+            except READ_ERRORS:
                 metrics = _EMPTY_METRICS
         if fd_limit is None:
             try:
                 fd_limit = proc.fd_limit()
-            except errors_ok:
+            except READ_ERRORS:
                 fd_limit = 0
         now = self.clock()
         latest = Counts.of(metrics) if self.started_after_first_poll(new.id) else ZERO_COUNTS

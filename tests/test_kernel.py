@@ -7,6 +7,7 @@ probe says it is not (and say why).
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 import shutil
 import signal
@@ -33,16 +34,18 @@ from tests.util import async_wait_for
 OK, WHY = netlink.probe("/proc")
 live = pytest.mark.skipif(not OK, reason=f"kernel events unavailable here: {WHY}")
 
-CONFIG = """
+# Markers unique to this test run, so a second run on the same host can't be counted here.
+RUN = os.getpid()
+CONFIG = f"""
 process_names:
   - name: short
-    cmdline: ['pskern-short']
+    cmdline: ['pskern-short-{RUN}']
   - name: burn
-    cmdline: ['pskern-burn']
-  - name: "{{.Comm}}"
+    cmdline: ['pskern-burn-{RUN}']
+  - name: "{{{{.Comm}}}}"
     comm: [pskern_kill, pskern_long]
   - name: crash
-    cmdline: ['pskern-crash']
+    cmdline: ['pskern-crash-{RUN}']
 """
 
 BURN = """
@@ -108,7 +111,7 @@ async def test_short_lived_processes_all_exit_with_their_code_and_group(env: Env
     # 100 processes of ~20 ms each, one after another, from a shell outside this process
     loop = tmp_path / "loop.sh"
     loop.write_text(
-        f"for i in $(seq 100); do {sys.executable} -S -c 'import sys; sys.exit(7)' pskern-short; done\n"
+        f"for i in $(seq 100); do {sys.executable} -S -c 'import sys; sys.exit(7)' pskern-short-{RUN}; done\n"
     )
     shell = await run_and_reap("sh", str(loop))
     assert shell.returncode == 7
@@ -144,7 +147,7 @@ async def test_sigkill_and_segfault_with_core(env: Env, tmp_path: Path) -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
 
     crash = await run_and_reap(
-        sys.executable, "-S", "-c", "import time, ctypes; time.sleep(0.05); ctypes.string_at(0)", "pskern-crash",
+        sys.executable, "-S", "-c", "import time, ctypes; time.sleep(0.05); ctypes.string_at(0)", f"pskern-crash-{RUN}",
         cwd=tmp_path, preexec_fn=allow_core,
     )  # fmt: skip
     assert crash.returncode == -signal.SIGSEGV
@@ -160,7 +163,7 @@ async def test_cpu_of_burners_that_exit_between_polls_is_counted(env: Env) -> No
     before = env.grouper.groups().get("burn")
     before_cpu = before.counts.cpu if before else 0.0
     burners = [
-        subprocess.Popen([sys.executable, "-S", "-c", BURN, "pskern-burn"], stdout=subprocess.PIPE) for _ in range(5)
+        subprocess.Popen([sys.executable, "-S", "-c", BURN, f"pskern-burn-{RUN}"], stdout=subprocess.PIPE) for _ in range(5)
     ]
     pids = {b.pid for b in burners}
     # the burners stay unreaped zombies until their exits are seen, as under a supervisor

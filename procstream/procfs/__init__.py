@@ -15,7 +15,7 @@ Errors: see ``errors.py``.
 
 from __future__ import annotations
 
-from .errors import ProcfsError, ProcfsParseError
+from .errors import READ_ERRORS, ProcfsError, ProcfsParseError
 from .fs import FS, Proc
 from .models import (
     FixedProc,
@@ -41,4 +41,5 @@ __all__ = [
     "state_of",
     "ProcfsError",
     "ProcfsParseError",
+    "READ_ERRORS",
 ]

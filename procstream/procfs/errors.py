@@ -10,7 +10,7 @@ Rules:
 
 from __future__ import annotations
 
-__all__ = ["ProcfsError", "ProcfsParseError"]
+__all__ = ["ProcfsError", "ProcfsParseError", "READ_ERRORS"]
 
 
 class ProcfsError(OSError):
@@ -19,3 +19,7 @@ class ProcfsError(OSError):
 
 class ProcfsParseError(ValueError):
     """A /proc file had content we could not parse (garbage, truncated)."""
+
+
+#: Everything reading one process may raise: catch this around a ``Proc`` method.
+READ_ERRORS: tuple[type[Exception], ...] = (ProcessLookupError, PermissionError, ProcfsParseError, OSError)
