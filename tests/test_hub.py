@@ -40,6 +40,11 @@ class FakeSink:
         self.frames.append(frame)
         return True
 
+    def try_write(self, frame: bytes) -> int:
+        if not self.writable():
+            return 0
+        return 1 if self.write(frame) else -1
+
     def wake(self) -> None:
         self.woken += 1
 
