@@ -67,6 +67,9 @@ _REPLAY_FRAME_BYTES: Final = 256 * 1024
 # Control frames waiting for a subscriber that doesn't read (errors, snapshots): more
 # than this and it is a slow consumer.
 _OUTBOX_LIMIT: Final = 64
+# Per filter, the frames of the latest batches are kept so a subscriber that lags by a
+# few polls (a burst filled its buffer) catches up with the very bytes the others got.
+_RECENT_FRAMES: Final = 16
 
 
 class Sink(Protocol):
@@ -281,6 +284,8 @@ class Hub:
         self._groups: dict[Any, dict[str, Any]] = {}
         self._procs: dict[tuple[Any, Any], dict[str, Any]] = {}
         self._snapshots: dict[frozenset[str] | None, bytes] = {}  # by groups filter, until next change
+        # filter -> recent batches as (first seq, next seq, frame or None if nothing matched)
+        self._recent: dict[Filter, collections.deque[tuple[int, int, bytes | None]]] = {}
 
         self._next_id = 0
         self._subs: set[Subscriber] = set()
@@ -336,6 +341,7 @@ class Hub:
         # resumes from seq 0 stay valid.
         self._baseline_seq = self._head if self._head > 0 else -1
         self._ring.clear()
+        self._recent.clear()
         head = self._head
         for sub in list(self._subs):
             if not sub.active:
@@ -396,12 +402,17 @@ class Hub:
                 match = filt.matches
                 sel = [p for p, t, g in zip(parts, types, groups) if match(t, g)]
             nsel = len(sel)
+            recent = self._recent.get(filt)
+            if recent is None:
+                recent = self._recent[filt] = collections.deque(maxlen=_RECENT_FRAMES)
             if not nsel:
+                recent.append((first, next_seq, None))
                 for sub in subs:
                     if not sub.lagging:
                         sub.cursor = next_seq
                 continue
             frame = b"[" + b",".join(sel) + b"]"
+            recent.append((first, next_seq, frame))
             stats.frames_encoded += 1
             written = 0
             for sub in subs:
@@ -687,6 +698,12 @@ class Hub:
     def _collect(self, filt: Filter, from_seq: int) -> tuple[bytes | None, int]:
         """Frame of the buffered events from ``from_seq`` that pass ``filt``, ending at a
         batch boundary once the frame is big enough; returns (frame or None, next seq)."""
+        recent = self._recent.get(filt)
+        if recent and recent[0][0] <= from_seq:
+            # A short lag: reuse the frame built at publish time for this batch.
+            for first, nxt, frame in recent:
+                if first == from_seq:
+                    return frame, nxt
         ring = self._ring
         i = i0 = ring.start + (from_seq - self.oldest_seq)
         end = len(ring.data)
@@ -776,6 +793,7 @@ class Hub:
             subs.discard(sub)
             if not subs:
                 del self._by_filter[sub.filter]
+                self._recent.pop(sub.filter, None)
 
     def _count_reset(self, reason: str) -> None:
         self.stats.resets[reason] = self.stats.resets.get(reason, 0) + 1

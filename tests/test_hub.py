@@ -419,6 +419,27 @@ def test_full_write_buffer_switches_to_pump_in_order() -> None:
     assert [e["seq"] for e in sink.events()] == [1, 2, 3, 4, 5, 6]
 
 
+def test_short_lag_catches_up_with_the_shared_frames() -> None:
+    hub, _ = make_hub()
+    _, fast = subscribe(hub, snapshot=False)
+    sub, slow = subscribe(hub, snapshot=False)
+    slow.ok = False
+    for _ in range(3):
+        hub.publish([cycle(), start("web")])
+    slow.ok = True
+    slow.pump(sub)
+    # one frame per poll, the very bytes objects the caught-up subscriber got
+    assert len(slow.frames) == 3
+    assert all(a is b for a, b in zip(slow.frames, fast.frames))
+    # a lag deeper than the recent frames is served from the buffer, still in order
+    slow.ok = False
+    for _ in range(40):
+        hub.publish([cycle()])
+    slow.ok = True
+    slow.pump(sub)
+    assert [e["seq"] for e in slow.events()] == [e["seq"] for e in fast.events()]
+
+
 def test_control_frames_queue_behind_a_full_buffer() -> None:
     hub, _ = make_hub()
     sink = FakeSink(ok=False)
