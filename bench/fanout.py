@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import base64
 import gc
 import json
@@ -212,16 +213,34 @@ class Phase:
     result: dict[str, Any] = field(default_factory=dict)
 
 
-def make_batch(n: int, seq: int, pad: str) -> list[dict[str, Any]]:
-    now = time.time()
-    out = []
-    for i in range(n):
-        pid = 10_000 + (seq + i) % 50_000
-        out.append({"type": "proc.start", "ts": now, "pid": pid, "ppid": 1,
-                    "start_time": now - 0.5, "name": "worker",
-                    "cmdline": ["/usr/bin/worker", "--queue", "jobs", pad], "group": "worker",
-                    "user": "www-data", "uid": 33, "source": "poll"})
-    return out
+class Churn:
+    """Synthetic producer: a host with a steady population of processes; each batch
+    starts some and ends as many of the oldest (so the hub's state stays bounded, like
+    a real host's), as ``proc.start`` / ``proc.exit`` events in one poll."""
+
+    def __init__(self, population: int, pad: str) -> None:
+        self.population = population
+        self.pad = pad
+        self.live: collections.deque[dict[str, Any]] = collections.deque()
+        self.next_pid = 10_000
+
+    def batch(self, n: int) -> list[dict[str, Any]]:
+        now = time.time()
+        out: list[dict[str, Any]] = []
+        for i in range(n):
+            if i % 2 and len(self.live) >= self.population:
+                p = self.live.popleft()
+                out.append({"type": "proc.exit", "ts": now, **p, "lifetime_s": now - p["start_time"],
+                            "cpu_s": 0.01, "read_bytes": 0, "write_bytes": 0, "exit_code": None,
+                            "signal": None, "source": "poll"})
+            else:
+                self.next_pid += 1
+                p = {"pid": self.next_pid, "ppid": 1, "start_time": now - 0.5, "name": "worker",
+                     "cmdline": ["/usr/bin/worker", "--queue", "jobs", self.pad],
+                     "group": "worker", "user": "www-data", "uid": 33}
+                self.live.append(p)
+                out.append({"type": "proc.start", "ts": now, **p, "source": "poll"})
+        return out
 
 
 async def run_phase(phase: Phase, args: argparse.Namespace) -> None:
@@ -230,13 +249,14 @@ async def run_phase(phase: Phase, args: argparse.Namespace) -> None:
     from procstream.hub import Hub
     from procstream.server import ProcstreamServer, ServerConfig
 
-    pad = "x" * args.pad
+    churn = Churn(args.population, "x" * args.pad)
     conns: set[Any] = set()
     hub: Hub | None = None
     srv: Any = None
     bare: Any = None
     if phase.kind == "procstream":
-        hub = Hub(host="bench", interval=1.0, bookmark_interval=0)
+        hub = Hub(host="bench", interval=1.0, bookmark_interval=0,
+                  queue_limit=args.queue_limit, overflow_grace=args.grace)
         hub.load_state({}, [])
         srv = ProcstreamServer(hub, ServerConfig(port=0, max_clients=args.subscribers + 10,
                                                  ping_interval=None))
@@ -285,6 +305,7 @@ async def run_phase(phase: Phase, args: argparse.Namespace) -> None:
         n_batches = 0
         publish_time = 0.0
         publish_cpu = 0.0
+        stalled_buffer = 0  # the most the server buffered for the stalled client
         cpu0 = time.process_time()
         t0 = time.perf_counter()
         t_end = t0 + args.duration
@@ -298,7 +319,7 @@ async def run_phase(phase: Phase, args: argparse.Namespace) -> None:
                 if delay > 0:
                     await asyncio.sleep(delay)
             n_batches += 1
-            batch = make_batch(args.batch, seq, pad)
+            batch = churn.batch(args.batch)
             tp = time.perf_counter()
             tc = time.thread_time()
             if hub is not None:
@@ -311,6 +332,8 @@ async def run_phase(phase: Phase, args: argparse.Namespace) -> None:
                 broadcast(conns, orjson.dumps(batch), text=True)
             publish_cpu += time.thread_time() - tc
             publish_time += time.perf_counter() - tp
+            if stalled_conn is not None and stalled_conn.transport is not None:
+                stalled_buffer = max(stalled_buffer, stalled_conn.transport.get_write_buffer_size())
         span = time.perf_counter() - t0
         if flat_out:
             elapsed, lag = span, 0.0
@@ -323,9 +346,6 @@ async def run_phase(phase: Phase, args: argparse.Namespace) -> None:
         await asyncio.sleep(1.0)
         cpu = time.process_time() - cpu0
 
-        stalled_buffer = 0
-        if stalled_conn is not None:
-            stalled_buffer = stalled_conn.transport.get_write_buffer_size()
         client.stdin.write(b"stop\n")
         await client.stdin.drain()
         report = json.loads(await asyncio.wait_for(client.stdout.readline(), 60))
@@ -412,7 +432,9 @@ def server_main(args: argparse.Namespace) -> None:
         print("flat out: the publisher publishes back to back; the server's CPU is the limit",
               flush=True)
     print("stall phases: one more subscriber that never reads (its socket buffers shrunk "
-          "to 4 KiB on both ends so the stall reaches the server within the run)", flush=True)
+          "to 4 KiB on both ends so the stall reaches the server within the run); "
+          f"hub queue_limit={args.queue_limit} events, overflow_grace={args.grace:g} s; "
+          "'stalled buf' = most the server buffered for it", flush=True)
     if args.uvloop:
         import uvloop
         uvloop.run(all_phases())
@@ -465,9 +487,15 @@ def main() -> None:
                     help="batches per second; 0 = flat out (server CPU-bound)")
     ap.add_argument("--batch", type=int, default=20, help="events per batch (one poll)")
     ap.add_argument("--pad", type=int, default=60, help="extra cmdline bytes per event")
+    ap.add_argument("--population", type=int, default=1000,
+                    help="processes alive on the synthetic host (the snapshot's size)")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
     ap.add_argument("--phases", help="comma list of phases to run (default all)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per phase (medians reported)")
+    ap.add_argument("--queue-limit", type=int, default=2000,
+                    help="hub queue_limit (events a subscriber may lag before overflow)")
+    ap.add_argument("--grace", type=float, default=4.0,
+                    help="hub overflow_grace (s) before a stuck subscriber is closed 1013")
     ap.add_argument("--uvloop", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
