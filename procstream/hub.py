@@ -366,7 +366,7 @@ class Hub:
             return
         now = self._clock()
         host = self.host
-        dumps = orjson.dumps
+        dumps = _dumps
         counts = self.stats.events_by_type
         seq = self._head
         first = seq + 1
@@ -377,12 +377,12 @@ class Hub:
             seq += 1
             ev["seq"] = seq
             ev["host"] = host
+            parts.append(dumps(ev))  # never raises, so numbering and state stay in step
             t = ev.get("type")
             if t == "proc.start" or t == "proc.exit" or t == "group.update":
                 self._apply(t, ev)
             types.append(t)
             groups.append(ev.get("group", NO_GROUP))
-            parts.append(dumps(ev))
             counts[t] = counts.get(t, 0) + 1
         self._head = seq
         self._ring.extend(now, types, groups, parts)
@@ -627,7 +627,7 @@ class Hub:
         key = filt.groups
         data = self._snapshots.get(key)
         if data is None:
-            data = orjson.dumps(self._snapshot_obj(filt))
+            data = _dumps(self._snapshot_obj(filt))
             self._snapshots[key] = data
         self.stats.snapshots_sent += 1
         return data
@@ -797,6 +797,15 @@ class Hub:
 
     def _count_reset(self, reason: str) -> None:
         self.stats.resets[reason] = self.stats.resets.get(reason, 0) + 1
+
+
+def _dumps(obj: Any) -> bytes:
+    """orjson, falling back to ``str()`` for values JSON can't hold (a set, a Path…):
+    one odd value from a producer must not break the stream."""
+    try:
+        return orjson.dumps(obj)
+    except TypeError:
+        return orjson.dumps(obj, default=str, option=orjson.OPT_NON_STR_KEYS)
 
 
 def _strip(fields: Mapping[str, Any]) -> dict[str, Any]:

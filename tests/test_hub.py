@@ -142,6 +142,17 @@ def test_seq_and_host_are_added_gap_free() -> None:
     assert hub.stats.batches == 2
 
 
+def test_odd_values_do_not_break_numbering_or_state() -> None:
+    hub, _ = make_hub()
+    sub, sink = subscribe(hub, snapshot=False)
+    odd = start("web") | {"labels": {1: "x"}, "extra": {"b"}}
+    hub.publish([cycle(), odd, cycle()])
+    assert [e["seq"] for e in sink.events()] == [1, 2, 3]
+    assert sink.events()[1]["extra"] == "{'b'}" and sink.events()[1]["labels"] == {"1": "x"}
+    assert len(hub.snapshot()["procs"]) == 1
+    assert orjson.loads(hub.snapshot_json())["procs"][0]["extra"] == "{'b'}"
+
+
 def test_epoch_is_random_per_hub_unless_given() -> None:
     a, b = Hub(host="h", interval=1), Hub(host="h", interval=1)
     assert a.epoch != b.epoch and len(a.epoch) >= 8
