@@ -420,10 +420,11 @@ def server_main(args: argparse.Namespace) -> None:
             merged["frames_min"] = min(r["frames_min"] for r in runs[p.name])
             p.result = merged
 
+    load = ("batches back to back" if args.rate <= 0 else
+            f"{args.rate:g} batches/s ({args.rate * args.batch:,.0f} events/s per subscriber, "
+            f"{args.rate * args.batch * args.subscribers:,.0f} deliveries/s)")
     print(f"fan-out: {args.subscribers} subscribers in a separate process, "
-          f"{args.rate:g} batches/s x {args.batch} events "
-          f"({args.rate * args.batch:,.0f} events/s per subscriber, "
-          f"{args.rate * args.batch * args.subscribers:,.0f} deliveries/s), "
+          f"{args.batch} events per batch, {load}, "
           f"{args.duration:g} s per phase, {args.repeat} run(s) each (medians), "
           f"loop: {'uvloop' if args.uvloop else 'asyncio'}, "
           f"{'server and client pinned to separate CPUs' if args.pin else 'not pinned'}",
