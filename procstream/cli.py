@@ -17,6 +17,8 @@ from .events import EventBuilder
 from .grouper import Grouper
 from .procfs import FS, ProcfsError
 from .redact import RedactPatternError, Redactor
+from .tail import add_arguments as add_tail_arguments
+from .tail import run as run_tail
 
 __all__ = ["build_parser", "main", "UsageError", "load_namer", "build_core"]
 
@@ -102,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     sec.add_argument("--tls-cert", metavar="FILE", help="serve https/wss with this PEM certificate (chain)")
     sec.add_argument("--tls-key", metavar="FILE", help="the PEM private key of --tls-cert (default: in the --tls-cert file)")
 
+    tail = sub.add_parser(
+        "tail",
+        help="subscribe to a server and print one event per line (NDJSON); reconnects and resumes by itself",
+    )
+    add_tail_arguments(tail)
+
     once = sub.add_parser("once", help="print one JSON snapshot of groups and processes, then exit")
     _add_core_options(once)
     once.add_argument("--delay", type=float, default=0.0, metavar="S", help="poll twice, S seconds apart, so rates are filled in")
@@ -147,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .app import run as run_serve
 
             return run_serve(args)
+        if args.command == "tail":
+            return run_tail(args)
         if args.command == "once":
             from .once import run as run_once
 

@@ -80,6 +80,20 @@ class WebSocketSink:
             return False
         return True
 
+    def try_write(self, frame: bytes) -> int:
+        """:meth:`writable` then :meth:`write`, in one call (the hub's hot path)."""
+        protocol = self._protocol
+        if protocol.state is not _OPEN:
+            return -1  # closing or closed: the handler is about to detach us
+        if self._transport.get_write_buffer_size() > self.limit:
+            return 0
+        try:
+            protocol.send_text(frame)
+            self.ws.send_data()
+        except Exception:
+            return -1
+        return 1
+
     def wake(self) -> None:
         """Let :meth:`pump` pull frames from the hub."""
         self._event.set()

@@ -67,6 +67,9 @@ _REPLAY_FRAME_BYTES: Final = 256 * 1024
 # Control frames waiting for a subscriber that doesn't read (errors, snapshots): more
 # than this and it is a slow consumer.
 _OUTBOX_LIMIT: Final = 64
+# Per filter, the frames of the latest batches are kept so a subscriber that lags by a
+# few polls (a burst filled its buffer) catches up with the very bytes the others got.
+_RECENT_FRAMES: Final = 16
 
 
 class Sink(Protocol):
@@ -78,6 +81,10 @@ class Sink(Protocol):
 
     def write(self, frame: bytes) -> bool:
         """Write one text frame (a JSON array, UTF-8) right away; False if the peer is gone."""
+
+    def try_write(self, frame: bytes) -> int:
+        """The fast path in one call: write ``frame`` if :meth:`writable`; returns 1 when
+        written, 0 when the buffer is full (nothing written), -1 when the peer is gone."""
 
     def wake(self) -> None:
         """Frames are waiting: start (or keep) calling :meth:`Subscriber.next_frame` and
@@ -277,6 +284,8 @@ class Hub:
         self._groups: dict[Any, dict[str, Any]] = {}
         self._procs: dict[tuple[Any, Any], dict[str, Any]] = {}
         self._snapshots: dict[frozenset[str] | None, bytes] = {}  # by groups filter, until next change
+        # filter -> recent batches as (first seq, next seq, frame or None if nothing matched)
+        self._recent: dict[Filter, collections.deque[tuple[int, int, bytes | None]]] = {}
 
         self._next_id = 0
         self._subs: set[Subscriber] = set()
@@ -332,6 +341,7 @@ class Hub:
         # resumes from seq 0 stay valid.
         self._baseline_seq = self._head if self._head > 0 else -1
         self._ring.clear()
+        self._recent.clear()
         head = self._head
         for sub in list(self._subs):
             if not sub.active:
@@ -356,7 +366,7 @@ class Hub:
             return
         now = self._clock()
         host = self.host
-        dumps = orjson.dumps
+        dumps = _dumps
         counts = self.stats.events_by_type
         seq = self._head
         first = seq + 1
@@ -367,14 +377,12 @@ class Hub:
             seq += 1
             ev["seq"] = seq
             ev["host"] = host
+            parts.append(dumps(ev))  # never raises, so numbering and state stay in step
             t = ev.get("type")
             if t == "proc.start" or t == "proc.exit" or t == "group.update":
                 self._apply(t, ev)
             types.append(t)
             groups.append(ev.get("group", NO_GROUP))
-            # orjson hands back bytes with spare capacity (1-4 KiB for a 300-byte event);
-            # the ring keeps 100,000 of them, so keep an exact-size copy instead.
-            parts.append(memoryview(dumps(ev)).tobytes())
             counts[t] = counts.get(t, 0) + 1
         self._head = seq
         self._ring.extend(now, types, groups, parts)
@@ -385,6 +393,8 @@ class Hub:
 
         next_seq = seq + 1
         dead: list[Subscriber] = []
+        # This loop is the hot path (once per subscriber per poll): keep it to one sink
+        # call per subscriber and count into locals.
         for filt, subs in self._by_filter.items():
             if filt.everything:
                 sel = parts
@@ -392,30 +402,36 @@ class Hub:
                 match = filt.matches
                 sel = [p for p, t, g in zip(parts, types, groups) if match(t, g)]
             nsel = len(sel)
-            frame = None
-            if nsel:
-                frame = b"[" + b",".join(sel) + b"]"
-                stats.frames_encoded += 1
+            recent = self._recent.get(filt)
+            if recent is None:
+                recent = self._recent[filt] = collections.deque(maxlen=_RECENT_FRAMES)
+            if not nsel:
+                recent.append((first, next_seq, None))
+                for sub in subs:
+                    if not sub.lagging:
+                        sub.cursor = next_seq
+                continue
+            frame = b"[" + b",".join(sel) + b"]"
+            recent.append((first, next_seq, frame))
+            stats.frames_encoded += 1
+            written = 0
             for sub in subs:
                 if sub.lagging:
                     if sub.ov_pending:
                         sub.ov_dropped += nsel
                     continue
-                if frame is None:
+                r = sub.sink.try_write(frame)
+                if r > 0:
                     sub.cursor = next_seq
-                    continue
-                sink = sub.sink
-                if sink.writable():
-                    if sink.write(frame):
-                        sub.cursor = next_seq
-                        sub.last_write = now
-                        stats.frames_sent += 1
-                        stats.bytes_sent += len(frame)
-                    else:
-                        dead.append(sub)
-                else:
+                    sub.last_write = now
+                    written += 1
+                elif r == 0:
                     # cursor stays at `first`: the pump will pull this batch from the buffer
                     self._set_lagging(sub)
+                else:
+                    dead.append(sub)
+            stats.frames_sent += written
+            stats.bytes_sent += written * len(frame)
         for sub in dead:
             self._drop_dead(sub)
         self._trim(now)
@@ -611,7 +627,7 @@ class Hub:
         key = filt.groups
         data = self._snapshots.get(key)
         if data is None:
-            data = orjson.dumps(self._snapshot_obj(filt))
+            data = _dumps(self._snapshot_obj(filt))
             self._snapshots[key] = data
         self.stats.snapshots_sent += 1
         return data
@@ -682,6 +698,12 @@ class Hub:
     def _collect(self, filt: Filter, from_seq: int) -> tuple[bytes | None, int]:
         """Frame of the buffered events from ``from_seq`` that pass ``filt``, ending at a
         batch boundary once the frame is big enough; returns (frame or None, next seq)."""
+        recent = self._recent.get(filt)
+        if recent and recent[0][0] <= from_seq:
+            # A short lag: reuse the frame built at publish time for this batch.
+            for first, nxt, frame in recent:
+                if first == from_seq:
+                    return frame, nxt
         ring = self._ring
         i = i0 = ring.start + (from_seq - self.oldest_seq)
         end = len(ring.data)
@@ -771,9 +793,25 @@ class Hub:
             subs.discard(sub)
             if not subs:
                 del self._by_filter[sub.filter]
+                self._recent.pop(sub.filter, None)
 
     def _count_reset(self, reason: str) -> None:
         self.stats.resets[reason] = self.stats.resets.get(reason, 0) + 1
+
+
+def _dumps(obj: Any) -> bytes:
+    """orjson, falling back to ``str()`` for values JSON can't hold (a set, a Path…):
+    one odd value from a producer must not break the stream.
+
+    The result is an exact-size copy: orjson hands back bytes with spare capacity (1-4
+    KiB for a 300-byte event, depending on its version), and the resume buffer keeps
+    100,000 of them.
+    """
+    try:
+        data = orjson.dumps(obj)
+    except TypeError:
+        data = orjson.dumps(obj, default=str, option=orjson.OPT_NON_STR_KEYS)
+    return memoryview(data).tobytes()
 
 
 def _strip(fields: Mapping[str, Any]) -> dict[str, Any]:

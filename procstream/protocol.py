@@ -135,6 +135,16 @@ class Subscription:
     snapshot: bool = True
     token: str | None = None
 
+    @property
+    def types(self) -> frozenset[str] | None:
+        """Event types wanted (wildcards expanded), ``None`` = all."""
+        return self.filter.types
+
+    @property
+    def groups(self) -> frozenset[str] | None:
+        """Group names wanted, ``None`` = all."""
+        return self.filter.groups
+
 
 class AbuseGuard:
     """Counts bad requests in a sliding window; call :meth:`record` for each one.

@@ -40,6 +40,11 @@ class FakeSink:
         self.frames.append(frame)
         return True
 
+    def try_write(self, frame: bytes) -> int:
+        if not self.writable():
+            return 0
+        return 1 if self.write(frame) else -1
+
     def wake(self) -> None:
         self.woken += 1
 
@@ -135,6 +140,17 @@ def test_seq_and_host_are_added_gap_free() -> None:
     assert (hub.head_seq, hub.oldest_seq) == (3, 1)
     assert hub.stats.events_by_type == {"cycle": 1, "proc.start": 1, "group.update": 1}
     assert hub.stats.batches == 2
+
+
+def test_odd_values_do_not_break_numbering_or_state() -> None:
+    hub, _ = make_hub()
+    sub, sink = subscribe(hub, snapshot=False)
+    odd = start("web") | {"labels": {1: "x"}, "extra": {"b"}}
+    hub.publish([cycle(), odd, cycle()])
+    assert [e["seq"] for e in sink.events()] == [1, 2, 3]
+    assert sink.events()[1]["extra"] == "{'b'}" and sink.events()[1]["labels"] == {"1": "x"}
+    assert len(hub.snapshot()["procs"]) == 1
+    assert orjson.loads(hub.snapshot_json())["procs"][0]["extra"] == "{'b'}"
 
 
 def test_epoch_is_random_per_hub_unless_given() -> None:
@@ -412,6 +428,27 @@ def test_full_write_buffer_switches_to_pump_in_order() -> None:
     assert not sub.lagging
     hub.publish([cycle()])
     assert [e["seq"] for e in sink.events()] == [1, 2, 3, 4, 5, 6]
+
+
+def test_short_lag_catches_up_with_the_shared_frames() -> None:
+    hub, _ = make_hub()
+    _, fast = subscribe(hub, snapshot=False)
+    sub, slow = subscribe(hub, snapshot=False)
+    slow.ok = False
+    for _ in range(3):
+        hub.publish([cycle(), start("web")])
+    slow.ok = True
+    slow.pump(sub)
+    # one frame per poll, the very bytes objects the caught-up subscriber got
+    assert len(slow.frames) == 3
+    assert all(a is b for a, b in zip(slow.frames, fast.frames))
+    # a lag deeper than the recent frames is served from the buffer, still in order
+    slow.ok = False
+    for _ in range(40):
+        hub.publish([cycle()])
+    slow.ok = True
+    slow.pump(sub)
+    assert [e["seq"] for e in slow.events()] == [e["seq"] for e in fast.events()]
 
 
 def test_control_frames_queue_behind_a_full_buffer() -> None:

@@ -83,6 +83,8 @@ def test_parse_query_full() -> None:
         frozenset({"proc.start", "proc.exit", "cycle"}), frozenset({"web", "db", "cache"})
     )
     assert (sub.since, sub.epoch, sub.snapshot, sub.token) == (42, "abc", False, "t0k")
+    assert sub.types == frozenset({"proc.start", "proc.exit", "cycle"})
+    assert sub.groups == frozenset({"web", "db", "cache"})
 
 
 def test_parse_query_mapping_and_blank_lists() -> None:

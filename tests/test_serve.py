@@ -255,3 +255,44 @@ async def test_event_log_follows_logrotate_survives_a_lost_directory_and_rotates
             assert p.stat().st_size <= 4000
             for line in p.read_bytes().splitlines():
                 orjson.loads(line)  # whole lines only
+
+
+async def test_procstream_tail_prints_ndjson_and_carries_on_across_a_restart(fake_root: Path, tmp_path: Path) -> None:
+    srv = Served("--procfs", str(fake_root), "--interval", "0.1", log=tmp_path / "log").start()
+    out, err = tmp_path / "tail.out", tmp_path / "tail.err"
+    with open(out, "wb") as fo, open(err, "wb") as fe:
+        tail = subprocess.Popen(
+            [sys.executable, "-m", "procstream", "tail", srv.ws, "--types", "proc.*"], stdout=fo, stderr=fe
+        )
+    try:
+
+        def lines() -> list[dict]:
+            return [orjson.loads(x) for x in out.read_bytes().splitlines()]
+
+        def has(pid: int, type_: str = "proc.start") -> bool:
+            return any(e["pid"] == pid and e["type"] == type_ for e in lines())
+
+        def subscribers() -> int:
+            body = http_get(srv.url + "/metrics")[1].decode()
+            return int(float(next(x for x in body.splitlines() if x.startswith("procstream_subscribers ")).split()[1]))
+
+        wait_for("tail to subscribe", lambda: subscribers() == 1, timeout=15)  # it prints live events only
+        add_proc(fake_root, 7000, comm="tailed", cmdline=("tailed",), start=60_000)
+        wait_for("tail to print the start", lambda: has(7000))
+        remove_proc(fake_root, 7000)
+        wait_for("tail to print the exit", lambda: has(7000, "proc.exit"))
+        assert all(set(e) >= {"type", "seq", "ts", "host", "pid"} for e in lines())
+        # a restart is a new epoch: tail says so and keeps following the new server
+        assert srv.stop() == 0
+        srv = Served("--procfs", str(fake_root), "--interval", "0.1", port=srv.port, log=tmp_path / "log2").start()
+        wait_for("tail to notice the new epoch", lambda: "server restarted" in err.read_text(), timeout=30)
+        wait_for("tail to subscribe again", lambda: subscribers() == 1)
+        add_proc(fake_root, 7001, comm="after", cmdline=("after",), start=60_100)
+        wait_for("tail to print a start from the new server", lambda: has(7001))
+    finally:
+        tail.send_signal(signal.SIGTERM)
+        code = tail.wait(10)
+        srv.stop()
+    assert code == 0
+    seqs_seen = [e["seq"] for e in lines()]
+    assert len(seqs_seen) == len({(e["host"], e["seq"], e["type"], e["pid"]) for e in lines()})  # no line twice
