@@ -34,6 +34,7 @@ __all__ = [
     "NewProc",
     "TrackerUpdate",
     "Tracker",
+    "ProcIdInfo",
     "info",
 ]
 
