@@ -121,10 +121,13 @@ CLK_TCK: Final[int] = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 10
 DEFAULT_RCVBUF: Final = 8 * 1024 * 1024
 
 # Netlink is host-endian: "=" is native order with standard sizes and no padding.
+# (Bound here, not only imported: CPython 3.11 compiles ``name.method()`` on an imported
+# name as an attribute load plus call, which costs a bound method per message in the
+# decoding loop; on a module variable it is a plain method call.)
 _NLMSGHDR = NLMSGHDR  # len, type, flags, seq, pid
+_NLMSG_HDRLEN: Final = NLMSG_HDRLEN  # 16
 # nlmsghdr + cn_msg (idx, val, seq, ack, len, flags) + proc_event head (what, cpu, ts)
 _HEAD = struct.Struct("=IHHII" "IIIIHH" "IIQ")
-_NLMSG_HDRLEN: Final = NLMSG_HDRLEN  # 16
 _CN_OFF: Final = _NLMSG_HDRLEN  # cn_msg starts here
 _CN_HDRLEN: Final = 20
 _EV_HEADLEN: Final = 16  # what, cpu, timestamp_ns
@@ -475,8 +478,7 @@ class ProcConnector(NetlinkListener[ConnectorEvent]):
 
     or from a thread: ``while conn.wait_readable(1.0) is not None: handle(conn.read_events())``.
     One reader at a time; call ``close()`` from the reading thread or once it has stopped.
-    A datagram holds about one event, so ``read_events(max_datagrams)`` returns about that
-    many at most.
+    A datagram is about one event, which ``read_events``'s ``max_datagrams`` counts.
 
     Loss never raises: it arrives as an :class:`EventsLost` marker in the returned list
     and is counted in ``lost`` (markers: ENOBUFS, overrun, gap), ``enobufs`` (the kernel
@@ -593,15 +595,11 @@ class ProcConnector(NetlinkListener[ConnectorEvent]):
 
     # -- reading (the loop is NetlinkListener._read)
 
-    def _receiver(self, sock: socket.socket) -> Callable[[list[ConnectorEvent]], None]:
-        recv = sock.recv
-        size = self._recv_size
-        feed = self._decoder.feed
-
-        def receive(out: list[ConnectorEvent]) -> None:
-            feed(recv(size), out)
-
-        return receive
+    def _receiver(
+        self, sock: socket.socket
+    ) -> tuple[Callable[[int], bytes], int, Callable[[bytes, list[ConnectorEvent]], object]]:
+        # a bytes object per datagram, straight into the stateful decoder
+        return sock.recv, self._recv_size, self._decoder.feed
 
     def _lost(self, ts_ns: int, reason: str, count: int | None) -> EventsLost:
         return EventsLost(ts_ns, reason, count)

@@ -32,7 +32,7 @@ import struct
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Final, Generic, Protocol, Self, TypeVar
+from typing import Any, Final, Generic, Protocol, Self, TypeVar
 
 __all__ = [
     "NetlinkListener",
@@ -220,11 +220,14 @@ class NetlinkListener(ABC, Generic[E]):
         """Create, bind and subscribe (the subclass's protocol); returns ``self``."""
 
     @abstractmethod
-    def _receiver(self, sock: socket.socket) -> Callable[[list[E]], None]:
-        """A function that receives one datagram from ``sock`` and appends what it decodes
-        to the list it is given; it lets recv's exceptions through (BlockingIOError when
-        nothing is queued). Called once per read_events(), so it can bind what its hot
-        loop needs (recv or recv_into, a reused buffer, the decoder)."""
+    def _receiver(
+        self, sock: socket.socket
+    ) -> tuple[Callable[[Any], Any], Any, Callable[[Any, list[E]], object]]:
+        """``(receive, arg, decode)``: the loop takes each datagram with ``receive(arg)``
+        (``sock.recv`` and a size, or ``sock.recv_into`` and a reused buffer; its
+        exceptions go through, BlockingIOError when nothing is queued) and hands what it
+        returned to ``decode(it, out)``, which appends the items. Called once per
+        read_events(); the hot loop then makes no call of its own beyond these two."""
 
     @abstractmethod
     def _lost(self, ts_ns: int, reason: str, count: int | None) -> E:
@@ -348,12 +351,12 @@ class NetlinkListener(ABC, Generic[E]):
         """Receive and decode up to ``max_datagrams`` datagrams into ``out``."""
         sock = self._sock
         assert sock is not None
-        receive = self._receiver(sock)
+        receive, arg, decode = self._receiver(sock)
         stats = self.stats
         markers_before = stats.lost_markers
         for _ in range(max_datagrams):
             try:
-                receive(out)
+                data = receive(arg)
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -363,4 +366,5 @@ class NetlinkListener(ABC, Generic[E]):
                     out.append(self._enobufs(sock))
                     continue
                 raise
+            decode(data, out)
         self.lost += stats.lost_markers - markers_before

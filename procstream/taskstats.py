@@ -147,12 +147,15 @@ AGROUP: Final = 0x20  # the last task of its process (version 12 on)
 DEFAULT_RCVBUF: Final = 16 * 1024 * 1024
 
 # Netlink is host-endian: "=" is native order with standard sizes and no padding.
+# (Bound here, not only imported: CPython 3.11 compiles ``name.method()`` on an imported
+# name as an attribute load plus call, which costs a bound method per message in the
+# decoding loop; on a module variable it is a plain method call.)
 _NLMSGHDR = NLMSGHDR  # len, type, flags, seq, pid
+_HDRLEN: Final = NLMSG_HDRLEN  # 16
 _NLA = struct.Struct("=HH")  # len, type
 _U32 = struct.Struct("=I")
 _I32 = struct.Struct("=i")
 _U64 = struct.Struct("=Q")
-_HDRLEN: Final = NLMSG_HDRLEN  # 16
 _GENL_HDRLEN: Final = 4
 
 # struct taskstats, offsets checked against offsetof() on the uapi header (v13) and the
@@ -647,8 +650,9 @@ class TaskstatsListener(NetlinkListener[TaskstatsEvent]):
 
     or from a thread, alone (``while ts.wait_readable(1.0) is not None: ...``) or with a
     :class:`~procstream.netlink.ProcConnector` in the same ``select.poll``. One reader at
-    a time; call ``close()`` from the reading thread or once it has stopped. A datagram
-    holds one exit, so ``read_events(max_datagrams)`` returns at most that many exits.
+    a time; call ``close()`` from the reading thread or once it has stopped. A datagram is
+    one exit (one record; two for a multi-threaded process's last thread), which
+    ``read_events``'s ``max_datagrams`` counts.
 
     Loss never raises: it arrives as an :class:`EventsLost` marker and is counted in
     ``lost`` (markers), ``enobufs`` (overflows) and ``dropped`` (records known dropped).
@@ -870,19 +874,19 @@ class TaskstatsListener(NetlinkListener[TaskstatsEvent]):
         """The CPU list registered (or to register)."""
         return self._mask
 
-    def _receiver(self, sock: socket.socket) -> Callable[[list[TaskstatsEvent]], None]:
-        recv_into = sock.recv_into
-        buf = self._buf
+    def _receiver(
+        self, sock: socket.socket
+    ) -> tuple[Callable[[bytearray], int], bytearray, Callable[[int, list[TaskstatsEvent]], None]]:
+        # Every datagram lands in the same buffer: the records hold decoded values, not
+        # views, so it is reused safely (and no bytes object is made per exit).
         view = self._view
         stats = self.stats
         family = self._family
 
-        def receive(out: list[TaskstatsEvent]) -> None:
-            n = recv_into(buf)
-            # The records hold decoded values, not views, so the buffer is reused safely.
+        def decode(n: int, out: list[TaskstatsEvent]) -> None:
             _decode(view[:n], stats, out, None, family)
 
-        return receive
+        return sock.recv_into, self._buf, decode
 
     def _lost(self, ts_ns: int, reason: str, count: int | None) -> EventsLost:
         return EventsLost(ts_ns, reason, count)

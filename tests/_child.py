@@ -52,7 +52,8 @@ def in_child(
             try:
                 payload = pickle.dumps(outcome)
             except Exception as exc:  # noqa: BLE001 - an answer that can't travel
-                payload = pickle.dumps(("raised", RuntimeError(f"unpicklable child answer: {exc!r}: {outcome!r}")))
+                unpicklable = RuntimeError(f"unpicklable child answer: {exc!r}: {outcome!r}")
+                payload = pickle.dumps(("raised", unpicklable))
             while payload:
                 payload = payload[os.write(wfd, payload) :]
         except BaseException:  # noqa: BLE001

@@ -91,22 +91,27 @@ class Usersock(NetlinkListener[bytes | Lost]):
         the first read_events() (as ProcConnector does while it waits for its ack)."""
         self._read(256, self._pending)
 
-    def _receiver(self, sock: socket.socket) -> Callable[[list[bytes | Lost]], None]:
+    def _receiver(
+        self, sock: socket.socket
+    ) -> tuple[Callable[[int], bytes], int, Callable[[bytes, list[bytes | Lost]], None]]:
         recv = sock.recv
         stats = self.stats
 
-        def receive(out: list[bytes | Lost]) -> None:
-            data = recv(65536)
+        def receive(size: int) -> bytes:
+            data = recv(size)
+            if data == b"EIO":
+                raise OSError(errno.EIO, "broken")
+            return data
+
+        def decode(data: bytes, out: list[bytes | Lost]) -> None:
             stats.datagrams += 1
             if data == b"LOST":
                 stats.lost_markers += 1
                 out.append(Lost(0, "decoded", None))
-            elif data == b"EIO":
-                raise OSError(errno.EIO, "broken")
             else:
                 out.append(data)
 
-        return receive
+        return receive, 65536, decode
 
     def _lost(self, ts_ns: int, reason: str, count: int | None) -> Lost:
         return Lost(ts_ns, reason, count)
