@@ -20,20 +20,35 @@ puts a ``/proc/PID/stat`` start time (clock ticks since boot, CLOCK_BOOTTIME) on
 timeline, so ``exit.ts_ns - starttime_to_monotonic_ns(ticks)`` is a lifetime
 (:func:`lifetime_s`).
 
-Stdlib only. Linux only (the module imports anywhere; the socket needs Linux).
+Stdlib and :mod:`procstream.nlsocket` (the socket mechanics it shares with
+:mod:`procstream.taskstats`) only. Linux only (the module imports anywhere; the socket
+needs Linux).
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import platform
 import select
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, TypeAlias
+
+from .nlsocket import (
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    NLMSG_HDRLEN,
+    NLMSG_NOOP,  # noqa: F401 - still this module's attribute, as before nlsocket
+    NLMSG_OVERRUN,
+    NLMSGHDR,
+    NetlinkListener,
+    decode_exit_status,
+    error_text,
+    outside_initial_netns,
+)
 
 __all__ = [
     "ForkEvent",
@@ -60,16 +75,11 @@ __all__ = [
     "DEFAULT_RCVBUF",
 ]
 
-# --- kernel constants (linux/netlink.h, linux/connector.h, linux/cn_proc.h) -----------------
+# --- kernel constants (linux/connector.h, linux/cn_proc.h; netlink's own: nlsocket) ---------
 
 NETLINK_CONNECTOR: Final = 11
 CN_IDX_PROC: Final = 1
 CN_VAL_PROC: Final = 1
-
-NLMSG_NOOP: Final = 1
-NLMSG_ERROR: Final = 2
-NLMSG_DONE: Final = 3
-NLMSG_OVERRUN: Final = 4
 
 PROC_CN_MCAST_LISTEN: Final = 1
 PROC_CN_MCAST_IGNORE: Final = 2
@@ -96,10 +106,9 @@ IGNORED_KINDS: Final[dict[int, str]] = {
 
 # The init namespaces have fixed inode numbers (include/linux/proc_ns.h); dynamically
 # allocated ones start at 0xF0000000, so a match is proof. PID and user: since Linux 3.8.
-# Net: only recent kernels give init_net a fixed number, so a mismatch proves nothing there.
+# (The network namespace's check is nlsocket.outside_initial_netns.)
 _PROC_USER_INIT_INO: Final = 0xEFFFFFFD
 _PROC_PID_INIT_INO: Final = 0xEFFFFFFC
-_PROC_NET_INIT_INO: Final = 0xEFFFFFF9
 
 _CAP_NET_ADMIN: Final = 12
 
@@ -112,10 +121,13 @@ CLK_TCK: Final[int] = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 10
 DEFAULT_RCVBUF: Final = 8 * 1024 * 1024
 
 # Netlink is host-endian: "=" is native order with standard sizes and no padding.
-_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+# (Bound here, not only imported: CPython 3.11 compiles ``name.method()`` on an imported
+# name as an attribute load plus call, which costs a bound method per message in the
+# decoding loop; on a module variable it is a plain method call.)
+_NLMSGHDR = NLMSGHDR  # len, type, flags, seq, pid
+_NLMSG_HDRLEN: Final = NLMSG_HDRLEN  # 16
 # nlmsghdr + cn_msg (idx, val, seq, ack, len, flags) + proc_event head (what, cpu, ts)
 _HEAD = struct.Struct("=IHHII" "IIIIHH" "IIQ")
-_NLMSG_HDRLEN: Final = _NLMSGHDR.size  # 16
 _CN_OFF: Final = _NLMSG_HDRLEN  # cn_msg starts here
 _CN_HDRLEN: Final = 20
 _EV_HEADLEN: Final = 16  # what, cpu, timestamp_ns
@@ -127,21 +139,6 @@ _EXIT_PARENT = struct.Struct("=ii")  # parent pid/tgid, absent before Linux 4.19
 _COMM = struct.Struct("=ii16s")
 _NLMSGERR = struct.Struct("=i")
 _U32_CPU_NONE: Final = 0xFFFFFFFF
-
-
-def _so_rcvbufforce() -> int | None:
-    """SO_RCVBUFFORCE: the socket module names it from Python 3.12 on; 33 is its number on
-    every architecture that uses the generic socket numbers (all but alpha, parisc, sparc)."""
-    value = getattr(socket, "SO_RCVBUFFORCE", None)
-    if value is not None:
-        return int(value)
-    machine = platform.machine().lower()
-    if machine.startswith(("alpha", "parisc", "sparc")) or not hasattr(socket, "AF_NETLINK"):
-        return None
-    return 33
-
-
-_SO_RCVBUFFORCE: Final = _so_rcvbufforce()
 
 
 # --- events --------------------------------------------------------------------------------
@@ -251,21 +248,6 @@ class EventsLost:
 
 ProcEvent: TypeAlias = ForkEvent | ExecEvent | ExitEvent | CommEvent
 ConnectorEvent: TypeAlias = ProcEvent | EventsLost
-
-
-def decode_exit_status(status: int) -> tuple[int | None, int | None, bool]:
-    """``(exit_code, signal, core_dumped)`` from a wait status, as waitpid() would say it.
-
-    ``exit 7`` -> ``(7, None, False)``; SIGKILL -> ``(None, 9, False)``; a segfault with a
-    core dump -> ``(None, 11, True)``. A status that is neither (stopped/continued, which
-    an exit never carries) -> ``(None, None, False)``.
-    """
-    low = status & 0x7F
-    if low == 0:
-        return (status >> 8) & 0xFF, None, False
-    if low != 0x7F:
-        return None, low, bool(status & 0x80)
-    return None, None, False
 
 
 # --- decoding ------------------------------------------------------------------------------
@@ -486,7 +468,7 @@ class ConnectorError(OSError):
     """The proc connector can't be opened or subscribed to; ``str()`` says why, for a log."""
 
 
-class ProcConnector:
+class ProcConnector(NetlinkListener[ConnectorEvent]):
     """A non-blocking subscription to the kernel's process events.
 
     Use from asyncio::
@@ -496,9 +478,16 @@ class ProcConnector:
 
     or from a thread: ``while conn.wait_readable(1.0) is not None: handle(conn.read_events())``.
     One reader at a time; call ``close()`` from the reading thread or once it has stopped.
+    A datagram is about one event, which ``read_events``'s ``max_datagrams`` counts.
 
     Loss never raises: it arrives as an :class:`EventsLost` marker in the returned list
-    and is counted in ``lost`` (markers) and ``stats.missed`` (events known missing).
+    and is counted in ``lost`` (markers: ENOBUFS, overrun, gap), ``enobufs`` (the kernel
+    dropped events, count unknown) and ``stats.missed`` (events known missing).
+
+    The socket mechanics (``fileno``, ``rcvbuf``, ``closed``, ``wait_readable``,
+    ``read_events``, ``close``, the context manager) are
+    :class:`~procstream.nlsocket.NetlinkListener`'s; this class is the connector's
+    subscription (LISTEN, waiting for the kernel's acknowledgement, IGNORE) and decoding.
     """
 
     def __init__(
@@ -508,19 +497,12 @@ class ProcConnector:
         recv_size: int = 65536,
         force_rcvbuf: bool = True,
     ) -> None:
-        self._rcvbuf_request = rcvbuf
+        super().__init__(rcvbuf=rcvbuf, force_rcvbuf=force_rcvbuf)
         self._recv_size = recv_size
-        self._force = force_rcvbuf
-        self._sock: socket.socket | None = None
         self._subscribed = False
         self._ack = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
-        self._pending: list[ConnectorEvent] = []
         self.stats = DecodeStats()
         self._decoder = Decoder(self.stats)
-        #: number of EventsLost markers handed out (ENOBUFS, overrun, gap)
-        self.lost = 0
-        #: ENOBUFS errors seen on recv (the kernel dropped events, count unknown)
-        self.enobufs = 0
 
     # -- lifecycle
 
@@ -533,21 +515,18 @@ class ProcConnector:
         """
         if self._sock is not None:
             return self
-        try:
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
-        except (OSError, AttributeError) as exc:
-            code = getattr(exc, "errno", None) or errno.EPROTONOSUPPORT
-            raise ConnectorError(
-                code, f"cannot create a NETLINK_CONNECTOR socket ({_err(exc)}); "
-                "is the kernel built with CONFIG_CONNECTOR and CONFIG_PROC_EVENTS?"
-            ) from exc
+        sock = self._create_socket(
+            socket.SOCK_DGRAM, NETLINK_CONNECTOR, ConnectorError,
+            "cannot create a NETLINK_CONNECTOR socket ({}); "
+            "is the kernel built with CONFIG_CONNECTOR and CONFIG_PROC_EVENTS?",
+        )  # fmt: skip
         try:
             self._set_rcvbuf(sock)
             try:
                 sock.bind((0, 1 << (CN_IDX_PROC - 1)))
             except OSError as exc:
                 raise ConnectorError(
-                    exc.errno, f"cannot join the proc events group ({_err(exc)}); "
+                    exc.errno, f"cannot join the proc events group ({error_text(exc)}); "
                     "kernels before 6.6 need root or CAP_NET_ADMIN"
                 ) from exc
             # Connected to the kernel (port 0), the socket refuses unicast datagrams from other
@@ -566,7 +545,7 @@ class ProcConnector:
                         exc.errno, "the kernel's connector refused us: this process is not "
                         "in the initial network namespace (a container needs host networking)"
                     ) from exc
-                raise ConnectorError(exc.errno, f"cannot subscribe ({_err(exc)})") from exc
+                raise ConnectorError(exc.errno, f"cannot subscribe ({error_text(exc)})") from exc
             self._subscribed = True
             if acks is not None:
                 self._await_ack(acks, timeout)
@@ -578,17 +557,6 @@ class ProcConnector:
         finally:
             self._decoder.unwatch_acks()
         return self
-
-    def _set_rcvbuf(self, sock: socket.socket) -> None:
-        size = self._rcvbuf_request
-        if self._force and _SO_RCVBUFFORCE is not None:
-            try:
-                # beyond net.core.rmem_max; needs CAP_NET_ADMIN
-                sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, size)
-                return
-            except PermissionError:
-                pass
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
     def _await_ack(self, acks: list[tuple[int, int]], timeout: float) -> None:
         assert self._sock is not None
@@ -617,109 +585,24 @@ class ProcConnector:
                 )
             if poller.poll(max(1, int(left * 1000))):
                 # events that arrive before the ack are kept for the first read_events()
-                self._pending.extend(self._read(256))
+                self._read(256, self._pending)
 
-    def close(self) -> None:
-        """Unsubscribe (so the kernel stops generating events for us) and close. Idempotent."""
-        sock, self._sock = self._sock, None
-        if sock is None:
-            return
-        try:
-            if self._subscribed:
-                # The kernel counts listeners globally; without IGNORE the count leaks.
-                sock.send(_request(PROC_CN_MCAST_IGNORE, self._ack))
-        except OSError:
-            pass
-        finally:
-            self._subscribed = False
-            self._pending.clear()
-            sock.close()
+    def _unsubscribe(self, sock: socket.socket) -> None:
+        subscribed, self._subscribed = self._subscribed, False
+        if subscribed:
+            # The kernel counts listeners globally; without IGNORE the count leaks.
+            sock.send(_request(PROC_CN_MCAST_IGNORE, self._ack))
 
-    def __enter__(self) -> ProcConnector:
-        return self.open()
+    # -- reading (the loop is NetlinkListener._read)
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def _receiver(
+        self, sock: socket.socket
+    ) -> tuple[Callable[[int], bytes], int, Callable[[bytes, list[ConnectorEvent]], object]]:
+        # a bytes object per datagram, straight into the stateful decoder
+        return sock.recv, self._recv_size, self._decoder.feed
 
-    # -- reading
-
-    @property
-    def closed(self) -> bool:
-        return self._sock is None
-
-    def fileno(self) -> int:
-        """The socket's file descriptor, for ``loop.add_reader`` / select / poll."""
-        if self._sock is None:
-            raise ValueError("ProcConnector is not open")
-        return self._sock.fileno()
-
-    @property
-    def rcvbuf(self) -> int:
-        """Effective receive buffer in bytes, as the kernel reports it (already doubled)."""
-        if self._sock is None:
-            raise ValueError("ProcConnector is not open")
-        return self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-
-    def wait_readable(self, timeout: float | None) -> bool | None:
-        """For thread readers: block until data is ready (True), timeout (False), or the
-        connector is closed (None)."""
-        sock = self._sock
-        if sock is None:
-            return None
-        if self._pending:
-            return True
-        poller = select.poll()
-        poller.register(sock.fileno(), select.POLLIN)
-        ms = None if timeout is None else max(0, int(timeout * 1000))
-        return bool(poller.poll(ms))
-
-    def read_events(self, max_datagrams: int = 1024) -> list[ConnectorEvent]:
-        """Read what is queued now, without blocking; ``[]`` when nothing is.
-
-        Reads at most ``max_datagrams`` datagrams (about one event each) so one call stays
-        short on the event loop; if the list is full-sized, more may be waiting (with
-        ``loop.add_reader`` the callback simply fires again).
-        """
-        if self._sock is None:
-            raise ValueError("ProcConnector is not open")
-        if self._pending:
-            out, self._pending = self._pending, []
-            out.extend(self._read(max_datagrams))
-            return out
-        return self._read(max_datagrams)
-
-    def _read(self, max_datagrams: int) -> list[ConnectorEvent]:
-        sock = self._sock
-        assert sock is not None
-        out: list[ConnectorEvent] = []
-        recv = sock.recv
-        size = self._recv_size
-        feed = self._decoder.feed
-        markers_before = self.stats.lost_markers
-        for _ in range(max_datagrams):
-            try:
-                data = recv(size)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    # The kernel reports an overflow once, then keeps delivering what it
-                    # still has queued: note it in-band and go on reading.
-                    self.enobufs += 1
-                    self.lost += 1
-                    out.append(EventsLost(time.clock_gettime_ns(time.CLOCK_MONOTONIC), "enobufs"))
-                    continue
-                raise
-            feed(data, out)
-        self.lost += self.stats.lost_markers - markers_before
-        return out
-
-
-def _err(exc: BaseException) -> str:
-    code = getattr(exc, "errno", None)
-    if isinstance(code, int) and code in errno.errorcode:
-        return f"{errno.errorcode[code]}: {os.strerror(code)}"
-    return str(exc) or type(exc).__name__
+    def _lost(self, ts_ns: int, reason: str, count: int | None) -> EventsLost:
+        return EventsLost(ts_ns, reason, count)
 
 
 # --- time ----------------------------------------------------------------------------------
@@ -817,7 +700,7 @@ def probe(procfs_mount: str = "/proc", *, require_privilege: bool = True) -> tup
     except ConnectorError as exc:
         return False, prefix + (exc.strerror or str(exc))
     except OSError as exc:
-        return False, prefix + f"unexpected error opening it ({_err(exc)})"
+        return False, prefix + f"unexpected error opening it ({error_text(exc)})"
 
     who = "root" if euid == 0 else ("CAP_NET_ADMIN" if cap else f"uid {euid}")
     return True, (
@@ -879,7 +762,7 @@ def _procfs_problem(mount: str) -> str | None:
             )
         return f"{mount} is not a live procfs (no 'self' link)"
     except OSError as exc:
-        return f"cannot read {mount}/self ({_err(exc)})"
+        return f"cannot read {mount}/self ({error_text(exc)})"
     if target != str(os.getpid()):
         return (
             f"{mount} is the procfs of another PID namespace (it shows this process as "
@@ -891,17 +774,8 @@ def _procfs_problem(mount: str) -> str | None:
 def _netns_problem(mount: str) -> str | None:
     """Are we in the initial network namespace (the only one the connector lives in)?
 
-    Compared with pid 1's namespace when we may read it; else a fixed init inode proves
-    it on recent kernels; else the subscription attempt decides (ECONNREFUSED)."""
-    ours = _ns_ino("/proc/self/ns/net")
-    if ours is None or ours == _PROC_NET_INIT_INO:
-        return None
-    try:
-        st1 = os.stat(os.path.join(mount, "1", "ns", "net"))
-        st0 = os.stat("/proc/self/ns/net")
-    except OSError:
-        return None  # pid 1's links are often unreadable (ptrace rules); open() decides
-    if (st1.st_dev, st1.st_ino) != (st0.st_dev, st0.st_ino):
+    When it can't be told, the subscription attempt decides (ECONNREFUSED)."""
+    if outside_initial_netns(mount):
         return (
             "this process is not in the initial network namespace (a container needs "
             "host networking); the connector exists only there"

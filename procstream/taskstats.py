@@ -55,21 +55,37 @@ Relation with the proc connector, for whoever pairs the two streams:
 
 Permissions: registering needs CAP_NET_ADMIN (``GENL_ADMIN_PERM``), the initial user and
 PID namespaces (else EINVAL) and the initial network namespace (the family does not exist
-elsewhere). Stdlib only; Linux only (the module imports anywhere).
+elsewhere). Stdlib and :mod:`procstream.nlsocket` (the socket mechanics it shares with
+:mod:`procstream.netlink`) only; Linux only (the module imports anywhere).
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import platform
-import select
 import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Final, Literal, TypeAlias
+
+from .nlsocket import (
+    NLMSG_DONE,  # noqa: F401 - still this module's attribute, as before nlsocket
+    NLMSG_ERROR,
+    NLMSG_HDRLEN,
+    NLMSG_MIN_TYPE,
+    NLMSG_NOOP,  # noqa: F401 - still this module's attribute, as before nlsocket
+    NLMSG_OVERRUN,
+    NLMSGHDR,
+    NetlinkListener,
+    decode_exit_status,
+    errno_text,
+    error_text,
+    outside_initial_netns,
+    socket_drops,
+)
 
 __all__ = [
     "TaskExit",
@@ -90,14 +106,9 @@ __all__ = [
     "AGROUP",
 ]
 
-# --- kernel constants (linux/netlink.h, linux/genetlink.h, linux/taskstats.h, linux/acct.h) --
+# --- kernel constants (linux/genetlink.h, linux/taskstats.h, linux/acct.h; netlink's: nlsocket)
 
 NETLINK_GENERIC: Final = 16
-NLMSG_NOOP: Final = 1
-NLMSG_ERROR: Final = 2
-NLMSG_DONE: Final = 3
-NLMSG_OVERRUN: Final = 4
-NLMSG_MIN_TYPE: Final = 0x10  # first type a family can have
 NLM_F_REQUEST: Final = 0x01
 NLM_F_ACK: Final = 0x04
 
@@ -136,12 +147,15 @@ AGROUP: Final = 0x20  # the last task of its process (version 12 on)
 DEFAULT_RCVBUF: Final = 16 * 1024 * 1024
 
 # Netlink is host-endian: "=" is native order with standard sizes and no padding.
-_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+# (Bound here, not only imported: CPython 3.11 compiles ``name.method()`` on an imported
+# name as an attribute load plus call, which costs a bound method per message in the
+# decoding loop; on a module variable it is a plain method call.)
+_NLMSGHDR = NLMSGHDR  # len, type, flags, seq, pid
+_HDRLEN: Final = NLMSG_HDRLEN  # 16
 _NLA = struct.Struct("=HH")  # len, type
 _U32 = struct.Struct("=I")
 _I32 = struct.Struct("=i")
 _U64 = struct.Struct("=Q")
-_HDRLEN: Final = 16
 _GENL_HDRLEN: Final = 4
 
 # struct taskstats, offsets checked against offsetof() on the uapi header (v13) and the
@@ -178,38 +192,6 @@ _V15 = _Layout(delays=struct.Struct("=8xQ88xQ"), basic=128, btime64=424, tgid=46
 _DELAYS_OFF: Final = 16
 
 _U32_MAX: Final = 0xFFFFFFFF
-
-
-def _so_rcvbufforce() -> int | None:
-    """SO_RCVBUFFORCE: the socket module names it from Python 3.12 on; 33 is its number on
-    every architecture that uses the generic socket numbers (all but alpha, parisc, sparc)."""
-    value = getattr(socket, "SO_RCVBUFFORCE", None)
-    if value is not None:
-        return int(value)
-    if _exotic_socket_numbers():
-        return None
-    return 33
-
-
-def _so_meminfo() -> int | None:
-    """SO_MEMINFO (Linux 4.12+; not named by Python 3.11): 55 on the generic numbering."""
-    value = getattr(socket, "SO_MEMINFO", None)
-    if value is not None:
-        return int(value)
-    if _exotic_socket_numbers():
-        return None
-    return 55
-
-
-def _exotic_socket_numbers() -> bool:
-    machine = platform.machine().lower()
-    return machine.startswith(("alpha", "parisc", "sparc")) or not hasattr(socket, "AF_NETLINK")
-
-
-_SO_RCVBUFFORCE: Final = _so_rcvbufforce()
-_SO_MEMINFO: Final = _so_meminfo()
-_SK_MEMINFO_DROPS: Final = 8  # index in the u32[SK_MEMINFO_VARS] array
-_SK_MEMINFO_VARS: Final = 9
 
 
 # --- records -----------------------------------------------------------------------------
@@ -339,16 +321,16 @@ class TaskExit:
     @property
     def code(self) -> int | None:
         """Exit code, as ``WEXITSTATUS`` (None when killed by a signal)."""
-        return _decode_status(self.exit_code)[0]
+        return decode_exit_status(self.exit_code)[0]
 
     @property
     def signal(self) -> int | None:
         """Terminating signal, as ``WTERMSIG`` (None for a normal exit)."""
-        return _decode_status(self.exit_code)[1]
+        return decode_exit_status(self.exit_code)[1]
 
     @property
     def core_dumped(self) -> bool:
-        return _decode_status(self.exit_code)[2]
+        return decode_exit_status(self.exit_code)[2]
 
     def matches_start(self, start_time: float, tolerance: float = 1.0) -> bool:
         """Is this the task that started at ``start_time`` (epoch seconds, e.g. a
@@ -373,17 +355,6 @@ class EventsLost:
 
 
 TaskstatsEvent: TypeAlias = TaskExit | EventsLost
-
-
-def _decode_status(status: int) -> tuple[int | None, int | None, bool]:
-    """``(exit_code, signal, core_dumped)`` from a wait status; the same semantics as
-    ``procstream.netlink.decode_exit_status`` (not imported: this module stands alone)."""
-    low = status & 0x7F
-    if low == 0:
-        return (status >> 8) & 0xFF, None, False
-    if low != 0x7F:
-        return None, low, bool(status & 0x80)
-    return None, None, False
 
 
 # --- decoding ----------------------------------------------------------------------------
@@ -669,7 +640,7 @@ class TaskstatsError(OSError):
     """TASKSTATS can't be used; ``str()`` says why, for a log."""
 
 
-class TaskstatsListener:
+class TaskstatsListener(NetlinkListener[TaskstatsEvent]):
     """A non-blocking registration for the kernel's exit accounting on every CPU.
 
     Use from asyncio::
@@ -679,10 +650,18 @@ class TaskstatsListener:
 
     or from a thread, alone (``while ts.wait_readable(1.0) is not None: ...``) or with a
     :class:`~procstream.netlink.ProcConnector` in the same ``select.poll``. One reader at
-    a time; call ``close()`` from the reading thread or once it has stopped.
+    a time; call ``close()`` from the reading thread or once it has stopped. A datagram is
+    one exit (one record; two for a multi-threaded process's last thread), which
+    ``read_events``'s ``max_datagrams`` counts.
 
     Loss never raises: it arrives as an :class:`EventsLost` marker and is counted in
     ``lost`` (markers), ``enobufs`` (overflows) and ``dropped`` (records known dropped).
+
+    The socket mechanics (``fileno``, ``rcvbuf``, ``closed``, ``wait_readable``,
+    ``read_events``, ``close``, the context manager) are
+    :class:`~procstream.nlsocket.NetlinkListener`'s; this class is TASKSTATS' registration
+    (family lookup, register/deregister a cpumask), its decoding into a reused buffer, and
+    the drop count its loss markers carry.
     """
 
     def __init__(
@@ -693,22 +672,16 @@ class TaskstatsListener:
         force_rcvbuf: bool = True,
         cpumask: str | None = None,
     ) -> None:
-        self._rcvbuf_request = rcvbuf
-        self._force = force_rcvbuf
+        super().__init__(rcvbuf=rcvbuf, force_rcvbuf=force_rcvbuf)
+        # One buffer for every datagram: the records hold decoded values, not views.
         self._buf = bytearray(recv_size)
         self._view = memoryview(self._buf)
         self._mask = cpumask
-        self._sock: socket.socket | None = None
         self._registered = False
         self._family: int | None = None
         self._seq = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
-        self._pending: list[TaskstatsEvent] = []
         self._drops_seen = 0
         self.stats = DecodeStats()
-        #: number of EventsLost markers handed out
-        self.lost = 0
-        #: ENOBUFS errors seen on recv (the kernel dropped records)
-        self.enobufs = 0
         #: records the kernel dropped for this socket (its drop counter), when known
         self.dropped = 0
 
@@ -722,13 +695,10 @@ class TaskstatsListener:
         """
         if self._sock is not None:
             return self
-        try:
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
-        except (OSError, AttributeError) as exc:
-            code = getattr(exc, "errno", None) or errno.EPROTONOSUPPORT
-            raise TaskstatsError(
-                code, f"cannot create a NETLINK_GENERIC socket ({_err(exc)})"
-            ) from exc
+        sock = self._create_socket(
+            socket.SOCK_RAW, NETLINK_GENERIC, TaskstatsError,
+            "cannot create a NETLINK_GENERIC socket ({})",
+        )  # fmt: skip
         try:
             why = _netns_problem()
             if why:
@@ -752,7 +722,7 @@ class TaskstatsListener:
                 raise TaskstatsError(err, _register_problem(err, mask))
             self._registered = True
             sock.setblocking(False)
-            self._drops_seen = self._read_drops(sock) or 0
+            self._drops_seen = socket_drops(sock) or 0
         except BaseException:
             self._sock = None
             self._registered = False
@@ -760,17 +730,6 @@ class TaskstatsListener:
             sock.close()
             raise
         return self
-
-    def _set_rcvbuf(self, sock: socket.socket) -> None:
-        size = self._rcvbuf_request
-        if self._force and _SO_RCVBUFFORCE is not None:
-            try:
-                # beyond net.core.rmem_max; needs CAP_NET_ADMIN
-                sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, size)
-                return
-            except PermissionError:
-                pass
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
     def _next_seq(self) -> int:
         self._seq = (self._seq + 1) & 0x7FFFFFFF
@@ -785,7 +744,7 @@ class TaskstatsListener:
         try:
             sock.send(_genl_request(GENL_ID_CTRL, CTRL_CMD_GETFAMILY, 1, seq, attrs, True))
         except OSError as exc:
-            raise TaskstatsError(exc.errno, f"cannot query generic netlink ({_err(exc)})") from exc
+            raise TaskstatsError(exc.errno, f"cannot query generic netlink ({error_text(exc)})") from exc
         family: int | None = None
         while True:
             data = self._recv_until(deadline, "the family lookup")
@@ -806,7 +765,7 @@ class TaskstatsListener:
                         )
                     if err:
                         raise TaskstatsError(
-                            err, f"the family lookup failed ({_errname(err)})"
+                            err, f"the family lookup failed ({errno_text(err)})"
                         )
                     if family is None:
                         raise TaskstatsError(errno.EPROTO, "the family lookup gave no id")
@@ -827,7 +786,7 @@ class TaskstatsListener:
                 )
             )
         except OSError as exc:
-            raise TaskstatsError(exc.errno, f"cannot send to TASKSTATS ({_err(exc)})") from exc
+            raise TaskstatsError(exc.errno, f"cannot send to TASKSTATS ({error_text(exc)})") from exc
         acks: list[tuple[int, int]] = []
         while True:
             data = self._recv_until(deadline, "registration")
@@ -856,14 +815,11 @@ class TaskstatsListener:
                 continue
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:
-                    # exits flooded us while we waited: counted, the answer still comes
-                    self.enobufs += 1
-                    self.lost += 1
-                    self._pending.append(
-                        EventsLost(time.clock_gettime_ns(time.CLOCK_MONOTONIC), "enobufs")
-                    )
+                    # exits flooded us while we waited: counted (the drop count is left to
+                    # the reads after open()), the answer still comes
+                    self._pending.append(self._enobufs(None))
                     continue
-                raise TaskstatsError(exc.errno, f"{what} failed ({_err(exc)})") from exc
+                raise TaskstatsError(exc.errno, f"{what} failed ({error_text(exc)})") from exc
 
     def deregister(self, timeout: float = 1.0) -> None:
         """Stop the kernel sending us records, keeping the socket open (what remains queued
@@ -884,46 +840,29 @@ class TaskstatsListener:
         finally:
             sock.setblocking(False)
         if err:
-            raise TaskstatsError(err, f"the kernel refused to deregister ({_errname(err)})")
+            raise TaskstatsError(err, f"the kernel refused to deregister ({errno_text(err)})")
 
     def close(self) -> None:
         """Deregister (so the kernel stops sending to this port) and close. Idempotent.
 
         The registration belongs to the socket's port, which a forked child shares: a
         child must not call this (it would deregister the parent); ``os._exit`` it."""
-        sock = self._sock
-        if sock is None:
-            return
-        try:
-            if self._registered and self._family is not None and self._mask is not None:
-                # No wait for the ack: the request is handled synchronously in send(), and
-                # the kernel would drop stale listeners itself on its next failed send.
-                payload = _nla(TASKSTATS_CMD_ATTR_DEREGISTER_CPUMASK, self._mask.encode() + b"\0")
-                sock.send(
-                    _genl_request(
-                        self._family, TASKSTATS_CMD_GET, TASKSTATS_GENL_VERSION,
-                        self._next_seq(), payload, False,
-                    )
-                )  # fmt: skip
-        except OSError:
-            pass
-        finally:
-            self._sock = None
-            self._registered = False
-            self._pending.clear()
-            sock.close()
+        super().close()
 
-    def __enter__(self) -> TaskstatsListener:
-        return self.open()
+    def _unsubscribe(self, sock: socket.socket) -> None:
+        registered, self._registered = self._registered, False
+        if registered and self._family is not None and self._mask is not None:
+            # No wait for the ack: the request is handled synchronously in send(), and
+            # the kernel would drop stale listeners itself on its next failed send.
+            payload = _nla(TASKSTATS_CMD_ATTR_DEREGISTER_CPUMASK, self._mask.encode() + b"\0")
+            sock.send(
+                _genl_request(
+                    self._family, TASKSTATS_CMD_GET, TASKSTATS_GENL_VERSION,
+                    self._next_seq(), payload, False,
+                )
+            )  # fmt: skip
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    # -- reading
-
-    @property
-    def closed(self) -> bool:
-        return self._sock is None
+    # -- reading (the loop is NetlinkListener._read)
 
     @property
     def family_id(self) -> int | None:
@@ -935,100 +874,31 @@ class TaskstatsListener:
         """The CPU list registered (or to register)."""
         return self._mask
 
-    def fileno(self) -> int:
-        """The socket's file descriptor, for ``loop.add_reader`` / select / poll."""
-        if self._sock is None:
-            raise ValueError("TaskstatsListener is not open")
-        return self._sock.fileno()
-
-    @property
-    def rcvbuf(self) -> int:
-        """Effective receive buffer in bytes, as the kernel reports it (already doubled)."""
-        if self._sock is None:
-            raise ValueError("TaskstatsListener is not open")
-        return self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-
-    def wait_readable(self, timeout: float | None) -> bool | None:
-        """For thread readers: block until data is ready (True), timeout (False), or the
-        listener is closed (None)."""
-        sock = self._sock
-        if sock is None:
-            return None
-        if self._pending:
-            return True
-        poller = select.poll()
-        poller.register(sock.fileno(), select.POLLIN)
-        ms = None if timeout is None else max(0, int(timeout * 1000))
-        return bool(poller.poll(ms))
-
-    def read_events(self, max_datagrams: int = 1024) -> list[TaskstatsEvent]:
-        """Read what is queued now, without blocking; ``[]`` when nothing is.
-
-        Reads at most ``max_datagrams`` datagrams (one exit each) so one call stays short
-        on an event loop; if it read that many, more may be waiting.
-        """
-        if self._sock is None:
-            raise ValueError("TaskstatsListener is not open")
-        if self._pending:
-            out, self._pending = self._pending, []
-            self._read(max_datagrams, out)
-            return out
-        out = []
-        self._read(max_datagrams, out)
-        return out
-
-    def _read(self, max_datagrams: int, out: list[TaskstatsEvent]) -> None:
-        sock = self._sock
-        assert sock is not None
-        recv_into = sock.recv_into
-        buf = self._buf
+    def _receiver(
+        self, sock: socket.socket
+    ) -> tuple[Callable[[bytearray], int], bytearray, Callable[[int, list[TaskstatsEvent]], None]]:
+        # Every datagram lands in the same buffer: the records hold decoded values, not
+        # views, so it is reused safely (and no bytes object is made per exit).
         view = self._view
         stats = self.stats
         family = self._family
-        markers_before = stats.lost_markers
-        for _ in range(max_datagrams):
-            try:
-                n = recv_into(buf)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    # Reported once per overflow; what is still queued keeps coming.
-                    self.enobufs += 1
-                    self.lost += 1
-                    out.append(
-                        EventsLost(
-                            time.clock_gettime_ns(time.CLOCK_MONOTONIC), "enobufs",
-                            self._new_drops(sock),
-                        )
-                    )  # fmt: skip
-                    continue
-                raise
-            # The records hold decoded values, not views, so the buffer is reused safely.
-            _decode(view[:n], stats, out, None, family)
-        self.lost += stats.lost_markers - markers_before
 
-    def _new_drops(self, sock: socket.socket) -> int | None:
-        drops = self._read_drops(sock)
+        def decode(n: int, out: list[TaskstatsEvent]) -> None:
+            _decode(view[:n], stats, out, None, family)
+
+        return sock.recv_into, self._buf, decode
+
+    def _lost(self, ts_ns: int, reason: str, count: int | None) -> EventsLost:
+        return EventsLost(ts_ns, reason, count)
+
+    def _drop_count(self, sock: socket.socket) -> int | None:
+        drops = socket_drops(sock)
         if drops is None:
             return None
         new = (drops - self._drops_seen) & _U32_MAX
         self._drops_seen = drops
         self.dropped += new
         return new
-
-    @staticmethod
-    def _read_drops(sock: socket.socket) -> int | None:
-        """The socket's drop counter (SO_MEMINFO's SK_MEMINFO_DROPS), None if unknown."""
-        if _SO_MEMINFO is None:
-            return None
-        try:
-            raw = sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, 4 * _SK_MEMINFO_VARS)
-        except OSError:
-            return None
-        if len(raw) < 4 * (_SK_MEMINFO_DROPS + 1):
-            return None
-        return int(_U32.unpack_from(raw, 4 * _SK_MEMINFO_DROPS)[0])
 
 
 def _family_id(data: bytes, start: int, end: int) -> int | None:
@@ -1046,24 +916,10 @@ def _family_id(data: bytes, start: int, end: int) -> int | None:
     return None
 
 
-# The initial network namespace has a fixed inode on recent kernels
-# (include/linux/proc_ns.h); on older ones a mismatch proves nothing.
-_PROC_NET_INIT_INO: Final = 0xEFFFFFF9
-
-
 def _netns_problem() -> str | None:
-    """Are we outside the initial network namespace? (None: no, or can't tell.)"""
-    try:
-        ours = os.stat("/proc/self/ns/net")
-    except OSError:
-        return None
-    if ours.st_ino == _PROC_NET_INIT_INO:
-        return None
-    try:
-        init = os.stat("/proc/1/ns/net")
-    except OSError:
-        return None  # pid 1's links are often unreadable; probe()'s test exit decides
-    if (init.st_dev, init.st_ino) != (ours.st_dev, ours.st_ino):
+    """Are we outside the initial network namespace? (None: no, or can't tell; then
+    probe()'s test exit decides.)"""
+    if outside_initial_netns():
         return (
             "this process is not in the initial network namespace (a container needs host "
             "networking): the kernel sends exit records there only"
@@ -1079,18 +935,7 @@ def _register_problem(err: int, mask: str) -> str:
             f"the kernel refused the registration (EINVAL): this process is in a child "
             f"user or PID namespace, or the CPU list {mask!r} is not within the possible CPUs"
         )
-    return f"the kernel refused the registration ({_errname(err)})"
-
-
-def _errname(err: int) -> str:
-    return f"{errno.errorcode.get(err, str(err))}: {os.strerror(err)}"
-
-
-def _err(exc: BaseException) -> str:
-    code = getattr(exc, "errno", None)
-    if isinstance(code, int) and code in errno.errorcode:
-        return _errname(code)
-    return str(exc) or type(exc).__name__
+    return f"the kernel refused the registration ({errno_text(err)})"
 
 
 # --- probe -------------------------------------------------------------------------------
@@ -1111,12 +956,12 @@ def probe(timeout: float = 1.0) -> tuple[bool, str]:
     except TaskstatsError as exc:
         return False, prefix + (exc.strerror or str(exc))
     except OSError as exc:
-        return False, prefix + f"unexpected error opening it ({_err(exc)})"
+        return False, prefix + f"unexpected error opening it ({error_text(exc)})"
     try:
         seen = _see_a_thread_exit(listener, timeout)
         family, mask = listener.family_id, listener.cpumask
     except OSError as exc:
-        return False, prefix + f"unexpected error reading it ({_err(exc)})"
+        return False, prefix + f"unexpected error reading it ({error_text(exc)})"
     finally:
         listener.close()
     if not seen:

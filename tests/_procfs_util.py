@@ -4,28 +4,25 @@
   chmod files in it; an unprivileged child must be able to walk it).
 - ``unprivileged``: run a function where file modes are enforced. We run as root (CI
   too), where ``chmod 000`` denies nothing, so the function runs in a forked child that
-  drops to uid/gid 65534 (a fork, not an exec: the interpreter under /root stays loaded).
+  drops to uid/gid 65534 (``tests._child.in_child``).
 """
 
 from __future__ import annotations
 
 import os
-import pickle
-import select
 import shutil
-import signal
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests._child import NOBODY, become, in_child
+
 __all__ = ["FIXTURES", "NOBODY", "fake_proc", "make_fake_proc", "unprivileged", "deny"]
 
 FIXTURES = Path(__file__).parent / "fixtures" / "proc"
-NOBODY = 65534
 # git can't store empty directories; these are the fd/ dirs of processes with no fds.
 _EMPTY_DIRS = ("14/fd", "1002/fd")
 
@@ -77,53 +74,7 @@ def unprivileged(fn: Callable[..., Any], *args: Any, timeout: float = 10.0) -> A
     """
     if os.geteuid() != 0:
         return fn(*args)
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: never returns into pytest
-        status = 0
-        try:
-            os.close(rfd)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            try:
-                outcome: tuple[str, Any] = ("ok", fn(*args))
-            except BaseException as exc:  # noqa: BLE001 - sent to the parent
-                outcome = ("raised", exc)
-            payload = pickle.dumps(outcome)
-            while payload:
-                payload = payload[os.write(wfd, payload) :]
-        except BaseException:  # noqa: BLE001
-            status = 1
-        finally:
-            os._exit(status)
-    os.close(wfd)
-    chunks = []
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"unprivileged child {pid} gave no answer in {timeout} s")
-            ready, _, _ = select.select([rfd], [], [], left)
-            if ready:
-                chunk = os.read(rfd, 65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-    finally:
-        os.close(rfd)
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        os.waitpid(pid, 0)
-    if not chunks:
-        raise RuntimeError("unprivileged child died without an answer")
-    kind, value = pickle.loads(b"".join(chunks))
-    if kind == "raised":
-        raise value
-    return value
+    return in_child(fn, *args, timeout=timeout, setup=become)
 
 
 def add_proc(

@@ -7,13 +7,10 @@ Live tests need the proc connector (root or CAP_NET_ADMIN, initial namespaces); 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import errno
-import json
 import os
 import random
 import resource
-import select
 import signal
 import socket
 import struct
@@ -41,6 +38,8 @@ from procstream.netlink import (
     parse_datagram,
     probe,
 )
+from tests._child import CLONE_NEWNET, CLONE_NEWPID, become, in_child, unshare
+from tests._kernel_util import collect, fork_exits, py
 
 # --- building datagrams the way the kernel does (independently of the module's structs) ------
 
@@ -394,24 +393,6 @@ def conn() -> Iterator[ProcConnector]:
         c.close()
 
 
-def collect(
-    c: ProcConnector,
-    done: Callable[[list[nl.ConnectorEvent]], bool],
-    timeout: float = 5.0,
-    into: list[nl.ConnectorEvent] | None = None,
-) -> list[nl.ConnectorEvent]:
-    """Read events until ``done(events)`` or the deadline (then fail)."""
-    events: list[nl.ConnectorEvent] = [] if into is None else into
-    deadline = time.monotonic() + timeout
-    while not done(events):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AssertionError(f"condition not met within {timeout} s; {len(events)} events")
-        if c.wait_readable(min(left, 0.2)):
-            events.extend(c.read_events())
-    return events
-
-
 def exit_of(pid: int) -> Callable[[list[nl.ConnectorEvent]], bool]:
     return lambda evs: any(isinstance(e, ExitEvent) and e.pid == pid for e in evs)
 
@@ -419,10 +400,6 @@ def exit_of(pid: int) -> Callable[[list[nl.ConnectorEvent]], bool]:
 def the_exit(events: list[nl.ConnectorEvent], pid: int) -> ExitEvent:
     [ev] = [e for e in events if isinstance(e, ExitEvent) and e.pid == pid]
     return ev
-
-
-def py(code: str) -> list[str]:
-    return [sys.executable, "-S", "-c", code]
 
 
 @live
@@ -626,14 +603,7 @@ def test_enobufs_is_signalled_and_reading_continues() -> None:
         assert c.rcvbuf < 64 * 1024
         # see traffic first, so the CPUs have sequence baselines
         spawn_until_seen(c, py("pass"))
-        children = []
-        for _ in range(200):
-            pid = os.fork()
-            if pid == 0:
-                os._exit(3)
-            children.append(pid)
-        for pid in children:
-            os.waitpid(pid, 0)
+        fork_exits([3] * 200)
         events = collect(c, lambda evs: any(isinstance(e, EventsLost) for e in evs))
         assert any(isinstance(e, EventsLost) and e.reason == "enobufs" for e in events)
         assert c.enobufs >= 1 and c.lost >= 1
@@ -759,73 +729,16 @@ def test_probe_refuses_a_procfs_of_another_pid_namespace(tmp_path: Path) -> None
     )
 
 
-def in_child(fn: Callable[[], object], timeout: float = 10) -> object:
-    """Run ``fn`` in a forked child (to change credentials or namespaces); return its result."""
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: never return into pytest
-        status = 0
-        try:
-            os.close(rfd)
-            try:
-                result = {"value": fn()}
-            except BaseException as exc:  # noqa: BLE001 - reported to the parent
-                result = {"error": f"{type(exc).__name__}: {exc}"}
-            os.write(wfd, json.dumps(result).encode())
-        except BaseException:  # noqa: BLE001
-            status = 1
-        finally:
-            os._exit(status)
-    os.close(wfd)
-    try:
-        chunks = []
-        deadline = time.monotonic() + timeout
-        while True:
-            if not select.select([rfd], [], [], max(0, deadline - time.monotonic()))[0]:
-                raise AssertionError("child did not answer in time")
-            chunk = os.read(rfd, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(rfd)
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        os.waitpid(pid, 0)
-    result = json.loads(b"".join(chunks))
-    assert "error" not in result, result
-    return result["value"]
-
-
-def _unshare(flags: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(flags) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-CLONE_NEWNET = 0x40000000
-CLONE_NEWPID = 0x20000000
-
-
 @live
 def test_probe_refuses_an_unprivileged_user() -> None:
-    def child() -> object:
-        os.setgroups([])
-        os.setresgid(65534, 65534, 65534)
-        os.setresuid(65534, 65534, 65534)
-        return probe()
-
-    ok, reason = in_child(child)  # type: ignore[misc]
+    ok, reason = in_child(probe, setup=become)
     assert not ok and reason == "netlink proc connector unavailable: not root and no CAP_NET_ADMIN"
 
 
 @live
 def test_probe_and_open_refuse_a_child_network_namespace() -> None:
     def child() -> object:
-        _unshare(CLONE_NEWNET)
+        unshare(CLONE_NEWNET)
         try:
             ProcConnector().open()
             opened = "opened"
@@ -833,7 +746,7 @@ def test_probe_and_open_refuse_a_child_network_namespace() -> None:
             opened = errno.errorcode.get(exc.errno or 0, "?")
         return [*probe(), opened]
 
-    ok, reason, opened = in_child(child)  # type: ignore[misc]
+    ok, reason, opened = in_child(child)
     assert not ok and "initial network namespace" in reason
     assert opened == "ECONNREFUSED"
 
@@ -841,7 +754,7 @@ def test_probe_and_open_refuse_a_child_network_namespace() -> None:
 @live
 def test_probe_and_open_refuse_a_child_pid_namespace() -> None:
     def child() -> object:
-        _unshare(CLONE_NEWPID)
+        unshare(CLONE_NEWPID)
         # only the next child lives in the new namespace
         return in_child(grandchild)
 
@@ -854,6 +767,6 @@ def test_probe_and_open_refuse_a_child_pid_namespace() -> None:
             opened = errno.errorcode.get(exc.errno or 0, "?")
         return [*probe(), opened]
 
-    ok, reason, opened = in_child(child)  # type: ignore[misc]
+    ok, reason, opened = in_child(child)
     assert not ok and "child PID namespace" in reason
     assert opened == "ETIMEDOUT"

@@ -7,21 +7,18 @@ kernel truly lacks it (the probe's reason says so); any other refusal fails them
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import errno
-import json
 import os
 import random
 import re
 import resource
 import select
-import signal
 import struct
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -39,6 +36,8 @@ from procstream.taskstats import (
     possible_cpus,
     probe,
 )
+from tests import _kernel_util as kernel_util
+from tests._child import CLONE_NEWNET, CLONE_NEWPID, become, in_child, unshare
 
 # --- building datagrams the way the kernel does (independently of the module's structs) ------
 
@@ -472,18 +471,7 @@ def cpu_contention() -> Iterator[None]:
 Events = list[tsm.TaskstatsEvent]
 
 
-def collect(listener: TaskstatsListener, done: Callable[[Events], bool], timeout: float = 10.0,
-            into: Events | None = None) -> Events:
-    """Read records until ``done(records)`` or the deadline (then fail)."""
-    events: Events = [] if into is None else into
-    deadline = time.monotonic() + timeout
-    while not done(events):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AssertionError(f"condition not met within {timeout} s; {len(events)} records")
-        if listener.wait_readable(min(left, 0.2)):
-            events.extend(listener.read_events())
-    return events
+collect = partial(kernel_util.collect, timeout=10.0)  # this module waits up to 10 s by default
 
 
 def records(events: Events, pid: int, aggregate: str = "pid") -> list[TaskExit]:
@@ -635,14 +623,8 @@ os._exit(7)
 
 @live
 def test_two_hundred_short_processes_are_all_reported(ts: TaskstatsListener) -> None:
-    pids: dict[int, int] = {}
-    for i in range(200):
-        pid = os.fork()
-        if pid == 0:
-            os._exit(i % 50)
-        pids[pid] = i % 50
-    for pid in pids:
-        os.waitpid(pid, 0)
+    codes = [i % 50 for i in range(200)]
+    pids = dict(zip(kernel_util.fork_exits(codes), codes))
 
     def all_seen(evs: Events) -> bool:
         return {e.pid for e in evs if isinstance(e, TaskExit)} >= pids.keys()
@@ -716,13 +698,7 @@ def test_taskstats_is_queued_before_the_connector_exit_and_one_poll_reads_both(
         poller = select.poll()
         poller.register(conn.fileno(), select.POLLIN)
         poller.register(ts.fileno(), select.POLLIN)
-        pids = []
-        for i in range(20):
-            pid = os.fork()
-            if pid == 0:
-                os._exit(i)
-            os.waitpid(pid, 0)
-            pids.append(pid)
+        pids = kernel_util.fork_exits(range(20), one_by_one=True)
         got: Events = []
         exits: dict[int, bool] = {}  # pid -> its taskstats record was already queued
         deadline = time.monotonic() + 10
@@ -778,13 +754,7 @@ def test_deregistering_stops_the_records() -> None:
 
 @live
 def test_read_events_is_bounded_per_call(ts: TaskstatsListener) -> None:
-    pids = []
-    for _ in range(10):
-        pid = os.fork()
-        if pid == 0:
-            os._exit(0)
-        os.waitpid(pid, 0)
-        pids.append(pid)
+    pids = kernel_util.fork_exits([0] * 10, one_by_one=True)
     assert ts.wait_readable(5.0) is True
     first = ts.read_events(max_datagrams=1)
     assert 1 <= len(first) <= 2  # one datagram: a thread's record, maybe its process's
@@ -810,14 +780,7 @@ def test_overflow_is_signalled_counted_and_reading_continues() -> None:
     # ~16 KiB of buffer holds a dozen records; 300 exits while nobody reads overflow it.
     with TaskstatsListener(rcvbuf=8 * 1024, force_rcvbuf=False) as small:
         assert small.rcvbuf < 64 * 1024
-        children = []
-        for _ in range(300):
-            pid = os.fork()
-            if pid == 0:
-                os._exit(0)
-            children.append(pid)
-        for pid in children:
-            os.waitpid(pid, 0)
+        children = kernel_util.fork_exits([0] * 300)
         events: Events = []
         while True:  # drain what survived; the loss marker comes first
             batch = small.read_events()
@@ -836,57 +799,6 @@ def test_overflow_is_signalled_counted_and_reading_continues() -> None:
         assert rec.code == 4 and small.stats.malformed == 0
 
 
-def in_child(fn: Callable[[], object], timeout: float = 10) -> object:
-    """Run ``fn`` in a forked child (to change credentials or namespaces); return its result."""
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # never return into pytest
-        status = 0
-        try:
-            os.close(rfd)
-            try:
-                result = {"value": fn()}
-            except BaseException as exc:  # noqa: BLE001 - reported to the parent
-                result = {"error": f"{type(exc).__name__}: {exc}"}
-            os.write(wfd, json.dumps(result).encode())
-        except BaseException:  # noqa: BLE001
-            status = 1
-        finally:
-            os._exit(status)
-    os.close(wfd)
-    try:
-        chunks = []
-        deadline = time.monotonic() + timeout
-        while True:
-            if not select.select([rfd], [], [], max(0, deadline - time.monotonic()))[0]:
-                raise AssertionError("child did not answer in time")
-            chunk = os.read(rfd, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(rfd)
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        os.waitpid(pid, 0)
-    result = json.loads(b"".join(chunks))
-    assert "error" not in result, result
-    return result["value"]
-
-
-def _unshare(flags: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(flags) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-CLONE_NEWNET = 0x40000000
-CLONE_NEWPID = 0x20000000
-
-
 def _open_errno() -> str:
     try:
         TaskstatsListener().open().close()
@@ -897,13 +809,7 @@ def _open_errno() -> str:
 
 @live
 def test_an_unprivileged_user_is_refused_with_the_reason() -> None:
-    def child() -> object:
-        os.setgroups([])
-        os.setresgid(65534, 65534, 65534)
-        os.setresuid(65534, 65534, 65534)
-        return [*probe(), _open_errno()]
-
-    ok, reason, opened = in_child(child)  # type: ignore[misc]
+    ok, reason, opened = in_child(lambda: [*probe(), _open_errno()], setup=become)
     assert not ok and "CAP_NET_ADMIN" in reason and opened == "EPERM"
 
 
@@ -911,22 +817,22 @@ def test_an_unprivileged_user_is_refused_with_the_reason() -> None:
 def test_a_child_network_namespace_is_refused_end_to_end() -> None:
     # Registering works there, but the kernel sends records to the initial namespace only.
     def child() -> object:
-        _unshare(CLONE_NEWNET)
+        unshare(CLONE_NEWNET)
         return list(probe(timeout=0.3))
 
-    ok, reason = in_child(child)  # type: ignore[misc]
+    ok, reason = in_child(child)
     assert not ok and "initial network namespace" in reason
 
 
 @live
 def test_a_child_pid_namespace_is_refused() -> None:
     def child() -> object:
-        _unshare(CLONE_NEWPID)
+        unshare(CLONE_NEWPID)
         return in_child(grandchild)  # only the next child lives in the new namespace
 
     def grandchild() -> object:
         assert os.getpid() == 1
         return [*probe(), _open_errno()]
 
-    ok, reason, opened = in_child(child)  # type: ignore[misc]
+    ok, reason, opened = in_child(child)
     assert not ok and "child user or PID namespace" in reason and opened == "EINVAL"
