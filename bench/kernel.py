@@ -28,8 +28,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,38 +36,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+from _common import ROOT, free_port, wait_http  # noqa: E402  (also puts the tree on sys.path)
+from _common import percentile as pct
+
 import orjson
 from websockets.asyncio.client import connect
 
 __all__ = ["main"]
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
-
-
-def wait_http(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).read()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
 
 class Workload:
     """Starts processes and records when each really started (exec done) and exited."""

@@ -27,9 +27,9 @@ import sys
 import time
 from collections.abc import Callable
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from _common import read_bytes  # puts the tree on sys.path
 
-from procstream.procfs import FS  # noqa: E402
+from procstream.procfs import FS
 
 __all__ = ["main"]
 
@@ -43,14 +43,6 @@ sys.stdin.read()
 """
 
 
-def _read(path: str) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.read(fd, 8192)
-    finally:
-        os.close(fd)
-
-
 def floor_poll(mount: str, threaded: dict[str, list[str]], tasks: bool) -> int:
     """Read what metrics() reads, without parsing. Returns the number of processes."""
     n = 0
@@ -59,17 +51,17 @@ def floor_poll(mount: str, threaded: dict[str, list[str]], tasks: bool) -> int:
             continue
         d = f"{mount}/{name}/"
         try:
-            _read(d + "stat")
-            _read(d + "status")
+            read_bytes(d + "stat")
+            read_bytes(d + "status")
             try:
-                _read(d + "io")
+                read_bytes(d + "io")
             except PermissionError:
                 pass
             os.stat(d + "fd")
             if tasks:
                 for tid in threaded.get(name, ()):
-                    _read(f"{d}task/{tid}/stat")
-                    _read(f"{d}task/{tid}/status")
+                    read_bytes(f"{d}task/{tid}/stat")
+                    read_bytes(f"{d}task/{tid}/status")
         except (FileNotFoundError, ProcessLookupError):
             continue
         n += 1
@@ -85,7 +77,7 @@ def floor_first_sight(mount: str) -> int:
         try:
             for f in ("stat", "status", "cmdline", "io", "limits"):
                 try:
-                    _read(d + f)
+                    read_bytes(d + f)
                 except PermissionError:
                     pass
             os.stat(d + "fd")

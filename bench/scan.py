@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from _common import ROOT, free_port, process_cpu, read_bytes, wait_http  # puts the tree on sys.path
 
 from procstream.config import default_config  # noqa: E402
 from procstream.events import EventBuilder  # noqa: E402
@@ -61,14 +60,6 @@ def cpu_of(fn: Callable[[], object], rounds: int) -> float:
     return statistics.median(samples)
 
 
-def _read(path: str) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.read(fd, 8192)
-    finally:
-        os.close(fd)
-
-
 def make_floor(mount: str, tracked: set[int]) -> Callable[[], int]:
     def floor() -> int:
         n = 0
@@ -77,11 +68,11 @@ def make_floor(mount: str, tracked: set[int]) -> Callable[[], int]:
                 continue
             d = f"{mount}/{name}/"
             try:
-                _read(d + "stat")
+                read_bytes(d + "stat")
                 if int(name) in tracked:
-                    _read(d + "status")
+                    read_bytes(d + "status")
                     try:
-                        _read(d + "io")
+                        read_bytes(d + "io")
                     except PermissionError:
                         pass
                     os.stat(d + "fd")
@@ -95,12 +86,6 @@ def make_floor(mount: str, tracked: set[int]) -> Callable[[], int]:
 
 def spawn(n: int, exe: str) -> list[subprocess.Popen[bytes]]:
     return [subprocess.Popen([exe, "3600"], stdin=subprocess.DEVNULL) for _ in range(n)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def exporter_cpu_per_scrape(scrapes: int) -> float | None:
@@ -119,21 +104,12 @@ def exporter_cpu_per_scrape(scrapes: int) -> float | None:
     )
     try:
         url = f"http://127.0.0.1:{port}/metrics"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=10).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        wait_http(url)
         for _ in range(2):
             urllib.request.urlopen(url, timeout=30).read()
 
         def cpu() -> float:
-            fields = _read(f"/proc/{proc.pid}/stat").rpartition(b")")[2].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            return process_cpu(proc.pid)
 
         c0 = cpu()
         for _ in range(scrapes):
@@ -149,30 +125,19 @@ def serve_cpu_per_poll(seconds: float = 10.0, interval: float = 0.5) -> float:
     """CPU of a whole ``procstream serve`` process (poller, event building, hub, no
     subscribers) per poll, from its /proc/PID/stat over ``seconds``."""
     port = free_port()
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.Popen(
         [sys.executable, "-m", "procstream", "serve", "--source", "poll", "--interval", str(interval),
          "--listen", f"127.0.0.1:{port}", "--log-level", "warning"],
-        cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}/healthz"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=5).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        wait_http(url)
         time.sleep(2 * interval)  # past start-up: measure the steady state
 
         def sample() -> tuple[float, int]:
-            fields = _read(f"/proc/{proc.pid}/stat").rpartition(b")")[2].split()
-            cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
             polls = json.loads(urllib.request.urlopen(url, timeout=5).read())["polls"]
-            return cpu, polls
+            return process_cpu(proc.pid), polls
 
         c0, p0 = sample()
         time.sleep(seconds)
@@ -183,13 +148,12 @@ def serve_cpu_per_poll(seconds: float = 10.0, interval: float = 0.5) -> float:
         proc.wait(10)
 
 
-def measure(n_total: int, polls: int, exporter: bool) -> dict[str, float]:
+def measure(polls: int, exporter: bool) -> dict[str, float]:
     fs = FS("/proc")
     grouper = Grouper(default_config())
     builder = EventBuilder(username=grouper.username)
     grouper.update(fs.all_procs())
     builder.state(grouper.tracker.tracked.values(), grouper.groups(), time.time())
-    nprocs = len(os.listdir("/proc"))
     tracked = {tp.pid for tp in grouper.tracker.tracked.values()}
 
     def ours() -> None:
@@ -223,7 +187,6 @@ def measure(n_total: int, polls: int, exporter: bool) -> dict[str, float]:
             results["process-exporter"] = cost
     results["_procs"] = sum(1 for name in os.listdir("/proc") if name.isdigit())
     results["_tracked"] = len(tracked)
-    del nprocs
     return results
 
 
@@ -244,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             children += spawn(size - len(children), exe)
             time.sleep(1.0)  # let the sleepers settle (exec done) before measuring
             print(f"== {size} idle processes started", flush=True)
-            r = measure(size, args.polls, not args.no_exporter)
+            r = measure(args.polls, not args.no_exporter)
             table.append((size, r))
             n = r["_procs"]
             print(f"   {int(n)} processes on the host, {int(r['_tracked'])} tracked by the default config")
@@ -261,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             if "psutil" in r:
                 print(f"   procstream / psutil           = {ours / r['psutil']:.3f}")
         if len(table) > 1:
-            (n0, r0), (n1, r1) = table[0], table[-1]
+            r0, r1 = table[0][1], table[-1][1]
             print(f"== growth from {int(r0['_procs'])} to {int(r1['_procs'])} processes")
             for key in r0:
                 if key.startswith("_") or key not in r1:
