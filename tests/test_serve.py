@@ -296,3 +296,14 @@ async def test_procstream_tail_prints_ndjson_and_carries_on_across_a_restart(fak
     assert code == 0
     seqs_seen = [e["seq"] for e in lines()]
     assert len(seqs_seen) == len({(e["host"], e["seq"], e["type"], e["pid"]) for e in lines()})  # no line twice
+
+
+def test_source_netlink_when_not_permitted_exits_2_with_the_reason(fake_root: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "procstream", "serve", "--source", "netlink", "--procfs", str(fake_root),
+         "--listen", "127.0.0.1:0"],
+        capture_output=True, timeout=30,
+    )  # fmt: skip
+    assert r.returncode == 2
+    err = r.stderr.decode()
+    assert "--source netlink" in err and "not a live procfs" in err
