@@ -192,16 +192,16 @@ class Grouper:
         clock: Callable[[], float] = time.time,
         usernames: Callable[[int], str] | None = None,
     ) -> None:
-        self.namer = namer
         self.track_children = track_children
         self.remove_empty_groups = remove_empty_groups
         self.recheck = recheck
-        self.tracker = Tracker(clock=clock, read_cgroups=bool(getattr(namer, "needs_cgroups", True)))
+        self.tracker = Tracker(clock=clock)
         if usernames is None:
             from .users import UserNames
 
             usernames = UserNames()
         self.username = usernames
+        self.set_namer(namer)
         #: monotonic counters per group, including the usage of exited processes
         self._totals: dict[str, Counts] = {}
         self._groups: dict[str, GroupCounts] = {}

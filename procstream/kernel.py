@@ -46,7 +46,7 @@ from .poller import Poller
 from .procfs import FS, READ_ERRORS, FixedProc, ProcId, ProcIdInfo, ProcMetrics, ProcStatic, States
 from .taskstats import TaskExit, TaskstatsError, TaskstatsListener
 from .taskstats import EventsLost as TaskstatsLost
-from .tracker import NewProc, TrackedProc
+from .tracker import TrackedProc
 
 __all__ = ["KStart", "KExit", "KLost", "KernelApplier", "ExitHold", "KernelSource", "choose_source"]
 
@@ -165,36 +165,40 @@ class ExitHold:
         return held.tp if held is not None else None
 
 
-def _final_from_stats(tp: TrackedProc, stats: TaskExit) -> ProcMetrics | None:
-    """The last sample with TASKSTATS' final counters, if the record is this process's."""
-    if not stats.matches_start(tp.static.start_time):
-        return None
-    m = tp.metrics
-    if m.num_threads > 1 and not stats.summed:
-        return None  # the kernel's process record lacks the threads' sums
-    return ProcMetrics(
+def _with_stats(m: ProcMetrics, stats: TaskExit) -> ProcMetrics:
+    """Sample ``m`` with TASKSTATS' final counters. TASKSTATS never sums I/O and faults
+    over threads, so for those the larger value wins."""
+    return replace(
+        m,
         cpu_user=stats.cpu_user_s,
         cpu_system=stats.cpu_system_s,
-        # TASKSTATS never sums I/O and faults over threads: keep the larger value
         read_bytes=max(stats.read_bytes, m.read_bytes),
         write_bytes=max(stats.write_bytes, m.write_bytes),
-        resident_bytes=m.resident_bytes,
-        virtual_bytes=m.virtual_bytes,
-        swapped_bytes=m.swapped_bytes,
         major_faults=max(stats.majflt, m.major_faults),
         minor_faults=max(stats.minflt, m.minor_faults),
         ctx_voluntary=max(stats.nvcsw, m.ctx_voluntary),
         ctx_nonvoluntary=max(stats.nivcsw, m.ctx_nonvoluntary),
-        num_threads=m.num_threads,
-        open_fds=m.open_fds,
-        states=m.states,
     )
+
+
+_ZOMBIE = ProcMetrics(0.0, 0.0, 0, 0, 0, 0, states=States(zombie=1))
+
+
+def _final_from_stats(tp: TrackedProc, stats: TaskExit) -> ProcMetrics | None:
+    """The last sample with TASKSTATS' final counters, if the record is this process's."""
+    if not stats.matches_start(tp.static.start_time):
+        return None
+    if tp.metrics.num_threads > 1 and not stats.summed:
+        return None  # the kernel's process record lacks the threads' sums
+    return _with_stats(tp.metrics, stats)
 
 
 class KernelApplier:
     """Applies kernel events to the grouper and builds their events (poll thread only)."""
 
-    def __init__(self, grouper: Grouper, builder: EventBuilder, hold: ExitHold, boot_time: int, clock_ticks: int) -> None:
+    def __init__(
+        self, grouper: Grouper, builder: EventBuilder, hold: ExitHold, boot_time: float, clock_ticks: int
+    ) -> None:
         self.grouper = grouper
         self.builder = builder
         self.hold = hold
@@ -283,7 +287,7 @@ class KernelApplier:
         """A process nobody saw alive: admit it now, from its last traces, and retire it."""
         proc = item.proc
         if proc is None and item.stats is not None:
-            proc = self._from_stats(item.stats)
+            proc = self._from_stats(item.stats, item.ts)
         if proc is None:
             return None
         static = proc.info.static
@@ -303,27 +307,12 @@ class KernelApplier:
         events.append(self.builder.proc_start(tp, static.start_time, source="netlink"))
         return self.grouper.retire(tp.id, proc.info.metrics)
 
-    def _from_stats(self, stats: TaskExit) -> FixedProc | None:
+    def _from_stats(self, stats: TaskExit, exit_ts: float) -> FixedProc:
         """Identity and final counters of a reaped process, from its TASKSTATS record."""
-        start = stats.btime if stats.btime else 0.0
-        if stats.etime_us:
-            start = monotonic_ns_to_epoch(time.monotonic_ns()) - stats.etime_us / 1e6
+        start = exit_ts - stats.etime_us / 1e6 if stats.etime_us else float(stats.btime)
         ticks = int(round((start - self.boot_time) * self.clock_ticks))
         static = ProcStatic(name=stats.comm, cmdline=(), parent_pid=stats.ppid, start_time=start, uid=stats.uid)
-        metrics = ProcMetrics(
-            cpu_user=stats.cpu_user_s,
-            cpu_system=stats.cpu_system_s,
-            read_bytes=stats.read_bytes,
-            write_bytes=stats.write_bytes,
-            resident_bytes=0,
-            virtual_bytes=0,
-            major_faults=stats.majflt,
-            minor_faults=stats.minflt,
-            ctx_voluntary=stats.nvcsw,
-            ctx_nonvoluntary=stats.nivcsw,
-            states=States(zombie=1),
-        )
-        return FixedProc(ProcIdInfo(ProcId(stats.pid, ticks), static, metrics))
+        return FixedProc(ProcIdInfo(ProcId(stats.pid, ticks), static, _with_stats(_ZOMBIE, stats)))
 
 
 # -- the reader thread and the asyncio glue ------------------------------------------------
@@ -366,7 +355,7 @@ class KernelSource:
         self.publish = publish
         self.stats = KernelStats()
         self.hold = ExitHold(grace=max(poller.interval, 0.5))
-        self.applier = KernelApplier(self.grouper, builder, self.hold, fs.boot_time, fs.clock_ticks)
+        self.applier = KernelApplier(self.grouper, builder, self.hold, fs.boot_time_precise, fs.clock_ticks)
         self._use_taskstats = use_taskstats
         self._connector_factory = connector_factory
         self._taskstats_factory = taskstats_factory
@@ -448,7 +437,7 @@ class KernelSource:
         fds: list[Any] = [connector, self._wake_r]
         if self._taskstats is not None:
             fds.append(self._taskstats)
-        cgroups = self.grouper.tracker.read_cgroups
+        tracker = self.grouper.tracker
         while not self._stopping.is_set():
             try:
                 readable, _, _ = select.select(fds, [], [], 1.0)
@@ -462,6 +451,7 @@ class KernelSource:
             if connector not in readable:
                 continue
             items: list[KItem] = []
+            cgroups = tracker.read_cgroups  # a config reload may change what names need
             for ev in connector.read_events():
                 item = self._convert(ev, cgroups)
                 if item is not None:
