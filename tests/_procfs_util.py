@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import pytest
 
 from tests._child import NOBODY, become, in_child
 
-__all__ = ["FIXTURES", "NOBODY", "fake_proc", "make_fake_proc", "unprivileged", "deny"]
+__all__ = ["FIXTURES", "NOBODY", "make_fake_proc", "unprivileged", "deny"]
 
 FIXTURES = Path(__file__).parent / "fixtures" / "proc"
 # git can't store empty directories; these are the fd/ dirs of processes with no fds.
@@ -35,21 +34,6 @@ def make_fake_proc(root: Path) -> Path:
     for rel in _EMPTY_DIRS:
         (dst / rel).mkdir()
     return dst
-
-
-@pytest.fixture
-def fake_proc() -> Iterator[Path]:
-    """A fresh copy of the fixture tree in a 0755 temporary directory, removed after."""
-    # not tmp_path: pytest makes its base 0700, which uid 65534 can't traverse
-    root = Path(tempfile.mkdtemp(prefix="procstream-procfs-"))
-    try:
-        root.chmod(0o755)
-        yield make_fake_proc(root)
-    finally:
-        for dirpath, dirnames, _ in os.walk(root):
-            for name in dirnames:
-                os.chmod(os.path.join(dirpath, name), 0o755)  # undo chmod 000 for rmtree
-        shutil.rmtree(root)
 
 
 def deny(path: Path) -> None:

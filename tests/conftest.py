@@ -9,10 +9,15 @@ browser is a failure.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import pytest
+
+from tests._procfs_util import make_fake_proc
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -60,3 +65,19 @@ def browser() -> Iterator[Browser]:
             instance.close()
     finally:
         pw.stop()
+
+
+# A writable copy of tests/fixtures/proc, shared by every test that runs on a fake /proc.
+@pytest.fixture
+def fake_proc() -> Iterator[Path]:
+    """A fresh copy of the fixture tree in a 0755 temporary directory, removed after."""
+    # not tmp_path: pytest makes its base 0700, which uid 65534 can't traverse
+    root = Path(tempfile.mkdtemp(prefix="procstream-procfs-"))
+    try:
+        root.chmod(0o755)
+        yield make_fake_proc(root)
+    finally:
+        for dirpath, dirnames, _ in os.walk(root):
+            for name in dirnames:
+                os.chmod(os.path.join(dirpath, name), 0o755)  # undo chmod 000 for rmtree
+        shutil.rmtree(root)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import orjson
 
-from tests._procfs_util import fake_proc  # noqa: F401  (fixture)
 from tests.util import running
 
 GROUP_KEYS = {
@@ -24,7 +23,7 @@ def once(*args: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([sys.executable, "-m", "procstream", "once", *args], capture_output=True, timeout=60)
 
 
-def test_snapshot_of_a_fake_proc_tree(fake_proc: Path) -> None:  # noqa: F811
+def test_snapshot_of_a_fake_proc_tree(fake_proc: Path) -> None:
     r = once("--procfs", str(fake_proc))
     assert r.returncode == 0, r.stderr
     doc = orjson.loads(r.stdout)

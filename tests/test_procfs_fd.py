@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from procstream.procfs.fd import count_open_fds
-from tests._procfs_util import deny, fake_proc, unprivileged  # noqa: F401 (fixture)
+from tests._procfs_util import deny, unprivileged
 
 
 def _kernel() -> tuple[int, int]:

@@ -20,7 +20,7 @@ from procstream.procfs import (
     ProcStatic,
     States,
 )
-from tests._procfs_util import deny, fake_proc, unprivileged  # noqa: F401 (fixture)
+from tests._procfs_util import deny, unprivileged
 
 BTIME = 1795677232
 TICKS = os.sysconf("SC_CLK_TCK")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from procstream.procfs._read import read_file
-from tests._procfs_util import deny, fake_proc, unprivileged  # noqa: F401 (fixture)
+from tests._procfs_util import deny, unprivileged
 
 
 def test_small_and_empty_files(tmp_path: Path) -> None:

@@ -8,31 +8,21 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
-import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests._procfs_util import add_proc, make_fake_proc, remove_proc
+from tests._procfs_util import add_proc, remove_proc
 from tests.serving import Client, Served, http_get, seqs
 from tests.util import running, wait_for
 
 
-@pytest.fixture
-def fake_root() -> Iterator[Path]:
-    root = Path(tempfile.mkdtemp(prefix="procstream-serve-"))
-    try:
-        yield make_fake_proc(root)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
-async def test_hello_snapshot_then_live_events_over_a_fake_proc(fake_root: Path, tmp_path: Path) -> None:
-    with Served("--procfs", str(fake_root), "--interval", "0.2", log=tmp_path / "log") as srv:
+async def test_hello_snapshot_then_live_events_over_a_fake_proc(fake_proc: Path, tmp_path: Path) -> None:
+    with Served("--procfs", str(fake_proc), "--interval", "0.2", log=tmp_path / "log") as srv:
         c = await Client.connect(srv.ws)
         try:
             await c.wait("hello and snapshot", lambda: c.of("snapshot"))
@@ -42,19 +32,19 @@ async def test_hello_snapshot_then_live_events_over_a_fake_proc(fake_root: Path,
             assert set(snapshot["groups"]) == {"sleep", "a) (b c)", "python3"}
             assert {p["pid"] for p in snapshot["procs"]} == {1000, 1001, 1006, 1010}
 
-            add_proc(fake_root, 2000, comm="worker", cmdline=("worker", "--id", "1"), start=90_000, utime=50)
+            add_proc(fake_proc, 2000, comm="worker", cmdline=("worker", "--id", "1"), start=90_000, utime=50)
             await c.wait("the new process", lambda: c.of("proc.start", pid=2000))
             (start,) = c.of("proc.start", pid=2000)
             assert (start["group"], start["cmdline"], start["source"]) == ("worker", ["worker", "--id", "1"], "poll")
 
             # pid reuse: same pid, a new start time -> the old one exits, a new one starts
-            add_proc(fake_root, 2000, comm="other", cmdline=("other",), start=95_000)
+            add_proc(fake_proc, 2000, comm="other", cmdline=("other",), start=95_000)
             await c.wait("pid reuse", lambda: c.of("proc.start", pid=2000, group="other"))
             (old_exit,) = c.of("proc.exit", pid=2000)
             assert old_exit["group"] == "worker" and old_exit["cpu_s"] == 0.5
             assert old_exit["seq"] < c.of("proc.start", pid=2000, group="other")[0]["seq"]
 
-            remove_proc(fake_root, 2000)
+            remove_proc(fake_proc, 2000)
             await c.wait("its exit", lambda: c.of("proc.exit", pid=2000, group="other"))
             updates = c.of("group.update", group="worker")
             assert updates and updates[-1]["procs"] == 0 and updates[-1]["cpu_s"] == 0.5
@@ -106,19 +96,19 @@ async def test_sigterm_closes_clients_with_1001_and_exits_0(tmp_path: Path) -> N
         srv.stop()
 
 
-async def test_resume_after_a_disconnect_replays_exactly_what_was_missed(fake_root: Path, tmp_path: Path) -> None:
-    with Served("--procfs", str(fake_root), "--interval", "0.1", log=tmp_path / "log") as srv:
+async def test_resume_after_a_disconnect_replays_exactly_what_was_missed(fake_proc: Path, tmp_path: Path) -> None:
+    with Served("--procfs", str(fake_proc), "--interval", "0.1", log=tmp_path / "log") as srv:
         c = await Client.connect(srv.ws)
         await c.wait("snapshot", lambda: c.of("snapshot"))
-        add_proc(fake_root, 3000, comm="a1", cmdline=("a1",), start=80_000)
+        add_proc(fake_proc, 3000, comm="a1", cmdline=("a1",), start=80_000)
         await c.wait("a1", lambda: c.of("proc.start", pid=3000))
         hello = c.objects[0]
         last = c.events()[-1]["seq"]
         await c.close()
         seen_before = c.events()
         # while nobody listens
-        add_proc(fake_root, 3001, comm="a2", cmdline=("a2",), start=80_100)
-        remove_proc(fake_root, 3000)
+        add_proc(fake_proc, 3001, comm="a2", cmdline=("a2",), start=80_100)
+        remove_proc(fake_proc, 3000)
         time.sleep(0.5)
         c2 = await Client.connect(f"{srv.ws}?since={last}&epoch={hello['epoch']}")
         try:
@@ -140,15 +130,15 @@ async def test_resume_after_a_disconnect_replays_exactly_what_was_missed(fake_ro
             await c3.close()
 
 
-async def test_event_log_holds_the_wire_objects(fake_root: Path, tmp_path: Path) -> None:
+async def test_event_log_holds_the_wire_objects(fake_proc: Path, tmp_path: Path) -> None:
     log_file = tmp_path / "events.ndjson"
-    with Served("--procfs", str(fake_root), "--interval", "0.1", "--event-log", str(log_file), log=tmp_path / "log") as srv:
+    with Served("--procfs", str(fake_proc), "--interval", "0.1", "--event-log", str(log_file), log=tmp_path / "log") as srv:
         c = await Client.connect(srv.ws)
         try:
             await c.wait("snapshot", lambda: c.of("snapshot"))
-            add_proc(fake_root, 4000, comm="logged", cmdline=("logged", "--password=hunter2"), start=85_000)
+            add_proc(fake_proc, 4000, comm="logged", cmdline=("logged", "--password=hunter2"), start=85_000)
             await c.wait("start", lambda: c.of("proc.start", pid=4000))
-            remove_proc(fake_root, 4000)
+            remove_proc(fake_proc, 4000)
             await c.wait("exit", lambda: c.of("proc.exit", pid=4000))
             wire = [o for o in c.objects if o.get("type") in ("proc.start", "proc.exit")]
         finally:
@@ -159,10 +149,10 @@ async def test_event_log_holds_the_wire_objects(fake_root: Path, tmp_path: Path)
     assert b"hunter2" not in log_file.read_bytes()
 
 
-async def test_sighup_reloads_a_good_config_and_keeps_the_old_on_a_bad_one(fake_root: Path, tmp_path: Path) -> None:
+async def test_sighup_reloads_a_good_config_and_keeps_the_old_on_a_bad_one(fake_proc: Path, tmp_path: Path) -> None:
     config = tmp_path / "config.yml"
     config.write_text("process_names:\n  - name: 'first-{{.Comm}}'\n    cmdline: ['.+']\n")
-    srv = Served("--procfs", str(fake_root), "--interval", "0.1", "--config", str(config), log=tmp_path / "log").start()
+    srv = Served("--procfs", str(fake_proc), "--interval", "0.1", "--config", str(config), log=tmp_path / "log").start()
     c = await Client.connect(srv.ws)
     try:
         await c.wait("snapshot", lambda: c.of("snapshot"))
@@ -170,13 +160,13 @@ async def test_sighup_reloads_a_good_config_and_keeps_the_old_on_a_bad_one(fake_
         config.write_text("process_names:\n  - name: 'second-{{.Comm}}'\n    cmdline: ['.+']\n")
         srv.signal(signal.SIGHUP)
         wait_for("the reload", lambda: "reloaded" in srv.output())
-        add_proc(fake_root, 5000, comm="fresh", cmdline=("fresh",), start=86_000)
+        add_proc(fake_proc, 5000, comm="fresh", cmdline=("fresh",), start=86_000)
         await c.wait("new rules", lambda: c.of("proc.start", pid=5000))
         assert c.of("proc.start", pid=5000)[0]["group"] == "second-fresh"
         config.write_text("process_names:\n  - name: '{{.Nope}}'\n    cmdline: ['.+']\n")
         srv.signal(signal.SIGHUP)
         wait_for("the refusal", lambda: "keeping the previous config" in srv.output())
-        add_proc(fake_root, 5001, comm="later", cmdline=("later",), start=86_100)
+        add_proc(fake_proc, 5001, comm="later", cmdline=("later",), start=86_100)
         await c.wait("old rules kept", lambda: c.of("proc.start", pid=5001))
         assert c.of("proc.start", pid=5001)[0]["group"] == "second-later"
         assert srv.proc.poll() is None
@@ -197,43 +187,43 @@ def test_bad_config_stops_serve_with_exit_2(tmp_path: Path) -> None:
     assert str(bad) in r.stderr.decode() and "process_names[0]" in r.stderr.decode()
 
 
-async def test_healthz_turns_503_when_polls_fail(fake_root: Path, tmp_path: Path) -> None:
-    with Served("--procfs", str(fake_root), "--interval", "0.1", log=tmp_path / "log") as srv:
+async def test_healthz_turns_503_when_polls_fail(fake_proc: Path, tmp_path: Path) -> None:
+    with Served("--procfs", str(fake_proc), "--interval", "0.1", log=tmp_path / "log") as srv:
         assert http_get(srv.url + "/healthz")[0] == 200
-        moved = fake_root.parent / "moved"
-        fake_root.rename(moved)  # the /proc mount disappears
+        moved = fake_proc.parent / "moved"
+        fake_proc.rename(moved)  # the /proc mount disappears
         try:
             wait_for("503", lambda: http_get(srv.url + "/healthz")[0] == 503)
             body = orjson.loads(http_get(srv.url + "/healthz")[1])
             assert body["status"] == "stale" and body["last_error"]
         finally:
-            moved.rename(fake_root)
+            moved.rename(fake_proc)
         wait_for("200 again", lambda: http_get(srv.url + "/healthz")[0] == 200)
         assert srv.proc.poll() is None
 
 
-async def test_event_log_follows_logrotate_survives_a_lost_directory_and_rotates(fake_root: Path, tmp_path: Path) -> None:
+async def test_event_log_follows_logrotate_survives_a_lost_directory_and_rotates(fake_proc: Path, tmp_path: Path) -> None:
     logdir = tmp_path / "logs"
     logdir.mkdir()
     log_file = logdir / "events.ndjson"
-    args = ("--procfs", str(fake_root), "--interval", "0.1", "--event-log", str(log_file),
+    args = ("--procfs", str(fake_proc), "--interval", "0.1", "--event-log", str(log_file),
             "--event-log-max-bytes", "4000", "--event-log-backups", "2")  # fmt: skip
     with Served(*args, log=tmp_path / "log") as srv:
 
         def logged(pid: int, path: Path = log_file) -> bool:
             return path.exists() and any(orjson.loads(line)["pid"] == pid for line in path.read_bytes().splitlines())
 
-        add_proc(fake_root, 6000, comm="first", cmdline=("first",), start=70_000)
+        add_proc(fake_proc, 6000, comm="first", cmdline=("first",), start=70_000)
         wait_for("the first start in the log", lambda: logged(6000))
         # logrotate: move the file away, then SIGHUP
         log_file.rename(logdir / "events.ndjson.moved")
         srv.signal(signal.SIGHUP)
-        add_proc(fake_root, 6001, comm="second", cmdline=("second",), start=70_100)
+        add_proc(fake_proc, 6001, comm="second", cmdline=("second",), start=70_100)
         wait_for("the next start in a new file", lambda: logged(6001))
         assert not logged(6001, logdir / "events.ndjson.moved")
         # the directory disappears: errors are counted, the stream goes on
         shutil.rmtree(logdir)
-        add_proc(fake_root, 6002, comm="third", cmdline=("third",), start=70_200)
+        add_proc(fake_proc, 6002, comm="third", cmdline=("third",), start=70_200)
 
         def errors() -> float:
             body = http_get(srv.url + "/metrics")[1].decode()
@@ -243,11 +233,11 @@ async def test_event_log_follows_logrotate_survives_a_lost_directory_and_rotates
         wait_for("write errors counted", lambda: errors() > 0)
         assert srv.proc.poll() is None and http_get(srv.url + "/healthz")[0] == 200
         logdir.mkdir()
-        add_proc(fake_root, 6003, comm="fourth", cmdline=("fourth",), start=70_300)
+        add_proc(fake_proc, 6003, comm="fourth", cmdline=("fourth",), start=70_300)
         wait_for("logging to resume", lambda: logged(6003))
         # size rotation keeps whole lines and the backups asked for
         for i in range(30):
-            add_proc(fake_root, 6100 + i, comm=f"r{i}", cmdline=(f"r{i}", "x" * 60), start=71_000 + i)
+            add_proc(fake_proc, 6100 + i, comm=f"r{i}", cmdline=(f"r{i}", "x" * 60), start=71_000 + i)
         wait_for("the last of them", lambda: any(logged(6129, p) for p in logdir.glob("events.ndjson*")))
         assert (logdir / "events.ndjson.1").exists()
         assert sorted(p.name for p in logdir.iterdir()) <= ["events.ndjson", "events.ndjson.1", "events.ndjson.2"]
@@ -257,8 +247,8 @@ async def test_event_log_follows_logrotate_survives_a_lost_directory_and_rotates
                 orjson.loads(line)  # whole lines only
 
 
-async def test_procstream_tail_prints_ndjson_and_carries_on_across_a_restart(fake_root: Path, tmp_path: Path) -> None:
-    srv = Served("--procfs", str(fake_root), "--interval", "0.1", log=tmp_path / "log").start()
+async def test_procstream_tail_prints_ndjson_and_carries_on_across_a_restart(fake_proc: Path, tmp_path: Path) -> None:
+    srv = Served("--procfs", str(fake_proc), "--interval", "0.1", log=tmp_path / "log").start()
     out, err = tmp_path / "tail.out", tmp_path / "tail.err"
     with open(out, "wb") as fo, open(err, "wb") as fe:
         tail = subprocess.Popen(
@@ -277,17 +267,17 @@ async def test_procstream_tail_prints_ndjson_and_carries_on_across_a_restart(fak
             return int(float(next(x for x in body.splitlines() if x.startswith("procstream_subscribers ")).split()[1]))
 
         wait_for("tail to subscribe", lambda: subscribers() == 1, timeout=15)  # it prints live events only
-        add_proc(fake_root, 7000, comm="tailed", cmdline=("tailed",), start=60_000)
+        add_proc(fake_proc, 7000, comm="tailed", cmdline=("tailed",), start=60_000)
         wait_for("tail to print the start", lambda: has(7000))
-        remove_proc(fake_root, 7000)
+        remove_proc(fake_proc, 7000)
         wait_for("tail to print the exit", lambda: has(7000, "proc.exit"))
         assert all(set(e) >= {"type", "seq", "ts", "host", "pid"} for e in lines())
         # a restart is a new epoch: tail says so and keeps following the new server
         assert srv.stop() == 0
-        srv = Served("--procfs", str(fake_root), "--interval", "0.1", port=srv.port, log=tmp_path / "log2").start()
+        srv = Served("--procfs", str(fake_proc), "--interval", "0.1", port=srv.port, log=tmp_path / "log2").start()
         wait_for("tail to notice the new epoch", lambda: "server restarted" in err.read_text(), timeout=30)
         wait_for("tail to subscribe again", lambda: subscribers() == 1)
-        add_proc(fake_root, 7001, comm="after", cmdline=("after",), start=60_100)
+        add_proc(fake_proc, 7001, comm="after", cmdline=("after",), start=60_100)
         wait_for("tail to print a start from the new server", lambda: has(7001))
     finally:
         tail.send_signal(signal.SIGTERM)
@@ -298,9 +288,9 @@ async def test_procstream_tail_prints_ndjson_and_carries_on_across_a_restart(fak
     assert len(seqs_seen) == len({(e["host"], e["seq"], e["type"], e["pid"]) for e in lines()})  # no line twice
 
 
-def test_source_netlink_when_not_permitted_exits_2_with_the_reason(fake_root: Path) -> None:
+def test_source_netlink_when_not_permitted_exits_2_with_the_reason(fake_proc: Path) -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "procstream", "serve", "--source", "netlink", "--procfs", str(fake_root),
+        [sys.executable, "-m", "procstream", "serve", "--source", "netlink", "--procfs", str(fake_proc),
          "--listen", "127.0.0.1:0"],
         capture_output=True, timeout=30,
     )  # fmt: skip

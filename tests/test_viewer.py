@@ -14,7 +14,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests._procfs_util import add_proc, make_fake_proc, remove_proc
+from tests._procfs_util import add_proc, remove_proc
 from tests.serving import Served, http_get
 from tests.util import running
 
@@ -43,13 +42,6 @@ ROWS_JS = """(table) => [...document.querySelectorAll(`#${table} tbody tr:not(.p
 }))"""
 
 
-@pytest.fixture
-def fake_root() -> Iterator[Path]:
-    root = Path(tempfile.mkdtemp(prefix="procstream-viewer-"))
-    try:
-        yield make_fake_proc(root)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 class Viewer:
@@ -203,8 +195,8 @@ class _MarkupCheck(html.parser.HTMLParser):
 # -- without a browser -----------------------------------------------------------------------
 
 
-def test_static_files_carry_a_strict_csp_and_the_viewer_needs_no_exception(fake_root: Path) -> None:
-    with Served("--procfs", str(fake_root), "--interval", "0.5") as srv:
+def test_static_files_carry_a_strict_csp_and_the_viewer_needs_no_exception(fake_proc: Path) -> None:
+    with Served("--procfs", str(fake_proc), "--interval", "0.5") as srv:
         for path, ctype in [("/", "text/html"), ("/app.js", "text/javascript"), ("/style.css", "text/css"),
                             ("/favicon.svg", "image/svg+xml")]:
             status, _, headers = http_get(srv.url + path)
@@ -233,8 +225,8 @@ def test_static_files_carry_a_strict_csp_and_the_viewer_needs_no_exception(fake_
 # -- in the browser ----------------------------------------------------------------------------
 
 
-def test_groups_sort_filter_and_list_processes_live(viewer: Viewer, fake_root: Path, tmp_path: Path) -> None:
-    with Served("--procfs", str(fake_root), "--interval", "0.2", log=tmp_path / "log") as srv:
+def test_groups_sort_filter_and_list_processes_live(viewer: Viewer, fake_proc: Path, tmp_path: Path) -> None:
+    with Served("--procfs", str(fake_proc), "--interval", "0.2", log=tmp_path / "log") as srv:
         viewer.open(srv.url + "/")
         page = viewer.page
         viewer.wait("() => document.getElementById('n-groups').textContent === '3'")
@@ -278,12 +270,12 @@ def test_groups_sort_filter_and_list_processes_live(viewer: Viewer, fake_root: P
         assert "#group=sleep" in page.url
 
         # A process starting in the group appears in the list and in the log, live.
-        add_proc(fake_root, 2001, comm="sleep", cmdline=("sleep", "5"), start=90_000)
+        add_proc(fake_proc, 2001, comm="sleep", cmdline=("sleep", "5"), start=90_000)
         viewer.wait("() => [...document.querySelectorAll('#procs-table tbody tr:not(.pad)')]"
                     ".some(tr => tr.cells[0].textContent === '2001')")
         started = viewer.wait_log(2001, "start")
         assert started["cells"][2] == "sleep" and started["cells"][4] == "sleep"
-        remove_proc(fake_root, 2001)
+        remove_proc(fake_proc, 2001)
         ended = viewer.wait_log(2001, "exit")
         assert ended["cells"][6] == "\u2014"  # polling cannot know the exit status
         viewer.wait("() => ![...document.querySelectorAll('#procs-table tbody tr:not(.pad)')]"
@@ -292,7 +284,7 @@ def test_groups_sort_filter_and_list_processes_live(viewer: Viewer, fake_root: P
         # Pausing the log holds it still; resuming shows what came meanwhile.
         page.keyboard.press("p")
         assert page.get_attribute("#log-pause", "aria-pressed") == "true"
-        add_proc(fake_root, 2002, comm="sleep", cmdline=("sleep", "6"), start=91_000)
+        add_proc(fake_proc, 2002, comm="sleep", cmdline=("sleep", "6"), start=91_000)
         viewer.wait("() => document.getElementById('log-pause').textContent.startsWith('Resume (')")
         assert viewer.log_rows(2002) == []
         page.click("#log-pause")
@@ -300,7 +292,7 @@ def test_groups_sort_filter_and_list_processes_live(viewer: Viewer, fake_root: P
         assert page.text_content("#log-pause") == "Pause"
 
         # A group that goes empty is dimmed, not dropped.
-        remove_proc(fake_root, 1001)
+        remove_proc(fake_proc, 1001)
         viewer.wait("() => [...document.querySelectorAll('#groups-table tbody tr.empty td.c-name')]"
                     ".some(td => td.textContent === 'a) (b c)')")
         assert sorted(viewer.names()) == sorted(["sleep", "a) (b c)", "python3"])
@@ -364,10 +356,10 @@ def test_a_started_process_and_its_exit_code_over_live_processes(dark_viewer: Vi
             viewer.screenshot("viewer-live-dark.png")
 
 
-def test_process_supplied_strings_are_shown_as_text(viewer: Viewer, fake_root: Path, tmp_path: Path) -> None:
+def test_process_supplied_strings_are_shown_as_text(viewer: Viewer, fake_proc: Path, tmp_path: Path) -> None:
     cmd_xss = "<script>window.__pwned=2</script>"
-    add_proc(fake_root, 2100, comm=XSS, cmdline=(XSS, cmd_xss, "--x=\"'&amp;"), start=90_000)
-    with Served("--procfs", str(fake_root), "--interval", "0.2", log=tmp_path / "log") as srv:
+    add_proc(fake_proc, 2100, comm=XSS, cmdline=(XSS, cmd_xss, "--x=\"'&amp;"), start=90_000)
+    with Served("--procfs", str(fake_proc), "--interval", "0.2", log=tmp_path / "log") as srv:
         viewer.open(srv.url + "/")
         page = viewer.page
         viewer.wait("(name) => [...document.querySelectorAll('#groups-table td.c-name')].some(td => td.textContent === name)", XSS)
@@ -378,7 +370,7 @@ def test_process_supplied_strings_are_shown_as_text(viewer: Viewer, fake_root: P
         assert proc["cells"][4] == f"{XSS} {cmd_xss} --x=\"'&amp;"
         assert page.text_content("#procs-group") == XSS
         # One more arriving live (an event, not the snapshot).
-        add_proc(fake_root, 2101, comm=XSS, cmdline=(XSS,), start=91_000)
+        add_proc(fake_proc, 2101, comm=XSS, cmdline=(XSS,), start=91_000)
         started = viewer.wait_log(2101, "start")
         assert started["cells"][2] == XSS and started["cells"][4] == XSS and started["title"] == XSS
         viewer.wait("() => document.querySelectorAll('#procs-table tbody tr:not(.pad)').length === 2")
@@ -389,8 +381,8 @@ def test_process_supplied_strings_are_shown_as_text(viewer: Viewer, fake_root: P
         viewer.screenshot("viewer-xss.png")
 
 
-def test_survives_a_server_restart_and_shows_what_changed(viewer: Viewer, fake_root: Path, tmp_path: Path) -> None:
-    args = ("--procfs", str(fake_root), "--interval", "0.2")
+def test_survives_a_server_restart_and_shows_what_changed(viewer: Viewer, fake_proc: Path, tmp_path: Path) -> None:
+    args = ("--procfs", str(fake_proc), "--interval", "0.2")
     first = Served(*args, log=tmp_path / "log1").start()
     try:
         viewer.open(first.url + "/")
@@ -403,8 +395,8 @@ def test_survives_a_server_restart_and_shows_what_changed(viewer: Viewer, fake_r
     viewer.wait_state("reconnecting")
     viewer.wait("() => [...document.querySelectorAll('#log-table tr.note')].some(tr => tr.textContent.includes('Connection lost'))")
 
-    add_proc(fake_root, 2200, comm="newcomer", cmdline=("newcomer",), start=95_000)
-    remove_proc(fake_root, 1001)  # the only process of "a) (b c)"
+    add_proc(fake_proc, 2200, comm="newcomer", cmdline=("newcomer",), start=95_000)
+    remove_proc(fake_proc, 1001)  # the only process of "a) (b c)"
     with Served(*args, log=tmp_path / "log2", port=first.port) as second:
         assert second.port == first.port
         viewer.page.evaluate("document.getElementById('retry').click()")  # skip the backoff wait
@@ -420,7 +412,7 @@ def test_survives_a_server_restart_and_shows_what_changed(viewer: Viewer, fake_r
         notes = [r["cells"][2] for r in viewer.rows("log-table") if "note" in r["cls"].split()]
         assert "Server restarted \u2014 rebuilt from a snapshot: 1 started, 1 ended while away" in notes, notes
         # and it keeps following the new server
-        add_proc(fake_root, 2201, comm="newcomer", cmdline=("newcomer", "2"), start=96_000)
+        add_proc(fake_proc, 2201, comm="newcomer", cmdline=("newcomer", "2"), start=96_000)
         viewer.wait_log(2201, "start")
         viewer.screenshot("viewer-after-restart.png")
     assert len(viewer.sockets) >= 2
@@ -428,7 +420,7 @@ def test_survives_a_server_restart_and_shows_what_changed(viewer: Viewer, fake_r
     assert "since" in resumed and "epoch" in resumed  # it asked to resume; the server said reset
 
 
-def test_reconnect_resumes_and_a_gap_is_refilled_by_a_replay(viewer: Viewer, fake_root: Path) -> None:
+def test_reconnect_resumes_and_a_gap_is_refilled_by_a_replay(viewer: Viewer, fake_proc: Path) -> None:
     """Same server run: a cut connection resumes with since+epoch (a replay, no snapshot),
     and frames lost on a live connection are asked for again (subscribe with since)."""
     page = viewer.page
@@ -455,7 +447,7 @@ def test_reconnect_resumes_and_a_gap_is_refilled_by_a_replay(viewer: Viewer, fak
         routes["links"].append((ws, server))
 
     page.route_web_socket(re.compile(r"/ws(\?|$)"), route)
-    with Served("--procfs", str(fake_root), "--interval", "0.2") as srv:
+    with Served("--procfs", str(fake_proc), "--interval", "0.2") as srv:
         viewer.open(srv.url + "/")
         viewer.wait("() => document.getElementById('n-groups').textContent === '3'")
         # Cut it, keep it offline while a process starts, then let it back.
@@ -464,7 +456,7 @@ def test_reconnect_resumes_and_a_gap_is_refilled_by_a_replay(viewer: Viewer, fak
         ws.close(code=4001, reason="test: cut")
         server.close()
         viewer.wait_state("reconnecting")
-        add_proc(fake_root, 2300, comm="missed", cmdline=("missed",), start=97_000)
+        add_proc(fake_proc, 2300, comm="missed", cmdline=("missed",), start=97_000)
         viewer.poll("the server to see it", lambda: b'"pid":2300' in http_get(srv.url + "/api/snapshot")[1])
         routes["online"] = True
         page.evaluate("document.getElementById('retry').click()")
@@ -479,7 +471,7 @@ def test_reconnect_resumes_and_a_gap_is_refilled_by_a_replay(viewer: Viewer, fak
 
         # Lose the frames carrying a start; the next frame shows a gap and the page asks again.
         routes["drop"] = True
-        add_proc(fake_root, 2301, comm="missed", cmdline=("missed", "2"), start=98_000)
+        add_proc(fake_proc, 2301, comm="missed", cmdline=("missed", "2"), start=98_000)
         viewer.poll("the start to be dropped", lambda: any(b'"pid":2301' in (m if isinstance(m, bytes) else m.encode())
                                                        for m in routes["dropped"]))
         routes["drop"] = False
@@ -493,8 +485,8 @@ def test_reconnect_resumes_and_a_gap_is_refilled_by_a_replay(viewer: Viewer, fak
         assert len(viewer.sockets) == 2  # the gap was filled on the same connection
 
 
-def test_token_reaches_the_socket_and_the_csp_allows_only_the_page_itself(viewer: Viewer, fake_root: Path) -> None:
-    with Served("--procfs", str(fake_root), "--interval", "0.2") as srv:
+def test_token_reaches_the_socket_and_the_csp_allows_only_the_page_itself(viewer: Viewer, fake_proc: Path) -> None:
+    with Served("--procfs", str(fake_proc), "--interval", "0.2") as srv:
         viewer.open(srv.url + "/?token=s3cr%20t%26x")
         (url,) = viewer.sockets
         parts = urlsplit(url)
@@ -513,9 +505,9 @@ def test_token_reaches_the_socket_and_the_csp_allows_only_the_page_itself(viewer
         viewer.page.evaluate("window.__csp = []")
 
 
-def test_store_resumes_dedupes_and_rebuilds_from_snapshots(viewer: Viewer, fake_root: Path) -> None:
+def test_store_resumes_dedupes_and_rebuilds_from_snapshots(viewer: Viewer, fake_proc: Path) -> None:
     """The protocol state machine (store.js), fed objects directly in the page."""
-    with Served("--procfs", str(fake_root), "--interval", "0.5") as srv:
+    with Served("--procfs", str(fake_proc), "--interval", "0.5") as srv:
         viewer.open(srv.url + "/")
         result = viewer.page.evaluate(
             """async () => {
@@ -575,8 +567,8 @@ def test_store_resumes_dedupes_and_rebuilds_from_snapshots(viewer: Viewer, fake_
     assert sorted(ov["found"]) == ["start 3", "start 4"]
 
 
-def test_format_helpers(viewer: Viewer, fake_root: Path) -> None:
-    with Served("--procfs", str(fake_root), "--interval", "0.5") as srv:
+def test_format_helpers(viewer: Viewer, fake_proc: Path) -> None:
+    with Served("--procfs", str(fake_proc), "--interval", "0.5") as srv:
         viewer.open(srv.url + "/")
         got = viewer.page.evaluate(
             """async () => {
