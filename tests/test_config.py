@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import socket
@@ -10,7 +11,6 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -551,7 +551,10 @@ def test_config_error_is_a_value_error() -> None:
 # -- parity with the real process-exporter ----------------------------------------------------
 
 EXPORTER = "/usr/bin/prometheus-process-exporter"
-TAG = uuid.uuid4().hex[:5]  # comm is at most 15 bytes: keep names short and unique per run
+# comm is at most 15 bytes: keep names short and unique per run. Hex digits keep "0x{TAG}" an
+# int to YAML 1.1; no "a" or "b", because the regex rules below (a.b, abc$) must not match the
+# executable's path, which contains the TAG.
+TAG = "".join(random.choice("0123456789cdef") for _ in range(6))
 
 
 def _comm(key: str) -> str:
