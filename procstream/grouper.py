@@ -250,7 +250,7 @@ class Grouper:
                     started.append(tracker.track(group, new))
         for pid, new in unmatched.items():
             if new.id not in tracker.tracked and not self.recheck:
-                tracker.ignore(new.id)
+                tracker.ignore(new.id, new.mark)
         started.sort(key=lambda tp: tp.id.pid)
         return started
 
@@ -307,15 +307,16 @@ class Grouper:
             if pid_id in tracker.tracked:
                 return None
             static = proc.static(cgroups=tracker.read_cgroups)
+            mark = proc.exec_mark()
         except READ_ERRORS:
             return None
-        new = NewProc(proc, pid_id, static)
+        new = NewProc(proc, pid_id, static, mark)
         group = self.match(new)
         if group is None and self.track_children:
             group = self._ancestor_group(new, {}, {})
         if group is None:
             if not self.recheck:
-                tracker.ignore(pid_id)
+                tracker.ignore(pid_id, mark)
             return None
         return tracker.track(group, new, source=source)
 

@@ -111,7 +111,7 @@ def read_now(fs: FS, pid: int, *, cgroups: bool = False, exact_cpu: bool = False
         limit = proc.fd_limit()
     except READ_ERRORS:
         limit = 0
-    return FixedProc(ProcIdInfo(pid_id, static, metrics), limit=limit)
+    return FixedProc(ProcIdInfo(pid_id, static, metrics), limit=limit, mark=proc.exec_mark())
 
 
 def _with_runtime(m: ProcMetrics, runtime_ns: int) -> ProcMetrics:

@@ -13,6 +13,10 @@ Rules (process-exporter's, with its leak fixed):
   from zero; one that started after it counts everything it used since it started.
 - Tracked processes that are no longer seen are reported once as exited, then forgotten;
   ignored ones are forgotten silently (the Go version kept them forever).
+- An ignored process that has exec'd since it was judged (``ExecMark``: new comm, or a
+  new stack) is judged anew, as a new process: a poll that caught it between its
+  parent's fork and its exec saw only a copy of the parent. A tracked process keeps its
+  group when it execs (process-exporter's rule, and what children tracking means).
 
 Pure and synchronous: no asyncio, no /proc internals; the clock is injected.
 """
@@ -24,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from .procfs.errors import READ_ERRORS
-from .procfs.models import ProcId, ProcIdInfo, ProcLike, ProcMetrics, ProcStatic, States
+from .procfs.models import ExecMark, ProcId, ProcIdInfo, ProcLike, ProcMetrics, ProcStatic, States
 
 __all__ = [
     "Counts",
@@ -169,6 +173,8 @@ class NewProc:
     proc: ProcLike
     id: ProcId
     static: ProcStatic
+    #: the program it ran when judged: an ignored process is judged anew once this changes
+    mark: ExecMark | None = None
 
 
 @dataclass(slots=True)
@@ -184,6 +190,13 @@ class TrackerUpdate:
 
 _EMPTY_METRICS = ProcMetrics(0.0, 0.0, 0, 0, 0, 0, states=States())
 
+
+@dataclass(slots=True)
+class _Ignored:
+    #: poll generation in which it was last seen
+    seen: int
+    #: None: never judged anew (a zombie whose exit was already reported)
+    mark: ExecMark | None
 
 
 def _count_failure(exc: BaseException, errors: CollectErrors) -> None:
@@ -210,7 +223,7 @@ class Tracker:
         self.clock = clock
         self.read_cgroups = read_cgroups
         self.tracked: dict[ProcId, TrackedProc] = {}
-        self._ignored: dict[ProcId, int] = {}
+        self._ignored: dict[ProcId, _Ignored] = {}
         self._by_pid: dict[int, ProcId] = {}
         self._gen = 0
         # Processes whose start (in clock ticks since boot) is after the youngest process
@@ -277,15 +290,18 @@ class Tracker:
                 tp.last_seen = now
                 tp.seen = gen
                 continue
-            if pid_id in ignored:
-                ignored[pid_id] = gen
-                continue
+            skip = ignored.get(pid_id)
             try:
+                mark = proc.exec_mark()
+                if skip is not None:
+                    skip.seen = gen
+                    if skip.mark is None or not mark.execed_since(skip.mark):
+                        continue
                 static = proc.static(cgroups=self.read_cgroups)
             except READ_ERRORS as exc:
                 _count_failure(exc, errors)
                 continue
-            report.new.append(NewProc(proc, pid_id, static))
+            report.new.append(NewProc(proc, pid_id, static, mark))
 
         report.procs_seen = seen
         if self._first_poll_max_ticks is None:
@@ -302,7 +318,7 @@ class Tracker:
             if by_pid.get(tp.id.pid) == tp.id:
                 del by_pid[tp.id.pid]
         report.exited.extend(gone)
-        stale = [pid_id for pid_id, g in self._ignored.items() if g != gen]
+        stale = [pid_id for pid_id, skip in self._ignored.items() if skip.seen != gen]
         for pid_id in stale:
             del self._ignored[pid_id]
             if by_pid.get(pid_id.pid) == pid_id:
@@ -359,10 +375,12 @@ class Tracker:
         self._by_pid[new.id.pid] = new.id
         return tp
 
-    def ignore(self, pid_id: ProcId) -> None:
+    def ignore(self, pid_id: ProcId, mark: ExecMark | None = None) -> None:
         """Stop considering a new process: it costs one ``stat`` read per poll until it
-        exits, then it is forgotten."""
-        self._ignored[pid_id] = self._gen
+        exits, then it is forgotten, unless it execs first (``mark``, the program it runs
+        now, changes): then ``update()`` reports it as new again. Without ``mark`` it is
+        never judged anew."""
+        self._ignored[pid_id] = _Ignored(self._gen, mark)
         self._by_pid[pid_id.pid] = pid_id
 
     def forget(self, pid_id: ProcId) -> TrackedProc | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from procstream.procfs.models import (
+    ExecMark,
     FixedProc,
     ProcId,
     ProcIdInfo,
@@ -38,8 +39,10 @@ def fake(
     state: str = "S",
     partial: int = 0,
     error: BaseException | None = None,
+    stack: int = 0,
 ) -> FixedProc:
-    """One process as one poll would see it. ``start`` is in clock ticks since boot."""
+    """One process as one poll would see it. ``start`` is in clock ticks since boot;
+    ``stack`` (the address in ``stat``, new on each exec) 0 for unknown."""
     if cmdline is None:
         cmdline = (name,)
     static = ProcStatic(
@@ -66,7 +69,8 @@ def fake(
         states=state_of(state),
         partial_errors=partial,
     )
-    return FixedProc(ProcIdInfo(ProcId(pid, start), static, metrics), limit=limit, error=error)
+    mark = ExecMark(name, stack) if stack else None
+    return FixedProc(ProcIdInfo(ProcId(pid, start), static, metrics), limit=limit, error=error, mark=mark)
 
 
 @dataclass

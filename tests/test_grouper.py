@@ -131,11 +131,40 @@ def test_recheck_matches_a_process_after_it_renames_itself():
     assert [(tp.pid, tp.group) for tp in r.started] == [(50, "worker")]
 
 
-def test_without_recheck_an_ignored_process_stays_ignored():
+def test_without_recheck_an_ignored_process_that_renames_itself_stays_ignored():
     g = grouper("worker")
-    g.update([fake(50, "python")])
-    r = g.update([fake(50, "worker")])
+    g.update([fake(50, "python", stack=0x7FFD0000)])
+    r = g.update([fake(50, "worker", stack=0x7FFD0000)])  # prctl(PR_SET_NAME): same stack
     assert r.started == []
+
+
+def test_an_ignored_process_that_execs_is_judged_anew():
+    # A poll between the parent's fork and the child's exec sees a copy of the parent.
+    g = grouper("worker")
+    g.update([fake(50, "python", stack=0x7FFD0000)])
+    assert g.tracker.is_ignored(g.tracker.known(50))
+    r = g.update([fake(50, "python", stack=0x7FFE1000, cmdline=("python", "worker.py"))])
+    assert r.started == []  # exec'd into something that matches nothing: ignored again
+    r = g.update([fake(50, "worker", stack=0x7FFC2000)])
+    assert [(tp.pid, tp.group) for tp in r.started] == [(50, "worker")]
+    assert r.started[0].static.name == "worker"
+    r = g.update([fake(50, "worker", stack=0x7FFC2000)])
+    assert r.started == [] and r.exited == []
+
+
+def test_exec_without_a_known_stack_is_told_by_the_name():
+    g = grouper("worker")
+    g.update([fake(50, "python")])  # stack 0: not permitted to see it
+    r = g.update([fake(50, "worker")])
+    assert [(tp.pid, tp.group) for tp in r.started] == [(50, "worker")]
+
+
+def test_an_ignored_process_exiting_is_not_judged_anew():
+    # a zombie has no memory map: its stack reads 0, which is no exec
+    g = grouper("python")
+    g.update([fake(62, "cat", stack=0x7FFD0000)])
+    r = g.update([fake(62, "cat", state="Z", cmdline=())])
+    assert r.started == [] and g.tracker.is_ignored(g.tracker.known(62))
 
 
 def test_pid_reuse_reports_exit_and_start():

@@ -78,3 +78,43 @@ process_names:
 
     wait_for("every process to be seen exiting", all_gone)
     assert g.groups()["burner"].counts.cpu >= before + burned
+
+
+# Waits for a line, then becomes another Python program (same comm: only the stack tells)
+# whose command line carries the marker; its own command line does not.
+EXEC_LATER = """
+import os, sys
+sys.stdin.readline()
+os.execv(sys.executable, [sys.executable, "-c", "import sys; sys.stdin.read()", "pslive-exec-" + sys.argv[1]])
+"""
+
+
+def test_a_process_first_seen_before_its_exec_is_grouped_by_what_it_execs() -> None:
+    # What a poll sees between a fork and its exec: a process that is not yet the program
+    # it will be. Ignored then, it must be judged again once it has exec'd.
+    config = parse_config("process_names:\n  - name: late\n    cmdline: ['pslive-exec-m4rk']\n")
+    fs = FS("/proc")
+    g = Grouper(config)
+    g.update(fs.all_procs())
+    with running(sys.executable, "-c", EXEC_LATER, "m4rk", stdin=subprocess.PIPE) as child:
+        assert child.stdin is not None
+        g.update(fs.all_procs())
+        pid_id = g.tracker.known(child.pid)
+        assert pid_id is not None and g.tracker.is_ignored(pid_id)
+        before = fs.proc(child.pid).exec_mark()
+        assert before.stack != 0  # root may see it; the test runs as root like CI
+
+        child.stdin.write(b"go\n")
+        child.stdin.flush()
+        after = wait_for(
+            "the exec", lambda: (m := fs.proc(child.pid).exec_mark()).execed_since(before) and m
+        )
+        assert after.comm == before.comm  # python became python: the name cannot tell
+
+        def grouped() -> bool:
+            g.update(fs.all_procs())
+            return "late" in g.groups() and g.groups()["late"].procs == 1
+
+        wait_for("the exec'd process in its group", grouped)
+        tp = g.tracker.tracked[pid_id]
+        assert tp.static.cmdline[-1] == "pslive-exec-m4rk" and tp.group == "late"

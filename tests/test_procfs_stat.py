@@ -26,6 +26,7 @@ def test_normal_process() -> None:
         starttime=67176,
         vsize=2990080,
         rss=423,
+        startstack=140733506333952,
     )
 
 
@@ -53,7 +54,7 @@ def test_comm_with_newline_and_non_utf8() -> None:
 
 def test_zombie_and_kernel_thread() -> None:
     zombie = parse_stat((PROC / "1002" / "stat").read_bytes())
-    assert (zombie.state, zombie.vsize, zombie.rss) == ("Z", 0, 0)
+    assert (zombie.state, zombie.vsize, zombie.rss, zombie.startstack) == ("Z", 0, 0, 0)
     kthread = parse_stat((PROC / "14" / "stat").read_bytes())
     assert (kthread.comm, kthread.ppid, kthread.utime, kthread.starttime) == (
         "ksoftirqd/0",
@@ -61,6 +62,15 @@ def test_zombie_and_kernel_thread() -> None:
         2,
         24,
     )
+
+
+def test_startstack_is_optional_and_ends_a_field() -> None:
+    head = b"7 (x) S 1 7 7 0 -1 0 5 0 6 0 11 12 0 0 20 0 2 0 99 4096 3"
+    assert parse_stat(head + b"\n").startstack == 0  # an old or cut-down format: unknown
+    assert parse_stat(head + b" 1 2 3 140000\n").startstack == 140000  # the 28th field, last
+    assert parse_stat(head + b" 1 2 3 140000 0 0 0\n").startstack == 140000
+    with pytest.raises(ProcfsParseError):
+        parse_stat(head + b" 1 2 3 0x4000 0\n")
 
 
 def test_multithreaded() -> None:

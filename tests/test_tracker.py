@@ -60,6 +60,18 @@ def test_ignored_processes_are_not_read_and_are_forgotten_on_exit():
     assert t.known(20) is None and not t.is_ignored(ProcId(20, 1000))
 
 
+def test_an_ignored_process_is_new_again_once_it_execs():
+    t = Tracker(clock=Clock())
+    r = t.update([fake(20, "sh", stack=0x7000)])
+    t.ignore(r.new[0].id, r.new[0].mark)
+    assert t.update([fake(20, "sh", stack=0x7000)]).new == []
+    r = t.update([fake(20, "cat", stack=0x9000)])
+    assert [(n.id, n.static.name, n.mark) for n in r.new] == [(ProcId(20, 1000), "cat", ("cat", 0x9000))]
+    # still ignored until judged again; without a mark, never new again
+    t.ignore(r.new[0].id)
+    assert t.update([fake(20, "other", stack=0xA000)]).new == []
+
+
 def test_usage_of_processes_running_at_first_poll_starts_at_zero():
     t = Tracker(clock=Clock())
     r = t.update([fake(10, start=100, cpu=(5.0, 1.0))])

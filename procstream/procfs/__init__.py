@@ -18,6 +18,7 @@ from __future__ import annotations
 from .errors import READ_ERRORS, ProcfsError, ProcfsParseError
 from .fs import FS, Proc
 from .models import (
+    ExecMark,
     FixedProc,
     ProcId,
     ProcIdInfo,
@@ -32,6 +33,7 @@ __all__ = [
     "FS",
     "Proc",
     "ProcId",
+    "ExecMark",
     "ProcStatic",
     "ProcMetrics",
     "ProcIdInfo",

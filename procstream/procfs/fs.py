@@ -28,7 +28,7 @@ from .errors import ProcfsError, ProcfsParseError
 from .fd import count_open_fds
 from .io import parse_io
 from .limits import parse_max_open_files
-from .models import ProcId, ProcMetrics, ProcStatic, States, state_of
+from .models import ExecMark, ProcId, ProcMetrics, ProcStatic, States, state_of
 from .schedstat import parse_schedstat
 from .stat import Stat, parse_stat, parse_state
 from .status import Status, parse_ctx_switches, parse_status
@@ -186,6 +186,11 @@ class Proc:
         if self._id is None:
             self._id = ProcId(self._pid, self._stat_fields().starttime)
         return self._id
+
+    def exec_mark(self) -> ExecMark:
+        """What changes on exec; reads only ``stat`` (shared with ``proc_id``)."""
+        st = self._stat_fields()
+        return ExecMark(st.comm, st.startstack)
 
     def static(self, *, cgroups: bool = False) -> ProcStatic:
         """Naming attributes (reads stat, cmdline, status); once per process lifetime.

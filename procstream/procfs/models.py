@@ -7,10 +7,11 @@ serve as keys, and safe to hand to another thread.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 __all__ = [
     "ProcId",
+    "ExecMark",
     "ProcStatic",
     "ProcMetrics",
     "States",
@@ -28,6 +29,30 @@ class ProcId:
     pid: int
     #: start time after boot, in clock ticks (field 22 of ``stat``)
     start_time_rel: int
+
+
+class ExecMark(NamedTuple):
+    """What ``execve`` changes in ``stat`` while pid and start time stay: the program's
+    name and (with ASLR) the address of its stack.
+
+    A process read between its parent's ``fork`` and its own ``exec`` still looks like its
+    parent; comparing marks tells when it has become another program.
+    """
+
+    comm: str
+    #: 0 when the kernel hides it (no memory map, as for zombies; or not permitted)
+    stack: int = 0
+
+    def execed_since(self, earlier: ExecMark) -> bool:
+        """True if the process runs another program than when ``earlier`` was taken.
+
+        With both stacks known, only the stack tells: a rename (``prctl(PR_SET_NAME)``)
+        keeps it, an exec moves it. Otherwise the name tells; a process that loses its
+        memory map (on exit: a zombie has none) has not exec'd.
+        """
+        if self.stack and earlier.stack:
+            return self.stack != earlier.stack
+        return self.comm != earlier.comm
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +152,10 @@ class ProcLike(Protocol):
         """Identity; reads only ``stat``. Call first: it is the cheapest read."""
         ...
 
+    def exec_mark(self) -> ExecMark:
+        """What changes on ``exec`` (reads only ``stat``, like ``proc_id``)."""
+        ...
+
     def static(self, *, cgroups: bool = False) -> ProcStatic:
         """Naming attributes; call once per process lifetime (when first seen).
 
@@ -167,6 +196,8 @@ class FixedProc:
     info: ProcIdInfo
     limit: int = 0
     error: BaseException | None = None
+    #: as read from ``stat``; None: the name alone (stack unknown)
+    mark: ExecMark | None = None
 
     @property
     def pid(self) -> int:
@@ -174,6 +205,9 @@ class FixedProc:
 
     def proc_id(self) -> ProcId:
         return self.info.id
+
+    def exec_mark(self) -> ExecMark:
+        return self.mark if self.mark is not None else ExecMark(self.info.static.name)
 
     def static(self, *, cgroups: bool = False) -> ProcStatic:
         return self.info.static

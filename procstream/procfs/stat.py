@@ -25,9 +25,11 @@ _NUM_THREADS = 17  # (20)
 _STARTTIME = 19  # (22)
 _VSIZE = 20  # (23)
 _RSS = 21  # (24)
+_STARTSTACK = 25  # (28)
 # Split off only what we use: the kernel prints ~50 fields, and each split piece is an
 # allocation on the hot path. The remainder lands, unsplit, in one last piece.
-_NEEDED = _RSS + 1
+_NEEDED = _RSS + 1  # fewer fields than this is garbage
+_SPLIT = _STARTSTACK + 1  # startstack is optional (0 when absent, as when hidden)
 
 
 class Stat(NamedTuple):
@@ -44,6 +46,9 @@ class Stat(NamedTuple):
     starttime: int  # clock ticks after boot
     vsize: int  # bytes
     rss: int  # pages
+    #: address of the stack's bottom: a new one on every exec (ASLR); 0 when the kernel
+    #: hides it (no memory map: zombie, kernel thread; or we may not trace the process)
+    startstack: int = 0
 
 
 def _bad(data: bytes, why: str) -> ProcfsParseError:
@@ -56,7 +61,7 @@ def parse_stat(data: bytes) -> Stat:
     close = data.rfind(b")")
     if open_ < 0 or close < open_:
         raise _bad(data, "no '(comm)'")
-    fields = data[close + 1 :].split(None, _NEEDED)
+    fields = data[close + 1 :].split(None, _SPLIT)
     if len(fields) < _NEEDED:
         raise _bad(data, f"{len(fields)} fields after comm, need {_NEEDED}")
     state = fields[_STATE]
@@ -75,6 +80,7 @@ def parse_stat(data: bytes) -> Stat:
             int(fields[_STARTTIME]),
             int(fields[_VSIZE]),
             int(fields[_RSS]),
+            int(fields[_STARTSTACK]) if len(fields) > _STARTSTACK else 0,
         )
     except ValueError as exc:
         raise _bad(data, "non-numeric field") from exc
