@@ -13,9 +13,9 @@ Rules (process-exporter's, with its leak fixed):
   from zero; one that started after it counts everything it used since it started.
 - Tracked processes that are no longer seen are reported once as exited, then forgotten;
   ignored ones are forgotten silently (the Go version kept them forever).
-- An ignored process that has exec'd since it was judged (``ExecMark``: new comm, or a
-  new stack) is judged anew, as a new process: a poll that caught it between its
-  parent's fork and its exec saw only a copy of the parent. A tracked process keeps its
+- An ignored process that has exec'd since it was judged (``ExecMark``: a new stack, or
+  a new comm where the stack is hidden) is judged anew, as a new process: a poll that
+  caught it between its parent's fork and its exec saw only a copy of the parent. A tracked process keeps its
   group when it execs (process-exporter's rule, and what children tracking means).
 
 Pure and synchronous: no asyncio, no /proc internals; the clock is injected.

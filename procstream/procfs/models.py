@@ -1,7 +1,8 @@
 """Value types produced by the /proc readers.
 
-All are frozen, slotted dataclasses: cheap to build on the hot path, hashable where they
-serve as keys, and safe to hand to another thread.
+All are frozen, slotted dataclasses (``ExecMark``, built for every process in every poll,
+a NamedTuple: cheaper still): cheap to build on the hot path, hashable where they serve
+as keys, and safe to hand to another thread.
 """
 
 from __future__ import annotations
