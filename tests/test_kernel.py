@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,7 +119,10 @@ async def test_short_lived_processes_all_exit_with_their_code_and_group(env: Env
     def shorts() -> list[dict]:
         return env.sink.of("proc.exit", group="short")
 
-    await async_wait_for("100 exits", lambda: len(shorts()) >= 100)
+    def exits_seen() -> list[tuple[object, int]]:
+        return Counter((e["group"], e["name"], e["exit_code"]) for e in env.sink.of("proc.exit")).most_common(5)
+
+    await async_wait_for("100 exits", lambda: len(shorts()) >= 100, explain=exits_seen)
     exits = shorts()
     pids = {e["pid"] for e in exits}
     starts = [e for e in env.sink.of("proc.start") if e["pid"] in pids]

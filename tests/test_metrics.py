@@ -260,8 +260,10 @@ def test_metrics_agree_with_process_exporter(tmp_path: Path, tag: str, exporter:
 
             expected = {f"pxa_{tag}": 2.0, f"gone-pxc_{tag}": 1.0, f"work:{tag}": 2.0}
             np = "namedprocess_namegroup_num_procs"
-            wait_for("process-exporter to see the processes", lambda: scrape(their_url).by_group(np) == expected)
-            wait_for("procstream to see the processes", lambda: scrape(our_url).by_group(np) == expected)
+            wait_for("process-exporter to see the processes", lambda: scrape(their_url).by_group(np) == expected,
+                     explain=lambda: scrape(their_url).by_group(np))
+            wait_for("procstream to see the processes", lambda: scrape(our_url).by_group(np) == expected,
+                     explain=lambda: scrape(our_url).by_group(np))
             stop(gone)  # a group that existed stays, empty, in both
             expected[f"gone-pxc_{tag}"] = 0.0
             wait_for("process-exporter to see the exit", lambda: scrape(their_url).by_group(np) == expected)

@@ -612,7 +612,9 @@ os._exit(7)
     if group.summed:
         # the kernel samples each thread's time twice in do_exit; a tick may fall between
         assert ticks == pytest.approx(total, abs=0.020), (ticks, total)
-        assert ticks >= 0.25
+        # Ticks are samples: with both cores busy, 0.3 s of threads was charged 0.18 s.
+        # Non-zero is what tells the sums from the kernels that leave them at zero.
+        assert ticks >= 0.05
     else:  # kernels before the "retain dead thread stats" fix: sums left at zero
         assert ticks == 0
     # the exact runtime is summed by every kernel
