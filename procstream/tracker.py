@@ -174,7 +174,7 @@ class NewProc:
     id: ProcId
     static: ProcStatic
     #: the program it ran when judged: an ignored process is judged anew once this changes
-    mark: ExecMark | None = None
+    mark: ExecMark
 
 
 @dataclass(slots=True)
