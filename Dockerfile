@@ -18,6 +18,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /src
 COPY pyproject.toml README* ./
 COPY procstream ./procstream
+COPY web ./web
 RUN pip install . && rm -rf /src
 WORKDIR /
 

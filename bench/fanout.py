@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
@@ -246,8 +246,8 @@ class Churn:
 async def run_phase(phase: Phase, args: argparse.Namespace) -> None:
     from websockets.asyncio.server import broadcast, serve
 
-    from procstream.hub import Hub
-    from procstream.server import ProcstreamServer, ServerConfig
+    from procstream.stream.hub import Hub
+    from procstream.serve.server import ProcstreamServer, ServerConfig
 
     churn = Churn(args.population, "x" * args.pad)
     conns: set[Any] = set()

@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from procstream import netlink as nl  # noqa: E402
-from procstream import taskstats as tsm  # noqa: E402
+from procstream.netlink import connector as nl  # noqa: E402
+from procstream.netlink import taskstats as tsm  # noqa: E402
 
 __all__ = ["main"]
 

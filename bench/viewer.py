@@ -2,7 +2,7 @@
 
     python bench/viewer.py [--groups 2000] [--rate 200] [--interval 1] [--seconds 15]
 
-A real ``ProcstreamServer`` (in this process, port 0, serving ``procstream/web``) is fed
+A real ``ProcstreamServer`` (in this process, port 0, serving ``web/``) is fed
 by a synthetic producer: ``--groups`` groups with two processes each, a ``group.update``
 for every group each poll (the worst case: all of them changed) plus a ``cycle``, and
 ``--rate`` process events per second (half starts, half exits, spread over the second
@@ -39,8 +39,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from procstream.hub import Hub  # noqa: E402
-from procstream.server import ProcstreamServer, ServerConfig  # noqa: E402
+from procstream.stream.hub import Hub  # noqa: E402
+from procstream.serve.server import ProcstreamServer, ServerConfig  # noqa: E402
 
 __all__ = ["main"]
 

@@ -12,19 +12,11 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .config import ConfigError, Config, default_config, load_config
-from .events import EventBuilder
-from .grouper import Grouper
-from .procfs import FS, ProcfsError
-from .redact import RedactPatternError, Redactor
 from .tail import add_arguments as add_tail_arguments
 from .tail import run as run_tail
+from .wiring import UsageError, build_core
 
-__all__ = ["build_parser", "main", "UsageError", "load_namer", "build_core"]
-
-
-class UsageError(Exception):
-    """A user error that ends the program with exit code 2 and this message."""
+__all__ = ["build_parser", "main"]
 
 
 def _add_core_options(p: argparse.ArgumentParser) -> None:
@@ -117,42 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_namer(path: str | None) -> Config:
-    """The config file's rules, or process-exporter's packaged default."""
-    if path is None:
-        return default_config()
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        raise UsageError(f"bad config: {exc}") from exc
-
-
-def build_core(args: argparse.Namespace) -> tuple[FS, Grouper, EventBuilder]:
-    """The /proc reader, the grouper and the event builder the options ask for."""
-    namer = load_namer(args.config)
-    try:
-        fs = FS(args.procfs)
-    except ProcfsError as exc:
-        raise UsageError(f"cannot read --procfs: {exc}") from exc
-    try:
-        redactor = Redactor(args.redact, drop_cmdline=args.no_cmdline)
-    except RedactPatternError as exc:
-        raise UsageError(str(exc)) from exc
-    grouper = Grouper(
-        namer,
-        track_children=args.children,
-        remove_empty_groups=args.remove_empty_groups,
-        recheck=args.recheck,
-    )
-    builder = EventBuilder(username=grouper.username, redact=redactor)
-    return fs, grouper, builder
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":
-            from .app import run as run_serve
+            from .serve.service import run as run_serve
 
             return run_serve(args)
         if args.command == "tail":

@@ -32,8 +32,8 @@ from typing import Any, Protocol
 
 import yaml
 
-from .goregex import GoRegex, GoRegexError, compile_go
-from .gotemplate import (
+from ._go.regex import GoRegex, GoRegexError, compile_go
+from ._go.template import (
     NO_VALUE,
     Field,
     TemplateError,

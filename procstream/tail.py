@@ -27,7 +27,7 @@ import orjson
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from .protocol import ProtocolError, expand_types
+from .stream.protocol import ProtocolError, expand_types
 
 __all__ = ["tail", "run", "add_arguments", "build_url", "TailState", "main"]
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
-from tests._procfs_util import make_fake_proc
+from tests.support.fake_proc_tree import make_fake_proc
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser

@@ -5,7 +5,7 @@ import pytest
 
 from procstream.events import EventBuilder, group_fields
 from procstream.grouper import Grouper
-from tests.fakes import BOOT, HZ, ByName, Clock, fake
+from tests.support.fake_procs import BOOT, HZ, ByName, Clock, fake
 
 GROUP_KEYS = {
     "group", "procs", "threads", "cpu_s", "cpu_user_s", "cpu_system_s", "cpu_pct",

@@ -6,7 +6,7 @@ import pytest
 
 from procstream.grouper import Grouper
 from procstream.procfs.models import States
-from tests.fakes import BOOT, HZ, ByName, Clock, fake
+from tests.support.fake_procs import BOOT, HZ, ByName, Clock, fake
 
 
 def grouper(*names: str, **kw) -> Grouper:

@@ -13,7 +13,8 @@ import pytest
 from procstream.config import parse_config
 from procstream.grouper import Grouper
 from procstream.procfs import FS
-from tests.util import running, wait_for
+from tests.support.processes import running
+from tests.support.waiting import wait_for
 
 BURN = """
 import sys, time

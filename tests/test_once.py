@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 
-from tests.util import running
+from tests.support.processes import running
 
 GROUP_KEYS = {
     "group", "procs", "threads", "cpu_s", "cpu_user_s", "cpu_system_s", "cpu_pct",

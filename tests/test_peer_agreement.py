@@ -18,7 +18,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.util import free_port, running, stop, wait_for
+from tests.support.network import free_port
+from tests.support.processes import running, stop
+from tests.support.waiting import wait_for
 
 EXPORTER = shutil.which("prometheus-process-exporter")
 if EXPORTER is None and os.environ.get("PROCSTREAM_SKIP_PEER") == "1":

@@ -18,8 +18,8 @@ from typing import Any
 import orjson
 import pytest
 
-from procstream.hub import Hub
-from procstream.server import ProcstreamServer, ServerConfig, http_response
+from procstream.stream.hub import Hub
+from procstream.serve.server import ProcstreamServer, ServerConfig, http_response
 from procstream.tail import TailState, build_url, tail
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ import pytest
 from procstream.procfs.errors import ProcfsParseError
 from procstream.procfs.models import ProcId
 from procstream.tracker import Counts, Tracker, info
-from tests.fakes import Clock, fake
+from tests.support.fake_procs import Clock, fake
 
 
 def decide_all(tracker: Tracker, report, group: str = "g") -> None:

@@ -1,0 +1,561 @@
+"""Kernel process events: every start and exit as it happens, with exit codes.
+
+A poller only sees processes alive at a poll. Here the kernel tells us: the proc
+connector (:mod:`procstream.netlink`) reports each exec and exit with its wait status,
+and TASKSTATS (:mod:`procstream.taskstats`), when available, each exit's final usage.
+
+Rules:
+- One reader thread waits on both sockets. On an exec it reads the new process's /proc
+  files at once (a 5 ms process is gone by the time anyone else looks); on an exit it
+  reads the final counters while /proc still lists the process, else takes them from
+  TASKSTATS (paired by pid and start time).
+- Everything that touches tracker/grouper state runs on the poll thread
+  (``Poller.submit``), one batch at a time, in arrival order; the resulting events are
+  published like a poll's.
+- Exactly one ``proc.start`` and one ``proc.exit`` per process, whichever source sees it
+  first: a process is tracked once (``Tracker.track``), by a poll or by an exec; an exit
+  the kernel reports retires it (and keeps its zombie from coming back as new); an exit a
+  poll finds first is held back one interval (``ExitHold``), waiting for the kernel's
+  report, which carries the exit code, and only then released as a ``poll`` exit.
+- A process that lived and died between polls without being read (fork-only children,
+  or gone before its exec could be read) is still reported, start and exit together,
+  named from what the zombie or TASKSTATS tell (a fork-only child shares its parent's
+  command line).
+- Lost kernel events (ENOBUFS, sequence gaps) are counted and trigger an immediate full
+  poll to resynchronise; the service never stops for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import select
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Union
+
+from ..events import Event, EventBuilder
+from ..grouper import Grouper, GrouperUpdate
+from ..netlink.connector import ConnectorError, EventsLost, ExecEvent, ExitEvent, ProcConnector, monotonic_ns_to_epoch
+from ..netlink.connector import probe as probe_connector
+from .poll import Poller
+from ..procfs import FS, READ_ERRORS, FixedProc, ProcId, ProcIdInfo, ProcMetrics, ProcStatic, States
+from ..netlink.taskstats import TaskExit, TaskstatsError, TaskstatsListener
+from ..netlink.taskstats import EventsLost as TaskstatsLost
+from ..tracker import TrackedProc
+
+__all__ = ["KStart", "KExit", "KLost", "KernelApplier", "ExitHold", "KernelSource", "choose_source"]
+
+log = logging.getLogger(__name__)
+
+
+# -- what the reader thread hands over ---------------------------------------------------
+
+
+@dataclass(slots=True)
+class KStart:
+    """A process exec'd; ``proc`` is what /proc said right then (None if already gone)."""
+
+    ts: float
+    pid: int
+    proc: FixedProc | None
+
+
+@dataclass(slots=True)
+class KExit:
+    """A process exited, with its wait status decoded and its last readable state."""
+
+    ts: float
+    pid: int
+    exit_code: int | None
+    signal: int | None
+    core_dumped: bool
+    #: /proc read at the exit (identity + final counters), None when already reaped
+    proc: FixedProc | None
+    #: the kernel's final accounting, when TASKSTATS is on
+    stats: TaskExit | None = None
+
+
+@dataclass(slots=True)
+class KLost:
+    """The kernel dropped events (we fell behind)."""
+
+    count: int
+    reason: str
+
+
+KItem = Union[KStart, KExit, KLost]
+
+
+def read_now(fs: FS, pid: int, *, cgroups: bool = False, exact_cpu: bool = False) -> FixedProc | None:
+    """Everything a poll would read of a process, read immediately.
+
+    ``exact_cpu`` (for an exit) replaces the 10 ms ticks of ``stat`` with the scheduler's
+    exact runtime when the process is single-threaded: for a process that lived 100 ms,
+    ticks alone can miss a tenth of its CPU.
+    """
+    proc = fs.proc(pid)
+    try:
+        pid_id = proc.proc_id()
+        static = proc.static(cgroups=cgroups)
+        metrics = proc.metrics()
+        if exact_cpu and metrics.num_threads == 1:
+            metrics = _with_runtime(metrics, proc.runtime_ns())
+    except READ_ERRORS:
+        return None
+    try:
+        limit = proc.fd_limit()
+    except READ_ERRORS:
+        limit = 0
+    return FixedProc(ProcIdInfo(pid_id, static, metrics), limit=limit, mark=proc.exec_mark())
+
+
+def _with_runtime(m: ProcMetrics, runtime_ns: int) -> ProcMetrics:
+    """``m`` with its CPU total set to ``runtime_ns``, split like the kernel's
+    ``cputime_adjust`` (in the proportion of the user/system ticks)."""
+    total = runtime_ns / 1e9
+    ticks = m.cpu_user + m.cpu_system
+    if total <= ticks:
+        return m
+    user = total if ticks == 0 else total * m.cpu_user / ticks
+    return replace(m, cpu_user=user, cpu_system=total - user)
+
+
+# -- on the poll thread -------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Held:
+    tp: TrackedProc
+    until: float
+
+
+class ExitHold:
+    """Exits a poll found, held back until the kernel reports them or time runs out.
+
+    The kernel's report carries the exit code, so it should win; but if it never comes
+    (the event was lost), the poll's exit is released after ``grace`` seconds.
+    """
+
+    def __init__(self, grace: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.grace = grace
+        self.clock = clock
+        self._held: dict[int, _Held] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def hold(self, update: GrouperUpdate) -> None:
+        """Take the poll's exits; put back those whose time is up. Call after each poll."""
+        now = self.clock()
+        released = [h.tp for pid, h in list(self._held.items()) if h.until <= now]
+        for tp in released:
+            del self._held[tp.pid]
+        for tp in update.exited:
+            self._held[tp.pid] = _Held(tp, now + self.grace)
+        update.exited = released
+
+    def take(self, pid: int) -> TrackedProc | None:
+        """The held exit of ``pid``, if any (the kernel just reported it)."""
+        held = self._held.pop(pid, None)
+        return held.tp if held is not None else None
+
+
+def _with_stats(m: ProcMetrics, stats: TaskExit) -> ProcMetrics:
+    """Sample ``m`` with TASKSTATS' final counters. TASKSTATS never sums I/O and faults
+    over threads, so for those the larger value wins."""
+    return replace(
+        m,
+        cpu_user=stats.cpu_user_s,
+        cpu_system=stats.cpu_system_s,
+        read_bytes=max(stats.read_bytes, m.read_bytes),
+        write_bytes=max(stats.write_bytes, m.write_bytes),
+        major_faults=max(stats.majflt, m.major_faults),
+        minor_faults=max(stats.minflt, m.minor_faults),
+        ctx_voluntary=max(stats.nvcsw, m.ctx_voluntary),
+        ctx_nonvoluntary=max(stats.nivcsw, m.ctx_nonvoluntary),
+    )
+
+
+_ZOMBIE = ProcMetrics(0.0, 0.0, 0, 0, 0, 0, states=States(zombie=1))
+
+
+def _final_from_stats(tp: TrackedProc, stats: TaskExit) -> ProcMetrics | None:
+    """The last sample with TASKSTATS' final counters, if the record is this process's."""
+    if not stats.matches_start(tp.static.start_time):
+        return None
+    if tp.metrics.num_threads > 1 and not stats.summed:
+        return None  # the kernel's process record lacks the threads' sums
+    return _with_stats(tp.metrics, stats)
+
+
+class KernelApplier:
+    """Applies kernel events to the grouper and builds their events (poll thread only)."""
+
+    def __init__(
+        self, grouper: Grouper, builder: EventBuilder, hold: ExitHold, boot_time: float, clock_ticks: int
+    ) -> None:
+        self.grouper = grouper
+        self.builder = builder
+        self.hold = hold
+        self.boot_time = boot_time
+        self.clock_ticks = clock_ticks
+        self.starts = 0
+        self.exits = 0
+        self.lost = 0
+
+    def apply(self, items: list[KItem]) -> list[Event]:
+        events: list[Event] = []
+        for item in items:
+            if isinstance(item, KStart):
+                self._start(item, events)
+            elif isinstance(item, KExit):
+                self._exit(item, events)
+            else:
+                self.lost += item.count
+        return events
+
+    def _start(self, item: KStart, events: list[Event]) -> None:
+        if item.proc is None:
+            return  # gone already: its exit will tell what it was
+        tp = self.grouper.admit(item.proc, source="netlink")
+        if tp is not None:
+            self.starts += 1
+            events.append(self.builder.proc_start(tp, item.ts, source="netlink"))
+
+    def _exit(self, item: KExit, events: list[Event]) -> None:
+        tracker = self.grouper.tracker
+        final: ProcMetrics | None = None
+        # A poll that already found this pid gone holds its exit: this report is that
+        # process's (whatever may have reused the pid since is still alive).
+        tp = self.hold.take(item.pid)
+        if tp is not None:
+            final = self._final(tp, item)
+            if final is not None:
+                self.grouper.account_exit(tp, final)
+        else:
+            pid_id = tracker.known(item.pid)
+            if pid_id is not None and not self._same_process(pid_id, item):
+                pid_id = None  # the pid was already reused: this exit is of the older process
+            if pid_id is not None and pid_id in tracker.tracked:
+                final = self._final(tracker.tracked[pid_id], item)
+                tp = self.grouper.retire(pid_id, final)
+            elif pid_id is not None:
+                return  # an ignored process: nobody asked about it
+            else:
+                tp = self._unseen(item, events)
+        if tp is None:
+            return
+        self.exits += 1
+        lifetime = None
+        if item.stats is not None and item.stats.matches_start(tp.static.start_time):
+            lifetime = item.stats.lifetime_s
+        events.append(
+            self.builder.proc_exit(
+                tp,
+                item.ts,
+                source="netlink",
+                exit_code=item.exit_code,
+                signal=item.signal,
+                core_dumped=item.core_dumped,
+                lifetime_s=lifetime,
+            )
+        )
+
+    def _same_process(self, pid_id: ProcId, item: KExit) -> bool:
+        """Is the exit of the process we know under this pid (not of a predecessor)?"""
+        if item.proc is not None:
+            return item.proc.info.id == pid_id
+        if item.stats is not None:
+            tp = self.grouper.tracker.tracked.get(pid_id)
+            if tp is not None:
+                return item.stats.matches_start(tp.static.start_time, tolerance=2.0)
+        return True
+
+    def _final(self, tp: TrackedProc, item: KExit) -> ProcMetrics | None:
+        if item.proc is not None and item.proc.info.id == tp.id:
+            return item.proc.info.metrics
+        if item.stats is not None:
+            return _final_from_stats(tp, item.stats)
+        return None
+
+    def _unseen(self, item: KExit, events: list[Event]) -> TrackedProc | None:
+        """A process nobody saw alive: admit it now, from its last traces, and retire it."""
+        proc = item.proc
+        if proc is None and item.stats is not None:
+            proc = self._from_stats(item.stats, item.ts)
+        if proc is None:
+            return None
+        static = proc.info.static
+        if not static.cmdline:
+            # a fork-only child (or a zombie) shows no argv: it is its parent's copy
+            parent_id = self.grouper.tracker.known(static.parent_pid)
+            parent = self.grouper.tracker.tracked.get(parent_id) if parent_id else None
+            if parent is not None:
+                static = ProcStatic(
+                    static.name, parent.static.cmdline, static.parent_pid, static.start_time, static.uid, static.cgroups
+                )
+                proc = FixedProc(ProcIdInfo(proc.info.id, static, proc.info.metrics), limit=proc.limit)
+        tp = self.grouper.admit(proc, source="netlink")
+        if tp is None:
+            return None
+        self.starts += 1
+        events.append(self.builder.proc_start(tp, static.start_time, source="netlink"))
+        return self.grouper.retire(tp.id, proc.info.metrics)
+
+    def _from_stats(self, stats: TaskExit, exit_ts: float) -> FixedProc:
+        """Identity and final counters of a reaped process, from its TASKSTATS record."""
+        start = exit_ts - stats.etime_us / 1e6 if stats.etime_us else float(stats.btime)
+        ticks = int(round((start - self.boot_time) * self.clock_ticks))
+        static = ProcStatic(name=stats.comm, cmdline=(), parent_pid=stats.ppid, start_time=start, uid=stats.uid)
+        return FixedProc(ProcIdInfo(ProcId(stats.pid, ticks), static, _with_stats(_ZOMBIE, stats)))
+
+
+# -- the reader thread and the asyncio glue ------------------------------------------------
+
+
+@dataclass
+class KernelStats:
+    """Counters for /metrics and the cycle events."""
+
+    events: int = 0
+    lost: int = 0
+    lost_since_cycle: int = 0
+    dropped_backlog: int = 0
+    taskstats: bool = False
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+
+class KernelSource:
+    """Runs the kernel event path next to a poller. ``open()`` then ``start()``;
+    ``close()`` to stop. ``open()`` raises ``ConnectorError`` when the connector can't
+    be used (the caller then falls back to polling alone)."""
+
+    MAX_BACKLOG = 100_000
+    TASKSTATS_KEEP = 8192
+
+    def __init__(
+        self,
+        fs: FS,
+        poller: Poller,
+        builder: EventBuilder,
+        publish: Callable[[list[Event]], None],
+        *,
+        use_taskstats: bool = True,
+        connector_factory: Callable[[], ProcConnector] = ProcConnector,
+        taskstats_factory: Callable[[], TaskstatsListener] = TaskstatsListener,
+    ) -> None:
+        self.fs = fs
+        self.poller = poller
+        self.grouper = poller.grouper
+        self.publish = publish
+        self.stats = KernelStats()
+        self.hold = ExitHold(grace=max(poller.interval, 0.5))
+        self.applier = KernelApplier(self.grouper, builder, self.hold, fs.boot_time_precise, fs.clock_ticks)
+        self._use_taskstats = use_taskstats
+        self._connector_factory = connector_factory
+        self._taskstats_factory = taskstats_factory
+        self._connector: ProcConnector | None = None
+        self._taskstats: TaskstatsListener | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._wake_r, self._wake_w = -1, -1
+        self._queue: asyncio.Queue[list[KItem]] | None = None
+        self._backlog = 0
+        self._consumer: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._exit_stats: OrderedDict[int, TaskExit] = OrderedDict()
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Subscribe to the kernel (raises ``ConnectorError``); TASKSTATS is optional."""
+        connector = self._connector_factory()
+        connector.open()
+        self._connector = connector
+        if self._use_taskstats:
+            try:
+                listener = self._taskstats_factory()
+                listener.open()
+                self._taskstats = listener
+                self.stats.taskstats = True
+            except (TaskstatsError, OSError) as exc:
+                log.warning("TASKSTATS unavailable (%s): exits keep their code, but usage after the last poll "
+                            "is only counted when /proc still shows the process", exc)
+
+    def start(self) -> None:
+        """Start reading (on the running loop). Poll exits are held from now on."""
+        if self._connector is None:
+            raise RuntimeError("open() first")
+        self._loop = asyncio.get_running_loop()
+        self._queue = asyncio.Queue()
+        self._wake_r, self._wake_w = os.pipe()
+        self.poller.on_update = self.hold.hold
+        self.poller.extra_cycle = self._cycle_fields
+        self._consumer = asyncio.create_task(self._consume(), name="procstream-kernel")
+        self._thread = threading.Thread(target=self._read_loop, name="procstream-kernel-reader", daemon=True)
+        self._thread.start()
+
+    async def close(self) -> None:
+        self._stopping.set()
+        if self._wake_w >= 0:
+            os.write(self._wake_w, b"x")
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 2.0)
+        if self._consumer is not None:
+            self._consumer.cancel()
+            await asyncio.gather(self._consumer, return_exceptions=True)
+        for sock in (self._connector, self._taskstats):
+            if sock is not None:
+                sock.close()
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+
+    def _cycle_fields(self) -> dict[str, Any]:
+        lost, self.stats.lost_since_cycle = self.stats.lost_since_cycle, 0
+        return {"source": "netlink", "lost_events": lost}
+
+    # -- reader thread ----------------------------------------------------------------
+
+    READER_NICE = -10
+
+    def _read_loop(self) -> None:
+        # A process that lives 5 ms must be read within 5 ms of its exec: on a busy host
+        # that takes a head start over ordinary threads (Linux nice is per thread).
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.READER_NICE)
+        except OSError:
+            log.debug("could not raise the kernel reader's priority (needs CAP_SYS_NICE)")
+        connector = self._connector
+        assert connector is not None
+        fds: list[Any] = [connector, self._wake_r]
+        if self._taskstats is not None:
+            fds.append(self._taskstats)
+        tracker = self.grouper.tracker
+        while not self._stopping.is_set():
+            try:
+                readable, _, _ = select.select(fds, [], [], 1.0)
+            except OSError as exc:
+                log.error("kernel event reader stopped: %s", exc)
+                return
+            if self._stopping.is_set():
+                return
+            if self._taskstats is not None:
+                self._read_taskstats()
+            if connector not in readable:
+                continue
+            items: list[KItem] = []
+            cgroups = tracker.read_cgroups  # a config reload may change what names need
+            for ev in connector.read_events():
+                item = self._convert(ev, cgroups)
+                if item is not None:
+                    items.append(item)
+            if items:
+                self._hand_over(items)
+
+    def _read_taskstats(self) -> None:
+        assert self._taskstats is not None
+        keep = self._exit_stats
+        for rec in self._taskstats.read_events():
+            if isinstance(rec, TaskstatsLost):
+                continue  # only the usage of those exits is lost; their exits still come
+            if rec.is_thread and rec.aggregate == "pid":
+                continue
+            if rec.aggregate == "pid" and not rec.group_dead and rec.tgid and rec.tgid != rec.pid:
+                continue
+            keep[rec.tgid or rec.pid] = rec
+            keep.move_to_end(rec.tgid or rec.pid)
+            while len(keep) > self.TASKSTATS_KEEP:
+                keep.popitem(last=False)
+
+    def _convert(self, ev: Any, cgroups: bool) -> KItem | None:
+        if isinstance(ev, EventsLost):
+            count = ev.count or 1
+            self.stats.lost += count
+            self.stats.lost_since_cycle += count
+            return KLost(count, ev.reason)
+        if isinstance(ev, ExecEvent):
+            if ev.is_thread:
+                return None
+            self._count("exec")
+            return KStart(monotonic_ns_to_epoch(ev.ts_ns), ev.pid, read_now(self.fs, ev.pid, cgroups=cgroups))
+        if isinstance(ev, ExitEvent):
+            if ev.is_thread:
+                return None
+            self._count("exit")
+            proc = read_now(self.fs, ev.pid, cgroups=cgroups, exact_cpu=True)
+            stats = self._exit_stats.pop(ev.pid, None)
+            if stats is None and self._taskstats is not None:
+                self._read_taskstats()  # the record is queued before the exit event
+                stats = self._exit_stats.pop(ev.pid, None)
+            return KExit(
+                monotonic_ns_to_epoch(ev.ts_ns), ev.pid, ev.exit_code, ev.signal, ev.core_dumped, proc, stats
+            )
+        return None
+
+    def _count(self, kind: str) -> None:
+        self.stats.events += 1
+        self.stats.by_kind[kind] = self.stats.by_kind.get(kind, 0) + 1
+
+    def _hand_over(self, items: list[KItem]) -> None:
+        loop = self._loop
+        assert loop is not None
+        try:
+            loop.call_soon_threadsafe(self._enqueue, items)
+        except RuntimeError:
+            pass  # the loop is closing
+
+    # -- event loop -------------------------------------------------------------------
+
+    def _enqueue(self, items: list[KItem]) -> None:
+        assert self._queue is not None
+        if self._backlog + len(items) > self.MAX_BACKLOG:
+            # The poll thread can't keep up (a fork storm during a slow poll): drop,
+            # count, and let a full poll resynchronise instead of growing without bound.
+            self.stats.dropped_backlog += len(items)
+            self.stats.lost += len(items)
+            self.stats.lost_since_cycle += len(items)
+            self.poller.request_poll()
+            return
+        self._backlog += len(items)
+        self._queue.put_nowait(items)
+
+    async def _consume(self) -> None:
+        assert self._queue is not None
+        queue = self._queue
+        while True:
+            items = await queue.get()
+            while not queue.empty():
+                items.extend(queue.get_nowait())
+            self._backlog -= len(items)
+            if any(isinstance(i, KLost) for i in items):
+                self.poller.request_poll()
+            try:
+                events = await self.poller.submit(self.applier.apply, items)
+            except Exception:
+                log.exception("applying kernel events failed; a poll will resynchronise")
+                self.poller.request_poll()
+                continue
+            if events:
+                self.publish(events)
+
+
+def choose_source(choice: str, procfs: str) -> tuple[bool, str]:
+    """(use the kernel source?, why) for ``--source auto|poll|netlink``.
+
+    ``netlink`` when not permitted raises ``ConnectorError`` with the reason.
+    """
+    if choice == "poll":
+        return False, "--source poll"
+    ok, reason = probe_connector(procfs)
+    if ok:
+        return True, "kernel process events (netlink proc connector) available"
+    if choice == "netlink":
+        raise ConnectorError(reason)
+    return False, reason

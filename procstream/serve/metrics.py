@@ -1,0 +1,389 @@
+"""``GET /metrics``: process-exporter's families from the latest poll, plus self-metrics.
+
+Rules:
+- A scrape never reads /proc for the host's processes. The poller hands every good poll's
+  groups to :meth:`MetricsCollector.on_poll` (on its worker thread), which swaps in one
+  immutable :class:`PollView`; a scrape reads whatever view is current. No lock: replacing
+  a reference is atomic, and nothing in a view is mutated after it is published.
+- The ``namedprocess_*`` families, their label names and HELP texts are
+  process-exporter's (``collector/process_collector.go``, run with ``-threads=false
+  -gather-smaps=false``), so existing dashboards and alerts keep working. Not provided:
+  ``namedprocess_namegroup_threads_wchan`` (it needs every thread's
+  ``/proc/PID/task/TID/wchan`` at every poll).
+- ``oldest_start_time_seconds`` is whole seconds like process-exporter's; for a group
+  that is empty it is 0 (process-exporter reports Go's zero time, -62135596800).
+- The three ``namedprocess_scrape_*`` counters have no ``_total`` suffix in
+  process-exporter. prometheus_client always appends ``_total`` to a counter family, so
+  the collector yields them untyped under their exact names and :func:`render` turns their
+  ``TYPE`` lines back into ``counter`` — the exposition itself is prometheus_client's.
+- Self-metrics are ``procstream_*``: subscribers, events by type, overflows, resets,
+  slow-consumer closes, poll duration histogram and poll counts, kernel event counts,
+  event log counters, authorization refusals, build info.
+- Only the classic text format (0.0.4) is served, as process-exporter does.
+
+Usage::
+
+    collector = MetricsCollector(hub=hub, poll_status=poller.status, server_stats=srv.stats)
+    poller.on_poll = collector.on_poll
+    server.add_route("/metrics", metrics_route(make_registry(collector)))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import math
+import platform
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from prometheus_client import PlatformCollector, ProcessCollector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector, CollectorRegistry
+from websockets.http11 import Request, Response
+
+from .. import __version__
+from ..stream.eventlog import EventLog
+from ..grouper import GroupCounts, GrouperUpdate
+from ..stream.hub import HubStats
+from ..collect.kernel import KernelStats
+from ..collect.poll import PollStatus
+from .server import RouteHandler, ServerStats, http_response
+
+__all__ = [
+    "CONTENT_TYPE",
+    "POLL_DURATION_BUCKETS",
+    "PollView",
+    "MetricsCollector",
+    "make_registry",
+    "render",
+    "metrics_route",
+]
+
+#: process-exporter serves the classic text format; so do we.
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+
+#: Upper bounds (seconds) of the poll duration histogram's buckets.
+POLL_DURATION_BUCKETS: Final[tuple[float, ...]] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+
+_NG: Final = "namedprocess_namegroup_"
+_GROUP: Final = ["groupname"]
+
+#: Counters process-exporter names without ``_total`` (see the module notes).
+_COUNTERS_WITHOUT_TOTAL: Final = (
+    "namedprocess_scrape_errors",
+    "namedprocess_scrape_procread_errors",
+    "namedprocess_scrape_partial_errors",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PollView:
+    """What the latest good poll left for scrapes. Immutable: replaced, never changed."""
+
+    time: float
+    groups: Mapping[str, GroupCounts]
+    #: totals since start: processes unreadable or unparsable / partly unreadable /
+    #: not permitted (process-exporter's procread and partial errors, and ours)
+    read_errors: int
+    partial_errors: int
+    permission_errors: int
+    tracked: int
+    #: poll duration histogram: count per bucket (not cumulative; last = +Inf), sum
+    buckets: tuple[int, ...]
+    duration_sum: float
+
+    @property
+    def duration_count(self) -> int:
+        return sum(self.buckets)
+
+
+_EMPTY_VIEW: Final = PollView(
+    time=0.0,
+    groups={},
+    read_errors=0,
+    partial_errors=0,
+    permission_errors=0,
+    tracked=0,
+    buckets=(0,) * (len(POLL_DURATION_BUCKETS) + 1),
+    duration_sum=0.0,
+)
+
+
+class MetricsCollector(Collector):
+    """A prometheus_client collector over the latest poll and the service's counters.
+
+    Call :meth:`on_poll` from the poll thread after every good poll (it is the poller's
+    ``on_poll`` hook). ``collect()`` (a scrape) may run on any thread: it reads the
+    current :class:`PollView` and copies the live counters it reports.
+
+    The sources are optional so the collector works in any composition; ``kernel`` and
+    ``eventlog`` are callables because the kernel source is started after the server.
+    """
+
+    def __init__(
+        self,
+        *,
+        hub_stats: HubStats | None = None,
+        server_stats: ServerStats | None = None,
+        poll_status: PollStatus | None = None,
+        kernel: Callable[[], KernelStats | None] | None = None,
+        eventlog: Callable[[], EventLog | None] | None = None,
+        refusals: Callable[[], Mapping[str, int]] | None = None,
+        source: Callable[[], str] | None = None,
+    ) -> None:
+        self.hub_stats = hub_stats
+        self.server_stats = server_stats
+        self.poll_status = poll_status
+        self.kernel = kernel
+        self.eventlog = eventlog
+        self.refusals = refusals
+        self.source = source
+        self._view: PollView = _EMPTY_VIEW
+
+    # -- poll thread -------------------------------------------------------------------
+
+    def on_poll(self, update: GrouperUpdate, groups: dict[str, GroupCounts], duration: float) -> None:
+        """Publish one good poll (poll thread only: the poller is the only writer)."""
+        prev = self._view
+        buckets = list(prev.buckets)
+        buckets[bisect.bisect_left(POLL_DURATION_BUCKETS, duration)] += 1
+        errs = update.errors
+        # One reference swap: a scrape sees the previous view or this one, never a mix.
+        self._view = PollView(
+            time=update.time,
+            groups=groups,
+            read_errors=prev.read_errors + errs.read,
+            partial_errors=prev.partial_errors + errs.partial,
+            permission_errors=prev.permission_errors + errs.permission,
+            tracked=update.tracked,
+            buckets=tuple(buckets),
+            duration_sum=prev.duration_sum + duration,
+        )
+
+    @property
+    def view(self) -> PollView:
+        """The latest poll's view (for tests and other readers)."""
+        return self._view
+
+    # -- scrape ------------------------------------------------------------------------
+
+    def collect(self) -> Iterator[Metric]:
+        view = self._view
+        yield from self._namegroup(view)
+        yield from self._scrape_errors(view)
+        yield from self._self_metrics(view)
+
+    def _namegroup(self, view: PollView) -> Iterator[Metric]:
+        num_procs = GaugeMetricFamily(_NG + "num_procs", "number of processes in this group", labels=_GROUP)
+        cpu = CounterMetricFamily(_NG + "cpu_seconds", "Cpu user usage in seconds", labels=["groupname", "mode"])
+        read = CounterMetricFamily(_NG + "read_bytes", "number of bytes read by this group", labels=_GROUP)
+        write = CounterMetricFamily(_NG + "write_bytes", "number of bytes written by this group", labels=_GROUP)
+        major = CounterMetricFamily(_NG + "major_page_faults", "Major page faults", labels=_GROUP)
+        minor = CounterMetricFamily(_NG + "minor_page_faults", "Minor page faults", labels=_GROUP)
+        ctx = CounterMetricFamily(_NG + "context_switches", "Context switches", labels=["groupname", "ctxswitchtype"])
+        mem = GaugeMetricFamily(_NG + "memory_bytes", "number of bytes of memory in use", labels=["groupname", "memtype"])
+        fds = GaugeMetricFamily(
+            _NG + "open_filedesc", "number of open file descriptors for this group", labels=_GROUP
+        )
+        worst = GaugeMetricFamily(
+            _NG + "worst_fd_ratio",
+            "the worst (closest to 1) ratio between open fds and max fds among all procs in this group",
+            labels=_GROUP,
+        )
+        oldest = GaugeMetricFamily(
+            _NG + "oldest_start_time_seconds",
+            "start time in seconds since 1970/01/01 of oldest process in group",
+            labels=_GROUP,
+        )
+        threads = GaugeMetricFamily(_NG + "num_threads", "Number of threads", labels=_GROUP)
+        states = GaugeMetricFamily(
+            _NG + "states",
+            "Number of processes in states Running, Sleeping, Waiting, Zombie, or Other",
+            labels=["groupname", "state"],
+        )
+        for name, g in view.groups.items():
+            c = g.counts
+            label = [name]
+            num_procs.add_metric(label, g.procs)
+            cpu.add_metric([name, "user"], c.cpu_user)
+            cpu.add_metric([name, "system"], c.cpu_system)
+            read.add_metric(label, c.read_bytes)
+            write.add_metric(label, c.write_bytes)
+            major.add_metric(label, c.major_faults)
+            minor.add_metric(label, c.minor_faults)
+            ctx.add_metric([name, "voluntary"], c.ctx_voluntary)
+            ctx.add_metric([name, "nonvoluntary"], c.ctx_nonvoluntary)
+            m = g.memory
+            mem.add_metric([name, "resident"], m.resident_bytes)
+            mem.add_metric([name, "virtual"], m.virtual_bytes)
+            mem.add_metric([name, "swapped"], m.swapped_bytes)
+            fds.add_metric(label, g.open_fds)
+            worst.add_metric(label, g.worst_fd_ratio)
+            # process-exporter reports whole seconds (Go's Time.Unix()).
+            oldest.add_metric(label, math.floor(g.oldest_start_time))
+            threads.add_metric(label, g.num_threads)
+            s = g.states
+            states.add_metric([name, "Running"], s.running)
+            states.add_metric([name, "Sleeping"], s.sleeping)
+            states.add_metric([name, "Waiting"], s.waiting)
+            states.add_metric([name, "Zombie"], s.zombie)
+            states.add_metric([name, "Other"], s.other)
+        return iter((num_procs, cpu, read, write, major, minor, ctx, mem, fds, worst, oldest, threads, states))
+
+    def _scrape_errors(self, view: PollView) -> Iterator[Metric]:
+        failures = self.poll_status.failures if self.poll_status is not None else 0
+        helps = (
+            "general scrape errors: no proc metrics collected during a cycle",
+            "incremented each time a proc's metrics collection fails",
+            "incremented each time a tracked proc's metrics collection fails partially, e.g. unreadable I/O stats",
+        )
+        for name, help_text, value in zip(
+            _COUNTERS_WITHOUT_TOTAL, helps, (failures, view.read_errors, view.partial_errors)
+        ):
+            fam = Metric(name, help_text, "unknown")  # typed "counter" by render()
+            fam.add_sample(name, {}, float(value))
+            yield fam
+
+    def _self_metrics(self, view: PollView) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "procstream_build_info",
+            "procstream's version and Python's, always 1",
+            labels=["version", "python_version", "implementation"],
+        )
+        info.add_metric([__version__, platform.python_version(), platform.python_implementation()], 1)
+        yield info
+        if self.source is not None:
+            src = GaugeMetricFamily(
+                "procstream_event_source", "Where process events come from (1 for the one in use)", labels=["source"]
+            )
+            src.add_metric([self.source()], 1)
+            yield src
+
+        # -- polling
+        yield _counter("procstream_poll_read_errors", "Processes whose /proc files could not be read or parsed", view.read_errors)
+        yield _counter("procstream_poll_partial_errors", "Tracked processes with some optional /proc file unreadable (io, fd)", view.partial_errors)
+        yield _counter("procstream_poll_permission_errors", "Processes not permitted to be read at all", view.permission_errors)
+        yield _gauge("procstream_groups", "Groups reported by the latest poll", len(view.groups))
+        yield _gauge("procstream_tracked_procs", "Processes tracked after the latest poll", view.tracked)
+        yield _gauge("procstream_last_poll_timestamp_seconds", "Time of the latest good poll (0 before the first)", view.time)
+        hist = HistogramMetricFamily(
+            "procstream_poll_duration_seconds", "Time one poll took: scan /proc, update groups, build events"
+        )
+        cumulative = 0
+        buckets: list[tuple[str, float]] = []
+        for bound, count in zip((*POLL_DURATION_BUCKETS, math.inf), view.buckets):
+            cumulative += count
+            buckets.append(("+Inf" if bound == math.inf else repr(bound), cumulative))
+        hist.add_metric([], buckets, view.duration_sum)
+        yield hist
+        st = self.poll_status
+        if st is not None:
+            yield _counter("procstream_polls", "Good polls", st.polls)
+            yield _counter("procstream_poll_failures", "Polls that failed as a whole (e.g. /proc unreadable)", st.failures)
+            yield _counter("procstream_polls_skipped", "Poll ticks skipped because a poll overran its interval", st.skipped)
+            yield _gauge("procstream_poll_interval_seconds", "Configured seconds between polls", st.interval)
+
+        # -- the stream
+        hs = self.hub_stats
+        if hs is not None:
+            yield _gauge("procstream_subscribers", "WebSocket subscribers attached now", hs.subscribers)
+            yield _gauge("procstream_subscribers_lagging", "Subscribers behind the live stream now", hs.lagging)
+            yield _counter("procstream_subscribers_attached", "Subscribers attached since start", hs.subscribers_total)
+            by_type = CounterMetricFamily("procstream_events_published", "Events published, by type", labels=["type"])
+            for typ, n in sorted(dict(hs.events_by_type).items()):
+                by_type.add_metric([typ], n)
+            yield by_type
+            yield _counter("procstream_frames_sent", "WebSocket frames sent", hs.frames_sent)
+            yield _counter("procstream_sent_bytes", "Bytes of WebSocket frames sent", hs.bytes_sent)
+            yield _counter("procstream_snapshots_sent", "Snapshots sent to subscribers", hs.snapshots_sent)
+            yield _counter("procstream_resumes", "Subscriptions resumed from the buffer", hs.resumes)
+            resets = CounterMetricFamily("procstream_resets", "Resets sent instead of a resume, by reason", labels=["reason"])
+            for reason, n in sorted(dict(hs.resets).items()):
+                resets.add_metric([reason], n)
+            yield resets
+            yield _counter("procstream_overflows", "Times a subscriber fell behind its queue bound", hs.overflows)
+            yield _counter("procstream_overflow_dropped_events", "Events skipped for subscribers that overflowed", hs.events_dropped)
+            yield _counter("procstream_slow_consumer_closes", "Subscribers closed with 1013 for staying behind", hs.slow_consumer_closes)
+
+        ss = self.server_stats
+        if ss is not None:
+            yield _gauge("procstream_connections", "Open WebSocket connections", ss.connections)
+            yield _counter("procstream_http_requests", "HTTP requests, WebSocket handshakes included", ss.http_requests)
+            refused = CounterMetricFamily("procstream_refused_requests", "Requests refused, by reason", labels=["reason"])
+            reasons: dict[str, int] = {"max_clients": ss.refused_max_clients}
+            if self.refusals is not None:
+                reasons.update(self.refusals())
+            else:
+                reasons["authorize"] = ss.refused_authorize
+            for reason, n in sorted(reasons.items()):
+                refused.add_metric([reason], n)
+            yield refused
+            yield _counter("procstream_bad_frames", "Malformed or unknown inbound frames", ss.bad_frames)
+
+        # -- kernel events
+        ks = self.kernel() if self.kernel is not None else None
+        if ks is not None:
+            yield _counter("procstream_kernel_events", "Process events received from the kernel", ks.events)
+            yield _counter("procstream_kernel_events_lost", "Kernel process events lost (socket overruns)", ks.lost)
+            yield _counter("procstream_kernel_backlog_dropped", "Kernel events dropped past the backlog bound", ks.dropped_backlog)
+
+        # -- event log
+        log = self.eventlog() if self.eventlog is not None else None
+        if log is not None:
+            s = log.stats()
+            yield _counter("procstream_event_log_written", "Events written to the event log", s["events_written"])
+            yield _counter("procstream_event_log_write_errors", "Failed event log writes", s["write_errors"])
+            yield _counter("procstream_event_log_dropped", "Events not logged: queue full or not encodable", s["dropped"] + s["encode_errors"])
+            yield _counter("procstream_event_log_rotations", "Event log rotations", s["rotations"])
+
+
+def _counter(name: str, help_text: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, help_text, value=value)
+
+
+def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, help_text, value=value)
+
+
+def make_registry(collector: MetricsCollector, *, process: bool = True) -> CollectorRegistry:
+    """A registry with ``collector`` and, with ``process``, prometheus_client's
+    ``process_*`` (this process's own CPU, memory, fds: a few reads of /proc/self, never
+    of other processes) and ``python_info`` collectors."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    if process:
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The registry in the text format, with process-exporter's TYPE for the scrape counters."""
+    body = generate_latest(registry)
+    for name in _COUNTERS_WITHOUT_TOTAL:
+        body = body.replace(b"# TYPE %s untyped\n" % name.encode(), b"# TYPE %s counter\n" % name.encode(), 1)
+    return body
+
+
+def metrics_route(registry: CollectorRegistry) -> RouteHandler:
+    """The ``/metrics`` handler for :meth:`ProcstreamServer.add_route`.
+
+    Rendering runs on a worker thread, so a scrape of many groups never stalls the event
+    loop's fan-out for long; it only reads published views and copies counters.
+    """
+
+    async def handle(request: Request) -> Response:
+        body = await asyncio.to_thread(render, registry)
+        return http_response(200, body, CONTENT_TYPE)
+
+    return handle

@@ -1,0 +1,427 @@
+"""The procstream server: ``/ws`` and the HTTP routes on one port (DESIGN §5–6).
+
+Built on websockets' asyncio API; knows nothing of /proc. Every request — HTTP or
+WebSocket — passes through one seam, ``authorize(request) -> Response | None``, before
+routing (the token/Origin checks plug in there). Extra HTTP routes (``/metrics``) are
+added with :meth:`ProcstreamServer.add_route`.
+
+Usage::
+
+    hub = Hub(host=socket.gethostname(), interval=1.0)
+    async with ProcstreamServer(hub, ServerConfig(port=8765), health=poller.health) as srv:
+        await stop_event.wait()          # leaving the block closes every client with 1001
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import http
+import inspect
+import logging
+import mimetypes
+import os
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Union
+from urllib.parse import unquote
+
+import orjson
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from ..stream import protocol as P
+from ..stream.fanout import Housekeeper, WebSocketSink, close_bounded
+from ..stream.hub import SERVER_NAME, Hub
+from ..stream.protocol import AbuseGuard, Filter, ProtocolError, parse_frame, parse_query
+
+__all__ = [
+    "ProcstreamServer",
+    "ServerConfig",
+    "ServerStats",
+    "Health",
+    "Authorize",
+    "RouteHandler",
+    "http_response",
+    "json_response",
+    "DEFAULT_WEB_DIR",
+]
+
+log = logging.getLogger(__name__)
+
+
+def _web_dir() -> Path:
+    """The viewer: ``procstream/web`` in an installed wheel, ``web/`` in a checkout."""
+    package = Path(__file__).resolve().parent.parent
+    installed = package / "web"
+    return installed if installed.is_dir() else package.parent / "web"
+
+
+#: The viewer's files (see :func:`_web_dir`).
+DEFAULT_WEB_DIR: Final = _web_dir()
+
+#: ``health()`` returns (ok, details): 200 when ok, else 503; details become the JSON body.
+Health = Callable[[], tuple[bool, Mapping[str, Any]]]
+#: Called for every request first; return a Response to refuse it, None to let it through.
+Authorize = Callable[[Request], Union[Response, None, Awaitable[Union[Response, None]]]]
+#: An extra HTTP route (exact path, GET/HEAD).
+RouteHandler = Callable[[Request], Union[Response, Awaitable[Response]]]
+
+_CONTENT_TYPES: Final = {
+    ".html": "text/html; charset=utf-8",
+    ".htm": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".map": "application/json",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".txt": "text/plain; charset=utf-8",
+    ".woff2": "font/woff2",
+    ".webmanifest": "application/manifest+json",
+}
+
+# The viewer's Content-Security-Policy: its own files only, no inline script or style
+# (every process-supplied string is text, and this makes an injection inert anyway),
+# WebSockets to this origin only ('self' covers ws:/wss: of the same host and port in
+# CSP Level 3 browsers; tests/test_viewer.py checks it in Chromium), no framing.
+_VIEWER_CSP: Final = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'; form-action 'none'"
+)
+
+_PLACEHOLDER: Final = (
+    b"<!doctype html><meta charset=utf-8><title>procstream</title>"
+    b"<p>procstream is running. The viewer is not installed; "
+    b"connect a WebSocket client to <code>/ws</code> "
+    b"or fetch <a href=/api/snapshot>/api/snapshot</a>.</p>\n"
+)
+
+
+@dataclass
+class ServerConfig:
+    """Listening address and limits. ``port=0`` picks a free port (see ``srv.port``)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    max_clients: int = 1024
+    #: inbound frames are small subscribe requests; bigger → close 1009
+    max_message_size: int = 4096
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
+    close_timeout: float | None = 3.0
+    open_timeout: float | None = 10.0
+    #: write buffer high-water mark per connection; the fast path writes below it
+    write_limit: int = 64 * 1024
+    #: directory of the viewer; None = the viewer that ships with procstream
+    static_dir: str | os.PathLike[str] | None = None
+    #: more than this many bad frames within the window → close 1008
+    bad_frame_limit: int = 20
+    bad_frame_window: float = 10.0
+    #: serve https/wss with this context (None: plain http/ws)
+    ssl_context: ssl.SSLContext | None = None
+
+
+class ServerStats:
+    """Server-level counters for self-metrics (the hub's are in ``hub.stats``)."""
+
+    def __init__(self) -> None:
+        self.connections: int = 0
+        self.connections_total: int = 0
+        self.refused_max_clients: int = 0
+        self.refused_authorize: int = 0
+        self.http_requests: int = 0
+        self.bad_frames: int = 0
+        self.abusive_closes: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+def http_response(
+    status: int,
+    body: bytes = b"",
+    content_type: str = "text/plain; charset=utf-8",
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    """A complete HTTP response (for route handlers and ``authorize``)."""
+    st = http.HTTPStatus(status)
+    h = Headers(
+        [
+            ("Date", email.utils.formatdate(usegmt=True)),
+            ("Connection", "close"),
+            ("Content-Length", str(len(body))),
+            ("Content-Type", content_type),
+            ("X-Content-Type-Options", "nosniff"),
+            ("Cache-Control", "no-cache"),
+        ]
+    )
+    for k, v in (headers or {}).items():
+        h[k] = v
+    return Response(st.value, st.phrase, h, body)
+
+
+def json_response(status: int, obj: Any) -> Response:
+    """An ``application/json`` response."""
+    return http_response(status, orjson.dumps(obj), "application/json")
+
+
+def _text(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    return http_response(status, (message + "\n").encode(), headers=headers)
+
+
+class ProcstreamServer:
+    """The WebSocket + HTTP server over a :class:`~procstream.hub.Hub`.
+
+    ``async with ProcstreamServer(hub, config) as srv`` (or ``await srv.start()`` …
+    ``await srv.close()``). Closing closes every client with 1001 and stops the hub's
+    housekeeping. uvloop, signals and the producer are the caller's business.
+    """
+
+    def __init__(
+        self,
+        hub: Hub,
+        config: ServerConfig | None = None,
+        *,
+        health: Health | None = None,
+        authorize: Authorize | None = None,
+        routes: Mapping[str, RouteHandler] | None = None,
+    ) -> None:
+        self.hub = hub
+        self.config = config or ServerConfig()
+        self.stats = ServerStats()
+        self._health = health
+        self._authorize = authorize
+        static = self.config.static_dir
+        self._static_root = Path(static if static is not None else DEFAULT_WEB_DIR).resolve()
+        self._routes: dict[str, RouteHandler] = {
+            "/healthz": self._healthz,
+            "/api/snapshot": self._api_snapshot,
+        }
+        self._routes.update(routes or {})
+        self._connections: set[ServerConnection] = set()
+        self._server: Server | None = None
+        self._housekeeper = Housekeeper(hub)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start listening (and the hub's housekeeping timer)."""
+        if self._server is not None:
+            raise RuntimeError("server already started")
+        cfg = self.config
+        self._server = await serve(
+            self._handler,
+            cfg.host,
+            cfg.port,
+            process_request=self._process_request,
+            compression=None,
+            max_size=cfg.max_message_size,
+            ping_interval=cfg.ping_interval,
+            ping_timeout=cfg.ping_timeout,
+            close_timeout=cfg.close_timeout,
+            open_timeout=cfg.open_timeout,
+            write_limit=cfg.write_limit,
+            server_header=SERVER_NAME,
+            ssl=cfg.ssl_context,
+        )
+        self._housekeeper.start()
+        log.info("listening on %s:%d%s", cfg.host, self.port, " (TLS)" if cfg.ssl_context is not None else "")
+
+    async def close(self, code: int = 1001, reason: str = "server shutting down") -> None:
+        """Stop listening, close every client with ``code`` (1001 "going away") and wait
+        until their handlers finished. Idempotent."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close(code=code, reason=reason)
+            timeout = self.config.close_timeout
+            try:
+                await asyncio.wait_for(asyncio.shield(server.wait_closed()), timeout)
+            except TimeoutError:
+                # websockets' close() waits for a full write buffer to drain, with no
+                # deadline: abort the peers that stopped reading.
+                for ws in list(self._connections):
+                    ws.transport.abort()
+                await server.wait_closed()
+        await self._housekeeper.stop()
+
+    async def __aenter__(self) -> ProcstreamServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def port(self) -> int:
+        """The TCP port actually bound (useful with ``port=0``)."""
+        if self._server is None:
+            raise RuntimeError("server not started")
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    @property
+    def connections(self) -> set[ServerConnection]:
+        """Open ``/ws`` connections (a copy)."""
+        return set(self._connections)
+
+    def add_route(self, path: str, handler: RouteHandler) -> None:
+        """Serve ``GET path`` (exact match) with ``handler(request) -> Response``."""
+        if not path.startswith("/") or path == "/ws":
+            raise ValueError(f"bad route path {path!r}")
+        self._routes[path] = handler
+
+    # -- HTTP --------------------------------------------------------------------------
+
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        # The one place every request passes: authorization first, then routing.
+        self.stats.http_requests += 1
+        if self._authorize is not None:
+            refusal = self._authorize(request)
+            if inspect.isawaitable(refusal):
+                refusal = await refusal
+            if refusal is not None:
+                self.stats.refused_authorize += 1
+                return refusal
+
+        path = request.path.partition("?")[0]
+        if path == "/ws":
+            if request.method != "GET":
+                return _text(405, "method not allowed", {"Allow": "GET"})
+            if "websocket" not in request.headers.get("Upgrade", "").lower():
+                return _text(
+                    426, "/ws is a WebSocket endpoint; connect with a WebSocket client",
+                    {"Upgrade": "websocket"},
+                )
+            if len(self._connections) >= self.config.max_clients:
+                self.stats.refused_max_clients += 1
+                return _text(
+                    503,
+                    f"too many clients: this server accepts {self.config.max_clients} "
+                    "WebSocket connections; try again later",
+                    {"Retry-After": "5"},
+                )
+            return None  # proceed with the WebSocket handshake
+
+        if request.method not in ("GET", "HEAD"):
+            return _text(405, "method not allowed", {"Allow": "GET, HEAD"})
+        handler = self._routes.get(path)
+        if handler is not None:
+            response = handler(request)
+            if inspect.isawaitable(response):
+                response = await response
+        else:
+            response = await self._static(path)
+        if request.method == "HEAD":
+            response.body = b""  # Content-Length still tells the size
+        return response
+
+    def _healthz(self, request: Request) -> Response:
+        ok, details = self._health() if self._health is not None else (True, {})
+        body = dict(details)
+        body.setdefault("status", "ok" if ok else "unhealthy")
+        return json_response(200 if ok else 503, body)
+
+    def _api_snapshot(self, request: Request) -> Response:
+        try:
+            sub = parse_query(request.path)
+        except ProtocolError as exc:
+            return json_response(400, P.error(exc.message))
+        return http_response(
+            200, self.hub.snapshot_json(Filter(None, sub.filter.groups)), "application/json"
+        )
+
+    async def _static(self, path: str) -> Response:
+        rel = unquote(path)
+        if rel.endswith("/"):
+            rel += "index.html"
+        parts = [p for p in rel.split("/") if p]
+        # No dot-segments or hidden files, no NUL or backslash tricks.
+        if any(p.startswith(".") or "\x00" in p or "\\" in p for p in parts) or not parts:
+            return _text(404, "not found")
+        root = self._static_root
+        if not root.is_dir():
+            if parts == ["index.html"]:
+                return http_response(
+                    200, _PLACEHOLDER, _CONTENT_TYPES[".html"],
+                    {"Content-Security-Policy": _VIEWER_CSP},
+                )
+            return _text(404, "not found")
+        target = root.joinpath(*parts).resolve()
+        # resolve() follows symlinks: whatever it lands on must still be inside root.
+        if not target.is_relative_to(root) or not target.is_file():
+            return _text(404, "not found")
+        try:
+            body = await asyncio.to_thread(target.read_bytes)
+        except OSError:
+            return _text(404, "not found")
+        suffix = target.suffix.lower()
+        ctype = _CONTENT_TYPES.get(suffix) or mimetypes.guess_type(target.name)[0]
+        return http_response(
+            200, body, ctype or "application/octet-stream",
+            {"Content-Security-Policy": _VIEWER_CSP},
+        )
+
+    # -- WebSocket ---------------------------------------------------------------------
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        cfg = self.config
+        hub = self.hub
+        self._connections.add(ws)
+        self.stats.connections = len(self._connections)
+        self.stats.connections_total += 1
+        sink = WebSocketSink(ws, cfg.write_limit, cfg.close_timeout)
+        sub = hub.attach(sink)
+        pump = asyncio.get_running_loop().create_task(sink.pump(sub))
+        try:
+            if len(self._connections) > cfg.max_clients:
+                # Lost a race between handshakes: refuse like the HTTP check would.
+                self.stats.refused_max_clients += 1
+                await close_bounded(ws, 1013, "too many clients", cfg.close_timeout)
+                return
+            assert ws.request is not None
+            try:
+                request = parse_query(ws.request.path)
+            except ProtocolError as exc:
+                hub.send(sub, hub.hello(None), P.error(exc.message, exc.op))
+            else:
+                hub.send(sub, hub.hello(request.filter))
+                hub.subscribe(sub, request)
+
+            guard = AbuseGuard(cfg.bad_frame_limit, cfg.bad_frame_window)
+            async for message in ws:
+                try:
+                    request = parse_frame(message)
+                except ProtocolError as exc:
+                    self.stats.bad_frames += 1
+                    hub.send(sub, P.error(exc.message, exc.op))
+                    if guard.record(time.monotonic()):
+                        self.stats.abusive_closes += 1
+                        await close_bounded(ws, 1008, "too many bad requests",
+                                            cfg.close_timeout)
+                        break
+                    continue
+                hub.subscribe(sub, request, ack=True)
+        except ConnectionClosed:
+            pass
+        finally:
+            hub.detach(sub)
+            pump.cancel()
+            self._connections.discard(ws)
+            self.stats.connections = len(self._connections)

@@ -1,0 +1,301 @@
+"""``procstream serve``: the service, wired from its parts.
+
+Start-up order: check the security settings (token, origins, listening address, TLS
+files: a problem is exit 2 before anything listens), read the config and /proc once (so
+the first subscriber already gets a full snapshot), then listen, then poll on the
+interval. Signals: SIGTERM/SIGINT close every client with 1001 and exit 0 within 5 s;
+SIGHUP re-reads ``--config`` (a bad file is logged and the old rules stay), reopens the
+event log and re-reads the TLS certificate and key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from ..wiring import UsageError, build_core, load_namer
+from ..stream.eventlog import EventLog, parse_types
+from ..events import Event
+from ..grouper import Grouper
+from ..stream.hub import Hub
+from ..collect.kernel import KernelSource, choose_source
+from .metrics import MetricsCollector, make_registry, metrics_route
+from ..netlink.connector import ConnectorError
+from ..collect.poll import Poller
+from .security import (
+    Guard,
+    SecurityConfig,
+    SecurityError,
+    TlsFiles,
+    check_exposure,
+    check_token,
+    install_log_redaction,
+)
+from .server import ProcstreamServer, ServerConfig
+
+__all__ = ["parse_listen", "token_from", "Service", "run"]
+
+log = logging.getLogger("procstream")
+
+SHUTDOWN_DEADLINE = 5.0
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[v6]:PORT`` or ``:PORT`` (all interfaces) → (host, port)."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep:
+        raise UsageError(f"--listen {value!r}: expected HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise UsageError(f"--listen {value!r}: bad port {port_text!r}") from None
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--listen {value!r}: port out of range")
+    return host or "0.0.0.0", port
+
+
+def token_from(args: argparse.Namespace) -> str | None:
+    """``--token``, else ``$PROCSTREAM_TOKEN``; None when neither is set (or empty)."""
+    token = args.token if args.token is not None else os.environ.get("PROCSTREAM_TOKEN")
+    try:
+        return check_token(token)
+    except SecurityError as exc:
+        raise UsageError(f"--token/PROCSTREAM_TOKEN: {exc}") from None
+
+
+class _HubAndLog:
+    """The poller's sink: the hub first (it numbers the events), then the event log."""
+
+    def __init__(self, hub: Hub, eventlog: EventLog | None) -> None:
+        self.hub = hub
+        self.eventlog = eventlog
+
+    def load_state(self, groups: dict[str, Event], procs: list[Event]) -> None:
+        self.hub.load_state(groups, procs)
+
+    def publish(self, events: list[Event]) -> None:
+        self.hub.publish(events)
+        if self.eventlog is not None:
+            self.eventlog.write(events)
+
+
+class Service:
+    """Everything ``serve`` runs, so tests and other front ends can start it in-process."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        host, port = parse_listen(args.listen)
+        # Security first: a refusal must come before any work or listening socket.
+        token = token_from(args)
+        try:
+            self.exposure_warning = check_exposure(host, port, token=token, insecure=args.insecure)
+            if args.tls_key and not args.tls_cert:
+                raise SecurityError("--tls-key needs --tls-cert")
+            self.tls = TlsFiles(args.tls_cert, args.tls_key) if args.tls_cert else None
+            self.guard = Guard(
+                SecurityConfig(token=token, allow_origins=tuple(args.allow_origin), tls=self.tls is not None)
+            )
+        except SecurityError as exc:
+            raise UsageError(str(exc)) from None
+        fs, grouper, builder = build_core(args)
+        self.fs = fs
+        self.grouper: Grouper = grouper
+        self.hub = Hub(host=socket.gethostname(), interval=args.interval, buffer_size=args.buffer)
+        self.eventlog: EventLog | None = None
+        if args.event_log:
+            try:
+                types = parse_types(args.event_log_types)
+            except ValueError as exc:
+                raise UsageError(f"--event-log-types: {exc}") from exc
+            self.eventlog = EventLog(
+                args.event_log,
+                types=types,
+                max_bytes=args.event_log_max_bytes,
+                backups=args.event_log_backups,
+            )
+        self.sink = _HubAndLog(self.hub, self.eventlog)
+        self.poller = Poller(fs.all_procs, grouper, builder, self.sink, interval=args.interval)
+        try:
+            self.use_kernel, self.source_reason = choose_source(args.source, args.procfs)
+        except ConnectorError as exc:
+            raise UsageError(f"--source netlink: {exc}") from exc
+        self.kernel: KernelSource | None = None
+        self._builder = builder
+        self.server = ProcstreamServer(
+            self.hub,
+            ServerConfig(
+                host=host,
+                port=port,
+                max_clients=args.max_clients,
+                ssl_context=self.tls.context if self.tls is not None else None,
+            ),
+            health=self.poller.health,
+            authorize=self.guard,
+        )
+        # /metrics: the poller hands each good poll to the collector; scrapes read it.
+        self.metrics = MetricsCollector(
+            hub_stats=self.hub.stats,
+            server_stats=self.server.stats,
+            poll_status=self.poller.status,
+            kernel=lambda: self.kernel.stats if self.kernel is not None else None,
+            eventlog=lambda: self.eventlog,
+            refusals=self.guard.stats.as_dict,
+            source=lambda: "netlink" if self.kernel is not None else "poll",
+        )
+        self.poller.on_poll = self.metrics.on_poll
+        self.server.add_route("/metrics", metrics_route(make_registry(self.metrics)))
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        """Ask the service to shut down (safe from a signal handler)."""
+        self._stop.set()
+
+    async def reload(self) -> None:
+        """Reopen the event log, re-read the TLS files and ``--config``; keep the old
+        certificate or rules when a new file is bad.
+
+        Processes already grouped keep their group; the new rules name processes seen
+        from now on (and, with --recheck, those that matched nothing so far).
+        """
+        if self.eventlog is not None:
+            self.eventlog.reopen()
+        if self.tls is not None:
+            try:
+                await asyncio.to_thread(self.tls.reload)
+            except SecurityError as exc:
+                log.error("SIGHUP: %s; keeping the previous certificate", exc)
+            else:
+                log.info("SIGHUP: reloaded the TLS certificate %s", self.tls.cert)
+        if not self.args.config:
+            log.info("SIGHUP: no --config to reload")
+            return
+        try:
+            namer = await asyncio.to_thread(load_namer, self.args.config)
+        except UsageError as exc:
+            log.error("SIGHUP: %s; keeping the previous config", exc)
+            return
+
+        def apply() -> None:
+            self.grouper.set_namer(namer)
+
+        await self.poller.submit(apply)
+        log.info("SIGHUP: reloaded %s (%d rules)", self.args.config, len(namer.rules))
+
+    async def run(self, *, ready: Callable[[ProcstreamServer], Any] | None = None) -> int:
+        loop = asyncio.get_running_loop()
+        handlers: list[int] = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+            handlers.append(sig)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        handlers.append(signal.SIGHUP)
+        poll_task: asyncio.Task[None] | None = None
+        try:
+            if not await self.poller.poll_now():
+                log.warning("first poll failed; serving anyway and retrying every %.3gs", self.args.interval)
+            await self._start_kernel_source()
+            await self.server.start()
+            log.info(
+                "procstream serving %s://%s:%d/ (interval %.3gs, %d groups, %s)",
+                "https" if self.tls is not None else "http",
+                self.server.config.host,
+                self.server.port,
+                self.args.interval,
+                len(self.grouper.groups()),
+                "token required" if self.guard.config.token else "no token",
+            )
+            if self.exposure_warning:
+                log.warning("%s", self.exposure_warning)
+            if ready is not None:
+                ready(self.server)
+            poll_task = asyncio.create_task(self.poller.run(), name="procstream-poller")
+            stop_task = asyncio.create_task(self._stop.wait())
+            await asyncio.wait({poll_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            stop_task.cancel()
+            if poll_task.done():
+                poll_task.result()  # the poller never ends on its own: surface why
+            return 0
+        finally:
+            await self._shutdown(poll_task)
+            for sig in handlers:
+                loop.remove_signal_handler(sig)
+
+    async def _start_kernel_source(self) -> None:
+        """Kernel process events next to the poller, when permitted (``--source``)."""
+        if self.use_kernel:
+            kernel = KernelSource(self.fs, self.poller, self._builder, self.sink.publish)
+            try:
+                kernel.open()
+            except ConnectorError as exc:
+                if self.args.source == "netlink":
+                    raise UsageError(f"--source netlink: {exc}") from exc
+                self.source_reason = str(exc)
+            else:
+                kernel.start()
+                self.kernel = kernel
+                log.info(
+                    "event source: kernel process events (netlink%s) + a poll every %.3gs",
+                    ", TASKSTATS" if kernel.stats.taskstats else "",
+                    self.args.interval,
+                )
+                return
+        log.info("event source: poll every %.3gs only (%s)", self.args.interval, self.source_reason)
+
+    async def _shutdown(self, poll_task: asyncio.Task[None] | None) -> None:
+        async def close_all() -> None:
+            await self.server.close(1001, "server shutting down")
+            if self.kernel is not None:
+                await self.kernel.close()
+            if poll_task is not None:
+                poll_task.cancel()
+                await asyncio.gather(poll_task, return_exceptions=True)
+            if self.eventlog is not None:
+                await asyncio.to_thread(self.eventlog.close, 2.0)
+
+        try:
+            await asyncio.wait_for(close_all(), SHUTDOWN_DEADLINE - 0.5)
+        except TimeoutError:
+            log.warning("shutdown took too long; exiting anyway")
+
+
+def _event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise UsageError("--loop uvloop: uvloop is not installed") from None
+        return None
+    return uvloop.new_event_loop
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``procstream serve``."""
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.log_level != "debug":
+        # one line per HTTP request or connection is debug detail, not service news
+        logging.getLogger("websockets").setLevel(logging.WARNING)
+    # websockets logs request lines and headers at debug level: keep tokens out.
+    install_log_redaction(token_from(args))
+    if args.interval <= 0:
+        raise UsageError("--interval must be > 0")
+    factory = _event_loop_factory(args.loop)
+
+    async def main() -> int:
+        service = Service(args)
+        return await service.run()
+
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main())

@@ -1,0 +1,153 @@
+"""The thin asyncio layer under the hub: a :class:`~procstream.hub.Sink` over a websockets
+connection, the per-connection pump, and the housekeeping timer.
+
+The hub decides *what* to send; this module only moves bytes: the fast path writes a
+frame straight into the connection (as ``websockets.broadcast`` does), and when a
+connection can't take more, its pump asks the hub for frames one at a time and awaits
+``send()``, which waits for the transport to drain — back-pressure for that one client,
+never for the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from websockets.asyncio.connection import Connection
+from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
+
+from .hub import Hub, Subscriber
+
+__all__ = ["WebSocketSink", "Housekeeper", "close_bounded"]
+
+log = logging.getLogger(__name__)
+
+_OPEN = State.OPEN
+
+
+async def close_bounded(ws: Connection, code: int, reason: str, timeout: float | None) -> None:
+    """``ws.close(code, reason)``, but never longer than ``timeout`` seconds.
+
+    websockets' ``close()`` first waits for the write buffer to drain, without a
+    deadline; a peer that stopped reading would hold it (and the server's shutdown)
+    forever. After ``timeout`` the TCP connection is aborted instead.
+    """
+    task = asyncio.ensure_future(ws.close(code, reason))
+    try:
+        await asyncio.wait_for(asyncio.shield(task), timeout)
+    except TimeoutError:
+        ws.transport.abort()
+        # connection_lost() releases the drain, so close() returns promptly now.
+        with contextlib.suppress(Exception):
+            await task
+
+
+class WebSocketSink:
+    """Implements the hub's :class:`~procstream.hub.Sink` for one websockets connection.
+
+    ``limit`` is the write-buffer size (bytes) up to which frames are written directly;
+    use the connection's ``write_limit`` so the fast path and ``send()``'s own flow
+    control agree.
+    """
+
+    __slots__ = ("ws", "limit", "close_timeout", "_protocol", "_transport", "_event",
+                 "_close_task")
+
+    def __init__(self, ws: Connection, limit: int, close_timeout: float | None = 3.0) -> None:
+        self.ws = ws
+        self.limit = limit
+        self.close_timeout = close_timeout
+        self._protocol = ws.protocol
+        self._transport = ws.transport
+        self._event = asyncio.Event()
+        self._close_task: asyncio.Task[None] | None = None
+
+    def writable(self) -> bool:
+        """Open, and the write buffer is at most ``limit`` bytes."""
+        return (
+            self._protocol.state is _OPEN
+            and self._transport.get_write_buffer_size() <= self.limit
+        )
+
+    def write(self, frame: bytes) -> bool:
+        """Write a text frame without waiting (``websockets.broadcast``'s technique)."""
+        try:
+            self._protocol.send_text(frame)
+            self.ws.send_data()
+        except Exception:  # closed under our feet: the handler will detach us
+            return False
+        return True
+
+    def try_write(self, frame: bytes) -> int:
+        """:meth:`writable` then :meth:`write`, in one call (the hub's hot path)."""
+        protocol = self._protocol
+        if protocol.state is not _OPEN:
+            return -1  # closing or closed: the handler is about to detach us
+        if self._transport.get_write_buffer_size() > self.limit:
+            return 0
+        try:
+            protocol.send_text(frame)
+            self.ws.send_data()
+        except Exception:
+            return -1
+        return 1
+
+    def wake(self) -> None:
+        """Let :meth:`pump` pull frames from the hub."""
+        self._event.set()
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake (aborting after ``close_timeout`` if the peer
+        doesn't read); the connection handler then finishes."""
+        if self._close_task is None:
+            self._close_task = asyncio.get_running_loop().create_task(
+                close_bounded(self.ws, code, reason, self.close_timeout)
+            )
+
+    async def pump(self, sub: Subscriber) -> None:
+        """Run for the life of the connection: after each :meth:`wake`, send what the
+        hub has for this subscriber, one frame per transport drain."""
+        ws = self.ws
+        event = self._event
+        try:
+            while True:
+                await event.wait()
+                event.clear()
+                while (frame := sub.next_frame()) is not None:
+                    await ws.send(frame, text=True)
+        except ConnectionClosed:
+            pass
+
+
+class Housekeeper:
+    """Calls :meth:`Hub.tick` every :attr:`Hub.tick_interval` seconds (bookmarks,
+    grace periods, buffer age). :meth:`start` it when serving, :meth:`stop` at the end."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        if not self.running:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.hub.tick_interval)
+            try:
+                self.hub.tick()
+            except Exception:  # a bug here must not stop bookmarks for good
+                log.exception("hub housekeeping failed")

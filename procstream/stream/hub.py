@@ -1,0 +1,822 @@
+"""The hub: sequence numbers, materialized state, resume buffer, subscribers, back-pressure.
+
+Sans-I/O, like websockets' protocol core: the hub never awaits and never touches a
+socket. Each subscriber talks to its connection through a tiny :class:`Sink` (is the
+write buffer small? write this frame now; wake the pump; close). The asyncio glue in
+:mod:`procstream.fanout` implements the sink over a websockets connection and runs the
+per-connection pump and the housekeeping timer; tests drive the hub with fake sinks and
+a fake clock.
+
+How delivery works (the design choice that keeps memory bounded):
+
+* ``publish(batch)`` numbers the events, applies them to the state, encodes each event
+  once with orjson and appends it to the **resume buffer** (bounded by count and age).
+  For each *distinct filter* among the subscribers it joins the selected encoded events
+  into one frame (a JSON array); every subscriber with that filter gets the same bytes.
+* Fast path: a subscriber that is caught up and whose transport buffer is small gets the
+  frame written right away (what ``websockets.broadcast`` does).
+* Otherwise the subscriber *lags*: it keeps a cursor (the next seq it needs) into the
+  shared resume buffer, and its pump pulls frames from there with
+  :meth:`Subscriber.next_frame` as the transport drains. A lagging subscriber thus holds
+  no events of its own — its "queue" is a window of the shared buffer — so a stalled
+  client costs the server nothing beyond its socket's write buffer.
+* The window is bounded: more than ``queue_limit`` events behind (or behind the oldest
+  buffered event) means **overflow**: the backlog is dropped (the cursor jumps) and, when
+  the transport accepts data again, the subscriber gets ``overflow`` + a fresh snapshot.
+  Still not caught up ``overflow_grace`` seconds after the first overflow → close 1013.
+* Resume is the same mechanism: ``since=N`` in this epoch and within the buffer sets the
+  cursor to N+1; the pump replays, then the subscriber joins the fast path. Nothing is
+  lost or doubled because the live fast path only ever serves caught-up subscribers.
+"""
+
+from __future__ import annotations
+
+import collections
+import secrets
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Final, Protocol
+
+import orjson
+
+from .. import __version__
+from . import protocol as P
+from .protocol import NO_GROUP, Filter, Subscription
+
+__all__ = [
+    "Hub",
+    "HubStats",
+    "Sink",
+    "Subscriber",
+    "SERVER_NAME",
+    "RESET_REASONS",
+    "SLOW_CONSUMER_CODE",
+]
+
+SERVER_NAME: Final = f"procstream/{__version__}"
+RESET_REASONS: Final = ("epoch", "expired", "future", "resync")
+#: WebSocket close code for a subscriber that doesn't keep up (1013 "try again later").
+SLOW_CONSUMER_CODE: Final = 1013
+
+# Fields that belong to the event envelope, not to the state of a process or group.
+_ENVELOPE: Final = frozenset({"type", "ts", "seq", "host", "source", "removed"})
+# A replayed frame stops growing at the first batch boundary past this many bytes, so
+# replays of a large backlog don't produce frames bigger than clients accept (websockets
+# clients default to 1 MiB).
+_REPLAY_FRAME_BYTES: Final = 256 * 1024
+# Control frames waiting for a subscriber that doesn't read (errors, snapshots): more
+# than this and it is a slow consumer.
+_OUTBOX_LIMIT: Final = 64
+# Per filter, the frames of the latest batches are kept so a subscriber that lags by a
+# few polls (a burst filled its buffer) catches up with the very bytes the others got.
+_RECENT_FRAMES: Final = 16
+
+
+class Sink(Protocol):
+    """What the hub needs from a subscriber's connection. Every method returns at once."""
+
+    def writable(self) -> bool:
+        """True when the connection is open and its write buffer is small enough to take
+        another frame now without queueing up."""
+
+    def write(self, frame: bytes) -> bool:
+        """Write one text frame (a JSON array, UTF-8) right away; False if the peer is gone."""
+
+    def try_write(self, frame: bytes) -> int:
+        """The fast path in one call: write ``frame`` if :meth:`writable`; returns 1 when
+        written, 0 when the buffer is full (nothing written), -1 when the peer is gone."""
+
+    def wake(self) -> None:
+        """Frames are waiting: start (or keep) calling :meth:`Subscriber.next_frame` and
+        writing what it returns, waiting for the transport to drain between frames."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Start closing the connection with this close code."""
+
+
+class HubStats:
+    """Counters for self-metrics; a plain object read by the ``/metrics`` collector.
+
+    Totals only grow; ``subscribers`` and ``lagging`` are current values.
+    """
+
+    def __init__(self) -> None:
+        self.subscribers: int = 0
+        self.lagging: int = 0
+        self.subscribers_total: int = 0
+        self.batches: int = 0
+        self.events_published: int = 0
+        self.events_by_type: dict[str, int] = {}
+        self.frames_encoded: int = 0  # frames built by joining encoded events (per filter)
+        self.frames_sent: int = 0
+        self.bytes_sent: int = 0
+        self.snapshots_sent: int = 0
+        self.bookmarks_sent: int = 0
+        self.resumes: int = 0
+        self.replayed_frames: int = 0
+        self.resets: dict[str, int] = {}
+        self.overflows: int = 0
+        self.events_dropped: int = 0
+        self.slow_consumer_closes: int = 0
+        self.dead_subscribers: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """A copy of every counter (dicts copied too)."""
+        return {
+            k: (dict(v) if isinstance(v, dict) else v) for k, v in vars(self).items()
+        }
+
+
+class Subscriber:
+    """One connection's subscription state, owned by the hub.
+
+    The connection layer calls :meth:`next_frame` from its pump after :meth:`Sink.wake`;
+    everything else is the hub's business.
+    """
+
+    __slots__ = (
+        "id",
+        "hub",
+        "sink",
+        "filter",
+        "active",
+        "closed",
+        "want_snapshot",
+        "cursor",
+        "replay_end",
+        "lagging",
+        "outbox",
+        "ov_pending",
+        "ov_from",
+        "ov_dropped",
+        "ov_since",
+        "last_write",
+        "__weakref__",
+    )
+
+    def __init__(self, hub: Hub, sink: Sink, sid: int, now: float) -> None:
+        self.id = sid
+        self.hub = hub
+        self.sink = sink
+        self.filter = Filter()
+        self.active = False  # True once subscribed: receives events
+        self.closed = False
+        self.want_snapshot = True
+        self.cursor = hub.head_seq + 1  # next seq this subscriber needs
+        self.replay_end = 0  # head when a resume started: the replay is not "backlog"
+        self.lagging = False  # True while the pump, not the fast path, delivers
+        self.outbox: collections.deque[bytes] = collections.deque()
+        self.ov_pending = False  # overflow happened; overflow+snapshot not yet sent
+        self.ov_from = 0
+        self.ov_dropped = 0
+        self.ov_since: float | None = None  # first overflow of the current streak
+        self.last_write = now
+
+    def next_frame(self) -> bytes | None:
+        """The next frame to send, or None once caught up (the fast path takes over).
+
+        Call after :meth:`Sink.wake`, writing each frame and waiting for the transport
+        to drain before asking for the next.
+        """
+        return self.hub._pull(self)
+
+    @property
+    def backlog(self) -> int:
+        """Events (before filtering) between this subscriber and the head."""
+        if self.ov_pending:
+            return 0
+        return max(0, self.hub.head_seq - self.cursor + 1)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Subscriber {self.id} cursor={self.cursor} lagging={self.lagging} "
+            f"overflow={self.ov_pending} closed={self.closed}>"
+        )
+
+
+class _Ring:
+    """The resume buffer: encoded events with their type, group and publish time.
+
+    Parallel lists with a moving start offset, compacted now and then: O(1) append,
+    O(1) indexing by seq, amortized O(1) trimming at the front.
+    """
+
+    __slots__ = ("times", "types", "groups", "data", "eob", "start")
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.types: list[Any] = []
+        self.groups: list[Any] = []
+        self.data: list[bytes] = []
+        self.eob: list[bool] = []  # last event of its batch (replay frames end there)
+        self.start = 0
+
+    def __len__(self) -> int:
+        return len(self.data) - self.start
+
+    def extend(self, now: float, types: list[Any], groups: list[Any], data: list[bytes]) -> None:
+        n = len(data)
+        self.times.extend([now] * n)
+        self.types.extend(types)
+        self.groups.extend(groups)
+        self.data.extend(data)
+        self.eob.extend([False] * (n - 1))
+        self.eob.append(True)
+
+    def drop_front(self, n: int) -> None:
+        if n <= 0:
+            return
+        self.start += n
+        if self.start >= len(self.data):
+            self.clear()
+        elif self.start > 4096 and self.start * 2 > len(self.data):
+            s = self.start
+            for lst in (self.times, self.types, self.groups, self.data, self.eob):
+                del lst[:s]
+            self.start = 0
+
+    def clear(self) -> None:
+        for lst in (self.times, self.types, self.groups, self.data, self.eob):
+            lst.clear()
+        self.start = 0
+
+
+class Hub:
+    """Numbers events, keeps state and the resume buffer, and fans frames out.
+
+    Create one per server run (``epoch`` is a new random id unless given). The producer
+    calls :meth:`load_state` once before the first batch (and again to re-baseline) and
+    :meth:`publish` once per poll, on the event loop thread. The connection layer calls
+    :meth:`attach`, :meth:`subscribe`, :meth:`send`, :meth:`detach`; a timer calls
+    :meth:`tick` every :attr:`tick_interval` seconds.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        interval: float,
+        buffer_size: int = 100_000,
+        buffer_age: float = 900.0,
+        queue_limit: int = 10_000,
+        overflow_grace: float = 30.0,
+        bookmark_interval: float = 15.0,
+        clock: Callable[[], float] = time.time,
+        epoch: str | None = None,
+    ) -> None:
+        if buffer_size < 1 or queue_limit < 1:
+            raise ValueError("buffer_size and queue_limit must be at least 1")
+        self.host = host
+        self.interval = interval
+        self.buffer_size = buffer_size
+        self.buffer_age = buffer_age
+        # A lag beyond the buffer can't be served from it anyway.
+        self.queue_limit = min(queue_limit, buffer_size)
+        self.overflow_grace = overflow_grace
+        self.bookmark_interval = bookmark_interval
+        self._clock = clock
+        self.epoch: str = epoch if epoch is not None else secrets.token_hex(8)
+        self.stats = HubStats()
+
+        self._head = 0
+        self._ring = _Ring()
+        self._baseline_seq = -1  # head at the last load_state; no resume across it
+        self._groups: dict[Any, dict[str, Any]] = {}
+        self._procs: dict[tuple[Any, Any], dict[str, Any]] = {}
+        self._snapshots: dict[frozenset[str] | None, bytes] = {}  # by groups filter, until next change
+        # filter -> recent batches as (first seq, next seq, frame or None if nothing matched)
+        self._recent: dict[Filter, collections.deque[tuple[int, int, bytes | None]]] = {}
+
+        self._next_id = 0
+        self._subs: set[Subscriber] = set()
+        self._by_filter: dict[Filter, set[Subscriber]] = {}
+        self._lagging: set[Subscriber] = set()
+
+    # -- read-only views ---------------------------------------------------------------
+
+    @property
+    def head_seq(self) -> int:
+        """Seq of the latest event (0 before the first)."""
+        return self._head
+
+    @property
+    def oldest_seq(self) -> int:
+        """Seq of the oldest event still in the resume buffer (``head_seq + 1`` if empty)."""
+        return self._head - len(self._ring) + 1
+
+    @property
+    def subscribers(self) -> list[Subscriber]:
+        """Every attached subscriber (a copy)."""
+        return list(self._subs)
+
+    @property
+    def tick_interval(self) -> float:
+        """How often :meth:`tick` should run so bookmarks and grace periods are on time."""
+        candidates = [1.0]
+        if self.bookmark_interval > 0:
+            candidates.append(self.bookmark_interval / 4)
+        if self.overflow_grace > 0:
+            candidates.append(self.overflow_grace / 4)
+        return max(0.01, min(candidates))
+
+    # -- producer side -----------------------------------------------------------------
+
+    def load_state(
+        self, groups: Mapping[str, Mapping[str, Any]], procs: Iterable[Mapping[str, Any]]
+    ) -> None:
+        """Replace the materialized state (the producer's first poll, or a re-baseline).
+
+        Call before the first :meth:`publish`; calling it again later re-baselines:
+        the resume buffer is cleared (earlier points can't be replayed onto the new
+        state) and every subscriber gets ``reset`` {"reason": "resync"} + snapshot.
+        """
+        self._groups = {}
+        for name, fields in groups.items():
+            state = _strip(fields)
+            state["group"] = name
+            self._groups[name] = state
+        self._procs = {(p.get("pid"), p.get("start_time")): _strip(p) for p in procs}
+        self._snapshots.clear()
+        # The first load (before any event) is the baseline itself, not a re-baseline:
+        # resumes from seq 0 stay valid.
+        self._baseline_seq = self._head if self._head > 0 else -1
+        self._ring.clear()
+        self._recent.clear()
+        head = self._head
+        for sub in list(self._subs):
+            if not sub.active:
+                continue
+            sub.ov_pending = False
+            sub.ov_since = None
+            sub.cursor = head + 1
+            sub.replay_end = 0
+            parts = [P.encode(P.reset("resync", seq=head, epoch=self.epoch))]
+            if sub.want_snapshot:
+                parts.append(self._snapshot_bytes(sub.filter))
+            self._count_reset("resync")
+            self._push(sub, _join(parts))
+
+    def publish(self, batch: Sequence[dict[str, Any]]) -> None:
+        """Number, record and deliver one poll's events, in order.
+
+        Takes ownership of the dicts: ``seq`` and ``host`` are added in place. Call on
+        the event loop thread; it never blocks.
+        """
+        if not batch:
+            return
+        now = self._clock()
+        host = self.host
+        dumps = _dumps
+        counts = self.stats.events_by_type
+        seq = self._head
+        first = seq + 1
+        types: list[Any] = []
+        groups: list[Any] = []
+        parts: list[bytes] = []
+        for ev in batch:
+            seq += 1
+            ev["seq"] = seq
+            ev["host"] = host
+            parts.append(dumps(ev))  # never raises, so numbering and state stay in step
+            t = ev.get("type")
+            if t == "proc.start" or t == "proc.exit" or t == "group.update":
+                self._apply(t, ev)
+            types.append(t)
+            groups.append(ev.get("group", NO_GROUP))
+            counts[t] = counts.get(t, 0) + 1
+        self._head = seq
+        self._ring.extend(now, types, groups, parts)
+        self._snapshots.clear()
+        stats = self.stats
+        stats.batches += 1
+        stats.events_published += len(parts)
+
+        next_seq = seq + 1
+        dead: list[Subscriber] = []
+        # This loop is the hot path (once per subscriber per poll): keep it to one sink
+        # call per subscriber and count into locals.
+        for filt, subs in self._by_filter.items():
+            if filt.everything:
+                sel = parts
+            else:
+                match = filt.matches
+                sel = [p for p, t, g in zip(parts, types, groups) if match(t, g)]
+            nsel = len(sel)
+            recent = self._recent.get(filt)
+            if recent is None:
+                recent = self._recent[filt] = collections.deque(maxlen=_RECENT_FRAMES)
+            if not nsel:
+                recent.append((first, next_seq, None))
+                for sub in subs:
+                    if not sub.lagging:
+                        sub.cursor = next_seq
+                continue
+            frame = b"[" + b",".join(sel) + b"]"
+            recent.append((first, next_seq, frame))
+            stats.frames_encoded += 1
+            written = 0
+            for sub in subs:
+                if sub.lagging:
+                    if sub.ov_pending:
+                        sub.ov_dropped += nsel
+                    continue
+                r = sub.sink.try_write(frame)
+                if r > 0:
+                    sub.cursor = next_seq
+                    sub.last_write = now
+                    written += 1
+                elif r == 0:
+                    # cursor stays at `first`: the pump will pull this batch from the buffer
+                    self._set_lagging(sub)
+                else:
+                    dead.append(sub)
+            stats.frames_sent += written
+            stats.bytes_sent += written * len(frame)
+        for sub in dead:
+            self._drop_dead(sub)
+        self._trim(now)
+
+    # -- connection side ---------------------------------------------------------------
+
+    def attach(self, sink: Sink) -> Subscriber:
+        """Register a new connection; it receives nothing until :meth:`subscribe`."""
+        self._next_id += 1
+        sub = Subscriber(self, sink, self._next_id, self._clock())
+        self._subs.add(sub)
+        self.stats.subscribers = len(self._subs)
+        self.stats.subscribers_total += 1
+        return sub
+
+    def detach(self, sub: Subscriber) -> None:
+        """Forget a subscriber (its connection closed). Idempotent."""
+        if sub.closed:
+            return
+        sub.closed = True
+        sub.active = False
+        self._subs.discard(sub)
+        self._unlist(sub)
+        self._lagging.discard(sub)
+        sub.outbox.clear()
+        self.stats.subscribers = len(self._subs)
+        self.stats.lagging = len(self._lagging)
+
+    def hello(self, filter: Filter | None) -> dict[str, Any]:
+        """The ``hello`` object for a new connection (send it first, with :meth:`send`)."""
+        return P.hello(
+            server=SERVER_NAME,
+            host=self.host,
+            epoch=self.epoch,
+            head_seq=self._head,
+            oldest_seq=self.oldest_seq,
+            interval=self.interval,
+            filter=filter,
+        )
+
+    def send(self, sub: Subscriber, *objs: Mapping[str, Any]) -> None:
+        """Send control objects to one subscriber, in order with everything else it gets."""
+        if objs and not sub.closed:
+            self._push(sub, P.frame(*objs))
+
+    def subscribe(self, sub: Subscriber, request: Subscription, *, ack: bool = False) -> None:
+        """Start (or replace) a subscription: replay, snapshot, or live only.
+
+        ``ack=True`` (a ``subscribe`` frame, as opposed to the URL) sends ``subscribed``
+        first. With ``since``+``epoch`` within the buffer the events after ``since`` are
+        replayed; otherwise ``reset`` + snapshot. Without ``since``, a snapshot as of the
+        head (unless ``snapshot`` is false) then live events.
+        """
+        if sub.closed:
+            return
+        self._unlist(sub)
+        sub.filter = request.filter
+        sub.want_snapshot = request.snapshot
+        sub.active = True
+        sub.ov_pending = False
+        sub.ov_since = None
+        sub.replay_end = 0
+        self._by_filter.setdefault(sub.filter, set()).add(sub)
+        head = self._head
+
+        parts: list[bytes] = []
+        if ack:
+            parts.append(P.encode(P.subscribed(sub.filter, head if request.since is None
+                                               else min(request.since, head))))
+        if request.since is not None:
+            reason = self.resume_problem(request.since, request.epoch)
+            if reason is None:
+                self.stats.resumes += 1
+                sub.cursor = request.since + 1
+                sub.replay_end = head
+                if parts:
+                    self._push(sub, _join(parts))
+                if sub.cursor <= head:
+                    self._set_lagging(sub)
+                return
+            self._count_reset(reason)
+            parts.append(P.encode(P.reset(reason, seq=head, epoch=self.epoch, since=request.since)))
+        sub.cursor = head + 1
+        if request.snapshot:
+            parts.append(self._snapshot_bytes(sub.filter))
+        if parts:
+            self._push(sub, _join(parts))
+
+    def resume_problem(self, since: int, epoch: str | None) -> str | None:
+        """Why ``since``+``epoch`` can't be replayed exactly (a reset reason), or None."""
+        if epoch != self.epoch:
+            return "epoch"
+        if since > self._head:
+            return "future"
+        if since <= self._baseline_seq:
+            return "resync"
+        if since < self.oldest_seq - 1:
+            return "expired"
+        return None
+
+    def snapshot(self, filter: Filter | None = None) -> dict[str, Any]:
+        """The state as of :attr:`head_seq` (filtered by groups), as a fresh dict.
+
+        ``{"type": "snapshot", "seq", "host", "epoch", "groups": {name: fields},
+        "procs": [fields]}``; the dicts are copies the caller may keep or change.
+        """
+        obj = self._snapshot_obj(filter or Filter())
+        obj["groups"] = {k: dict(v) for k, v in obj["groups"].items()}
+        obj["procs"] = [dict(p) for p in obj["procs"]]
+        return obj
+
+    def snapshot_json(self, filter: Filter | None = None) -> bytes:
+        """:meth:`snapshot` encoded (cached until the state changes)."""
+        return self._snapshot_bytes(filter or Filter())
+
+    def tick(self) -> None:
+        """Housekeeping; call every :attr:`tick_interval` seconds.
+
+        Trims the buffer by age, closes subscribers still stuck ``overflow_grace``
+        seconds after their first overflow, and sends ``bookmark`` to subscribers that
+        heard nothing for ``bookmark_interval`` seconds.
+        """
+        now = self._clock()
+        self._trim(now)
+        grace = self.overflow_grace
+        for sub in list(self._lagging):
+            if sub.ov_since is not None and now - sub.ov_since >= grace:
+                self._close_slow(sub)
+        if self.bookmark_interval <= 0:
+            return
+        due = now - self.bookmark_interval
+        frame: bytes | None = None
+        dead: list[Subscriber] = []
+        for subs in self._by_filter.values():
+            for sub in subs:
+                if sub.lagging or sub.last_write > due:
+                    continue
+                sink = sub.sink
+                if not sink.writable():
+                    continue
+                if frame is None:
+                    frame = P.frame(P.bookmark(self._head))
+                if sink.write(frame):
+                    sub.last_write = now
+                    self.stats.bookmarks_sent += 1
+                    self.stats.frames_sent += 1
+                    self.stats.bytes_sent += len(frame)
+                else:
+                    dead.append(sub)
+        for sub in dead:
+            self._drop_dead(sub)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _apply(self, t: str, ev: Mapping[str, Any]) -> None:
+        # Keep the state exactly as of the latest seq, so a snapshot taken between two
+        # batches is consistent with the events that follow it.
+        if t == "proc.start":
+            self._procs[(ev.get("pid"), ev.get("start_time"))] = _strip(ev)
+        elif t == "proc.exit":
+            self._procs.pop((ev.get("pid"), ev.get("start_time")), None)
+        else:  # group.update
+            name = ev.get("group")
+            if ev.get("removed"):
+                self._groups.pop(name, None)
+            else:
+                state = self._groups.get(name)
+                if state is None:
+                    self._groups[name] = _strip(ev)
+                else:
+                    state.update(_strip(ev))
+
+    def _snapshot_obj(self, filt: Filter) -> dict[str, Any]:
+        groups = filt.groups
+        if groups is None:
+            gstate = dict(self._groups)
+            procs = list(self._procs.values())
+        else:
+            gstate = {k: v for k, v in self._groups.items() if k in groups}
+            procs = [p for p in self._procs.values() if p.get("group") in groups]
+        return {
+            "type": "snapshot",
+            "seq": self._head,
+            "host": self.host,
+            "epoch": self.epoch,
+            "groups": gstate,
+            "procs": procs,
+        }
+
+    def _snapshot_bytes(self, filt: Filter) -> bytes:
+        # Cached per groups filter until the next change: a thousand clients
+        # (re)connecting within one interval cost one encoding.
+        key = filt.groups
+        data = self._snapshots.get(key)
+        if data is None:
+            data = _dumps(self._snapshot_obj(filt))
+            self._snapshots[key] = data
+        self.stats.snapshots_sent += 1
+        return data
+
+    def _push(self, sub: Subscriber, frame: bytes) -> None:
+        if not sub.lagging and sub.sink.writable():
+            if sub.sink.write(frame):
+                sub.last_write = self._clock()
+                self.stats.frames_sent += 1
+                self.stats.bytes_sent += len(frame)
+            else:
+                self._drop_dead(sub)
+            return
+        if len(sub.outbox) >= _OUTBOX_LIMIT:
+            self._close_slow(sub)
+            return
+        sub.outbox.append(frame)
+        self._set_lagging(sub)
+
+    def _set_lagging(self, sub: Subscriber) -> None:
+        if not sub.lagging:
+            sub.lagging = True
+            self._lagging.add(sub)
+            self.stats.lagging = len(self._lagging)
+            sub.sink.wake()
+
+    def _pull(self, sub: Subscriber) -> bytes | None:
+        """Implementation of :meth:`Subscriber.next_frame`."""
+        if sub.closed:
+            return None
+        stats = self.stats
+        if sub.outbox:
+            frame = sub.outbox.popleft()
+        elif not sub.active:
+            frame = None  # not subscribed (yet): control frames only
+        elif sub.ov_pending:
+            head = self._head
+            sub.ov_pending = False
+            parts = [P.encode(P.overflow(sub.ov_dropped, sub.ov_from, head))]
+            if sub.want_snapshot:
+                parts.append(self._snapshot_bytes(sub.filter))
+            frame = _join(parts)
+            sub.cursor = head + 1
+        else:
+            frame = None
+            head = self._head
+            while frame is None and sub.cursor <= head:
+                if sub.cursor < self.oldest_seq:
+                    # Fell out of the buffer (a re-baseline or age trim got there first).
+                    self._overflow(sub, self._clock())
+                    return self._pull(sub)
+                frame, sub.cursor = self._collect(sub.filter, sub.cursor)
+            if frame is not None:
+                stats.replayed_frames += 1
+        if frame is None:
+            # Caught up: from now on the fast path delivers.
+            sub.lagging = False
+            sub.ov_since = None
+            sub.replay_end = 0
+            self._lagging.discard(sub)
+            stats.lagging = len(self._lagging)
+            return None
+        sub.last_write = self._clock()
+        stats.frames_sent += 1
+        stats.bytes_sent += len(frame)
+        return frame
+
+    def _collect(self, filt: Filter, from_seq: int) -> tuple[bytes | None, int]:
+        """Frame of the buffered events from ``from_seq`` that pass ``filt``, ending at a
+        batch boundary once the frame is big enough; returns (frame or None, next seq)."""
+        recent = self._recent.get(filt)
+        if recent and recent[0][0] <= from_seq:
+            # A short lag: reuse the frame built at publish time for this batch.
+            for first, nxt, frame in recent:
+                if first == from_seq:
+                    return frame, nxt
+        ring = self._ring
+        i = i0 = ring.start + (from_seq - self.oldest_seq)
+        end = len(ring.data)
+        data, eob = ring.data, ring.eob
+        everything = filt.everything
+        match = filt.matches
+        types, groups = ring.types, ring.groups
+        sel: list[bytes] = []
+        size = 0
+        while i < end:
+            if everything or match(types[i], groups[i]):
+                d = data[i]
+                sel.append(d)
+                size += len(d)
+            i += 1
+            if eob[i - 1] and size >= _REPLAY_FRAME_BYTES:
+                break
+        next_seq = from_seq + (i - i0)
+        if not sel:
+            return None, next_seq
+        return b"[" + b",".join(sel) + b"]", next_seq
+
+    def _count_matching(self, filt: Filter, from_seq: int) -> int:
+        """Events from ``from_seq`` to the head that pass ``filt``; events no longer in
+        the buffer count as passing (their type and group are gone)."""
+        oldest = self.oldest_seq
+        n = max(0, oldest - from_seq)
+        ring = self._ring
+        start = ring.start + max(0, from_seq - oldest)
+        if filt.everything:
+            return n + len(ring.data) - start
+        match = filt.matches
+        types, groups = ring.types, ring.groups
+        return n + sum(1 for i in range(start, len(ring.data)) if match(types[i], groups[i]))
+
+    def _overflow(self, sub: Subscriber, now: float) -> None:
+        if sub.ov_since is not None and now - sub.ov_since >= self.overflow_grace:
+            self._close_slow(sub)
+            return
+        if sub.ov_since is None:
+            sub.ov_since = now
+        dropped = self._count_matching(sub.filter, sub.cursor)
+        sub.ov_pending = True
+        sub.ov_from = sub.cursor
+        sub.ov_dropped = dropped
+        sub.replay_end = 0
+        self.stats.overflows += 1
+        self.stats.events_dropped += dropped
+        self._set_lagging(sub)
+
+    def _trim(self, now: float) -> None:
+        """Apply the buffer's count and age bounds, and the subscribers' lag bound."""
+        ring = self._ring
+        oldest = self.oldest_seq
+        new_oldest = oldest + max(0, len(ring) - self.buffer_size)
+        if self.buffer_age > 0 and len(ring):
+            limit = now - self.buffer_age
+            times = ring.times
+            i = ring.start + (new_oldest - oldest)
+            end = len(times)
+            while i < end and times[i] < limit:
+                i += 1
+            new_oldest = oldest + (i - ring.start)
+        if self._lagging:
+            head = self._head
+            qlimit = self.queue_limit
+            for sub in list(self._lagging):
+                if sub.ov_pending or sub.closed or not sub.active:
+                    continue
+                behind = head - max(sub.cursor - 1, sub.replay_end)
+                if behind > qlimit or sub.cursor < new_oldest:
+                    self._overflow(sub, now)
+        ring.drop_front(new_oldest - oldest)
+
+    def _close_slow(self, sub: Subscriber) -> None:
+        self.stats.slow_consumer_closes += 1
+        self.detach(sub)
+        sub.sink.close(SLOW_CONSUMER_CODE, "slow consumer")
+
+    def _drop_dead(self, sub: Subscriber) -> None:
+        self.stats.dead_subscribers += 1
+        self.detach(sub)
+
+    def _unlist(self, sub: Subscriber) -> None:
+        subs = self._by_filter.get(sub.filter)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._by_filter[sub.filter]
+                self._recent.pop(sub.filter, None)
+
+    def _count_reset(self, reason: str) -> None:
+        self.stats.resets[reason] = self.stats.resets.get(reason, 0) + 1
+
+
+def _dumps(obj: Any) -> bytes:
+    """orjson, falling back to ``str()`` for values JSON can't hold (a set, a Path…):
+    one odd value from a producer must not break the stream.
+
+    The result is an exact-size copy: orjson hands back bytes with spare capacity (1-4
+    KiB for a 300-byte event, depending on its version), and the resume buffer keeps
+    100,000 of them.
+    """
+    try:
+        data = orjson.dumps(obj)
+    except TypeError:
+        data = orjson.dumps(obj, default=str, option=orjson.OPT_NON_STR_KEYS)
+    return memoryview(data).tobytes()
+
+
+def _strip(fields: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if k not in _ENVELOPE}
+
+
+def _join(parts: list[bytes]) -> bytes:
+    return b"[" + b",".join(parts) + b"]"

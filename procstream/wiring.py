@@ -1,0 +1,51 @@
+"""The parts every command builds from its options: the config's rules, the /proc
+reader, the grouper and the event builder — and the error that ends a command with
+exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .config import Config, ConfigError, default_config, load_config
+from .events import EventBuilder
+from .grouper import Grouper
+from .procfs import FS, ProcfsError
+from .redact import RedactPatternError, Redactor
+
+__all__ = ["UsageError", "load_namer", "build_core"]
+
+
+class UsageError(Exception):
+    """A user error that ends the program with exit code 2 and this message."""
+
+
+def load_namer(path: str | None) -> Config:
+    """The config file's rules, or process-exporter's packaged default."""
+    if path is None:
+        return default_config()
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise UsageError(f"bad config: {exc}") from exc
+
+
+def build_core(args: argparse.Namespace) -> tuple[FS, Grouper, EventBuilder]:
+    """The /proc reader, the grouper and the event builder the options ask for."""
+    namer = load_namer(args.config)
+    try:
+        fs = FS(args.procfs)
+    except ProcfsError as exc:
+        raise UsageError(f"cannot read --procfs: {exc}") from exc
+    try:
+        redactor = Redactor(args.redact, drop_cmdline=args.no_cmdline)
+    except RedactPatternError as exc:
+        raise UsageError(str(exc)) from exc
+    grouper = Grouper(
+        namer,
+        track_children=args.children,
+        remove_empty_groups=args.remove_empty_groups,
+        recheck=args.recheck,
+    )
+    builder = EventBuilder(username=grouper.username, redact=redactor)
+    return fs, grouper, builder

@@ -1,0 +1,178 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from procstream.events import EventBuilder
+from procstream.grouper import Grouper
+from procstream.collect.poll import Poller
+from procstream.procfs.errors import ProcfsError
+from tests.support.fake_procs import ByName, fake
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.states: list[tuple[dict, list]] = []
+        self.batches: list[list[dict]] = []
+        self.threads: set[str] = set()
+
+    def load_state(self, groups, procs) -> None:
+        self.threads.add(threading.current_thread().name)
+        self.states.append((groups, procs))
+
+    def publish(self, events) -> None:
+        self.threads.add(threading.current_thread().name)
+        self.batches.append(events)
+
+
+class Scan:
+    """A scan whose processes, slowness and failures the test controls."""
+
+    def __init__(self) -> None:
+        self.procs = [fake(10, "a", start=100)]
+        self.delay = 0.0
+        self.fail = False
+        self.threads: set[str] = set()
+
+    def __call__(self):
+        self.threads.add(threading.current_thread().name)
+        if self.delay:
+            time.sleep(self.delay)  # plays a slow /proc on the worker thread
+        if self.fail:
+            raise ProcfsError(2, "mount point gone: /nonexistent")
+        return list(self.procs)
+
+
+def make(interval: float = 0.05, scan: Scan | None = None) -> tuple[Poller, Scan, Sink]:
+    scan = scan or Scan()
+    grouper = Grouper(ByName({"a", "b"}), usernames=str)
+    builder = EventBuilder(username=grouper.username)
+    sink = Sink()
+    return Poller(scan, grouper, builder, sink, interval=interval), scan, sink
+
+
+async def wait_for(cond, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        await asyncio.sleep(0.01)
+
+
+async def test_first_poll_loads_state_then_batches_flow():
+    poller, scan, sink = make()
+    task = asyncio.create_task(poller.run())
+    try:
+        await wait_for(lambda: len(sink.batches) >= 1)
+        assert len(sink.states) == 1
+        groups, procs = sink.states[0]
+        assert set(groups) == {"a"} and [p["pid"] for p in procs] == [10]
+        scan.procs = [fake(10, "a", start=100), fake(11, "b", start=900)]
+        await wait_for(lambda: any(e["type"] == "proc.start" for b in sink.batches for e in b))
+        start = next(e for b in sink.batches for e in b if e["type"] == "proc.start")
+        assert (start["pid"], start["group"]) == (11, "b")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    # the scan ran on the worker thread, the sink on the loop thread
+    assert scan.threads == {n for n in scan.threads if n.startswith("procstream-poll")}
+    assert sink.threads == {threading.current_thread().name}
+
+
+async def test_the_loop_never_blocks_during_a_slow_poll():
+    poller, scan, sink = make(interval=0.2)
+    scan.delay = 0.3
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0.01)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    task = asyncio.create_task(poller.run())
+    tick = asyncio.create_task(ticker())
+    try:
+        await wait_for(lambda: len(sink.batches) >= 2, timeout=10)
+    finally:
+        task.cancel()
+        tick.cancel()
+        await asyncio.gather(task, tick, return_exceptions=True)
+    assert max(gaps) < 0.15
+
+
+async def test_an_overrunning_poll_skips_ticks_and_says_so():
+    poller, scan, sink = make(interval=0.05)
+    scan.delay = 0.13
+    task = asyncio.create_task(poller.run())
+    try:
+        await wait_for(lambda: len(sink.batches) >= 2, timeout=10)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    cycles = [e for b in sink.batches for e in b if e["type"] == "cycle"]
+    assert all(c["skipped"] >= 2 for c in cycles)
+    assert poller.status.skipped >= 4
+    assert poller.status.polls == len(sink.batches) + 1  # no pile-up
+
+
+async def test_failing_polls_are_retried_and_health_follows():
+    poller, scan, sink = make(interval=0.05)
+    task = asyncio.create_task(poller.run())
+    try:
+        await wait_for(lambda: poller.status.polls >= 1)
+        assert poller.health()[0] is True
+        scan.fail = True
+        await wait_for(lambda: poller.health()[0] is False)
+        ok, details = poller.health()
+        assert details["status"] == "stale"
+        assert "mount point gone" in details["last_error"]
+        assert poller.status.failures >= 3
+        scan.fail = False
+        await wait_for(lambda: poller.health()[0] is True)
+        assert poller.health()[1]["last_error"] is None
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_request_poll_runs_one_early():
+    poller, scan, sink = make(interval=30.0)
+    task = asyncio.create_task(poller.run())
+    try:
+        await wait_for(lambda: len(sink.states) == 1)
+        poller.request_poll()
+        await wait_for(lambda: len(sink.batches) == 1, timeout=2)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_submit_runs_on_the_poll_thread():
+    poller, _, _ = make()
+    name = await poller.submit(lambda: threading.current_thread().name)
+    assert name.startswith("procstream-poll")
+
+
+def test_interval_must_be_positive():
+    with pytest.raises(ValueError):
+        make(interval=0)
+
+
+async def test_run_after_a_first_poll_waits_one_interval():
+    poller, scan, sink = make(interval=0.5)
+    assert await poller.poll_now() is True
+    assert len(sink.states) == 1
+    task = asyncio.create_task(poller.run())
+    try:
+        t0 = time.monotonic()
+        await wait_for(lambda: len(sink.batches) == 1)
+        assert time.monotonic() - t0 >= 0.4  # the grid starts one interval after the first poll
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -1,0 +1,328 @@
+"""procstream.procfs.fs: FS and Proc over a fake /proc tree (tests/fixtures/proc)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from procstream.procfs import (
+    FS,
+    Proc,
+    ProcfsError,
+    ProcfsParseError,
+    ProcId,
+    ProcLike,
+    ProcMetrics,
+    ProcStatic,
+    States,
+)
+from tests.support.fake_proc_tree import deny, unprivileged
+
+BTIME = 1795677232
+TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _metrics(mount: str, pid: int) -> ProcMetrics:
+    return FS(mount).proc(pid).metrics()
+
+
+# -- FS ---------------------------------------------------------------------------
+
+
+def test_fs_attributes(fake_proc: Path) -> None:
+    fs = FS(fake_proc)  # a PathLike is fine
+    assert fs.mount_point == str(fake_proc)
+    assert fs.boot_time == BTIME
+    assert (fs.clock_ticks, fs.page_size) == (TICKS, PAGE)
+    assert fs.is_procfs is False
+    assert fs.thread_detail is True
+
+
+def test_missing_mount_point_names_the_path(tmp_path: Path) -> None:
+    missing = str(tmp_path / "no-such-proc")
+    with pytest.raises(ProcfsError) as info:
+        FS(missing)
+    assert isinstance(info.value, OSError)
+    assert info.value.errno == errno.ENOENT
+    assert missing in str(info.value)
+
+
+def test_mount_point_not_a_directory(tmp_path: Path) -> None:
+    path = tmp_path / "file"
+    path.write_bytes(b"")
+    with pytest.raises(ProcfsError) as info:
+        FS(path)
+    assert info.value.errno == errno.ENOTDIR
+    assert str(path) in str(info.value)
+
+
+def test_mount_point_without_stat(tmp_path: Path) -> None:
+    with pytest.raises(ProcfsError) as info:
+        FS(tmp_path)
+    assert str(tmp_path / "stat") in str(info.value)
+
+
+def test_stat_without_btime(tmp_path: Path) -> None:
+    (tmp_path / "stat").write_bytes(b"cpu 1 2 3\nctxt 5\n")
+    with pytest.raises(ProcfsError) as info:
+        FS(tmp_path)
+    assert str(tmp_path / "stat") in str(info.value)
+    assert "btime" in str(info.value)
+
+
+def test_all_procs_lists_numeric_entries_in_pid_order(fake_proc: Path) -> None:
+    (fake_proc / "self").symlink_to("1000")
+    (fake_proc / "sys").mkdir()
+    fs = FS(fake_proc)
+    procs = list(fs.all_procs())
+    assert all(isinstance(p, Proc) for p in procs)
+    assert [p.pid for p in procs] == [14, 1000, 1001, 1002, 1003, 1004, 1006, 1010]
+
+
+def test_all_procs_listing_failure_raises_at_call(fake_proc: Path) -> None:
+    fs = FS(fake_proc)
+    shutil.rmtree(fake_proc)
+    with pytest.raises(ProcfsError) as info:
+        fs.all_procs()  # not at the first next()
+    assert str(fake_proc) in str(info.value)
+
+
+# -- one process ------------------------------------------------------------------
+
+
+def test_normal_process(fake_proc: Path) -> None:
+    proc: ProcLike = FS(fake_proc).proc(1000)
+    assert proc.pid == 1000
+    assert proc.proc_id() == ProcId(1000, 67176)
+    assert proc.static() == ProcStatic(
+        name="sleep",
+        cmdline=("sleep", "1000"),
+        parent_pid=900,
+        start_time=BTIME + 67176 / TICKS,
+        uid=0,
+        cgroups=(),
+    )
+    assert proc.metrics() == ProcMetrics(
+        cpu_user=0.0,
+        cpu_system=0.0,
+        read_bytes=20480,
+        write_bytes=4096,
+        resident_bytes=423 * PAGE,
+        virtual_bytes=2990080,
+        swapped_bytes=12 * 1024,
+        major_faults=1,
+        minor_faults=74,
+        ctx_voluntary=2,
+        ctx_nonvoluntary=0,
+        num_threads=1,
+        open_fds=3,
+        states=States(sleeping=1),
+        partial_errors=0,
+    )
+    assert proc.fd_limit() == 20000
+
+
+def test_cgroups_only_when_asked(fake_proc: Path) -> None:
+    proc = FS(fake_proc).proc(1000)
+    assert proc.static().cgroups == ()
+    with_cgroups = proc.static(cgroups=True)
+    assert len(with_cgroups.cgroups) == 10
+    assert with_cgroups.cgroups[-1] == "/user.slice/user-0.slice/session-1.scope"
+    assert with_cgroups.name == "sleep" and with_cgroups.cmdline == ("sleep", "1000")
+
+
+def test_comm_with_spaces_and_parens(fake_proc: Path) -> None:
+    proc = FS(fake_proc).proc(1001)
+    static = proc.static(cgroups=True)
+    assert static.name == "a) (b c)"
+    assert static.parent_pid == 900
+    assert static.cmdline[-3:] == ("café", "\ufffd\ufffdraw", "")
+    assert static.cgroups == ("/system.slice/app:blue.service:v2",)
+    metrics = proc.metrics()
+    assert metrics.cpu_user == 1 / TICKS
+    assert (metrics.resident_bytes, metrics.virtual_bytes) == (3350 * PAGE, 16973824)
+
+
+def test_zombie(fake_proc: Path) -> None:
+    proc = FS(fake_proc).proc(1002)
+    static = proc.static()
+    assert (static.name, static.cmdline, static.parent_pid) == ("python3", (), 900)
+    metrics = proc.metrics()
+    assert metrics.states == States(zombie=1)
+    assert (metrics.resident_bytes, metrics.virtual_bytes, metrics.swapped_bytes) == (0, 0, 0)
+    # no io file: bytes 0 and counted; its (empty) fd directory still counts 0 fds
+    assert (metrics.read_bytes, metrics.write_bytes, metrics.partial_errors) == (0, 0, 1)
+    assert metrics.open_fds == 0
+
+
+def test_kernel_thread(fake_proc: Path) -> None:
+    proc = FS(fake_proc).proc(14)
+    static = proc.static()
+    assert (static.name, static.cmdline, static.parent_pid) == ("ksoftirqd/0", (), 2)
+    assert static.start_time == BTIME + 24 / TICKS
+    metrics = proc.metrics()
+    assert (metrics.open_fds, metrics.swapped_bytes, metrics.partial_errors) == (0, 0, 0)
+    assert (metrics.ctx_voluntary, metrics.ctx_nonvoluntary) == (883, 128)
+    assert metrics.cpu_user == 2 / TICKS
+
+
+def test_garbage_stat(fake_proc: Path) -> None:
+    proc = FS(fake_proc).proc(1003)
+    with pytest.raises(ProcfsParseError):
+        proc.proc_id()
+    with pytest.raises(ProcfsParseError):
+        proc.metrics()
+
+
+def test_stat_without_status_is_a_vanished_process(fake_proc: Path) -> None:
+    proc = FS(fake_proc).proc(1004)
+    assert proc.proc_id() == ProcId(1004, 67176)
+    with pytest.raises(ProcessLookupError):
+        proc.metrics()
+    with pytest.raises(ProcessLookupError):
+        proc.static()
+
+
+def test_nonexistent_pid(fake_proc: Path) -> None:
+    proc = FS(fake_proc).proc(4242)  # nothing read yet
+    with pytest.raises(ProcessLookupError):
+        proc.proc_id()
+
+
+def test_unlimited_fd_limit_is_zero(fake_proc: Path) -> None:
+    assert FS(fake_proc).proc(1006).fd_limit() == 0
+
+
+def test_multithreaded_counts_every_thread(fake_proc: Path) -> None:
+    metrics = FS(fake_proc).proc(1010).metrics()
+    assert metrics.num_threads == 3
+    assert metrics.states == States(running=1, sleeping=1, waiting=1)
+    # summed over task/*/status (the leader's own status says 4 and 3)
+    assert (metrics.ctx_voluntary, metrics.ctx_nonvoluntary) == (4 + 25 + 3, 3 + 7 + 1)
+    assert metrics.open_fds == 6
+    assert metrics.partial_errors == 0
+
+
+def test_without_thread_detail_uses_the_leader(fake_proc: Path) -> None:
+    metrics = FS(fake_proc, thread_detail=False).proc(1010).metrics()
+    assert metrics.num_threads == 3
+    assert metrics.states == States(sleeping=1)
+    assert (metrics.ctx_voluntary, metrics.ctx_nonvoluntary) == (4, 3)
+
+
+def test_thread_vanishing_mid_listing_is_skipped(fake_proc: Path) -> None:
+    # listed in task/, gone by the time we read it
+    (fake_proc / "1010" / "task" / "1012" / "stat").unlink()
+    (fake_proc / "1010" / "task" / "1011" / "status").unlink()
+    metrics = FS(fake_proc).proc(1010).metrics()
+    assert metrics.states == States(sleeping=1)  # only the leader was fully read
+    assert (metrics.ctx_voluntary, metrics.ctx_nonvoluntary) == (4, 3)
+    assert metrics.partial_errors == 0
+
+
+def test_missing_task_dir_falls_back_to_the_leader(fake_proc: Path) -> None:
+    shutil.rmtree(fake_proc / "1010" / "task")
+    metrics = FS(fake_proc).proc(1010).metrics()
+    assert metrics.states == States(sleeping=1)
+    assert (metrics.ctx_voluntary, metrics.ctx_nonvoluntary) == (4, 3)
+
+
+# -- caching ----------------------------------------------------------------------
+
+
+def test_each_file_is_read_once(fake_proc: Path) -> None:
+    proc = FS(fake_proc).proc(1000)
+    static = proc.static()  # reads stat, cmdline, status
+    for name in ("stat", "status", "cmdline"):
+        (fake_proc / "1000" / name).unlink()
+    # metrics() shares stat and status: only io and fd are read now
+    metrics = proc.metrics()
+    assert metrics.ctx_voluntary == 2 and metrics.resident_bytes == 423 * PAGE
+    shutil.rmtree(fake_proc / "1000")
+    assert proc.static() is static
+    assert proc.metrics() is metrics
+    assert proc.proc_id() == ProcId(1000, 67176)
+
+
+# -- partial and vanished reads -----------------------------------------------------
+
+
+def test_unreadable_io_and_fd_keep_the_other_metrics(fake_proc: Path) -> None:
+    full = FS(fake_proc).proc(1000).metrics()
+    deny(fake_proc / "1000" / "io")
+    deny(fake_proc / "1000" / "fd")
+    partial = unprivileged(_metrics, str(fake_proc), 1000)
+    assert (partial.read_bytes, partial.write_bytes, partial.open_fds) == (0, 0, -1)
+    assert partial.partial_errors == 2
+    survivors = [
+        "cpu_user",
+        "cpu_system",
+        "resident_bytes",
+        "virtual_bytes",
+        "swapped_bytes",
+        "major_faults",
+        "minor_faults",
+        "ctx_voluntary",
+        "ctx_nonvoluntary",
+        "num_threads",
+        "states",
+    ]
+    for name in survivors:
+        assert getattr(partial, name) == getattr(full, name), name
+
+
+def test_unreadable_io_only(fake_proc: Path) -> None:
+    deny(fake_proc / "1000" / "io")
+    partial = unprivileged(_metrics, str(fake_proc), 1000)
+    assert (partial.read_bytes, partial.write_bytes, partial.open_fds) == (0, 0, 3)
+    assert partial.partial_errors == 1
+
+
+def test_missing_io_of_a_live_process_is_partial(fake_proc: Path) -> None:
+    (fake_proc / "1000" / "io").unlink()
+    metrics = FS(fake_proc).proc(1000).metrics()
+    assert (metrics.read_bytes, metrics.write_bytes, metrics.open_fds) == (0, 0, 3)
+    assert metrics.partial_errors == 1
+
+
+def test_status_deleted_between_proc_id_and_metrics(fake_proc: Path) -> None:
+    proc = FS(fake_proc).proc(1000)
+    proc.proc_id()
+    (fake_proc / "1000" / "status").unlink()
+    with pytest.raises(ProcessLookupError):
+        proc.metrics()
+
+
+def test_process_gone_between_static_and_metrics(fake_proc: Path) -> None:
+    proc = FS(fake_proc).proc(1000)
+    proc.static()  # stat and status are cached now
+    shutil.rmtree(fake_proc / "1000")
+    # io is missing too, but because the process is gone: not a partial read
+    with pytest.raises(ProcessLookupError):
+        proc.metrics()
+    with pytest.raises(ProcessLookupError):
+        proc.fd_limit()
+    with pytest.raises(ProcessLookupError):
+        proc.static(cgroups=True)
+
+
+def test_missing_optional_static_files(fake_proc: Path) -> None:
+    (fake_proc / "1000" / "cgroup").unlink()
+    (fake_proc / "1000" / "limits").unlink()
+    proc = FS(fake_proc).proc(1000)
+    assert proc.static(cgroups=True).cgroups == ()
+    assert proc.fd_limit() == 0
+
+
+def test_unreadable_limits_is_unknown(fake_proc: Path) -> None:
+    deny(fake_proc / "1000" / "limits")
+    assert unprivileged(_fd_limit, str(fake_proc), 1000) == 0
+
+
+def _fd_limit(mount: str, pid: int) -> int:
+    return FS(mount).proc(pid).fd_limit()

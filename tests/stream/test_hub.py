@@ -1,0 +1,656 @@
+"""Tests of procstream.stream.hub, driven without I/O: fake sinks and a fake clock."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from typing import Any
+
+import orjson
+import pytest
+
+from procstream.stream.hub import SLOW_CONSUMER_CODE, Hub, Subscriber
+from procstream.stream.protocol import Filter, Subscription, expand_types
+
+
+class Clock:
+    def __init__(self, t: float = 1_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class FakeSink:
+    """A connection whose write buffer is either free (``ok``) or full."""
+
+    def __init__(self, ok: bool = True) -> None:
+        self.ok = ok
+        self.frames: list[bytes] = []
+        self.woken = 0
+        self.closed_with: tuple[int, str] | None = None
+        self.gone = False
+
+    def writable(self) -> bool:
+        return self.ok and self.closed_with is None
+
+    def write(self, frame: bytes) -> bool:
+        if self.gone:
+            return False
+        self.frames.append(frame)
+        return True
+
+    def try_write(self, frame: bytes) -> int:
+        if not self.writable():
+            return 0
+        return 1 if self.write(frame) else -1
+
+    def wake(self) -> None:
+        self.woken += 1
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed_with = (code, reason)
+
+    def pump(self, sub: Subscriber) -> int:
+        """What the asyncio pump does once the transport drained."""
+        n = 0
+        while (frame := sub.next_frame()) is not None:
+            self.frames.append(frame)
+            n += 1
+        return n
+
+    def objects(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for f in self.frames:
+            arr = orjson.loads(f)
+            assert isinstance(arr, list) and arr, "every frame is a non-empty JSON array"
+            out.extend(arr)
+        return out
+
+    def events(self) -> list[dict[str, Any]]:
+        return [o for o in self.objects() if "seq" in o and o["type"] not in ("snapshot", "bookmark", "reset", "subscribed")]
+
+    def of_type(self, t: str) -> list[dict[str, Any]]:
+        return [o for o in self.objects() if o["type"] == t]
+
+
+_pids = itertools.count(100)
+
+
+def start(group: str = "web", pid: int | None = None, st: float = 5.0) -> dict[str, Any]:
+    pid = next(_pids) if pid is None else pid
+    return {"type": "proc.start", "ts": 10.0, "pid": pid, "ppid": 1, "start_time": st,
+            "name": group, "cmdline": [group, "-x"], "group": group, "user": "root", "uid": 0,
+            "source": "poll"}
+
+
+def exit_(ev: dict[str, Any]) -> dict[str, Any]:
+    out = {k: ev[k] for k in ("pid", "ppid", "start_time", "name", "cmdline", "group", "user", "uid")}
+    out.update(type="proc.exit", ts=11.0, lifetime_s=1.0, cpu_s=0.1, read_bytes=0, write_bytes=0,
+               exit_code=None, signal=None, source="poll")
+    return out
+
+
+def gupd(group: str, procs: int, **kw: Any) -> dict[str, Any]:
+    ev = {"type": "group.update", "ts": 10.0, "group": group, "procs": procs, "threads": procs,
+          "cpu_s": 1.5}
+    ev.update(kw)
+    return ev
+
+
+def cycle() -> dict[str, Any]:
+    return {"type": "cycle", "ts": 10.0, "duration_ms": 3.1, "procs_seen": 250, "tracked": 120,
+            "started": 1, "exited": 0, "permission_errors": 0, "read_errors": 0}
+
+
+def make_hub(**kw: Any) -> tuple[Hub, Clock]:
+    clock = Clock()
+    kw.setdefault("host", "h1")
+    kw.setdefault("interval", 1.0)
+    hub = Hub(clock=clock, **kw)
+    hub.load_state({}, [])
+    return hub, clock
+
+
+def subscribe(hub: Hub, sink: FakeSink | None = None, **kw: Any) -> tuple[Subscriber, FakeSink]:
+    sink = sink or FakeSink()
+    sub = hub.attach(sink)
+    hub.subscribe(sub, Subscription(**kw))
+    return sub, sink
+
+
+def types_filter(*names: str, groups: tuple[str, ...] | None = None) -> Filter:
+    return Filter(expand_types(names) if names else None,
+                  frozenset(groups) if groups else None)
+
+
+# -- numbering, state, snapshot ---------------------------------------------------------------
+
+
+def test_seq_and_host_are_added_gap_free() -> None:
+    hub, _ = make_hub()
+    assert (hub.head_seq, hub.oldest_seq) == (0, 1)
+    b1 = [cycle(), start()]
+    b2 = [gupd("web", 1)]
+    hub.publish(b1)
+    hub.publish([])
+    hub.publish(b2)
+    assert [e["seq"] for e in b1 + b2] == [1, 2, 3]
+    assert all(e["host"] == "h1" for e in b1 + b2)
+    assert (hub.head_seq, hub.oldest_seq) == (3, 1)
+    assert hub.stats.events_by_type == {"cycle": 1, "proc.start": 1, "group.update": 1}
+    assert hub.stats.batches == 2
+
+
+def test_odd_values_do_not_break_numbering_or_state() -> None:
+    hub, _ = make_hub()
+    sub, sink = subscribe(hub, snapshot=False)
+    odd = start("web") | {"labels": {1: "x"}, "extra": {"b"}}
+    hub.publish([cycle(), odd, cycle()])
+    assert [e["seq"] for e in sink.events()] == [1, 2, 3]
+    assert sink.events()[1]["extra"] == "{'b'}" and sink.events()[1]["labels"] == {"1": "x"}
+    assert len(hub.snapshot()["procs"]) == 1
+    assert orjson.loads(hub.snapshot_json())["procs"][0]["extra"] == "{'b'}"
+
+
+def test_epoch_is_random_per_hub_unless_given() -> None:
+    a, b = Hub(host="h", interval=1), Hub(host="h", interval=1)
+    assert a.epoch != b.epoch and len(a.epoch) >= 8
+    assert Hub(host="h", interval=1, epoch="fixed").epoch == "fixed"
+
+
+def test_state_is_materialized_from_events() -> None:
+    hub, _ = make_hub()
+    init = start("db", pid=1, st=1.0)
+    hub.load_state({"db": {"procs": 1, "cpu_s": 0.5}},
+                   [{k: v for k, v in init.items() if k not in ("type", "ts", "source")}])
+    a, b = start("web", pid=7, st=2.0), start("web", pid=7, st=3.0)  # pid reused: two processes
+    hub.publish([a, b, gupd("web", 2), cycle()])
+    snap = hub.snapshot()
+    assert snap["seq"] == 4 and snap["host"] == "h1" and snap["epoch"] == hub.epoch
+    assert {(p["pid"], p["start_time"]) for p in snap["procs"]} == {(1, 1.0), (7, 2.0), (7, 3.0)}
+    # state has no envelope fields
+    assert all(set(p).isdisjoint({"type", "ts", "seq", "host", "source"}) for p in snap["procs"])
+    assert snap["groups"]["web"] == {"group": "web", "procs": 2, "threads": 2, "cpu_s": 1.5}
+    assert snap["groups"]["db"] == {"group": "db", "procs": 1, "cpu_s": 0.5}
+
+    hub.publish([exit_(a), gupd("web", 1, cpu_s=2.0), gupd("db", 0, removed=True)])
+    snap = hub.snapshot()
+    assert {(p["pid"], p["start_time"]) for p in snap["procs"]} == {(1, 1.0), (7, 3.0)}
+    assert snap["groups"] == {"web": {"group": "web", "procs": 1, "threads": 1, "cpu_s": 2.0}}
+    # a snapshot is a copy: changing it doesn't change the hub
+    snap["groups"]["web"]["procs"] = 99
+    assert hub.snapshot()["groups"]["web"]["procs"] == 1
+
+
+def test_snapshot_plus_following_events_equals_later_snapshot() -> None:
+    """A snapshot is exactly the state as of its seq: applying the events after it
+    (as a client does) gives the hub's later snapshot."""
+    hub, _ = make_hub()
+    live: list[dict[str, Any]] = []
+    for i in range(30):
+        batch: list[dict[str, Any]] = [cycle()]
+        if i % 3 == 0:
+            live.append(start(f"g{i % 4}"))
+            batch.append(live[-1])
+        if i % 5 == 4 and live:
+            batch.append(exit_(live.pop(0)))
+        batch.append(gupd(f"g{i % 4}", len(live)))
+        hub.publish(batch)
+        if i == 10:
+            snap = hub.snapshot()
+            sink = FakeSink()
+            sub = hub.attach(sink)
+            hub.subscribe(sub, Subscription(snapshot=False))
+    groups, procs = snap["groups"], {(p["pid"], p["start_time"]): p for p in snap["procs"]}
+    for ev in sink.events():
+        assert ev["seq"] > snap["seq"]
+        key = (ev.get("pid"), ev.get("start_time"))
+        if ev["type"] == "proc.start":
+            procs[key] = {k: v for k, v in ev.items() if k not in ("type", "ts", "seq", "host", "source")}
+        elif ev["type"] == "proc.exit":
+            del procs[key]
+        elif ev["type"] == "group.update":
+            groups[ev["group"]] = {k: v for k, v in ev.items() if k not in ("type", "ts", "seq", "host")}
+    final = hub.snapshot()
+    assert groups == final["groups"]
+    assert sorted(procs) == sorted((p["pid"], p["start_time"]) for p in final["procs"])
+
+
+def test_snapshot_filtered_by_groups() -> None:
+    hub, _ = make_hub()
+    hub.publish([start("web"), start("db"), gupd("web", 1), gupd("db", 1)])
+    snap = hub.snapshot(types_filter(groups=("web",)))
+    assert list(snap["groups"]) == ["web"]
+    assert {p["group"] for p in snap["procs"]} == {"web"}
+
+
+# -- fan-out and filters --------------------------------------------------------------------
+
+
+def test_snapshot_then_live_events_in_frames_that_are_arrays() -> None:
+    hub, _ = make_hub()
+    hub.publish([start("web")])
+    sub, sink = subscribe(hub)
+    objs = sink.objects()
+    assert [o["type"] for o in objs] == ["snapshot"] and objs[0]["seq"] == 1
+    batch = [cycle(), start("web")]
+    hub.publish(batch)
+    assert len(sink.frames) == 2  # one poll = one frame
+    assert orjson.loads(sink.frames[1]) == batch
+    assert sub.cursor == hub.head_seq + 1 and not sub.lagging
+
+
+def test_filters_types_wildcard_and_groups() -> None:
+    hub, _ = make_hub()
+    _, all_ = subscribe(hub, snapshot=False)
+    _, procs = subscribe(hub, filter=types_filter("proc.*"), snapshot=False)
+    _, web = subscribe(hub, filter=types_filter(groups=("web",)), snapshot=False)
+    _, cyc = subscribe(hub, filter=types_filter("cycle", "group.update", groups=("db",)),
+                       snapshot=False)
+    s_web, s_db = start("web"), start("db")
+    hub.publish([s_web, s_db, gupd("web", 1), gupd("db", 1), cycle(), exit_(s_web)])
+    assert [e["seq"] for e in all_.events()] == [1, 2, 3, 4, 5, 6]
+    assert [e["type"] for e in procs.events()] == ["proc.start", "proc.start", "proc.exit"]
+    # cycle has no group: it passes a groups filter
+    assert [(e["type"], e.get("group")) for e in web.events()] == [
+        ("proc.start", "web"), ("group.update", "web"), ("cycle", None), ("proc.exit", "web")]
+    assert [(e["type"], e.get("group")) for e in cyc.events()] == [
+        ("group.update", "db"), ("cycle", None)]
+    # a batch nothing in which passes sends nothing
+    n = len(cyc.frames)
+    hub.publish([start("web")])
+    assert len(cyc.frames) == n
+
+
+def test_each_batch_is_encoded_once_per_distinct_filter() -> None:
+    hub, _ = make_hub()
+    same = [subscribe(hub, filter=types_filter("proc.start", "proc.exit"), snapshot=False)[1]
+            for _ in range(5)]
+    # spelled differently, same canonical filter
+    same.append(subscribe(hub, filter=types_filter("proc.*"), snapshot=False)[1])
+    every = [subscribe(hub, snapshot=False)[1] for _ in range(3)]
+    every.append(subscribe(hub, filter=types_filter("*"), snapshot=False)[1])
+    before = hub.stats.frames_encoded
+    hub.publish([start("web"), cycle()])
+    assert hub.stats.frames_encoded - before == 2
+    assert all(s.frames[-1] is same[0].frames[-1] for s in same)
+    assert all(s.frames[-1] is every[0].frames[-1] for s in every)
+    assert same[0].frames[-1] is not every[0].frames[-1]
+    assert hub.stats.frames_sent >= 10
+
+
+# -- resume -----------------------------------------------------------------------------------
+
+
+def test_resume_replays_exactly_then_goes_live() -> None:
+    hub, _ = make_hub()
+    for _ in range(5):
+        hub.publish([cycle(), start("web")])
+    sub, sink = subscribe(hub, since=4, epoch=hub.epoch)
+    assert sub.lagging and sink.woken == 1 and sink.frames == []
+    sink.pump(sub)
+    assert [e["seq"] for e in sink.events()] == list(range(5, 11))
+    assert not sub.lagging
+    hub.publish([cycle()])
+    assert [e["seq"] for e in sink.events()] == list(range(5, 12))
+    assert hub.stats.resumes == 1
+
+
+def test_resume_at_head_sends_nothing_then_live() -> None:
+    hub, _ = make_hub()
+    hub.publish([cycle(), cycle()])
+    sub, sink = subscribe(hub, since=2, epoch=hub.epoch)
+    assert not sub.lagging and sink.frames == []
+    hub.publish([cycle()])
+    assert [e["seq"] for e in sink.events()] == [3]
+
+
+def test_resume_with_filter_replays_only_matching() -> None:
+    hub, _ = make_hub()
+    hub.publish([cycle(), start("web"), start("db"), cycle()])
+    sub, sink = subscribe(hub, filter=types_filter("proc.start", groups=("db",)),
+                          since=0, epoch=hub.epoch)
+    sink.pump(sub)
+    assert [(e["seq"], e["group"]) for e in sink.events()] == [(3, "db")]
+
+
+@pytest.mark.parametrize("snapshot", [True, False])
+def test_reset_for_foreign_epoch_future_and_expired(snapshot: bool) -> None:
+    hub, _ = make_hub(buffer_size=10)
+    for _ in range(20):
+        hub.publish([cycle()])
+    assert (hub.oldest_seq, hub.head_seq) == (11, 20)
+
+    cases = [(lambda: dict(since=hub.head_seq - 5, epoch="other"), "epoch"),
+             (lambda: dict(since=hub.head_seq + 1, epoch=hub.epoch), "future"),
+             (lambda: dict(since=hub.oldest_seq - 2, epoch=hub.epoch), "expired")]
+    for make_kw, reason in cases:
+        kw = make_kw()
+        sub, sink = subscribe(hub, snapshot=snapshot, **kw)
+        objs = sink.objects()
+        assert objs[0] == {"type": "reset", "reason": reason, "seq": hub.head_seq,
+                           "epoch": hub.epoch, "since": kw["since"]}
+        assert [o["type"] for o in objs[1:]] == (["snapshot"] if snapshot else [])
+        # then live, no replay
+        hub.publish([cycle()])
+        assert [e["seq"] for e in sink.events()] == [hub.head_seq]
+    # oldest-1 is still a valid resume point: the client has everything up to it
+    sub, sink = subscribe(hub, since=hub.oldest_seq - 1, epoch=hub.epoch)
+    sink.pump(sub)
+    assert sink.of_type("reset") == []
+    assert [e["seq"] for e in sink.events()] == list(range(hub.oldest_seq, hub.head_seq + 1))
+    assert hub.stats.resets == {"epoch": 1, "future": 1, "expired": 1}
+
+
+def test_load_state_again_is_a_resync() -> None:
+    hub, _ = make_hub()
+    hub.publish([cycle(), start("web")])
+    sub, sink = subscribe(hub, snapshot=False)
+    hub.load_state({"x": {"procs": 3}}, [])
+    objs = sink.objects()
+    assert objs[0]["type"] == "reset" and objs[0]["reason"] == "resync" and objs[0]["seq"] == 2
+    assert len(objs) == 1  # snapshot=0: no state
+    _, sink2 = subscribe(hub)
+    hub.load_state({"y": {"procs": 1}}, [])
+    reset, snap = sink2.objects()[-2:]
+    assert reset["reason"] == "resync" and snap["groups"] == {"y": {"procs": 1, "group": "y"}}
+    # resume points from before the re-baseline can't be replayed
+    _, sink3 = subscribe(hub, since=1, epoch=hub.epoch)
+    assert sink3.objects()[0]["reason"] == "resync"
+
+
+def test_resume_far_back_is_a_replay_not_an_overflow() -> None:
+    hub, _ = make_hub(queue_limit=5, buffer_size=1000)
+    for _ in range(50):
+        hub.publish([cycle()])
+    sub, sink = subscribe(hub, since=0, epoch=hub.epoch)
+    hub.publish([cycle()])  # the replay itself isn't backlog
+    assert not sub.ov_pending
+    sink.pump(sub)
+    assert [e["seq"] for e in sink.events()] == list(range(1, 52))
+
+
+def test_replay_frames_are_chunked_at_batch_boundaries() -> None:
+    hub, _ = make_hub()
+    pad = "x" * 2000
+    batches = []
+    for _ in range(300):
+        batch = [cycle() | {"pad": pad} for _ in range(3)]
+        hub.publish(batch)
+        batches.append([e["seq"] for e in batch])
+    sub, sink = subscribe(hub, since=0, epoch=hub.epoch)
+    sink.pump(sub)
+    assert len(sink.frames) > 1
+    assert all(len(f) < 1024 * 1024 for f in sink.frames)
+    ends = {b[-1] for b in batches}
+    for f in sink.frames:
+        assert orjson.loads(f)[-1]["seq"] in ends  # never split a poll
+    assert [e["seq"] for e in sink.events()] == list(range(1, 901))
+
+
+# -- buffer bounds ----------------------------------------------------------------------------
+
+
+def test_buffer_bounded_by_count_and_age() -> None:
+    hub, clock = make_hub(buffer_size=100, buffer_age=60.0)
+    for _ in range(30):
+        hub.publish([cycle() for _ in range(10)])
+    assert (hub.oldest_seq, hub.head_seq) == (201, 300)
+    clock.t += 30
+    hub.publish([cycle()])
+    clock.t += 31
+    hub.tick()  # the 100 old events are older than 60 s now; the last one isn't
+    assert (hub.oldest_seq, hub.head_seq) == (301, 301)
+    clock.t += 61
+    hub.tick()
+    assert (hub.oldest_seq, hub.head_seq) == (302, 301)
+    hub.publish([cycle()])
+    assert hub.oldest_seq == 302
+
+
+# -- back-pressure ----------------------------------------------------------------------------
+
+
+def test_full_write_buffer_switches_to_pump_in_order() -> None:
+    hub, _ = make_hub()
+    sub, sink = subscribe(hub, snapshot=False)
+    hub.publish([cycle()])
+    sink.ok = False
+    hub.publish([cycle(), cycle()])
+    hub.publish([cycle()])
+    assert sub.lagging and sink.woken == 1 and sub.backlog == 3
+    sink.ok = True
+    hub.publish([cycle()])  # still lagging: the fast path must not jump the queue
+    assert len(sink.frames) == 1
+    sink.pump(sub)
+    assert [e["seq"] for e in sink.events()] == [1, 2, 3, 4, 5]
+    assert not sub.lagging
+    hub.publish([cycle()])
+    assert [e["seq"] for e in sink.events()] == [1, 2, 3, 4, 5, 6]
+
+
+def test_short_lag_catches_up_with_the_shared_frames() -> None:
+    hub, _ = make_hub()
+    _, fast = subscribe(hub, snapshot=False)
+    sub, slow = subscribe(hub, snapshot=False)
+    slow.ok = False
+    for _ in range(3):
+        hub.publish([cycle(), start("web")])
+    slow.ok = True
+    slow.pump(sub)
+    # one frame per poll, the very bytes objects the caught-up subscriber got
+    assert len(slow.frames) == 3
+    assert all(a is b for a, b in zip(slow.frames, fast.frames))
+    # a lag deeper than the recent frames is served from the buffer, still in order
+    slow.ok = False
+    for _ in range(40):
+        hub.publish([cycle()])
+    slow.ok = True
+    slow.pump(sub)
+    assert [e["seq"] for e in slow.events()] == [e["seq"] for e in fast.events()]
+
+
+def test_control_frames_queue_behind_a_full_buffer() -> None:
+    hub, _ = make_hub()
+    sink = FakeSink(ok=False)
+    sub = hub.attach(sink)
+    hub.send(sub, hub.hello(Filter()))
+    hub.subscribe(sub, Subscription())
+    hub.publish([cycle()])
+    sink.ok = True
+    sink.pump(sub)
+    assert [o["type"] for o in sink.objects()] == ["hello", "snapshot", "cycle"]
+
+
+def test_unsubscribed_connection_gets_no_events() -> None:
+    hub, _ = make_hub()
+    sink = FakeSink(ok=False)
+    sub = hub.attach(sink)
+    hub.send(sub, {"type": "error", "error": "x", "op": None})
+    hub.publish([cycle()])
+    sink.ok = True
+    sink.pump(sub)
+    assert [o["type"] for o in sink.objects()] == ["error"]
+
+
+def test_overflow_drops_backlog_then_overflow_and_snapshot() -> None:
+    hub, clock = make_hub(queue_limit=10, overflow_grace=30.0)
+    healthy_sub, healthy = subscribe(hub, snapshot=False)
+    sub, sink = subscribe(hub, filter=types_filter("proc.*"), snapshot=True)
+    sink.frames.clear()
+    sink.ok = False
+    started = []
+    for i in range(8):  # 16 events, 8 of them proc.start: more than 10 behind
+        started.append(start("web"))
+        hub.publish([cycle(), started[-1]])
+        clock.t += 1
+    assert sub.ov_pending and sub.backlog == 0
+    assert hub.stats.overflows == 1
+    # while stalled, nothing accumulates for it
+    for _ in range(100):
+        hub.publish([cycle(), start("web")])
+    assert len(sink.frames) == 0 and len(sub.outbox) == 0
+    # the healthy subscriber got every event, unaffected
+    assert [e["seq"] for e in healthy.events()] == list(range(1, hub.head_seq + 1))
+
+    sink.ok = True
+    sink.pump(sub)
+    ov, snap = sink.objects()
+    assert ov["type"] == "overflow" and snap["type"] == "snapshot"
+    assert ov["to_seq"] == snap["seq"] == hub.head_seq
+    # dropped counts what its filter selects: the proc.start events it never got
+    assert ov["from_seq"] == 1 and ov["dropped"] == 108
+    assert len(snap["procs"]) == 108
+    hub.publish([start("web"), cycle()])
+    assert [e["seq"] for e in sink.events()] == [hub.head_seq - 1]
+    assert not sub.lagging and sub.ov_since is None
+
+
+def test_overflow_without_snapshot_when_live_only() -> None:
+    hub, _ = make_hub(queue_limit=3)
+    sub, sink = subscribe(hub, snapshot=False)
+    sink.ok = False
+    for _ in range(5):
+        hub.publish([cycle()])
+    sink.ok = True
+    sink.pump(sub)
+    assert sink.objects() == [{"type": "overflow", "dropped": 5, "from_seq": 1, "to_seq": 5}]
+
+
+def test_still_stuck_after_grace_is_closed_1013() -> None:
+    hub, clock = make_hub(queue_limit=3, overflow_grace=10.0)
+    sub, sink = subscribe(hub, snapshot=False)
+    sink.ok = False
+    for _ in range(5):
+        hub.publish([cycle()])
+    assert sub.ov_pending
+    clock.t += 9.9
+    hub.tick()
+    assert sink.closed_with is None
+    clock.t += 0.2
+    hub.tick()
+    assert sink.closed_with == (SLOW_CONSUMER_CODE, "slow consumer")
+    assert sub.closed and sub not in hub.subscribers
+    assert hub.stats.slow_consumer_closes == 1 and hub.stats.subscribers == 0
+
+
+def test_repeated_overflow_after_grace_closes() -> None:
+    hub, clock = make_hub(queue_limit=3, overflow_grace=10.0)
+    sub, sink = subscribe(hub, snapshot=False)
+    sink.ok = False
+    for _ in range(5):
+        hub.publish([cycle()])
+    # each time it drains the overflow notice, but never catches up for good
+    for _ in range(2):
+        sink.ok = True
+        assert orjson.loads(sub.next_frame() or b"[]")[0]["type"] == "overflow"
+        sink.ok = False
+        clock.t += 5
+        for _ in range(5):
+            hub.publish([cycle()])
+        assert sub.ov_pending == (sink.closed_with is None)
+    # the second overflow came 10 s (the grace period) after the first
+    assert sink.closed_with == (SLOW_CONSUMER_CODE, "slow consumer")
+    assert hub.stats.overflows == 2
+
+
+def test_outbox_bound_closes_a_client_that_never_reads() -> None:
+    hub, _ = make_hub()
+    sink = FakeSink(ok=False)
+    sub = hub.attach(sink)
+    for _ in range(100):
+        hub.send(sub, {"type": "error", "error": "bad", "op": None})
+        if sub.closed:
+            break
+    assert sub.closed and sink.closed_with == (SLOW_CONSUMER_CODE, "slow consumer")
+    assert len(sub.outbox) == 0
+
+
+def test_dead_sink_is_detached() -> None:
+    hub, _ = make_hub()
+    sub, sink = subscribe(hub, snapshot=False)
+    sink.gone = True
+    hub.publish([cycle()])
+    assert sub.closed and hub.stats.subscribers == 0 and hub.stats.dead_subscribers == 1
+
+
+def test_bookmark_after_silence_only() -> None:
+    hub, clock = make_hub(bookmark_interval=15.0)
+    sub, sink = subscribe(hub, filter=types_filter("proc.start"), snapshot=False)
+    hub.publish([cycle(), cycle()])  # filtered out: silence for this subscriber
+    clock.t += 14.9
+    hub.tick()
+    assert sink.frames == []
+    clock.t += 0.2
+    hub.tick()
+    assert sink.objects() == [{"type": "bookmark", "seq": 2}]
+    clock.t += 10
+    hub.publish([start("web")])
+    clock.t += 10
+    hub.tick()  # 10 s after the event: not yet
+    assert [o["type"] for o in sink.objects()] == ["bookmark", "proc.start"]
+    clock.t += 5.1
+    hub.tick()
+    assert sink.objects()[-1] == {"type": "bookmark", "seq": 3}
+    assert hub.stats.bookmarks_sent == 2
+    # a lagging subscriber gets no bookmark (its seq would skip its backlog)
+    sink.ok = False
+    hub.publish([start("web")])
+    clock.t += 20
+    hub.tick()
+    assert sink.objects()[-1]["type"] == "bookmark" and sink.objects()[-1]["seq"] == 3
+
+
+def test_tick_interval_follows_settings() -> None:
+    assert Hub(host="h", interval=1, bookmark_interval=0.2).tick_interval == pytest.approx(0.05)
+    assert Hub(host="h", interval=1).tick_interval == 1.0
+
+
+def test_detach_forgets_everything() -> None:
+    hub, _ = make_hub()
+    subs = [subscribe(hub, filter=types_filter("cycle"))[0] for _ in range(50)]
+    for s in subs[:49]:
+        s.sink.ok = False  # type: ignore[attr-defined]
+    hub.publish([cycle()])
+    for s in subs:
+        hub.detach(s)
+        hub.detach(s)  # idempotent
+    assert hub.subscribers == [] and hub._by_filter == {} and hub._lagging == set()
+    assert hub.stats.subscribers == 0 and hub.stats.lagging == 0
+    assert hub.stats.subscribers_total == 50
+
+
+def test_subscribe_again_replaces_filter_with_ack() -> None:
+    hub, _ = make_hub()
+    sub, sink = subscribe(hub, snapshot=False)
+    hub.publish([cycle(), start("web")])
+    hub.subscribe(sub, Subscription(filter=types_filter("proc.start"), snapshot=False), ack=True)
+    hub.publish([cycle(), start("web")])
+    objs = sink.objects()
+    assert objs[2] == {"type": "subscribed", "filter": {"types": ["proc.start"], "groups": None},
+                       "seq": 2}
+    assert [o["seq"] for o in objs[3:]] == [4]
+    assert len(hub._by_filter) == 1
+
+
+def test_stats_as_dict_is_a_copy() -> None:
+    hub, _ = make_hub()
+    hub.publish([cycle()])
+    d = hub.stats.as_dict()
+    d["events_by_type"]["cycle"] = 99
+    assert hub.stats.events_by_type["cycle"] == 1
+    assert {"subscribers", "overflows", "slow_consumer_closes", "frames_sent", "bytes_sent",
+            "events_by_type"} <= set(d)
+
+
+def test_publish_does_not_reencode_for_each_subscriber() -> None:
+    """Delivering to many subscribers costs the same number of encodings as to one."""
+    hub, _ = make_hub()
+    for _ in range(200):
+        subscribe(hub, snapshot=False)
+    batch = [copy.deepcopy(start("web")) for _ in range(10)]
+    before = hub.stats.frames_encoded
+    hub.publish(batch)
+    assert hub.stats.frames_encoded - before == 1
+    assert hub.stats.frames_sent >= 200

@@ -1,0 +1,109 @@
+"""Helpers shared by the procfs test modules (not a test module itself).
+
+- ``fake_proc``: a writable, world-readable copy of ``fixtures/proc`` (tests delete and
+  chmod files in it; an unprivileged child must be able to walk it).
+- ``unprivileged``: run a function where file modes are enforced. We run as root (CI
+  too), where ``chmod 000`` denies nothing, so the function runs in a forked child that
+  drops to uid/gid 65534 (``tests._child.in_child``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.children import NOBODY, become, in_child
+
+__all__ = ["FIXTURES", "NOBODY", "make_fake_proc", "unprivileged", "deny"]
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "proc"
+# git can't store empty directories; these are the fd/ dirs of processes with no fds.
+_EMPTY_DIRS = ("14/fd", "1002/fd")
+
+
+def make_fake_proc(root: Path) -> Path:
+    """Copy the fixture tree to ``root/proc`` (symlinks kept) and return that path."""
+    dst = root / "proc"
+    shutil.copytree(FIXTURES, dst, symlinks=True)
+    (dst / "README.md").unlink()
+    for rel in _EMPTY_DIRS:
+        (dst / rel).mkdir()
+    return dst
+
+
+def deny(path: Path) -> None:
+    """``chmod 000`` ``path``; skip the calling test if that can't deny us anything
+    (not root, so no child can drop privileges, and we can still read it)."""
+    path.chmod(0)
+    if os.geteuid() != 0:
+        try:
+            if path.is_dir():
+                os.listdir(path)
+            else:
+                path.read_bytes()
+        except PermissionError:
+            return
+        pytest.skip("chmod 000 denies nothing to this user, and it can't change uid")
+
+
+def unprivileged(fn: Callable[..., Any], *args: Any, timeout: float = 10.0) -> Any:
+    """``fn(*args)`` as uid 65534 (forked child) when root, else in this process.
+
+    Returns what ``fn`` returned, or raises what it raised (both travel by pickle).
+    """
+    if os.geteuid() != 0:
+        return fn(*args)
+    return in_child(fn, *args, timeout=timeout, setup=become)
+
+
+def add_proc(
+    root: Path,
+    pid: int,
+    *,
+    comm: str,
+    cmdline: tuple[str, ...],
+    start: int,
+    ppid: int = 1,
+    utime: int = 0,
+    template: int = 1000,
+) -> None:
+    """Add (or replace) process ``pid`` in a fake tree made by ``make_fake_proc``.
+
+    A copy of process ``template`` with a new comm, argv, parent, start (clock ticks since
+    boot) and user CPU ticks; built beside the tree and renamed into place, so a poller
+    never sees half a process.
+    """
+    src = root / str(template)
+    tmp = root.parent / f".new-{pid}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(src, tmp, symlinks=True)
+    fields = (src / "stat").read_bytes().rpartition(b")")[2].split()
+    fields[1] = str(ppid).encode()  # ppid (field 4)
+    fields[11] = str(utime).encode()  # utime (field 14)
+    fields[19] = str(start).encode()  # starttime (field 22)
+    (tmp / "stat").write_bytes(f"{pid} ({comm}) ".encode() + b" ".join(fields) + b"\n")
+    (tmp / "cmdline").write_bytes(b"".join(a.encode() + b"\0" for a in cmdline))
+    task = tmp / "task"
+    if task.exists():
+        shutil.rmtree(task)
+    dst = root / str(pid)
+    if dst.exists():
+        old = root.parent / f".old-{pid}"
+        dst.rename(old)
+        tmp.rename(dst)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(dst)
+
+
+def remove_proc(root: Path, pid: int) -> None:
+    """Make process ``pid`` vanish from a fake tree at once."""
+    gone = root.parent / f".gone-{pid}"
+    (root / str(pid)).rename(gone)
+    shutil.rmtree(gone)
