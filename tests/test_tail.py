@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -21,16 +21,9 @@ import pytest
 from procstream.stream.hub import Hub
 from procstream.serve.server import ProcstreamServer, ServerConfig, http_response
 from procstream.tail import TailState, build_url, tail
+from tests.support.waiting import async_wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 class Out(io.StringIO):
@@ -148,13 +141,13 @@ def test_tail_state_refused_subscription_is_fatal() -> None:
 async def test_prints_ndjson_one_event_per_line_flushed_per_frame() -> None:
     hub = new_hub()
     async with serving(hub) as srv, tailing(f"ws://127.0.0.1:{srv.port}") as (out, err, _):
-        await wait_for(lambda: hub.stats.subscribers == 1)
+        await async_wait_for("condition", lambda: hub.stats.subscribers == 1)
         batches = [[cycle(), pstart(10)], [cycle()], [pstart(11), pstart(12)]]
         n = 0
         for i, b in enumerate(batches):
             hub.publish(b)
             n += len(b)
-            await wait_for(lambda: len(out.events()) == n)
+            await async_wait_for("condition", lambda: len(out.events()) == n)
             assert out.flushes == i + 1  # the whole frame is written, then flushed once
         assert out.events() == [e for b in batches for e in b]  # exactly the events, in order
         assert "hello" not in out.getvalue() and err.getvalue() == ""
@@ -164,29 +157,29 @@ async def test_filters_are_passed_to_the_server() -> None:
     hub = new_hub()
     async with serving(hub) as srv, tailing(f"ws://127.0.0.1:{srv.port}", types="proc.*",
                                             groups=["db"]) as (out, _, _):
-        await wait_for(lambda: hub.stats.subscribers == 1)
+        await async_wait_for("condition", lambda: hub.stats.subscribers == 1)
         hub.publish([cycle(), pstart(1, "web"), pstart(2, "db")])
         hub.publish([pstart(3, "db")])
-        await wait_for(lambda: len(out.events()) == 2)
+        await async_wait_for("condition", lambda: len(out.events()) == 2)
         assert [e["pid"] for e in out.events()] == [2, 3]
 
 
 async def test_resumes_across_plain_reconnect_without_gap() -> None:
     hub = new_hub()
     async with serving(hub) as srv, tailing(f"ws://127.0.0.1:{srv.port}") as (out, err, _):
-        await wait_for(lambda: hub.stats.subscribers == 1)
+        await async_wait_for("condition", lambda: hub.stats.subscribers == 1)
         for i in range(3):
             hub.publish([cycle(i=i)])
-        await wait_for(lambda: len(out.events()) == 3)
+        await async_wait_for("condition", lambda: len(out.events()) == 3)
         # drop the connection from the server side, publish while tail is away
         for conn in srv.connections:
             await conn.close(1012, "restarting connection")
-        await wait_for(lambda: hub.stats.subscribers == 0)
+        await async_wait_for("condition", lambda: hub.stats.subscribers == 0)
         for i in range(3, 8):
             hub.publish([cycle(i=i)])
-        await wait_for(lambda: len(out.events()) == 8, what="replay")
+        await async_wait_for("replay", lambda: len(out.events()) == 8)
         hub.publish([cycle(i=8)])
-        await wait_for(lambda: len(out.events()) == 9)
+        await async_wait_for("condition", lambda: len(out.events()) == 9)
         assert [e["seq"] for e in out.events()] == list(range(1, 10))  # no gap, no duplicate
         assert "reconnecting" in err.getvalue() and "reset" not in err.getvalue()
         assert hub.stats.resumes == 1
@@ -197,16 +190,16 @@ async def test_resumes_across_server_restart_with_reset_message() -> None:
     async with serving(hub_a) as srv:
         port = srv.port
         async with tailing(f"ws://127.0.0.1:{port}") as (out, err, task):
-            await wait_for(lambda: hub_a.stats.subscribers == 1)
+            await async_wait_for("condition", lambda: hub_a.stats.subscribers == 1)
             hub_a.publish([cycle(run="a"), cycle(run="a")])
-            await wait_for(lambda: len(out.events()) == 2)
+            await async_wait_for("condition", lambda: len(out.events()) == 2)
             await srv.close()  # tail sees 1001 and retries
-            await wait_for(lambda: "closed with 1001" in err.getvalue())
+            await async_wait_for("condition", lambda: "closed with 1001" in err.getvalue())
             hub_b = new_hub()
             async with serving(hub_b, port=port):
-                await wait_for(lambda: hub_b.stats.subscribers == 1, what="reconnect")
+                await async_wait_for("reconnect", lambda: hub_b.stats.subscribers == 1)
                 hub_b.publish([cycle(run="b")])
-                await wait_for(lambda: len(out.events()) == 3)
+                await async_wait_for("condition", lambda: len(out.events()) == 3)
             assert not task.done()
     events = out.events()
     assert [(e["seq"], e["run"]) for e in events] == [(1, "a"), (2, "a"), (1, "b")]
@@ -221,7 +214,7 @@ async def test_initial_since_and_epoch_resume() -> None:
         hub.publish([cycle(i=i)])
     async with serving(hub) as srv, tailing(f"ws://127.0.0.1:{srv.port}", since=2,
                                             epoch=hub.epoch) as (out, _, _):
-        await wait_for(lambda: len(out.events()) == 3)
+        await async_wait_for("condition", lambda: len(out.events()) == 3)
         assert [e["seq"] for e in out.events()] == [3, 4, 5]
 
 
@@ -231,7 +224,7 @@ async def test_backoff_doubles_to_the_cap_while_server_is_down() -> None:
         port = s.getsockname()[1]  # nothing listens here once closed
     async with tailing(f"ws://127.0.0.1:{port}", backoff_initial=0.01,
                        backoff_max=0.04) as (_, err, _):
-        await wait_for(lambda: err.getvalue().count("reconnecting") >= 5)
+        await async_wait_for("condition", lambda: err.getvalue().count("reconnecting") >= 5)
     delays = [line.rsplit("in ", 1)[1] for line in err.getvalue().splitlines()
               if "reconnecting" in line][:5]
     assert delays == ["0.01 s", "0.02 s", "0.04 s", "0.04 s", "0.04 s"]
@@ -250,9 +243,9 @@ async def test_refusals_that_retrying_cannot_fix_exit_1() -> None:
             tail(f"ws://127.0.0.1:{srv.port}", token="wrong", out=out, err=err), 5)
         assert rc == 1 and "HTTP 401 unauthorized" in err.getvalue()
         async with tailing(f"ws://127.0.0.1:{srv.port}", token="right") as (out, _, _):
-            await wait_for(lambda: hub.stats.subscribers == 1)
+            await async_wait_for("condition", lambda: hub.stats.subscribers == 1)
             hub.publish([cycle()])
-            await wait_for(lambda: len(out.events()) == 1)
+            await async_wait_for("condition", lambda: len(out.events()) == 1)
 
 
 async def test_bad_arguments_exit_2() -> None:
@@ -272,7 +265,7 @@ async def test_cli_exits_0_quietly_on_signal(sig: int) -> None:
             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            await wait_for(lambda: hub.stats.subscribers == 1, timeout=10, what="tail process")
+            await async_wait_for("tail process", lambda: hub.stats.subscribers == 1, 10)
             hub.publish([cycle(), pstart(5)])
             assert proc.stdout is not None
             line = await asyncio.wait_for(proc.stdout.readline(), 5)
@@ -297,7 +290,7 @@ async def test_cli_stops_quietly_when_stdout_reader_goes_away() -> None:
             "bash", "-c", script, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         try:
-            await wait_for(lambda: hub.stats.subscribers == 1, timeout=10, what="tail process")
+            await async_wait_for("tail process", lambda: hub.stats.subscribers == 1, 10)
             deadline = time.monotonic() + 10
             while proc.returncode is None and time.monotonic() < deadline:
                 hub.publish([cycle()])  # head exits after the first line; tail's next write fails

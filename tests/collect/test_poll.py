@@ -11,6 +11,7 @@ from procstream.grouper import Grouper
 from procstream.collect.poll import Poller
 from procstream.procfs.errors import ProcfsError
 from tests.support.fake_procs import ByName, fake
+from tests.support.waiting import async_wait_for
 
 
 class Sink:
@@ -54,24 +55,16 @@ def make(interval: float = 0.05, scan: Scan | None = None) -> tuple[Poller, Scan
     return Poller(scan, grouper, builder, sink, interval=interval), scan, sink
 
 
-async def wait_for(cond, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.01)
-
-
 async def test_first_poll_loads_state_then_batches_flow():
     poller, scan, sink = make()
     task = asyncio.create_task(poller.run())
     try:
-        await wait_for(lambda: len(sink.batches) >= 1)
+        await async_wait_for("condition", lambda: len(sink.batches) >= 1)
         assert len(sink.states) == 1
         groups, procs = sink.states[0]
         assert set(groups) == {"a"} and [p["pid"] for p in procs] == [10]
         scan.procs = [fake(10, "a", start=100), fake(11, "b", start=900)]
-        await wait_for(lambda: any(e["type"] == "proc.start" for b in sink.batches for e in b))
+        await async_wait_for("condition", lambda: any(e["type"] == "proc.start" for b in sink.batches for e in b))
         start = next(e for b in sink.batches for e in b if e["type"] == "proc.start")
         assert (start["pid"], start["group"]) == (11, "b")
     finally:
@@ -98,7 +91,7 @@ async def test_the_loop_never_blocks_during_a_slow_poll():
     task = asyncio.create_task(poller.run())
     tick = asyncio.create_task(ticker())
     try:
-        await wait_for(lambda: len(sink.batches) >= 2, timeout=10)
+        await async_wait_for("condition", lambda: len(sink.batches) >= 2, 10)
     finally:
         task.cancel()
         tick.cancel()
@@ -111,7 +104,7 @@ async def test_an_overrunning_poll_skips_ticks_and_says_so():
     scan.delay = 0.13
     task = asyncio.create_task(poller.run())
     try:
-        await wait_for(lambda: len(sink.batches) >= 2, timeout=10)
+        await async_wait_for("condition", lambda: len(sink.batches) >= 2, 10)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -125,16 +118,16 @@ async def test_failing_polls_are_retried_and_health_follows():
     poller, scan, sink = make(interval=0.05)
     task = asyncio.create_task(poller.run())
     try:
-        await wait_for(lambda: poller.status.polls >= 1)
+        await async_wait_for("condition", lambda: poller.status.polls >= 1)
         assert poller.health()[0] is True
         scan.fail = True
-        await wait_for(lambda: poller.health()[0] is False)
+        await async_wait_for("condition", lambda: poller.health()[0] is False)
         ok, details = poller.health()
         assert details["status"] == "stale"
         assert "mount point gone" in details["last_error"]
         assert poller.status.failures >= 3
         scan.fail = False
-        await wait_for(lambda: poller.health()[0] is True)
+        await async_wait_for("condition", lambda: poller.health()[0] is True)
         assert poller.health()[1]["last_error"] is None
     finally:
         task.cancel()
@@ -145,9 +138,9 @@ async def test_request_poll_runs_one_early():
     poller, scan, sink = make(interval=30.0)
     task = asyncio.create_task(poller.run())
     try:
-        await wait_for(lambda: len(sink.states) == 1)
+        await async_wait_for("condition", lambda: len(sink.states) == 1)
         poller.request_poll()
-        await wait_for(lambda: len(sink.batches) == 1, timeout=2)
+        await async_wait_for("condition", lambda: len(sink.batches) == 1, 2)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -171,7 +164,7 @@ async def test_run_after_a_first_poll_waits_one_interval():
     task = asyncio.create_task(poller.run())
     try:
         t0 = time.monotonic()
-        await wait_for(lambda: len(sink.batches) == 1)
+        await async_wait_for("condition", lambda: len(sink.batches) == 1)
         assert time.monotonic() - t0 >= 0.4  # the grid starts one interval after the first poll
     finally:
         task.cancel()

@@ -17,7 +17,7 @@ from websockets.exceptions import ConnectionClosed
 from tests.support.fake_proc_tree import add_proc, remove_proc
 from tests.support.served import Client, Served, http_get, seqs
 from tests.support.processes import running
-from tests.support.waiting import wait_for
+from tests.support.waiting import async_wait_for, wait_for
 
 
 
@@ -110,7 +110,13 @@ async def test_resume_after_a_disconnect_replays_exactly_what_was_missed(fake_pr
         # while nobody listens
         add_proc(fake_proc, 3001, comm="a2", cmdline=("a2",), start=80_100)
         remove_proc(fake_proc, 3000)
-        time.sleep(0.5)
+
+        def polled_while_away() -> bool:
+            snap = orjson.loads(http_get(f"{srv.url}/api/snapshot")[1])
+            pids = {p["pid"] for p in snap["procs"]}
+            return 3001 in pids and 3000 not in pids
+
+        await async_wait_for("the server to poll the changes", lambda: asyncio.to_thread(polled_while_away))
         c2 = await Client.connect(f"{srv.ws}?since={last}&epoch={hello['epoch']}")
         try:
             await c2.wait("the missed start", lambda: c2.of("proc.start", pid=3001))

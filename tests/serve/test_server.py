@@ -27,19 +27,12 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from procstream.stream.hub import Hub
 from procstream.serve.server import ProcstreamServer, ServerConfig, http_response, json_response
+from tests.support.waiting import async_wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 def make_hub(**kw: Any) -> Hub:
@@ -200,7 +193,7 @@ async def test_hello_snapshot_then_live_events() -> None:
         assert [e["seq"] for e in got] == [1, 2, 3] and {e["host"] for e in got} == {"testhost"}
         assert srv.stats.connections == 1 and hub.stats.subscribers == 1
     # after the client left
-    await wait_for(lambda: hub.stats.subscribers == 0, what="detach")
+    await async_wait_for("detach", lambda: hub.stats.subscribers == 0)
 
 
 async def test_filters_types_wildcard_and_groups() -> None:
@@ -377,7 +370,7 @@ async def test_max_clients_refused_with_503() -> None:
             assert b"too many clients" in info.value.response.body
             assert srv.stats.refused_max_clients == 1
             await clients.pop().close()
-            await wait_for(lambda: len(srv.connections) == 2, what="disconnect")
+            await async_wait_for("disconnect", lambda: len(srv.connections) == 2)
             async with connect(url(srv)) as ws:
                 assert (await recv(ws))[0]["type"] == "hello"
         finally:
@@ -390,8 +383,8 @@ async def test_dead_peer_dropped_by_ping_timeout() -> None:
     async with running(hub, ping_interval=0.1, ping_timeout=0.2, close_timeout=0.2) as srv:
         raw = await RawClient.open(srv.port)  # never answers pings
         try:
-            await wait_for(lambda: hub.stats.subscribers == 1, what="subscriber")
-            await wait_for(lambda: hub.stats.subscribers == 0, timeout=5, what="ping timeout")
+            await async_wait_for("subscriber", lambda: hub.stats.subscribers == 1)
+            await async_wait_for("ping timeout", lambda: hub.stats.subscribers == 0, 5)
             assert srv.connections == set()
         finally:
             raw.close()
@@ -423,7 +416,7 @@ async def test_slow_subscriber_overflows_while_healthy_one_keeps_up() -> None:
             await slow.frame()  # hello
             await slow.frame()  # snapshot
             slow.pause()
-            await wait_for(lambda: len(srv.connections) == 2)
+            await async_wait_for("condition", lambda: len(srv.connections) == 2)
             slow_conn = next(c for c in srv.connections
                              if c.remote_address[1] == slow.writer.get_extra_info("sockname")[1])
             slow_sub = next(s for s in hub.subscribers if s.sink.ws is slow_conn)  # type: ignore[attr-defined]
@@ -452,7 +445,7 @@ async def test_slow_subscriber_overflows_while_healthy_one_keeps_up() -> None:
                 overflowed()
                 hub.publish([ev_cycle(pad="x" * 1000) for _ in range(20)])
                 await asyncio.sleep(0.002)
-            await wait_for(lambda: received and received[-1] == hub.head_seq, what="healthy catch-up")
+            await async_wait_for("healthy catch-up", lambda: received and received[-1] == hub.head_seq)
             reader.cancel()
 
             # the healthy one got every event, in order, on time
@@ -492,9 +485,9 @@ async def test_stuck_subscriber_closed_1013_after_grace() -> None:
             await slow.frame()
             slow.pause()
             await _publish_until(hub, lambda: hub.stats.overflows >= 1)
-            await wait_for(lambda: hub.stats.slow_consumer_closes == 1, what="1013 close")
+            await async_wait_for("1013 close", lambda: hub.stats.slow_consumer_closes == 1)
             # the server dropped it for good (closing handshake bounded, then abort)
-            await wait_for(lambda: srv.connections == set(), what="connection gone")
+            await async_wait_for("connection gone", lambda: srv.connections == set())
             assert hub.stats.subscribers == 0
             # what it can still read ends with the 1013 close frame, or the connection was cut
             slow.resume()
@@ -519,7 +512,7 @@ async def test_500_subscribers_each_receive_every_event() -> None:
         clients = await asyncio.gather(*(connect(url(srv, "snapshot=0")) for _ in range(500)))
         try:
             await asyncio.gather(*(recv(ws) for ws in clients))
-            await wait_for(lambda: hub.stats.subscribers == 500)
+            await async_wait_for("condition", lambda: hub.stats.subscribers == 500)
             for i in range(20):
                 hub.publish([ev_cycle(), ev_start()])
                 await asyncio.sleep(0)
@@ -549,7 +542,7 @@ async def test_connect_disconnect_churn_keeps_memory_flat() -> None:
                         await recv(ws)
                         await recv(ws)
                 await asyncio.gather(*(one() for _ in range(25)))
-            await wait_for(lambda: hub.stats.subscribers == 0 and not srv.connections)
+            await async_wait_for("condition", lambda: hub.stats.subscribers == 0 and not srv.connections)
 
         await cycles(200)  # warm-up: caches, lazily created objects
         gc.collect()

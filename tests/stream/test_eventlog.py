@@ -10,7 +10,6 @@ import os
 import shutil
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,17 +17,9 @@ from typing import Any
 import pytest
 
 from procstream.stream.eventlog import DEFAULT_TYPES, EventLog, parse_types
+from tests.support.waiting import wait_for
 
 DEADLINE = 10.0
-
-
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
-    """Poll ``cond`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 def ev(seq: int, type_: str = "proc.start", **extra: Any) -> dict[str, Any]:
@@ -74,7 +65,7 @@ def test_default_types_keep_proc_start_and_exit(tmp_path: Path, logs: list[Event
     el = make(logs, path)
     assert el.types == DEFAULT_TYPES
     el.write([ev(1), ev(2, "group.update"), ev(3, "cycle"), ev(4, "proc.exit", exit_code=0), {"no": "type"}])
-    wait_for(flushed(el, 2), "two events written")
+    wait_for("two events written", flushed(el, 2))
     assert [e["seq"] for e in read_lines(path)] == [1, 4]
     assert el.events_written == 2 and el.dropped == 0
 
@@ -85,8 +76,8 @@ def test_type_families_and_all(tmp_path: Path, logs: list[EventLog]) -> None:
     batch = [ev(1), ev(2, "group.update"), ev(3, "cycle"), ev(4, "proc.exit")]
     fam.write(batch)
     every.write(batch)
-    wait_for(flushed(fam, 3), "family log")
-    wait_for(flushed(every, 4), "all log")
+    wait_for("family log", flushed(fam, 3))
+    wait_for("all log", flushed(every, 4))
     assert [e["seq"] for e in read_lines(tmp_path / "fam.ndjson")] == [1, 3, 4]
     assert [e["seq"] for e in read_lines(tmp_path / "all.ndjson")] == [1, 2, 3, 4]
 
@@ -118,7 +109,7 @@ def test_lines_are_exact_ndjson(tmp_path: Path, logs: list[EventLog]) -> None:
     ]
     el.write(events[:1])
     el.write(events[1:])
-    wait_for(flushed(el, 3), "three events")
+    wait_for("three events", flushed(el, 3))
     raw = path.read_bytes()
     assert raw.count(b"\n") == 3 and raw.endswith(b"\n")
     # parsed by the stdlib, independently of the encoder: the same objects come back
@@ -131,7 +122,7 @@ def test_unencodable_event_is_dropped_and_counted(tmp_path: Path, logs: list[Eve
     path = tmp_path / "ev.ndjson"
     el = make(logs, path)
     el.write([ev(1), ev(2, pid=object()), ev(3)])
-    wait_for(flushed(el, 3), "batch")
+    wait_for("batch", flushed(el, 3))
     assert [e["seq"] for e in read_lines(path)] == [1, 3]
     assert el.dropped == 1 and el.stats()["encode_errors"] == 1
 
@@ -147,7 +138,7 @@ def test_rotation_at_size_bound_keeps_backups_and_whole_lines(tmp_path: Path, lo
     # lines of varying length, in batches of 7
     for start in range(0, total, 7):
         el.write([ev(s, cmdline=["x" * (s % 37)]) for s in range(start, min(start + 7, total))])
-    wait_for(flushed(el, total), "all events")
+    wait_for("all events", flushed(el, total))
     assert el.dropped == 0 and el.write_errors == 0
 
     names = sorted(p.name for p in tmp_path.iterdir())
@@ -173,7 +164,7 @@ def test_line_longer_than_the_bound_gets_a_file_of_its_own(tmp_path: Path, logs:
     el.write([ev(1)])
     el.write([ev(2, cmdline=["y" * 600])])
     el.write([ev(3)])
-    wait_for(flushed(el, 3), "three events")
+    wait_for("three events", flushed(el, 3))
     assert [e["seq"] for e in read_lines(tmp_path / "ev.ndjson.2")] == [1]
     assert [e["seq"] for e in read_lines(tmp_path / "ev.ndjson.1")] == [2]
     assert [e["seq"] for e in read_lines(path)] == [3]
@@ -184,7 +175,7 @@ def test_zero_backups_start_the_file_afresh(tmp_path: Path, logs: list[EventLog]
     el = make(logs, path, max_bytes=400, backups=0)
     for s in range(30):
         el.write([ev(s)])
-    wait_for(flushed(el, 30), "events")
+    wait_for("events", flushed(el, 30))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ev.ndjson"]
     seqs = [e["seq"] for e in read_lines(path)]
     assert seqs[-1] == 29 and seqs == list(range(seqs[0], 30)) and seqs[0] > 0
@@ -210,14 +201,14 @@ def test_reopen_after_logrotate_move(tmp_path: Path, logs: list[EventLog]) -> No
     moved = tmp_path / "ev.ndjson-20260101"
     el = make(logs, path)
     el.write([ev(1), ev(2)])
-    wait_for(flushed(el, 2), "first batch")
+    wait_for("first batch", flushed(el, 2))
     os.rename(path, moved)  # logrotate's move ...
     assert open_fds_to(moved) == 1  # the writer still holds the moved file
     el.reopen()  # ... then SIGHUP
-    wait_for(lambda: open_fds_to(moved) == 0, "moved file released")
-    wait_for(path.exists, "fresh file created")
+    wait_for("moved file released", lambda: open_fds_to(moved) == 0)
+    wait_for("fresh file created", path.exists)
     el.write([ev(3)])
-    wait_for(flushed(el, 3), "second batch")
+    wait_for("second batch", flushed(el, 3))
     assert [e["seq"] for e in read_lines(moved)] == [1, 2]
     assert [e["seq"] for e in read_lines(path)] == [3]
 
@@ -226,10 +217,10 @@ def test_moved_file_is_noticed_without_sighup(tmp_path: Path, logs: list[EventLo
     path = tmp_path / "ev.ndjson"
     el = make(logs, path)
     el.write([ev(1)])
-    wait_for(flushed(el, 1), "first batch")
+    wait_for("first batch", flushed(el, 1))
     os.rename(path, tmp_path / "old")
     el.write([ev(2)])
-    wait_for(flushed(el, 2), "second batch")
+    wait_for("second batch", flushed(el, 2))
     assert [e["seq"] for e in read_lines(path)] == [2]
     assert [e["seq"] for e in read_lines(tmp_path / "old")] == [1]
 
@@ -239,7 +230,7 @@ def test_half_written_line_is_ended_before_appending(tmp_path: Path, logs: list[
     path.write_bytes(b'{"type":"proc.start","seq":0}\n{"type":"proc.st')  # cut by a crash
     el = make(logs, path)
     el.write([ev(1)])
-    wait_for(flushed(el, 1), "event")
+    wait_for("event", flushed(el, 1))
     lines = path.read_bytes().splitlines()
     assert lines[1] == b'{"type":"proc.st'
     assert json.loads(lines[2])["seq"] == 1 and len(lines) == 3
@@ -261,11 +252,11 @@ def test_directory_removed_counts_errors_then_resumes(
     path = d / "ev.ndjson"
     el = make(logs, path)
     el.write([ev(1)])
-    wait_for(flushed(el, 1), "first event")
+    wait_for("first event", flushed(el, 1))
     shutil.rmtree(d)  # the directory is gone: writing to the unlinked file would lose events silently
     for s in range(2, 7):
         el.write([ev(s), ev(100 + s)])
-        wait_for(flushed(el, 1 + 2 * (s - 1)), f"failed batch {s}")
+        wait_for(f"failed batch {s}", flushed(el, 1 + 2 * (s - 1)))
     assert el.write_errors == 5
     assert el.dropped == 10
     assert el.events_written == 1
@@ -275,7 +266,7 @@ def test_directory_removed_counts_errors_then_resumes(
 
     d.mkdir()  # the operator fixes it
     el.write([ev(7)])
-    wait_for(lambda: el.events_written == 2, "write after the fix")
+    wait_for("write after the fix", lambda: el.events_written == 2)
     assert [e["seq"] for e in read_lines(path)] == [7]
     assert any("writing again" in m and "10 events" in m for m in warnings_of(caplog))
     assert el.write_errors == 5
@@ -290,14 +281,14 @@ def test_disk_full_counts_errors_then_resumes(
     el = make(logs, path)
     for s in range(3):
         el.write([ev(s)])  # one batch at a time: batches waiting together are one write
-        wait_for(flushed(el, s + 1), f"failed batch {s}")
+        wait_for(f"failed batch {s}", flushed(el, s + 1))
     assert el.events_written == 0 and el.dropped == 3 and el.write_errors == 3
     failures = [m for m in warnings_of(caplog) if "failed" in m]
     assert len(failures) == 1 and "No space left on device" in failures[0]
 
     path.unlink()  # space again: the path now names a regular file the writer creates
     el.write([ev(10)])
-    wait_for(lambda: el.events_written == 1, "write after the fix")
+    wait_for("write after the fix", lambda: el.events_written == 1)
     assert [e["seq"] for e in read_lines(path)] == [10]
 
 
@@ -305,15 +296,15 @@ def test_file_replaced_by_a_directory(tmp_path: Path, logs: list[EventLog]) -> N
     path = tmp_path / "ev.ndjson"
     el = make(logs, path)
     el.write([ev(1)])
-    wait_for(flushed(el, 1), "first event")
+    wait_for("first event", flushed(el, 1))
     path.unlink()
     path.mkdir()
     el.write([ev(2)])
-    wait_for(lambda: el.write_errors == 1, "the open to fail")
+    wait_for("the open to fail", lambda: el.write_errors == 1)
     assert el.dropped == 1
     path.rmdir()
     el.write([ev(3)])
-    wait_for(lambda: el.events_written == 2, "write after the fix")
+    wait_for("write after the fix", lambda: el.events_written == 2)
     assert [e["seq"] for e in read_lines(path)] == [3]
 
 
@@ -324,7 +315,7 @@ def test_failing_rotation_keeps_writing_to_the_current_file(tmp_path: Path, logs
     (tmp_path / "ev.ndjson.1" / "x").write_text("")
     for s in range(10):
         el.write([ev(s)])
-    wait_for(flushed(el, 10), "events")
+    wait_for("events", flushed(el, 10))
     assert el.events_written == 10 and el.dropped == 0
     assert el.write_errors > 0 and el.rotations == 0
     assert [e["seq"] for e in read_lines(path)] == list(range(10))
@@ -336,7 +327,7 @@ def test_failing_rotation_keeps_writing_to_the_current_file(tmp_path: Path, logs
 def test_stdout_mode(capfd: pytest.CaptureFixture[str], logs: list[EventLog]) -> None:
     el = make(logs, "-")
     el.write([ev(1), ev(2, "cycle"), ev(3, "proc.exit")])
-    wait_for(flushed(el, 2), "events on stdout")
+    wait_for("events on stdout", flushed(el, 2))
     assert el.close()
     out = capfd.readouterr().out
     assert [json.loads(line)["seq"] for line in out.splitlines()] == [1, 3]
@@ -352,12 +343,12 @@ def test_closed_stdout_is_a_counted_failure(monkeypatch: pytest.MonkeyPatch, log
     monkeypatch.setattr(sys, "stdout", Stdout(dead))
     el = make(logs, "-")
     el.write([ev(1)])
-    wait_for(lambda: el.dropped == 1, "the failed write")
+    wait_for("the failed write", lambda: el.dropped == 1)
     assert el.write_errors == 1 and el.events_written == 0
     live = io.BytesIO()
     monkeypatch.setattr(sys, "stdout", Stdout(live))
     el.write([ev(2)])  # the writer thread survived and picks up the new stdout
-    wait_for(lambda: el.events_written == 1, "the next write")
+    wait_for("the next write", lambda: el.events_written == 1)
     assert [json.loads(line)["seq"] for line in live.getvalue().splitlines()] == [2]
 
 
@@ -379,7 +370,7 @@ def test_oversized_batch_is_cut_at_the_queue_bound(tmp_path: Path, logs: list[Ev
     path = tmp_path / "ev.ndjson"
     el = make(logs, path, max_queue=10)
     el.write([ev(s) for s in range(25)])
-    wait_for(flushed(el, 25), "batch")
+    wait_for("batch", flushed(el, 25))
     assert el.events_written == 10 and el.dropped == 15
     assert [e["seq"] for e in read_lines(path)] == list(range(10))
 
@@ -413,7 +404,7 @@ def test_stuck_sink_never_blocks_the_caller(tmp_path: Path) -> None:
         fcntl.fcntl(reader_fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
         reader = threading.Thread(target=read_all, args=(reader_fd,))
         reader.start()
-        wait_for(lambda: el.events_written == 50, "queued events delivered")
+        wait_for("queued events delivered", lambda: el.events_written == 50)
     finally:
         if reader_fd is None:  # the test failed early: let the writer's open finish
             reader_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
