@@ -510,54 +510,86 @@ def has(events: list[dict[str, Any]], pid: int, type_: str = "proc.start") -> bo
     return any(e["pid"] == pid and e["type"] == type_ for e in events)
 
 
-def serve(fake_proc: Path, tmp: Path, run: int, port: int | None = None) -> Served:
-    """A server run whose event log (its proc.start/proc.exit, every one) is the reference."""
-    return Served("--procfs", str(fake_proc), "--interval", "0.1", "--source", "poll",
-                  "--event-log", str(tmp / f"events{run}.ndjson"), port=port,
-                  log=tmp / f"serve{run}.log").start()
+class Runs:
+    """Server runs over a fake /proc and the tails that follow them; everything started
+    is stopped at the end. Each run's event log (every proc.start/proc.exit it numbered)
+    is the reference the tails' output is checked against."""
+
+    def __init__(self, fake_proc: Path, tmp: Path) -> None:
+        self.fake_proc, self.tmp = fake_proc, tmp
+        self.run = 0
+        self.tails: list[TailProc] = []
+        self.srv = self._serve(None)
+
+    def _serve(self, port: int | None) -> Served:
+        self.run += 1
+        return Served("--procfs", str(self.fake_proc), "--interval", "0.1", "--source", "poll",
+                      "--event-log", str(self.log(self.run)), port=port,
+                      log=self.tmp / f"serve{self.run}.log").start()
+
+    def log(self, run: int) -> Path:
+        return self.tmp / f"events{run}.ndjson"
+
+    def tail(self, *args: str) -> TailProc:
+        t = TailProc(self.tmp, f"t{len(self.tails) + 1}", self.srv.ws, *args)
+        self.tails.append(t)
+        return t
+
+    def start(self, pid: int) -> None:
+        add_proc(self.fake_proc, pid, comm=f"p{pid}", cmdline=(f"p{pid}",), start=pid * 10)
+
+    def numbered(self, pid: int, type_: str = "proc.start") -> None:
+        wait_for(f"the server to number {type_} of {pid}", lambda: has(logged(self.log(self.run)), pid, type_))
+
+    def restart(self) -> None:
+        """Stop the server and serve again on its port: a new epoch."""
+        assert self.srv.stop() == 0
+        self.srv = self._serve(self.srv.port)
+
+    def printed(self) -> list[dict[str, Any]]:
+        return [e for t in self.tails for e in t.lines()]
+
+    def logged(self) -> list[dict[str, Any]]:
+        return [e for run in range(1, self.run + 1) for e in logged(self.log(run))]
+
+    def __enter__(self) -> Runs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for t in self.tails:
+            t.stop(signal.SIGKILL)
+        self.srv.stop()
 
 
 def test_resume_by_hand_from_what_tail_printed(fake_proc: Path, tmp_path: Path) -> None:
-    srv = serve(fake_proc, tmp_path, 1)
-    tails: list[TailProc] = []
-    try:
-        t1 = TailProc(tmp_path, "t1", srv.ws)
-        tails.append(t1)
+    with Runs(fake_proc, tmp_path) as runs:
+        t1 = runs.tail()
         wait_for("tail's resume point on stderr", lambda: PASTE.search(t1.stderr()), timeout=20)
-        add_proc(fake_proc, 9000, comm="first", cmdline=("first",), start=50_000)
+        runs.start(9000)
         wait_for("tail to print the start", lambda: t1.has(9000), timeout=20)
         assert t1.stop() == 0
         # while no tail runs
-        add_proc(fake_proc, 9001, comm="second", cmdline=("second",), start=50_100)
+        runs.start(9001)
         remove_proc(fake_proc, 9000)
-        wait_for("the server to number both", lambda: has(logged(tmp_path / "events1.ndjson"), 9000, "proc.exit"))
+        runs.numbered(9000, "proc.exit")
         # what a user pastes: the epoch from stderr, the seq of the last line kept
         epoch = PASTE.findall(t1.stderr())[-1][1]
-        last = t1.lines()[-1]["seq"]
-        t2 = TailProc(tmp_path, "t2", srv.ws, "--since", str(last), "--epoch", epoch)
-        tails.append(t2)
+        t2 = runs.tail("--since", str(t1.lines()[-1]["seq"]), "--epoch", epoch)
         wait_for("the missed events", lambda: t2.has(9001) and t2.has(9000, "proc.exit"), timeout=20)
         # a server restart under a running tail: a new epoch, said on stderr, ready to paste
-        assert srv.stop() == 0
-        srv = serve(fake_proc, tmp_path, 2, port=srv.port)
-        add_proc(fake_proc, 9002, comm="third", cmdline=("third",), start=50_200)
+        runs.restart()
+        runs.start(9002)
         wait_for("the new run's start", lambda: t2.has(9002), timeout=30)
         assert t2.stop() == 0
         remove_proc(fake_proc, 9002)
-        wait_for("the server to number the exit", lambda: has(logged(tmp_path / "events2.ndjson"), 9002, "proc.exit"))
+        runs.numbered(9002, "proc.exit")
         since, epoch2 = PASTE.findall(t2.stderr())[-1]
         assert epoch2 != epoch and since == "0" and "server restarted" in t2.stderr()
-        t3 = TailProc(tmp_path, "t3", srv.ws, "--since", str(t2.lines()[-1]["seq"]), "--epoch", epoch2)
-        tails.append(t3)
+        t3 = runs.tail("--since", str(t2.lines()[-1]["seq"]), "--epoch", epoch2)
         wait_for("the exit missed after the restart", lambda: t3.has(9002, "proc.exit"), timeout=20)
         assert t3.stop() == 0
-    finally:
-        for t in tails:
-            t.stop(signal.SIGKILL)
-        srv.stop()
-    printed = [e for t in tails for e in t.lines()]
-    # every event of both runs, once, in order
-    assert printed == logged(tmp_path / "events1.ndjson") + logged(tmp_path / "events2.ndjson")
+    printed = runs.printed()
+    assert printed == runs.logged()  # every event of both runs, once, in order
     assert {(e["pid"], e["type"]) for e in printed} >= {(9000, "proc.start"), (9000, "proc.exit"),
                                                         (9001, "proc.start"), (9002, "proc.start"),
                                                         (9002, "proc.exit")}
@@ -569,45 +601,33 @@ def test_state_file_carries_tail_across_its_own_crash_and_server_restarts(fake_p
     def saved() -> dict[str, Any]:
         return orjson.loads(state.read_bytes()) if state.exists() else {}
 
-    srv = serve(fake_proc, tmp_path, 1)
-    tails: list[TailProc] = []
-    try:
-        t1 = TailProc(tmp_path, "t1", srv.ws, "--state-file", str(state))
-        tails.append(t1)
+    with Runs(fake_proc, tmp_path) as runs:
+        t1 = runs.tail("--state-file", str(state))
         wait_for("the first resume point", lambda: "since" in saved(), timeout=20)
-        add_proc(fake_proc, 8000, comm="one", cmdline=("one",), start=40_000)
+        runs.start(8000)
         wait_for("tail to print the start", lambda: t1.has(8000), timeout=20)
         wait_for("the state file to catch up", lambda: saved().get("since") == t1.lines()[-1]["seq"])
         assert t1.stop(signal.SIGKILL) == -signal.SIGKILL  # a crash: no clean shutdown
-        add_proc(fake_proc, 8001, comm="two", cmdline=("two",), start=40_100)
+        runs.start(8001)
         remove_proc(fake_proc, 8000)
-        wait_for("the server to number both", lambda: has(logged(tmp_path / "events1.ndjson"), 8000, "proc.exit"))
-        t2 = TailProc(tmp_path, "t2", srv.ws, "--state-file", str(state))
-        tails.append(t2)
+        runs.numbered(8000, "proc.exit")
+        t2 = runs.tail("--state-file", str(state))
         wait_for("the events missed while down", lambda: t2.has(8001) and t2.has(8000, "proc.exit"), timeout=20)
         # the server restarts under it: new epoch, the new run from its start
-        assert srv.stop() == 0
-        srv = serve(fake_proc, tmp_path, 2, port=srv.port)
-        add_proc(fake_proc, 8002, comm="three", cmdline=("three",), start=40_200)
+        runs.restart()
+        runs.start(8002)
         wait_for("the new run's start", lambda: t2.has(8002), timeout=30)
         assert t2.stop() == 0
         since2, epoch2 = saved()["since"], saved()["epoch"]
         # and restarts again while no tail runs
-        assert srv.stop() == 0
-        srv = serve(fake_proc, tmp_path, 3, port=srv.port)
-        add_proc(fake_proc, 8003, comm="four", cmdline=("four",), start=40_300)
-        wait_for("the server to number the start", lambda: has(logged(tmp_path / "events3.ndjson"), 8003))
-        t3 = TailProc(tmp_path, "t3", srv.ws, "--state-file", str(state))
-        tails.append(t3)
+        runs.restart()
+        runs.start(8003)
+        runs.numbered(8003)
+        t3 = runs.tail("--state-file", str(state))
         wait_for("the start the new run numbered before tail came back", lambda: t3.has(8003), timeout=20)
         assert t3.stop() == 0
-    finally:
-        for t in tails:
-            t.stop(signal.SIGKILL)
-        srv.stop()
-    printed = [e for t in tails for e in t.lines()]
-    runs = [logged(tmp_path / f"events{n}.ndjson") for n in (1, 2, 3)]
-    assert printed == runs[0] + runs[1] + runs[2]  # nothing lost, nothing twice
+    printed = runs.printed()
+    assert printed == runs.logged()  # nothing lost, nothing twice, in order
     assert {(e["pid"], e["type"]) for e in printed} >= {(8000, "proc.start"), (8000, "proc.exit"),
                                                         (8001, "proc.start"), (8002, "proc.start"),
                                                         (8003, "proc.start")}
