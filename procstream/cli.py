@@ -102,9 +102,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_tail_arguments(tail)
 
-    once = sub.add_parser("once", help="print one JSON snapshot of groups and processes, then exit")
+    once = sub.add_parser(
+        "once",
+        help="print one JSON snapshot of groups and processes, then exit",
+        description="Print one JSON snapshot of groups and processes, then exit. A group's "
+        "counters (cpu_s, read_bytes, write_bytes, page faults, context switches) are what its "
+        "processes used since each of them started; the rates (cpu_pct, read_bps, write_bps) "
+        "are 0 unless --delay measures them. (serve's counters start when it first sees a "
+        "process, like process-exporter's.)",
+    )
     _add_core_options(once)
-    once.add_argument("--delay", type=float, default=0.0, metavar="S", help="poll twice, S seconds apart, so rates are filled in")
+    once.add_argument(
+        "--delay",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="poll twice, S seconds apart, so the rates are filled in (the counters are then as of the second poll)",
+    )
     once.add_argument("--pretty", action="store_true", help="indent the JSON")
     return parser
 

@@ -3,9 +3,18 @@
 For log shippers: one event per line on stdout, flushed after every frame; control
 objects are not printed. It reconnects by itself (backoff 0.5 s doubling to 10 s) and
 resumes from the last seq it printed (``since`` + ``epoch``), so a plain reconnect loses
-nothing. When the server can't resume (it restarted, or we were away longer than its
-buffer) it says so on stderr — with what was lost when that is known — and carries on
-with live events. Ctrl-C / SIGTERM end it quietly with exit code 0.
+nothing. When the server can't resume (we were away longer than its buffer) it says so
+on stderr — with what was lost when that is known — and carries on with live events.
+After a server restart (a new epoch) it replays the new run from its start, as far as
+the server's buffer still holds it. Ctrl-C / SIGTERM end it quietly with exit code 0.
+
+Resume points: events carry their ``seq`` but not the epoch, so ``tail`` writes the
+epoch to stderr at every connect and epoch change, as ``--since N --epoch E`` ready to
+paste (N: the seq of the last line kept). With ``--state-file FILE`` it keeps the resume
+point itself: FILE is replaced atomically after each frame's lines are flushed (and
+fsynced when stdout is a file), and read back at start. Delivery is at-least-once:
+killed between the flush and the state write, a restarted ``tail`` prints that frame's
+events again; it never skips one.
 
 The CLI wiring calls :func:`add_arguments` on its ``tail`` subparser and :func:`run`
 with the parsed arguments; ``python -m procstream.tail`` works on its own too.
@@ -18,7 +27,9 @@ import asyncio
 import contextlib
 import os
 import signal
+import stat
 import sys
+import tempfile
 from collections.abc import Sequence
 from typing import Any, TextIO
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -29,19 +40,30 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from .stream.protocol import ProtocolError, expand_types
 
-__all__ = ["tail", "run", "add_arguments", "build_url", "TailState", "main"]
+__all__ = [
+    "tail",
+    "run",
+    "add_arguments",
+    "build_url",
+    "TailState",
+    "StateFile",
+    "StateFileError",
+    "main",
+]
 
 _PROG = "procstream tail"
 # Refusals that retrying won't fix.
 _FATAL_STATUS = {400: "bad request", 401: "unauthorized (check --token)",
                  403: "forbidden (token or Origin refused)", 404: "not found (check the URL)"}
+# A state file is a few dozen bytes; anything much larger is not ours.
+_STATE_MAX_BYTES = 4096
 
 
 class TailState:
     """What ``tail`` knows between frames: the resume point and the current epoch.
 
     Sans-I/O: :meth:`feed` takes the objects of one frame and returns the NDJSON text to
-    print and the messages for stderr.
+    print and the messages for stderr; :meth:`requests` hands over the frames to send.
     """
 
     def __init__(self, since: int | None = None, epoch: str | None = None) -> None:
@@ -50,16 +72,39 @@ class TailState:
         self.epoch = epoch
         #: epoch of the current connection (from its hello)
         self.conn_epoch: str | None = None
+        #: the subscription the server confirmed in its hello (``filter``)
+        self.filter: dict[str, Any] | None = None
         #: False when the server refused our subscription (hello with filter null)
         self.subscribed = True
+        #: after an epoch reset we ask for the new run from its start; until the server
+        #: acknowledges, what arrives belongs to the old request and is replayed anyway
+        self.resubscribing = False
         self.fatal: str | None = None
         self.printed = 0
+        self._requests: list[dict[str, Any]] = []
 
     def resume_params(self) -> dict[str, str]:
         """``since``/``epoch`` query parameters for the next connection, if any."""
         if self.since is None or self.epoch is None:
             return {}
         return {"since": str(self.since), "epoch": self.epoch}
+
+    def resume_point(self) -> tuple[int, str] | None:
+        """``(since, epoch)`` when both are known."""
+        if self.since is None or self.epoch is None:
+            return None
+        return self.since, self.epoch
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Frames to send to the server now (each a JSON object); empties the list."""
+        out, self._requests = self._requests, []
+        return out
+
+    def connection_lost(self) -> None:
+        """The connection ended: an unacknowledged request died with it (the resume
+        point already says what to ask for next)."""
+        self.resubscribing = False
+        self._requests.clear()
 
     def feed(self, objs: Sequence[dict[str, Any]]) -> tuple[str, list[str]]:
         """Handle one frame; returns (NDJSON lines to print, messages for stderr)."""
@@ -68,11 +113,16 @@ class TailState:
         for obj in objs:
             t = obj.get("type")
             if t == "hello":
-                self.conn_epoch = obj.get("epoch")
-                self.subscribed = obj.get("filter") is not None
+                messages.append(self._hello(obj))
+            elif self.resubscribing:
+                if t == "subscribed":
+                    self.resubscribing = False
+                elif t == "error":
+                    messages.append(f"server error: {obj.get('error')}")
+                    self.fatal = f"resubscription refused: {obj.get('error')}"
+                # anything else answers the previous request: the replay brings it again
             elif t == "reset":
-                messages.append(self._describe_reset(obj))
-                self._advance(obj.get("seq"))
+                messages.append(self._reset(obj))
             elif t == "overflow":
                 messages.append(
                     f"fell behind: {obj.get('dropped')} events (seq {obj.get('from_seq')}.."
@@ -99,17 +149,50 @@ class TailState:
             self.since = seq
             self.epoch = self.conn_epoch
 
-    def _describe_reset(self, obj: dict[str, Any]) -> str:
+    def _hello(self, obj: dict[str, Any]) -> str:
+        epoch = obj.get("epoch")
+        head = obj.get("head_seq")
+        self.conn_epoch = epoch if isinstance(epoch, str) else None
+        self.filter = obj.get("filter")
+        self.subscribed = self.filter is not None
+        where = f"connected: epoch {epoch}, head seq {head}"
+        if self.since is None and self.subscribed and isinstance(head, int):
+            # Live from here: what follows has seq > head, so head is a valid resume point.
+            self._advance(head)
+        if self.since is None or self.epoch is None:
+            return where
+        if self.epoch != self.conn_epoch:
+            return f"{where}; the server restarted since seq {self.since} of epoch {self.epoch}"
+        return f"{where}; resume point: {_paste(self.since, self.epoch)}"
+
+    def _reset(self, obj: dict[str, Any]) -> str:
         reason = obj.get("reason")
         seq = obj.get("seq")
         since = obj.get("since", self.since)
-        cont = f"continuing with live events after seq {seq}"
-        if reason == "epoch":
-            return (
-                f"reset: the server restarted (epoch {self.epoch} -> {obj.get('epoch')}); "
-                f"events of the old run after seq {since} that we had not received are "
-                f"lost; {cont}"
+        new_epoch = obj.get("epoch")
+        if reason == "epoch" and isinstance(new_epoch, str) and self.filter is not None:
+            # Another server run: its events so far are still in its buffer, numbered
+            # from 1. Ask for all of them on this connection ("I have up to 0").
+            message = (
+                f"reset: the server restarted (epoch {self.epoch} -> {new_epoch}); events "
+                f"of the old run after seq {since} that we had not received are lost; "
+                f"replaying the new run from its start; resume point: {_paste(0, new_epoch)}"
             )
+            self.since, self.epoch = 0, new_epoch
+            self.resubscribing = True
+            self._requests.append({
+                "op": "subscribe",
+                "types": self.filter.get("types"),
+                "groups": self.filter.get("groups"),
+                "since": 0,
+                "epoch": new_epoch,
+                "snapshot": False,
+            })
+            return message
+        self._advance(seq)
+        cont = f"continuing with live events after seq {seq}"
+        if isinstance(seq, int) and self.epoch is not None:
+            cont += f"; resume point: {_paste(seq, self.epoch)}"
         if reason == "expired" and isinstance(since, int) and isinstance(seq, int):
             return (
                 f"reset: our resume point is older than the server's buffer; events "
@@ -125,6 +208,80 @@ class TailState:
                 f"missing; {cont}"
             )
         return f"reset ({reason}): {cont}"
+
+
+def _paste(since: int, epoch: str) -> str:
+    """A resume point as ``tail`` takes it back on its command line."""
+    return f"--since {since} --epoch {epoch}"
+
+
+class StateFileError(Exception):
+    """The state file can't be used (unreadable, not ours, or its directory is missing)."""
+
+
+class StateFile:
+    """``tail``'s resume point on disk: ``{"since": N, "epoch": "E"}``.
+
+    :meth:`save` replaces the file atomically and durably (a temporary file in the same
+    directory, fsynced, renamed over the old one, then the directory fsynced), so a
+    crash or power loss leaves the previous point or the new one, never a torn file.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        self.dir = os.path.dirname(self.path)
+        self.saved: tuple[int, str] | None = None
+
+    def load(self) -> tuple[int, str] | None:
+        """The saved point, or None when there is no file yet (a first run)."""
+        if not os.path.isdir(self.dir):
+            raise StateFileError(f"--state-file {self.path}: directory {self.dir} does not exist")
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read(_STATE_MAX_BYTES + 1)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StateFileError(f"--state-file {self.path}: {exc.strerror or exc}") from None
+        try:
+            obj = orjson.loads(data) if len(data) <= _STATE_MAX_BYTES else None
+        except orjson.JSONDecodeError:
+            obj = None
+        since = obj.get("since") if isinstance(obj, dict) else None
+        epoch = obj.get("epoch") if isinstance(obj, dict) else None
+        if (isinstance(since, bool) or not isinstance(since, int) or since < 0
+                or not isinstance(epoch, str) or not epoch):
+            raise StateFileError(
+                f"--state-file {self.path}: not a tail state file (expected "
+                '{"since": N, "epoch": "E"}); move it away to start from the live stream'
+            )
+        self.saved = (since, epoch)
+        return self.saved
+
+    def save(self, point: tuple[int, str]) -> None:
+        """Write ``point`` unless it is already on disk; raises OSError on failure."""
+        if point == self.saved:
+            return
+        since, epoch = point
+        data = orjson.dumps({"since": since, "epoch": epoch}) + b"\n"
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{os.path.basename(self.path)}.", suffix=".tmp")
+        try:
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)  # the rename itself must survive a power loss
+        finally:
+            os.close(dfd)
+        self.saved = point
 
 
 def build_url(
@@ -170,6 +327,7 @@ async def tail(
     groups: str | Sequence[str] | None = None,
     since: int | None = None,
     epoch: str | None = None,
+    state_file: str | None = None,
     token: str | None = None,
     out: TextIO = sys.stdout,
     err: TextIO = sys.stderr,
@@ -180,7 +338,8 @@ async def tail(
 ) -> int:
     """Print the server's events to ``out`` until ``stop`` is set (or the task is
     cancelled); returns the exit code: 0 when stopped, 1 when the server refuses us
-    for good (401/403/404, rejected subscription), 2 for bad arguments."""
+    for good (401/403/404, rejected subscription), 2 for bad arguments or an unusable
+    ``state_file``. ``since``/``epoch`` win over the point saved in ``state_file``."""
     type_list, group_list = _split(types), _split(groups)
     try:
         if type_list:
@@ -192,10 +351,20 @@ async def tail(
     if (since is None) != (epoch is None):
         _say(err, "--since and --epoch go together (a resume point is a seq within an epoch)")
         return 2
+    keeper: StateFile | None = None
+    if state_file is not None:
+        keeper = StateFile(state_file)
+        try:
+            saved = keeper.load()
+        except StateFileError as exc:
+            _say(err, str(exc))
+            return 2
+        if since is None and saved is not None:
+            since, epoch = saved
 
     state = TailState(since, epoch)
     runner = asyncio.ensure_future(
-        _loop(url, type_list, group_list, token, state, out, err,
+        _loop(url, type_list, group_list, token, state, keeper, out, err,
               backoff_initial, backoff_max, open_timeout)
     )
     if stop is None:
@@ -213,12 +382,68 @@ async def tail(
     return 0
 
 
+class _StdoutError(Exception):
+    """stdout refused a write (a full disk, an I/O error): nothing more can be printed."""
+
+
+class _Output:
+    """Where a frame goes: its lines to ``out``, then its resume point to the state file.
+
+    The order is what makes delivery at-least-once: the state file never gets ahead of
+    what the reader of ``out`` has been handed.
+    """
+
+    def __init__(self, out: TextIO, err: TextIO, keeper: StateFile | None) -> None:
+        self.out = out
+        self.err = err
+        self.keeper = keeper
+        self.failing = False
+        self._sync_out: bool | None = None
+
+    def emit(self, text: str, point: tuple[int, str] | None) -> None:
+        if text:
+            try:
+                self.out.write(text)
+                self.out.flush()
+            except BrokenPipeError:
+                raise
+            except OSError as exc:
+                raise _StdoutError(exc.strerror or str(exc)) from None
+        if self.keeper is None or point is None or point == self.keeper.saved:
+            return
+        # Blocking, on purpose: tail has nothing else to do until this frame is safe,
+        # and the file is a few bytes.
+        try:
+            if text and self._out_is_file():
+                os.fsync(self.out.fileno())  # a power loss must not keep the point, lose the lines
+            self.keeper.save(point)
+        except OSError as exc:
+            if not self.failing:
+                _say(self.err, f"cannot write --state-file {self.keeper.path} "
+                               f"({exc.strerror or exc}); a restart would resume from an "
+                               f"older point and print some events again")
+            self.failing = True
+        else:
+            if self.failing:
+                _say(self.err, f"--state-file {self.keeper.path} written again")
+            self.failing = False
+
+    def _out_is_file(self) -> bool:
+        if self._sync_out is None:
+            try:
+                self._sync_out = stat.S_ISREG(os.fstat(self.out.fileno()).st_mode)
+            except (OSError, ValueError, AttributeError):  # io.StringIO & co have no fd
+                self._sync_out = False
+        return self._sync_out
+
+
 async def _loop(
     url: str,
     types: list[str],
     groups: list[str],
     token: str | None,
     state: TailState,
+    keeper: StateFile | None,
     out: TextIO,
     err: TextIO,
     backoff_initial: float,
@@ -226,6 +451,7 @@ async def _loop(
     open_timeout: float,
 ) -> int:
     headers = {"Authorization": f"Bearer {token}"} if token else None
+    output = _Output(out, err, keeper)
     backoff = backoff_initial
     while True:
         target = build_url(url, types=types, groups=groups, resume=state.resume_params())
@@ -244,17 +470,20 @@ async def _loop(
                     if isinstance(objs, dict):
                         objs = [objs]
                     text, messages = state.feed(objs)
-                    if text:
-                        out.write(text)
-                        out.flush()
+                    output.emit(text, state.resume_point())
                     for m in messages:
                         _say(err, m)
                     if state.fatal is not None:
                         return 1
+                    for request in state.requests():
+                        await ws.send(orjson.dumps(request).decode())
                     backoff = backoff_initial  # a working connection resets the backoff
             why = _describe_close(ws.close_code, ws.close_reason)
         except BrokenPipeError:
             raise  # our stdout is gone (an OSError, but not a network one): stop
+        except _StdoutError as exc:
+            _say(err, f"cannot write to stdout ({exc}); stopping")
+            return 1
         except InvalidStatus as exc:
             status = exc.response.status_code
             if status in _FATAL_STATUS:
@@ -269,6 +498,7 @@ async def _loop(
             return 2
         except (OSError, TimeoutError, InvalidHandshake, orjson.JSONDecodeError) as exc:
             why = str(exc) or type(exc).__name__
+        state.connection_lost()
         _say(err, f"disconnected ({why}); reconnecting in {backoff:g} s")
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, backoff_max)
@@ -288,7 +518,7 @@ def _say(err: TextIO, message: str) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``tail``'s arguments to a (sub)parser: URL, --types, --groups, --since,
-    --epoch, --token (default: $PROCSTREAM_TOKEN)."""
+    --epoch, --state-file, --token (default: $PROCSTREAM_TOKEN)."""
     parser.add_argument("url", metavar="URL",
                         help="server address: ws://HOST:PORT[/ws], http://HOST:PORT or HOST:PORT")
     parser.add_argument("--types", action="append", metavar="LIST",
@@ -297,8 +527,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--groups", action="append", metavar="LIST",
                         help="group names, comma separated; default all")
     parser.add_argument("--since", type=int, metavar="N",
-                        help="resume after seq N (needs --epoch)")
-    parser.add_argument("--epoch", metavar="E", help="epoch of --since (from a previous run)")
+                        help="resume after seq N, the seq of the last line kept (needs --epoch)")
+    parser.add_argument("--epoch", metavar="E",
+                        help="epoch of --since: tail prints it on stderr as '--since N --epoch E' "
+                             "at every connect and epoch change")
+    parser.add_argument("--state-file", metavar="FILE",
+                        help="keep the resume point in FILE (replaced atomically after each "
+                             "frame is flushed) and resume from it at start; at-least-once: "
+                             "after a crash the last frame may be printed again, never skipped. "
+                             "--since/--epoch win over it")
     parser.add_argument("--token", metavar="TOKEN",
                         help="bearer token (default: $PROCSTREAM_TOKEN)")
 
@@ -314,7 +551,8 @@ def run(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         return await tail(args.url, types=args.types, groups=args.groups, since=args.since,
-                          epoch=args.epoch, token=token, stop=stop)
+                          epoch=args.epoch, state_file=args.state_file, token=token,
+                          stop=stop)
 
     try:
         return asyncio.run(main())

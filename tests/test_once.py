@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 import orjson
 
 from tests.support.processes import running
+from tests.support.waiting import wait_for
 
 GROUP_KEYS = {
     "group", "procs", "threads", "cpu_s", "cpu_user_s", "cpu_system_s", "cpu_pct",
@@ -54,19 +56,56 @@ def test_command_lines_are_redacted_by_default_and_can_be_dropped(tmp_path: Path
         assert all(p["cmdline"] == [] for p in dropped["procs"])
 
 
-def test_delay_fills_in_rates() -> None:
-    burn = "import time\nend = time.time() + 30\nwhile time.time() < end: pass\n"
-    with running(sys.executable, "-c", burn, "psonce-burner"):
-        config_text = "process_names:\n  - name: burner\n    cmdline: ['psonce-burner']\n"
-        r = subprocess.run(
-            [sys.executable, "-m", "procstream", "once", "--config", "/dev/stdin", "--delay", "0.5"],
-            input=config_text.encode(),
-            capture_output=True,
-            timeout=60,
-        )
-        assert r.returncode == 0, r.stderr
-        burner = orjson.loads(r.stdout)["groups"]["burner"]
-        assert burner["cpu_pct"] > 30.0
+def test_counters_are_totals_since_each_process_started(fake_proc: Path) -> None:
+    doc = orjson.loads(once("--procfs", str(fake_proc)).stdout)
+    py = doc["groups"]["python3"]  # pid 1010 in tests/fixtures/proc: its stat's utime and minflt
+    assert py["cpu_user_s"] == 2 / os.sysconf("SC_CLK_TCK") and py["cpu_system_s"] == 0.0
+    assert py["minor_faults"] == 1938 and py["cpu_pct"] == 0.0
+
+
+BURN = "import time\nend = time.time() + 60\nwhile time.time() < end: pass\n"
+BURNER_CONFIG = b"process_names:\n  - name: burner\n    cmdline: ['psonce-burner']\n"
+
+
+def cpu_and_faults(pid: int) -> tuple[float, int]:
+    """A process's CPU seconds and minor faults so far, from its own /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(fields[7])
+
+
+def burner_group(*args: str) -> dict:
+    r = subprocess.run(
+        [sys.executable, "-m", "procstream", "once", "--config", "/dev/stdin", *args],
+        input=BURNER_CONFIG, capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return orjson.loads(r.stdout)["groups"]["burner"]
+
+
+def test_a_busy_process_shows_the_cpu_it_used_before_once_ran() -> None:
+    with running(sys.executable, "-c", BURN, "psonce-burner") as burner:
+        wait_for("the burner to use 0.5 s of CPU", lambda: cpu_and_faults(burner.pid)[0] >= 0.5, timeout=30)
+        cpu_before, faults_before = cpu_and_faults(burner.pid)
+        group = burner_group()
+        cpu_after, faults_after = cpu_and_faults(burner.pid)
+    # what the kernel counted for it up to the moment once looked, not 0
+    assert cpu_before <= group["cpu_s"] <= cpu_after
+    assert group["cpu_s"] == round(group["cpu_user_s"] + group["cpu_system_s"], 6)
+    assert faults_before <= group["minor_faults"] <= faults_after
+    assert group["cpu_pct"] == 0.0  # a rate needs two polls
+
+
+def test_delay_fills_in_rates_and_keeps_totals() -> None:
+    with running(sys.executable, "-c", BURN, "psonce-burner") as burner:
+        # more than the delay can account for: the totals must include the time before
+        wait_for("the burner to use 1 s of CPU", lambda: cpu_and_faults(burner.pid)[0] >= 1.0, timeout=30)
+        cpu_before, _ = cpu_and_faults(burner.pid)
+        group = burner_group("--delay", "0.5")
+        cpu_after, _ = cpu_and_faults(burner.pid)
+    assert group["cpu_pct"] > 30.0
+    # the rate is the two polls' difference, not the process's lifetime over 0.5 s
+    assert group["cpu_pct"] <= 100.0 * 1.2
+    assert cpu_before <= group["cpu_s"] <= cpu_after
 
 
 def test_bad_config_exits_2_naming_file_and_rule(tmp_path: Path) -> None:
