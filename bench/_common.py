@@ -12,7 +12,7 @@ from pathlib import Path
 __all__ = ["ROOT", "read_bytes", "free_port", "wait_http", "percentile", "process_cpu"]
 
 #: the source tree, put first on sys.path so a bench measures this checkout
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
