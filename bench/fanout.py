@@ -21,8 +21,8 @@ Phases, all in one run, same frames, same rate:
 Reported per phase: events delivered per second (all subscribers), server CPU seconds
 per million deliveries (so the capacity of one core), p50/p99/max latency, and for the
 stall phases the write buffer the server holds for the stalled client. Then the ratios
-the budget is about (DESIGN §9): procstream/bare delivered rate and capacity, and the
-others' p99 with the stall vs without.
+the budget is about: procstream delivers at least 0.8 of bare's rate, and one stalled
+subscriber leaves the others' p99 within 2x of the run without it.
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ For each lifetime L it starts ``--count`` processes (copies of ``sleep`` named
   the delay from exec to the first scrape that showed it.
 
 ``--storm RATExSECONDS`` then runs a fork storm (RATE ``/bin/true`` per second for
-SECONDS; copies of ``true``) against the netlink server and reports: events received vs processes, the
-server's peak RSS growth, and /healthz latency during the storm (a blocked event loop
+SECONDS; copies of ``true``) against the netlink server and reports: events received vs
+processes, the server's peak RSS growth, and /healthz latency during the storm (a blocked event loop
 would show there). Repeated ``--storm-rounds`` times on one server: memory must level off
 once the resume buffer (``--buffer`` events) is full. Everything it starts, it stops.
 Needs root (kernel events).

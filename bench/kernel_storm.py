@@ -16,10 +16,6 @@ read until the storm is over, so the receive buffers alone must hold everything.
 per socket, what the reader got of the generator's children, the losses, the largest
 batch and the effective buffer; then the reader thread's CPU. Needs root in the initial
 namespaces; a socket whose probe refuses is left out, with the probe's reason.
-
-(This replaces bench/netlink_storm.py, now ``--only connector [--exec]``, and
-bench/taskstats_storm.py, now ``--only taskstats [--stalled]``; its ``--with-connector``
-is the default.)
 """
 
 from __future__ import annotations

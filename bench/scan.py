@@ -17,7 +17,7 @@ same run and on the same processes, CPU time per poll of:
   -gather-smaps=false`` with the same (default) config, CPU of the exporter process per
   ``/metrics`` scrape (read from its /proc/PID/stat).
 
-Prints µs per process per poll and the budget ratios (DESIGN §9: procstream ≤ 1/4 of
+Prints µs per process per poll and the budget ratios (procstream ≤ 1/4 of
 process-exporter and ≤ 2x the floor). Everything it starts, it stops.
 """
 

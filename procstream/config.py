@@ -56,7 +56,7 @@ __all__ = [
     "DEFAULT_NAME_TEMPLATE",
 ]
 
-#: the config process-exporter's deb/rpm packages ship (packaging/conf/all.yaml)
+#: the config process-exporter's deb and rpm packages ship
 DEFAULT_CONFIG_TEXT = """\
 process_names:
   - name: "{{.Comm}}"

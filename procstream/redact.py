@@ -1,72 +1,19 @@
-"""Hide secrets in command lines before they leave the process (DESIGN §8).
+"""Hide secrets in command lines before they leave the process.
 
-A ``Redactor`` is built once from the CLI flags (``--redact REGEX``, ``--no-cmdline``) and
-applied once per process, when the process is first reported; ``EventBuilder`` caches the
-result, so every event, the snapshot, the metrics and the event log carry the same
-redacted ``cmdline``. ``Redactor`` is a plain callable ``tuple[str, ...] -> tuple[str, ...]``
-and holds no state besides its compiled patterns, so it is safe to share between threads.
+What is hidden, what isn't, and the ``--redact`` and ``--no-cmdline`` options are written
+for users in docs/redaction.md; this module implements those rules.
 
-What counts as a secret (all case-insensitive; the value is replaced by ``***``):
-
-- **Keys.** A key is sensitive when one of its parts (split on ``-``, ``_``, ``.``) is, or
-  ends with, ``password``, ``passwd``, ``pass``, ``pwd``, ``passphrase``, ``secret``,
-  ``token``, ``auth``, ``authorization``, ``credential(s)``, ``apikey``, ``accesskey``,
-  ``secretkey``, ``privatekey``; or is ``key`` after ``api``, ``access``, ``private``,
-  ``encryption``, ``signing``, ``master``, ``session``. So ``PGPASSWORD``, ``MYSQL_PWD``,
-  ``AWS_SECRET_ACCESS_KEY``, ``--client-secret``, ``-Djavax.net.ssl.keyStorePassword``,
-  ``keytool -storepass`` and ``redis-server --requirepass`` all are. Not sensitive:
-  a key whose *last* part names something about the secret rather than the secret itself
-  (``--password-file``, ``--token-ttl``, ``--auth-type``, ``--os-auth-url``,
-  ``--password-stdin``, ``--api-key-id``); keys starting with a verb that makes them a
-  boolean switch (``--no-password``, ``--ask-pass``, ``--prompt-password``); plurals that
-  mean something else (``--max-tokens``); the shell's own ``PWD``/``OLDPWD``; and the
-  booleans ``--anyauth``, ``--noauth``, ``--askpass``, ``--bypass``.
-- **Forms.** ``--key=value`` → ``--key=***`` and ``--key:value`` → ``--key:***`` (the
-  value runs to the end of the element); ``KEY=value`` (env style, also inside a longer
-  element: ``a=1,db.password=x``, ``?token=x&y=1``, where the value stops at ``&;,``
-  or a space) → ``KEY=***``; ``--key value`` (value in the next argv element) → ``--key ***``, unless
-  the next element looks like an option (``-x``): ``psql --password -h db`` uses
-  ``--password`` as a switch. ``scheme://user:pass@host`` → ``scheme://user:***@host``
-  (a lone ``user@`` is kept: it is usually ``git@`` or ``ssh://root@``). HTTP headers
-  ``Authorization: Bearer x`` → ``Authorization: Bearer ***`` (scheme kept),
-  ``Cookie: ...``, ``X-Api-Key: ...``, ``Private-Token: ...`` → value hidden.
-- **Tools with short flags.** Short flags mean different things to different tools
-  (``-p`` is a port for ssh and docker run, a parent switch for mkdir), so they are only
-  read for the tools that use them for secrets, recognised by the command's basename
-  (also after ``env``/``sudo``/``nohup``... and after an interpreter: ``python3 /usr/bin/aws``):
-  mysql/mariadb family ``-pSECRET`` (glued only: ``-p`` alone prompts, and ``-p db``
-  names a database), ``sshpass -p``, ``docker|podman|nerdctl|helm|skopeo login -p``,
-  ``curl -u/--user/-U/--proxy-user user:pass`` → ``user:***`` (and ``--pass``,
-  ``--oauth2-bearer``), ``redis-cli -a``, ``mongo*/mongosh -p``, ``openssl -k`` and
-  ``-passin/-passout/-pass pass:x`` → ``pass:***`` (openssl's single-dash long options
-  are never read as glued short flags), ``ssh-keygen -N/-P``, ``ldap* -w``
-  (and ``ldappasswd -a/-s``), ``sqlcmd/bcp/osql -P``, ``snmp* -c/-A/-X``; positional
-  settings ``aws configure set aws_secret_access_key X``, ``npm|yarn|pnpm config set
-  //registry/:_authToken X``, ``git config x.password X``.
-- **Shell text.** An element holding a whole command (``sh -c "PGPASSWORD=x psql ..."``,
-  ``ssh host 'curl --token x ...'``) is split into shell words — ``;``, ``&&``, ``|``
-  start a new command — and read with the same rules, recursively (quotes kept, up to 4
-  levels deep). An element starting with a dash
-  is one option even when it holds spaces (``--password=two words`` → ``--password=***``).
-
-``extra_patterns`` (``--redact REGEX``) are applied to every element before the default
-rules: each match is replaced by ``***``, or only its group 1 when the regex has groups.
-``enabled=False`` turns the default rules off; the extra patterns still apply (they were
-asked for by name). ``drop_cmdline=True`` drops command lines altogether.
-
-These are heuristics: they favour hiding a harmless value over showing a secret, and a
-secret in a place no rule knows (a positional argument, ``-p`` of an unknown tool, a
-value starting with ``-`` after ``--password``, ``sudo -u postgres mysql -p...`` where the
-wrapper's option value hides the tool) stays visible: add a ``--redact`` pattern for it,
-or use ``--no-cmdline``.
-
-Cost: a command line with none of the hint stems (most of them) costs one lower-case and
-one regex search (~0.5 µs); one with secrets ~5-15 µs; a 1.5 KB JSON blob in argv with a
-stem ~100 µs. Once per process, on the poller's worker thread.
+Why it is done here, once: a command line is written by whoever started the process, and
+people put passwords and tokens in them. procstream sends command lines to every
+subscriber, to ``/api/snapshot`` and to the event log, so they are redacted before any of
+that — once per process, when it is first reported (``EventBuilder`` keeps the result), so
+every output shows the same text. The rules are heuristics that prefer hiding a harmless
+value to showing a secret; ``--redact`` and ``--no-cmdline`` are there for the rest.
 """
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -88,6 +35,73 @@ class RedactPatternError(ValueError):
     def __init__(self, pattern: str, error: re.error) -> None:
         super().__init__(f"invalid --redact pattern {pattern!r}: {error}")
         self.pattern = pattern
+
+
+class Redactor:
+    """Hides secrets in a command line: ``redact(argv) -> argv``.
+
+    Build once at start-up from ``--redact`` (``extra_patterns``; a bad regex raises
+    ``RedactPatternError``) and ``--no-cmdline`` (``drop_cmdline``), then call it — the
+    instance itself is the callable ``EventBuilder`` takes — once per process.
+    ``enabled=False`` turns the default rules off; the extra patterns still apply, since
+    they were asked for by name. Holds nothing but compiled patterns, so it is safe to share
+    between threads.
+    """
+
+    __slots__ = ("_extra", "_enabled", "_drop", "_use_hint")
+
+    def __init__(
+        self,
+        extra_patterns: Sequence[str] = (),
+        *,
+        enabled: bool = True,
+        drop_cmdline: bool = False,
+    ) -> None:
+        compiled: list[re.Pattern[str]] = []
+        for pattern in extra_patterns:
+            try:
+                compiled.append(re.compile(pattern))
+            except re.error as exc:
+                raise RedactPatternError(pattern, exc) from None
+        self._extra: tuple[re.Pattern[str], ...] = tuple(compiled)
+        self._enabled = enabled
+        self._drop = drop_cmdline
+        # Tests turn the pre-filter off to check that it never changes a result.
+        self._use_hint = True
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the default rules run (``--redact`` patterns always do)."""
+        return self._enabled
+
+    @property
+    def drop_cmdline(self) -> bool:
+        """Whether command lines are dropped altogether (``--no-cmdline``)."""
+        return self._drop
+
+    def redact(self, cmdline: tuple[str, ...]) -> tuple[str, ...]:
+        """The command line with secrets replaced by ``***`` (``()`` with ``drop_cmdline``).
+
+        The user's patterns see the original text first; then the default rules read the
+        result. Call once per process and keep the result.
+        """
+        if self._drop:
+            return ()
+        if not cmdline:
+            return tuple(cmdline)
+        out = tuple(cmdline)
+        if self._extra:
+            out = tuple(self._apply_extra(element) for element in out)
+        if self._enabled and (not self._use_hint or _has_hint("\0".join(out).lower())):
+            out = tuple(_read_words(out, 0))
+        return out
+
+    __call__ = redact
+
+    def _apply_extra(self, element: str) -> str:
+        for rx in self._extra:
+            element = rx.sub(_extra_replacer(rx), element)
+        return element
 
 
 # ---------------------------------------------------------------------------------------
@@ -292,8 +306,8 @@ _EMBEDDED_KV = re.compile(
     re.S,
 )
 # One shell word: runs of plain characters, quoted strings and escapes.
-# (Quoted strings are written as unrolled loops, "[^"\\]*(?:\\.[^"\\]*)*": several times
-# faster than an alternation per character on long texts.)
+# (Quoted strings are written as unrolled loops, "[^"\\]*(?:\\.[^"\\]*)*", which don't
+# backtrack per character on long texts as an alternation would.)
 # Control operators (; && | & ( )) are words of their own, as the shell reads them, so
 # ``echo hi; mysql -pX`` starts a new command at ``mysql``.
 _SHELL_WORD = re.compile(
@@ -344,8 +358,8 @@ def _passarg(value: str) -> str:
 # A cheap pre-filter, searched in the lower-cased command line: one that contains none of
 # these has nothing any default rule would touch (most command lines: daemons, kernel
 # threads, editors), and skips the word-by-word reading. Every secret word and every tool
-# name of ``_TOOLS`` contains one of them (a test checks it). Lower-casing first and a
-# case-sensitive search is ~8x faster than ``re.I`` on a long alternation.
+# name of ``_TOOLS`` contains one of them (a test checks it). Lower-casing once and a
+# case-sensitive search cost far less than ``re.I`` on a long alternation.
 _HINT_STEMS = (
     "pass", "pwd", "secret", "token", "key", "auth", "credential", "cookie", "@", "login",
     "mysql", "mariadb", "curl", "redis", "mongo", "openssl", "ldap", "sqlcmd", "bcp", "osql",
@@ -357,283 +371,273 @@ _HINT = re.compile("|".join(re.escape(stem) for stem in _HINT_STEMS))
 
 
 def _has_hint(lowered: str) -> bool:
-    # The regex scans ~25 ns per character, ``in`` (memchr-based) far less: the regex wins
-    # on short texts (one call), ``in`` on long ones (classpaths, JSON in argv).
+    # One regex search wins on short texts; ``in`` (memchr underneath) scans far faster per
+    # character, so it wins on long ones (classpaths, JSON in argv) despite one call a stem.
     if len(lowered) < 256:
         return _HINT.search(lowered) is not None
     return any(stem in lowered for stem in _HINT_STEMS)
 
 
 # ---------------------------------------------------------------------------------------
+# Reading a command
+#
+# A command line is read word by word, the way its program parses it: argv elements at the
+# top, shell words inside an element that holds a whole command (sh -c "..."). The reader
+# is in one of four phases:
+#
+#   COMMAND  the next word names the command (VAR=value words before it are skipped)
+#   WRAPPED  after env, sudo, timeout...: their options and durations, then the command
+#   SCRIPT   after an interpreter (python3, node...): its options, then the script, whose
+#            name stands for the command (python3 /usr/local/bin/aws)
+#   ARGS     the command's arguments
+#
+# and it may expect the next word to be a value (of --password, or of a tool's -p). Each
+# word goes to the first rule that takes it:
+#
+#   1. In shell text, an operator or keyword (; && | then ...) ends the command: back to
+#      COMMAND, nothing expected.
+#   2. In ARGS, with no tool rules in play and no value expected, a word without a hint
+#      stem is kept as it is: nothing below could change it, and long harmless texts (JSON
+#      in argv, classpaths) stay cheap.
+#   3. An expected value is hidden, unless it looks like an option and the flag before it
+#      may be a plain switch (psql --password -h db).
+#   4. In COMMAND, WRAPPED and SCRIPT: the phase rules above.
+#   5. A flag of the command's tool hides its value, glued (mysql -pSECRET) or in the next
+#      word (sshpass -p SECRET); a setting's key makes the next word a value (aws configure
+#      set aws_secret_access_key SECRET).
+#   6. An option whose name is a sensitive key (--token) makes the next word a value.
+#   7. Anything else is one element, read on its own (``_read_element``).
 
 
-class Redactor:
-    """Hide secrets in a command line; see the module docstring for the rules.
-
-    Build once at start-up (patterns are compiled here; a bad ``--redact`` regex raises
-    ``RedactPatternError``), then call ``redact(cmdline)`` — or the instance itself — once
-    per process. Pure and thread-safe.
-    """
-
-    __slots__ = ("_extra", "_enabled", "_drop", "_use_hint")
-
-    def __init__(
-        self,
-        extra_patterns: Sequence[str] = (),
-        *,
-        enabled: bool = True,
-        drop_cmdline: bool = False,
-    ) -> None:
-        compiled: list[re.Pattern[str]] = []
-        for pattern in extra_patterns:
-            try:
-                compiled.append(re.compile(pattern))
-            except re.error as exc:
-                raise RedactPatternError(pattern, exc) from None
-        self._extra: tuple[re.Pattern[str], ...] = tuple(compiled)
-        self._enabled = enabled
-        self._drop = drop_cmdline
-        # Tests turn the pre-filter off to check that it never changes a result.
-        self._use_hint = True
-
-    @property
-    def enabled(self) -> bool:
-        """Whether the default rules run (``--redact`` patterns always do)."""
-        return self._enabled
-
-    @property
-    def drop_cmdline(self) -> bool:
-        """Whether command lines are dropped altogether (``--no-cmdline``)."""
-        return self._drop
-
-    def redact(self, cmdline: tuple[str, ...]) -> tuple[str, ...]:
-        """The command line with secrets replaced by ``***`` (``()`` with ``drop_cmdline``).
-
-        Call once per process: the result is meant to be cached by the caller.
-        """
-        if self._drop:
-            return ()
-        if not cmdline:
-            return tuple(cmdline)
-        out = tuple(cmdline)
-        if self._extra:
-            out = tuple(self._apply_extra(element) for element in out)
-        if self._enabled and (not self._use_hint or _has_hint("\0".join(out).lower())):
-            out = tuple(self._words(list(out), 0))
-        return out
-
-    __call__ = redact
-
-    # -- user patterns ------------------------------------------------------------------
-
-    def _apply_extra(self, element: str) -> str:
-        for rx in self._extra:
-            element = rx.sub(_extra_replacer(rx), element)
-        return element
-
-    # -- a sequence of words (argv, or the words of a shell text) ------------------------
-
-    def _words(self, words: list[str], depth: int) -> list[str]:
-        out: list[str] = []
-        tool: _Tool | None = None  # the tool these words belong to, when it has rules
-        seen: set[str] = set()  # words after the command, for subcommand rules
-        at_command = True  # the next word may name the command
-        after_wrapper = False
-        in_interpreter = False
-        pending: Callable[[str, str], str] | None = None
-        pending_forced = False
-        setting_value_next = False
-        for raw in words:
-            if depth > 0 and (raw in _SEPARATORS or _OPERATOR.fullmatch(raw)):
-                at_command, after_wrapper, in_interpreter = True, False, False
-                tool, pending, setting_value_next = None, None, False
-                seen = set()
-                out.append(raw)
-                continue
-            if (
-                tool is None
-                and pending is None
-                and not (at_command or in_interpreter or setting_value_next)
-                and _HINT.search(raw.lower()) is None
-            ):
-                # No rule reads a word without any hint stem once no tool is in play:
-                # skipping it keeps long harmless texts (JSON in argv, classpaths) cheap.
-                out.append(raw)
-                continue
-            # argv elements are what the program got; only words of a shell text are quoted
-            word = _unquote(raw) if depth else raw
-            if pending is not None:
-                action, forced = pending, pending_forced
-                pending = None
-                if forced or not _looks_like_option(word):
-                    out.append(action(raw, word))
-                    continue
-            if setting_value_next:
-                setting_value_next = False
-                if not _looks_like_option(word):
-                    out.append(REDACTED)
-                    continue
-            if at_command:
-                out.append(self._element(raw, depth))
-                if _ENV_ASSIGN.match(word):
-                    continue  # VAR=value before the command
-                base = _basename(word)
-                if after_wrapper and (_looks_like_option(word) or word[:1].isdigit()):
-                    continue  # options and durations of sudo/timeout/nice
-                if base in _WRAPPERS:
-                    after_wrapper = True
-                    continue
-                tool = _TOOLS.get(base)
-                at_command = after_wrapper = False
-                in_interpreter = bool(_INTERPRETER.match(base))
-                seen = set()
-                continue
-            if in_interpreter:
-                if word in ("-c", "-e", "-E", "-m"):
-                    in_interpreter = False
-                elif not word.startswith("-"):
-                    in_interpreter = False
-                    tool = _TOOLS.get(_SCRIPT_SUFFIX.sub("", _basename(word)))
-                    seen = set()
-                    out.append(self._element(raw, depth))
-                    continue
-            if tool is not None:
-                handled = self._tool_word(tool, raw, word, seen)
-                if handled is not None:
-                    kind, text = handled
-                    if text is not None:
-                        out.append(text)
-                        continue
-                    if kind == "setting":
-                        setting_value_next = True
-                        out.append(self._element(raw, depth))
-                        continue
-                    pending, pending_forced = _ACTIONS[kind], True
-                    out.append(raw)
-                    continue
-            if _OPTION.fullmatch(word) and is_sensitive_key(word):
-                pending, pending_forced = _hide_word, False
-                out.append(raw)
-                continue
-            if tool is not None:
-                seen.add(word)
-            out.append(self._element(raw, depth))
-        return out
-
-    def _tool_word(
-        self, tool: _Tool, raw: str, word: str, seen: set[str]
-    ) -> tuple[str, str | None] | None:
-        """A tool-specific reading of ``word``: ``(kind, replacement)`` where a ``None``
-        replacement means "the next word is the value"; ``None`` when no rule applies."""
-        if tool.after and not all(a in seen for a in tool.after):
-            return None
-        if tool.setting_after is not None:
-            if all(a in seen for a in tool.setting_after) and not word.startswith("-"):
-                if "=" not in word and is_sensitive_key(re.split(r"[/:]", word)[-1]):
-                    return ("setting", None)
-            return None
-        for kind, flags in (
-            ("secret", tool.secret),
-            ("userpass", tool.userpass),
-            ("passarg", tool.passarg),
-        ):
-            if word in flags:
-                return (kind, None)
-        for kind, flags in (
-            ("secret", tool.secret | tool.glued),
-            ("userpass", tool.userpass),
-        ):
-            for flag in flags:
-                if word.startswith(flag) and len(word) > len(flag):
-                    rest = word[len(flag):]
-                    if flag.startswith("--"):
-                        if not rest.startswith("="):
-                            continue
-                        flag, rest = flag + "=", rest[1:]
-                    elif len(flag) != 2 or not tool.glue:
-                        continue
-                    value = REDACTED if kind == "secret" else _userpass(rest)
-                    return (kind, flag + value)
-        return None
-
-    # -- one element ---------------------------------------------------------------------
-
-    def _element(self, s: str, depth: int) -> str:
-        if depth > _MAX_DEPTH or not s:
-            return s
-        has_space = _SPACE.search(s) is not None
-        m = _ASSIGN.match(s)
-        if m is not None:
-            dashes, key, sep = m.group("dashes"), m.group("key"), m.group("sep")
-            one_option = bool(dashes) or not has_space
-            if sep == "=" or dashes:
-                if one_option:
-                    if is_sensitive_key(dashes + key):
-                        return s[: m.end()] + REDACTED
-                    # --header=..., --env=K=V, -Dhttp.proxy=URL: read the value on its own
-                    return s[: m.end()] + self._element(s[m.end():], depth + 1)
-        h = _HEADER.fullmatch(s)
-        if h is not None:
-            name = h.group("name").lower()
-            if name in _SECRET_HEADERS or is_sensitive_key(name):
-                value = h.group("value")
-                start = h.start("value")
-                if name in _SCHEME_HEADERS:
-                    sm = _HEADER_SCHEME.match(value)
-                    if sm is not None:
-                        start += sm.end("ws")
-                return s[:start] + REDACTED
-        if len(s) >= 2 and s[0] in "'\"" and s[-1] == s[0]:
-            return s[0] + self._element(s[1:-1], depth + 1) + s[0]
-        if "://" in s:
-            s = _URL_USERINFO.sub(_url_replacer, s)
-        if "=" in s:
-            s = _EMBEDDED_KV.sub(_kv_replacer, s)
-        if has_space:
-            if "authorization" in s.lower():
-                s = _EMBEDDED_AUTH.sub(r"\g<head>" + REDACTED, s)
-            if depth < _MAX_DEPTH and _has_hint(s.lower()):
-                s = self._text(s, depth)
-        return s
-
-    def _text(self, s: str, depth: int) -> str:
-        """Read ``s`` as shell text: split into words, apply the word rules, splice back
-        (everything between words — spaces, stray characters — is kept as is)."""
-        matches = list(_SHELL_WORD.finditer(s))
-        if not matches:
-            return s
-        new = self._words([m.group(0) for m in matches], depth + 1)
-        pieces: list[str] = []
-        last = 0
-        for m, word in zip(matches, new):
-            pieces.append(s[last:m.start()])
-            pieces.append(word)
-            last = m.end()
-        pieces.append(s[last:])
-        return "".join(pieces)
+class _Phase(enum.Enum):
+    COMMAND = enum.auto()
+    WRAPPED = enum.auto()
+    SCRIPT = enum.auto()
+    ARGS = enum.auto()
 
 
-# ---------------------------------------------------------------------------------------
-# Replacement helpers
+@dataclass(frozen=True, slots=True)
+class _Value:
+    """The next word is the value of this one: what is shown of it."""
+
+    #: the value (unquoted) -> what is shown
+    shown: Callable[[str], str]
+    #: taken even when it looks like an option: a tool's flag always has a value
+    always: bool
 
 
-def _hide_word(raw: str, word: str) -> str:
+def _hidden(value: str) -> str:
     return REDACTED
 
 
-def _userpass_word(raw: str, word: str) -> str:
-    return _userpass(word)
+_SECRET = _Value(_hidden, always=True)
+_USER_PASS = _Value(_userpass, always=True)
+_PASS_ARG = _Value(_passarg, always=True)
+_SECRET_UNLESS_OPTION = _Value(_hidden, always=False)
+
+# Interpreter options after which code, not a script, comes next.
+_INLINE_CODE = frozenset({"-c", "-e", "-E", "-m"})
 
 
-def _passarg_word(raw: str, word: str) -> str:
-    return _passarg(word)
+def _read_words(words: Sequence[str], depth: int) -> list[str]:
+    """``words`` (argv, or the words of one shell text) with secrets hidden."""
+    reader = _CommandReader(depth)
+    return [reader.read(raw) for raw in words]
 
 
-_ACTIONS: dict[str, Callable[[str, str], str]] = {
-    "secret": _hide_word,
-    "userpass": _userpass_word,
-    "passarg": _passarg_word,
-}
+class _CommandReader:
+    """The phase and expectations while reading one sequence of words (rules above)."""
+
+    __slots__ = ("depth", "phase", "tool", "seen", "expect")
+
+    def __init__(self, depth: int) -> None:
+        self.depth = depth
+        self._new_command()
+
+    def _new_command(self) -> None:
+        self.phase = _Phase.COMMAND
+        #: the rules of the command's tool, when it has some
+        self.tool: _Tool | None = None
+        #: the command's words so far, for rules that need a subcommand (docker login)
+        self.seen: set[str] = set()
+        #: what becomes of the next word, when the previous one takes a value
+        self.expect: _Value | None = None
+
+    def read(self, raw: str) -> str:
+        """What is shown of ``raw``, the next word."""
+        if self.depth and (raw in _SEPARATORS or _OPERATOR.fullmatch(raw)):  # rule 1
+            self._new_command()
+            return raw
+        if (  # rule 2
+            self.phase is _Phase.ARGS
+            and self.tool is None
+            and self.expect is None
+            and _HINT.search(raw.lower()) is None
+        ):
+            return raw
+        # argv elements are what the program got; only words of a shell text are quoted
+        word = _unquote(raw) if self.depth else raw
+        expect, self.expect = self.expect, None
+        if expect is not None and (expect.always or not _looks_like_option(word)):  # rule 3
+            return expect.shown(word)
+        if self.phase is _Phase.COMMAND or self.phase is _Phase.WRAPPED:  # rule 4
+            return self._command(raw, word)
+        if self.phase is _Phase.SCRIPT:
+            shown = self._script(raw, word)
+            if shown is not None:
+                return shown
+        return self._argument(raw, word)
+
+    def _command(self, raw: str, word: str) -> str:
+        shown = _read_element(raw, self.depth)
+        if _ENV_ASSIGN.match(word):
+            return shown  # VAR=value before the command
+        if self.phase is _Phase.WRAPPED and (_looks_like_option(word) or word[:1].isdigit()):
+            return shown  # options and durations of sudo/timeout/nice
+        name = _basename(word)
+        if name in _WRAPPERS:
+            self.phase = _Phase.WRAPPED
+            return shown
+        self.phase = _Phase.SCRIPT if _INTERPRETER.match(name) else _Phase.ARGS
+        self.tool = _TOOLS.get(name)
+        self.seen = set()
+        return shown
+
+    def _script(self, raw: str, word: str) -> str | None:
+        """An interpreter's word; None when it is to be read as an argument as well."""
+        if word in _INLINE_CODE:
+            self.phase = _Phase.ARGS
+            return None
+        if word.startswith("-"):
+            return None  # an option of the interpreter
+        self.phase = _Phase.ARGS
+        self.tool = _TOOLS.get(_SCRIPT_SUFFIX.sub("", _basename(word)))
+        self.seen = set()
+        return _read_element(raw, self.depth)
+
+    def _argument(self, raw: str, word: str) -> str:
+        tool = self.tool
+        if tool is not None and all(w in self.seen for w in tool.after):  # rule 5
+            if tool.setting_after is not None:
+                if _is_setting_key(tool.setting_after, word, self.seen):
+                    self.expect = _SECRET_UNLESS_OPTION
+                    return _read_element(raw, self.depth)
+            else:
+                flag = _flag(tool, word)
+                if isinstance(flag, str):
+                    return flag
+                if flag is not None:
+                    self.expect = flag
+                    return raw
+        if _OPTION.fullmatch(word) and is_sensitive_key(word):  # rule 6
+            self.expect = _SECRET_UNLESS_OPTION
+            return raw
+        if tool is not None:
+            self.seen.add(word)
+        return _read_element(raw, self.depth)  # rule 7
+
+
+def _flag(tool: _Tool, word: str) -> _Value | str | None:
+    """``word`` as one of ``tool``'s secret flags: what becomes of the next word when the
+    flag stands alone, the word with its value hidden when the value is glued to it, or
+    None when it is no such flag."""
+    if word in tool.secret:
+        return _SECRET
+    if word in tool.userpass:
+        return _USER_PASS
+    if word in tool.passarg:
+        return _PASS_ARG
+    for flags, shown in ((tool.secret | tool.glued, _hidden), (tool.userpass, _userpass)):
+        for flag in flags:
+            if not word.startswith(flag) or len(word) == len(flag):
+                continue
+            rest = word[len(flag):]
+            if flag.startswith("--"):
+                if not rest.startswith("="):
+                    continue  # --pass=X, not --passphrase
+                flag, rest = flag + "=", rest[1:]
+            elif len(flag) != 2 or not tool.glue:
+                continue  # only getopt's one-letter flags take a glued value
+            return flag + shown(rest)
+    return None
+
+
+def _is_setting_key(after: tuple[str, ...], word: str, seen: set[str]) -> bool:
+    """Whether ``word`` is a sensitive key in ``TOOL ...after... KEY VALUE``; the key's
+    last part counts (``//registry.npmjs.org/:_authToken``, ``credential.password``)."""
+    return (
+        all(w in seen for w in after)
+        and not word.startswith("-")
+        and "=" not in word
+        and is_sensitive_key(re.split(r"[/:]", word)[-1])
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# One element
+
+
+def _read_element(s: str, depth: int) -> str:
+    """One argv element (or shell word) on its own: ``--key=value`` and ``KEY=value``,
+    an HTTP header, a quoted string, URL credentials, ``key=value`` and ``Authorization:``
+    inside a longer text, and finally, when it holds spaces, shell text."""
+    if depth > _MAX_DEPTH or not s:
+        return s
+    has_space = _SPACE.search(s) is not None
+    m = _ASSIGN.match(s)
+    if m is not None:
+        dashes, key, sep = m.group("dashes"), m.group("key"), m.group("sep")
+        # an element starting with a dash is one option even when it holds spaces
+        one_option = bool(dashes) or not has_space
+        if (sep == "=" or dashes) and one_option:
+            if is_sensitive_key(dashes + key):
+                return s[: m.end()] + REDACTED
+            # --header=..., --env=K=V, -Dhttp.proxy=URL: read the value on its own
+            return s[: m.end()] + _read_element(s[m.end():], depth + 1)
+    h = _HEADER.fullmatch(s)
+    if h is not None:
+        name = h.group("name").lower()
+        if name in _SECRET_HEADERS or is_sensitive_key(name):
+            value = h.group("value")
+            start = h.start("value")
+            if name in _SCHEME_HEADERS:
+                sm = _HEADER_SCHEME.match(value)
+                if sm is not None:
+                    start += sm.end("ws")  # keep "Bearer ": it tells what kind of secret
+            return s[:start] + REDACTED
+    if len(s) >= 2 and s[0] in "'\"" and s[-1] == s[0]:
+        return s[0] + _read_element(s[1:-1], depth + 1) + s[0]
+    if "://" in s:
+        s = _URL_USERINFO.sub(_url_replacer, s)
+    if "=" in s:
+        s = _EMBEDDED_KV.sub(_kv_replacer, s)
+    if has_space:
+        if "authorization" in s.lower():
+            s = _EMBEDDED_AUTH.sub(r"\g<head>" + REDACTED, s)
+        if depth < _MAX_DEPTH and _has_hint(s.lower()):
+            s = _read_shell_text(s, depth)
+    return s
+
+
+def _read_shell_text(s: str, depth: int) -> str:
+    """``s`` read as shell text: split into words, read as a command, spliced back
+    (everything between words — spaces, stray characters — is kept as is)."""
+    matches = list(_SHELL_WORD.finditer(s))
+    if not matches:
+        return s
+    new = _read_words([m.group(0) for m in matches], depth + 1)
+    pieces: list[str] = []
+    last = 0
+    for m, word in zip(matches, new):
+        pieces.append(s[last:m.start()])
+        pieces.append(word)
+        last = m.end()
+    pieces.append(s[last:])
+    return "".join(pieces)
+
+
+# ---------------------------------------------------------------------------------------
+# Replacements
 
 
 def _url_replacer(m: re.Match[str]) -> str:

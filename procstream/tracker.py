@@ -15,8 +15,9 @@ Rules (process-exporter's, with its leak fixed):
   ignored ones are forgotten silently (the Go version kept them forever).
 - An ignored process that has exec'd since it was judged (``ExecMark``: a new stack, or
   a new comm where the stack is hidden) is judged anew, as a new process: a poll that
-  caught it between its parent's fork and its exec saw only a copy of the parent. A tracked process keeps its
-  group when it execs (process-exporter's rule, and what children tracking means).
+  caught it between its parent's fork and its exec saw only a copy of the parent. A
+  tracked process keeps its group when it execs (process-exporter's rule, and what
+  children tracking means).
 
 Pure and synchronous: no asyncio, no /proc internals; the clock is injected.
 """
@@ -226,8 +227,8 @@ class Tracker:
         self._ignored: dict[ProcId, _Ignored] = {}
         self._by_pid: dict[int, ProcId] = {}
         self._gen = 0
-        # Processes whose start (in clock ticks since boot) is after the youngest process
-        # of the first poll started after we did: all of their usage counts.
+        # Start (clock ticks since boot) of the youngest process of the first poll: a
+        # process that started later started after us, so all of its usage counts.
         self._first_poll_max_ticks: int | None = None
 
     # -- queries ----------------------------------------------------------------------

@@ -8,7 +8,6 @@ import re
 import shutil
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -30,6 +29,7 @@ from procstream.config import (
     parse_config,
 )
 from procstream.users import UserNames
+from tests.support.waiting import wait_for
 
 
 def attrs(
@@ -706,17 +706,16 @@ def exporter(tmp_path: Path) -> Iterator[int]:
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+    def listening() -> bool:
+        assert proc.poll() is None, (tmp_path / "exporter.log").read_text()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            return False
+
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            assert proc.poll() is None, (tmp_path / "exporter.log").read_text()
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        wait_for("process-exporter to listen", listening, timeout=15, step=0.05)
         yield port
     finally:
         proc.terminate()
@@ -750,14 +749,16 @@ def test_parity_with_process_exporter(spawned: list[subprocess.Popen[bytes]], ex
     for key in ("ra", "rb", "re", "rj"):
         assert ours[f"nomatch:{_comm(key)}"] == 1
 
-    theirs: dict[str, int] = {}
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
+    def theirs() -> dict[str, int]:
         try:
-            theirs = _num_procs(exporter)
+            return _num_procs(exporter)
         except (urllib.error.URLError, ConnectionError):
-            theirs = {}
-        if theirs == dict(ours):
-            break
-        time.sleep(0.2)
-    assert theirs == dict(ours)
+            return {}
+
+    wait_for(
+        "process-exporter's groups to equal ours",
+        lambda: theirs() == dict(ours),
+        timeout=15,
+        step=0.2,
+        explain=lambda: {"theirs": theirs(), "ours": dict(ours)},
+    )

@@ -1,5 +1,6 @@
-"""Container and service packaging say what they must.
+"""Container, service and wheel packaging say what they must.
 
+The wheel is built from a copy of the source tree and installed into a throwaway venv.
 No Docker engine runs here: the Dockerfile and the compose file are parsed and checked,
 the Dockerfile's health check command is run against a stub HTTP server, and the systemd
 unit is checked directive by directive and, where the tool exists, by
@@ -14,10 +15,13 @@ import json
 import re
 import shlex
 import shutil
+import site
 import subprocess
 import sys
 import threading
 import tomllib
+import venv
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -450,3 +454,97 @@ def test_vector_and_fluent_bit_recipes_tail_the_event_log() -> None:
     (tail,) = [i for i in fluent["pipeline"]["inputs"] if i["name"] == "tail"]
     assert tail["path"] == log
     assert tail["parser"] in {p["name"] for p in fluent["parsers"] if p["format"] == "json"}
+
+
+# -- the wheel ---------------------------------------------------------------------------------
+
+PACKAGE = ROOT / "procstream"
+WEB = ROOT / "web"
+
+
+def listed_packages() -> list[str]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+
+
+def files_under(top: Path) -> dict[str, bytes]:
+    """{path relative to top: content}, bytecode caches left out."""
+    return {
+        p.relative_to(top).as_posix(): p.read_bytes()
+        for p in sorted(top.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+    }
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Built from a copy: setuptools reuses a build/ directory left in the tree, and a stale
+    # one could hold files the mapping no longer produces.
+    src = tmp_path_factory.mktemp("src")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for name in ("procstream", "web"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    out = tmp_path_factory.mktemp("wheel")
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(out), str(src)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    (built,) = out.glob("procstream-*.whl")
+    return built
+
+
+def test_every_package_directory_is_listed() -> None:
+    # The list is explicit (discovery can't map web/ to procstream/web), so a new
+    # subpackage is only shipped once it is added there.
+    found = {
+        ".".join(d.relative_to(ROOT).parts)
+        for d in [PACKAGE, *PACKAGE.rglob("*")]
+        if d.is_dir() and any(d.glob("*.py"))
+    }
+    listed = set(listed_packages())
+    assert found - listed == set(), "missing from [tool.setuptools] packages in pyproject.toml"
+    assert listed - found == {"procstream.web"}, "listed but not a package directory"
+
+
+def test_wheel_holds_the_viewer_and_every_module(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        web = files_under(WEB)
+        assert web, "web/ is empty"
+        for rel, content in web.items():
+            member = f"procstream/web/{rel}"
+            assert member in names, f"{member} is missing from the wheel"
+            assert z.read(member) == content, member
+    modules = {f"procstream/{rel}" for rel in files_under(PACKAGE) if rel.endswith(".py")}
+    assert modules - names == set()
+
+
+def test_installed_wheel_serves_its_own_viewer(wheel: Path, tmp_path: Path) -> None:
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=False, symlinks=True)
+    python = env_dir / "bin" / "python"
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install",
+         "--no-deps", "--no-index", "--quiet", str(wheel)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    # The dependencies come from this interpreter's site-packages, appended as plain paths:
+    # no .pth in them is processed, so an editable procstream there stays invisible.
+    (site_packages,) = (env_dir / "lib").glob("python*/site-packages")
+    (site_packages / "test-dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    probe = (
+        "import json, procstream, procstream.serve.server as s; "
+        "print(json.dumps([procstream.__file__, str(s.DEFAULT_WEB_DIR)]))"
+    )
+    # -I: neither the working directory nor PYTHONPATH may put the checkout on the path.
+    done = subprocess.run(
+        [str(python), "-I", "-c", probe], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    package_file, web_dir = json.loads(done.stdout)
+    installed = site_packages / "procstream"
+    assert Path(package_file) == installed / "__init__.py"
+    assert Path(web_dir) == installed / "web"
+    assert files_under(Path(web_dir)) == files_under(WEB)

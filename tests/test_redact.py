@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import re
 import shlex
+from pathlib import Path
 
 import pytest
 
 from procstream.redact import (
+    _DESCRIPTORS,
+    _GLUED,
+    _GLUED_EXCEPTIONS,
     _HINT_STEMS,
+    _KEY_QUALIFIERS,
+    _SWITCH_VERBS,
     _TOOLS,
     _WORDS,
+    _WRAPPERS,
     REDACTED,
     Redactor,
     RedactPatternError,
@@ -274,3 +282,49 @@ def test_pathological_inputs_finish(redactor: Redactor) -> None:
     out = redactor.redact(("sh", "-c", nested, long, "\\", "'", '"', "\\'"))
     assert len(out) == 8
     assert "token=x" not in out[3]
+
+
+# -- docs/redaction.md states the rules users read ------------------------------------------
+
+DOC = (Path(__file__).resolve().parent.parent / "docs" / "redaction.md").read_text()
+
+
+def doc_section(title: str) -> str:
+    start = DOC.index(title)
+    end = DOC.find("\n#", start + len(title))
+    return DOC[start:] if end < 0 else DOC[start:end]
+
+
+def test_the_examples_in_the_docs_hold(redactor: Redactor) -> None:
+    rows = re.findall(r"^\| `([^`]+)` \| `([^`]+)` \|$", doc_section("## Examples"), re.M)
+    assert len(rows) >= 20
+    for cmd, shown in rows:
+        assert redactor.redact(split(cmd)) == split(shown), cmd
+
+
+@pytest.mark.parametrize(
+    ("label", "words"),
+    [
+        ("Secret words", _WORDS),
+        ("Secret endings", frozenset(_GLUED)),
+        ("Not endings", _GLUED_EXCEPTIONS),
+        ("Key qualifiers", _KEY_QUALIFIERS),
+        ("Switch verbs", _SWITCH_VERBS),
+        ("Descriptors", _DESCRIPTORS),
+        ("Wrappers", _WRAPPERS),
+    ],
+)
+def test_the_docs_list_the_words_the_rules_use(label: str, words: frozenset[str]) -> None:
+    name = r"\s+".join(label.split())  # the label may wrap
+    m = re.search(rf"\*\*{name}:\*\*(.*?)(?:;|\.\s)", DOC, re.S)
+    assert m is not None, label
+    assert set(re.findall(r"`([^`]+)`", m.group(1))) == set(words)
+
+
+def test_the_docs_list_every_tool() -> None:
+    rows = [
+        line for line in doc_section("### Tools").splitlines()
+        if line.startswith("| ") and not line.startswith("| programs")
+    ]
+    named = {name for row in rows for name in re.findall(r"`([^`]+)`", row[2:].split(" | ")[0])}
+    assert named == set(_TOOLS)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 __all__ = ["GoRegex", "GoRegexError", "compile_go", "translate"]
 
-# Go's limit on {n,m} counts (regexp/syntax: "invalid repeat count").
+# Go's limit on {n,m} counts: more is Go's "invalid repeat count" error.
 _MAX_REPEAT = 1000
 _MAX_RUNE = 0x10FFFF
 
@@ -39,7 +39,7 @@ def _r(text: str) -> Ranges:
     return [(ord(text[i]), ord(text[i + 1])) for i in range(0, len(text), 2)]
 
 
-# ASCII classes exactly as Go defines them (regexp/syntax perl_groups.go).
+# ASCII classes exactly as Go's regexp/syntax package defines them.
 _PERL: dict[str, Ranges] = {
     "d": _r("09"),
     "s": [(9, 10), (12, 13), (32, 32)],  # \t \n \f \r space -- no \v, unlike POSIX space

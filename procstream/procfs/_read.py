@@ -17,8 +17,8 @@ import os
 __all__ = ["read_file"]
 
 _FLAGS = os.O_RDONLY | os.O_CLOEXEC
-# One page-sized read holds every file we read on the hot path (stat <= ~1 KiB, io ~100 B,
-# status ~1.5 KiB); bigger reads only cost the kernel a bigger temporary buffer.
+# One read of this size holds every file we read on the hot path (stat, io and status
+# are far smaller); a bigger buffer would only cost the kernel a bigger temporary one.
 _BUFSIZE = 8192
 
 

@@ -9,17 +9,15 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import psutil  # type: ignore[import-untyped]
 import pytest
 
 from procstream.procfs import FS, ProcfsParseError, ProcMetrics, ProcStatic, States
 from tests.support.fake_proc_tree import unprivileged
-
-T = TypeVar("T")
+from tests.support.waiting import wait_for
 
 WORKER = """
 import sys, threading
@@ -34,18 +32,6 @@ sys.stdin.read()
 stop.set()
 """
 FD_LIMIT = 1234
-
-
-def _wait_for(what: str, fn: Callable[[], T | None], timeout: float = 10.0) -> T:
-    """Poll ``fn`` until it returns something other than None, or fail after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value is not None:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +88,7 @@ def test_sleep_found_by_all_procs(fs: FS, sleeper: tuple[subprocess.Popen[bytes]
         static = found[0].static()
         return static if static.cmdline == ("sleep", "300") else None
 
-    static = _wait_for("sleep to exec", exec_done)
+    static = wait_for("sleep to exec", exec_done)
     assert static.name == "sleep"
     assert static.parent_pid == os.getpid()
     assert static.uid == os.geteuid()
@@ -113,7 +99,7 @@ def test_sleep_found_by_all_procs(fs: FS, sleeper: tuple[subprocess.Popen[bytes]
         metrics = fs.proc(proc.pid).metrics()
         return metrics if metrics.states == States(sleeping=1) else None
 
-    metrics = _wait_for("sleep to block", asleep)
+    metrics = wait_for("sleep to block", asleep)
     assert metrics.num_threads == 1
     assert metrics.open_fds == len(os.listdir(f"/proc/{proc.pid}/fd"))
     assert metrics.partial_errors == 0
@@ -127,7 +113,7 @@ def test_threads_fds_memory_against_psutil(fs: FS, worker: subprocess.Popen[byte
         metrics = fs.proc(pid).metrics()
         return (metrics, psutil.Process(pid)) if metrics.states == States(sleeping=4) else None
 
-    metrics, ps = _wait_for("4 sleeping threads", settled)
+    metrics, ps = wait_for("4 sleeping threads", settled)
     assert metrics.num_threads == 4 == ps.num_threads()
     assert metrics.open_fds == len(os.listdir(f"/proc/{pid}/fd"))
     assert metrics.open_fds == ps.num_fds() >= 13
@@ -179,7 +165,7 @@ def test_zombie(fs: FS) -> None:
         os._exit(0)
     try:
         proc_stat = Path(f"/proc/{pid}/stat")
-        _wait_for("zombie", lambda: True if b") Z " in proc_stat.read_bytes() else None)
+        wait_for("zombie", lambda: b") Z " in proc_stat.read_bytes())
         proc = fs.proc(pid)
         static = proc.static()
         assert static.cmdline == ()

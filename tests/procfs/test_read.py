@@ -6,7 +6,6 @@ import errno
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 
 from procstream.procfs._read import read_file
 from tests.support.fake_proc_tree import deny, unprivileged
+from tests.support.waiting import wait_for
 
 
 def test_small_and_empty_files(tmp_path: Path) -> None:
@@ -49,11 +49,14 @@ def long_argv() -> Iterator[tuple[int, list[bytes]]]:
 def test_live_cmdline_longer_than_one_read(long_argv: tuple[int, list[bytes]]) -> None:
     pid, args = long_argv
     expected = b"\0".join(args) + b"\0"
-    deadline = time.monotonic() + 10
-    # right after fork the child may still show the parent's argv: wait for the exec
-    while (data := read_file(f"/proc/{pid}/cmdline")) != expected:
-        assert time.monotonic() < deadline, data[:100]
-        time.sleep(0.01)
+    path = f"/proc/{pid}/cmdline"
+
+    def execed() -> bytes | None:
+        # right after fork the child may still show the parent's argv
+        data = read_file(path)
+        return data if data == expected else None
+
+    data = wait_for("its exec", execed, explain=lambda: read_file(path)[:100])
     assert len(data) > 15000  # more than one 8 KiB read
 
 
