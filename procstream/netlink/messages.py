@@ -127,46 +127,48 @@ class MessageDecoder(ABC, Generic[R]):
             out = []
         stats = self.stats
         stats.datagrams += 1
-        try:
-            self._walk(data, stats, out)
-        except Exception:  # noqa: BLE001 - the kernel's input must never take the reader down
-            # Every path bounds-checks, so this is a bug or truly absurd input; count it.
-            stats.malformed += 1
-        return out
-
-    def _walk(self, data: Buffer, stats: DecodeStats, out: list[R | EventsLost]) -> None:
         message = self._message
         size = len(data)
         off = 0
-        while off + NLMSG_HDRLEN <= size:
-            nl_len, nl_type, _flags, nl_seq, _pid = NLMSGHDR.unpack_from(data, off)
-            if nl_len < NLMSG_HDRLEN or off + nl_len > size:
-                stats.malformed += 1
-                return
-            stats.messages += 1
-            if nl_type >= NLMSG_MIN_TYPE or (nl_type == NLMSG_DONE and nl_len > NLMSG_HDRLEN):
-                # A DONE with a body is a protocol message: the proc connector sends
-                # every event as one. Bare, it only ends a multipart answer.
-                message(data, off, off + nl_len, nl_type, nl_seq, out)
-            elif nl_type == NLMSG_ERROR:
-                if nl_len >= NLMSG_HDRLEN + _ERRNO.size:
-                    err = -_ERRNO.unpack_from(data, off + NLMSG_HDRLEN)[0]
-                    if err:
-                        stats.errors += 1
-                    else:
-                        stats.acks += 1
-                    if self.acks is not None:
-                        self.acks.append((nl_seq, err))
-                else:
+        try:
+            while off + NLMSG_HDRLEN <= size:
+                nl_len, nl_type, _flags, nl_seq, _pid = NLMSGHDR.unpack_from(data, off)
+                if nl_len < NLMSG_HDRLEN or off + nl_len > size:
                     stats.malformed += 1
-            elif nl_type == NLMSG_OVERRUN:
-                stats.lost_markers += 1
-                out.append(EventsLost(time.clock_gettime_ns(time.CLOCK_MONOTONIC), "overrun"))
-            # NLMSG_NOOP, a bare NLMSG_DONE and reserved types carry nothing
-            off += (nl_len + 3) & ~3  # NLMSG_ALIGN
+                    return out
+                stats.messages += 1
+                if nl_type >= NLMSG_MIN_TYPE or (nl_type == NLMSG_DONE and nl_len > NLMSG_HDRLEN):
+                    # A DONE with a body is a protocol message: the proc connector sends
+                    # every event as one. Bare, it only ends a multipart answer.
+                    message(data, off, off + nl_len, nl_type, nl_seq, out)
+                elif nl_type == NLMSG_ERROR:
+                    self._error(data, off, nl_len, nl_seq, stats)
+                elif nl_type == NLMSG_OVERRUN:
+                    stats.lost_markers += 1
+                    out.append(EventsLost(time.clock_gettime_ns(time.CLOCK_MONOTONIC), "overrun"))
+                # NLMSG_NOOP, a bare NLMSG_DONE and reserved types carry nothing
+                off += (nl_len + 3) & ~3  # NLMSG_ALIGN
+        except Exception:  # noqa: BLE001 - the kernel's input must never take the reader down
+            # Every path bounds-checks, so this is a bug or truly absurd input; count it.
+            stats.malformed += 1
+            return out
         if off < size:
             # bytes left that can't hold a header (the aligned step skipped padding)
             stats.malformed += 1
+        return out
+
+    def _error(self, data: Buffer, off: int, nl_len: int, nl_seq: int, stats: DecodeStats) -> None:
+        """An NLMSG_ERROR: the answer to request ``nl_seq``, 0 for success."""
+        if nl_len < NLMSG_HDRLEN + _ERRNO.size:
+            stats.malformed += 1
+            return
+        err = -_ERRNO.unpack_from(data, off + NLMSG_HDRLEN)[0]
+        if err:
+            stats.errors += 1
+        else:
+            stats.acks += 1
+        if self.acks is not None:
+            self.acks.append((nl_seq, err))
 
 
 def decode_exit_status(status: int) -> tuple[int | None, int | None, bool]:
