@@ -386,8 +386,10 @@ def test_a_failed_subscription_closes_the_socket_and_leaves_the_listener_closed(
                 raise UsersockError(errno.EPERM, "refused")
 
     ls = Refused(group)
-    with pytest.raises(UsersockError, match="refused"):
+    # the traceback kept in ``info`` keeps the socket object alive: only close() frees its fd
+    with pytest.raises(UsersockError, match="refused") as info:
         ls.open()
+    assert info.value.errno == errno.EPERM
     assert ls.closed and ls.goodbyes == 0 and ls.wait_readable(0) is None
     with pytest.raises(OSError):
         os.fstat(ls.fd)

@@ -325,6 +325,15 @@ def test_acks_errors_and_overrun() -> None:
     assert (stats.acks, stats.errors, stats.lost_markers) == (1, 1, 1)
 
 
+def test_a_done_message_is_never_read_as_an_exit() -> None:
+    # the body of an exit record, in an end-of-dump message: nothing of TASKSTATS
+    body = genl(aggr(5, stats_struct(16, **FULL)))[16:]
+    for family_id in (None, FAMILY):
+        stats = TaskstatsStats()
+        assert parse_messages(nlmsg(body, NLMSG_DONE), stats, family_id=family_id) == []
+        assert (stats.messages, stats.foreign, stats.ignored, stats.malformed) == (1, 0, 0, 0)
+
+
 def test_other_families_and_commands_are_not_read_as_exits() -> None:
     stats = TaskstatsStats()
     assert parse_messages(genl(aggr(1, stats_struct(16)), family=40), stats, family_id=FAMILY) == []
