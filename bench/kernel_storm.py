@@ -4,9 +4,9 @@
                                  [--exec] [--stalled] [--skip-decode]
 
 Decoding, on constructed datagrams shaped like the kernel's (no syscalls): proc connector
-events per second through ``netlink.Decoder.feed`` (fork, exec, exit; one per datagram),
+events per second through ``connector.Decoder.feed`` (fork, exec, exit; one per datagram),
 and µs per TASKSTATS exit datagram (one record; two for a multi-threaded process's last
-thread) through the decoder ``TaskstatsListener`` uses.
+thread) through ``taskstats.Decoder.feed``, on a reused buffer as ``TaskstatsListener`` reads.
 
 Storm: a generator process forks children that ``_exit`` at once (``--exec``: spawns
 ``/bin/true``), ``--rate`` per second for ``--seconds``, while one reader thread drains a
@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from procstream.netlink import EventsLost  # noqa: E402
 from procstream.netlink import connector as nl  # noqa: E402
 from procstream.netlink import taskstats as tsm  # noqa: E402
 
@@ -125,11 +126,12 @@ def bench_decode_taskstats(n: int = 200_000) -> tuple[float, float]:
     results = []
     for data, per in ((one, 1), (two, 2)):
         view = memoryview(bytearray(data))  # as the listener hands it over
-        stats = tsm.DecodeStats()
+        decoder = tsm.Decoder(family_id=31)
+        stats = decoder.stats
         out: list[tsm.TaskstatsEvent] = []
         t0 = time.perf_counter()
         for _ in range(n):
-            tsm._decode(view, stats, out, None, 31)
+            decoder.feed(view, out)
         dt = time.perf_counter() - t0
         assert len(out) == n * per and stats.malformed == 0
         results.append(dt / n * 1e6)
@@ -165,7 +167,7 @@ class ConnectorTally:
             elif isinstance(ev, nl.ExecEvent):
                 if ev.pid in self.children:
                     self.execs += 1
-            elif isinstance(ev, nl.EventsLost):
+            elif isinstance(ev, EventsLost):
                 self.losses += 1
 
     def done(self, made: int) -> bool:
@@ -204,7 +206,7 @@ class TaskstatsTally:
         return len(self.records) >= made or self.losses > 0
 
     def report(self, sock: tsm.TaskstatsListener, rcvbuf: int, wall: float) -> str:
-        codes = sum(1 for r in self.records.values() if r.code is not None)
+        codes = sum(1 for r in self.records.values() if r.exit_code is not None)
         return (
             f"  taskstats: records of them {len(self.records)} ({codes} with an exit code); "
             f"all records read {self.total} ({self.total / wall:.0f}/s, largest batch "

@@ -40,12 +40,11 @@ from typing import Any, Union
 
 from ..events import Event, EventBuilder
 from ..grouper import Grouper, GrouperUpdate
-from ..netlink.connector import ConnectorError, EventsLost, ExecEvent, ExitEvent, ProcConnector, monotonic_ns_to_epoch
-from ..netlink.connector import probe as probe_connector
+from ..netlink import ConnectorError, EventsLost, ExecEvent, ExitEvent, ProcConnector, monotonic_ns_to_epoch
+from ..netlink import probe_connector
 from .poll import Poller
 from ..procfs import FS, READ_ERRORS, FixedProc, ProcId, ProcIdInfo, ProcMetrics, ProcStatic, States
-from ..netlink.taskstats import TaskExit, TaskstatsError, TaskstatsListener
-from ..netlink.taskstats import EventsLost as TaskstatsLost
+from ..netlink import TaskExit, TaskstatsError, TaskstatsListener
 from ..tracker import TrackedProc
 
 __all__ = ["KStart", "KExit", "KLost", "KernelApplier", "ExitHold", "KernelSource", "choose_source"]
@@ -463,7 +462,7 @@ class KernelSource:
         assert self._taskstats is not None
         keep = self._exit_stats
         for rec in self._taskstats.read_events():
-            if isinstance(rec, TaskstatsLost):
+            if isinstance(rec, EventsLost):
                 continue  # only the usage of those exits is lost; their exits still come
             if rec.is_thread and rec.aggregate == "pid":
                 continue

@@ -1,67 +1,48 @@
-"""Kernel process events from the Linux proc connector (netlink), low level.
+"""The kernel's process events, from the Linux proc connector.
 
-The poller sees only the processes alive at a poll. The proc connector
+A poll sees only the processes alive at that moment. The proc connector
 (``NETLINK_CONNECTOR``, multicast group ``CN_IDX_PROC``) pushes every fork, exec and exit
 as it happens, with the exit status, so short-lived processes and exit codes are not lost.
 
-Three layers, each usable alone:
-
-- decoding, pure functions on bytes: :func:`parse_datagram` (or a stateful :class:`Decoder`
-  that also notices events the kernel dropped) turns one datagram into
-  :class:`ForkEvent`, :class:`ExecEvent`, :class:`ExitEvent`, :class:`CommEvent` and
-  :class:`EventsLost` markers; :func:`decode_exit_status` reads a wait status;
-- :class:`ProcConnector`, the non-blocking socket: ``open()``, ``fileno()``,
-  ``read_events()``, ``close()``, for ``loop.add_reader`` or a plain thread;
-- :func:`probe`, which says whether the connector can be used here, and why not.
+- :class:`Decoder` turns datagrams into :class:`ForkEvent`, :class:`ExecEvent`,
+  :class:`ExitEvent` and :class:`CommEvent`, with an
+  :class:`~procstream.netlink.messages.EventsLost` marker where the kernel dropped
+  events; :func:`parse_datagram` decodes one datagram alone;
+- :class:`ProcConnector` is the subscription, a
+  :class:`~procstream.netlink.listener.NetlinkListener`;
+- :func:`probe` says whether the connector can be used here, and why not.
 
 Time: an event's ``ts_ns`` is the kernel's ``ktime_get_ns()`` (CLOCK_MONOTONIC).
 :func:`monotonic_ns_to_epoch` puts it on the wall clock; :func:`starttime_to_monotonic_ns`
 puts a ``/proc/PID/stat`` start time (clock ticks since boot, CLOCK_BOOTTIME) on the same
 timeline, so ``exit.ts_ns - starttime_to_monotonic_ns(ticks)`` is a lifetime
 (:func:`lifetime_s`).
-
-Stdlib and :mod:`procstream.nlsocket` (the socket mechanics it shares with
-:mod:`procstream.taskstats`) only. Linux only (the module imports anywhere; the socket
-needs Linux).
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import select
 import socket
 import struct
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final, TypeAlias
+from typing import Final, Self, TypeAlias
 
-from .listener import (
-    NLMSG_DONE,
-    NLMSG_ERROR,
-    NLMSG_HDRLEN,
-    NLMSG_NOOP,  # noqa: F401 - still this module's attribute, as before nlsocket
-    NLMSG_OVERRUN,
-    NLMSGHDR,
-    NetlinkListener,
-    decode_exit_status,
-    error_text,
-    outside_initial_netns,
-)
+from .listener import NetlinkError, NetlinkListener, Probe, opening_problem, platform_problem
+from .listener import error_text, errno_text, outside_initial_netns
+from .messages import NLMSG_DONE, NLMSG_HDRLEN, NLMSGHDR, Buffer, DecodeStats, EventsLost, ExitStatus, MessageDecoder
 
 __all__ = [
     "ForkEvent",
     "ExecEvent",
     "ExitEvent",
     "CommEvent",
-    "EventsLost",
     "ProcEvent",
     "ConnectorEvent",
-    "DecodeStats",
+    "ConnectorStats",
     "Decoder",
     "parse_datagram",
-    "decode_exit_status",
     "ProcConnector",
     "ConnectorError",
     "probe",
@@ -72,10 +53,9 @@ __all__ = [
     "wall_offset_ns",
     "boot_offset_ns",
     "CLK_TCK",
-    "DEFAULT_RCVBUF",
 ]
 
-# --- kernel constants (linux/connector.h, linux/cn_proc.h; netlink's own: nlsocket) ---------
+# --- kernel constants (linux/connector.h, linux/cn_proc.h) ------------------------------------
 
 NETLINK_CONNECTOR: Final = 11
 CN_IDX_PROC: Final = 1
@@ -95,7 +75,7 @@ PROC_EVENT_COMM: Final = 0x00000200
 PROC_EVENT_COREDUMP: Final = 0x40000000
 PROC_EVENT_EXIT: Final = 0x80000000
 
-#: names of the event kinds we decode but do not turn into objects (counted in DecodeStats)
+#: names of the event kinds we decode but do not turn into objects (counted in the stats)
 IGNORED_KINDS: Final[dict[int, str]] = {
     PROC_EVENT_UID: "uid",
     PROC_EVENT_GID: "gid",
@@ -106,7 +86,6 @@ IGNORED_KINDS: Final[dict[int, str]] = {
 
 # The init namespaces have fixed inode numbers (include/linux/proc_ns.h); dynamically
 # allocated ones start at 0xF0000000, so a match is proof. PID and user: since Linux 3.8.
-# (The network namespace's check is nlsocket.outside_initial_netns.)
 _PROC_USER_INIT_INO: Final = 0xEFFFFFFD
 _PROC_PID_INIT_INO: Final = 0xEFFFFFFC
 
@@ -115,29 +94,19 @@ _CAP_NET_ADMIN: Final = 12
 #: clock ticks per second used by /proc/PID/stat (USER_HZ)
 CLK_TCK: Final[int] = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
-#: receive buffer we ask for; the kernel doubles it (SO_RCVBUFFORCE when we may, else
-#: SO_RCVBUF capped by net.core.rmem_max). ~1 KiB of buffer per queued event, so 8 MiB
-#: holds several seconds of a 1,000 processes/s storm.
-DEFAULT_RCVBUF: Final = 8 * 1024 * 1024
-
-# Netlink is host-endian: "=" is native order with standard sizes and no padding.
-# (Bound here, not only imported: CPython 3.11 compiles ``name.method()`` on an imported
-# name as an attribute load plus call, which costs a bound method per message in the
-# decoding loop; on a module variable it is a plain method call.)
-_NLMSGHDR = NLMSGHDR  # len, type, flags, seq, pid
-_NLMSG_HDRLEN: Final = NLMSG_HDRLEN  # 16
-# nlmsghdr + cn_msg (idx, val, seq, ack, len, flags) + proc_event head (what, cpu, ts)
+# nlmsghdr + cn_msg (idx, val, seq, ack, len, flags) + proc_event head (what, cpu, ts),
+# read in one call: this is the per-event hot path
 _HEAD = struct.Struct("=IHHII" "IIIIHH" "IIQ")
-_CN_OFF: Final = _NLMSG_HDRLEN  # cn_msg starts here
-_CN_HDRLEN: Final = 20
+_CN = struct.Struct("=IIIIHH")
+_CN_HDRLEN: Final = _CN.size
 _EV_HEADLEN: Final = 16  # what, cpu, timestamp_ns
-_BODY_OFF: Final = _HEAD.size  # 52: the proc_event union
+_BODY_OFF: Final = _HEAD.size  # the proc_event union
 _FORK = struct.Struct("=iiii")
 _EXEC = struct.Struct("=ii")
 _EXIT = struct.Struct("=iiIi")  # pid, tgid, exit_code (wait status), exit_signal
 _EXIT_PARENT = struct.Struct("=ii")  # parent pid/tgid, absent before Linux 4.19
 _COMM = struct.Struct("=ii16s")
-_NLMSGERR = struct.Struct("=i")
+_U32 = struct.Struct("=I")
 _U32_CPU_NONE: Final = 0xFFFFFFFF
 
 
@@ -165,8 +134,8 @@ class ForkEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class ExecEvent:
-    """A process called execve(); read its new name and cmdline from /proc now."""
+class _TaskEvent:
+    """What happened to the task ``pid`` of process ``tgid``."""
 
     ts_ns: int
     pid: int
@@ -178,72 +147,35 @@ class ExecEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class ExitEvent:
+class ExecEvent(_TaskEvent):
+    """A process called execve(); read its new name and cmdline from /proc now."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExitEvent(_TaskEvent, ExitStatus):
     """A task exited. A process exit is ``pid == tgid`` (``not is_thread``).
 
-    ``status`` is the kernel's wait status (decoded by ``exit_code``/``signal``/
+    ``status`` is the kernel's wait status (read by ``exit_code``/``signal``/
     ``core_dumped``); ``exit_signal`` is the signal sent to the parent on exit (SIGCHLD,
     -1 for threads), not the signal that killed it. When it is sent the task is a zombie,
     so /proc/PID is usually still readable until the parent reaps it.
     """
 
-    ts_ns: int
-    pid: int
-    tgid: int
     status: int
     exit_signal: int
     # 0 when unknown: old kernels, or the parent reaped the task before the event was sent
     parent_pid: int = 0
     parent_tgid: int = 0
 
-    @property
-    def is_thread(self) -> bool:
-        return self.pid != self.tgid
-
-    @property
-    def exit_code(self) -> int | None:
-        return decode_exit_status(self.status)[0]
-
-    @property
-    def signal(self) -> int | None:
-        return decode_exit_status(self.status)[1]
-
-    @property
-    def core_dumped(self) -> bool:
-        return decode_exit_status(self.status)[2]
-
 
 @dataclass(frozen=True, slots=True)
-class CommEvent:
+class CommEvent(_TaskEvent):
     """A task changed its name (prctl PR_SET_NAME or a write to /proc/PID/comm).
 
     execve() does not send one: read the name from /proc on :class:`ExecEvent`.
     """
 
-    ts_ns: int
-    pid: int
-    tgid: int
     comm: str
-
-    @property
-    def is_thread(self) -> bool:
-        return self.pid != self.tgid
-
-
-@dataclass(frozen=True, slots=True)
-class EventsLost:
-    """In-band marker: the kernel dropped events at this point of the stream.
-
-    ``reason``: ``"enobufs"`` (our receive buffer overflowed; count unknown),
-    ``"overrun"`` (an NLMSG_OVERRUN message), or ``"gap"`` (a hole of ``count`` events in
-    the kernel's per-CPU sequence numbers, which also catches allocation failures that
-    ENOBUFS never reports). After one, whatever the caller knows is stale: resynchronise
-    from /proc. ``ts_ns`` is CLOCK_MONOTONIC when the loss was noticed.
-    """
-
-    ts_ns: int
-    reason: str
-    count: int | None = None
 
 
 ProcEvent: TypeAlias = ForkEvent | ExecEvent | ExitEvent | CommEvent
@@ -254,221 +186,144 @@ ConnectorEvent: TypeAlias = ProcEvent | EventsLost
 
 
 @dataclass(slots=True)
-class DecodeStats:
-    """Counters kept while decoding; never reset by the decoder (read them, diff them)."""
+class ConnectorStats(DecodeStats):
+    """The decoder's counters. ``acks`` also counts the PROC_EVENT_NONE answers to
+    LISTEN/IGNORE requests, whatever they say and whoever asked: the kernel multicasts
+    them to every listener."""
 
-    datagrams: int = 0
-    messages: int = 0  # netlink messages seen
     events: int = 0  # events returned (fork/exec/exit/comm)
-    acks: int = 0  # PROC_EVENT_NONE: replies to LISTEN/IGNORE requests (anyone's)
-    ignored: int = 0  # uid/gid/sid/ptrace/coredump and unknown kinds
-    ignored_kinds: dict[str, int] = field(default_factory=dict)
-    malformed: int = 0  # truncated or inconsistent input (the rest of a datagram is skipped)
-    foreign: int = 0  # connector messages for another connector user (not CN_IDX_PROC)
-    errors: int = 0  # NLMSG_ERROR with a non-zero error
-    lost_markers: int = 0  # EventsLost markers produced by decoding (overrun, gap)
+    ignored_kinds: dict[str, int] = field(default_factory=dict)  # what ``ignored`` counted
     missed: int = 0  # events known missing from per-CPU sequence gaps
 
 
-def parse_datagram(data: bytes, stats: DecodeStats | None = None) -> list[ConnectorEvent]:
-    """Decode one datagram (one or more netlink messages) into events. Pure; never raises.
-
-    Garbage and truncated input are counted in ``stats.malformed`` and skipped. Loss is
-    reported in-band only for NLMSG_OVERRUN here; sequence gaps need a :class:`Decoder`.
-    """
-    out: list[ConnectorEvent] = []
-    _decode(data, stats if stats is not None else DecodeStats(), out, None, None)
-    return out
-
-
-class Decoder:
-    """Stateful decoder: :func:`parse_datagram` plus loss detection across datagrams.
+class Decoder(MessageDecoder[ProcEvent]):
+    """Turns the connector's datagrams into events, noticing the events the kernel dropped.
 
     The kernel numbers its proc events per CPU (``cn_msg.seq``); a hole in one CPU's
-    numbers is events we never received, reported as ``EventsLost("gap", n)`` at the place
-    it was noticed. Feed datagrams in the order they were received.
+    numbers is events we never received, reported as ``EventsLost("gap", n)`` where it
+    was noticed. Feed datagrams in the order they were received. ``sequence=False``
+    decodes datagrams independently, without that check.
+
+    Garbage and truncated input are counted in ``stats.malformed`` and skipped; an
+    NLMSG_OVERRUN becomes ``EventsLost("overrun")``.
     """
 
-    __slots__ = ("stats", "_last_seq", "_acks")
+    __slots__ = ("_last_seq",)
+    stats: ConnectorStats
 
-    def __init__(self, stats: DecodeStats | None = None) -> None:
-        self.stats = stats if stats is not None else DecodeStats()
-        self._last_seq: dict[int, int] = {}
-        #: (ack, err) of every PROC_EVENT_NONE seen, when someone wants them (open())
-        self._acks: list[tuple[int, int]] | None = None
-
-    def feed(self, data: bytes, out: list[ConnectorEvent] | None = None) -> list[ConnectorEvent]:
-        """Decode ``data`` and append its events to ``out`` (a new list if None); return it."""
-        if out is None:
-            out = []
-        _decode(data, self.stats, out, self._last_seq, self._acks)
-        return out
+    def __init__(self, stats: ConnectorStats | None = None, *, sequence: bool = True) -> None:
+        super().__init__(stats if stats is not None else ConnectorStats())
+        self._last_seq: dict[int, int] | None = {} if sequence else None
 
     def reset_sequence(self) -> None:
         """Forget the per-CPU sequence baselines (call after a re-subscribe)."""
-        self._last_seq.clear()
+        if self._last_seq is not None:
+            self._last_seq.clear()
 
-    def watch_acks(self) -> list[tuple[int, int]]:
-        """Start recording ``(ack, err)`` of subscription replies; returns the live list."""
-        self._acks = []
-        return self._acks
-
-    def unwatch_acks(self) -> None:
-        """Stop recording subscription replies."""
-        self._acks = None
-
-
-def _decode(
-    data: bytes,
-    stats: DecodeStats,
-    out: list[ConnectorEvent],
-    last_seq: dict[int, int] | None,
-    acks: list[tuple[int, int]] | None,
-) -> None:
-    stats.datagrams += 1
-    try:
-        _decode_messages(data, stats, out, last_seq, acks)
-    except Exception:  # noqa: BLE001 - a decoder fed by the kernel must never take us down
-        # Every path above bounds-checks, so this is a bug or truly absurd input; count it.
-        stats.malformed += 1
-
-
-def _decode_messages(
-    data: bytes,
-    stats: DecodeStats,
-    out: list[ConnectorEvent],
-    last_seq: dict[int, int] | None,
-    acks: list[tuple[int, int]] | None,
-) -> None:
-    size = len(data)
-    off = 0
-    while off + _NLMSG_HDRLEN <= size:
-        nl_len, nl_type, _flags, _nl_seq, _nl_pid = _NLMSGHDR.unpack_from(data, off)
-        if nl_len < _NLMSG_HDRLEN or off + nl_len > size:
+    def _message(
+        self, data: Buffer, off: int, end: int, nl_type: int, nl_seq: int, out: list[ConnectorEvent]
+    ) -> None:
+        stats = self.stats
+        nl_len = end - off
+        if nl_len < NLMSG_HDRLEN + _CN_HDRLEN:
             stats.malformed += 1
             return
-        stats.messages += 1
-        if nl_type == NLMSG_DONE or nl_type >= 0x10:
-            # The connector sends its payload in NLMSG_DONE messages (one per event); a
-            # DONE too short to hold a cn_msg is a plain end-of-multipart marker.
-            if nl_len > _NLMSG_HDRLEN or nl_type != NLMSG_DONE:
-                _decode_cn(data, off, nl_len, stats, out, last_seq, acks)
-        elif nl_type == NLMSG_ERROR:
-            if nl_len >= _NLMSG_HDRLEN + _NLMSGERR.size:
-                if _NLMSGERR.unpack_from(data, off + _NLMSG_HDRLEN)[0] != 0:
-                    stats.errors += 1
+        if nl_len < _BODY_OFF:
+            # a cn_msg, but too short for a proc_event: can't be ours if the id differs
+            idx, val = _CN.unpack_from(data, off + NLMSG_HDRLEN)[:2]
+            if (idx, val) != (CN_IDX_PROC, CN_VAL_PROC):
+                stats.foreign += 1
             else:
                 stats.malformed += 1
-        elif nl_type == NLMSG_OVERRUN:
-            stats.lost_markers += 1
-            out.append(EventsLost(time.clock_gettime_ns(time.CLOCK_MONOTONIC), "overrun"))
-        # NLMSG_NOOP and reserved types: nothing to do
-        off += (nl_len + 3) & ~3  # NLMSG_ALIGN
-    if off < size:
-        # bytes left that can't hold a header (padding was skipped by the aligned step)
-        stats.malformed += 1
-
-
-def _decode_cn(
-    data: bytes,
-    off: int,
-    nl_len: int,
-    stats: DecodeStats,
-    out: list[ConnectorEvent],
-    last_seq: dict[int, int] | None,
-    acks: list[tuple[int, int]] | None,
-) -> None:
-    if nl_len < _NLMSG_HDRLEN + _CN_HDRLEN:
-        stats.malformed += 1
-        return
-    if nl_len < _BODY_OFF:
-        # a cn_msg, but too short for a proc_event: can't be ours if the id differs
-        idx, val = struct.unpack_from("=II", data, off + _CN_OFF)
-        if (idx, val) != (CN_IDX_PROC, CN_VAL_PROC):
+            return
+        head = _HEAD.unpack_from(data, off)
+        idx, val, cn_seq, cn_ack, cn_len = head[5:10]
+        what, cpu, ts_ns = head[11:14]
+        if idx != CN_IDX_PROC or val != CN_VAL_PROC:
             stats.foreign += 1
-        else:
+            return
+        if cn_len > nl_len - NLMSG_HDRLEN - _CN_HDRLEN or cn_len < _EV_HEADLEN:
             stats.malformed += 1
-        return
-    head = _HEAD.unpack_from(data, off)
-    idx, val, cn_seq, cn_ack, cn_len = head[5:10]
-    what, cpu, ts_ns = head[11:14]
-    if idx != CN_IDX_PROC or val != CN_VAL_PROC:
-        stats.foreign += 1
-        return
-    if cn_len > nl_len - _NLMSG_HDRLEN - _CN_HDRLEN or cn_len < _EV_HEADLEN:
-        stats.malformed += 1
-        return
-    body = off + _BODY_OFF
-    body_len = cn_len - _EV_HEADLEN
+            return
+        body = off + _BODY_OFF
+        body_len = cn_len - _EV_HEADLEN
 
-    if last_seq is not None and cpu != _U32_CPU_NONE:
-        # Old kernels send acks with cpu = -1 and the requester's seq: not part of the count.
-        prev = last_seq.get(cpu)
-        last_seq[cpu] = cn_seq
-        if prev is not None:
-            hole = (cn_seq - prev - 1) & 0xFFFFFFFF
-            # A "negative" hole means reordering or a counter reset: re-baseline silently.
-            if 0 < hole < 0x80000000:
-                stats.missed += hole
-                stats.lost_markers += 1
-                out.append(EventsLost(ts_ns, "gap", hole))
+        last_seq = self._last_seq
+        if last_seq is not None and cpu != _U32_CPU_NONE:
+            # Old kernels send acks with cpu = -1 and the requester's seq: not part of the count.
+            prev = last_seq.get(cpu)
+            last_seq[cpu] = cn_seq
+            if prev is not None:
+                hole = (cn_seq - prev - 1) & 0xFFFFFFFF
+                # A "negative" hole means reordering or a counter reset: re-baseline silently.
+                if 0 < hole < 0x80000000:
+                    stats.missed += hole
+                    stats.lost_markers += 1
+                    out.append(EventsLost(ts_ns, "gap", hole))
 
-    if what == PROC_EVENT_FORK:
-        if body_len < _FORK.size:
-            stats.malformed += 1
+        if what == PROC_EVENT_FORK:
+            if body_len < _FORK.size:
+                stats.malformed += 1
+                return
+            out.append(ForkEvent(ts_ns, *_FORK.unpack_from(data, body)))
+        elif what == PROC_EVENT_EXEC:
+            if body_len < _EXEC.size:
+                stats.malformed += 1
+                return
+            out.append(ExecEvent(ts_ns, *_EXEC.unpack_from(data, body)))
+        elif what == PROC_EVENT_EXIT:
+            if body_len < _EXIT.size:
+                stats.malformed += 1
+                return
+            pid, tgid, status, exit_signal = _EXIT.unpack_from(data, body)
+            if body_len >= _EXIT.size + _EXIT_PARENT.size:
+                ppid, ptgid = _EXIT_PARENT.unpack_from(data, body + _EXIT.size)
+            else:
+                ppid = ptgid = 0
+            out.append(ExitEvent(ts_ns, pid, tgid, status, exit_signal, ppid, ptgid))
+        elif what == PROC_EVENT_COMM:
+            if body_len < _COMM.size:
+                stats.malformed += 1
+                return
+            pid, tgid, raw = _COMM.unpack_from(data, body)
+            comm = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+            out.append(CommEvent(ts_ns, pid, tgid, comm))
+        elif what == PROC_EVENT_NONE:
+            # the answer to a LISTEN/IGNORE: ``cn_ack`` is the request's number + 1
+            stats.acks += 1
+            if self.acks is not None:
+                err = _U32.unpack_from(data, body)[0] if body_len >= _U32.size else 0
+                self.acks.append((cn_ack, err))
             return
-        out.append(ForkEvent(ts_ns, *_FORK.unpack_from(data, body)))
-    elif what == PROC_EVENT_EXEC:
-        if body_len < _EXEC.size:
-            stats.malformed += 1
-            return
-        out.append(ExecEvent(ts_ns, *_EXEC.unpack_from(data, body)))
-    elif what == PROC_EVENT_EXIT:
-        if body_len < _EXIT.size:
-            stats.malformed += 1
-            return
-        pid, tgid, status, exit_signal = _EXIT.unpack_from(data, body)
-        if body_len >= _EXIT.size + _EXIT_PARENT.size:
-            ppid, ptgid = _EXIT_PARENT.unpack_from(data, body + _EXIT.size)
         else:
-            ppid = ptgid = 0
-        out.append(ExitEvent(ts_ns, pid, tgid, status, exit_signal, ppid, ptgid))
-    elif what == PROC_EVENT_COMM:
-        if body_len < _COMM.size:
-            stats.malformed += 1
+            kind = IGNORED_KINDS.get(what, f"0x{what:x}")
+            stats.ignored += 1
+            stats.ignored_kinds[kind] = stats.ignored_kinds.get(kind, 0) + 1
             return
-        pid, tgid, raw = _COMM.unpack_from(data, body)
-        comm = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
-        out.append(CommEvent(ts_ns, pid, tgid, comm))
-    elif what == PROC_EVENT_NONE:
-        stats.acks += 1
-        if acks is not None:
-            err = struct.unpack_from("=I", data, body)[0] if body_len >= 4 else 0
-            acks.append((cn_ack, err))
-        return
-    else:
-        kind = IGNORED_KINDS.get(what, f"0x{what:x}")
-        stats.ignored += 1
-        stats.ignored_kinds[kind] = stats.ignored_kinds.get(kind, 0) + 1
-        return
-    stats.events += 1
+        stats.events += 1
+
+
+def parse_datagram(data: Buffer, stats: ConnectorStats | None = None) -> list[ConnectorEvent]:
+    """Decode one datagram on its own (no sequence check: see :class:`Decoder`). Pure;
+    never raises."""
+    return Decoder(stats, sequence=False).feed(data)
 
 
 def _request(op: int, ack: int) -> bytes:
     """A LISTEN/IGNORE request: nlmsghdr + cn_msg + the 4-byte op (all kernels accept it)."""
-    payload = struct.pack("=I", op)
-    cn = struct.pack("=IIIIHH", CN_IDX_PROC, CN_VAL_PROC, 0, ack, len(payload), 0) + payload
-    return _NLMSGHDR.pack(_NLMSG_HDRLEN + len(cn), NLMSG_DONE, 0, 0, 0) + cn
+    payload = _U32.pack(op)
+    cn = _CN.pack(CN_IDX_PROC, CN_VAL_PROC, 0, ack, len(payload), 0) + payload
+    return NLMSGHDR.pack(NLMSG_HDRLEN + len(cn), NLMSG_DONE, 0, 0, 0) + cn
 
 
 # --- the socket ----------------------------------------------------------------------------
 
 
-class ConnectorError(OSError):
+class ConnectorError(NetlinkError):
     """The proc connector can't be opened or subscribed to; ``str()`` says why, for a log."""
 
 
-class ProcConnector(NetlinkListener[ConnectorEvent]):
+class ProcConnector(NetlinkListener[ProcEvent]):
     """A non-blocking subscription to the kernel's process events.
 
     Use from asyncio::
@@ -482,127 +337,77 @@ class ProcConnector(NetlinkListener[ConnectorEvent]):
 
     Loss never raises: it arrives as an :class:`EventsLost` marker in the returned list
     and is counted in ``lost`` (markers: ENOBUFS, overrun, gap), ``enobufs`` (the kernel
-    dropped events, count unknown) and ``stats.missed`` (events known missing).
-
-    The socket mechanics (``fileno``, ``rcvbuf``, ``closed``, ``wait_readable``,
-    ``read_events``, ``close``, the context manager) are
-    :class:`~procstream.nlsocket.NetlinkListener`'s; this class is the connector's
-    subscription (LISTEN, waiting for the kernel's acknowledgement, IGNORE) and decoding.
+    dropped events) and ``stats.missed`` (events known missing). An ENOBUFS marker
+    carries no count: the sequence gap that follows it measures the hole.
     """
 
+    Error = ConnectorError
+    #: about a kilobyte of buffer per queued event: several seconds of a fork storm
+    DEFAULT_RCVBUF = 8 * 1024 * 1024
+    _decoder: Decoder
+    stats: ConnectorStats
+
     def __init__(
-        self,
-        *,
-        rcvbuf: int = DEFAULT_RCVBUF,
-        recv_size: int = 65536,
-        force_rcvbuf: bool = True,
+        self, *, rcvbuf: int | None = None, recv_size: int = 65536, force_rcvbuf: bool = True
     ) -> None:
-        super().__init__(rcvbuf=rcvbuf, force_rcvbuf=force_rcvbuf)
-        self._recv_size = recv_size
-        self._subscribed = False
+        super().__init__(Decoder(), rcvbuf=rcvbuf, recv_size=recv_size, force_rcvbuf=force_rcvbuf)
+        # our requests' number: the kernel's answer to LISTEN carries it + 1
         self._ack = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
-        self.stats = DecodeStats()
-        self._decoder = Decoder(self.stats)
 
-    # -- lifecycle
-
-    def open(self, *, confirm: bool = True, timeout: float = 1.0) -> ProcConnector:
+    def open(self, *, confirm: bool = True, timeout: float = 1.0) -> Self:
         """Create, bind and subscribe; with ``confirm``, wait for the kernel's acknowledgement.
 
         Without the acknowledgement a subscription can fail silently (the kernel ignores
         requests from a child PID or user namespace), so keep ``confirm`` unless you know.
         Raises :class:`ConnectorError` with a reason fit for a log. Returns ``self``.
         """
-        if self._sock is not None:
-            return self
-        sock = self._create_socket(
-            socket.SOCK_DGRAM, NETLINK_CONNECTOR, ConnectorError,
+        return self._open(
+            socket.SOCK_DGRAM, NETLINK_CONNECTOR,
             "cannot create a NETLINK_CONNECTOR socket ({}); "
             "is the kernel built with CONFIG_CONNECTOR and CONFIG_PROC_EVENTS?",
+            lambda sock: self._subscribe(sock, confirm, timeout),
         )  # fmt: skip
-        try:
-            self._set_rcvbuf(sock)
-            try:
-                sock.bind((0, 1 << (CN_IDX_PROC - 1)))
-            except OSError as exc:
-                raise ConnectorError(
-                    exc.errno, f"cannot join the proc events group ({error_text(exc)}); "
-                    "kernels before 6.6 need root or CAP_NET_ADMIN"
-                ) from exc
-            # Connected to the kernel (port 0), the socket refuses unicast datagrams from other
-            # processes, which could otherwise forge events; multicast is unaffected.
-            sock.connect((0, 0))
-            sock.setblocking(False)
-            self._sock = sock
-            # a new subscription: sequence numbers since the last one are not a gap
-            self._decoder.reset_sequence()
-            acks = self._decoder.watch_acks() if confirm else None
-            try:
-                sock.send(_request(PROC_CN_MCAST_LISTEN, self._ack))
-            except OSError as exc:
-                if exc.errno == errno.ECONNREFUSED:
-                    raise ConnectorError(
-                        exc.errno, "the kernel's connector refused us: this process is not "
-                        "in the initial network namespace (a container needs host networking)"
-                    ) from exc
-                raise ConnectorError(exc.errno, f"cannot subscribe ({error_text(exc)})") from exc
-            self._subscribed = True
-            if acks is not None:
-                self._await_ack(acks, timeout)
-        except BaseException:
-            self._subscribed = False
-            self._sock = None
-            sock.close()
-            raise
-        finally:
-            self._decoder.unwatch_acks()
-        return self
 
-    def _await_ack(self, acks: list[tuple[int, int]], timeout: float) -> None:
-        assert self._sock is not None
-        want = (self._ack + 1) & 0xFFFFFFFF
-        deadline = time.monotonic() + timeout
-        poller = select.poll()
-        poller.register(self._sock.fileno(), select.POLLIN)
-        while True:
-            for ack, err in acks:
-                if ack == want:
-                    if err:
-                        raise ConnectorError(
-                            err, f"the kernel refused the subscription "
-                            f"({errno.errorcode.get(err, err)}: {os.strerror(err)}); "
-                            "kernels before 6.6 need root or CAP_NET_ADMIN"
-                        )
-                    return
-            acks.clear()  # other processes' subscriptions are acknowledged to us too
-            left = deadline - time.monotonic()
-            if left <= 0:
+    def _subscribe(self, sock: socket.socket, confirm: bool, timeout: float) -> None:
+        try:
+            self._bind(sock, 1 << (CN_IDX_PROC - 1))
+        except OSError as exc:
+            raise ConnectorError(
+                exc.errno, f"cannot join the proc events group ({error_text(exc)}); "
+                "kernels before 6.6 need root or CAP_NET_ADMIN"
+            ) from exc
+        # a new subscription: sequence numbers since the last one are not a gap
+        self._decoder.reset_sequence()
+        try:
+            self._send(_request(PROC_CN_MCAST_LISTEN, self._ack))
+        except OSError as exc:
+            if exc.errno == errno.ECONNREFUSED:
                 raise ConnectorError(
-                    errno.ETIMEDOUT,
-                    f"no acknowledgement from the kernel within {timeout:g} s: this "
-                    "process is probably in a child PID or user namespace (the kernel "
-                    "ignores those), or the kernel lacks CONFIG_PROC_EVENTS",
-                )
-            if poller.poll(max(1, int(left * 1000))):
-                # events that arrive before the ack are kept for the first read_events()
-                self._read(256, self._pending)
+                    exc.errno, "the kernel's connector refused us: this process is not "
+                    "in the initial network namespace (a container needs host networking)"
+                ) from exc
+            raise ConnectorError(exc.errno, f"cannot subscribe ({error_text(exc)})") from exc
+        self._subscribed = True
+        if not confirm:
+            return
+        deadline = time.monotonic() + timeout
+        err = self._await_answer((self._ack + 1) & 0xFFFFFFFF, deadline, "the subscription")
+        if err is None:
+            raise ConnectorError(
+                errno.ETIMEDOUT,
+                f"no acknowledgement from the kernel within {timeout:g} s: this "
+                "process is probably in a child PID or user namespace (the kernel "
+                "ignores those), or the kernel lacks CONFIG_PROC_EVENTS",
+            )
+        if err:
+            raise ConnectorError(
+                err, f"the kernel refused the subscription ({errno_text(err)}); "
+                "kernels before 6.6 need root or CAP_NET_ADMIN"
+            )
 
     def _unsubscribe(self, sock: socket.socket) -> None:
-        subscribed, self._subscribed = self._subscribed, False
-        if subscribed:
-            # The kernel counts listeners globally; without IGNORE the count leaks.
-            sock.send(_request(PROC_CN_MCAST_IGNORE, self._ack))
-
-    # -- reading (the loop is NetlinkListener._read)
-
-    def _receiver(
-        self, sock: socket.socket
-    ) -> tuple[Callable[[int], bytes], int, Callable[[bytes, list[ConnectorEvent]], object]]:
-        # a bytes object per datagram, straight into the stateful decoder
-        return sock.recv, self._recv_size, self._decoder.feed
-
-    def _lost(self, ts_ns: int, reason: str, count: int | None) -> EventsLost:
-        return EventsLost(ts_ns, reason, count)
+        # The kernel counts listeners globally; without IGNORE the count leaks.
+        sock.send(_request(PROC_CN_MCAST_IGNORE, self._ack))
 
 
 # --- time ----------------------------------------------------------------------------------
@@ -662,9 +467,11 @@ def lifetime_s(start_ticks: int, exit_ts_ns: int, *, clk_tck: int = CLK_TCK) -> 
 
 # --- probe ---------------------------------------------------------------------------------
 
+_SOURCE: Final = "netlink proc connector"
 
-def probe(procfs_mount: str = "/proc", *, require_privilege: bool = True) -> tuple[bool, str]:
-    """Can procstream use the proc connector here? ``(ok, reason)``; the reason is a log line.
+
+def probe(procfs_mount: str = "/proc", *, require_privilege: bool = True) -> Probe:
+    """Can procstream use the proc connector here? The reason is a log line either way.
 
     Call once at start-up (``--source auto|netlink``). Checks, in order: root or
     CAP_NET_ADMIN (skip with ``require_privilege=False``: kernels since 6.6 let anyone
@@ -674,39 +481,26 @@ def probe(procfs_mount: str = "/proc", *, require_privilege: bool = True) -> tup
     initial network namespace; then it opens and subscribes for real, waiting for the
     kernel's acknowledgement, and closes again.
     """
-    prefix = "netlink proc connector unavailable: "
-    if not hasattr(socket, "AF_NETLINK"):
-        return False, prefix + "not Linux (no AF_NETLINK)"
-
+    why = platform_problem()
+    if why:
+        return Probe.refused(_SOURCE, why)
     euid = os.geteuid()
     cap = _has_cap_net_admin()
     if require_privilege and euid != 0 and cap is not True:
-        return False, prefix + "not root and no CAP_NET_ADMIN"
-
-    why = _namespace_problem()
-    if why:
-        return False, prefix + why
-
-    why = _procfs_problem(procfs_mount)
-    if why:
-        return False, prefix + why
-
-    why = _netns_problem(procfs_mount)
-    if why:
-        return False, prefix + why
-
-    try:
-        ProcConnector(rcvbuf=64 * 1024).open(confirm=True, timeout=1.0).close()
-    except ConnectorError as exc:
-        return False, prefix + (exc.strerror or str(exc))
-    except OSError as exc:
-        return False, prefix + f"unexpected error opening it ({error_text(exc)})"
-
-    who = "root" if euid == 0 else ("CAP_NET_ADMIN" if cap else f"uid {euid}")
-    return True, (
-        f"netlink proc connector available ({who}, initial namespaces, "
-        f"{procfs_mount} is the host's procfs)"
+        return Probe.refused(_SOURCE, "not root and no CAP_NET_ADMIN")
+    why = (
+        _namespace_problem()
+        or _procfs_problem(procfs_mount)
+        or _netns_problem(procfs_mount)
+        or opening_problem(lambda: ProcConnector(rcvbuf=64 * 1024).open(timeout=1.0).close())
     )
+    if why:
+        return Probe.refused(_SOURCE, why)
+    who = "root" if euid == 0 else ("CAP_NET_ADMIN" if cap else f"uid {euid}")
+    return Probe(True, (
+        f"{_SOURCE} available ({who}, initial namespaces, "
+        f"{procfs_mount} is the host's procfs)"
+    ))
 
 
 def _has_cap_net_admin() -> bool | None:

@@ -1,24 +1,18 @@
-"""What procstream's two kernel sockets share: a non-blocking netlink listener, low level.
+"""The socket both kernel sources are: a non-blocking netlink listener.
 
-:class:`~procstream.netlink.ProcConnector` (the proc connector) and
-:class:`~procstream.taskstats.TaskstatsListener` (TASKSTATS exit accounting) are the same
-machine around a different conversation with the kernel. This module is the machine:
+:class:`NetlinkListener` is the machine that the proc connector
+(:class:`~procstream.netlink.connector.ProcConnector`) and TASKSTATS
+(:class:`~procstream.netlink.taskstats.TaskstatsListener`) share: the socket, its receive
+buffer, the receive loop that turns a buffer overflow into an in-band
+:class:`~procstream.netlink.messages.EventsLost`, the wait for the kernel's answer to a
+request, and closing. A subclass brings its subscription and its decoder.
 
-- :class:`NetlinkListener`, their base class: the socket with a receive buffer forced
-  past ``net.core.rmem_max`` when we may, ``fileno()``, ``rcvbuf``, ``closed``,
-  ``wait_readable()``, ``read_events()`` (what the subscription step already read comes
-  first), the non-blocking receive loop that turns ENOBUFS into an in-band loss marker,
-  ``close()`` and the context manager. A subclass brings only what is its own: ``open()``
-  (its subscription), how one datagram is received and decoded, its loss marker type,
-  and how it says goodbye to the kernel;
-- netlink framing shared by their decoders (``NLMSG_*``, :data:`NLMSGHDR`);
-- socket option numbers Python 3.11 does not name (:data:`SO_RCVBUFFORCE`,
-  :data:`SO_MEMINFO`) and :func:`socket_drops`, a socket's kernel drop counter;
-- :func:`decode_exit_status`, the wait status both sockets report at exit;
-- :func:`outside_initial_netns`, the one network namespace both kernel sources live in;
-- :func:`error_text` / :func:`errno_text`, errors as a log line says them.
+Also here: what a probe returns (:class:`Probe`), the errors the sources raise
+(:class:`NetlinkError`), and the socket facts both need (:func:`socket_drops`,
+:func:`outside_initial_netns`).
 
-Stdlib only, nothing else of procstream. Linux only (the module imports anywhere).
+Linux only, but the module imports anywhere: without AF_NETLINK, opening fails with a
+reason.
 """
 
 from __future__ import annotations
@@ -32,38 +26,23 @@ import struct
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, Final, Generic, Protocol, Self, TypeVar
+from typing import Any, ClassVar, Final, Generic, NamedTuple, Self, TypeVar
+
+from .messages import DecodeStats, EventsLost, MessageDecoder
 
 __all__ = [
     "NetlinkListener",
-    "NLMSG_NOOP",
-    "NLMSG_ERROR",
-    "NLMSG_DONE",
-    "NLMSG_OVERRUN",
-    "NLMSG_MIN_TYPE",
-    "NLMSG_HDRLEN",
-    "NLMSGHDR",
+    "NetlinkError",
+    "Probe",
     "SO_RCVBUFFORCE",
     "SO_MEMINFO",
     "socket_drops",
-    "decode_exit_status",
     "outside_initial_netns",
+    "opening_problem",
+    "platform_problem",
     "error_text",
     "errno_text",
 ]
-
-# --- netlink framing (linux/netlink.h) -----------------------------------------------------
-
-NLMSG_NOOP: Final = 1
-NLMSG_ERROR: Final = 2
-NLMSG_DONE: Final = 3
-NLMSG_OVERRUN: Final = 4
-NLMSG_MIN_TYPE: Final = 0x10  # first type a family (or the connector) can have
-
-#: nlmsghdr: len, type, flags, seq, pid. Netlink is host-endian: "=" is native order with
-#: standard sizes and no padding.
-NLMSGHDR: Final = struct.Struct("=IHHII")
-NLMSG_HDRLEN: Final = NLMSGHDR.size  # 16
 
 
 # --- socket options Python 3.11 does not name ---------------------------------------------
@@ -76,27 +55,19 @@ def _exotic_socket_numbers() -> bool:
     return machine.startswith(("alpha", "parisc", "sparc")) or not hasattr(socket, "AF_NETLINK")
 
 
-def _so_rcvbufforce() -> int | None:
-    """SO_RCVBUFFORCE: the socket module names it from Python 3.12 on; 33 is its number on
-    every architecture that uses the generic socket numbers (all but alpha, parisc, sparc)."""
-    value = getattr(socket, "SO_RCVBUFFORCE", None)
+def _socket_option(name: str, generic: int) -> int | None:
+    """The socket module's number for ``name`` when it has one, else its number on every
+    architecture that uses the generic numbering; None where we can't know it."""
+    value = getattr(socket, name, None)
     if value is not None:
         return int(value)
-    return None if _exotic_socket_numbers() else 33
+    return None if _exotic_socket_numbers() else generic
 
 
-def _so_meminfo() -> int | None:
-    """SO_MEMINFO (Linux 4.12+; not named by Python 3.11): 55 on the generic numbering."""
-    value = getattr(socket, "SO_MEMINFO", None)
-    if value is not None:
-        return int(value)
-    return None if _exotic_socket_numbers() else 55
-
-
-#: SO_RCVBUFFORCE's number here, None where we can't know it
-SO_RCVBUFFORCE: Final = _so_rcvbufforce()
-#: SO_MEMINFO's number here, None where we can't know it
-SO_MEMINFO: Final = _so_meminfo()
+#: sets a receive buffer beyond net.core.rmem_max (needs CAP_NET_ADMIN); Python 3.12 names it
+SO_RCVBUFFORCE: Final = _socket_option("SO_RCVBUFFORCE", 33)
+#: a socket's memory counters, among them its drops (Linux 4.12+)
+SO_MEMINFO: Final = _socket_option("SO_MEMINFO", 55)
 _SK_MEMINFO_DROPS: Final = 8  # index in the u32[SK_MEMINFO_VARS] array
 _SK_MEMINFO_VARS: Final = 9
 _U32 = struct.Struct("=I")
@@ -116,23 +87,7 @@ def socket_drops(sock: socket.socket) -> int | None:
     return int(_U32.unpack_from(raw, 4 * _SK_MEMINFO_DROPS)[0])
 
 
-# --- what both kernel sources report ------------------------------------------------------
-
-
-def decode_exit_status(status: int) -> tuple[int | None, int | None, bool]:
-    """``(exit_code, signal, core_dumped)`` from a wait status, as waitpid() would say it.
-
-    ``exit 7`` -> ``(7, None, False)``; SIGKILL -> ``(None, 9, False)``; a segfault with a
-    core dump -> ``(None, 11, True)``. A status that is neither (stopped/continued, which
-    an exit never carries) -> ``(None, None, False)``.
-    """
-    low = status & 0x7F
-    if low == 0:
-        return (status >> 8) & 0xFF, None, False
-    if low != 0x7F:
-        return None, low, bool(status & 0x80)
-    return None, None, False
-
+# --- where the kernel sources work ---------------------------------------------------------
 
 # The initial network namespace has a fixed inode on recent kernels
 # (include/linux/proc_ns.h); on older ones a mismatch proves nothing.
@@ -142,7 +97,7 @@ _PROC_NET_INIT_INO: Final = 0xEFFFFFF9
 def outside_initial_netns(procfs_mount: str = "/proc") -> bool:
     """True when this process is provably outside the initial network namespace, the only
     one where the proc connector exists and TASKSTATS delivers; False when it is inside,
-    or when that can't be told (call the kernel's answer to a subscription the judge).
+    or when that can't be told (then the kernel's answer to a subscription decides).
 
     Compared with pid 1's namespace (through ``procfs_mount``) when we may read it; a
     fixed init inode proves we are inside on recent kernels."""
@@ -159,6 +114,9 @@ def outside_initial_netns(procfs_mount: str = "/proc") -> bool:
     return (init.st_dev, init.st_ino) != (ours.st_dev, ours.st_ino)
 
 
+# --- errors and probes ---------------------------------------------------------------------
+
+
 def errno_text(err: int) -> str:
     """``"EPERM: Operation not permitted"`` for an errno number, for a log line."""
     return f"{errno.errorcode.get(err, str(err))}: {os.strerror(err)}"
@@ -172,43 +130,84 @@ def error_text(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+class NetlinkError(OSError):
+    """A kernel source can't be opened or subscribed to; ``strerror`` says why, for a log."""
+
+
+class Probe(NamedTuple):
+    """Whether a kernel source can be used here; ``reason`` is a log line either way."""
+
+    ok: bool
+    reason: str
+
+    @classmethod
+    def refused(cls, source: str, why: str) -> Probe:
+        return cls(False, f"{source} unavailable: {why}")
+
+
+def platform_problem() -> str | None:
+    """Why no kernel source can work on this platform at all (None: it is Linux)."""
+    return None if hasattr(socket, "AF_NETLINK") else "not Linux (no AF_NETLINK)"
+
+
+def opening_problem(open_: Callable[[], object]) -> str | None:
+    """Why ``open_()`` failed, as a probe's reason says it; None when it did not."""
+    try:
+        open_()
+    except NetlinkError as exc:
+        return exc.strerror or str(exc)
+    except OSError as exc:
+        return f"unexpected error opening it ({error_text(exc)})"
+    return None
+
+
 # --- the listener ----------------------------------------------------------------------------
 
-
-class _Stats(Protocol):
-    """What the base needs of a subclass's decode counters."""
-
-    lost_markers: int
+R = TypeVar("R")
 
 
-E = TypeVar("E")
-
-
-class NetlinkListener(ABC, Generic[E]):
-    """A non-blocking netlink socket the kernel sends to; base of the kernel sources.
+class NetlinkListener(ABC, Generic[R]):
+    """A non-blocking netlink socket the kernel sends records ``R`` to; base of the sources.
 
     Read it from asyncio (``loop.add_reader(x.fileno(), ...)``, then ``read_events()``)
     or from a thread (``while x.wait_readable(1.0) is not None: x.read_events()``), one
     reader at a time; call ``close()`` from the reading thread or once it has stopped.
-    Loss never raises: it arrives in-band as the subclass's loss marker, and is counted in
+    Loss never raises: it arrives in-band as an :class:`EventsLost`, and is counted in
     ``lost`` (markers) and ``enobufs`` (receive buffer overflows).
 
-    A subclass sets ``self.stats`` (with a ``lost_markers`` counter its decoder raises for
-    each loss marker it emits) and implements ``open()`` (create with
-    :meth:`_create_socket`, size with :meth:`_set_rcvbuf`, subscribe, set ``self._sock``;
-    what it reads meanwhile goes to ``self._pending``), :meth:`_receiver`, :meth:`_lost`
-    and :meth:`_unsubscribe`; :meth:`_drop_count` only if it can count what was lost.
+    A subclass sets :attr:`Error` and :attr:`DEFAULT_RCVBUF`, and implements ``open()``
+    with :meth:`_open` (which creates the socket and calls back to subscribe; the
+    subscription sends with :meth:`_send`, waits with :meth:`_await_answer` and sets
+    ``_subscribed``) and :meth:`_unsubscribe`. It may replace :meth:`_receiver` (how a
+    datagram is received) and :meth:`_drop_count` (how many messages a loss is).
     """
 
-    stats: _Stats
+    #: what open() raises when the kernel refuses; ``strerror`` is the reason
+    Error: ClassVar[type[NetlinkError]] = NetlinkError
+    #: the receive buffer asked for when none is given (the kernel doubles it): enough to
+    #: ride out a burst while the reader is busy
+    DEFAULT_RCVBUF: ClassVar[int]
 
-    def __init__(self, *, rcvbuf: int, force_rcvbuf: bool) -> None:
-        self._rcvbuf_request = rcvbuf
+    def __init__(
+        self,
+        decoder: MessageDecoder[R],
+        *,
+        rcvbuf: int | None = None,
+        recv_size: int = 65536,
+        force_rcvbuf: bool = True,
+    ) -> None:
+        self._decoder = decoder
+        #: the decoder's counters (the subclass's kind of DecodeStats)
+        self.stats: DecodeStats = decoder.stats
+        self._rcvbuf_request = self.DEFAULT_RCVBUF if rcvbuf is None else rcvbuf
+        self._recv_size = recv_size
         self._force = force_rcvbuf
         self._sock: socket.socket | None = None
-        #: read during subscription, handed out first by read_events()
-        self._pending: list[E] = []
-        #: number of loss markers handed out (from ENOBUFS and from decoding)
+        #: the kernel sends to us until we tell it to stop (close() does)
+        self._subscribed = False
+        #: records read while waiting for an answer, handed out first by read_events()
+        self._pending: list[R | EventsLost] = []
+        #: loss markers handed out (from ENOBUFS and from decoding)
         self.lost = 0
         #: ENOBUFS errors seen on recv (the kernel dropped messages for us)
         self.enobufs = 0
@@ -220,62 +219,112 @@ class NetlinkListener(ABC, Generic[E]):
         """Create, bind and subscribe (the subclass's protocol); returns ``self``."""
 
     @abstractmethod
+    def _unsubscribe(self, sock: socket.socket) -> None:
+        """Tell the kernel to stop sending. close() calls it once per subscription, with
+        the socket it is closing; an OSError is ignored, as nothing better can be done
+        while closing."""
+
     def _receiver(
         self, sock: socket.socket
-    ) -> tuple[Callable[[Any], Any], Any, Callable[[Any, list[E]], object]]:
-        """``(receive, arg, decode)``: the loop takes each datagram with ``receive(arg)``
-        (``sock.recv`` and a size, or ``sock.recv_into`` and a reused buffer; its
-        exceptions go through, BlockingIOError when nothing is queued) and hands what it
-        returned to ``decode(it, out)``, which appends the items. Called once per
-        read_events(); the hot loop then makes no call of its own beyond these two."""
+    ) -> tuple[Callable[[Any], Any], Any, Callable[[Any, list[R | EventsLost]], object]]:
+        """``(receive, arg, decode)``: the read loop takes each datagram with
+        ``receive(arg)`` (whose exceptions go through: BlockingIOError when nothing is
+        queued) and hands what it returned to ``decode(it, out)``, which appends the
+        records. Called once per read, so the hot loop makes no other call of its own.
 
-    @abstractmethod
-    def _lost(self, ts_ns: int, reason: str, count: int | None) -> E:
-        """The subclass's in-band loss marker."""
-
-    @abstractmethod
-    def _unsubscribe(self, sock: socket.socket) -> None:
-        """Tell the kernel to stop sending (called by close(), once, with the socket that
-        is being closed; an OSError is ignored). Forget the subscription here."""
+        By default a bytes object per datagram, straight into the decoder."""
+        return sock.recv, self._recv_size, self._decoder.feed
 
     def _drop_count(self, sock: socket.socket) -> int | None:
         """How many messages the kernel dropped since last asked, for an ENOBUFS marker's
         ``count``; None (the default): unknown."""
         return None
 
-    # -- helpers for open()
+    # -- opening
 
-    @staticmethod
-    def _create_socket(
-        sock_type: int, protocol: int, error: type[OSError], failure: str
-    ) -> socket.socket:
+    @classmethod
+    def _create_socket(cls, sock_type: int, protocol: int, failure: str) -> socket.socket:
         """A new AF_NETLINK socket of ``protocol``; if the kernel (or the platform) has none,
-        raise ``error`` with ``failure``'s ``{}`` replaced by the reason."""
+        raise :attr:`Error` with ``failure``'s ``{}`` replaced by the reason."""
         try:
             return socket.socket(socket.AF_NETLINK, sock_type, protocol)
         except (OSError, AttributeError) as exc:
             code = getattr(exc, "errno", None) or errno.EPROTONOSUPPORT
-            raise error(code, failure.format(error_text(exc))) from exc
+            raise cls.Error(code, failure.format(error_text(exc))) from exc
 
     def _set_rcvbuf(self, sock: socket.socket) -> None:
         """Ask for the requested receive buffer (the kernel doubles it)."""
         size = self._rcvbuf_request
         if self._force and SO_RCVBUFFORCE is not None:
             try:
-                # beyond net.core.rmem_max; needs CAP_NET_ADMIN
                 sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
                 return
             except PermissionError:
-                pass
+                pass  # no CAP_NET_ADMIN: what net.core.rmem_max allows
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
-    def _enobufs(self, sock: socket.socket | None) -> E:
-        """Count a receive buffer overflow; its marker, with the kernel's drop count when
-        ``sock`` is given and the subclass counts drops."""
-        ts_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        self.enobufs += 1
-        self.lost += 1
-        return self._lost(ts_ns, "enobufs", None if sock is None else self._drop_count(sock))
+    def _open(
+        self, sock_type: int, protocol: int, failure: str, subscribe: Callable[[socket.socket], None]
+    ) -> Self:
+        """The body of a subclass's ``open()``: a non-blocking socket with the receive
+        buffer asked for, then ``subscribe(sock)`` (which binds it with :meth:`_bind`).
+        If anything fails the socket is closed and the listener left closed."""
+        if self._sock is not None:
+            return self
+        sock = self._create_socket(sock_type, protocol, failure)
+        self._sock = sock
+        try:
+            sock.setblocking(False)
+            self._set_rcvbuf(sock)
+            subscribe(sock)
+        except BaseException:
+            self._sock = None
+            self._subscribed = False
+            self._pending.clear()
+            sock.close()
+            raise
+        return self
+
+    @staticmethod
+    def _bind(sock: socket.socket, groups: int) -> None:
+        """Bind to the multicast ``groups`` (a bit mask; 0: unicast only) and connect to
+        the kernel: a connected socket refuses unicast datagrams from other processes,
+        which could otherwise forge records. Multicast from the kernel is unaffected."""
+        sock.bind((0, groups))
+        sock.connect((0, 0))
+
+    def _send(self, message: bytes) -> None:
+        self._open_sock().send(message)
+
+    def _await_answer(self, token: int, deadline: float, what: str) -> int | None:
+        """Read until the decoder has met the kernel's answer ``token``: its errno (0: done),
+        or None once ``deadline`` (time.monotonic()) has passed.
+
+        Records that arrive meanwhile are decoded as always and kept for the first
+        read_events(); a receive error other than ENOBUFS raises :attr:`Error`, saying
+        ``what`` failed.
+        """
+        sock = self._open_sock()
+        decoder = self._decoder
+        decoder.acks = acks = []
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        try:
+            while True:
+                for got, err in acks:
+                    if got == token:
+                        return err
+                acks.clear()  # answers to other requests (the kernel may send us others')
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                if poller.poll(max(1, int(left * 1000))):
+                    try:
+                        self._read(256, self._pending)
+                    except OSError as exc:
+                        raise self.Error(exc.errno, f"{what} failed ({error_text(exc)})") from exc
+        finally:
+            decoder.acks = None
 
     # -- lifecycle
 
@@ -284,8 +333,10 @@ class NetlinkListener(ABC, Generic[E]):
         sock, self._sock = self._sock, None
         if sock is None:
             return
+        subscribed, self._subscribed = self._subscribed, False
         try:
-            self._unsubscribe(sock)
+            if subscribed:
+                self._unsubscribe(sock)
         except OSError:
             pass
         finally:
@@ -332,7 +383,7 @@ class NetlinkListener(ABC, Generic[E]):
         ms = None if timeout is None else max(0, int(timeout * 1000))
         return bool(poller.poll(ms))
 
-    def read_events(self, max_datagrams: int = 1024) -> list[E]:
+    def read_events(self, max_datagrams: int = 1024) -> list[R | EventsLost]:
         """Read what is queued now, without blocking; ``[]`` when nothing is.
 
         Reads at most ``max_datagrams`` datagrams so one call stays short on an event
@@ -347,7 +398,7 @@ class NetlinkListener(ABC, Generic[E]):
         self._read(max_datagrams, out)
         return out
 
-    def _read(self, max_datagrams: int, out: list[E]) -> None:
+    def _read(self, max_datagrams: int, out: list[R | EventsLost]) -> None:
         """Receive and decode up to ``max_datagrams`` datagrams into ``out``."""
         sock = self._sock
         assert sock is not None
@@ -368,3 +419,10 @@ class NetlinkListener(ABC, Generic[E]):
                 raise
             decode(data, out)
         self.lost += stats.lost_markers - markers_before
+
+    def _enobufs(self, sock: socket.socket) -> EventsLost:
+        """Count a receive buffer overflow; its marker."""
+        ts_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        self.enobufs += 1
+        self.lost += 1
+        return EventsLost(ts_ns, "enobufs", self._drop_count(sock))

@@ -1,21 +1,19 @@
 """Final per-task accounting at exit, from the kernel's TASKSTATS generic-netlink family.
 
-The proc connector (:mod:`procstream.netlink`) says *that* a process exited and with
-which status, but carries no usage; by the time we read ``/proc/PID`` the parent may
-have reaped it, and its last CPU and I/O are gone. TASKSTATS closes that hole: a
-listener that registered a cpumask receives, at every task exit on those CPUs, a
+The proc connector (:mod:`procstream.netlink.connector`) says *that* a process exited
+and with which status, but carries no usage; by the time we read ``/proc/PID`` the
+parent may have reaped it, and its last CPU and I/O are gone. TASKSTATS closes that
+hole: a listener that registered a cpumask receives, at every task exit on those CPUs, a
 ``struct taskstats`` with the exit status, comm, uid/gid, pid/ppid, start time, elapsed
 time, user/system CPU (µs), page faults, I/O bytes and context switches.
 
-Three layers, each usable alone (like :mod:`procstream.netlink`):
-
-- decoding, pure, on bytes: :func:`parse_messages` turns one datagram into
-  :class:`TaskExit` records and :class:`EventsLost` markers, counting anything odd in a
-  :class:`DecodeStats` and never raising;
-- :class:`TaskstatsListener`, the non-blocking socket: ``open()``, ``fileno()``,
-  ``read_events()``, ``close()``, for ``loop.add_reader`` or a reader thread that
-  ``select``/``poll``\\ s it together with a :class:`~procstream.netlink.ProcConnector`;
-- :func:`probe`, which says whether TASKSTATS can be used here, and why not.
+- :class:`Decoder` turns datagrams into :class:`TaskExit` records, with an
+  :class:`~procstream.netlink.messages.EventsLost` marker where the kernel dropped some;
+  :func:`parse_messages` decodes one datagram alone;
+- :class:`TaskstatsListener` is the registration, a
+  :class:`~procstream.netlink.listener.NetlinkListener` that a reader thread can
+  ``select``/``poll`` together with a :class:`~procstream.netlink.connector.ProcConnector`;
+- :func:`probe` says whether TASKSTATS can be used here, and why not.
 
 What the kernel sends, per exiting task (``kernel/taskstats.c``, ``taskstats_exit``):
 one generic-netlink message ``TASKSTATS_CMD_NEW`` holding an ``AGGR_PID`` nest
@@ -25,12 +23,11 @@ last thread of a process that ever had several threads exits, an ``AGGR_TGID`` n
 gets only its ``AGGR_PID`` record (``pid == tgid``, flag ``AGROUP`` from version 12 on).
 The kernel's ``AGGR_TGID`` statistics are sums over the threads of the delay-accounting
 fields (``runtime_ns``, ``cpu_delay_ns``: every kernel) and of utime, stime, nvcsw,
-nivcsw and elapsed times (only kernels with the 2026 fix "taskstats: retain dead thread
-stats in TGID queries"; older ones send zeros there: see ``TaskExit.summed``); faults
-and I/O are never summed. The decoder fills the process's
-identity (comm, uid, gid, ppid, exit status, start, lifetime) from the last thread's
-record of the same message. For complete per-process totals, add the ``AGGR_PID``
-records of one ``tgid``.
+nivcsw and elapsed times (only kernels with "taskstats: retain dead thread stats in TGID
+queries"; older ones send zeros there: see ``TaskExit.summed``); faults and I/O are
+never summed. The decoder fills the process's identity (comm, uid, gid, ppid, exit
+status, start, lifetime) from the last thread's record of the same message. For
+complete per-process totals, add the ``AGGR_PID`` records of one ``tgid``.
 
 Relation with the proc connector, for whoever pairs the two streams:
 
@@ -42,21 +39,20 @@ Relation with the proc connector, for whoever pairs the two streams:
   reused, so pair by pid + start time: ``TaskExit.btime`` is the start in whole epoch
   seconds (the kernel computes it as now - elapsed, so it is within 1 s of the true
   start; :meth:`TaskExit.matches_start`), and ``etime_us`` is the lifetime.
-- the exit status ``exit_code`` is the raw wait status, as in the connector's
-  ``ExitEvent.status``; :attr:`TaskExit.code`, :attr:`TaskExit.signal` and
-  :attr:`TaskExit.core_dumped` decode it exactly like ``netlink.decode_exit_status``.
+- exit status: ``TaskExit.status`` is the raw wait status, as the connector's
+  ``ExitEvent.status``, and both read it alike (``exit_code``, ``signal``,
+  ``core_dumped``: :class:`~procstream.netlink.messages.ExitStatus`).
 - CPU: ``utime``/``stime`` are raw tick samples (``task_cputime``), not the values
   ``/proc/PID/stat`` and ``getrusage`` report, which ``cputime_adjust`` scales to the
-  scheduler's exact runtime. On an idle CPU they agree within a few ticks (1-10 ms each);
-  a task that shared its CPU can be charged several times too little or too much (seen
-  here: 36 ms charged for 207 ms used, with three busy tasks on two CPUs). With delay
-  accounting on (:func:`delay_accounting`), every record also carries the exact runtime
+  scheduler's exact runtime. On an idle CPU they agree within a few ticks; a task that
+  shared its CPU can be charged several times too little or too much, since a tick
+  charges whoever runs at that instant. With delay accounting on
+  (:func:`delay_accounting`), every record also carries the exact runtime
   (``runtime_ns``) and ``TaskExit.cpu_s`` uses it.
 
 Permissions: registering needs CAP_NET_ADMIN (``GENL_ADMIN_PERM``), the initial user and
 PID namespaces (else EINVAL) and the initial network namespace (the family does not exist
-elsewhere). Stdlib and :mod:`procstream.nlsocket` (the socket mechanics it shares with
-:mod:`procstream.netlink`) only; Linux only (the module imports anywhere).
+elsewhere).
 """
 
 from __future__ import annotations
@@ -69,36 +65,24 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Final, Literal, TypeAlias
+from typing import Final, Literal, Self, TypeAlias
 
-from .listener import (
-    NLMSG_DONE,  # noqa: F401 - still this module's attribute, as before nlsocket
-    NLMSG_ERROR,
-    NLMSG_HDRLEN,
-    NLMSG_MIN_TYPE,
-    NLMSG_NOOP,  # noqa: F401 - still this module's attribute, as before nlsocket
-    NLMSG_OVERRUN,
-    NLMSGHDR,
-    NetlinkListener,
-    decode_exit_status,
-    errno_text,
-    error_text,
-    outside_initial_netns,
-    socket_drops,
-)
+from .genl import GENL_HDRLEN, NETLINK_GENERIC, FamilyLookup, attribute, attributes, request
+from .listener import NetlinkError, NetlinkListener, Probe, opening_problem, platform_problem
+from .listener import error_text, errno_text, outside_initial_netns, socket_drops
+from .messages import NLMSG_HDRLEN, NLMSG_MIN_TYPE, Buffer, DecodeStats, EventsLost, ExitStatus, MessageDecoder
 
 __all__ = [
     "TaskExit",
-    "EventsLost",
     "TaskstatsEvent",
-    "DecodeStats",
+    "TaskstatsStats",
+    "Decoder",
     "parse_messages",
     "TaskstatsListener",
     "TaskstatsError",
     "probe",
     "possible_cpus",
     "delay_accounting",
-    "DEFAULT_RCVBUF",
     "AFORK",
     "ASU",
     "ACORE",
@@ -106,19 +90,9 @@ __all__ = [
     "AGROUP",
 ]
 
-# --- kernel constants (linux/genetlink.h, linux/taskstats.h, linux/acct.h; netlink's: nlsocket)
+# --- kernel constants (linux/taskstats.h, linux/acct.h) ---------------------------------------
 
-NETLINK_GENERIC: Final = 16
-NLM_F_REQUEST: Final = 0x01
-NLM_F_ACK: Final = 0x04
-
-GENL_ID_CTRL: Final = 0x10
-CTRL_CMD_NEWFAMILY: Final = 1
-CTRL_CMD_GETFAMILY: Final = 3
-CTRL_ATTR_FAMILY_ID: Final = 1
-CTRL_ATTR_FAMILY_NAME: Final = 2
-
-TASKSTATS_GENL_NAME: Final = b"TASKSTATS"
+TASKSTATS_GENL_NAME: Final = "TASKSTATS"
 TASKSTATS_GENL_VERSION: Final = 1
 TASKSTATS_CMD_GET: Final = 1
 TASKSTATS_CMD_NEW: Final = 2
@@ -131,8 +105,6 @@ TASKSTATS_TYPE_NULL: Final = 6  # padding some architectures put before an aggre
 TASKSTATS_CMD_ATTR_REGISTER_CPUMASK: Final = 3
 TASKSTATS_CMD_ATTR_DEREGISTER_CPUMASK: Final = 4
 
-_NLA_TYPE_MASK: Final = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
-
 #: ``TaskExit.flags`` bits (``ac_flag``, linux/acct.h)
 AFORK: Final = 0x01  # forked but did not exec
 ASU: Final = 0x02  # used super-user privileges
@@ -140,26 +112,12 @@ ACORE: Final = 0x08  # dumped core
 AXSIG: Final = 0x10  # killed by a signal
 AGROUP: Final = 0x20  # the last task of its process (version 12 on)
 
-#: receive buffer we ask for (the kernel doubles it). An exit is one datagram of 596
-#: bytes (1,172 with a process aggregate) that costs 1,280 bytes of buffer (measured on
-#: 6.18), so 16 MiB (32 MiB effective) holds ~26,000 exits: 26 s of a 1,000 exits/s
-#: storm with a stalled reader.
-DEFAULT_RCVBUF: Final = 16 * 1024 * 1024
-
-# Netlink is host-endian: "=" is native order with standard sizes and no padding.
-# (Bound here, not only imported: CPython 3.11 compiles ``name.method()`` on an imported
-# name as an attribute load plus call, which costs a bound method per message in the
-# decoding loop; on a module variable it is a plain method call.)
-_NLMSGHDR = NLMSGHDR  # len, type, flags, seq, pid
-_HDRLEN: Final = NLMSG_HDRLEN  # 16
-_NLA = struct.Struct("=HH")  # len, type
 _U32 = struct.Struct("=I")
-_I32 = struct.Struct("=i")
 _U64 = struct.Struct("=Q")
-_GENL_HDRLEN: Final = 4
+_U32_MAX: Final = 0xFFFFFFFF
 
-# struct taskstats, offsets checked against offsetof() on the uapi header (v13) and the
-# v15/v16 history: version u16 @0, ac_exitcode u32 @4, ac_flag u8 @8, ac_nice u8 @9.
+# struct taskstats (include/uapi/linux/taskstats.h), as offsetof() places its fields:
+# version u16 @0, ac_exitcode u32 @4, ac_flag u8 @8, ac_nice u8 @9.
 _HEAD = struct.Struct("=H2xIBb")
 # The basic+extended accounting block, from ac_comm to nivcsw (208 bytes):
 # ac_comm[32]; ac_sched u8 + ac_pad[3] + 4 bytes to align ac_uid(8);
@@ -183,22 +141,20 @@ class _Layout:
     tgetime: int  # v12, u64
 
 
-# Append-only for every version but 15: 6.15's development kernels inserted the delay
-# max/min fields in the middle (cpu/blkio/swapin, +48 bytes before ac_comm; freepages,
-# thrashing, compact further on); version 16 moved them to the end again.
+# The struct only grows at its end, except in version 15 (6.15's development kernels),
+# which put the delay max/min fields in the middle (cpu/blkio/swapin, +48 bytes before
+# ac_comm; freepages, thrashing, compact further on); version 16 moved them to the end.
 # cpu_delay_total is at 24 in both; cpu_run_virtual_total at 72 (v15: 120).
 _STD = _Layout(delays=struct.Struct("=8xQ40xQ"), basic=80, btime64=344, tgid=368, tgetime=376)
 _V15 = _Layout(delays=struct.Struct("=8xQ88xQ"), basic=128, btime64=424, tgid=464, tgetime=472)
 _DELAYS_OFF: Final = 16
-
-_U32_MAX: Final = 0xFFFFFFFF
 
 
 # --- records -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class TaskExit:
+class TaskExit(ExitStatus):
     """The kernel's final accounting of one exited task (``aggregate="pid"``) or process
     (``aggregate="tgid"``). Times in µs, sizes in bytes, ``btime`` in epoch seconds.
 
@@ -211,12 +167,12 @@ class TaskExit:
     equals ``tgid``. The kernel sums ``runtime_ns``/``cpu_delay_ns`` into it, and
     ``utime_us``, ``stime_us``, ``nvcsw``, ``nivcsw`` only when ``summed`` (see the module
     doc); the fault and I/O counters are 0 here. Identity (comm, uid, gid, ppid,
-    ``exit_code``, ``flags``) comes from the last thread's record; ``etime_us`` is the
+    ``status``, ``flags``) comes from the last thread's record; ``etime_us`` is the
     process lifetime (``ac_tgetime``, version 12 on; before that the leader's lifetime if
     the leader exited last, else 0) and ``btime`` is derived from it.
 
-    ``exit_code`` is the raw wait status (``exit 7`` -> 0x700); ``code``/``signal``/
-    ``core_dumped`` decode it. ``version`` is the struct's version (0 in process records
+    ``status`` is the raw wait status (``exit 7`` -> 0x700); ``exit_code``/``signal``/
+    ``core_dumped`` read it. ``version`` is the struct's version (0 in process records
     of old kernels that did not set it). Fields the received version lacks are 0.
     """
 
@@ -227,7 +183,7 @@ class TaskExit:
     uid: int
     gid: int
     comm: str
-    exit_code: int
+    status: int
     btime: int
     etime_us: int
     utime_us: int
@@ -256,8 +212,8 @@ class TaskExit:
     #: the process's lifetime up to this exit (version 12 on; 0 when unknown)
     tgetime_us: int = 0
     #: False only for a process record whose utime/stime/switch sums the kernel left at
-    #: zero (kernels before the 2026 "retain dead thread stats" fix): add the threads'
-    #: records, or use ``runtime_ns``, which every kernel sums
+    #: zero (kernels without "retain dead thread stats"): add the threads' records, or
+    #: use ``runtime_ns``, which every kernel sums
     summed: bool = True
     #: exact CPU time in ns (the scheduler's ``sum_exec_runtime``, ``cpu_run_virtual_total``)
     #: and time spent runnable but waiting for a CPU; both 0 unless delay accounting is on
@@ -318,40 +274,11 @@ class TaskExit:
         AGROUP (version 12 on; single-threaded processes get no process record)."""
         return self.aggregate == "tgid" or bool(self.flags & AGROUP)
 
-    @property
-    def code(self) -> int | None:
-        """Exit code, as ``WEXITSTATUS`` (None when killed by a signal)."""
-        return decode_exit_status(self.exit_code)[0]
-
-    @property
-    def signal(self) -> int | None:
-        """Terminating signal, as ``WTERMSIG`` (None for a normal exit)."""
-        return decode_exit_status(self.exit_code)[1]
-
-    @property
-    def core_dumped(self) -> bool:
-        return decode_exit_status(self.exit_code)[2]
-
     def matches_start(self, start_time: float, tolerance: float = 1.0) -> bool:
         """Is this the task that started at ``start_time`` (epoch seconds, e.g. a
         ``ProcStatic.start_time``)? ``btime`` is whole seconds computed at exit as now -
         elapsed, so it lies within 1 s of the true start; use with a pid match."""
         return self.btime != 0 and abs(self.btime - start_time) <= tolerance
-
-
-@dataclass(frozen=True, slots=True)
-class EventsLost:
-    """In-band marker: the kernel dropped records at this point of the stream.
-
-    ``reason``: ``"enobufs"`` (our receive buffer overflowed; ``count`` from the socket's
-    drop counter when the kernel reports it, else None) or ``"overrun"`` (an
-    NLMSG_OVERRUN message). After one, whatever the caller waits for may never come:
-    fall back to /proc. ``ts_ns`` is CLOCK_MONOTONIC when the loss was noticed.
-    """
-
-    ts_ns: int
-    reason: str
-    count: int | None = None
 
 
 TaskstatsEvent: TypeAlias = TaskExit | EventsLost
@@ -361,149 +288,84 @@ TaskstatsEvent: TypeAlias = TaskExit | EventsLost
 
 
 @dataclass(slots=True)
-class DecodeStats:
-    """Counters kept while decoding; never reset by the decoder (read them, diff them)."""
+class TaskstatsStats(DecodeStats):
+    """The decoder's counters. ``acks`` and ``errors`` are the answers to our requests;
+    ``foreign`` counts messages of another generic-netlink family."""
 
-    datagrams: int = 0
-    messages: int = 0  # netlink messages seen
     records: int = 0  # TaskExit records returned
     pid_records: int = 0
     tgid_records: int = 0
-    acks: int = 0  # NLMSG_ERROR with error 0 (replies to our requests)
-    errors: int = 0  # NLMSG_ERROR with a non-zero error
-    foreign: int = 0  # messages of another generic-netlink family
-    ignored: int = 0  # other commands, unknown attributes
-    malformed: int = 0  # truncated or inconsistent input (the rest of it is skipped)
-    lost_markers: int = 0  # EventsLost markers produced by decoding (overrun)
     versions: dict[int, int] = field(default_factory=dict)  # struct versions seen
 
 
-def parse_messages(
-    data: bytes | bytearray | memoryview,
-    stats: DecodeStats | None = None,
-    *,
-    family_id: int | None = None,
-) -> list[TaskstatsEvent]:
-    """Decode one datagram (one or more netlink messages) into records. Pure; never raises.
+class Decoder(MessageDecoder[TaskExit]):
+    """Turns TASKSTATS datagrams into :class:`TaskExit` records.
 
     ``family_id``: TASKSTATS' generic-netlink id, when known; messages of other families
     are then counted as ``foreign`` instead of being read as taskstats. Garbage and
-    truncated input are counted in ``stats.malformed`` and skipped.
+    truncated input are counted in ``stats.malformed`` and skipped; an NLMSG_OVERRUN
+    becomes ``EventsLost("overrun")``.
     """
-    out: list[TaskstatsEvent] = []
-    _decode(data, stats if stats is not None else DecodeStats(), out, None, family_id)
-    return out
 
+    __slots__ = ("family_id",)
+    stats: TaskstatsStats
 
-def _decode(
-    data: bytes | bytearray | memoryview,
-    stats: DecodeStats,
-    out: list[TaskstatsEvent],
-    acks: list[tuple[int, int]] | None,
-    family_id: int | None,
-) -> None:
-    stats.datagrams += 1
-    try:
-        _decode_messages(data, stats, out, acks, family_id)
-    except Exception:  # noqa: BLE001 - a decoder fed by the kernel must never take us down
-        # Every path bounds-checks, so this is a bug or truly absurd input; count it.
-        stats.malformed += 1
+    def __init__(self, stats: TaskstatsStats | None = None, *, family_id: int | None = None) -> None:
+        super().__init__(stats if stats is not None else TaskstatsStats())
+        self.family_id = family_id
 
-
-def _decode_messages(
-    data: bytes | bytearray | memoryview,
-    stats: DecodeStats,
-    out: list[TaskstatsEvent],
-    acks: list[tuple[int, int]] | None,
-    family_id: int | None,
-) -> None:
-    size = len(data)
-    off = 0
-    while off + _HDRLEN <= size:
-        nl_len, nl_type, _flags, nl_seq, _pid = _NLMSGHDR.unpack_from(data, off)
-        if nl_len < _HDRLEN or off + nl_len > size:
+    def _message(
+        self, data: Buffer, off: int, end: int, nl_type: int, nl_seq: int, out: list[TaskstatsEvent]
+    ) -> None:
+        stats = self.stats
+        if nl_type < NLMSG_MIN_TYPE:
+            return  # a DONE with a body ends a dump, which we never ask for
+        if self.family_id is not None and nl_type != self.family_id:
+            stats.foreign += 1
+            return
+        start = off + NLMSG_HDRLEN
+        if end - start < GENL_HDRLEN:
             stats.malformed += 1
             return
-        stats.messages += 1
-        if nl_type >= NLMSG_MIN_TYPE:
-            if family_id is not None and nl_type != family_id:
-                stats.foreign += 1
-            else:
-                _decode_genl(data, off + _HDRLEN, off + nl_len, stats, out)
-        elif nl_type == NLMSG_ERROR:
-            if nl_len >= _HDRLEN + _I32.size:
-                err = -_I32.unpack_from(data, off + _HDRLEN)[0]
-                if err:
-                    stats.errors += 1
-                else:
-                    stats.acks += 1
-                if acks is not None:
-                    acks.append((nl_seq, err))
-            else:
-                stats.malformed += 1
-        elif nl_type == NLMSG_OVERRUN:
-            stats.lost_markers += 1
-            out.append(EventsLost(time.clock_gettime_ns(time.CLOCK_MONOTONIC), "overrun"))
-        # NLMSG_NOOP, NLMSG_DONE and reserved types carry nothing for us
-        off += (nl_len + 3) & ~3  # NLMSG_ALIGN
-    if off < size:
-        # bytes left that can't hold a header (padding was skipped by the aligned step)
-        stats.malformed += 1
-
-
-def _decode_genl(
-    data: bytes | bytearray | memoryview,
-    start: int,
-    end: int,
-    stats: DecodeStats,
-    out: list[TaskstatsEvent],
-) -> None:
-    if end - start < _GENL_HDRLEN:
-        stats.malformed += 1
-        return
-    if data[start] != TASKSTATS_CMD_NEW:
-        stats.ignored += 1
-        return
-    first = len(out)
-    pos = start + _GENL_HDRLEN
-    while pos + 4 <= end:
-        a_len, a_type = _NLA.unpack_from(data, pos)
-        if a_len < 4 or pos + a_len > end:
-            stats.malformed += 1
-            break
-        a_type &= _NLA_TYPE_MASK
-        if a_type == TASKSTATS_TYPE_AGGR_PID or a_type == TASKSTATS_TYPE_AGGR_TGID:
-            rec = _decode_aggr(data, pos + 4, pos + a_len, a_type, stats)
-            if rec is not None:
-                out.append(rec)
-        elif a_type != TASKSTATS_TYPE_NULL:
+        if data[start] != TASKSTATS_CMD_NEW:
             stats.ignored += 1
-        pos += (a_len + 3) & ~3  # NLA_ALIGN
-    if len(out) - first > 1:
-        _complete_group(out, first)
+            return
+        first = len(out)
+        attrs, whole = attributes(data, start + GENL_HDRLEN, end)
+        for a_type, a_start, a_end in attrs:
+            if a_type == TASKSTATS_TYPE_AGGR_PID or a_type == TASKSTATS_TYPE_AGGR_TGID:
+                rec = _decode_aggr(data, a_start, a_end, a_type, stats)
+                if rec is not None:
+                    out.append(rec)
+            elif a_type != TASKSTATS_TYPE_NULL:
+                stats.ignored += 1
+        if not whole:
+            stats.malformed += 1
+        if len(out) - first > 1:
+            _complete_group(out, first)
 
 
-def _decode_aggr(
-    data: bytes | bytearray | memoryview, start: int, end: int, a_type: int, stats: DecodeStats
-) -> TaskExit | None:
+def parse_messages(
+    data: Buffer, stats: TaskstatsStats | None = None, *, family_id: int | None = None
+) -> list[TaskstatsEvent]:
+    """Decode one datagram on its own (see :class:`Decoder`). Pure; never raises."""
+    return Decoder(stats, family_id=family_id).feed(data)
+
+
+def _decode_aggr(data: Buffer, start: int, end: int, a_type: int, stats: TaskstatsStats) -> TaskExit | None:
+    """One AGGR_PID/AGGR_TGID nest: the task's id and its struct taskstats."""
     want_id = TASKSTATS_TYPE_PID if a_type == TASKSTATS_TYPE_AGGR_PID else TASKSTATS_TYPE_TGID
     ident: int | None = None
     s_off = s_len = -1
-    pos = start
-    while pos + 4 <= end:
-        n_len, n_type = _NLA.unpack_from(data, pos)
-        if n_len < 4 or pos + n_len > end:
-            stats.malformed += 1
-            return None
-        n_type &= _NLA_TYPE_MASK
-        if n_type == want_id and n_len >= 8:
-            ident = _U32.unpack_from(data, pos + 4)[0]
+    attrs, whole = attributes(data, start, end)
+    for n_type, n_start, n_end in attrs:
+        if n_type == want_id and n_end - n_start >= _U32.size:
+            ident = _U32.unpack_from(data, n_start)[0]
         elif n_type == TASKSTATS_TYPE_STATS:
-            s_off, s_len = pos + 4, n_len - 4
+            s_off, s_len = n_start, n_end - n_start
         elif n_type != TASKSTATS_TYPE_NULL:
             stats.ignored += 1
-        pos += (n_len + 3) & ~3
-    if ident is None or s_off < 0 or s_len < 8:
+    if not whole or ident is None or s_off < 0 or s_len < 8:
         stats.malformed += 1
         return None
     rec = _decode_stats(data, s_off, s_len, a_type == TASKSTATS_TYPE_AGGR_PID, ident)
@@ -516,9 +378,7 @@ def _decode_aggr(
     return rec
 
 
-def _decode_stats(
-    data: bytes | bytearray | memoryview, off: int, length: int, is_pid: bool, ident: int
-) -> TaskExit:
+def _decode_stats(data: Buffer, off: int, length: int, is_pid: bool, ident: int) -> TaskExit:
     """One ``struct taskstats`` of ``length`` bytes (>= 8) at ``off``."""
     if length >= _HEAD.size:
         version, exitcode, flag, nice = _HEAD.unpack_from(data, off)
@@ -592,29 +452,16 @@ def _complete_group(out: list[TaskstatsEvent], first: int) -> None:
         etime, btime = t.etime_us, t.btime
     else:
         etime = btime = 0
-    # positional, not dataclasses.replace(): a third of the cost
+    # positional: dataclasses.replace() is much slower, and this runs at every exit of a
+    # multi-threaded process
     out[group] = TaskExit(
         g.pid, g.tgid, g.aggregate, g.ppid or t.ppid, g.uid or t.uid, g.gid or t.gid,
-        g.comm or t.comm, g.exit_code or t.exit_code, btime, etime, g.utime_us, g.stime_us,
+        g.comm or t.comm, g.status or t.status, btime, etime, g.utime_us, g.stime_us,
         g.minflt, g.majflt, g.read_bytes, g.write_bytes, g.nvcsw, g.nivcsw, g.version,
         g.flags | t.flags, t.nice, g.rchar, g.wchar, g.syscr, g.syscw,
         g.cancelled_write_bytes, g.hiwater_rss_kb, g.hiwater_vm_kb, t.tgetime_us, g.summed,
         g.runtime_ns, g.cpu_delay_ns,
     )  # fmt: skip
-
-
-# --- requests ----------------------------------------------------------------------------
-
-
-def _nla(a_type: int, payload: bytes) -> bytes:
-    n = 4 + len(payload)
-    return _NLA.pack(n, a_type) + payload + b"\0" * (-n % 4)
-
-
-def _genl_request(family: int, cmd: int, version: int, seq: int, attrs: bytes, ack: bool) -> bytes:
-    body = struct.pack("=BBH", cmd, version, 0) + attrs
-    flags = NLM_F_REQUEST | (NLM_F_ACK if ack else 0)
-    return _NLMSGHDR.pack(_HDRLEN + len(body), family, flags, seq, 0) + body
 
 
 def possible_cpus() -> str:
@@ -636,11 +483,11 @@ def possible_cpus() -> str:
 # --- the socket --------------------------------------------------------------------------
 
 
-class TaskstatsError(OSError):
+class TaskstatsError(NetlinkError):
     """TASKSTATS can't be used; ``str()`` says why, for a log."""
 
 
-class TaskstatsListener(NetlinkListener[TaskstatsEvent]):
+class TaskstatsListener(NetlinkListener[TaskExit]):
     """A non-blocking registration for the kernel's exit accounting on every CPU.
 
     Use from asyncio::
@@ -649,196 +496,140 @@ class TaskstatsListener(NetlinkListener[TaskstatsEvent]):
         loop.add_reader(ts.fileno(), lambda: handle(ts.read_events()))
 
     or from a thread, alone (``while ts.wait_readable(1.0) is not None: ...``) or with a
-    :class:`~procstream.netlink.ProcConnector` in the same ``select.poll``. One reader at
-    a time; call ``close()`` from the reading thread or once it has stopped. A datagram is
-    one exit (one record; two for a multi-threaded process's last thread), which
-    ``read_events``'s ``max_datagrams`` counts.
+    :class:`~procstream.netlink.connector.ProcConnector` in the same ``select.poll``. One
+    reader at a time; call ``close()`` from the reading thread or once it has stopped. A
+    datagram is one exit (one record; two for a multi-threaded process's last thread),
+    which ``read_events``'s ``max_datagrams`` counts.
 
     Loss never raises: it arrives as an :class:`EventsLost` marker and is counted in
-    ``lost`` (markers), ``enobufs`` (overflows) and ``dropped`` (records known dropped).
-
-    The socket mechanics (``fileno``, ``rcvbuf``, ``closed``, ``wait_readable``,
-    ``read_events``, ``close``, the context manager) are
-    :class:`~procstream.nlsocket.NetlinkListener`'s; this class is TASKSTATS' registration
-    (family lookup, register/deregister a cpumask), its decoding into a reused buffer, and
-    the drop count its loss markers carry.
+    ``lost`` (markers), ``enobufs`` (overflows) and ``dropped`` (records known dropped,
+    from the socket's drop counter, which each ENOBUFS marker's ``count`` also gives).
     """
+
+    Error = TaskstatsError
+    #: an exit costs over a kilobyte of buffer: this holds tens of seconds of an exit
+    #: storm while the reader is stalled
+    DEFAULT_RCVBUF = 16 * 1024 * 1024
+    _decoder: Decoder
+    stats: TaskstatsStats
 
     def __init__(
         self,
         *,
-        rcvbuf: int = DEFAULT_RCVBUF,
+        rcvbuf: int | None = None,
         recv_size: int = 65536,
         force_rcvbuf: bool = True,
         cpumask: str | None = None,
     ) -> None:
-        super().__init__(rcvbuf=rcvbuf, force_rcvbuf=force_rcvbuf)
-        # One buffer for every datagram: the records hold decoded values, not views.
+        super().__init__(Decoder(), rcvbuf=rcvbuf, recv_size=recv_size, force_rcvbuf=force_rcvbuf)
+        # Every datagram lands in this one buffer: records hold decoded values, not
+        # views into it, so no bytes object is made per exit.
         self._buf = bytearray(recv_size)
         self._view = memoryview(self._buf)
         self._mask = cpumask
-        self._registered = False
-        self._family: int | None = None
         self._seq = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
         self._drops_seen = 0
-        self.stats = DecodeStats()
         #: records the kernel dropped for this socket (its drop counter), when known
         self.dropped = 0
 
+    @property
+    def family_id(self) -> int | None:
+        """TASKSTATS' generic-netlink id, once opened."""
+        return self._decoder.family_id
+
+    @property
+    def cpumask(self) -> str | None:
+        """The CPU list registered (or to register)."""
+        return self._mask
+
     # -- lifecycle
 
-    def open(self, *, timeout: float = 1.0) -> TaskstatsListener:
-        """Create the socket, resolve the family, register every possible CPU (waiting for
-        the kernel's acknowledgement) and make the socket non-blocking. Returns ``self``.
+    def open(self, *, timeout: float = 1.0) -> Self:
+        """Create the socket, look up the family and register every possible CPU, waiting
+        for the kernel's acknowledgement. Returns ``self``.
 
         Raises :class:`TaskstatsError` with a reason fit for a log.
         """
-        if self._sock is not None:
-            return self
-        sock = self._create_socket(
-            socket.SOCK_RAW, NETLINK_GENERIC, TaskstatsError,
-            "cannot create a NETLINK_GENERIC socket ({})",
+        return self._open(
+            socket.SOCK_RAW, NETLINK_GENERIC, "cannot create a NETLINK_GENERIC socket ({})",
+            lambda sock: self._register(sock, time.monotonic() + timeout),
         )  # fmt: skip
-        try:
-            why = _netns_problem()
-            if why:
-                # The kernel sends records to a port of the initial network namespace only;
-                # elsewhere registration succeeds and nothing ever arrives.
-                raise TaskstatsError(errno.ENETUNREACH, why)
-            self._set_rcvbuf(sock)
-            sock.bind((0, 0))
-            # Connected to the kernel (port 0), the socket refuses datagrams from other
-            # processes, which could otherwise forge records.
-            sock.connect((0, 0))
-            self._sock = sock
-            deadline = time.monotonic() + timeout
-            self._family = self._resolve_family(deadline)
-            mask = self._mask if self._mask is not None else possible_cpus()
-            self._mask = mask
-            err = self._request(
-                TASKSTATS_CMD_ATTR_REGISTER_CPUMASK, mask, deadline, keep_records=True
-            )
-            if err:
-                raise TaskstatsError(err, _register_problem(err, mask))
-            self._registered = True
-            sock.setblocking(False)
-            self._drops_seen = socket_drops(sock) or 0
-        except BaseException:
-            self._sock = None
-            self._registered = False
-            self._pending.clear()
-            sock.close()
-            raise
-        return self
+
+    def _register(self, sock: socket.socket, deadline: float) -> None:
+        why = _netns_problem()
+        if why:
+            # The kernel sends records to a port of the initial network namespace only;
+            # elsewhere registration succeeds and nothing ever arrives.
+            raise TaskstatsError(errno.ENETUNREACH, why)
+        self._bind(sock, 0)
+        self._drops_seen = socket_drops(sock) or 0
+        self._decoder.family_id = self._look_up_family(deadline)
+        if self._mask is None:
+            self._mask = possible_cpus()
+        err = self._ask(TASKSTATS_CMD_ATTR_REGISTER_CPUMASK, deadline, "registration")
+        if err:
+            raise TaskstatsError(err, _register_problem(err, self._mask))
+        self._subscribed = True
 
     def _next_seq(self) -> int:
         self._seq = (self._seq + 1) & 0x7FFFFFFF
         return self._seq
 
-    def _resolve_family(self, deadline: float) -> int:
-        """CTRL_CMD_GETFAMILY "TASKSTATS" -> its id (generic-netlink ids are dynamic)."""
-        sock = self._sock
-        assert sock is not None
-        seq = self._next_seq()
-        attrs = _nla(CTRL_ATTR_FAMILY_NAME, TASKSTATS_GENL_NAME + b"\0")
+    def _look_up_family(self, deadline: float) -> int:
+        """TASKSTATS' id: generic-netlink ids are handed out as families register."""
+        lookup = FamilyLookup(TASKSTATS_GENL_NAME, self._next_seq(), self.stats)
         try:
-            sock.send(_genl_request(GENL_ID_CTRL, CTRL_CMD_GETFAMILY, 1, seq, attrs, True))
+            self._send(lookup.request)
         except OSError as exc:
             raise TaskstatsError(exc.errno, f"cannot query generic netlink ({error_text(exc)})") from exc
-        family: int | None = None
-        while True:
-            data = self._recv_until(deadline, "the family lookup")
-            off = 0
-            while off + _HDRLEN <= len(data):
-                nl_len, nl_type, _f, nl_seq, _p = _NLMSGHDR.unpack_from(data, off)
-                if nl_len < _HDRLEN or off + nl_len > len(data):
-                    break
-                if nl_seq == seq and nl_type == GENL_ID_CTRL:
-                    family = _family_id(data, off + _HDRLEN, off + nl_len)
-                elif nl_seq == seq and nl_type == NLMSG_ERROR and nl_len >= _HDRLEN + 4:
-                    err = -_I32.unpack_from(data, off + _HDRLEN)[0]
-                    if err == errno.ENOENT:
-                        raise TaskstatsError(
-                            err, "the kernel has no TASKSTATS family: built without "
-                            "CONFIG_TASKSTATS, or this process is not in the initial "
-                            "network namespace (a container needs host networking)"
-                        )
-                    if err:
-                        raise TaskstatsError(
-                            err, f"the family lookup failed ({errno_text(err)})"
-                        )
-                    if family is None:
-                        raise TaskstatsError(errno.EPROTO, "the family lookup gave no id")
-                    return family
-                off += (nl_len + 3) & ~3
-
-    def _request(self, attr: int, mask: str, deadline: float, *, keep_records: bool) -> int:
-        """Send a register/deregister request and wait for its acknowledgement; the
-        errno it carries (0: done). Records that arrive meanwhile are kept for later."""
-        sock = self._sock
-        assert sock is not None and self._family is not None
-        seq = self._next_seq()
-        payload = _nla(attr, mask.encode("ascii") + b"\0")
+        # until the answer comes, what arrives is read as the controller's
+        decoder, self._decoder = self._decoder, lookup  # type: ignore[assignment]
         try:
-            sock.send(
-                _genl_request(
-                    self._family, TASKSTATS_CMD_GET, TASKSTATS_GENL_VERSION, seq, payload, True
-                )
+            err = self._await_answer(lookup.seq, deadline, "the family lookup")
+        finally:
+            self._decoder = decoder
+        if err is None:
+            raise TaskstatsError(errno.ETIMEDOUT, "no answer from the kernel for the family lookup in time")
+        if err == errno.ENOENT:
+            raise TaskstatsError(
+                err, "the kernel has no TASKSTATS family: built without "
+                "CONFIG_TASKSTATS, or this process is not in the initial "
+                "network namespace (a container needs host networking)"
             )
+        if err:
+            raise TaskstatsError(err, f"the family lookup failed ({errno_text(err)})")
+        if lookup.family is None:
+            raise TaskstatsError(errno.EPROTO, "the family lookup gave no id")
+        return lookup.family
+
+    def _cpumask_request(self, attr: int, *, ack: bool) -> tuple[bytes, int]:
+        """A register/deregister request for our CPUs, and its sequence number."""
+        assert self._mask is not None and self.family_id is not None
+        seq = self._next_seq()
+        attrs = attribute(attr, self._mask.encode("ascii") + b"\0")
+        return request(self.family_id, TASKSTATS_CMD_GET, TASKSTATS_GENL_VERSION, seq, attrs, ack=ack), seq
+
+    def _ask(self, attr: int, deadline: float, what: str) -> int:
+        """Send a register/deregister request and wait for the kernel's answer: the errno
+        it carries (0: done). Records that arrive meanwhile are kept for later."""
+        message, seq = self._cpumask_request(attr, ack=True)
+        try:
+            self._send(message)
         except OSError as exc:
             raise TaskstatsError(exc.errno, f"cannot send to TASKSTATS ({error_text(exc)})") from exc
-        acks: list[tuple[int, int]] = []
-        while True:
-            data = self._recv_until(deadline, "registration")
-            records: list[TaskstatsEvent] = []
-            _decode(data, self.stats, records, acks, self._family)
-            if keep_records:
-                self._pending.extend(records)
-            for a_seq, err in acks:
-                if a_seq == seq:
-                    return err
-            acks.clear()
-
-    def _recv_until(self, deadline: float, what: str) -> bytes:
-        sock = self._sock
-        assert sock is not None
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TaskstatsError(
-                    errno.ETIMEDOUT, f"no answer from the kernel for {what} in time"
-                )
-            sock.settimeout(left)
-            try:
-                return sock.recv(len(self._buf))
-            except TimeoutError:
-                continue
-            except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    # exits flooded us while we waited: counted (the drop count is left to
-                    # the reads after open()), the answer still comes
-                    self._pending.append(self._enobufs(None))
-                    continue
-                raise TaskstatsError(exc.errno, f"{what} failed ({error_text(exc)})") from exc
+        err = self._await_answer(seq, deadline, what)
+        if err is None:
+            raise TaskstatsError(errno.ETIMEDOUT, f"no answer from the kernel for {what} in time")
+        return err
 
     def deregister(self, timeout: float = 1.0) -> None:
         """Stop the kernel sending us records, keeping the socket open (what remains queued
         can still be read). ``close()`` does it too; call this to stop first, read the
         rest, then close."""
-        sock = self._sock
-        if sock is None or not self._registered or self._mask is None:
+        if self._sock is None or not self._subscribed:
             return
-        self._registered = False
-        sock.setblocking(True)
-        try:
-            err = self._request(
-                TASKSTATS_CMD_ATTR_DEREGISTER_CPUMASK,
-                self._mask,
-                time.monotonic() + timeout,
-                keep_records=True,
-            )
-        finally:
-            sock.setblocking(False)
+        self._subscribed = False
+        err = self._ask(TASKSTATS_CMD_ATTR_DEREGISTER_CPUMASK, time.monotonic() + timeout, "deregistration")
         if err:
             raise TaskstatsError(err, f"the kernel refused to deregister ({errno_text(err)})")
 
@@ -850,70 +641,31 @@ class TaskstatsListener(NetlinkListener[TaskstatsEvent]):
         super().close()
 
     def _unsubscribe(self, sock: socket.socket) -> None:
-        registered, self._registered = self._registered, False
-        if registered and self._family is not None and self._mask is not None:
-            # No wait for the ack: the request is handled synchronously in send(), and
-            # the kernel would drop stale listeners itself on its next failed send.
-            payload = _nla(TASKSTATS_CMD_ATTR_DEREGISTER_CPUMASK, self._mask.encode() + b"\0")
-            sock.send(
-                _genl_request(
-                    self._family, TASKSTATS_CMD_GET, TASKSTATS_GENL_VERSION,
-                    self._next_seq(), payload, False,
-                )
-            )  # fmt: skip
+        # No wait for the answer: the kernel handles the request within send(), and it
+        # drops a listener it can no longer reach on its own.
+        sock.send(self._cpumask_request(TASKSTATS_CMD_ATTR_DEREGISTER_CPUMASK, ack=False)[0])
 
-    # -- reading (the loop is NetlinkListener._read)
-
-    @property
-    def family_id(self) -> int | None:
-        """TASKSTATS' generic-netlink id, once opened."""
-        return self._family
-
-    @property
-    def cpumask(self) -> str | None:
-        """The CPU list registered (or to register)."""
-        return self._mask
+    # -- reading
 
     def _receiver(
         self, sock: socket.socket
     ) -> tuple[Callable[[bytearray], int], bytearray, Callable[[int, list[TaskstatsEvent]], None]]:
-        # Every datagram lands in the same buffer: the records hold decoded values, not
-        # views, so it is reused safely (and no bytes object is made per exit).
         view = self._view
-        stats = self.stats
-        family = self._family
+        feed = self._decoder.feed
 
         def decode(n: int, out: list[TaskstatsEvent]) -> None:
-            _decode(view[:n], stats, out, None, family)
+            feed(view[:n], out)
 
         return sock.recv_into, self._buf, decode
-
-    def _lost(self, ts_ns: int, reason: str, count: int | None) -> EventsLost:
-        return EventsLost(ts_ns, reason, count)
 
     def _drop_count(self, sock: socket.socket) -> int | None:
         drops = socket_drops(sock)
         if drops is None:
             return None
-        new = (drops - self._drops_seen) & _U32_MAX
+        new = (drops - self._drops_seen) & _U32_MAX  # the counter wraps
         self._drops_seen = drops
         self.dropped += new
         return new
-
-
-def _family_id(data: bytes, start: int, end: int) -> int | None:
-    """CTRL_ATTR_FAMILY_ID from a CTRL_CMD_NEWFAMILY reply."""
-    if end - start < _GENL_HDRLEN or data[start] != CTRL_CMD_NEWFAMILY:
-        return None
-    pos = start + _GENL_HDRLEN
-    while pos + 4 <= end:
-        a_len, a_type = _NLA.unpack_from(data, pos)
-        if a_len < 4 or pos + a_len > end:
-            return None
-        if a_type & _NLA_TYPE_MASK == CTRL_ATTR_FAMILY_ID and a_len >= 6:
-            return int(struct.unpack_from("=H", data, pos + 4)[0])
-        pos += (a_len + 3) & ~3
-    return None
 
 
 def _netns_problem() -> str | None:
@@ -940,42 +692,43 @@ def _register_problem(err: int, mask: str) -> str:
 
 # --- probe -------------------------------------------------------------------------------
 
+_SOURCE: Final = "taskstats"
 
-def probe(timeout: float = 1.0) -> tuple[bool, str]:
-    """Can procstream receive exit accounting here? ``(ok, reason)``; the reason is a log
-    line. Call once at start-up (it takes a few ms): it opens and registers (so every
+
+def probe(timeout: float = 1.0) -> Probe:
+    """Can procstream receive exit accounting here? The reason is a log line either way.
+
+    Call once at start-up (it takes a few ms): it opens and registers (so every
     refusal, no CONFIG_TASKSTATS, no CAP_NET_ADMIN, a child user or PID namespace, comes
     as the kernel says it), then starts and joins a thread of its own and waits up to
     ``timeout`` for that thread's exit record: only an end-to-end test catches a child
     network namespace, where registering succeeds and nothing arrives."""
-    prefix = "taskstats unavailable: "
-    if not hasattr(socket, "AF_NETLINK"):
-        return False, prefix + "not Linux (no AF_NETLINK)"
-    try:
-        listener = TaskstatsListener(rcvbuf=256 * 1024).open(timeout=timeout)
-    except TaskstatsError as exc:
-        return False, prefix + (exc.strerror or str(exc))
-    except OSError as exc:
-        return False, prefix + f"unexpected error opening it ({error_text(exc)})"
+    why = platform_problem()
+    if why:
+        return Probe.refused(_SOURCE, why)
+    listener = TaskstatsListener(rcvbuf=256 * 1024)
+    why = opening_problem(lambda: listener.open(timeout=timeout))
+    if why:
+        return Probe.refused(_SOURCE, why)
     try:
         seen = _see_a_thread_exit(listener, timeout)
         family, mask = listener.family_id, listener.cpumask
     except OSError as exc:
-        return False, prefix + f"unexpected error reading it ({error_text(exc)})"
+        return Probe.refused(_SOURCE, f"unexpected error reading it ({error_text(exc)})")
     finally:
         listener.close()
     if not seen:
-        return False, prefix + (
+        return Probe.refused(_SOURCE, (
             f"registered, but no exit record arrived within {timeout:g} s: this process is "
             "probably not in the initial network namespace (a container needs host networking)"
-        )
+        ))
     exact = delay_accounting()
     cpu = (
         "exact CPU times: delay accounting on" if exact
         else "CPU times from tick samples: delay accounting off (sysctl kernel.task_delayacct=1 "
         "makes them exact)"
     )
-    return True, f"taskstats available (family {family}, CPUs {mask}; {cpu})"
+    return Probe(True, f"{_SOURCE} available (family {family}, CPUs {mask}; {cpu})")
 
 
 def delay_accounting() -> bool | None:

@@ -1,4 +1,4 @@
-"""Tests for procstream.netlink: pure decoding on constructed bytes, then the live kernel.
+"""Tests for procstream.netlink.connector: pure decoding on constructed bytes, then the live kernel.
 
 Live tests need the proc connector (root or CAP_NET_ADMIN, initial namespaces); when
 ``probe()`` says it is unavailable they are skipped with its reason, nothing else is.
@@ -23,36 +23,30 @@ from pathlib import Path
 
 import pytest
 
+from procstream.netlink import EventsLost
 from procstream.netlink import connector as nl
 from procstream.netlink.connector import (
     CommEvent,
     ConnectorError,
-    DecodeStats,
+    ConnectorStats,
     Decoder,
-    EventsLost,
     ExecEvent,
     ExitEvent,
     ForkEvent,
     ProcConnector,
-    decode_exit_status,
     parse_datagram,
     probe,
 )
 from tests.support.children import CLONE_NEWNET, CLONE_NEWPID, become, in_child, unshare
-from tests.support.kernel_events import collect, fork_exits, py
+from tests.support.kernel_events import assert_closed, collect, fork_exits, open_outcome, py
+from tests.support.netlink_datagrams import NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLMSG_OVERRUN, nlmsg
+from tests.support.waiting import wait_for
 
 # --- building datagrams the way the kernel does (independently of the module's structs) ------
 
-NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE, NLMSG_OVERRUN = 1, 2, 3, 4
 FORK, EXEC, UID, GID, SID, PTRACE, COMM, COREDUMP, EXIT = (
     0x1, 0x2, 0x4, 0x40, 0x80, 0x100, 0x200, 0x40000000, 0x80000000,
 )
-
-
-def nlmsg(payload: bytes, type_: int = NLMSG_DONE, seq: int = 0) -> bytes:
-    """nlmsghdr + payload, padded to 4 bytes like NLMSG_ALIGN."""
-    body = struct.pack("=IHHII", 16 + len(payload), type_, 0, seq, 0) + payload
-    return body + b"\0" * (-len(body) % 4)
 
 
 def cn(data: bytes, *, idx: int = 1, val: int = 1, seq: int = 0, ack: int = 0) -> bytes:
@@ -91,7 +85,7 @@ def comm_msg(pid: int, tgid: int, comm: bytes, **kw: int) -> bytes:
 
 
 def test_fork_event_decoded() -> None:
-    stats = DecodeStats()
+    stats = ConnectorStats()
     [ev] = parse_datagram(fork_msg(10, 11, 20, 20, ts=555), stats)
     assert ev == ForkEvent(555, 10, 11, 20, 20)
     assert not ev.is_thread
@@ -126,7 +120,7 @@ def test_exit_of_thread_has_signed_exit_signal() -> None:
 
 def test_exit_event_of_old_kernel_without_parent_fields() -> None:
     # before Linux 4.19 the exit event ended after exit_signal; cn_msg.len says so
-    stats = DecodeStats()
+    stats = ConnectorStats()
     short = nlmsg(cn(proc_event(EXIT, struct.pack("=iiIi", 8, 8, 9, 17), pad=False)))
     [ev] = parse_datagram(short, stats)
     assert ev == ExitEvent(1_000, 8, 8, 9, 17, 0, 0)
@@ -158,20 +152,20 @@ def test_comm_event_full_length_and_invalid_utf8() -> None:
     ],
 )
 def test_other_event_kinds_are_ignored_but_counted(what: int, kind: str, body: bytes) -> None:
-    stats = DecodeStats()
+    stats = ConnectorStats()
     assert parse_datagram(event_msg(what, body), stats) == []
     assert stats.ignored == 1 and stats.ignored_kinds == {kind: 1}
     assert stats.events == 0 and stats.malformed == 0
 
 
 def test_ack_is_counted_not_returned() -> None:
-    stats = DecodeStats()
+    stats = ConnectorStats()
     assert parse_datagram(event_msg(0, struct.pack("=I", 0)), stats) == []
     assert stats.acks == 1 and stats.events == 0
 
 
 def test_several_messages_in_one_datagram() -> None:
-    stats = DecodeStats()
+    stats = ConnectorStats()
     data = (
         fork_msg(1, 1, 2, 2, ts=1)
         + nlmsg(b"", NLMSG_NOOP)
@@ -187,7 +181,7 @@ def test_several_messages_in_one_datagram() -> None:
 
 
 def test_overrun_message_becomes_a_loss_marker_in_place() -> None:
-    stats = DecodeStats()
+    stats = ConnectorStats()
     events = parse_datagram(exec_msg(1, 1) + nlmsg(b"", NLMSG_OVERRUN) + exec_msg(2, 2), stats)
     assert [type(e) for e in events] == [ExecEvent, EventsLost, ExecEvent]
     lost = events[1]
@@ -196,15 +190,15 @@ def test_overrun_message_becomes_a_loss_marker_in_place() -> None:
 
 
 def test_netlink_error_messages_are_counted() -> None:
-    stats = DecodeStats()
+    stats = ConnectorStats()
     err = struct.pack("=i", -errno.EPERM) + b"\0" * 16
     ok = struct.pack("=i", 0) + b"\0" * 16
     assert parse_datagram(nlmsg(err, NLMSG_ERROR) + nlmsg(ok, NLMSG_ERROR), stats) == []
-    assert stats.errors == 1 and stats.malformed == 0
+    assert stats.errors == 1 and stats.acks == 1 and stats.malformed == 0
 
 
 def test_messages_of_other_connector_users_are_counted_as_foreign() -> None:
-    stats = DecodeStats()
+    stats = ConnectorStats()
     other = nlmsg(cn(proc_event(FORK, struct.pack("=iiii", 1, 1, 2, 2)), idx=3, val=1))
     short_other = nlmsg(cn(b"\0\0\0\0", idx=4, val=1))
     assert parse_datagram(other + short_other, stats) == []
@@ -218,7 +212,7 @@ def test_every_truncation_is_survived_and_counted() -> None:
     expected = parse_datagram(full)
     assert len(expected) == 3
     for cut in range(len(full) + 1):
-        stats = DecodeStats()
+        stats = ConnectorStats()
         events = parse_datagram(full[:cut], stats)
         # what is decoded is always a correct prefix of the whole
         assert events == expected[: len(events)], cut
@@ -247,7 +241,7 @@ def test_every_truncation_is_survived_and_counted() -> None:
     ],
 )
 def test_inconsistent_lengths_are_counted_not_raised(data: bytes) -> None:
-    stats = DecodeStats()
+    stats = ConnectorStats()
     events = parse_datagram(data, stats)
     assert stats.malformed >= 1
     assert all(isinstance(e, ExecEvent) for e in events)
@@ -256,7 +250,7 @@ def test_inconsistent_lengths_are_counted_not_raised(data: bytes) -> None:
 def test_random_garbage_and_bit_flips_never_raise() -> None:
     rng = random.Random(20240611)
     valid = fork_msg(1, 1, 2, 2) + exit_msg(2, 2, 7 << 8) + comm_msg(3, 3, b"abc")
-    stats = DecodeStats()
+    stats = ConnectorStats()
     kinds = (ForkEvent, ExecEvent, ExitEvent, CommEvent, EventsLost)
     for i in range(3000):
         if i % 2:
@@ -303,46 +297,10 @@ def test_decoder_sequence_wraps_and_ignores_reordering_and_old_acks() -> None:
 
 
 def test_parse_datagram_is_stateless_about_sequences() -> None:
-    stats = DecodeStats()
+    stats = ConnectorStats()
     parse_datagram(exec_msg(1, 1, seq=1), stats)
     assert parse_datagram(exec_msg(1, 1, seq=50), stats) == [ExecEvent(1_000, 1, 1)]
     assert stats.missed == 0
-
-
-@pytest.mark.parametrize(
-    ("status", "expected"),
-    [
-        (0, (0, None, False)),
-        (7 << 8, (7, None, False)),
-        (255 << 8, (255, None, False)),
-        (signal.SIGKILL, (None, 9, False)),
-        (signal.SIGTERM, (None, 15, False)),
-        (signal.SIGSEGV | 0x80, (None, 11, True)),
-        (signal.SIGABRT | 0x80, (None, 6, True)),
-        (0x137F, (None, None, False)),  # stopped by SIGSTOP: never an exit status
-    ],
-)
-def test_decode_exit_status_table(status: int, expected: tuple[int | None, int | None, bool]) -> None:
-    assert decode_exit_status(status) == expected
-
-
-def _wait_status(args: list[str]) -> int:
-    proc = subprocess.Popen(args)
-    try:
-        return os.waitpid(proc.pid, 0)[1]
-    finally:
-        proc.returncode = -1  # reaped above; keep Popen from waiting again
-
-
-@pytest.mark.parametrize(
-    "code", ["import sys; sys.exit(7)", "import os; os.kill(os.getpid(), 9)"]
-)
-def test_decode_exit_status_agrees_with_waitpid(code: str) -> None:
-    status = _wait_status([sys.executable, "-S", "-c", code])
-    exit_code, sig, core = decode_exit_status(status)
-    assert exit_code == (os.WEXITSTATUS(status) if os.WIFEXITED(status) else None)
-    assert sig == (os.WTERMSIG(status) if os.WIFSIGNALED(status) else None)
-    assert core == (os.WIFSIGNALED(status) and os.WCOREDUMP(status))
 
 
 # --- time helpers (no connector needed) --------------------------------------------------------
@@ -386,11 +344,8 @@ live = pytest.mark.skipif(not _PROBE[0], reason=_PROBE[1])
 
 @pytest.fixture
 def conn() -> Iterator[ProcConnector]:
-    c = ProcConnector().open()
-    try:
+    with ProcConnector() as c:
         yield c
-    finally:
-        c.close()
 
 
 def exit_of(pid: int) -> Callable[[list[nl.ConnectorEvent]], bool]:
@@ -411,7 +366,7 @@ def test_probe_says_available() -> None:
 
 @live
 def test_receive_buffer_is_large(conn: ProcConnector) -> None:
-    assert conn.rcvbuf >= nl.DEFAULT_RCVBUF
+    assert conn.rcvbuf >= ProcConnector.DEFAULT_RCVBUF
 
 
 @live
@@ -582,16 +537,17 @@ def spawn_until_seen(
 ) -> ExitEvent:
     """Run ``args`` until one run's exit event arrives (a tiny buffer may drop some)."""
     events: list[nl.ConnectorEvent] = [] if into is None else into
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def run() -> ExitEvent | None:
         proc = subprocess.Popen(args)
         proc.wait()
         try:
             collect(c, exit_of(proc.pid), timeout=1, into=events)
-            return the_exit(events, proc.pid)
         except AssertionError:
-            if time.monotonic() > deadline:
-                raise
+            return None
+        return the_exit(events, proc.pid)
+
+    return wait_for(f"a run of {args} seen whole", run, timeout, step=0)
 
 
 @live
@@ -609,13 +565,13 @@ def test_enobufs_is_signalled_and_reading_continues() -> None:
         assert c.enobufs >= 1 and c.lost >= 1
         # still working: a later process is seen whole, and the hole was measured
         later: list[nl.ConnectorEvent] = []
-        deadline = time.monotonic() + 10
-        while True:
+
+        def seen_after_the_hole() -> bool:
             ex = spawn_until_seen(c, py("import sys; sys.exit(4)"), into=later)
-            if c.stats.missed > 0 or time.monotonic() > deadline:
-                break
-        assert ex.exit_code == 4
-        assert c.stats.missed > 0, c.stats
+            assert ex.exit_code == 4
+            return c.stats.missed > 0
+
+        wait_for("the hole measured by a sequence gap", seen_after_the_hole, 10, step=0, explain=lambda: c.stats)
         assert any(isinstance(e, EventsLost) and e.reason == "gap" for e in events + later)
         assert c.stats.malformed == 0
 
@@ -655,9 +611,7 @@ def test_usable_from_a_plain_thread() -> None:
         try:
             proc = subprocess.Popen(py("import sys; sys.exit(5)"))
             proc.wait()
-            deadline = time.monotonic() + 5
-            while not exit_of(proc.pid)(list(seen)) and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_for("the exit, read by the thread", lambda: exit_of(proc.pid)(list(seen)), 5)
         finally:
             stop.set()
             thread.join(5)
@@ -671,11 +625,7 @@ def test_close_is_idempotent_and_final() -> None:
     assert not c.closed
     c.close()
     c.close()
-    assert c.closed and c.wait_readable(0) is None
-    with pytest.raises(ValueError):
-        c.fileno()
-    with pytest.raises(ValueError):
-        c.read_events()
+    assert_closed(c)
     # it can be opened again, and what the kernel sent meanwhile is not taken for a loss
     churn = subprocess.Popen(py("pass"))
     churn.wait()
@@ -739,12 +689,7 @@ def test_probe_refuses_an_unprivileged_user() -> None:
 def test_probe_and_open_refuse_a_child_network_namespace() -> None:
     def child() -> object:
         unshare(CLONE_NEWNET)
-        try:
-            ProcConnector().open()
-            opened = "opened"
-        except ConnectorError as exc:
-            opened = errno.errorcode.get(exc.errno or 0, "?")
-        return [*probe(), opened]
+        return [*probe(), open_outcome(lambda: ProcConnector().open().close(), ConnectorError)]
 
     ok, reason, opened = in_child(child)
     assert not ok and "initial network namespace" in reason
@@ -760,12 +705,8 @@ def test_probe_and_open_refuse_a_child_pid_namespace() -> None:
 
     def grandchild() -> object:
         assert os.getpid() == 1
-        try:
-            ProcConnector().open(timeout=0.3)  # the kernel ignores us: no ack ever comes
-            opened = "opened"
-        except ConnectorError as exc:
-            opened = errno.errorcode.get(exc.errno or 0, "?")
-        return [*probe(), opened]
+        # the kernel ignores us: no ack ever comes
+        return [*probe(), open_outcome(lambda: ProcConnector().open(timeout=0.3).close(), ConnectorError)]
 
     ok, reason, opened = in_child(child)
     assert not ok and "child PID namespace" in reason

@@ -23,28 +23,29 @@ from pathlib import Path
 
 import pytest
 
+from procstream.netlink import EventsLost, decode_exit_status
 from procstream.netlink import connector as nl
 from procstream.netlink import taskstats as tsm
 from procstream.netlink.taskstats import (
     AGROUP,
-    DecodeStats,
-    EventsLost,
     TaskExit,
     TaskstatsError,
     TaskstatsListener,
+    TaskstatsStats,
     parse_messages,
     possible_cpus,
     probe,
 )
 from tests.support import kernel_events as kernel_util
+from tests.support import netlink_datagrams as datagrams
 from tests.support.children import CLONE_NEWNET, CLONE_NEWPID, become, in_child, unshare
+from tests.support.netlink_datagrams import NLA_F_NESTED, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLMSG_OVERRUN, nla, nlerr, nlmsg
+from tests.support.waiting import wait_for
 
 # --- building datagrams the way the kernel does (independently of the module's structs) ------
 
 FAMILY = 31
-NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE, NLMSG_OVERRUN = 1, 2, 3, 4
 T_PID, T_TGID, T_STATS, T_AGGR_PID, T_AGGR_TGID, T_NULL = 1, 2, 3, 4, 5, 6
-NLA_F_NESTED = 0x8000
 
 # offsetof() in struct taskstats (include/uapi/linux/taskstats.h), append-only versions
 STD: dict[str, tuple[int, str]] = {
@@ -102,30 +103,14 @@ def stats_struct(layout: int, size: int | None = None, fill: bytes = b"\xa5",
     return bytes(buf)
 
 
-def nla(a_type: int, payload: bytes) -> bytes:
-    body = struct.pack("=HH", 4 + len(payload), a_type) + payload
-    return body + b"\0" * (-len(body) % 4)
-
-
 def aggr(ident: int, stats: bytes, *, tgid: bool = False, nested_flag: bool = False) -> bytes:
     kind = T_AGGR_TGID if tgid else T_AGGR_PID
     inner = nla(T_TGID if tgid else T_PID, struct.pack("=I", ident)) + nla(T_STATS, stats)
     return nla(kind | (NLA_F_NESTED if nested_flag else 0), inner)
 
 
-def genl(attrs: bytes, *, cmd: int = 2, family: int = FAMILY, seq: int = 0) -> bytes:
-    payload = struct.pack("=BBH", cmd, 1, 0) + attrs
-    body = struct.pack("=IHHII", 16 + len(payload), family, 0, seq, 0) + payload
-    return body + b"\0" * (-len(body) % 4)
-
-
-def nlmsg(payload: bytes, type_: int, seq: int = 0) -> bytes:
-    body = struct.pack("=IHHII", 16 + len(payload), type_, 0, seq, 0) + payload
-    return body + b"\0" * (-len(body) % 4)
-
-
-def nlerr(err: int, seq: int = 0) -> bytes:
-    return nlmsg(struct.pack("=i", -err) + struct.pack("=IHHII", 36, FAMILY, 5, seq, 9), NLMSG_ERROR, seq)
+#: a TASKSTATS_CMD_NEW message of FAMILY, unless told otherwise
+genl = partial(datagrams.genl, cmd=2, family=FAMILY)
 
 
 def pid_msg(pid: int = 4242, version: int = 16, **values: object) -> bytes:
@@ -146,18 +131,18 @@ def group_msg(last_tid: int, tgid: int, thread_vals: dict[str, object],
 
 
 def test_a_version_16_thread_record_decodes_every_field() -> None:
-    stats = DecodeStats()
+    stats = TaskstatsStats()
     [rec] = parse_messages(pid_msg(), stats)
     assert rec == TaskExit(
         pid=4242, tgid=4242, aggregate="pid", ppid=1, uid=1000, gid=100, comm="worker",
-        exit_code=7 << 8, btime=1_700_000_001, etime_us=250_000, utime_us=120_000,
+        status=7 << 8, btime=1_700_000_001, etime_us=250_000, utime_us=120_000,
         stime_us=30_000, minflt=500, majflt=3, read_bytes=4096, write_bytes=1 << 20,
         nvcsw=11, nivcsw=12, version=16, flags=AGROUP, nice=-5, rchar=10_240,
         wchar=20_480, syscr=1024, syscw=2048, cancelled_write_bytes=1024,
         hiwater_rss_kb=2048, hiwater_vm_kb=8192, tgetime_us=250_000, summed=True,
         runtime_ns=151_000_000, cpu_delay_ns=5_000_000,
     )  # fmt: skip
-    assert (rec.code, rec.signal, rec.core_dumped) == (7, None, False)
+    assert (rec.exit_code, rec.signal, rec.core_dumped) == (7, None, False)
     assert rec.exact_cpu and rec.cpu_s == pytest.approx(0.151)  # the exact runtime wins
     assert rec.cpu_user_s == pytest.approx(0.151 * 0.8) and rec.cpu_system_s == pytest.approx(0.151 * 0.2)
     assert rec.lifetime_s == pytest.approx(0.25)
@@ -170,7 +155,7 @@ def test_a_thread_that_is_not_the_leader() -> None:
     [rec] = parse_messages(pid_msg(4243, ac_tgid=4242, ac_flag=0, ac_exitcode=0))
     assert isinstance(rec, TaskExit)
     assert rec.pid == 4243 and rec.tgid == 4242 and rec.is_thread and not rec.group_dead
-    assert (rec.code, rec.signal) == (0, None)
+    assert (rec.exit_code, rec.signal) == (0, None)
 
 
 def test_the_process_record_gets_identity_and_lifetime_from_the_last_thread() -> None:
@@ -179,7 +164,7 @@ def test_the_process_record_gets_identity_and_lifetime_from_the_last_thread() ->
               "ac_tgetime": 3_600_000, "ac_btime64": 1_700_003_599}  # fmt: skip
     group = {"ac_utime": 900_000, "ac_stime": 100_000, "ac_etime": 5_000_000,
              "nvcsw": 40, "nivcsw": 4}  # fmt: skip
-    stats = DecodeStats()
+    stats = TaskstatsStats()
     t, g = parse_messages(group_msg(4243, 4242, thread, group), stats)
     assert isinstance(t, TaskExit) and isinstance(g, TaskExit)
     assert t.aggregate == "pid" and t.pid == 4243 and t.tgid == 4242 and t.is_thread
@@ -187,7 +172,7 @@ def test_the_process_record_gets_identity_and_lifetime_from_the_last_thread() ->
     assert (g.utime_us, g.stime_us, g.nvcsw, g.nivcsw) == (900_000, 100_000, 40, 4)
     assert g.cpu_s == pytest.approx(1.0) and g.summed and g.group_dead
     # identity and exit status from the thread; lifetime is the process's (ac_tgetime)
-    assert (g.comm, g.uid, g.gid, g.ppid, g.exit_code, g.code) == ("worker", 1000, 100, 1, 0x700, 7)
+    assert (g.comm, g.uid, g.gid, g.ppid, g.status, g.exit_code) == ("worker", 1000, 100, 1, 0x700, 7)
     assert g.etime_us == 3_600_000 and g.lifetime_s == pytest.approx(3.6)
     assert g.btime == 1_700_003_599 - 4  # started 3.5 s before the last thread did
     assert g.flags & AGROUP and g.tgetime_us == 3_600_000
@@ -240,11 +225,11 @@ def test_each_version_reads_only_what_it_has(version: int, btime: int, tgid: int
     assert rec.version == version and rec.btime == btime and rec.tgid == tgid
     assert rec.tgetime_us == (250_000 if tgid else 0)
     assert (rec.utime_us, rec.write_bytes, rec.nivcsw) == (120_000, 1 << 20, 12 if has_nvcsw else 0)
-    assert rec.comm == "worker" and rec.code == 7
+    assert rec.comm == "worker" and rec.exit_code == 7
 
 
 def test_version_15_has_its_own_layout() -> None:
-    stats = DecodeStats()
+    stats = TaskstatsStats()
     [rec] = parse_messages(pid_msg(version=15), stats)
     assert isinstance(rec, TaskExit)
     assert (rec.comm, rec.uid, rec.ppid, rec.utime_us, rec.nivcsw) == ("worker", 1000, 1, 120_000, 12)
@@ -286,7 +271,7 @@ def test_a_future_longer_version_is_read_by_its_stable_prefix() -> None:
 
 
 def test_version_1_has_only_the_exit_status() -> None:
-    stats = DecodeStats()
+    stats = TaskstatsStats()
     [rec] = parse_messages(genl(aggr(5, stats_struct(1, ac_exitcode=9))), stats)
     assert isinstance(rec, TaskExit)
     assert (rec.pid, rec.version, rec.signal, rec.comm, rec.utime_us, rec.btime) == (5, 1, 9, "", 0, 0)
@@ -297,7 +282,7 @@ def test_version_1_has_only_the_exit_status() -> None:
 def test_a_short_struct_yields_the_fields_it_covers(size: int) -> None:
     # lengths between known versions: each value is either whole or 0, never half-read
     [rec] = parse_messages(genl(aggr(5, stats_struct(16, size=size, **FULL))))
-    assert isinstance(rec, TaskExit) and rec.code == 7
+    assert isinstance(rec, TaskExit) and rec.exit_code == 7
     assert rec.comm == ("worker" if size >= 112 else "")
     assert rec.uid == (1000 if size >= 124 else 0)
     assert rec.btime == (1_700_000_000 if size >= 140 else 0)  # v16's btime64 is beyond
@@ -308,7 +293,7 @@ def test_a_short_struct_yields_the_fields_it_covers(size: int) -> None:
 def test_padding_attributes_and_nested_flags_are_understood() -> None:
     # 64-bit architectures without efficient unaligned access put TASKSTATS_TYPE_NULL
     # before each aggregate; some kernels mark nests with NLA_F_NESTED
-    stats = DecodeStats()
+    stats = TaskstatsStats()
     data = genl(nla(T_NULL, b"") + aggr(4242, stats_struct(16, **FULL), nested_flag=True))
     [rec] = parse_messages(data, stats)
     assert isinstance(rec, TaskExit) and rec.pid == 4242 and stats.ignored == 0
@@ -324,14 +309,14 @@ def test_comm_full_length_and_invalid_utf8() -> None:
 def test_several_messages_in_one_datagram_and_any_buffer_type() -> None:
     data = pid_msg(1) + nlmsg(b"", NLMSG_NOOP) + pid_msg(2) + nlmsg(b"", NLMSG_DONE) + pid_msg(3)
     for form in (data, bytearray(data), memoryview(data)):
-        stats = DecodeStats()
+        stats = TaskstatsStats()
         recs = parse_messages(form, stats)
         assert [r.pid for r in recs if isinstance(r, TaskExit)] == [1, 2, 3]
         assert stats.messages == 5 and stats.records == 3 and stats.malformed == 0
 
 
 def test_acks_errors_and_overrun() -> None:
-    stats = DecodeStats()
+    stats = TaskstatsStats()
     recs = parse_messages(pid_msg(1) + nlerr(0) + nlerr(errno.EPERM) + nlmsg(b"", NLMSG_OVERRUN)
                           + pid_msg(2), stats)
     assert [type(r) for r in recs] == [TaskExit, EventsLost, TaskExit]
@@ -340,8 +325,17 @@ def test_acks_errors_and_overrun() -> None:
     assert (stats.acks, stats.errors, stats.lost_markers) == (1, 1, 1)
 
 
+def test_a_done_message_is_never_read_as_an_exit() -> None:
+    # the body of an exit record, in an end-of-dump message: nothing of TASKSTATS
+    body = genl(aggr(5, stats_struct(16, **FULL)))[16:]
+    for family_id in (None, FAMILY):
+        stats = TaskstatsStats()
+        assert parse_messages(nlmsg(body, NLMSG_DONE), stats, family_id=family_id) == []
+        assert (stats.messages, stats.foreign, stats.ignored, stats.malformed) == (1, 0, 0, 0)
+
+
 def test_other_families_and_commands_are_not_read_as_exits() -> None:
-    stats = DecodeStats()
+    stats = TaskstatsStats()
     assert parse_messages(genl(aggr(1, stats_struct(16)), family=40), stats, family_id=FAMILY) == []
     assert stats.foreign == 1
     assert parse_messages(genl(aggr(1, stats_struct(16)), cmd=1), stats) == []
@@ -354,7 +348,7 @@ def test_other_families_and_commands_are_not_read_as_exits() -> None:
 def test_every_truncation_is_survived_and_counted() -> None:
     whole = group_msg(4243, 4242, {**FULL, "ac_tgid": 4242}, {"ac_utime": 1})
     for cut in range(len(whole)):
-        stats = DecodeStats()
+        stats = TaskstatsStats()
         recs = parse_messages(whole[:cut], stats)
         assert all(isinstance(r, TaskExit) for r in recs)
         if cut:
@@ -378,7 +372,7 @@ def test_every_truncation_is_survived_and_counted() -> None:
     ],
 )
 def test_inconsistent_lengths_are_counted_not_raised(data: bytes) -> None:
-    stats = DecodeStats()
+    stats = TaskstatsStats()
     parse_messages(data, stats)
     assert stats.malformed >= 1
 
@@ -386,7 +380,7 @@ def test_inconsistent_lengths_are_counted_not_raised(data: bytes) -> None:
 def test_random_garbage_and_bit_flips_never_raise() -> None:
     rng = random.Random(1234)
     whole = pid_msg() + group_msg(7, 6, {**FULL, "ac_tgid": 6}, {"ac_utime": 1})
-    stats = DecodeStats()
+    stats = TaskstatsStats()
     for _ in range(3000):
         blob = bytearray(whole)
         for _ in range(rng.randint(1, 8)):
@@ -399,8 +393,8 @@ def test_random_garbage_and_bit_flips_never_raise() -> None:
 @pytest.mark.parametrize("status", [0, 7 << 8, 255 << 8, 9, 15, 11 | 0x80, 6 | 0x80, 0x7F, 0xFFFF, 0x137F])
 def test_exit_status_is_decoded_like_the_proc_connector(status: int) -> None:
     [rec] = parse_messages(pid_msg(ac_exitcode=status))
-    assert isinstance(rec, TaskExit) and rec.exit_code == status
-    assert (rec.code, rec.signal, rec.core_dumped) == nl.decode_exit_status(status)
+    assert isinstance(rec, TaskExit) and rec.status == status
+    assert (rec.exit_code, rec.signal, rec.core_dumped) == decode_exit_status(status)
 
 
 def test_matching_a_start_time() -> None:
@@ -432,11 +426,8 @@ live = pytest.mark.skipif(_MISSING, reason=_PROBE[1])
 
 @pytest.fixture
 def ts() -> Iterator[TaskstatsListener]:
-    listener = TaskstatsListener().open()
-    try:
+    with TaskstatsListener() as listener:
         yield listener
-    finally:
-        listener.close()
 
 
 @pytest.fixture
@@ -520,7 +511,7 @@ def test_probe_says_available() -> None:
 
 @live
 def test_receive_buffer_is_large(ts: TaskstatsListener) -> None:
-    assert ts.rcvbuf >= tsm.DEFAULT_RCVBUF  # the kernel doubles what we asked for
+    assert ts.rcvbuf >= TaskstatsListener.DEFAULT_RCVBUF  # the kernel doubles what we asked for
     assert ts.family_id is not None and ts.family_id >= 0x10 and ts.cpumask == possible_cpus()
 
 
@@ -530,7 +521,7 @@ def test_a_cpu_burner_exiting_7_is_reported_whole(exact_cpu: None, ts: Taskstats
     measured = float(out)
     events = collect(ts, seen(pid))
     [rec] = records(events, pid)
-    assert rec.exit_code == 7 << 8 and (rec.code, rec.signal, rec.core_dumped) == (7, None, False)
+    assert rec.status == 7 << 8 and (rec.exit_code, rec.signal, rec.core_dumped) == (7, None, False)
     # the scheduler's exact runtime (delay accounting on); the tick samples beside it
     # are only close on an idle machine, so they are held to a looser bound
     assert rec.exact_cpu and abs(rec.cpu_s - measured) <= 0.005, (rec.cpu_s, measured)
@@ -551,8 +542,9 @@ def test_a_cpu_burner_exiting_7_is_reported_whole(exact_cpu: None, ts: Taskstats
 def test_exact_cpu_with_delay_accounting_even_on_a_shared_cpu(
     exact_cpu: None, cpu_contention: None, ts: TaskstatsListener
 ) -> None:
-    # Sharing the CPUs with two busy processes throws tick sampling off (here by up to 5x);
-    # the scheduler's runtime, sent with delay accounting on, stays exact.
+    # Sharing the CPUs with two busy processes throws tick sampling off (a tick charges
+    # whoever runs at that instant); the scheduler's runtime, sent with delay accounting
+    # on, stays exact.
     for _ in range(3):
         pid, out, _, _ = run_child(BURN.format(seconds=0.1, code=0))
         measured = float(out)
@@ -576,7 +568,7 @@ def test_written_bytes_are_counted(ts: TaskstatsListener, tmp_path: Path) -> Non
     [rec] = records(collect(ts, seen(pid)), pid)
     assert target.stat().st_size == 1 << 20
     assert rec.write_bytes >= 1 << 20, rec
-    assert rec.wchar >= 1 << 20 and rec.code == 0
+    assert rec.wchar >= 1 << 20 and rec.exit_code == 0
 
 
 @live
@@ -604,16 +596,16 @@ os._exit(7)
     for rec in threads:
         assert rec.tgid == pid and rec.is_thread and rec.ppid == os.getpid()
         assert rec.cpu_s >= 0.08, rec
-    assert leader.tgid == pid and not leader.is_thread and leader.code == 7
+    assert leader.tgid == pid and not leader.is_thread and leader.exit_code == 7
     total = sum(r.utime_us + r.stime_us for r in [*threads, leader]) / 1e6
-    assert group.code == 7 and group.ppid == os.getpid() and group.comm == leader.comm
+    assert group.exit_code == 7 and group.ppid == os.getpid() and group.comm == leader.comm
     assert abs(group.btime - t0) <= 1.0 and group.lifetime_s >= leader.lifetime_s > 0
     ticks = (group.utime_us + group.stime_us) / 1e6
     if group.summed:
         # the kernel samples each thread's time twice in do_exit; a tick may fall between
         assert ticks == pytest.approx(total, abs=0.020), (ticks, total)
-        # Ticks are samples: with both cores busy, 0.3 s of threads was charged 0.18 s.
-        # Non-zero is what tells the sums from the kernels that leave them at zero.
+        # Ticks are samples, far from the runtime when the cores are busy: only non-zero
+        # is sure, and it is what tells the sums from the kernels that leave them at zero.
         assert ticks >= 0.05
     else:  # kernels before the "retain dead thread stats" fix: sums left at zero
         assert ticks == 0
@@ -634,7 +626,7 @@ def test_two_hundred_short_processes_are_all_reported(ts: TaskstatsListener) -> 
     events = collect(ts, all_seen, timeout=20)
     for pid, code in pids.items():
         [rec] = records(events, pid)
-        assert rec.code == code and rec.ppid == os.getpid()
+        assert rec.exit_code == code and rec.ppid == os.getpid()
     assert not any(isinstance(e, EventsLost) for e in events)
 
 
@@ -665,7 +657,7 @@ def test_a_child_reaped_at_once_is_still_reported_with_its_cpu(
     assert os.waitstatus_to_exitcode(status) == 5
     assert not os.path.exists(f"/proc/{pid}")
     [rec] = records(collect(ts, seen(pid)), pid)
-    assert rec.code == 5 and rec.exact_cpu
+    assert rec.exit_code == 5 and rec.exact_cpu
     assert abs(rec.cpu_s - measured) <= 0.020, (rec.cpu_s, measured)
     assert rec.cpu_s >= 0.15
 
@@ -703,9 +695,8 @@ def test_taskstats_is_queued_before_the_connector_exit_and_one_poll_reads_both(
         pids = kernel_util.fork_exits(range(20), one_by_one=True)
         got: Events = []
         exits: dict[int, bool] = {}  # pid -> its taskstats record was already queued
-        deadline = time.monotonic() + 10
-        while len(exits) < len(pids):
-            assert time.monotonic() < deadline, f"saw {len(exits)} of {len(pids)} exits"
+
+        def read_both() -> bool:
             for fd, _ in poller.poll(200):
                 if fd == ts.fileno():
                     got.extend(ts.read_events())
@@ -716,6 +707,10 @@ def test_taskstats_is_queued_before_the_connector_exit_and_one_poll_reads_both(
                         # must be readable by now, without waiting
                         got.extend(ts.read_events())
                         exits[ev.pid] = bool(records(got, ev.pid))
+            return len(exits) >= len(pids)
+
+        wait_for("every exit on the connector", read_both, 10, step=0,
+                 explain=lambda: f"saw {len(exits)} of {len(pids)} exits")
         assert all(exits.values()), exits
     finally:
         conn.close()
@@ -737,7 +732,7 @@ async def test_usable_from_asyncio_with_add_reader(ts: TaskstatsListener) -> Non
                     return ev
 
         rec = await asyncio.wait_for(until_seen(), 10)
-        assert rec.code == 9
+        assert rec.exit_code == 9
     finally:
         loop.remove_reader(ts.fileno())
 
@@ -770,11 +765,7 @@ def test_close_is_idempotent_and_final() -> None:
     assert not listener.closed and listener.open() is listener
     listener.close()
     listener.close()
-    assert listener.closed and listener.wait_readable(0) is None
-    with pytest.raises(ValueError):
-        listener.fileno()
-    with pytest.raises(ValueError):
-        listener.read_events()
+    kernel_util.assert_closed(listener)
 
 
 @live
@@ -795,18 +786,22 @@ def test_overflow_is_signalled_counted_and_reading_continues() -> None:
         assert missing, "nothing was dropped: the test did not overflow the buffer"
         if lost.count is not None:  # SO_MEMINFO's drop counter (Linux 4.12+)
             assert lost.count >= len(missing) and small.dropped == lost.count
-        # still working afterwards
-        pid, _, _, _ = run_child("import sys; sys.exit(4)")
-        [rec] = records(collect(small, seen(pid)), pid)
-        assert rec.code == 4 and small.stats.malformed == 0
+        # Still working afterwards: a later exit arrives whole. Every exit on the host
+        # shares this tiny buffer and can overflow it again, so each try gets a new child.
+        def a_later_exit() -> TaskExit | None:
+            pid, _, _, _ = run_child("import sys; sys.exit(4)")
+            try:
+                [rec] = records(collect(small, seen(pid), timeout=2), pid)
+            except AssertionError:
+                return None
+            return rec
+
+        rec = wait_for("a later exit's record", a_later_exit, 20, step=0)
+        assert rec.exit_code == 4 and small.stats.malformed == 0
 
 
 def _open_errno() -> str:
-    try:
-        TaskstatsListener().open().close()
-        return "opened"
-    except TaskstatsError as exc:
-        return errno.errorcode.get(exc.errno or 0, "?")
+    return kernel_util.open_outcome(lambda: TaskstatsListener().open().close(), TaskstatsError)
 
 
 @live

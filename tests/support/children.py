@@ -3,7 +3,7 @@
 For what a test can't do to pytest's own process: drop to another user (we run as root,
 CI too), move to new namespaces. A fork, not an exec: the function can be a closure and
 the interpreter under /root stays loaded. Used by ``_procfs_util.unprivileged`` and by
-the kernel socket tests (test_netlink, test_taskstats, test_nlsocket).
+the kernel socket tests (tests/netlink/).
 """
 
 from __future__ import annotations

@@ -1,26 +1,54 @@
-"""Helpers shared by the kernel socket tests (test_netlink, test_taskstats, test_nlsocket;
-not a test module): reading a listener until a condition holds, with a deadline; making
-exits for the kernel to report."""
+"""Using the kernel sockets in tests (not a test module): how opening one ends, that a
+closed one is closed for good, reading one until a condition holds, and making exits for
+the kernel to report."""
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
-import time
 from collections.abc import Callable, Iterable
 from typing import Protocol, TypeVar
 
-__all__ = ["Listener", "collect", "fork_exits", "py"]
+import pytest
+
+from procstream.netlink import NetlinkError
+from tests.support.waiting import wait_for
+
+__all__ = ["Listener", "assert_closed", "collect", "fork_exits", "open_outcome", "py"]
 
 E = TypeVar("E")
 
 
 class Listener(Protocol[E]):
-    """What ``collect`` needs: a ProcConnector, a TaskstatsListener, any NetlinkListener."""
+    """What these helpers use of a ProcConnector, a TaskstatsListener, any NetlinkListener."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    def fileno(self) -> int: ...
 
     def wait_readable(self, timeout: float | None) -> bool | None: ...
 
     def read_events(self, max_datagrams: int = 1024) -> list[E]: ...
+
+
+def assert_closed(listener: Listener[E]) -> None:
+    """``listener`` says it is closed, and every use that needs the socket refuses."""
+    assert listener.closed and listener.wait_readable(0) is None
+    for use in (listener.fileno, listener.read_events):
+        with pytest.raises(ValueError, match=f"{type(listener).__name__} is not open"):
+            use()
+
+
+def open_outcome(open_and_close: Callable[[], object], refusal: type[NetlinkError]) -> str:
+    """``"opened"``, or the errno's name of the ``refusal`` it raised (anything else
+    goes through)."""
+    try:
+        open_and_close()
+    except refusal as exc:
+        return errno.errorcode.get(exc.errno or 0, "?")
+    return "opened"
 
 
 def collect(
@@ -29,17 +57,18 @@ def collect(
     timeout: float = 5.0,
     into: list[E] | None = None,
 ) -> list[E]:
-    """Read ``listener`` until ``done(what was read)`` or the deadline (then fail).
+    """Read ``listener`` until ``done(what was read)``; fail at the deadline.
 
     ``into``: append there (and return it), to keep what a failed attempt read."""
     events: list[E] = [] if into is None else into
-    deadline = time.monotonic() + timeout
-    while not done(events):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AssertionError(f"condition not met within {timeout} s; {len(events)} read")
-        if listener.wait_readable(min(left, 0.2)):
+
+    def read() -> bool:
+        if not done(events) and listener.wait_readable(0.2):
             events.extend(listener.read_events())
+        return done(events)
+
+    # no pause between reads: wait_readable() is the wait
+    wait_for("the records looked for", read, timeout, step=0, explain=lambda: f"{len(events)} read")
     return events
 
 
