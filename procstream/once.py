@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import socket
 import sys
 import time
@@ -12,8 +13,9 @@ import orjson
 from .events import EventBuilder, group_fields
 from .grouper import Grouper
 from .procfs import FS
+from .wiring import build_core
 
-__all__ = ["snapshot", "run"]
+__all__ = ["snapshot", "print_snapshot", "run"]
 
 
 def snapshot(fs: FS, grouper: Grouper, builder: EventBuilder, *, delay: float = 0.0) -> dict[str, Any]:
@@ -29,7 +31,6 @@ def snapshot(fs: FS, grouper: Grouper, builder: EventBuilder, *, delay: float = 
         update = grouper.update(fs.all_procs())
     groups = grouper.groups()
     dt = update.time - prev_time
-    tracked = sorted(grouper.tracker.tracked.values(), key=lambda tp: tp.id.pid)
     return {
         "host": socket.gethostname(),
         "ts": round(update.time, 6),
@@ -37,11 +38,11 @@ def snapshot(fs: FS, grouper: Grouper, builder: EventBuilder, *, delay: float = 
             name: group_fields(name, g, first.get(name) if delay > 0 else None, dt)
             for name, g in sorted(groups.items())
         },
-        "procs": [dict(builder.proc_fields(tp)) for tp in tracked],
+        "procs": builder.procs(grouper.tracker.tracked.values()),
     }
 
 
-def run(
+def print_snapshot(
     fs: FS,
     grouper: Grouper,
     builder: EventBuilder,
@@ -56,3 +57,10 @@ def run(
     stream.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2 if pretty else 0) + b"\n")
     stream.flush()
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``procstream once``: the same /proc reader, grouper and event
+    builder as ``serve`` (:func:`~procstream.wiring.build_core`), polled once or twice."""
+    fs, grouper, builder = build_core(args)
+    return print_snapshot(fs, grouper, builder, delay=args.delay, pretty=args.pretty)
