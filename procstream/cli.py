@@ -1,4 +1,5 @@
-"""Command line: argument parsing and wiring (``procstream`` and ``python -m procstream``).
+"""Command line: argument parsing, then the command's own entry point (``procstream`` and
+``python -m procstream``).
 
 Exit codes: 0 success; 2 bad usage or configuration (a bad config file, an unreadable
 --procfs, a kernel event source that is not permitted), with one line on stderr saying
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from . import __version__
 from .tail import add_arguments as add_tail_arguments
 from .tail import run as run_tail
-from .wiring import UsageError, build_core
+from .wiring import UsageError
 
 __all__ = ["build_parser", "main"]
 
@@ -135,8 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "once":
             from .once import run as run_once
 
-            fs, grouper, builder = build_core(args)
-            return run_once(fs, grouper, builder, delay=args.delay, pretty=args.pretty)
+            return run_once(args)
     except UsageError as exc:
         print(f"procstream: {exc}", file=sys.stderr)
         return 2

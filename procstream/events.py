@@ -1,15 +1,14 @@
-"""Turn one poll's grouper report into events: flat JSON-ready dicts (DESIGN §4).
+"""Turn one poll's grouper report into events (their types and fields: :mod:`procstream.schema`).
 
 Rules:
-- Events are plain dicts with snake_case keys, seconds and bytes, so they go to orjson,
-  the event log and the hub's state unchanged. The hub adds ``seq`` and ``host``.
+- Events are plain dicts, so they go to orjson, the event log and the hub's state
+  unchanged. The hub adds ``seq`` and ``host``.
 - One batch per poll, in this order: ``proc.exit`` (so a reused pid's old process ends
   before the new one starts), ``proc.start``, ``group.update`` (only for groups whose
   fields changed), then one ``cycle``.
 - ``proc.*`` events carry the process's identity fields; its command line is redacted
   once, when the process is first reported, and reused for its exit.
-- ``group.update`` totals are the monotonic counters; rates (``cpu_pct``, ``read_bps``,
-  ``write_bps``) are over the interval since the previous poll; ``cpu_pct`` 100 = one core.
+- ``group.update`` rates are over the interval since the previous poll.
 - The first poll yields no ``proc.start`` for processes already running: it yields the
   baseline state (``EventBuilder.state()``) instead, like a list before a watch.
 
@@ -19,13 +18,31 @@ Pure: no I/O, no clock (times come from the reports).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 from .grouper import GroupCounts, GrouperUpdate
 from .procfs.models import ProcId
+from .schema import (
+    CYCLE,
+    EVENT_TYPES,
+    GROUP_UPDATE,
+    PROC_EXIT,
+    PROC_START,
+    Cycle,
+    CycleExtras,
+    Event,
+    GroupFields,
+    GroupRemoved,
+    GroupUpdate,
+    ProcExit,
+    ProcFields,
+    ProcStart,
+    StateCounts,
+)
 from .tracker import TrackedProc
 
 __all__ = [
+    # the vocabulary's names, importable from here too
     "Event",
     "PROC_START",
     "PROC_EXIT",
@@ -35,14 +52,6 @@ __all__ = [
     "EventBuilder",
     "group_fields",
 ]
-
-Event = dict[str, Any]
-
-PROC_START = "proc.start"
-PROC_EXIT = "proc.exit"
-GROUP_UPDATE = "group.update"
-CYCLE = "cycle"
-EVENT_TYPES = (PROC_START, PROC_EXIT, GROUP_UPDATE, CYCLE)
 
 Redact = Callable[[tuple[str, ...]], tuple[str, ...]]
 
@@ -56,7 +65,7 @@ def group_fields(
     g: GroupCounts,
     prev: GroupCounts | None = None,
     dt: float = 0.0,
-) -> Event:
+) -> GroupFields:
     """The fields of one group (``group.update`` minus type/seq/ts/host).
 
     Rates are computed against ``prev`` over ``dt`` seconds; without either they are 0.
@@ -92,7 +101,7 @@ def group_fields(
         "ctx_voluntary": c.ctx_voluntary,
         "ctx_nonvoluntary": c.ctx_nonvoluntary,
         "oldest_start_time": _r(g.oldest_start_time, 3),
-        "states": g.states.as_dict(),
+        "states": cast(StateCounts, g.states.as_dict()),
     }
 
 
@@ -111,14 +120,14 @@ class EventBuilder:
     ) -> None:
         self.username = username
         self.redact: Redact = redact if redact is not None else (lambda argv: argv)
-        self._procs: dict[ProcId, Event] = {}
-        self._groups: dict[str, Event] = {}
+        self._procs: dict[ProcId, ProcFields] = {}
+        self._groups: dict[str, GroupFields] = {}
         self._prev_counts: dict[str, GroupCounts] = {}
         self._prev_time: float | None = None
 
     # -- identity ---------------------------------------------------------------------
 
-    def proc_fields(self, tp: TrackedProc) -> Event:
+    def proc_fields(self, tp: TrackedProc) -> ProcFields:
         """Identity fields of a tracked process (cached; the cmdline redacted once)."""
         fields = self._procs.get(tp.id)
         if fields is None:
@@ -136,11 +145,12 @@ class EventBuilder:
             self._procs[tp.id] = fields
         return fields
 
-    def proc_start(self, tp: TrackedProc, ts: float, *, source: str = "poll") -> Event:
-        ev: Event = {"type": PROC_START, "ts": _r(ts, 6)}
-        ev.update(self.proc_fields(tp))
-        ev["source"] = source
-        return ev
+    def procs(self, tracked: Iterable[TrackedProc]) -> list[ProcFields]:
+        """The identity fields of ``tracked``, by pid: a snapshot's ``procs``."""
+        return [self.proc_fields(tp).copy() for tp in sorted(tracked, key=lambda t: t.id.pid)]
+
+    def proc_start(self, tp: TrackedProc, ts: float, *, source: str = "poll") -> ProcStart:
+        return {"type": PROC_START, "ts": _r(ts, 6), **self.proc_fields(tp), "source": source}
 
     def proc_exit(
         self,
@@ -152,30 +162,34 @@ class EventBuilder:
         signal: int | None = None,
         core_dumped: bool | None = None,
         lifetime_s: float | None = None,
-    ) -> Event:
+    ) -> ProcExit:
         """The exit of ``tp`` with its last sample as final totals; forgets ``tp``."""
-        ev: Event = {"type": PROC_EXIT, "ts": _r(ts, 6)}
-        ev.update(self.proc_fields(tp))
+        fields = self.proc_fields(tp)
         self._procs.pop(tp.id, None)
         m = tp.metrics
         if lifetime_s is None:
             lifetime_s = ts - tp.static.start_time
-        ev["lifetime_s"] = _r(max(lifetime_s, 0.0), 3)
-        ev["cpu_s"] = _r(m.cpu_time, 6)
-        ev["read_bytes"] = m.read_bytes
-        ev["write_bytes"] = m.write_bytes
-        ev["exit_code"] = exit_code
-        ev["signal"] = signal
+        ev: dict[str, Any] = {
+            "type": PROC_EXIT,
+            "ts": _r(ts, 6),
+            **fields,
+            "lifetime_s": _r(max(lifetime_s, 0.0), 3),
+            "cpu_s": _r(m.cpu_time, 6),
+            "read_bytes": m.read_bytes,
+            "write_bytes": m.write_bytes,
+            "exit_code": exit_code,
+            "signal": signal,
+        }
         if core_dumped is not None:
             ev["core_dumped"] = core_dumped
         ev["source"] = source
-        return ev
+        return cast(ProcExit, ev)
 
     # -- one poll ---------------------------------------------------------------------
 
     def state(
         self, tracked: Iterable[TrackedProc], groups: dict[str, GroupCounts], ts: float
-    ) -> tuple[dict[str, Event], list[Event]]:
+    ) -> tuple[dict[str, GroupFields], list[ProcFields]]:
         """The baseline state after the first poll: (groups by name, processes).
 
         Also primes the builder so the next ``batch()`` only reports changes.
@@ -184,8 +198,7 @@ class EventBuilder:
         self._groups = dict(group_state)
         self._prev_counts = dict(groups)
         self._prev_time = ts
-        procs = [dict(self.proc_fields(tp)) for tp in sorted(tracked, key=lambda t: t.id.pid)]
-        return group_state, procs
+        return group_state, self.procs(tracked)
 
     def batch(
         self,
@@ -193,7 +206,7 @@ class EventBuilder:
         groups: dict[str, GroupCounts],
         *,
         duration_ms: float,
-        extra_cycle: dict[str, Any] | None = None,
+        extra_cycle: CycleExtras | None = None,
     ) -> list[Event]:
         """All events of one poll, in order (see the module rules)."""
         ts = update.time
@@ -203,7 +216,7 @@ class EventBuilder:
         for tp in update.started:
             events.append(self.proc_start(tp, ts))
         events.extend(self.group_updates(groups, ts, update.removed_groups))
-        cycle: Event = {
+        cycle: Cycle = {
             "type": CYCLE,
             "ts": _r(ts, 6),
             "duration_ms": _r(duration_ms, 3),
@@ -222,11 +235,11 @@ class EventBuilder:
 
     def group_updates(
         self, groups: dict[str, GroupCounts], ts: float, removed: Iterable[str] = ()
-    ) -> list[Event]:
+    ) -> list[GroupUpdate | GroupRemoved]:
         """``group.update`` events for the groups that changed since the last call."""
         prev_time = self._prev_time
         dt = ts - prev_time if prev_time is not None else 0.0
-        events: list[Event] = []
+        events: list[GroupUpdate | GroupRemoved] = []
         sent = self._groups
         prev_counts = self._prev_counts
         for name in sorted(groups):
@@ -235,9 +248,7 @@ class EventBuilder:
             if sent.get(name) == fields:
                 continue
             sent[name] = fields
-            ev: Event = {"type": GROUP_UPDATE, "ts": _r(ts, 6)}
-            ev.update(fields)
-            events.append(ev)
+            events.append({"type": GROUP_UPDATE, "ts": _r(ts, 6), **fields})
         for name in sorted(removed):
             sent.pop(name, None)
             events.append({"type": GROUP_UPDATE, "ts": _r(ts, 6), "group": name, "removed": True})

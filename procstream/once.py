@@ -10,6 +10,7 @@ replay hours of usage into a rate. With ``delay``, the rates (``cpu_pct``, ``rea
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import socket
 import sys
@@ -23,8 +24,9 @@ from .events import EventBuilder, group_fields
 from .grouper import GroupCounts, Grouper
 from .procfs import FS
 from .tracker import ZERO_COUNTS, Counts, TrackedProc
+from .wiring import build_core
 
-__all__ = ["snapshot", "run"]
+__all__ = ["snapshot", "print_snapshot", "run"]
 
 
 def snapshot(fs: FS, grouper: Grouper, builder: EventBuilder, *, delay: float = 0.0) -> dict[str, Any]:
@@ -51,12 +53,11 @@ def snapshot(fs: FS, grouper: Grouper, builder: EventBuilder, *, delay: float = 
         fields[name] = group_fields(
             name, _plus(g, extra), None if prev is None else _plus(prev, extra), dt
         )
-    tracked = sorted(grouper.tracker.tracked.values(), key=lambda tp: tp.id.pid)
     return {
         "host": socket.gethostname(),
         "ts": round(update.time, 6),
         "groups": fields,
-        "procs": [dict(builder.proc_fields(tp)) for tp in tracked],
+        "procs": builder.procs(grouper.tracker.tracked.values()),
     }
 
 
@@ -78,7 +79,7 @@ def _usage_before_first_seen(
     return into
 
 
-def run(
+def print_snapshot(
     fs: FS,
     grouper: Grouper,
     builder: EventBuilder,
@@ -93,3 +94,10 @@ def run(
     stream.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2 if pretty else 0) + b"\n")
     stream.flush()
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``procstream once``: the same /proc reader, grouper and event
+    builder as ``serve`` (:func:`~procstream.wiring.build_core`), polled once or twice."""
+    fs, grouper, builder = build_core(args)
+    return print_snapshot(fs, grouper, builder, delay=args.delay, pretty=args.pretty)

@@ -5,15 +5,8 @@ import pytest
 
 from procstream.events import EventBuilder, group_fields
 from procstream.grouper import Grouper
+from procstream.schema import GROUP_FIELDS, Cycle, GroupUpdate, ProcExit, ProcStart
 from tests.support.fake_procs import BOOT, HZ, ByName, Clock, fake
-
-GROUP_KEYS = {
-    "group", "procs", "threads", "cpu_s", "cpu_user_s", "cpu_system_s", "cpu_pct",
-    "read_bytes", "write_bytes", "read_bps", "write_bps", "mem_resident", "mem_virtual",
-    "mem_swap", "open_fds", "worst_fd_ratio", "major_faults", "minor_faults",
-    "ctx_voluntary", "ctx_nonvoluntary", "oldest_start_time", "states",
-}  # fmt: skip
-PROC_KEYS = {"pid", "ppid", "start_time", "name", "cmdline", "group", "user", "uid"}
 
 
 class Setup:
@@ -37,7 +30,7 @@ def test_first_poll_yields_state_not_start_events():
     s = Setup("web")
     groups, procs = s.poll([fake(10, "web", cmdline=("web", "-x"), uid=3)])
     assert set(groups) == {"web"}
-    assert set(groups["web"]) == GROUP_KEYS
+    assert list(groups["web"]) == list(GROUP_FIELDS)
     assert procs == [
         {
             "pid": 10,
@@ -60,10 +53,11 @@ def test_batch_orders_exits_starts_groups_then_cycle():
     exit_, start = batch[0], batch[1]
     assert (exit_["pid"], exit_["group"]) == (10, "a")
     assert (start["pid"], start["group"], start["source"]) == (10, "b", "poll")
-    assert set(start) == PROC_KEYS | {"type", "ts", "source"}
-    assert set(exit_) == PROC_KEYS | {
-        "type", "ts", "source", "lifetime_s", "cpu_s", "read_bytes", "write_bytes", "exit_code", "signal",
-    }  # fmt: skip
+    # every field of the vocabulary but those the hub adds, and no other
+    assert set(start) == ProcStart.__required_keys__
+    assert set(exit_) == ProcExit.__required_keys__
+    assert set(batch[2]) == GroupUpdate.__required_keys__
+    assert set(batch[-1]) == Cycle.__required_keys__
     assert exit_["exit_code"] is None and exit_["signal"] is None
     cycle = batch[-1]
     assert cycle["started"] == 1 and cycle["exited"] == 1 and cycle["duration_ms"] == 1.5

@@ -5,10 +5,12 @@ Layers, bottom up (a package covers its modules unless a module is listed itself
 0. ``procfs`` (reads /proc) and ``netlink`` (the kernel's process-event sockets):
    stdlib only, nothing of procstream outside their own package.
 1. Pure helpers: ``_go`` (Go regexp/template ports), ``users``, ``config``, ``redact``,
-   and ``stream.protocol`` (the wire protocol, no I/O).
+   ``schema`` (the event types and their fields), ``stats`` (the shape of every counter
+   set), and ``stream.protocol`` (the wire protocol, no I/O).
 2. State across polls, pure and sync: ``tracker``, ``grouper``, ``events``.
 3. ``collect`` (the core on its worker thread, and its two sources: polls and kernel
-   events) and ``stream`` (sequence numbers, resume buffer, fan-out, event log).
+   events) and ``stream`` (sequence numbers, resume buffer, fan-out, event log, and the
+   sink that feeds them).
 4. ``serve`` (HTTP and WebSocket server, security, metrics), ``tail`` (a client),
    ``wiring`` (what every command builds from its options).
 5. The commands: ``serve.service`` (the composition root of ``procstream serve``), ``once``.
@@ -33,6 +35,8 @@ LAYER: dict[str, int] = {
     "procstream.users": 1,
     "procstream.config": 1,
     "procstream.redact": 1,
+    "procstream.schema": 1,
+    "procstream.stats": 1,
     "procstream.stream.protocol": 1,
     "procstream.tracker": 2,
     "procstream.grouper": 2,
@@ -61,6 +65,9 @@ BANNED: dict[str, tuple[str, ...]] = {
     "procstream.events": (*_NO_IO, "procstream.procfs.fs", "procstream.procfs._read"),
     "procstream.config": (*_NO_IO, "procstream.procfs"),
     "procstream._go": (*_NO_IO, "procstream."),
+    # the vocabulary and the counters' shape: stdlib only, so every layer may use them
+    "procstream.schema": (*_NO_IO, "procstream.", "orjson"),
+    "procstream.stats": (*_NO_IO, "procstream.", "orjson"),
     "procstream.stream.protocol": (*_NO_IO,),
     # the stream and the server know nothing of /proc
     "procstream.stream": _NO_PROC,

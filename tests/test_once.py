@@ -10,15 +10,10 @@ from pathlib import Path
 
 import orjson
 
+from procstream.schema import GROUP_FIELDS, PROC_FIELDS
 from tests.support.processes import running
 from tests.support.waiting import wait_for
 
-GROUP_KEYS = {
-    "group", "procs", "threads", "cpu_s", "cpu_user_s", "cpu_system_s", "cpu_pct",
-    "read_bytes", "write_bytes", "read_bps", "write_bps", "mem_resident", "mem_virtual",
-    "mem_swap", "open_fds", "worst_fd_ratio", "major_faults", "minor_faults",
-    "ctx_voluntary", "ctx_nonvoluntary", "oldest_start_time", "states",
-}  # fmt: skip
 
 
 def once(*args: str) -> subprocess.CompletedProcess[bytes]:
@@ -33,7 +28,8 @@ def test_snapshot_of_a_fake_proc_tree(fake_proc: Path) -> None:
     # default config: every process with a cmdline, by comm; kernel thread and zombie out
     assert set(doc["groups"]) == {"sleep", "a) (b c)", "python3"}
     for fields in doc["groups"].values():
-        assert set(fields) == GROUP_KEYS
+        assert list(fields) == list(GROUP_FIELDS)
+    assert all(list(p) == list(PROC_FIELDS) for p in doc["procs"])
     pids = {p["pid"]: p for p in doc["procs"]}
     assert {14, 1002, 1003, 1004}.isdisjoint(pids)
     assert pids[1001]["name"] == "a) (b c)"

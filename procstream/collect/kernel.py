@@ -1,22 +1,24 @@
 """Kernel process events: every start and exit as it happens, with exit codes.
 
-A poller only sees processes alive at a poll. Here the kernel tells us: the proc
-connector (:mod:`procstream.netlink`) reports each exec and exit with its wait status,
-and TASKSTATS (:mod:`procstream.taskstats`), when available, each exit's final usage.
+A poll only sees processes alive at that moment. Here the kernel tells us: the proc
+connector (:mod:`procstream.netlink.connector`) reports each exec and exit with its wait
+status, and TASKSTATS (:mod:`procstream.netlink.taskstats`), when available, each exit's
+final usage.
 
 Rules:
 - One reader thread waits on both sockets. On an exec it reads the new process's /proc
   files at once (a 5 ms process is gone by the time anyone else looks); on an exit it
   reads the final counters while /proc still lists the process, else takes them from
   TASKSTATS (paired by pid and start time).
-- Everything that touches tracker/grouper state runs on the poll thread
-  (``Poller.submit``), one batch at a time, in arrival order; the resulting events are
+- Everything that touches tracker/grouper state runs on the core's thread
+  (``Core.submit``), one batch at a time, in arrival order; the resulting events are
   published like a poll's.
 - Exactly one ``proc.start`` and one ``proc.exit`` per process, whichever source sees it
   first: a process is tracked once (``Tracker.track``), by a poll or by an exec; an exit
   the kernel reports retires it (and keeps its zombie from coming back as new); an exit a
-  poll finds first is held back one interval (``ExitHold``), waiting for the kernel's
-  report, which carries the exit code, and only then released as a ``poll`` exit.
+  poll finds first is held back one interval (``ExitHold``, which the source applies to
+  every poll as the core's ``PollPartner``), waiting for the kernel's report, which
+  carries the exit code, and only then released as a ``poll`` exit.
 - A process that lived and died between polls without being read (fork-only children,
   or gone before its exec could be read) is still reported, start and exit together,
   named from what the zombie or TASKSTATS tell (a fork-only child shares its parent's
@@ -38,16 +40,27 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Union
 
-from ..events import Event, EventBuilder
+from ..events import EventBuilder
 from ..grouper import Grouper, GrouperUpdate
-from ..netlink import ConnectorError, EventsLost, ExecEvent, ExitEvent, ProcConnector, monotonic_ns_to_epoch
-from ..netlink import probe_connector
-from .poll import Poller
+from ..netlink import (
+    ConnectorError,
+    EventsLost,
+    ExecEvent,
+    ExitEvent,
+    ProcConnector,
+    TaskExit,
+    TaskstatsError,
+    TaskstatsListener,
+    monotonic_ns_to_epoch,
+    probe_connector,
+)
 from ..procfs import FS, READ_ERRORS, FixedProc, ProcId, ProcIdInfo, ProcMetrics, ProcStatic, States
-from ..netlink import TaskExit, TaskstatsError, TaskstatsListener
+from ..schema import CycleExtras, Event
+from ..stats import Stats
 from ..tracker import TrackedProc
+from .core import Core
 
-__all__ = ["KStart", "KExit", "KLost", "KernelApplier", "ExitHold", "KernelSource", "choose_source"]
+__all__ = ["KStart", "KExit", "KLost", "KernelApplier", "ExitHold", "KernelStats", "KernelSource", "choose_source"]
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +137,7 @@ def _with_runtime(m: ProcMetrics, runtime_ns: int) -> ProcMetrics:
     return replace(m, cpu_user=user, cpu_system=total - user)
 
 
-# -- on the poll thread -------------------------------------------------------------------
+# -- on the core's thread ------------------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -193,7 +206,7 @@ def _final_from_stats(tp: TrackedProc, stats: TaskExit) -> ProcMetrics | None:
 
 
 class KernelApplier:
-    """Applies kernel events to the grouper and builds their events (poll thread only)."""
+    """Applies kernel events to the grouper and builds their events (core's thread only)."""
 
     def __init__(
         self, grouper: Grouper, builder: EventBuilder, hold: ExitHold, boot_time: float, clock_ticks: int
@@ -317,22 +330,36 @@ class KernelApplier:
 # -- the reader thread and the asyncio glue ------------------------------------------------
 
 
-@dataclass
-class KernelStats:
-    """Counters for /metrics and the cycle events."""
+@dataclass(slots=True)
+class KernelStats(Stats):
+    """Counters for /metrics and the cycle events, each written by one thread."""
 
+    #: process events received (reader thread), in all and by kind
     events: int = 0
-    lost: int = 0
-    lost_since_cycle: int = 0
-    dropped_backlog: int = 0
-    taskstats: bool = False
     by_kind: dict[str, int] = field(default_factory=dict)
+    #: events the kernel said it dropped (reader thread)
+    events_lost: int = 0
+    #: events dropped past the backlog bound (event loop)
+    dropped_backlog: int = 0
+    #: ``lost`` as of the last ``cycle`` event (core's thread)
+    lost_reported: int = 0
+    taskstats: bool = False
+
+    @property
+    def lost(self) -> int:
+        """Events lost in all: dropped by the kernel or past the backlog bound."""
+        return self.events_lost + self.dropped_backlog
 
 
 class KernelSource:
-    """Runs the kernel event path next to a poller. ``open()`` then ``start()``;
-    ``close()`` to stop. ``open()`` raises ``ConnectorError`` when the connector can't
-    be used (the caller then falls back to polling alone)."""
+    """The kernel event source next to the poll: reads the kernel's reports and hands
+    them to ``core``. ``open()`` then ``start()``; ``close()`` to stop. ``open()`` raises
+    ``ConnectorError`` when the connector can't be used (the caller then falls back to
+    polling alone).
+
+    ``interval`` is the poll interval (a poll's exit waits that long for the kernel's
+    report); ``request_poll`` asks for a poll at once, to resynchronise after losses.
+    """
 
     MAX_BACKLOG = 100_000
     TASKSTATS_KEEP = 8192
@@ -340,20 +367,22 @@ class KernelSource:
     def __init__(
         self,
         fs: FS,
-        poller: Poller,
+        grouper: Grouper,
         builder: EventBuilder,
-        publish: Callable[[list[Event]], None],
+        core: Core,
         *,
+        interval: float,
+        request_poll: Callable[[], None],
         use_taskstats: bool = True,
         connector_factory: Callable[[], ProcConnector] = ProcConnector,
         taskstats_factory: Callable[[], TaskstatsListener] = TaskstatsListener,
     ) -> None:
         self.fs = fs
-        self.poller = poller
-        self.grouper = poller.grouper
-        self.publish = publish
+        self.grouper = grouper
+        self.core = core
+        self.request_poll = request_poll
         self.stats = KernelStats()
-        self.hold = ExitHold(grace=max(poller.interval, 0.5))
+        self.hold = ExitHold(grace=max(interval, 0.5))
         self.applier = KernelApplier(self.grouper, builder, self.hold, fs.boot_time_precise, fs.clock_ticks)
         self._use_taskstats = use_taskstats
         self._connector_factory = connector_factory
@@ -387,14 +416,13 @@ class KernelSource:
                             "is only counted when /proc still shows the process", exc)
 
     def start(self) -> None:
-        """Start reading (on the running loop). Poll exits are held from now on."""
+        """Start reading (on the running loop). Poll exits are held from the next poll on."""
         if self._connector is None:
             raise RuntimeError("open() first")
         self._loop = asyncio.get_running_loop()
         self._queue = asyncio.Queue()
         self._wake_r, self._wake_w = os.pipe()
-        self.poller.on_update = self.hold.hold
-        self.poller.extra_cycle = self._cycle_fields
+        self.core.join(self)
         self._consumer = asyncio.create_task(self._consume(), name="procstream-kernel")
         self._thread = threading.Thread(target=self._read_loop, name="procstream-kernel-reader", daemon=True)
         self._thread.start()
@@ -416,9 +444,18 @@ class KernelSource:
                 os.close(fd)
         self._wake_r = self._wake_w = -1
 
-    def _cycle_fields(self) -> dict[str, Any]:
-        lost, self.stats.lost_since_cycle = self.stats.lost_since_cycle, 0
-        return {"source": "netlink", "lost_events": lost}
+    # -- as the core's PollPartner (core's thread) -------------------------------------
+
+    def take_exits(self, update: GrouperUpdate) -> None:
+        """Hold the poll's exits for the kernel's reports; release those due."""
+        self.hold.hold(update)
+
+    def cycle_fields(self) -> CycleExtras:
+        """This source, and the events lost since the last ``cycle``."""
+        stats = self.stats
+        lost = stats.lost
+        since, stats.lost_reported = lost - stats.lost_reported, lost
+        return {"source": "netlink", "lost_events": since}
 
     # -- reader thread ----------------------------------------------------------------
 
@@ -476,8 +513,7 @@ class KernelSource:
     def _convert(self, ev: Any, cgroups: bool) -> KItem | None:
         if isinstance(ev, EventsLost):
             count = ev.count or 1
-            self.stats.lost += count
-            self.stats.lost_since_cycle += count
+            self.stats.events_lost += count
             return KLost(count, ev.reason)
         if isinstance(ev, ExecEvent):
             if ev.is_thread:
@@ -515,12 +551,10 @@ class KernelSource:
     def _enqueue(self, items: list[KItem]) -> None:
         assert self._queue is not None
         if self._backlog + len(items) > self.MAX_BACKLOG:
-            # The poll thread can't keep up (a fork storm during a slow poll): drop,
-            # count, and let a full poll resynchronise instead of growing without bound.
+            # The core can't keep up (a fork storm during a slow poll): drop, count, and
+            # let a full poll resynchronise instead of growing without bound.
             self.stats.dropped_backlog += len(items)
-            self.stats.lost += len(items)
-            self.stats.lost_since_cycle += len(items)
-            self.poller.request_poll()
+            self.request_poll()
             return
         self._backlog += len(items)
         self._queue.put_nowait(items)
@@ -534,15 +568,12 @@ class KernelSource:
                 items.extend(queue.get_nowait())
             self._backlog -= len(items)
             if any(isinstance(i, KLost) for i in items):
-                self.poller.request_poll()
+                self.request_poll()
             try:
-                events = await self.poller.submit(self.applier.apply, items)
+                await self.core.submit(self.applier.apply, items)
             except Exception:
                 log.exception("applying kernel events failed; a poll will resynchronise")
-                self.poller.request_poll()
-                continue
-            if events:
-                self.publish(events)
+                self.request_poll()
 
 
 def choose_source(choice: str, procfs: str) -> tuple[bool, str]:

@@ -1,8 +1,8 @@
 """``GET /metrics``: process-exporter's families from the latest poll, plus self-metrics.
 
 Rules:
-- A scrape never reads /proc for the host's processes. The poller hands every good poll's
-  groups to :meth:`MetricsCollector.on_poll` (on its worker thread), which swaps in one
+- A scrape never reads /proc for the host's processes. The core hands every good poll's
+  groups to :meth:`MetricsCollector.on_poll` (on its thread), which swaps in one
   immutable :class:`PollView`; a scrape reads whatever view is current. No lock: replacing
   a reference is atomic, and nothing in a view is mutated after it is published.
 - The ``namedprocess_*`` families, their label names and HELP texts are
@@ -23,8 +23,8 @@ Rules:
 
 Usage::
 
-    collector = MetricsCollector(hub=hub, poll_status=poller.status, server_stats=srv.stats)
-    poller.on_poll = collector.on_poll
+    collector = MetricsCollector(hub_stats=hub.stats, poll_status=poller.status, server_stats=srv.stats)
+    core.watch(collector.on_poll)
     server.add_route("/metrics", metrics_route(make_registry(collector)))
 """
 
@@ -50,7 +50,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from websockets.http11 import Request, Response
 
 from .. import __version__
-from ..stream.eventlog import EventLog
+from ..stream.eventlog import EventLogStats
 from ..grouper import GroupCounts, GrouperUpdate
 from ..stream.hub import HubStats
 from ..collect.kernel import KernelStats
@@ -122,12 +122,11 @@ _EMPTY_VIEW: Final = PollView(
 class MetricsCollector(Collector):
     """A prometheus_client collector over the latest poll and the service's counters.
 
-    Call :meth:`on_poll` from the poll thread after every good poll (it is the poller's
-    ``on_poll`` hook). ``collect()`` (a scrape) may run on any thread: it reads the
+    :meth:`on_poll` sees every good poll (register it with ``Core.watch``). ``collect()`` (a scrape) may run on any thread: it reads the
     current :class:`PollView` and copies the live counters it reports.
 
-    The sources are optional so the collector works in any composition; ``kernel`` and
-    ``eventlog`` are callables because the kernel source is started after the server.
+    The sources are optional so the collector works in any composition; ``kernel`` is a
+    callable because the kernel source is started after the server.
     """
 
     def __init__(
@@ -137,7 +136,7 @@ class MetricsCollector(Collector):
         server_stats: ServerStats | None = None,
         poll_status: PollStatus | None = None,
         kernel: Callable[[], KernelStats | None] | None = None,
-        eventlog: Callable[[], EventLog | None] | None = None,
+        eventlog_stats: EventLogStats | None = None,
         refusals: Callable[[], Mapping[str, int]] | None = None,
         source: Callable[[], str] | None = None,
     ) -> None:
@@ -145,7 +144,7 @@ class MetricsCollector(Collector):
         self.server_stats = server_stats
         self.poll_status = poll_status
         self.kernel = kernel
-        self.eventlog = eventlog
+        self.eventlog_stats = eventlog_stats
         self.refusals = refusals
         self.source = source
         self._view: PollView = _EMPTY_VIEW
@@ -153,7 +152,7 @@ class MetricsCollector(Collector):
     # -- poll thread -------------------------------------------------------------------
 
     def on_poll(self, update: GrouperUpdate, groups: dict[str, GroupCounts], duration: float) -> None:
-        """Publish one good poll (poll thread only: the poller is the only writer)."""
+        """Publish one good poll (the core's thread only: it is the only writer)."""
         prev = self._view
         buckets = list(prev.buckets)
         buckets[bisect.bisect_left(POLL_DURATION_BUCKETS, duration)] += 1
@@ -338,13 +337,12 @@ class MetricsCollector(Collector):
             yield _counter("procstream_kernel_backlog_dropped", "Kernel events dropped past the backlog bound", ks.dropped_backlog)
 
         # -- event log
-        log = self.eventlog() if self.eventlog is not None else None
-        if log is not None:
-            s = log.stats()
-            yield _counter("procstream_event_log_written", "Events written to the event log", s["events_written"])
-            yield _counter("procstream_event_log_write_errors", "Failed event log writes", s["write_errors"])
-            yield _counter("procstream_event_log_dropped", "Events not logged: queue full or not encodable", s["dropped"] + s["encode_errors"])
-            yield _counter("procstream_event_log_rotations", "Event log rotations", s["rotations"])
+        s = self.eventlog_stats
+        if s is not None:
+            yield _counter("procstream_event_log_written", "Events written to the event log", s.events_written)
+            yield _counter("procstream_event_log_write_errors", "Failed event log writes", s.write_errors)
+            yield _counter("procstream_event_log_dropped", "Events not logged: queue full or not encodable", s.dropped + s.encode_errors)
+            yield _counter("procstream_event_log_rotations", "Event log rotations", s.rotations)
 
 
 def _counter(name: str, help_text: str, value: float) -> CounterMetricFamily:

@@ -1,4 +1,4 @@
-"""Who may talk to the server: token, Origin, Host, listening address, TLS (DESIGN §8).
+"""Who may talk to the server: token, Origin, Host, listening address, TLS.
 
 :class:`Guard` is the server's ``authorize(request)`` seam. It runs before routing, for
 plain HTTP and for WebSocket handshakes alike, so a refused WebSocket gets an HTTP status
@@ -50,6 +50,7 @@ from urllib.parse import quote, unquote, urlsplit
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from ..stats import Stats
 from .server import http_response
 
 __all__ = [
@@ -214,16 +215,13 @@ class SecurityConfig:
     open_paths: frozenset[str] = _OPEN_PATHS
 
 
-class GuardStats:
+@dataclass(slots=True)
+class GuardStats(Stats):
     """Refusals by reason, for ``/metrics`` (``procstream_refused_requests``)."""
 
-    def __init__(self) -> None:
-        self.token: int = 0
-        self.origin: int = 0
-        self.host: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(vars(self))
+    token: int = 0
+    origin: int = 0
+    host: int = 0
 
 
 class Guard:

@@ -1,4 +1,4 @@
-"""The procstream server: ``/ws`` and the HTTP routes on one port (DESIGN §5–6).
+"""The procstream server: ``/ws`` and the HTTP routes on one port.
 
 Built on websockets' asyncio API; knows nothing of /proc. Every request — HTTP or
 WebSocket — passes through one seam, ``authorize(request) -> Response | None``, before
@@ -36,8 +36,9 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from ..stats import Stats
 from ..stream import protocol as P
-from ..stream.fanout import Housekeeper, WebSocketSink, close_bounded
+from ..stream.fanout import Housekeeper, WebSocketTransport, close_bounded
 from ..stream.hub import SERVER_NAME, Hub
 from ..stream.protocol import AbuseGuard, Filter, ProtocolError, parse_frame, parse_query
 
@@ -131,20 +132,17 @@ class ServerConfig:
     ssl_context: ssl.SSLContext | None = None
 
 
-class ServerStats:
+@dataclass(slots=True)
+class ServerStats(Stats):
     """Server-level counters for self-metrics (the hub's are in ``hub.stats``)."""
 
-    def __init__(self) -> None:
-        self.connections: int = 0
-        self.connections_total: int = 0
-        self.refused_max_clients: int = 0
-        self.refused_authorize: int = 0
-        self.http_requests: int = 0
-        self.bad_frames: int = 0
-        self.abusive_closes: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(vars(self))
+    connections: int = 0
+    connections_total: int = 0
+    refused_max_clients: int = 0
+    refused_authorize: int = 0
+    http_requests: int = 0
+    bad_frames: int = 0
+    abusive_closes: int = 0
 
 
 def http_response(
@@ -386,9 +384,9 @@ class ProcstreamServer:
         self._connections.add(ws)
         self.stats.connections = len(self._connections)
         self.stats.connections_total += 1
-        sink = WebSocketSink(ws, cfg.write_limit, cfg.close_timeout)
-        sub = hub.attach(sink)
-        pump = asyncio.get_running_loop().create_task(sink.pump(sub))
+        transport = WebSocketTransport(ws, cfg.write_limit, cfg.close_timeout)
+        sub = hub.attach(transport)
+        pump = asyncio.get_running_loop().create_task(transport.pump(sub))
         try:
             if len(self._connections) > cfg.max_clients:
                 # Lost a race between handshakes: refuse like the HTTP check would.

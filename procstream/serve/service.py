@@ -1,4 +1,10 @@
-"""``procstream serve``: the service, wired from its parts.
+"""``procstream serve``: the service, wired from its parts (its composition root).
+
+How the parts connect: the :class:`Poller` (every interval) and the
+:class:`KernelSource` (as the kernel reports) hand their input to the :class:`Core`,
+which builds the events on its thread and gives them to one sink, :class:`HubAndLog`:
+the hub numbers them and fans them out to the WebSocket clients, then the event log
+writes them. The :class:`MetricsCollector` watches every poll of the core.
 
 Start-up order: check the security settings (token, origins, listening address, TLS
 files: a problem is exit 2 before anything listens), read the config and /proc once (so
@@ -19,15 +25,15 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from ..wiring import UsageError, build_core, load_namer
-from ..stream.eventlog import EventLog, parse_types
-from ..events import Event
-from ..grouper import Grouper
-from ..stream.hub import Hub
+from ..collect.core import Core
 from ..collect.kernel import KernelSource, choose_source
-from .metrics import MetricsCollector, make_registry, metrics_route
-from ..netlink.connector import ConnectorError
 from ..collect.poll import Poller
+from ..netlink.connector import ConnectorError
+from ..stream.eventlog import EventLog, parse_types
+from ..stream.hub import Hub
+from ..stream.sink import HubAndLog
+from ..wiring import UsageError, build_core, load_namer
+from .metrics import MetricsCollector, make_registry, metrics_route
 from .security import (
     Guard,
     SecurityConfig,
@@ -71,22 +77,6 @@ def token_from(args: argparse.Namespace) -> str | None:
         raise UsageError(f"--token/PROCSTREAM_TOKEN: {exc}") from None
 
 
-class _HubAndLog:
-    """The poller's sink: the hub first (it numbers the events), then the event log."""
-
-    def __init__(self, hub: Hub, eventlog: EventLog | None) -> None:
-        self.hub = hub
-        self.eventlog = eventlog
-
-    def load_state(self, groups: dict[str, Event], procs: list[Event]) -> None:
-        self.hub.load_state(groups, procs)
-
-    def publish(self, events: list[Event]) -> None:
-        self.hub.publish(events)
-        if self.eventlog is not None:
-            self.eventlog.write(events)
-
-
 class Service:
     """Everything ``serve`` runs, so tests and other front ends can start it in-process."""
 
@@ -105,9 +95,7 @@ class Service:
             )
         except SecurityError as exc:
             raise UsageError(str(exc)) from None
-        fs, grouper, builder = build_core(args)
-        self.fs = fs
-        self.grouper: Grouper = grouper
+        self.fs, self.grouper, self.builder = build_core(args)
         self.hub = Hub(host=socket.gethostname(), interval=args.interval, buffer_size=args.buffer)
         self.eventlog: EventLog | None = None
         if args.event_log:
@@ -121,14 +109,13 @@ class Service:
                 max_bytes=args.event_log_max_bytes,
                 backups=args.event_log_backups,
             )
-        self.sink = _HubAndLog(self.hub, self.eventlog)
-        self.poller = Poller(fs.all_procs, grouper, builder, self.sink, interval=args.interval)
+        self.core = Core(self.fs.all_procs, self.grouper, self.builder, HubAndLog(self.hub, self.eventlog))
+        self.poller = Poller(self.core, interval=args.interval)
         try:
             self.use_kernel, self.source_reason = choose_source(args.source, args.procfs)
         except ConnectorError as exc:
             raise UsageError(f"--source netlink: {exc}") from exc
         self.kernel: KernelSource | None = None
-        self._builder = builder
         self.server = ProcstreamServer(
             self.hub,
             ServerConfig(
@@ -140,17 +127,17 @@ class Service:
             health=self.poller.health,
             authorize=self.guard,
         )
-        # /metrics: the poller hands each good poll to the collector; scrapes read it.
+        # /metrics: the core hands each good poll to the collector; scrapes read it.
         self.metrics = MetricsCollector(
             hub_stats=self.hub.stats,
             server_stats=self.server.stats,
             poll_status=self.poller.status,
             kernel=lambda: self.kernel.stats if self.kernel is not None else None,
-            eventlog=lambda: self.eventlog,
+            eventlog_stats=self.eventlog.stats if self.eventlog is not None else None,
             refusals=self.guard.stats.as_dict,
             source=lambda: "netlink" if self.kernel is not None else "poll",
         )
-        self.poller.on_poll = self.metrics.on_poll
+        self.core.watch(self.metrics.on_poll)
         self.server.add_route("/metrics", metrics_route(make_registry(self.metrics)))
         self._stop = asyncio.Event()
 
@@ -183,10 +170,7 @@ class Service:
             log.error("SIGHUP: %s; keeping the previous config", exc)
             return
 
-        def apply() -> None:
-            self.grouper.set_namer(namer)
-
-        await self.poller.submit(apply)
+        await self.core.call(self.grouper.set_namer, namer)
         log.info("SIGHUP: reloaded %s (%d rules)", self.args.config, len(namer.rules))
 
     async def run(self, *, ready: Callable[[ProcstreamServer], Any] | None = None) -> int:
@@ -231,7 +215,14 @@ class Service:
     async def _start_kernel_source(self) -> None:
         """Kernel process events next to the poller, when permitted (``--source``)."""
         if self.use_kernel:
-            kernel = KernelSource(self.fs, self.poller, self._builder, self.sink.publish)
+            kernel = KernelSource(
+                self.fs,
+                self.grouper,
+                self.builder,
+                self.core,
+                interval=self.args.interval,
+                request_poll=self.poller.request_poll,
+            )
             try:
                 kernel.open()
             except ConnectorError as exc:
@@ -257,6 +248,7 @@ class Service:
             if poll_task is not None:
                 poll_task.cancel()
                 await asyncio.gather(poll_task, return_exceptions=True)
+            self.core.close()
             if self.eventlog is not None:
                 await asyncio.to_thread(self.eventlog.close, 2.0)
 

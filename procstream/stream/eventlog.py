@@ -1,4 +1,4 @@
-"""NDJSON event log for log shippers (``--event-log FILE|-``, DESIGN §4, §7).
+"""NDJSON event log for log shippers (``--event-log FILE|-``).
 
 One JSON object per line, the events exactly as sent on the wire (with ``seq`` and
 ``host``), only the selected types (``proc.start`` and ``proc.exit`` by default). Vector,
@@ -28,7 +28,7 @@ The writer:
   written by a failure is ended with a newline before the next line, so a shipper sees
   one bad line, never two glued ones.
 
-Counters for ``/metrics``: ``events_written``, ``write_errors``, ``dropped``, ``rotations``.
+Counters for ``/metrics``: :class:`EventLogStats`.
 """
 
 from __future__ import annotations
@@ -41,16 +41,20 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import orjson
 
-__all__ = ["EventLog", "DEFAULT_TYPES", "parse_types"]
+from ..schema import PROC_EXIT, PROC_START
+from ..stats import Stats
+
+__all__ = ["EventLog", "EventLogStats", "DEFAULT_TYPES", "parse_types"]
 
 log = logging.getLogger(__name__)
 
 #: Event types written when none are chosen: what a log shipper wants by default.
-DEFAULT_TYPES: frozenset[str] = frozenset({"proc.start", "proc.exit"})
+DEFAULT_TYPES: frozenset[str] = frozenset({PROC_START, PROC_EXIT})
 
 _STDOUT = "-"
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
@@ -116,6 +120,31 @@ class _Streak:
         self.key, self.errors, self.lost = None, 0, 0
 
 
+@dataclass(slots=True)
+class EventLogStats(Stats):
+    """The event log's counters. The writer thread and the caller (the event loop) each
+    count in fields of their own; ``queued`` changes under the queue's lock."""
+
+    #: events that reached the file or stdout (writer)
+    events_written: int = 0
+    #: failed open/write/rotate attempts, one per batch, not per event (writer)
+    write_errors: int = 0
+    #: events lost to failed writes (writer)
+    write_dropped: int = 0
+    rotations: int = 0
+    #: events not queued: queue full, or written after close (caller)
+    queue_dropped: int = 0
+    #: events that could not be encoded, and so were dropped (caller)
+    encode_errors: int = 0
+    #: events waiting for the writer thread right now
+    queued: int = 0
+
+    @property
+    def dropped(self) -> int:
+        """Events lost: queue full, writes that failed, encoding errors, writes after close."""
+        return self.write_dropped + self.queue_dropped + self.encode_errors
+
+
 class EventLog:
     """Append selected events as NDJSON to ``path`` (``-`` = stdout) from a writer thread.
 
@@ -154,18 +183,10 @@ class EventLog:
         # Shared between the caller and the writer, under _cond's lock.
         self._cond = threading.Condition(threading.Lock())
         self._queue: deque[list[bytes]] = deque()
-        self._queued = 0  # lines in _queue
         self._reopen_requested = False
         self._closing = False
 
-        # Written by the caller only.
-        self._dropped_caller = 0
-        self._encode_errors = 0
-        # Written by the writer thread only (plain ints: reads from other threads are safe).
-        self._written = 0
-        self._write_errors = 0
-        self._dropped_writer = 0
-        self._rotations = 0
+        self.stats = EventLogStats()
 
         # The writer thread's sink.
         self._fd: int | None = None
@@ -191,41 +212,6 @@ class EventLog:
     def types(self) -> frozenset[str]:
         return self._types
 
-    @property
-    def events_written(self) -> int:
-        """Events that reached the file (or stdout)."""
-        return self._written
-
-    @property
-    def write_errors(self) -> int:
-        """Failed open/write/rotate attempts (one per batch, not per event)."""
-        return self._write_errors
-
-    @property
-    def dropped(self) -> int:
-        """Events lost: queue full, writes that failed, encoding errors, writes after close."""
-        return self._dropped_caller + self._dropped_writer
-
-    @property
-    def rotations(self) -> int:
-        return self._rotations
-
-    @property
-    def queued(self) -> int:
-        """Events waiting for the writer thread right now."""
-        return self._queued
-
-    def stats(self) -> dict[str, int]:
-        """All counters at once, for ``/metrics``."""
-        return {
-            "events_written": self.events_written,
-            "write_errors": self.write_errors,
-            "dropped": self.dropped,
-            "rotations": self.rotations,
-            "queued": self.queued,
-            "encode_errors": self._encode_errors,
-        }
-
     def wants(self, event_type: str) -> bool:
         """Whether events of this type are written."""
         return (
@@ -247,24 +233,23 @@ class EventLog:
             try:
                 lines.append(orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE))
             except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
-                self._encode_errors += 1
-                self._dropped_caller += 1
-                if self._encode_errors == 1:
+                self.stats.encode_errors += 1
+                if self.stats.encode_errors == 1:
                     log.warning("event log %s: event not encodable, dropped: %s", self._path, exc)
         if not lines:
             return
         with self._cond:
             if self._closing:
-                self._dropped_caller += len(lines)
+                self.stats.queue_dropped += len(lines)
                 return
-            room = self._max_queue - self._queued
+            room = self._max_queue - self.stats.queued
             if room < len(lines):
-                self._dropped_caller += len(lines) - max(room, 0)
+                self.stats.queue_dropped += len(lines) - max(room, 0)
                 lines = lines[: max(room, 0)]
                 if not lines:
                     return
             self._queue.append(lines)
-            self._queued += len(lines)
+            self.stats.queued += len(lines)
             self._cond.notify()
 
     def reopen(self) -> None:
@@ -285,7 +270,7 @@ class EventLog:
         if self._thread.is_alive():
             log.warning(
                 "event log %s: writer still blocked after %.1fs at shutdown; %d events not written",
-                self._path, timeout, self._queued,
+                self._path, timeout, self.stats.queued,
             )
             return False
         return True
@@ -309,7 +294,7 @@ class EventLog:
                 # Take everything waiting: one write for several polls when catching up.
                 batches = list(self._queue)
                 self._queue.clear()
-                self._queued = 0
+                self.stats.queued = 0
                 closing = self._closing
             if reopen:
                 self._close_sink()
@@ -329,7 +314,7 @@ class EventLog:
         try:
             self._open()
         except _SINK_ERRORS as exc:
-            self._write_errors += 1
+            self.stats.write_errors += 1
             self._write_streak.failed(self._path, "open", exc, 0)
 
     def _open(self) -> None:
@@ -410,14 +395,14 @@ class EventLog:
                 self._progress = len(lines)
         except _SINK_ERRORS as exc:
             lost = len(lines) - self._progress
-            self._written += self._progress
-            self._write_errors += 1
-            self._dropped_writer += lost
+            self.stats.events_written += self._progress
+            self.stats.write_errors += 1
+            self.stats.write_dropped += lost
             self._write_streak.failed(self._path, op, exc, lost)
             # Reopen with the next batch: the path may be fixed by then.
             self._close_sink()
             return
-        self._written += self._progress
+        self.stats.events_written += self._progress
         self._write_streak.ok(self._path)
 
     def _write_rotating(self, lines: list[bytes]) -> None:
@@ -457,9 +442,9 @@ class EventLog:
             else:
                 os.unlink(self._path)
         except OSError as exc:
-            self._write_errors += 1
+            self.stats.write_errors += 1
             self._rotate_streak.failed(self._path, "rotate", exc, 0)
         else:
-            self._rotations += 1
+            self.stats.rotations += 1
             self._rotate_streak.ok(self._path)
         self._open()

@@ -1,5 +1,5 @@
-"""The thin asyncio layer under the hub: a :class:`~procstream.hub.Sink` over a websockets
-connection, the per-connection pump, and the housekeeping timer.
+"""The thin asyncio layer under the hub: a :class:`~procstream.stream.hub.Transport` over a
+websockets connection, the per-connection pump, and the housekeeping timer.
 
 The hub decides *what* to send; this module only moves bytes: the fast path writes a
 frame straight into the connection (as ``websockets.broadcast`` does), and when a
@@ -20,7 +20,7 @@ from websockets.protocol import State
 
 from .hub import Hub, Subscriber
 
-__all__ = ["WebSocketSink", "Housekeeper", "close_bounded"]
+__all__ = ["WebSocketTransport", "Housekeeper", "close_bounded"]
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,8 @@ async def close_bounded(ws: Connection, code: int, reason: str, timeout: float |
             await task
 
 
-class WebSocketSink:
-    """Implements the hub's :class:`~procstream.hub.Sink` for one websockets connection.
+class WebSocketTransport:
+    """Implements the hub's :class:`~procstream.stream.hub.Transport` for one websockets connection.
 
     ``limit`` is the write-buffer size (bytes) up to which frames are written directly;
     use the connection's ``write_limit`` so the fast path and ``send()``'s own flow

@@ -1,11 +1,11 @@
 """The hub: sequence numbers, materialized state, resume buffer, subscribers, back-pressure.
 
 Sans-I/O, like websockets' protocol core: the hub never awaits and never touches a
-socket. Each subscriber talks to its connection through a tiny :class:`Sink` (is the
-write buffer small? write this frame now; wake the pump; close). The asyncio glue in
-:mod:`procstream.fanout` implements the sink over a websockets connection and runs the
-per-connection pump and the housekeeping timer; tests drive the hub with fake sinks and
-a fake clock.
+socket. Each subscriber talks to its connection through a tiny :class:`Transport` (is
+the write buffer small? write this frame now; wake the pump; close). The asyncio glue in
+:mod:`procstream.stream.fanout` implements it over a websockets connection and runs the
+per-connection pump and the housekeeping timer; tests drive the hub with fake transports
+and a fake clock.
 
 How delivery works (the design choice that keeps memory bounded):
 
@@ -35,18 +35,21 @@ import collections
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import orjson
 
 from .. import __version__
+from ..schema import EVENT_ONLY_FIELDS, GROUP_UPDATE, PROC_EXIT, PROC_START, Event, GroupFields, ProcFields
+from ..stats import Stats
 from . import protocol as P
 from .protocol import NO_GROUP, Filter, Subscription
 
 __all__ = [
     "Hub",
     "HubStats",
-    "Sink",
+    "Transport",
     "Subscriber",
     "SERVER_NAME",
     "RESET_REASONS",
@@ -58,8 +61,6 @@ RESET_REASONS: Final = ("epoch", "expired", "future", "resync")
 #: WebSocket close code for a subscriber that doesn't keep up (1013 "try again later").
 SLOW_CONSUMER_CODE: Final = 1013
 
-# Fields that belong to the event envelope, not to the state of a process or group.
-_ENVELOPE: Final = frozenset({"type", "ts", "seq", "host", "source", "removed"})
 # A replayed frame stops growing at the first batch boundary past this many bytes, so
 # replays of a large backlog don't produce frames bigger than clients accept (websockets
 # clients default to 1 MiB).
@@ -72,7 +73,7 @@ _OUTBOX_LIMIT: Final = 64
 _RECENT_FRAMES: Final = 16
 
 
-class Sink(Protocol):
+class Transport(Protocol):
     """What the hub needs from a subscriber's connection. Every method returns at once."""
 
     def writable(self) -> bool:
@@ -94,50 +95,42 @@ class Sink(Protocol):
         """Start closing the connection with this close code."""
 
 
-class HubStats:
-    """Counters for self-metrics; a plain object read by the ``/metrics`` collector.
+@dataclass(slots=True)
+class HubStats(Stats):
+    """Counters for self-metrics. Totals only grow; ``subscribers`` and ``lagging`` are
+    current values."""
 
-    Totals only grow; ``subscribers`` and ``lagging`` are current values.
-    """
-
-    def __init__(self) -> None:
-        self.subscribers: int = 0
-        self.lagging: int = 0
-        self.subscribers_total: int = 0
-        self.batches: int = 0
-        self.events_published: int = 0
-        self.events_by_type: dict[str, int] = {}
-        self.frames_encoded: int = 0  # frames built by joining encoded events (per filter)
-        self.frames_sent: int = 0
-        self.bytes_sent: int = 0
-        self.snapshots_sent: int = 0
-        self.bookmarks_sent: int = 0
-        self.resumes: int = 0
-        self.replayed_frames: int = 0
-        self.resets: dict[str, int] = {}
-        self.overflows: int = 0
-        self.events_dropped: int = 0
-        self.slow_consumer_closes: int = 0
-        self.dead_subscribers: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        """A copy of every counter (dicts copied too)."""
-        return {
-            k: (dict(v) if isinstance(v, dict) else v) for k, v in vars(self).items()
-        }
+    subscribers: int = 0
+    lagging: int = 0
+    subscribers_total: int = 0
+    batches: int = 0
+    events_published: int = 0
+    events_by_type: dict[str, int] = field(default_factory=dict)
+    frames_encoded: int = 0  # frames built by joining encoded events (per filter)
+    frames_sent: int = 0
+    bytes_sent: int = 0
+    snapshots_sent: int = 0
+    bookmarks_sent: int = 0
+    resumes: int = 0
+    replayed_frames: int = 0
+    resets: dict[str, int] = field(default_factory=dict)
+    overflows: int = 0
+    events_dropped: int = 0
+    slow_consumer_closes: int = 0
+    dead_subscribers: int = 0
 
 
 class Subscriber:
     """One connection's subscription state, owned by the hub.
 
-    The connection layer calls :meth:`next_frame` from its pump after :meth:`Sink.wake`;
+    The connection layer calls :meth:`next_frame` from its pump after :meth:`Transport.wake`;
     everything else is the hub's business.
     """
 
     __slots__ = (
         "id",
         "hub",
-        "sink",
+        "transport",
         "filter",
         "active",
         "closed",
@@ -154,10 +147,10 @@ class Subscriber:
         "__weakref__",
     )
 
-    def __init__(self, hub: Hub, sink: Sink, sid: int, now: float) -> None:
+    def __init__(self, hub: Hub, transport: Transport, sid: int, now: float) -> None:
         self.id = sid
         self.hub = hub
-        self.sink = sink
+        self.transport = transport
         self.filter = Filter()
         self.active = False  # True once subscribed: receives events
         self.closed = False
@@ -175,7 +168,7 @@ class Subscriber:
     def next_frame(self) -> bytes | None:
         """The next frame to send, or None once caught up (the fast path takes over).
 
-        Call after :meth:`Sink.wake`, writing each frame and waiting for the transport
+        Call after :meth:`Transport.wake`, writing each frame and waiting for the transport
         to drain before asking for the next.
         """
         return self.hub._pull(self)
@@ -281,8 +274,14 @@ class Hub:
         self._head = 0
         self._ring = _Ring()
         self._baseline_seq = -1  # head at the last load_state; no resume across it
-        self._groups: dict[Any, dict[str, Any]] = {}
-        self._procs: dict[tuple[Any, Any], dict[str, Any]] = {}
+        self._groups: dict[str, GroupFields] = {}
+        self._procs: dict[tuple[int, float], ProcFields] = {}  # by (pid, start_time)
+        # How each event type changes the state; the types not listed leave it as it is.
+        self._apply: dict[str, Callable[[Event], None]] = {
+            PROC_START: self._proc_started,
+            PROC_EXIT: self._proc_exited,
+            GROUP_UPDATE: self._group_updated,
+        }
         self._snapshots: dict[frozenset[str] | None, bytes] = {}  # by groups filter, until next change
         # filter -> recent batches as (first seq, next seq, frame or None if nothing matched)
         self._recent: dict[Filter, collections.deque[tuple[int, int, bytes | None]]] = {}
@@ -321,9 +320,7 @@ class Hub:
 
     # -- producer side -----------------------------------------------------------------
 
-    def load_state(
-        self, groups: Mapping[str, Mapping[str, Any]], procs: Iterable[Mapping[str, Any]]
-    ) -> None:
+    def load_state(self, groups: Mapping[str, GroupFields], procs: Iterable[ProcFields]) -> None:
         """Replace the materialized state (the producer's first poll, or a re-baseline).
 
         Call before the first :meth:`publish`; calling it again later re-baselines:
@@ -356,7 +353,7 @@ class Hub:
             self._count_reset("resync")
             self._push(sub, _join(parts))
 
-    def publish(self, batch: Sequence[dict[str, Any]]) -> None:
+    def publish(self, batch: Sequence[Event]) -> None:
         """Number, record and deliver one poll's events, in order.
 
         Takes ownership of the dicts: ``seq`` and ``host`` are added in place. Call on
@@ -368,6 +365,7 @@ class Hub:
         host = self.host
         dumps = _dumps
         counts = self.stats.events_by_type
+        apply = self._apply
         seq = self._head
         first = seq + 1
         types: list[Any] = []
@@ -379,8 +377,9 @@ class Hub:
             ev["host"] = host
             parts.append(dumps(ev))  # never raises, so numbering and state stay in step
             t = ev.get("type")
-            if t == "proc.start" or t == "proc.exit" or t == "group.update":
-                self._apply(t, ev)
+            change = apply.get(t)
+            if change is not None:
+                change(ev)
             types.append(t)
             groups.append(ev.get("group", NO_GROUP))
             counts[t] = counts.get(t, 0) + 1
@@ -393,7 +392,7 @@ class Hub:
 
         next_seq = seq + 1
         dead: list[Subscriber] = []
-        # This loop is the hot path (once per subscriber per poll): keep it to one sink
+        # This loop is the hot path (once per subscriber per poll): keep it to one transport
         # call per subscriber and count into locals.
         for filt, subs in self._by_filter.items():
             if filt.everything:
@@ -420,7 +419,7 @@ class Hub:
                     if sub.ov_pending:
                         sub.ov_dropped += nsel
                     continue
-                r = sub.sink.try_write(frame)
+                r = sub.transport.try_write(frame)
                 if r > 0:
                     sub.cursor = next_seq
                     sub.last_write = now
@@ -438,10 +437,10 @@ class Hub:
 
     # -- connection side ---------------------------------------------------------------
 
-    def attach(self, sink: Sink) -> Subscriber:
+    def attach(self, transport: Transport) -> Subscriber:
         """Register a new connection; it receives nothing until :meth:`subscribe`."""
         self._next_id += 1
-        sub = Subscriber(self, sink, self._next_id, self._clock())
+        sub = Subscriber(self, transport, self._next_id, self._clock())
         self._subs.add(sub)
         self.stats.subscribers = len(self._subs)
         self.stats.subscribers_total += 1
@@ -569,12 +568,12 @@ class Hub:
             for sub in subs:
                 if sub.lagging or sub.last_write > due:
                     continue
-                sink = sub.sink
-                if not sink.writable():
+                transport = sub.transport
+                if not transport.writable():
                     continue
                 if frame is None:
                     frame = P.frame(P.bookmark(self._head))
-                if sink.write(frame):
+                if transport.write(frame):
                     sub.last_write = now
                     self.stats.bookmarks_sent += 1
                     self.stats.frames_sent += 1
@@ -586,23 +585,25 @@ class Hub:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _apply(self, t: str, ev: Mapping[str, Any]) -> None:
-        # Keep the state exactly as of the latest seq, so a snapshot taken between two
-        # batches is consistent with the events that follow it.
-        if t == "proc.start":
-            self._procs[(ev.get("pid"), ev.get("start_time"))] = _strip(ev)
-        elif t == "proc.exit":
-            self._procs.pop((ev.get("pid"), ev.get("start_time")), None)
-        else:  # group.update
-            name = ev.get("group")
-            if ev.get("removed"):
-                self._groups.pop(name, None)
+    # Keep the state exactly as of the latest seq, so a snapshot taken between two
+    # batches is consistent with the events that follow it.
+
+    def _proc_started(self, ev: Event) -> None:
+        self._procs[(ev.get("pid"), ev.get("start_time"))] = _strip(ev)
+
+    def _proc_exited(self, ev: Event) -> None:
+        self._procs.pop((ev.get("pid"), ev.get("start_time")), None)
+
+    def _group_updated(self, ev: Event) -> None:
+        name: Any = ev.get("group")
+        if ev.get("removed"):
+            self._groups.pop(name, None)
+        else:
+            state = self._groups.get(name)
+            if state is None:
+                self._groups[name] = _strip(ev)
             else:
-                state = self._groups.get(name)
-                if state is None:
-                    self._groups[name] = _strip(ev)
-                else:
-                    state.update(_strip(ev))
+                state.update(_strip(ev))
 
     def _snapshot_obj(self, filt: Filter) -> dict[str, Any]:
         groups = filt.groups
@@ -612,14 +613,7 @@ class Hub:
         else:
             gstate = {k: v for k, v in self._groups.items() if k in groups}
             procs = [p for p in self._procs.values() if p.get("group") in groups]
-        return {
-            "type": "snapshot",
-            "seq": self._head,
-            "host": self.host,
-            "epoch": self.epoch,
-            "groups": gstate,
-            "procs": procs,
-        }
+        return P.snapshot(seq=self._head, host=self.host, epoch=self.epoch, groups=gstate, procs=procs)
 
     def _snapshot_bytes(self, filt: Filter) -> bytes:
         # Cached per groups filter until the next change: a thousand clients
@@ -633,8 +627,8 @@ class Hub:
         return data
 
     def _push(self, sub: Subscriber, frame: bytes) -> None:
-        if not sub.lagging and sub.sink.writable():
-            if sub.sink.write(frame):
+        if not sub.lagging and sub.transport.writable():
+            if sub.transport.write(frame):
                 sub.last_write = self._clock()
                 self.stats.frames_sent += 1
                 self.stats.bytes_sent += len(frame)
@@ -652,7 +646,7 @@ class Hub:
             sub.lagging = True
             self._lagging.add(sub)
             self.stats.lagging = len(self._lagging)
-            sub.sink.wake()
+            sub.transport.wake()
 
     def _pull(self, sub: Subscriber) -> bytes | None:
         """Implementation of :meth:`Subscriber.next_frame`."""
@@ -781,7 +775,7 @@ class Hub:
     def _close_slow(self, sub: Subscriber) -> None:
         self.stats.slow_consumer_closes += 1
         self.detach(sub)
-        sub.sink.close(SLOW_CONSUMER_CODE, "slow consumer")
+        sub.transport.close(SLOW_CONSUMER_CODE, "slow consumer")
 
     def _drop_dead(self, sub: Subscriber) -> None:
         self.stats.dead_subscribers += 1
@@ -803,9 +797,8 @@ def _dumps(obj: Any) -> bytes:
     """orjson, falling back to ``str()`` for values JSON can't hold (a set, a Path…):
     one odd value from a producer must not break the stream.
 
-    The result is an exact-size copy: orjson hands back bytes with spare capacity (1-4
-    KiB for a 300-byte event, depending on its version), and the resume buffer keeps
-    100,000 of them.
+    The result is an exact-size copy: orjson hands back bytes with spare capacity, a
+    multiple of a small event's size, and the resume buffer keeps ``buffer_size`` of them.
     """
     try:
         data = orjson.dumps(obj)
@@ -814,8 +807,9 @@ def _dumps(obj: Any) -> bytes:
     return memoryview(data).tobytes()
 
 
-def _strip(fields: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in fields.items() if k not in _ENVELOPE}
+def _strip(fields: Mapping[str, Any]) -> Any:
+    """The state an event carries: its fields less those about the event itself."""
+    return {k: v for k, v in fields.items() if k not in EVENT_ONLY_FIELDS}
 
 
 def _join(parts: list[bytes]) -> bytes:

@@ -1,4 +1,4 @@
-"""The wire protocol of ``/ws``, without any I/O (DESIGN §5).
+"""The wire protocol of ``/ws``, without any I/O.
 
 This module turns what a client sends — the query string of the ``/ws`` URL and text
 frames like ``{"op": "subscribe", ...}`` — into a validated :class:`Subscription`, and
@@ -21,6 +21,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
+from ..schema import EVENT_TYPES, GroupFields, ProcFields
+
 __all__ = [
     "PROTOCOL_VERSION",
     "EVENT_TYPES",
@@ -34,6 +36,7 @@ __all__ = [
     "parse_query",
     "parse_frame",
     "hello",
+    "snapshot",
     "reset",
     "overflow",
     "bookmark",
@@ -44,9 +47,6 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION: Final = 1
-
-#: Every event type the producer emits (DESIGN §4), in a stable order.
-EVENT_TYPES: Final[tuple[str, ...]] = ("proc.start", "proc.exit", "group.update", "cycle")
 
 #: Types of the control objects; they carry no ``seq`` of their own.
 CONTROL_TYPES: Final[frozenset[str]] = frozenset(
@@ -403,6 +403,14 @@ def hello(
         "interval": interval,
         "filter": None if filter is None else filter.to_json(),
     }
+
+
+def snapshot(
+    *, seq: int, host: str, epoch: str, groups: dict[str, GroupFields], procs: list[ProcFields]
+) -> dict[str, Any]:
+    """The state as of ``seq``: each group's fields by name, and every process's identity.
+    Sent after ``hello`` (unless ``snapshot=0``), and after a ``reset`` or ``overflow``."""
+    return {"type": "snapshot", "seq": seq, "host": host, "epoch": epoch, "groups": groups, "procs": procs}
 
 
 def reset(reason: str, *, seq: int, epoch: str, since: int | None = None) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from procstream.netlink import connector as netlink
 from procstream.config import parse_config
 from procstream.events import EventBuilder
 from procstream.grouper import Grouper, GrouperUpdate
+from procstream.collect.core import Core
 from procstream.collect.kernel import ExitHold, KernelApplier, KernelSource, KExit, KLost, KStart, choose_source
 from procstream.netlink.connector import ConnectorError
 from procstream.collect.poll import Poller
@@ -86,8 +87,9 @@ async def env() -> AsyncIterator[Env]:
     grouper = Grouper(parse_config(CONFIG))
     builder = EventBuilder(username=grouper.username)
     sink = Sink()
-    poller = Poller(fs.all_procs, grouper, builder, sink, interval=5.0)
-    source = KernelSource(fs, poller, builder, sink.publish)
+    core = Core(fs.all_procs, grouper, builder, sink)
+    poller = Poller(core, interval=5.0)
+    source = KernelSource(fs, grouper, builder, core, interval=poller.interval, request_poll=poller.request_poll)
     assert await poller.poll_now()
     source.open()
     source.start()
@@ -98,6 +100,7 @@ async def env() -> AsyncIterator[Env]:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await source.close()
+        core.close()
 
 
 async def run_and_reap(*args: str, **kw) -> subprocess.Popen:
@@ -290,8 +293,8 @@ def test_choose_source():
 @live
 async def test_lost_events_trigger_a_poll_and_show_in_the_cycle(env: Env) -> None:
     polls = env.poller.status.polls
+    env.source.stats.events_lost += 5  # as the reader thread counts them
     env.source._hand_over([KLost(5, "enobufs")])
-    env.source.stats.lost_since_cycle += 5
     await async_wait_for("a resync poll", lambda: env.poller.status.polls > polls)
     cycles = env.sink.of("cycle")
     assert cycles and cycles[-1]["lost_events"] == 5 and cycles[-1]["source"] == "netlink"

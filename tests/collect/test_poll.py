@@ -3,12 +3,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
+from procstream.collect.core import Core
+from procstream.collect.poll import Poller
 from procstream.events import EventBuilder
 from procstream.grouper import Grouper
-from procstream.collect.poll import Poller
 from procstream.procfs.errors import ProcfsError
 from tests.support.fake_procs import ByName, fake
 from tests.support.waiting import async_wait_for
@@ -47,15 +49,30 @@ class Scan:
         return list(self.procs)
 
 
-def make(interval: float = 0.05, scan: Scan | None = None) -> tuple[Poller, Scan, Sink]:
-    scan = scan or Scan()
-    grouper = Grouper(ByName({"a", "b"}), usernames=str)
-    builder = EventBuilder(username=grouper.username)
-    sink = Sink()
-    return Poller(scan, grouper, builder, sink, interval=interval), scan, sink
+@pytest.fixture
+def cores() -> Iterator[list[Core]]:
+    """Closes every core a test made."""
+    made: list[Core] = []
+    yield made
+    for core in made:
+        core.close()
 
 
-async def test_first_poll_loads_state_then_batches_flow():
+@pytest.fixture
+def make(cores: list[Core]) -> Callable[..., tuple[Poller, Scan, Sink]]:
+    def make(interval: float = 0.05, scan: Scan | None = None) -> tuple[Poller, Scan, Sink]:
+        scan = scan or Scan()
+        grouper = Grouper(ByName({"a", "b"}), usernames=str)
+        builder = EventBuilder(username=grouper.username)
+        sink = Sink()
+        core = Core(scan, grouper, builder, sink)
+        cores.append(core)
+        return Poller(core, interval=interval), scan, sink
+
+    return make
+
+
+async def test_first_poll_loads_state_then_batches_flow(make):
     poller, scan, sink = make()
     task = asyncio.create_task(poller.run())
     try:
@@ -70,12 +87,12 @@ async def test_first_poll_loads_state_then_batches_flow():
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-    # the scan ran on the worker thread, the sink on the loop thread
-    assert scan.threads == {n for n in scan.threads if n.startswith("procstream-poll")}
+    # the scan ran on the core's thread, the sink on the loop thread
+    assert scan.threads == {n for n in scan.threads if n.startswith("procstream-core")}
     assert sink.threads == {threading.current_thread().name}
 
 
-async def test_the_loop_never_blocks_during_a_slow_poll():
+async def test_the_loop_never_blocks_during_a_slow_poll(make):
     poller, scan, sink = make(interval=0.2)
     scan.delay = 0.3
     gaps: list[float] = []
@@ -99,7 +116,7 @@ async def test_the_loop_never_blocks_during_a_slow_poll():
     assert max(gaps) < 0.15
 
 
-async def test_an_overrunning_poll_skips_ticks_and_says_so():
+async def test_an_overrunning_poll_skips_ticks_and_says_so(make):
     poller, scan, sink = make(interval=0.05)
     scan.delay = 0.13
     task = asyncio.create_task(poller.run())
@@ -114,7 +131,7 @@ async def test_an_overrunning_poll_skips_ticks_and_says_so():
     assert poller.status.polls == len(sink.batches) + 1  # no pile-up
 
 
-async def test_failing_polls_are_retried_and_health_follows():
+async def test_failing_polls_are_retried_and_health_follows(make):
     poller, scan, sink = make(interval=0.05)
     task = asyncio.create_task(poller.run())
     try:
@@ -134,7 +151,7 @@ async def test_failing_polls_are_retried_and_health_follows():
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def test_request_poll_runs_one_early():
+async def test_request_poll_runs_one_early(make):
     poller, scan, sink = make(interval=30.0)
     task = asyncio.create_task(poller.run())
     try:
@@ -146,18 +163,12 @@ async def test_request_poll_runs_one_early():
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def test_submit_runs_on_the_poll_thread():
-    poller, _, _ = make()
-    name = await poller.submit(lambda: threading.current_thread().name)
-    assert name.startswith("procstream-poll")
-
-
-def test_interval_must_be_positive():
+def test_interval_must_be_positive(make):
     with pytest.raises(ValueError):
         make(interval=0)
 
 
-async def test_run_after_a_first_poll_waits_one_interval():
+async def test_run_after_a_first_poll_waits_one_interval(make):
     poller, scan, sink = make(interval=0.5)
     assert await poller.poll_now() is True
     assert len(sink.states) == 1

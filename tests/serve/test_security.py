@@ -382,7 +382,9 @@ def test_loopback_by_name_needs_no_token(tmp_path: Path) -> None:
 
 
 NETNS_SCRIPT = r"""
-import json, os, subprocess, sys, time, urllib.error, urllib.request
+import json, os, subprocess, sys, urllib.error, urllib.request
+sys.path.insert(0, os.getcwd())  # the checkout: tests.support
+from tests.support.waiting import wait_for
 subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
 subprocess.run(["ip", "addr", "add", "10.200.0.1/8", "dev", "lo"], check=True)
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -404,11 +406,7 @@ def serve(*args, token=""):
                           "--interval", "0.5", "--listen", f"10.200.0.1:{PORT}", *args],
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True, env=env)
-    deadline = time.monotonic() + 20
-    while get("/healthz") != 200:
-        if p.poll() is not None or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+    wait_for("the server to answer or exit", lambda: p.poll() is not None or get("/healthz") == 200, 20)
     return p
 
 def finish(p):

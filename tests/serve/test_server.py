@@ -419,7 +419,7 @@ async def test_slow_subscriber_overflows_while_healthy_one_keeps_up() -> None:
             await async_wait_for("condition", lambda: len(srv.connections) == 2)
             slow_conn = next(c for c in srv.connections
                              if c.remote_address[1] == slow.writer.get_extra_info("sockname")[1])
-            slow_sub = next(s for s in hub.subscribers if s.sink.ws is slow_conn)  # type: ignore[attr-defined]
+            slow_sub = next(s for s in hub.subscribers if s.transport.ws is slow_conn)  # type: ignore[attr-defined]
 
             received: list[int] = []
             latencies: list[float] = []

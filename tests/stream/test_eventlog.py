@@ -54,7 +54,7 @@ def make(logs: list[EventLog], path: Path | str, **kw: Any) -> EventLog:
 
 
 def flushed(el: EventLog, n: int) -> Callable[[], bool]:
-    return lambda: el.events_written + el.dropped >= n and el.queued == 0
+    return lambda: el.stats.events_written + el.stats.dropped >= n and el.stats.queued == 0
 
 
 # -- filtering and format ------------------------------------------------------------------
@@ -67,7 +67,7 @@ def test_default_types_keep_proc_start_and_exit(tmp_path: Path, logs: list[Event
     el.write([ev(1), ev(2, "group.update"), ev(3, "cycle"), ev(4, "proc.exit", exit_code=0), {"no": "type"}])
     wait_for("two events written", flushed(el, 2))
     assert [e["seq"] for e in read_lines(path)] == [1, 4]
-    assert el.events_written == 2 and el.dropped == 0
+    assert el.stats.events_written == 2 and el.stats.dropped == 0
 
 
 def test_type_families_and_all(tmp_path: Path, logs: list[EventLog]) -> None:
@@ -124,7 +124,7 @@ def test_unencodable_event_is_dropped_and_counted(tmp_path: Path, logs: list[Eve
     el.write([ev(1), ev(2, pid=object()), ev(3)])
     wait_for("batch", flushed(el, 3))
     assert [e["seq"] for e in read_lines(path)] == [1, 3]
-    assert el.dropped == 1 and el.stats()["encode_errors"] == 1
+    assert el.stats.dropped == 1 and el.stats.encode_errors == 1
 
 
 # -- rotation --------------------------------------------------------------------------------
@@ -139,7 +139,7 @@ def test_rotation_at_size_bound_keeps_backups_and_whole_lines(tmp_path: Path, lo
     for start in range(0, total, 7):
         el.write([ev(s, cmdline=["x" * (s % 37)]) for s in range(start, min(start + 7, total))])
     wait_for("all events", flushed(el, total))
-    assert el.dropped == 0 and el.write_errors == 0
+    assert el.stats.dropped == 0 and el.stats.write_errors == 0
 
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["ev.ndjson", "ev.ndjson.1", "ev.ndjson.2", "ev.ndjson.3"]
@@ -155,7 +155,7 @@ def test_rotation_at_size_bound_keeps_backups_and_whole_lines(tmp_path: Path, lo
     seqs = [e["seq"] for c in contents for e in c]
     assert seqs == list(range(seqs[0], total))
     assert seqs[0] > 0
-    assert el.rotations >= backups + 1
+    assert el.stats.rotations >= backups + 1
 
 
 def test_line_longer_than_the_bound_gets_a_file_of_its_own(tmp_path: Path, logs: list[EventLog]) -> None:
@@ -179,7 +179,7 @@ def test_zero_backups_start_the_file_afresh(tmp_path: Path, logs: list[EventLog]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ev.ndjson"]
     seqs = [e["seq"] for e in read_lines(path)]
     assert seqs[-1] == 29 and seqs == list(range(seqs[0], 30)) and seqs[0] > 0
-    assert path.stat().st_size <= 400 and el.rotations > 0
+    assert path.stat().st_size <= 400 and el.stats.rotations > 0
 
 
 # -- reopen -----------------------------------------------------------------------------------
@@ -257,19 +257,19 @@ def test_directory_removed_counts_errors_then_resumes(
     for s in range(2, 7):
         el.write([ev(s), ev(100 + s)])
         wait_for(f"failed batch {s}", flushed(el, 1 + 2 * (s - 1)))
-    assert el.write_errors == 5
-    assert el.dropped == 10
-    assert el.events_written == 1
+    assert el.stats.write_errors == 5
+    assert el.stats.dropped == 10
+    assert el.stats.events_written == 1
     failures = [m for m in warnings_of(caplog) if "failed" in m]
     assert len(failures) == 1, failures  # one warning for the streak, not one per batch
     assert "No such file or directory" in failures[0]
 
     d.mkdir()  # the operator fixes it
     el.write([ev(7)])
-    wait_for("write after the fix", lambda: el.events_written == 2)
+    wait_for("write after the fix", lambda: el.stats.events_written == 2)
     assert [e["seq"] for e in read_lines(path)] == [7]
     assert any("writing again" in m and "10 events" in m for m in warnings_of(caplog))
-    assert el.write_errors == 5
+    assert el.stats.write_errors == 5
 
 
 def test_disk_full_counts_errors_then_resumes(
@@ -282,13 +282,13 @@ def test_disk_full_counts_errors_then_resumes(
     for s in range(3):
         el.write([ev(s)])  # one batch at a time: batches waiting together are one write
         wait_for(f"failed batch {s}", flushed(el, s + 1))
-    assert el.events_written == 0 and el.dropped == 3 and el.write_errors == 3
+    assert el.stats.events_written == 0 and el.stats.dropped == 3 and el.stats.write_errors == 3
     failures = [m for m in warnings_of(caplog) if "failed" in m]
     assert len(failures) == 1 and "No space left on device" in failures[0]
 
     path.unlink()  # space again: the path now names a regular file the writer creates
     el.write([ev(10)])
-    wait_for("write after the fix", lambda: el.events_written == 1)
+    wait_for("write after the fix", lambda: el.stats.events_written == 1)
     assert [e["seq"] for e in read_lines(path)] == [10]
 
 
@@ -300,11 +300,11 @@ def test_file_replaced_by_a_directory(tmp_path: Path, logs: list[EventLog]) -> N
     path.unlink()
     path.mkdir()
     el.write([ev(2)])
-    wait_for("the open to fail", lambda: el.write_errors == 1)
-    assert el.dropped == 1
+    wait_for("the open to fail", lambda: el.stats.write_errors == 1)
+    assert el.stats.dropped == 1
     path.rmdir()
     el.write([ev(3)])
-    wait_for("write after the fix", lambda: el.events_written == 2)
+    wait_for("write after the fix", lambda: el.stats.events_written == 2)
     assert [e["seq"] for e in read_lines(path)] == [3]
 
 
@@ -316,8 +316,8 @@ def test_failing_rotation_keeps_writing_to_the_current_file(tmp_path: Path, logs
     for s in range(10):
         el.write([ev(s)])
     wait_for("events", flushed(el, 10))
-    assert el.events_written == 10 and el.dropped == 0
-    assert el.write_errors > 0 and el.rotations == 0
+    assert el.stats.events_written == 10 and el.stats.dropped == 0
+    assert el.stats.write_errors > 0 and el.stats.rotations == 0
     assert [e["seq"] for e in read_lines(path)] == list(range(10))
 
 
@@ -343,12 +343,12 @@ def test_closed_stdout_is_a_counted_failure(monkeypatch: pytest.MonkeyPatch, log
     monkeypatch.setattr(sys, "stdout", Stdout(dead))
     el = make(logs, "-")
     el.write([ev(1)])
-    wait_for("the failed write", lambda: el.dropped == 1)
-    assert el.write_errors == 1 and el.events_written == 0
+    wait_for("the failed write", lambda: el.stats.dropped == 1)
+    assert el.stats.write_errors == 1 and el.stats.events_written == 0
     live = io.BytesIO()
     monkeypatch.setattr(sys, "stdout", Stdout(live))
     el.write([ev(2)])  # the writer thread survived and picks up the new stdout
-    wait_for("the next write", lambda: el.events_written == 1)
+    wait_for("the next write", lambda: el.stats.events_written == 1)
     assert [json.loads(line)["seq"] for line in live.getvalue().splitlines()] == [2]
 
 
@@ -360,10 +360,10 @@ def test_close_drains_the_queue(tmp_path: Path) -> None:
             el.write([ev(s)])
     finally:
         assert el.close(timeout=DEADLINE)
-    assert el.events_written == 500
+    assert el.stats.events_written == 500
     assert [e["seq"] for e in read_lines(path)] == list(range(500))
     el.write([ev(999)])  # after close: counted, never raised
-    assert el.dropped == 1
+    assert el.stats.dropped == 1
 
 
 def test_oversized_batch_is_cut_at_the_queue_bound(tmp_path: Path, logs: list[EventLog]) -> None:
@@ -371,7 +371,7 @@ def test_oversized_batch_is_cut_at_the_queue_bound(tmp_path: Path, logs: list[Ev
     el = make(logs, path, max_queue=10)
     el.write([ev(s) for s in range(25)])
     wait_for("batch", flushed(el, 25))
-    assert el.events_written == 10 and el.dropped == 15
+    assert el.stats.events_written == 10 and el.stats.dropped == 15
     assert [e["seq"] for e in read_lines(path)] == list(range(10))
 
 
@@ -394,9 +394,9 @@ def test_stuck_sink_never_blocks_the_caller(tmp_path: Path) -> None:
         caller.start()
         caller.join(DEADLINE)
         assert not caller.is_alive(), "write() blocked on a stuck sink"
-        assert el.queued == 50
-        assert el.dropped == 150
-        assert el.events_written == 0
+        assert el.stats.queued == 50
+        assert el.stats.dropped == 150
+        assert el.stats.events_written == 0
 
         # Unblock: a reader appears; everything queued is delivered, in order.
         reader_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
@@ -404,7 +404,7 @@ def test_stuck_sink_never_blocks_the_caller(tmp_path: Path) -> None:
         fcntl.fcntl(reader_fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
         reader = threading.Thread(target=read_all, args=(reader_fd,))
         reader.start()
-        wait_for("queued events delivered", lambda: el.events_written == 50)
+        wait_for("queued events delivered", lambda: el.stats.events_written == 50)
     finally:
         if reader_fd is None:  # the test failed early: let the writer's open finish
             reader_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)

@@ -1,4 +1,4 @@
-"""Tests of procstream.stream.hub, driven without I/O: fake sinks and a fake clock."""
+"""Tests of procstream.stream.hub, driven without I/O: fake transports and a fake clock."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
+from procstream.schema import PROC_FIELDS, ProcStart
 from procstream.stream.hub import SLOW_CONSUMER_CODE, Hub, Subscriber
 from procstream.stream.protocol import Filter, Subscription, expand_types
 
@@ -21,7 +22,7 @@ class Clock:
         return self.t
 
 
-class FakeSink:
+class FakeTransport:
     """A connection whose write buffer is either free (``ok``) or full."""
 
     def __init__(self, ok: bool = True) -> None:
@@ -77,21 +78,22 @@ class FakeSink:
 _pids = itertools.count(100)
 
 
-def start(group: str = "web", pid: int | None = None, st: float = 5.0) -> dict[str, Any]:
+def start(group: str = "web", pid: int | None = None, st: float = 5.0) -> ProcStart:
     pid = next(_pids) if pid is None else pid
     return {"type": "proc.start", "ts": 10.0, "pid": pid, "ppid": 1, "start_time": st,
             "name": group, "cmdline": [group, "-x"], "group": group, "user": "root", "uid": 0,
             "source": "poll"}
 
 
-def exit_(ev: dict[str, Any]) -> dict[str, Any]:
-    out = {k: ev[k] for k in ("pid", "ppid", "start_time", "name", "cmdline", "group", "user", "uid")}
+def exit_(ev: ProcStart) -> dict[str, Any]:
+    out: dict[str, Any] = {k: ev[k] for k in PROC_FIELDS}  # type: ignore[literal-required]
     out.update(type="proc.exit", ts=11.0, lifetime_s=1.0, cpu_s=0.1, read_bytes=0, write_bytes=0,
                exit_code=None, signal=None, source="poll")
     return out
 
 
 def gupd(group: str, procs: int, **kw: Any) -> dict[str, Any]:
+    """A ``group.update`` with some of a group's fields (the hub merges what it gets)."""
     ev = {"type": "group.update", "ts": 10.0, "group": group, "procs": procs, "threads": procs,
           "cpu_s": 1.5}
     ev.update(kw)
@@ -112,11 +114,11 @@ def make_hub(**kw: Any) -> tuple[Hub, Clock]:
     return hub, clock
 
 
-def subscribe(hub: Hub, sink: FakeSink | None = None, **kw: Any) -> tuple[Subscriber, FakeSink]:
-    sink = sink or FakeSink()
-    sub = hub.attach(sink)
+def subscribe(hub: Hub, transport: FakeTransport | None = None, **kw: Any) -> tuple[Subscriber, FakeTransport]:
+    transport = transport or FakeTransport()
+    sub = hub.attach(transport)
     hub.subscribe(sub, Subscription(**kw))
-    return sub, sink
+    return sub, transport
 
 
 def types_filter(*names: str, groups: tuple[str, ...] | None = None) -> Filter:
@@ -144,11 +146,11 @@ def test_seq_and_host_are_added_gap_free() -> None:
 
 def test_odd_values_do_not_break_numbering_or_state() -> None:
     hub, _ = make_hub()
-    sub, sink = subscribe(hub, snapshot=False)
+    sub, transport = subscribe(hub, snapshot=False)
     odd = start("web") | {"labels": {1: "x"}, "extra": {"b"}}
     hub.publish([cycle(), odd, cycle()])
-    assert [e["seq"] for e in sink.events()] == [1, 2, 3]
-    assert sink.events()[1]["extra"] == "{'b'}" and sink.events()[1]["labels"] == {"1": "x"}
+    assert [e["seq"] for e in transport.events()] == [1, 2, 3]
+    assert transport.events()[1]["extra"] == "{'b'}" and transport.events()[1]["labels"] == {"1": "x"}
     assert len(hub.snapshot()["procs"]) == 1
     assert orjson.loads(hub.snapshot_json())["procs"][0]["extra"] == "{'b'}"
 
@@ -199,11 +201,11 @@ def test_snapshot_plus_following_events_equals_later_snapshot() -> None:
         hub.publish(batch)
         if i == 10:
             snap = hub.snapshot()
-            sink = FakeSink()
-            sub = hub.attach(sink)
+            transport = FakeTransport()
+            sub = hub.attach(transport)
             hub.subscribe(sub, Subscription(snapshot=False))
     groups, procs = snap["groups"], {(p["pid"], p["start_time"]): p for p in snap["procs"]}
-    for ev in sink.events():
+    for ev in transport.events():
         assert ev["seq"] > snap["seq"]
         key = (ev.get("pid"), ev.get("start_time"))
         if ev["type"] == "proc.start":
@@ -231,13 +233,13 @@ def test_snapshot_filtered_by_groups() -> None:
 def test_snapshot_then_live_events_in_frames_that_are_arrays() -> None:
     hub, _ = make_hub()
     hub.publish([start("web")])
-    sub, sink = subscribe(hub)
-    objs = sink.objects()
+    sub, transport = subscribe(hub)
+    objs = transport.objects()
     assert [o["type"] for o in objs] == ["snapshot"] and objs[0]["seq"] == 1
     batch = [cycle(), start("web")]
     hub.publish(batch)
-    assert len(sink.frames) == 2  # one poll = one frame
-    assert orjson.loads(sink.frames[1]) == batch
+    assert len(transport.frames) == 2  # one poll = one frame
+    assert orjson.loads(transport.frames[1]) == batch
     assert sub.cursor == hub.head_seq + 1 and not sub.lagging
 
 
@@ -287,32 +289,32 @@ def test_resume_replays_exactly_then_goes_live() -> None:
     hub, _ = make_hub()
     for _ in range(5):
         hub.publish([cycle(), start("web")])
-    sub, sink = subscribe(hub, since=4, epoch=hub.epoch)
-    assert sub.lagging and sink.woken == 1 and sink.frames == []
-    sink.pump(sub)
-    assert [e["seq"] for e in sink.events()] == list(range(5, 11))
+    sub, transport = subscribe(hub, since=4, epoch=hub.epoch)
+    assert sub.lagging and transport.woken == 1 and transport.frames == []
+    transport.pump(sub)
+    assert [e["seq"] for e in transport.events()] == list(range(5, 11))
     assert not sub.lagging
     hub.publish([cycle()])
-    assert [e["seq"] for e in sink.events()] == list(range(5, 12))
+    assert [e["seq"] for e in transport.events()] == list(range(5, 12))
     assert hub.stats.resumes == 1
 
 
 def test_resume_at_head_sends_nothing_then_live() -> None:
     hub, _ = make_hub()
     hub.publish([cycle(), cycle()])
-    sub, sink = subscribe(hub, since=2, epoch=hub.epoch)
-    assert not sub.lagging and sink.frames == []
+    sub, transport = subscribe(hub, since=2, epoch=hub.epoch)
+    assert not sub.lagging and transport.frames == []
     hub.publish([cycle()])
-    assert [e["seq"] for e in sink.events()] == [3]
+    assert [e["seq"] for e in transport.events()] == [3]
 
 
 def test_resume_with_filter_replays_only_matching() -> None:
     hub, _ = make_hub()
     hub.publish([cycle(), start("web"), start("db"), cycle()])
-    sub, sink = subscribe(hub, filter=types_filter("proc.start", groups=("db",)),
+    sub, transport = subscribe(hub, filter=types_filter("proc.start", groups=("db",)),
                           since=0, epoch=hub.epoch)
-    sink.pump(sub)
-    assert [(e["seq"], e["group"]) for e in sink.events()] == [(3, "db")]
+    transport.pump(sub)
+    assert [(e["seq"], e["group"]) for e in transport.events()] == [(3, "db")]
 
 
 @pytest.mark.parametrize("snapshot", [True, False])
@@ -327,48 +329,48 @@ def test_reset_for_foreign_epoch_future_and_expired(snapshot: bool) -> None:
              (lambda: dict(since=hub.oldest_seq - 2, epoch=hub.epoch), "expired")]
     for make_kw, reason in cases:
         kw = make_kw()
-        sub, sink = subscribe(hub, snapshot=snapshot, **kw)
-        objs = sink.objects()
+        sub, transport = subscribe(hub, snapshot=snapshot, **kw)
+        objs = transport.objects()
         assert objs[0] == {"type": "reset", "reason": reason, "seq": hub.head_seq,
                            "epoch": hub.epoch, "since": kw["since"]}
         assert [o["type"] for o in objs[1:]] == (["snapshot"] if snapshot else [])
         # then live, no replay
         hub.publish([cycle()])
-        assert [e["seq"] for e in sink.events()] == [hub.head_seq]
+        assert [e["seq"] for e in transport.events()] == [hub.head_seq]
     # oldest-1 is still a valid resume point: the client has everything up to it
-    sub, sink = subscribe(hub, since=hub.oldest_seq - 1, epoch=hub.epoch)
-    sink.pump(sub)
-    assert sink.of_type("reset") == []
-    assert [e["seq"] for e in sink.events()] == list(range(hub.oldest_seq, hub.head_seq + 1))
+    sub, transport = subscribe(hub, since=hub.oldest_seq - 1, epoch=hub.epoch)
+    transport.pump(sub)
+    assert transport.of_type("reset") == []
+    assert [e["seq"] for e in transport.events()] == list(range(hub.oldest_seq, hub.head_seq + 1))
     assert hub.stats.resets == {"epoch": 1, "future": 1, "expired": 1}
 
 
 def test_load_state_again_is_a_resync() -> None:
     hub, _ = make_hub()
     hub.publish([cycle(), start("web")])
-    sub, sink = subscribe(hub, snapshot=False)
+    sub, transport = subscribe(hub, snapshot=False)
     hub.load_state({"x": {"procs": 3}}, [])
-    objs = sink.objects()
+    objs = transport.objects()
     assert objs[0]["type"] == "reset" and objs[0]["reason"] == "resync" and objs[0]["seq"] == 2
     assert len(objs) == 1  # snapshot=0: no state
-    _, sink2 = subscribe(hub)
+    _, transport2 = subscribe(hub)
     hub.load_state({"y": {"procs": 1}}, [])
-    reset, snap = sink2.objects()[-2:]
+    reset, snap = transport2.objects()[-2:]
     assert reset["reason"] == "resync" and snap["groups"] == {"y": {"procs": 1, "group": "y"}}
     # resume points from before the re-baseline can't be replayed
-    _, sink3 = subscribe(hub, since=1, epoch=hub.epoch)
-    assert sink3.objects()[0]["reason"] == "resync"
+    _, transport3 = subscribe(hub, since=1, epoch=hub.epoch)
+    assert transport3.objects()[0]["reason"] == "resync"
 
 
 def test_resume_far_back_is_a_replay_not_an_overflow() -> None:
     hub, _ = make_hub(queue_limit=5, buffer_size=1000)
     for _ in range(50):
         hub.publish([cycle()])
-    sub, sink = subscribe(hub, since=0, epoch=hub.epoch)
+    sub, transport = subscribe(hub, since=0, epoch=hub.epoch)
     hub.publish([cycle()])  # the replay itself isn't backlog
     assert not sub.ov_pending
-    sink.pump(sub)
-    assert [e["seq"] for e in sink.events()] == list(range(1, 52))
+    transport.pump(sub)
+    assert [e["seq"] for e in transport.events()] == list(range(1, 52))
 
 
 def test_replay_frames_are_chunked_at_batch_boundaries() -> None:
@@ -379,14 +381,14 @@ def test_replay_frames_are_chunked_at_batch_boundaries() -> None:
         batch = [cycle() | {"pad": pad} for _ in range(3)]
         hub.publish(batch)
         batches.append([e["seq"] for e in batch])
-    sub, sink = subscribe(hub, since=0, epoch=hub.epoch)
-    sink.pump(sub)
-    assert len(sink.frames) > 1
-    assert all(len(f) < 1024 * 1024 for f in sink.frames)
+    sub, transport = subscribe(hub, since=0, epoch=hub.epoch)
+    transport.pump(sub)
+    assert len(transport.frames) > 1
+    assert all(len(f) < 1024 * 1024 for f in transport.frames)
     ends = {b[-1] for b in batches}
-    for f in sink.frames:
+    for f in transport.frames:
         assert orjson.loads(f)[-1]["seq"] in ends  # never split a poll
-    assert [e["seq"] for e in sink.events()] == list(range(1, 901))
+    assert [e["seq"] for e in transport.events()] == list(range(1, 901))
 
 
 # -- buffer bounds ----------------------------------------------------------------------------
@@ -414,20 +416,20 @@ def test_buffer_bounded_by_count_and_age() -> None:
 
 def test_full_write_buffer_switches_to_pump_in_order() -> None:
     hub, _ = make_hub()
-    sub, sink = subscribe(hub, snapshot=False)
+    sub, transport = subscribe(hub, snapshot=False)
     hub.publish([cycle()])
-    sink.ok = False
+    transport.ok = False
     hub.publish([cycle(), cycle()])
     hub.publish([cycle()])
-    assert sub.lagging and sink.woken == 1 and sub.backlog == 3
-    sink.ok = True
+    assert sub.lagging and transport.woken == 1 and sub.backlog == 3
+    transport.ok = True
     hub.publish([cycle()])  # still lagging: the fast path must not jump the queue
-    assert len(sink.frames) == 1
-    sink.pump(sub)
-    assert [e["seq"] for e in sink.events()] == [1, 2, 3, 4, 5]
+    assert len(transport.frames) == 1
+    transport.pump(sub)
+    assert [e["seq"] for e in transport.events()] == [1, 2, 3, 4, 5]
     assert not sub.lagging
     hub.publish([cycle()])
-    assert [e["seq"] for e in sink.events()] == [1, 2, 3, 4, 5, 6]
+    assert [e["seq"] for e in transport.events()] == [1, 2, 3, 4, 5, 6]
 
 
 def test_short_lag_catches_up_with_the_shared_frames() -> None:
@@ -453,33 +455,33 @@ def test_short_lag_catches_up_with_the_shared_frames() -> None:
 
 def test_control_frames_queue_behind_a_full_buffer() -> None:
     hub, _ = make_hub()
-    sink = FakeSink(ok=False)
-    sub = hub.attach(sink)
+    transport = FakeTransport(ok=False)
+    sub = hub.attach(transport)
     hub.send(sub, hub.hello(Filter()))
     hub.subscribe(sub, Subscription())
     hub.publish([cycle()])
-    sink.ok = True
-    sink.pump(sub)
-    assert [o["type"] for o in sink.objects()] == ["hello", "snapshot", "cycle"]
+    transport.ok = True
+    transport.pump(sub)
+    assert [o["type"] for o in transport.objects()] == ["hello", "snapshot", "cycle"]
 
 
 def test_unsubscribed_connection_gets_no_events() -> None:
     hub, _ = make_hub()
-    sink = FakeSink(ok=False)
-    sub = hub.attach(sink)
+    transport = FakeTransport(ok=False)
+    sub = hub.attach(transport)
     hub.send(sub, {"type": "error", "error": "x", "op": None})
     hub.publish([cycle()])
-    sink.ok = True
-    sink.pump(sub)
-    assert [o["type"] for o in sink.objects()] == ["error"]
+    transport.ok = True
+    transport.pump(sub)
+    assert [o["type"] for o in transport.objects()] == ["error"]
 
 
 def test_overflow_drops_backlog_then_overflow_and_snapshot() -> None:
     hub, clock = make_hub(queue_limit=10, overflow_grace=30.0)
     healthy_sub, healthy = subscribe(hub, snapshot=False)
-    sub, sink = subscribe(hub, filter=types_filter("proc.*"), snapshot=True)
-    sink.frames.clear()
-    sink.ok = False
+    sub, transport = subscribe(hub, filter=types_filter("proc.*"), snapshot=True)
+    transport.frames.clear()
+    transport.ok = False
     started = []
     for i in range(8):  # 16 events, 8 of them proc.start: more than 10 behind
         started.append(start("web"))
@@ -490,116 +492,116 @@ def test_overflow_drops_backlog_then_overflow_and_snapshot() -> None:
     # while stalled, nothing accumulates for it
     for _ in range(100):
         hub.publish([cycle(), start("web")])
-    assert len(sink.frames) == 0 and len(sub.outbox) == 0
+    assert len(transport.frames) == 0 and len(sub.outbox) == 0
     # the healthy subscriber got every event, unaffected
     assert [e["seq"] for e in healthy.events()] == list(range(1, hub.head_seq + 1))
 
-    sink.ok = True
-    sink.pump(sub)
-    ov, snap = sink.objects()
+    transport.ok = True
+    transport.pump(sub)
+    ov, snap = transport.objects()
     assert ov["type"] == "overflow" and snap["type"] == "snapshot"
     assert ov["to_seq"] == snap["seq"] == hub.head_seq
     # dropped counts what its filter selects: the proc.start events it never got
     assert ov["from_seq"] == 1 and ov["dropped"] == 108
     assert len(snap["procs"]) == 108
     hub.publish([start("web"), cycle()])
-    assert [e["seq"] for e in sink.events()] == [hub.head_seq - 1]
+    assert [e["seq"] for e in transport.events()] == [hub.head_seq - 1]
     assert not sub.lagging and sub.ov_since is None
 
 
 def test_overflow_without_snapshot_when_live_only() -> None:
     hub, _ = make_hub(queue_limit=3)
-    sub, sink = subscribe(hub, snapshot=False)
-    sink.ok = False
+    sub, transport = subscribe(hub, snapshot=False)
+    transport.ok = False
     for _ in range(5):
         hub.publish([cycle()])
-    sink.ok = True
-    sink.pump(sub)
-    assert sink.objects() == [{"type": "overflow", "dropped": 5, "from_seq": 1, "to_seq": 5}]
+    transport.ok = True
+    transport.pump(sub)
+    assert transport.objects() == [{"type": "overflow", "dropped": 5, "from_seq": 1, "to_seq": 5}]
 
 
 def test_still_stuck_after_grace_is_closed_1013() -> None:
     hub, clock = make_hub(queue_limit=3, overflow_grace=10.0)
-    sub, sink = subscribe(hub, snapshot=False)
-    sink.ok = False
+    sub, transport = subscribe(hub, snapshot=False)
+    transport.ok = False
     for _ in range(5):
         hub.publish([cycle()])
     assert sub.ov_pending
     clock.t += 9.9
     hub.tick()
-    assert sink.closed_with is None
+    assert transport.closed_with is None
     clock.t += 0.2
     hub.tick()
-    assert sink.closed_with == (SLOW_CONSUMER_CODE, "slow consumer")
+    assert transport.closed_with == (SLOW_CONSUMER_CODE, "slow consumer")
     assert sub.closed and sub not in hub.subscribers
     assert hub.stats.slow_consumer_closes == 1 and hub.stats.subscribers == 0
 
 
 def test_repeated_overflow_after_grace_closes() -> None:
     hub, clock = make_hub(queue_limit=3, overflow_grace=10.0)
-    sub, sink = subscribe(hub, snapshot=False)
-    sink.ok = False
+    sub, transport = subscribe(hub, snapshot=False)
+    transport.ok = False
     for _ in range(5):
         hub.publish([cycle()])
     # each time it drains the overflow notice, but never catches up for good
     for _ in range(2):
-        sink.ok = True
+        transport.ok = True
         assert orjson.loads(sub.next_frame() or b"[]")[0]["type"] == "overflow"
-        sink.ok = False
+        transport.ok = False
         clock.t += 5
         for _ in range(5):
             hub.publish([cycle()])
-        assert sub.ov_pending == (sink.closed_with is None)
+        assert sub.ov_pending == (transport.closed_with is None)
     # the second overflow came 10 s (the grace period) after the first
-    assert sink.closed_with == (SLOW_CONSUMER_CODE, "slow consumer")
+    assert transport.closed_with == (SLOW_CONSUMER_CODE, "slow consumer")
     assert hub.stats.overflows == 2
 
 
 def test_outbox_bound_closes_a_client_that_never_reads() -> None:
     hub, _ = make_hub()
-    sink = FakeSink(ok=False)
-    sub = hub.attach(sink)
+    transport = FakeTransport(ok=False)
+    sub = hub.attach(transport)
     for _ in range(100):
         hub.send(sub, {"type": "error", "error": "bad", "op": None})
         if sub.closed:
             break
-    assert sub.closed and sink.closed_with == (SLOW_CONSUMER_CODE, "slow consumer")
+    assert sub.closed and transport.closed_with == (SLOW_CONSUMER_CODE, "slow consumer")
     assert len(sub.outbox) == 0
 
 
-def test_dead_sink_is_detached() -> None:
+def test_dead_transport_is_detached() -> None:
     hub, _ = make_hub()
-    sub, sink = subscribe(hub, snapshot=False)
-    sink.gone = True
+    sub, transport = subscribe(hub, snapshot=False)
+    transport.gone = True
     hub.publish([cycle()])
     assert sub.closed and hub.stats.subscribers == 0 and hub.stats.dead_subscribers == 1
 
 
 def test_bookmark_after_silence_only() -> None:
     hub, clock = make_hub(bookmark_interval=15.0)
-    sub, sink = subscribe(hub, filter=types_filter("proc.start"), snapshot=False)
+    sub, transport = subscribe(hub, filter=types_filter("proc.start"), snapshot=False)
     hub.publish([cycle(), cycle()])  # filtered out: silence for this subscriber
     clock.t += 14.9
     hub.tick()
-    assert sink.frames == []
+    assert transport.frames == []
     clock.t += 0.2
     hub.tick()
-    assert sink.objects() == [{"type": "bookmark", "seq": 2}]
+    assert transport.objects() == [{"type": "bookmark", "seq": 2}]
     clock.t += 10
     hub.publish([start("web")])
     clock.t += 10
     hub.tick()  # 10 s after the event: not yet
-    assert [o["type"] for o in sink.objects()] == ["bookmark", "proc.start"]
+    assert [o["type"] for o in transport.objects()] == ["bookmark", "proc.start"]
     clock.t += 5.1
     hub.tick()
-    assert sink.objects()[-1] == {"type": "bookmark", "seq": 3}
+    assert transport.objects()[-1] == {"type": "bookmark", "seq": 3}
     assert hub.stats.bookmarks_sent == 2
     # a lagging subscriber gets no bookmark (its seq would skip its backlog)
-    sink.ok = False
+    transport.ok = False
     hub.publish([start("web")])
     clock.t += 20
     hub.tick()
-    assert sink.objects()[-1]["type"] == "bookmark" and sink.objects()[-1]["seq"] == 3
+    assert transport.objects()[-1]["type"] == "bookmark" and transport.objects()[-1]["seq"] == 3
 
 
 def test_tick_interval_follows_settings() -> None:
@@ -611,7 +613,7 @@ def test_detach_forgets_everything() -> None:
     hub, _ = make_hub()
     subs = [subscribe(hub, filter=types_filter("cycle"))[0] for _ in range(50)]
     for s in subs[:49]:
-        s.sink.ok = False  # type: ignore[attr-defined]
+        s.transport.ok = False  # type: ignore[attr-defined]
     hub.publish([cycle()])
     for s in subs:
         hub.detach(s)
@@ -623,11 +625,11 @@ def test_detach_forgets_everything() -> None:
 
 def test_subscribe_again_replaces_filter_with_ack() -> None:
     hub, _ = make_hub()
-    sub, sink = subscribe(hub, snapshot=False)
+    sub, transport = subscribe(hub, snapshot=False)
     hub.publish([cycle(), start("web")])
     hub.subscribe(sub, Subscription(filter=types_filter("proc.start"), snapshot=False), ack=True)
     hub.publish([cycle(), start("web")])
-    objs = sink.objects()
+    objs = transport.objects()
     assert objs[2] == {"type": "subscribed", "filter": {"types": ["proc.start"], "groups": None},
                        "seq": 2}
     assert [o["seq"] for o in objs[3:]] == [4]

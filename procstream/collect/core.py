@@ -1,0 +1,181 @@
+"""The core: the tracker, the grouper and the event builder, on one worker thread.
+
+Rules:
+- Everything that touches tracker, grouper or builder state runs on ONE worker thread,
+  so that state needs no locks; the event loop only awaits the thread and hands what
+  comes back to the sink. Inputs run one at a time, each to completion, in the order
+  they were handed over.
+- Two sources hand their input to the core: polls (:meth:`Core.poll` scans /proc,
+  updates the grouper and builds the events; :class:`~procstream.collect.poll.Poller`
+  says when) and kernel process events (:meth:`Core.submit` runs the kernel source's
+  batch; :class:`~procstream.collect.kernel.KernelSource` says when).
+- The first good poll gives the sink the baseline state (:meth:`EventSink.load_state`);
+  every later poll, and every submitted batch, its events (:meth:`EventSink.publish`).
+  The sink is called on the event loop thread.
+- Whoever must see every poll registers with a method: :meth:`Core.join` for a second
+  source of exits (it may hold back the poll's exits, and adds to each ``cycle``),
+  :meth:`Core.watch` for readers of each poll's result (``/metrics``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from ..events import EventBuilder
+from ..grouper import GroupCounts, Grouper, GrouperUpdate
+from ..procfs.models import ProcLike
+from ..schema import CycleExtras, Event, GroupFields, ProcFields
+
+__all__ = ["EventSink", "PollPartner", "PollWatcher", "Polled", "Core"]
+
+T = TypeVar("T")
+
+
+class EventSink(Protocol):
+    """Where the core's output goes (in a server: the hub, then the event log)."""
+
+    def load_state(self, groups: dict[str, GroupFields], procs: list[ProcFields]) -> None:
+        """The baseline state; once, after the first good poll, before any event."""
+
+    def publish(self, events: list[Event]) -> None:
+        """One poll's or one kernel batch's events, in order."""
+
+
+class PollPartner(Protocol):
+    """A second source of starts and exits that takes part in every poll (the kernel
+    source). Both methods run on the core's thread and must not block."""
+
+    def take_exits(self, update: GrouperUpdate) -> None:
+        """Called once the grouper took the poll, before its events are built: may take
+        exits out of ``update.exited`` (to report them itself, better informed) and put
+        back earlier ones it gives up on."""
+
+    def cycle_fields(self) -> CycleExtras:
+        """Fields for this poll's ``cycle`` event (not asked for the first poll, which
+        has no ``cycle``)."""
+
+
+#: Sees every good poll: ``(its report, the groups after it, its duration in seconds)``.
+PollWatcher = Callable[[GrouperUpdate, dict[str, GroupCounts], float], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Polled:
+    """What one :meth:`Core.poll` did."""
+
+    #: the first good poll: it loaded the baseline state and built no ``cycle``
+    baseline: bool
+    #: seconds it took on the core's thread
+    duration: float
+
+
+@dataclass(slots=True)
+class _PollResult:
+    baseline: bool
+    duration: float
+    events: list[Event]
+    groups: dict[str, GroupFields] | None = None
+    procs: list[ProcFields] | None = None
+
+
+class Core:
+    """The tracker, grouper and event builder, fed by the sources, feeding one sink.
+
+    Call its coroutines on the event loop; ``close()`` at shutdown.
+    """
+
+    THREAD_NAME = "procstream-core"
+
+    def __init__(
+        self,
+        scan: Callable[[], Iterable[ProcLike]],
+        grouper: Grouper,
+        builder: EventBuilder,
+        sink: EventSink,
+    ) -> None:
+        self._scan = scan
+        self._grouper = grouper
+        self._builder = builder
+        self._sink = sink
+        # Replaced whole, never changed in place: the core's thread reads them lock-free.
+        self._partners: tuple[PollPartner, ...] = ()
+        self._watchers: tuple[PollWatcher, ...] = ()
+        self._baselined = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.THREAD_NAME)
+
+    # -- registration (event loop thread) ---------------------------------------------
+
+    def join(self, partner: PollPartner) -> None:
+        """Let ``partner`` take part in every poll that starts from now on. Call on the
+        event loop thread, once the partner reports the exits it will take."""
+        self._partners = (*self._partners, partner)
+
+    def watch(self, watcher: PollWatcher) -> None:
+        """Call ``watcher`` on the core's thread after every good poll, once its events
+        are built. Register before the first poll it should see; it must not block."""
+        self._watchers = (*self._watchers, watcher)
+
+    # -- input (event loop thread) ----------------------------------------------------
+
+    async def poll(self, *, skipped: int = 0) -> Polled:
+        """Scan /proc, update the groups and hand the sink the baseline state (first good
+        poll) or this poll's events. Raises what the scan raised; nothing is delivered
+        then. ``skipped``: poll ticks missed since the last poll, for its ``cycle``."""
+        r = await self._run(self._poll, skipped)
+        if r.baseline:
+            assert r.groups is not None and r.procs is not None
+            self._sink.load_state(r.groups, r.procs)
+        else:
+            self._sink.publish(r.events)
+        return Polled(r.baseline, r.duration)
+
+    async def submit(self, fn: Callable[..., list[Event]], *args: Any) -> None:
+        """Run ``fn(*args)`` on the core's thread, between polls, and publish the events
+        it returns. Raises what ``fn`` raised. The kernel source hands over each batch of
+        kernel events this way."""
+        events = await self._run(fn, *args)
+        if events:
+            self._sink.publish(events)
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the core's thread, between polls, and return its result;
+        publishes nothing (a config reload changes the grouper this way)."""
+        return await self._run(fn, *args)
+
+    def close(self) -> None:
+        """Stop the core's thread; inputs not started yet are dropped. Call once, at
+        shutdown, after the sources stopped."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # -- the core's thread ------------------------------------------------------------
+
+    def _poll(self, skipped: int) -> _PollResult:
+        t0 = time.perf_counter()
+        grouper, builder = self._grouper, self._builder
+        update = grouper.update(self._scan())
+        partners = self._partners
+        for partner in partners:
+            partner.take_exits(update)
+        groups = grouper.groups()
+        if not self._baselined:
+            group_state, procs = builder.state(grouper.tracker.tracked.values(), groups, update.time)
+            result = _PollResult(True, time.perf_counter() - t0, [], group_state, procs)
+        else:
+            extra: CycleExtras = {"skipped": skipped}
+            for partner in partners:
+                extra.update(partner.cycle_fields())
+            duration_ms = (time.perf_counter() - t0) * 1000.0
+            events = builder.batch(update, groups, duration_ms=duration_ms, extra_cycle=extra)
+            result = _PollResult(False, time.perf_counter() - t0, events)
+        for watcher in self._watchers:
+            watcher(update, groups, result.duration)
+        self._baselined = True
+        return result
