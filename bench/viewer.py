@@ -1,6 +1,6 @@
 """The viewer under load: frame times and long tasks measured in the page.
 
-    python bench/viewer.py [--groups 2000] [--rate 200] [--interval 1] [--seconds 15]
+    python bench/viewer.py [--groups 2000] [--rate 200] [--interval 1] [--seconds 15] [--web DIR]
 
 A real ``ProcstreamServer`` (in this process, port 0, serving ``web/``) is fed
 by a synthetic producer: ``--groups`` groups with two processes each, a ``group.update``
@@ -15,13 +15,19 @@ through Playwright) shows the viewer; the page measures itself:
 - main-thread CPU: from a Chrome trace of the renderer's main thread, the CPU time of
   its tasks (thread time, so a machine busy with other work does not inflate it): per
   second, and the p99 and longest task. Frame and long-task figures are wall-clock and
-  do suffer from a busy machine; the CPU figures are the ones to compare across runs.
+  do suffer from a busy machine; the CPU figures are the ones to compare across runs;
+- attribute writes: every attribute the page sets or removes on an element in the
+  document (a MutationObserver; rows being filled in while detached don't count), per
+  second, and of those the ``aria-rowindex`` writes; each one is work for the style
+  engine and the accessibility tree, even when it writes the value already there.
 
 Scenarios, each measured for ``--seconds``: the page left alone (sorted by CPU, which
-re-sorts every poll), the groups table scrolled by the mouse wheel all along, and a
-group selected with the log filtered. A run with no load at all is measured first as the
-reference: the figures print as they are and as ratios to it. Everything it starts, it
-stops.
+re-sorts every poll), the groups table scrolled by the mouse wheel all along, a group
+selected with the log filtered, and the log scrolled down (reading older entries while
+new ones arrive on top). A run with no load at all is measured first as the reference:
+the figures print as they are and as ratios to it. ``--web DIR`` serves the viewer in
+DIR instead of this checkout's (another version of it, to compare in one sitting).
+Everything it starts, it stops.
 """
 
 from __future__ import annotations
@@ -50,10 +56,16 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
 
-# Installed before the page's own scripts: records frame intervals and long tasks.
+# Installed before the page's own scripts: records frame intervals, long tasks and
+# attribute writes (by attribute name).
 MEASURE_JS = """
-window.__perf = { frames: [], longtasks: [], t0: 0, on: false };
+window.__perf = { frames: [], longtasks: [], attrs: {}, t0: 0, on: false };
 (() => {
+  new MutationObserver((records) => {
+    if (!window.__perf.on) return;
+    const attrs = window.__perf.attrs;
+    for (const r of records) attrs[r.attributeName] = (attrs[r.attributeName] || 0) + 1;
+  }).observe(document, { subtree: true, attributes: true });
   let last = 0;
   const tick = (t) => {
     if (window.__perf.on && last) window.__perf.frames.push(t - last);
@@ -68,8 +80,15 @@ window.__perf = { frames: [], longtasks: [], t0: 0, on: false };
 })();
 """
 
-START_JS = "() => { window.__perf.frames = []; window.__perf.longtasks = []; window.__perf.t0 = performance.now(); window.__perf.on = true; }"
-STOP_JS = "() => { window.__perf.on = false; return { frames: window.__perf.frames, longtasks: window.__perf.longtasks, span: performance.now() - window.__perf.t0 }; }"
+START_JS = """() => { window.__perf.frames = []; window.__perf.longtasks = []; window.__perf.attrs = {};
+    window.__perf.t0 = performance.now(); window.__perf.on = true; }"""
+# Waits a frame first, so that the observer has reported the last writes measured.
+STOP_JS = """async () => {
+    await new Promise((done) => requestAnimationFrame(() => setTimeout(done, 0)));
+    window.__perf.on = false;
+    const p = window.__perf;
+    return { frames: p.frames, longtasks: p.longtasks, attrs: p.attrs, span: performance.now() - p.t0 };
+}"""
 
 
 class Producer:
@@ -174,8 +193,9 @@ class Producer:
 class Backend:
     """Server and producer on an event loop in a thread."""
 
-    def __init__(self, groups: int, rate: float, interval: float) -> None:
+    def __init__(self, groups: int, rate: float, interval: float, web: str | None = None) -> None:
         self.args = (groups, rate, interval)
+        self.web = web
         self.load = threading.Event()
         self.ready = threading.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -193,7 +213,7 @@ class Backend:
         self._stop = asyncio.Event()
         hub = Hub(host="bench-host", interval=interval)
         self.producer = Producer(hub, groups, rate, interval)
-        async with ProcstreamServer(hub, ServerConfig(port=0)) as srv:
+        async with ProcstreamServer(hub, ServerConfig(port=0, static_dir=self.web)) as srv:
             self.port = srv.port
             task = asyncio.create_task(self.producer.run(self.load))
             self.ready.set()
@@ -234,11 +254,15 @@ def main_thread_tasks(trace: bytes) -> list[float]:
     ]  # fmt: skip
 
 
-def summarize(raw: dict[str, Any], tasks: list[float]) -> dict[str, float]:
+def summarize(raw: dict[str, Any], tasks: list[float]) -> dict[str, Any]:
     frames: list[float] = raw["frames"]
     long: list[float] = raw["longtasks"]
+    attrs: dict[str, int] = raw["attrs"]
     span_s = raw["span"] / 1000
     return {
+        "attrs": sum(attrs.values()) / span_s if span_s else float("nan"),
+        "rowindex": attrs.get("aria-rowindex", 0) / span_s if span_s else float("nan"),
+        "by_attr": {k: v / span_s for k, v in sorted(attrs.items(), key=lambda kv: -kv[1])} if span_s else {},
         "cpu": sum(tasks) / span_s if span_s else float("nan"),
         "task_p99": pct(tasks, 0.99),
         "task_max": max(tasks, default=0.0),
@@ -253,7 +277,7 @@ def summarize(raw: dict[str, Any], tasks: list[float]) -> dict[str, float]:
     }
 
 
-def measure(browser: Any, page: Any, seconds: float, action: Any = None) -> dict[str, float]:
+def measure(browser: Any, page: Any, seconds: float, action: Any = None) -> dict[str, Any]:
     browser.start_tracing(page=page, categories=["devtools.timeline", "disabled-by-default-devtools.timeline"])
     page.evaluate(START_JS)
     end = time.monotonic() + seconds
@@ -271,13 +295,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=200.0, help="process events per second")
     ap.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
     ap.add_argument("--seconds", type=float, default=15.0, help="measurement time per scenario")
+    ap.add_argument("--web", help="serve the viewer in this directory (default: this checkout's web/)")
     args = ap.parse_args(argv)
 
     from playwright.sync_api import sync_playwright
 
-    backend = Backend(args.groups, args.rate, args.interval).start()
+    backend = Backend(args.groups, args.rate, args.interval, args.web).start()
     url = f"http://127.0.0.1:{backend.port}/"
-    results: list[tuple[str, dict[str, float]]] = []
+    results: list[tuple[str, dict[str, Any]]] = []
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -321,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
                 page.fill("#log-group", "svc-00")
                 page.mouse.move(5, 5)
                 results.append(("loaded, group open, log filtered", measure(browser, page, args.seconds)))
+                page.fill("#log-group", "")
+                page.evaluate("document.getElementById('log-scroll').scrollTop = 600")
+                results.append(("loaded, log scrolled down", measure(browser, page, args.seconds)))
                 state = page.evaluate(
                     "() => ({rows: document.querySelectorAll('#groups-table tbody tr').length,"
                     " log: document.getElementById('log-count').textContent,"
@@ -338,13 +366,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"events published while measured: {rate:,.0f}/s; page says {state['rate']} events/s, "
           f"connection {state['conn']}, {state['rows']} <tr> in the groups table, log {state['log']}")
     ref = results[0][1]
-    print(f"{'':34} {'main-thread CPU':^25} | {'frames (wall clock, ms)':^40} | long tasks")
+    print(f"{'':34} {'main-thread CPU':^25} | {'frames (wall clock, ms)':^40} | long tasks  | attribute writes/s")
     print(f"{'scenario':34} {'ms/s':>7} {'p99 task':>8} {'max':>8} | {'fps':>5} {'p50':>6} {'p95':>6} "
-          f"{'p99':>6} {'max':>6} {'>25ms':>6} | {'n':>4} {'max':>6}")
+          f"{'p99':>6} {'max':>6} {'>25ms':>6} | {'n':>4} {'max':>6} | {'all':>7} {'rowindex':>8}")
     for name, r in results:
         print(f"{name:34} {r['cpu']:7.1f} {r['task_p99']:8.1f} {r['task_max']:8.1f} | {r['fps']:5.1f} "
               f"{r['p50']:6.1f} {r['p95']:6.1f} {r['p99']:6.1f} {r['max']:6.1f} {r['late']:5.1f}% | "
-              f"{r['long_n']:4d} {r['long_max']:6.1f}")
+              f"{r['long_n']:4d} {r['long_max']:6.1f} | {r['attrs']:7.1f} {r['rowindex']:8.1f}")
+    for name, r in results:
+        top = ", ".join(f"{k} {v:.1f}" for k, v in list(r["by_attr"].items())[:6])
+        print(f"attribute writes/s, {name}: {top or 'none'}")
     for name, r in results[1:]:
         print(f"vs reference, {name}: main-thread CPU {r['cpu'] / ref['cpu']:.1f}x "
               f"({r['cpu'] / 10:.1f} % of one core), fps {r['fps'] / ref['fps']:.2f}x")

@@ -1,12 +1,14 @@
 // Entry point: wires the connection, the store and the views, and owns what is global
-// to the page: the selected group (kept in the URL's #fragment), keyboard shortcuts,
-// the help dialog and the once-a-frame flush of every change to the DOM.
+// to the page: the selected group (kept in the URL's #fragment), keyboard shortcuts
+// (which the user can turn off), the help dialog and the once-a-frame flush of every
+// change to the DOM.
 
 import { Connection, socketUrl } from './connection.js';
 import { LogView } from './eventlog.js';
 import { onFrame } from './frame.js';
 import { GroupsView } from './groups.js';
 import { Header } from './header.js';
+import { loadPref, savePref } from './prefs.js';
 import { ProcsView } from './procs.js';
 import { theme } from './sparkline.js';
 import { Store } from './store.js';
@@ -46,6 +48,7 @@ const header = new Header(store, conn, {
   host: $('host'),
   conn: $('conn'),
   connText: $('conn-text'),
+  connWait: $('conn-wait'),
   retry: $('retry'),
   pollAge: $('poll-age'),
   pollDur: $('poll-dur'),
@@ -84,6 +87,7 @@ const log = new LogView(store, {
   type: $('log-type'),
   group: $('log-group'),
   pause: $('log-pause'),
+  fresh: $('log-new'),
   count: $('log-count'),
   empty: $('log-empty'),
 }, (name) => {
@@ -145,27 +149,57 @@ const help = $('help');
 $('help-open').addEventListener('click', () => help.showModal());
 $('help-close').addEventListener('click', () => help.close());
 
-function typing(el) {
-  return el instanceof HTMLInputElement || el instanceof HTMLSelectElement || el instanceof HTMLTextAreaElement;
+// Single-character shortcuts get in the way of speech input and of anyone who presses a
+// key by accident (WCAG 2.1.4): the help dialog turns them off, and the choice is kept.
+const shortcutsBox = $('shortcuts');
+let shortcuts = loadPref('shortcuts') !== false;
+
+function applyShortcuts() {
+  shortcutsBox.checked = shortcuts;
+  for (const el of document.querySelectorAll('[data-key]')) {
+    if (shortcuts) el.setAttribute('aria-keyshortcuts', el.dataset.key);
+    else el.removeAttribute('aria-keyshortcuts');
+  }
+  $('group-filter').placeholder = shortcuts ? 'Filter groups  /' : 'Filter groups';
+}
+
+shortcutsBox.addEventListener('change', () => {
+  shortcuts = shortcutsBox.checked;
+  savePref('shortcuts', shortcuts);
+  applyShortcuts();
+});
+applyShortcuts();
+
+function isTextField(el) {
+  return el instanceof HTMLTextAreaElement
+    || (el instanceof HTMLInputElement && !['checkbox', 'radio', 'button', 'submit', 'reset'].includes(el.type));
+}
+
+/** A form control handles its own keys: no shortcut fires while one has the focus. */
+function isControl(el) {
+  return el instanceof HTMLElement
+    && (el.isContentEditable || el.matches('input, select, textarea, button'));
 }
 
 document.addEventListener('keydown', (e) => {
-  if (e.ctrlKey || e.metaKey || e.altKey || help.open) return;
+  if (e.ctrlKey || e.metaKey || e.altKey || e.isComposing || e.defaultPrevented || help.open) return;
   const target = e.target;
   if (e.key === 'Escape') {
-    if (typing(target) && target.value) {
-      target.value = '';
-      target.dispatchEvent(new Event('input', { bubbles: true }));
+    if (isTextField(target)) {
+      if (target.value) {
+        target.value = '';
+        target.dispatchEvent(new Event('input', { bubbles: true }));
+      } else {
+        target.blur();
+      }
       return;
     }
-    if (typing(target)) {
-      target.blur();
-      return;
-    }
+    // A <select> keeps its choice: Escape only closes its list, natively.
+    if (target instanceof HTMLSelectElement) return;
     if (selected !== null) select(null, { focusGroups: true });
     return;
   }
-  if (typing(target)) return;
+  if (!shortcuts || isControl(target)) return;
   switch (e.key) {
     case '/':
       e.preventDefault();

@@ -32,7 +32,6 @@ export class Connection {
    * @param {object} handlers
    * @param {() => string} handlers.url          called before each connection attempt
    * @param {(objs: object[]) => void} handlers.onObjects  the objects of one frame, in order
-   * @param {() => void} [handlers.onOpen]
    * @param {(info: {code: number, reason: string, wasOpen: boolean}) => void} [handlers.onClose]
    * @param {() => void} [handlers.onState]     state, attempt or retry time changed
    */
@@ -48,7 +47,6 @@ export class Connection {
     this.lastMessageAt = 0;
     this.timer = 0;
     this.watchdog = 0;
-    this.framesReceived = 0;
   }
 
   /** Connect now and keep connected until the page goes away. Call once. */
@@ -93,12 +91,10 @@ export class Connection {
       this.lastMessageAt = this.openedAt;
       this.armWatchdog();
       this.setState('open');
-      if (this.h.onOpen) this.h.onOpen();
     };
     ws.onmessage = (e) => {
       if (ws !== this.ws) return;
       this.lastMessageAt = performance.now();
-      this.framesReceived += 1;
       let objs;
       try {
         objs = JSON.parse(e.data);

@@ -1,10 +1,15 @@
 // The event log: process starts and exits, newest first, with the viewer's own notes
 // (connection lost, resynchronised). Bounded by the store (LOG_LIMIT entries),
 // pausable, filterable by type and group. A non-zero exit or a signal stands out.
+// Arrow keys move in it and Enter (or a click) on an event shows the event's group.
+//
+// Pause is a toggle button whose name stays "Pause" (aria-pressed says whether it is
+// on); the count of events held back is shown beside it and describes it.
 //
 // While the user has scrolled down to read, new entries arriving on top do not push
 // the rows they are reading: the scroll position moves with them.
 
+import { setAttr, setHidden, setText } from './dom.js';
 import { NONE, exitStatus, fmtClock, fmtCmdline, fmtInt, fmtLifetime } from './format.js';
 import { LOG_LIMIT } from './store.js';
 import { VirtualTable, arraySource } from './vtable.js';
@@ -36,9 +41,9 @@ export class LogView {
   /**
    * @param {import('./store.js').Store} store
    * @param {{scroller: HTMLElement, table: HTMLTableElement, type: HTMLSelectElement,
-   *          group: HTMLInputElement, pause: HTMLButtonElement, count: HTMLElement,
-   *          empty: HTMLElement}} els
-   * @param {(group: string) => void} onPick  a row was clicked: show its group
+   *          group: HTMLInputElement, pause: HTMLButtonElement, fresh: HTMLElement,
+   *          count: HTMLElement, empty: HTMLElement}} els
+   * @param {(group: string) => void} onPick  a row was clicked or Entered: show its group
    */
   constructor(store, els, onPick) {
     this.store = store;
@@ -144,6 +149,7 @@ export class LogView {
       table: els.table,
       columns,
       keyOf: (e) => e.id,
+      navigable: true,
       rowClass: (e) => {
         if (e.kind === 'note') return `note ${e.tone ?? ''}`;
         let cls = e.kind;
@@ -159,17 +165,23 @@ export class LogView {
       },
     });
 
-    els.type.addEventListener('change', () => {
+    // Whatever changes the <select> (pointer, keys, a script's input or change event),
+    // the log shows what it says.
+    const onType = () => {
+      if (this.type === els.type.value) return;
       this.type = els.type.value;
       this.needList = true;
       this.update(null);
-    });
+    };
+    els.type.addEventListener('change', onType);
+    els.type.addEventListener('input', onType);
     els.group.addEventListener('input', () => {
       this.groupFilter = els.group.value.trim().toLowerCase();
       this.needList = true;
       this.update(null);
     });
     els.pause.addEventListener('click', () => this.setPaused(!this.paused));
+    els.count.title = `The log keeps the newest ${fmtInt(LOG_LIMIT)} entries`;
   }
 
   filtering() {
@@ -232,21 +244,18 @@ export class LogView {
       }
     }
 
-    const pause = this.els.pause;
-    pause.setAttribute('aria-pressed', String(this.paused));
-    const label = this.paused
-      ? (this.newWhilePaused ? `Resume (${fmtInt(this.newWhilePaused)} new)` : 'Resume')
-      : 'Pause';
-    if (pause.textContent !== label) pause.textContent = label;
+    setAttr(this.els.pause, 'aria-pressed', String(this.paused));
+    const fresh = this.paused && this.newWhilePaused ? `${fmtInt(this.newWhilePaused)} new` : '';
+    setText(this.els.fresh, fresh);
+    setHidden(this.els.fresh, !fresh);
 
     const shown = this.vt.source.length;
     const held = this.paused ? this.frozen.length : ring.length;
-    this.els.count.textContent = this.filtering() ? `${fmtInt(shown)} of ${fmtInt(held)}` : fmtInt(held);
-    this.els.count.title = `The log keeps the newest ${fmtInt(LOG_LIMIT)} entries`;
+    setText(this.els.count, this.filtering() ? `${fmtInt(shown)} of ${fmtInt(held)}` : fmtInt(held));
     let note = '';
     if (!shown) note = held ? 'No entry matches the filter.' : 'No process has started or exited yet.';
-    this.els.empty.textContent = note;
-    this.els.empty.hidden = !note;
+    setText(this.els.empty, note);
+    setHidden(this.els.empty, !note);
     this.vt.render({});
   }
 }

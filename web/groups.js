@@ -5,6 +5,7 @@
 // the pointer is over the rows: rows never move under the cursor that is about to
 // click them. New groups then join at the end until the order is recomputed.
 
+import { setHidden, setText } from './dom.js';
 import { NONE, fmtAge, fmtBytes, fmtInt, fmtPct, fmtRate } from './format.js';
 import { createSparkCanvas, drawSparkline, theme } from './sparkline.js';
 import { VirtualTable, arraySource } from './vtable.js';
@@ -49,7 +50,6 @@ export class GroupsView {
     this.selected = null;
     this.filter = '';
     this.items = [];
-    this.inOrder = new Set(); // names in this.items
     this.needSort = true;
     this.hovering = false;
     const saved = loadPref('groups.sort');
@@ -232,7 +232,6 @@ export class GroupsView {
 
   setItems(items) {
     this.items = items;
-    this.inOrder = new Set(items.map((g) => g.name));
     this.vt.setSource(arraySource(items));
   }
 
@@ -250,19 +249,19 @@ export class GroupsView {
     }
     if (this.needSort && (force || !this.hovering)) this.resort();
     else if (changes && changes.rebuilt) this.patch();
-    this.els.held.hidden = !(this.hovering && this.needSort);
+    setHidden(this.els.held, !(this.hovering && this.needSort));
 
     const total = this.store.groups.size;
     const shown = this.items.length;
-    this.els.count.textContent = this.filter ? `${fmtInt(shown)} of ${fmtInt(total)}` : fmtInt(total);
+    setText(this.els.count, this.filter ? `${fmtInt(shown)} of ${fmtInt(total)}` : fmtInt(total));
     let note = '';
     if (!shown) {
       if (!this.store.synced) note = 'Waiting for the first snapshot\u2026';
       else if (this.filter) note = `No group name contains \u201c${this.els.filter.value.trim()}\u201d.`;
       else note = 'No groups yet: no process matches the configuration.';
     }
-    this.els.empty.textContent = note;
-    this.els.empty.hidden = !note;
+    setText(this.els.empty, note);
+    setHidden(this.els.empty, !note);
     this.vt.render({ now });
   }
 

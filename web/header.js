@@ -1,25 +1,24 @@
 // The top bar: host, connection state, last poll (age and duration), events per
 // second and host-wide totals summed over the groups.
 
+import { setAttr, setHidden, setText } from './dom.js';
 import { NONE, fmtAge, fmtBytes, fmtInt, fmtMs, fmtPct, fmtPerSecond } from './format.js';
 
+// The state's name is a live region (screen readers announce it when it changes); what
+// follows it, the countdown to the next try, is not: it would be announced every second.
 const STATE_TEXT = {
-  connecting: 'Connecting\u2026',
+  connecting: 'Connecting',
   live: 'Live',
-  reconnecting: 'Reconnecting\u2026',
-  resyncing: 'Resyncing\u2026',
+  reconnecting: 'Reconnecting',
+  resyncing: 'Resyncing',
 };
-
-function setText(el, text) {
-  if (el.textContent !== text) el.textContent = text;
-}
 
 export class Header {
   /**
    * @param {import('./store.js').Store} store
    * @param {import('./connection.js').Connection} conn
-   * @param {Record<string, HTMLElement>} els  host, conn, connText, retry, pollAge,
-   *   pollDur, rate, groups, procs, cpu, mem
+   * @param {Record<string, HTMLElement>} els  host, conn, connText (the live region's
+   *   text), connWait (the countdown), retry, pollAge, pollDur, rate, groups, procs, cpu, mem
    */
   constructor(store, conn, els) {
     this.store = store;
@@ -46,21 +45,22 @@ export class Header {
     const { store, conn, els } = this;
     const state = this.state();
     if (state === 'live') this.everLive = true;
-    let text = STATE_TEXT[state];
+    let wait = state === 'live' ? '' : '\u2026';
     if (state === 'reconnecting' && conn.state === 'waiting') {
       const s = Math.max(0, Math.ceil((conn.retryAt - performance.now()) / 1000));
-      text = s > 0 ? `Reconnecting in ${s} s` : STATE_TEXT.reconnecting;
+      if (s > 0) wait = ` in ${s} s`;
     }
     if (els.conn.dataset.state !== state) els.conn.dataset.state = state;
-    setText(els.connText, text);
+    setText(els.connText, STATE_TEXT[state]);
+    setText(els.connWait, wait);
     let tip = `WebSocket: ${conn.state}`;
     if (conn.lastClose && state !== 'live') {
       tip += `; last close code ${conn.lastClose.code}${conn.lastClose.reason ? ` (${conn.lastClose.reason})` : ''}`;
     }
     if (store.lastError) tip += `; server said: ${store.lastError}`;
     if (store.server) tip += `; ${store.server}`;
-    if (els.conn.title !== tip) els.conn.title = tip;
-    els.retry.hidden = conn.state !== 'waiting';
+    setAttr(els.conn, 'title', tip);
+    setHidden(els.retry, conn.state !== 'waiting');
 
     setText(els.host, store.host || NONE);
     const title = store.host ? `${store.host} \u00b7 procstream` : 'procstream';
@@ -77,10 +77,10 @@ export class Header {
       // Three missed polls: the server (or the path to it) is not keeping up.
       els.pollAge.classList.toggle('stale', age > Math.max(3 * store.interval, 5));
       setText(els.pollDur, fmtMs(cyc.duration_ms));
-      els.pollDur.title = `${fmtInt(cyc.procs_seen)} processes read, ${fmtInt(cyc.tracked)} tracked`
+      setAttr(els.pollDur, 'title', `${fmtInt(cyc.procs_seen)} processes read, ${fmtInt(cyc.tracked)} tracked`
         + `${cyc.permission_errors ? `, ${fmtInt(cyc.permission_errors)} permission errors` : ''}`
         + `${cyc.read_errors ? `, ${fmtInt(cyc.read_errors)} read errors` : ''}`
-        + ` (interval ${store.interval} s)`;
+        + ` (interval ${store.interval} s)`);
     }
     setText(els.rate, fmtPerSecond(store.rate.rate(performance.now())));
 

@@ -1,6 +1,7 @@
 // The processes of the selected group, kept live from proc.start / proc.exit, with the
 // group's less common counters (states, fds, swap, faults, ...) above the list.
 
+import { setHidden, setText } from './dom.js';
 import { NONE, fmtAge, fmtBytes, fmtCmdline, fmtInt, fmtLifetime } from './format.js';
 import { procKey } from './store.js';
 import { VirtualTable, arraySource } from './vtable.js';
@@ -137,23 +138,21 @@ export class ProcsView {
       this.vt.setSource(arraySource(this.items));
     }
     const g = name === null ? null : store.groups.get(name);
-    this.els.count.textContent = name === null ? '' : fmtInt(this.items.length);
+    setText(this.els.count, name === null ? '' : fmtInt(this.items.length));
     if (g && (!changes || changes.groups.has(name) || changes.rebuilt || this.lastFacts !== g)) {
       this.lastFacts = g;
       for (const [id, , fn] of FACTS) {
-        const text = fn(g.f);
-        const dd = this.factCells.get(id);
-        if (dd.textContent !== text) dd.textContent = text;
+        setText(this.factCells.get(id), fn(g.f));
       }
     }
-    this.els.facts.hidden = !g;
+    setHidden(this.els.facts, !g);
 
     let note = '';
     if (name === null) note = 'Select a group (click it, or Enter on it) to list its processes.';
     else if (!g) note = 'This group is not reported by the server any more.';
     else if (!this.items.length) note = 'No processes in this group right now.';
-    this.els.empty.textContent = note;
-    this.els.empty.hidden = !note;
+    setText(this.els.empty, note);
+    setHidden(this.els.empty, !note);
     this.vt.render({ now, perf: performance.now() });
   }
 }

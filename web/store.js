@@ -120,10 +120,9 @@ export class Store {
     this.histPoints = historyPoints(this.interval);
     this.histPos = 0;
     this.histVersion = 0;
-    this.lastCycle = null; // the last cycle event, plus `at` (performance.now())
+    this.lastCycle = null; // the last cycle event
     this.skews = []; // server clock minus ours, from recent cycles
     this.rate = new RateMeter();
-    this.eventsApplied = 0;
     this.changes = this.freshChanges();
   }
 
@@ -321,7 +320,6 @@ export class Store {
     }
     this.seq = o.seq;
     this.gapRequested = false;
-    this.eventsApplied += 1;
     switch (o.type) {
       case 'proc.start':
         this.onStart(o);
@@ -385,13 +383,12 @@ export class Store {
   }
 
   onCycle(o) {
-    const now = performance.now();
     // Replayed cycles are old; only fresh ones say how far the server's clock is from ours.
     if (!this.lastCycle || o.ts > this.lastCycle.ts) {
       this.skews.push(o.ts - Date.now() / 1000);
       if (this.skews.length > 20) this.skews.shift();
     }
-    this.lastCycle = { ...o, at: now };
+    this.lastCycle = o;
     this.pushHistory();
     this.changes.cycle = true;
   }

@@ -3,11 +3,23 @@
 // scrollbar is true. Rows are recycled, and each cell remembers the text it shows, so a
 // render writes to the DOM only the cells whose text changed.
 //
+// Every row has the same height: the CSS's --row-h to begin with, then what the rows
+// really measure, measured again whenever the table body changes size (a reader's style
+// sheet with more line spacing, a font or zoom setting that changes a line's height):
+// the spacers and the scroll arithmetic depend on it.
+//
+// Screen readers learn a row's place in the whole table from aria-rowcount on the table
+// and aria-rowindex on the rows. While the rows in the DOM start at the first row, the
+// browser counts them itself, so the rows carry no aria-rowindex: a log that grows at the
+// top (newest first) then costs no attribute write per row and per new entry. Scrolled
+// further down, every row says where it is.
+//
 // Columns: {id, label, title?, cls?, firstDir?, sortable?, text(item, ctx) -> string,
 // tone?(item, ctx) -> extra class, tip?: true | (item) -> string (cell tooltip),
 // paint?(td, item, tr, ctx) for cells drawn by hand}. The view owns sorting and
 // filtering; this class shows whatever sequence it is given, in order.
 
+import { setAttr } from './dom.js';
 import { onFrame } from './frame.js';
 
 const NO_ROWS = { length: 0, at: () => undefined };
@@ -46,7 +58,6 @@ export class VirtualTable {
     this.overscan = o.overscan ?? 8;
     const css = getComputedStyle(document.documentElement);
     this.rowHeight = parseFloat(css.getPropertyValue('--row-h')) || 24;
-    this.measured = false;
 
     this.source = NO_ROWS;
     this.live = new Map(); // key -> tr currently in the tbody
@@ -65,11 +76,16 @@ export class VirtualTable {
       this.scrollTop = this.scroller.scrollTop;
       onFrame(this.rerender);
     }, { passive: true });
-    new ResizeObserver(() => {
-      this.viewH = this.scroller.clientHeight;
-      this.headH = this.thead.offsetHeight;
-      onFrame(this.rerender);
-    }).observe(this.scroller);
+    const sizes = new ResizeObserver((entries) => {
+      if (entries.some((e) => e.target === this.scroller)) {
+        this.viewH = this.scroller.clientHeight;
+        this.headH = this.thead.offsetHeight;
+        onFrame(this.rerender);
+      }
+      this.measureRows();
+    });
+    sizes.observe(this.scroller);
+    sizes.observe(this.tbody);
     this.tbody.addEventListener('click', (e) => this.onClick(e));
     if (this.navigable) {
       this.scroller.addEventListener('keydown', (e) => this.onKey(e));
@@ -190,9 +206,11 @@ export class VirtualTable {
         tr.cls = undefined;
       }
       tr.item = item;
-      if (tr.rowIndex1 !== i + 2) {
-        tr.rowIndex1 = i + 2; // the header row is row 1
-        tr.setAttribute('aria-rowindex', String(i + 2));
+      const rowIndex = first > 0 ? i + 2 : 0; // the header row is row 1; 0: none needed
+      if (tr.rowIndex1 !== rowIndex) {
+        tr.rowIndex1 = rowIndex;
+        if (rowIndex) tr.setAttribute('aria-rowindex', String(rowIndex));
+        else tr.removeAttribute('aria-rowindex');
       }
       this.updateRow(tr, item);
       if (key === this.activeKey) activeRow = tr;
@@ -206,18 +224,28 @@ export class VirtualTable {
       this.pool.push(tr);
     }
     this.live = used;
-    this.table.setAttribute('aria-rowcount', String(n + 1));
+    setAttr(this.table, 'aria-rowcount', String(n + 1));
     this.showActive(activeRow);
+  }
 
-    if (!this.measured && used.size) {
-      // The CSS row height is the contract; measure once in case fonts or zoom disagree.
-      this.measured = true;
-      const h = used.values().next().value.getBoundingClientRect().height;
-      if (h > 0 && Math.abs(h - rh) > 0.5) {
-        this.rowHeight = h;
-        this.render(this.ctx);
-      }
-    }
+  /**
+   * Measure the rows in the DOM (their mean height, so that a row rounded a fraction of
+   * a pixel up or down does not skew it). When it differs from the height the spacers
+   * assume, adopt it and render again, keeping the row at the top of the view in place.
+   */
+  measureRows() {
+    const n = this.live.size;
+    if (!n) return;
+    const top = this.topPad.nextSibling.getBoundingClientRect().top;
+    const bottom = this.bottomPad.previousSibling.getBoundingClientRect().bottom;
+    const h = (bottom - top) / n;
+    if (!(h > 0) || Math.abs(h - this.rowHeight) < 0.01) return;
+    this.scrollTop = (this.scrollTop / this.rowHeight) * h;
+    this.rowHeight = h;
+    // Spacers first: the content must be tall enough for the new scroll position.
+    this.render(this.ctx);
+    this.scroller.scrollTop = this.scrollTop;
+    this.scrollTop = this.scroller.scrollTop;
   }
 
   setPad(tr, px) {
@@ -272,15 +300,6 @@ export class VirtualTable {
     if (tr.cls !== cls) {
       tr.cls = cls;
       tr.className = cls;
-    }
-  }
-
-  /** Re-render every visible row's cells from scratch (theme change, ...). */
-  invalidate() {
-    for (const tr of this.live.values()) {
-      tr.texts.fill(undefined);
-      tr.tones.fill(undefined);
-      tr.cls = undefined;
     }
   }
 
@@ -383,11 +402,7 @@ export class VirtualTable {
     const old = this.activeRow;
     if (old && old !== tr && old.id === id) old.removeAttribute('id');
     this.activeRow = tr;
-    if (tr) {
-      if (tr.id !== id) tr.id = id;
-      this.scroller.setAttribute('aria-activedescendant', id);
-    } else {
-      this.scroller.removeAttribute('aria-activedescendant');
-    }
+    if (tr && tr.id !== id) tr.id = id;
+    setAttr(this.scroller, 'aria-activedescendant', tr ? id : null);
   }
 }
