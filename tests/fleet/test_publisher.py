@@ -60,10 +60,11 @@ async def publishers() -> AsyncIterator[list[Publisher]]:
 
 
 def make_publisher(made: list[Publisher], hub: Hub, urls: str, *, replicas: int = 1, ack_timeout: float = 2.0,
-                   max_inflight: int = 1000) -> Publisher:
+                   max_inflight: int = 1000, state_interval: float = 0) -> Publisher:
     settings = NatsSettings(servers=split_urls(urls), connect_timeout=5.0)
     p = Publisher(hub, NatsLink(settings, name="test"), StreamSpec(replicas=replicas),
-                  PublishSettings(ack_timeout=ack_timeout, max_inflight=max_inflight, state_interval=0))
+                  PublishSettings(ack_timeout=ack_timeout, max_inflight=max_inflight,
+                                  state_interval=state_interval))
     made.append(p)
     return p
 
