@@ -45,14 +45,14 @@ import orjson
 from nats.aio.msg import Msg
 from nats.js.errors import APIError, NotFoundError
 
-from ..schema import HOST_LOST
+from ..schema import HOST_LOST, HostLost
 from ..stats import Stats
 from .link import NatsLink
 from .options import PublishSettings, StreamSpec
 from .stream import StreamProblem, ensure_state_bucket, ensure_stream
 from .subjects import MSG_ID, event_subject, host_subjects, host_token, lost_msg_id, msg_id, parse_msg_id
 
-__all__ = ["BufferReader", "PublisherStats", "Publisher"]
+__all__ = ["BufferReader", "PublisherStats", "Publisher", "loss_record"]
 
 log = logging.getLogger("procstream.nats")
 
@@ -93,6 +93,19 @@ class PublisherStats(Stats):
     acked_stream_seq: int = 0  # the stream's seq of that event
 
 
+def loss_record(host: str, epoch: str, first: int, last: int) -> HostLost:
+    """The ``host.lost`` record for events ``first``..``last`` of run ``epoch``."""
+    return {
+        "type": HOST_LOST,
+        "ts": time.time(),
+        "host": host,
+        "epoch": epoch,
+        "from_seq": first,
+        "to_seq": last,
+        "count": last - first + 1,
+    }
+
+
 class _Unit:
     """One message in flight: an event, or a ``host.lost`` record for ``first``..``last``."""
 
@@ -106,6 +119,13 @@ class _Unit:
         self.data = data
         self.sent = 0.0
         self.stream_seq = 0  # set when acknowledged
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, APIError) and exc.description:
+        return exc.description
+    text = str(exc).removeprefix("nats: ")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class _Failure(Exception):
@@ -141,6 +161,7 @@ class Publisher:
         self._failure: str | None = None
         self._resend = False
         self._ready = False  # the stream was checked on this connection's server
+        self._unchecked = False  # looking in the stream for lost acknowledgements failed
         self._inbox: str | None = None
         self._wake = asyncio.Event()
         self._acked_event = asyncio.Event()
@@ -159,7 +180,12 @@ class Publisher:
         :class:`~.stream.StreamProblem` (an unusable stream, no JetStream): exit 2."""
         connected = await self.link.wait_connected(self.link.settings.connect_timeout)
         if connected:
-            await self._setup()
+            try:
+                await self._setup()
+            except (nats.errors.Error, APIError, OSError, TimeoutError) as exc:
+                # Not a refusal: a slow cluster, or no permission to look at the stream.
+                log.warning("NATS: could not check stream %s yet (%s); retrying",
+                            self.spec.name, _describe(exc))
         else:
             log.warning(
                 "NATS %s not reachable yet (%s); serving anyway, events wait in the buffer",
@@ -252,7 +278,7 @@ class Publisher:
                 reason = str(exc)
                 self._ready = False
             except (nats.errors.Error, APIError, OSError, TimeoutError) as exc:
-                reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
+                reason = _describe(exc)
             self.stats.failures += 1
             self._attempt += 1
             self._failure = None
@@ -337,17 +363,9 @@ class Publisher:
             "NATS: events %d..%d (%d) left the buffer before they could be published; "
             "publishing a host.lost record in their place", first, last, count,
         )
-        record = {
-            "type": HOST_LOST,
-            "ts": time.time(),
-            "host": self.host,
-            "epoch": self.epoch,
-            "from_seq": first,
-            "to_seq": last,
-            "count": count,
-        }
         return _Unit(first, last, event_subject(self.token, HOST_LOST),
-                     lost_msg_id(self.host, self.epoch, first), orjson.dumps(record))
+                     lost_msg_id(self.host, self.epoch, first),
+                     orjson.dumps(loss_record(self.host, self.epoch, first, last)))
 
     async def _send_new(self, unit: _Unit, *, events: bool) -> None:
         self._inflight.append(unit)
@@ -449,6 +467,14 @@ class Publisher:
             try:
                 m = await js.get_msg(self.spec.name, seq=seq, next=True, subject=subject)
             except NotFoundError:
+                break
+            except (nats.errors.Error, APIError, TimeoutError) as exc:
+                # Not permitted (hosts that may not read the stream) or no answer: send
+                # them all again; the duplicate window drops what JetStream has.
+                if not self._unchecked:
+                    log.warning("NATS: cannot look for unacknowledged events in the stream (%s); "
+                                "sending them again", _describe(exc))
+                self._unchecked = True
                 break
             ident = (m.headers or {}).get(MSG_ID, "")
             if parse_msg_id(ident, self.host, self.epoch) is not None:
