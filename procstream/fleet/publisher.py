@@ -268,7 +268,6 @@ class Publisher:
                 if not self._ready:
                     await self._setup()
                 await self._reconcile()
-                self._set_status("publishing", "")
                 await self._pump()
             except asyncio.CancelledError:
                 raise
@@ -326,6 +325,8 @@ class Publisher:
                 await self._send_again()
             await self._fill()
             wait: float | None = None
+            if not self._inflight:
+                self._set_status("publishing", "")  # caught up
             if self._inflight:
                 age = self._clock() - self._inflight[0].sent
                 if age >= timeout:
@@ -449,6 +450,7 @@ class Publisher:
         if moved:
             self._acked_event.set()
             self._wake.set()
+            self._set_status("publishing", "")
 
     async def _reconcile(self) -> None:
         """After a failure: find which unacknowledged events the stream holds after all

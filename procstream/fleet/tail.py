@@ -5,12 +5,15 @@ of ``--hosts``), of every type (or those of ``--types``). The consumer is durabl
 name: ``--durable``), so the position survives ``tail`` itself: a restarted ``tail`` with
 the same name goes on after the last event it acknowledged.
 
-Delivery is at-least-once. Each batch of messages is written and flushed (and fsynced
-when stdout is a file) before ``tail`` acknowledges it, with one acknowledgement for the
-batch (the consumer acknowledges everything up to a message, ``AckAll``). Killed between
-the write and the acknowledgement, a restarted ``tail`` prints that batch again (at most
-``--batch`` events), never skips one. Events are unique by ``host`` + ``seq`` within the
-``epoch`` their ``host.lost`` and state records name, if a reader wants to drop repeats.
+Delivery is at-least-once and in stream order. Each batch of messages is written and
+flushed (and fsynced when stdout is a file) before ``tail`` acknowledges it, with one
+acknowledgement for the batch (the consumer acknowledges everything up to a message,
+``AckAll``). The consumer hands out one batch at a time (``max_ack_pending`` = the
+batch), so what a killed ``tail`` had fetched and not acknowledged is the one batch the
+server delivers again — to the restarted ``tail``, :data:`ACK_WAIT` seconds after it was
+first delivered, before anything newer. That batch may thus be printed twice; nothing is
+skipped. ``host`` + ``epoch`` + ``seq`` (the message id) identify an event, for readers
+that drop repeats.
 
 ``--types`` and ``--hosts`` become the consumer's subject filters (the server does the
 filtering); ``--groups`` is applied here, since subjects don't carry the group.
@@ -39,8 +42,9 @@ from .subjects import PREFIX, check_name, host_token
 __all__ = ["filter_subjects", "tail_nats", "ACK_WAIT"]
 
 _PROG: Final = "procstream tail"
-#: Seconds the server waits for our acknowledgement before it delivers a batch again.
-ACK_WAIT: Final = 30.0
+#: Seconds the server waits for our acknowledgement before it delivers a batch again:
+#: how long a restarted tail may wait for the batch its killed predecessor held.
+ACK_WAIT: Final = 10.0
 _FETCH_WAIT: Final = 1.0
 _BACKOFF_MAX: Final = 10.0
 
@@ -90,13 +94,15 @@ async def _consumer(js: Any, stream: str, durable: str, subjects: list[str], del
                     f"(or delete it: nats consumer rm {stream} {durable})")
         if getattr(info.config.ack_policy, "value", info.config.ack_policy) != "all":
             return f"consumer {durable} exists and is not one of ours (ack policy {info.config.ack_policy})"
+        if info.config.max_ack_pending != batch:  # --batch changed: one batch out at a time
+            await js.add_consumer(stream, info.config.evolve(max_ack_pending=batch))
         return None
     config = ConsumerConfig(
         durable_name=durable,
         ack_policy=AckPolicy.ALL,
         deliver_policy=DeliverPolicy.NEW if deliver == "new" else DeliverPolicy.ALL,
         ack_wait=ACK_WAIT,
-        max_ack_pending=max(1000, 4 * batch),
+        max_ack_pending=batch,
         description="procstream tail",
     )
     if len(subjects) == 1:

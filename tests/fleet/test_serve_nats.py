@@ -199,3 +199,53 @@ async def test_nats_not_there_at_start_then_everything_from_seq_1(fake_proc: Pat
         assert "not reachable yet" in log.read_text()
     finally:
         server.close()
+
+
+def agent_permissions() -> str:
+    """The per-host permissions of docs/deploy.md's NATS server config, as written there."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "deploy.md").read_text()
+    start = doc.index("AGENT_WEB_01 = {")
+    end = doc.index("\n}\n", start) + 3
+    return doc[start:end]
+
+
+async def test_the_documented_permissions_let_a_host_publish_only_as_itself(fake_proc: Path, tmp_path: Path) -> None:
+    conf = tmp_path / "nats.conf"
+    conf.write_text(agent_permissions() + """
+accounts {
+  PROCSTREAM {
+    jetstream: enabled
+    users: [
+      { user: web-01, password: agent-pw, permissions: $AGENT_WEB_01 }
+      { user: admin, password: admin-pw }
+    ]
+  }
+}
+""")
+    from procstream.fleet.options import StreamSpec
+    from procstream.fleet.stream import stream_config
+
+    with NatsServer("-c", str(conf)) as server:
+        host, port = server.url.removeprefix("nats://").split(":")
+        admin = await nats.connect(f"nats://admin:admin-pw@{host}:{port}")
+        try:  # the operator creates the stream and the bucket, as the doc says
+            js = admin.jetstream()
+            await js.add_stream(stream_config(StreamSpec()))
+            await js.create_key_value(bucket="PROCSTREAM_STATE", history=1)
+            env = {**env_without_nats_secrets(), "PROCSTREAM_NATS_PASSWORD": "agent-pw"}
+            args = serve_args(fake_proc, server.url, "--nats-user", "web-01", "--nats-state-interval", "0.2")
+            with Served(*args, log=tmp_path / "ok.log", env=env) as served:
+                await async_wait_for("web-01's events and state", lambda: health(served)["nats"]["acked_seq"] >= 5
+                                     and metric(served, "procstream_nats_state_writes_total") >= 1)
+            impostor = [*serve_args(fake_proc, server.url, "--nats-user", "web-01", "--nats-state-interval", "0",
+                                    "--nats-ack-timeout", "1"), "--host-name", "web-02"]  # the last one counts
+            with Served(*impostor, log=tmp_path / "impostor.log", env=env) as served:
+                await async_wait_for("the refusal", lambda: health(served)["nats"]["publishing"] == "retrying")
+                assert health(served)["nats"]["acked_seq"] == 0
+            log = (tmp_path / "impostor.log").read_text()
+            assert 'permissions violation for publish to "procstream.web-02.' in log.lower()
+            assert log.count("publishing stopped") == 1, log  # retried, not logged at every retry
+            reader = StreamReader(admin)
+            assert {m[2]["host"] for m in await reader.messages()} == {"web-01"}
+        finally:
+            await admin.close()
