@@ -28,7 +28,7 @@ from nats.aio.client import Client as NATS
 from ..stats import Stats
 from .options import NatsSettings
 
-__all__ = ["LinkStats", "NatsLink", "NatsRefused", "fatal_reason"]
+__all__ = ["LinkStats", "NatsLink", "NatsRefused", "fatal_reason", "stop_task"]
 
 log = logging.getLogger("procstream.nats")
 
@@ -70,6 +70,19 @@ def fatal_reason(exc: BaseException) -> str | None:
         if word in text:
             return f"{str(exc).removeprefix('nats: ').strip(chr(39))} (check the NATS credentials and TLS options)"
     return None
+
+
+async def stop_task(task: asyncio.Task[Any] | None, timeout: float = 1.0) -> None:
+    """Cancel ``task`` and wait for it, a few times if need be: nats-py swallows a
+    cancellation that lands while it flushes (``Client._flush_pending``), and the task
+    then goes on to its next await."""
+    for _ in range(3):
+        if task is None or task.done():
+            return
+        task.cancel()
+        await asyncio.wait({task}, timeout=timeout / 3)
+    if task is not None and not task.done():
+        log.warning("NATS: task %s did not stop", task.get_name())
 
 
 def _describe(exc: BaseException) -> str:
@@ -126,9 +139,7 @@ class NatsLink:
     async def close(self) -> None:
         """Stop reconnecting and close the connection (pending writes are flushed)."""
         self.stats.state = "closed"
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await stop_task(self._task)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.nc.close(), 2.0)
         self.connected.clear()

@@ -47,7 +47,7 @@ from nats.js.errors import APIError, NotFoundError
 
 from ..schema import HOST_LOST, HostLost
 from ..stats import Stats
-from .link import NatsLink
+from .link import NatsLink, stop_task
 from .options import PublishSettings, StreamSpec
 from .stream import StreamProblem, ensure_state_bucket, ensure_stream
 from .subjects import MSG_ID, event_subject, host_subjects, host_token, lost_msg_id, msg_id, parse_msg_id
@@ -166,6 +166,7 @@ class Publisher:
         self._wake = asyncio.Event()
         self._acked_event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self._status = ("starting", "")
         hub.on_append(self._wake.set)
 
@@ -205,9 +206,9 @@ class Publisher:
             self._acked_event.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._acked_event.wait(), left)
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        self._closing = True
+        self._wake.set()
+        await stop_task(self._task)
         await self.link.close()
         pending = self.hub.head_seq - self.stats.acked_seq
         if pending:
@@ -261,7 +262,7 @@ class Publisher:
 
     async def _run(self) -> None:
         backoff = _BACKOFF_MIN
-        while True:
+        while not self._closing:
             await self.link.connected.wait()
             acked_before = self.stats.acked_seq
             try:
@@ -269,6 +270,7 @@ class Publisher:
                     await self._setup()
                 await self._reconcile()
                 await self._pump()
+                return  # closing
             except asyncio.CancelledError:
                 raise
             except _Failure as exc:
@@ -314,7 +316,7 @@ class Publisher:
     async def _pump(self) -> None:
         """Send and wait for acknowledgements until something fails (raises _Failure)."""
         timeout = self.settings.ack_timeout
-        while True:
+        while not self._closing:
             self._wake.clear()
             if not self.link.connected.is_set():
                 raise _Failure("disconnected")

@@ -40,7 +40,7 @@ import orjson
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
-from .link import NatsLink
+from .link import NatsLink, stop_task
 from .subjects import host_token
 
 __all__ = ["StateSource", "StateWriter", "read_host_state", "state_subject", "STATE_ENCODING"]
@@ -109,9 +109,7 @@ class StateWriter:
         self._task = asyncio.create_task(self._run(), name="procstream-nats-state")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await stop_task(self._task)
 
     async def _run(self) -> None:
         while True:
