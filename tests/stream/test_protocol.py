@@ -28,7 +28,7 @@ def test_expand_types_wildcards_and_canonical_forms() -> None:
     assert expand_types(["*"]) is None
     assert expand_types([]) is None
     assert expand_types(["proc.*", "group.update", "cycle", "host.lost"]) is None
-    assert expand_types(["group.*", "cycle", "proc.start", "proc.exit"]) is None
+    assert expand_types(["group.*", "cycle", "proc.start", "proc.exit", "host.*"]) is None
 
 
 @pytest.mark.parametrize(
