@@ -228,6 +228,13 @@ def add_publish_arguments(group: argparse._ActionsContainer) -> None:
                        help="publish the host's state at most every S seconds when it changed (default: 10; 0 = never)")
 
 
+def _name(option: str, value: str) -> None:
+    try:
+        check_name(option, value)
+    except ValueError as exc:
+        raise NatsConfigError(str(exc)) from None
+
+
 def _readable(option: str, path: str | None) -> str | None:
     if path is None:
         return None
@@ -254,10 +261,7 @@ def settings_from(args: argparse.Namespace, urls: str | list[str]) -> NatsSettin
         raise NatsConfigError("--nats-creds and --nats-nkey: use one (a creds file holds its own NKey)")
     if args.nats_connect_timeout <= 0:
         raise NatsConfigError("--nats-connect-timeout must be > 0")
-    try:
-        check_name("--nats-stream", args.nats_stream)
-    except ValueError as exc:
-        raise NatsConfigError(str(exc)) from None
+    _name("--nats-stream", args.nats_stream)
     settings = NatsSettings(
         servers=servers,
         user=args.nats_user,
@@ -295,10 +299,7 @@ def publish_settings_from(args: argparse.Namespace) -> PublishSettings:
         raise NatsConfigError("--nats-max-inflight must be at least 1")
     if args.nats_ack_timeout <= 0:
         raise NatsConfigError("--nats-ack-timeout must be > 0")
-    try:
-        check_name("--nats-state-bucket", args.nats_state_bucket)
-    except ValueError as exc:
-        raise NatsConfigError(str(exc)) from None
+    _name("--nats-state-bucket", args.nats_state_bucket)
     return PublishSettings(
         max_inflight=args.nats_max_inflight,
         ack_timeout=args.nats_ack_timeout,

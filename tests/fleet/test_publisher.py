@@ -10,69 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import nats
-import pytest
+import orjson
 
-from procstream.fleet.link import NatsLink
-from procstream.fleet.options import NatsSettings, PublishSettings, StreamSpec, split_urls
 from procstream.fleet.publisher import Publisher
-from procstream.stream.hub import Hub
-from tests.fleet.conftest import StreamReader
+from tests.fleet.conftest import StreamReader, all_acked, make_publisher, new_hub, some_events
 from tests.support.nats_servers import NatsCluster, NatsServer
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import async_wait_for
-
-_pids = itertools.count(100)
-
-
-def some_events(n: int) -> list[dict[str, Any]]:
-    """``n`` events of every type in turn (a start, its exit, a group update, a cycle)."""
-    out: list[dict[str, Any]] = []
-    for i in range(n):
-        kind = i % 4
-        if kind in (0, 1):
-            out.append({"type": "proc.start" if kind == 0 else "proc.exit", "ts": time.time(),
-                        "pid": next(_pids), "start_time": 1.0, "group": "g", "name": "x"})
-        elif kind == 2:
-            out.append({"type": "group.update", "ts": time.time(), "group": "g", "procs": i})
-        else:
-            out.append({"type": "cycle", "ts": time.time(), "duration_ms": 1.0})
-    return out
-
-
-def new_hub(host: str = "web-01", buffer: int = 100_000) -> Hub:
-    hub = Hub(host=host, interval=1.0, buffer_size=buffer)
-    hub.load_state({}, [])
-    return hub
-
-
-@pytest.fixture
-async def publishers() -> AsyncIterator[list[Publisher]]:
-    """Publishers a test made; each is closed at the end."""
-    made: list[Publisher] = []
-    yield made
-    for p in made:
-        await p.close(timeout=0.5)
-
-
-def make_publisher(made: list[Publisher], hub: Hub, urls: str, *, replicas: int = 1, ack_timeout: float = 2.0,
-                   max_inflight: int = 1000, state_interval: float = 0) -> Publisher:
-    settings = NatsSettings(servers=split_urls(urls), connect_timeout=5.0)
-    p = Publisher(hub, NatsLink(settings, name="test"), StreamSpec(replicas=replicas),
-                  PublishSettings(ack_timeout=ack_timeout, max_inflight=max_inflight,
-                                  state_interval=state_interval))
-    made.append(p)
-    return p
-
-
-async def all_acked(p: Publisher, timeout: float = 20.0) -> None:
-    await async_wait_for("every event to be acknowledged", lambda: p.stats.acked_seq == p.hub.head_seq,
-                         timeout=timeout, explain=lambda: p.health())
-
 
 async def test_events_land_under_their_subject_and_id_as_the_hub_encoded_them(
     nats_server: NatsServer, reader: StreamReader, publishers: list[Publisher]
@@ -91,7 +38,7 @@ async def test_events_land_under_their_subject_and_id_as_the_hub_encoded_them(
         assert subject == f"procstream.web_01_a_.{typ}"
         assert ident == f"web.01 a*:{hub.epoch}:{seq}"
         assert payload["seq"] == seq and payload["host"] == "web.01 a*"  # the host field unchanged
-        assert payload == __import__("orjson").loads(data)  # the WebSocket object itself, not an array
+        assert payload == orjson.loads(data)  # the WebSocket object itself, not an array
     m = p.metrics()
     assert (m["published"], m["acknowledged"], m["pending"], m["in_flight"], m["lost"]) == (40, 40, 0, 0, 0)
     info = await reader.js.stream_info("PROCSTREAM")
@@ -123,8 +70,7 @@ async def test_an_outage_delays_events_and_loses_none(
     hub.publish(some_events(10))
     await all_acked(p)
 
-    nats_server.stop()
-    await async_wait_for("the publisher to notice", lambda: not p.link.connected.is_set())
+    await nats_away(nats_server, p)
     for _ in range(6):  # published while NATS is away: they wait in the hub's buffer
         hub.publish(some_events(5))
         await asyncio.sleep(0)
@@ -147,8 +93,7 @@ async def test_an_outage_longer_than_the_buffer_becomes_one_loss_record(
     hub.publish(some_events(5))
     await all_acked(p)
 
-    nats_server.stop()
-    await async_wait_for("the publisher to notice", lambda: not p.link.connected.is_set())
+    await nats_away(nats_server, p)
     for _ in range(6):
         hub.publish(some_events(5))  # seq 6..35; the buffer keeps 26..35
     assert hub.oldest_seq == 26
@@ -188,6 +133,11 @@ async def test_events_whose_acknowledgement_was_lost_are_found_not_sent_twice(
     assert p.stats.recovered == 20  # found in the stream after reconnecting...
     assert p.stats.duplicates == 0  # ...so not sent again (not even deduplicated)
     assert [m[2]["seq"] for m in await reader.messages()] == list(range(1, 23))
+
+
+async def nats_away(server: NatsServer, p: Publisher) -> None:
+    server.stop()  # a clean stop: the store is kept for the restart
+    await async_wait_for("the publisher to notice", lambda: not p.link.connected.is_set())
 
 
 def _count_is(reader: StreamReader, n: int) -> Any:

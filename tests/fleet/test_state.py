@@ -5,7 +5,6 @@ now (what the fleet aggregator does at start)."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -14,16 +13,8 @@ from procstream.fleet import state as state_module
 from procstream.fleet.publisher import Publisher
 from procstream.fleet.state import StateWriter, read_host_state, state_subject
 from tests.fleet.conftest import StreamReader
-from tests.fleet.test_publisher import all_acked, make_publisher, new_hub
+from tests.fleet.conftest import all_acked, make_publisher, new_hub
 from tests.support.nats_servers import NatsServer
-
-
-@pytest.fixture
-async def publishers() -> AsyncIterator[list[Publisher]]:
-    made: list[Publisher] = []
-    yield made
-    for p in made:
-        await p.close(timeout=0.5)
 
 
 def start(pid: int, cmdline: str = "x") -> dict[str, Any]:

@@ -7,28 +7,18 @@ import asyncio
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 
 from procstream.fleet.publisher import Publisher
 from procstream.fleet.tail import ACK_WAIT, filter_subjects
 from tests.fleet.conftest import StreamReader
-from tests.fleet.test_publisher import all_acked, make_publisher, new_hub, some_events
+from tests.fleet.conftest import all_acked, make_publisher, new_hub, some_events
 from tests.support.nats_servers import NatsServer, env_without_nats_secrets
 from tests.support.processes import stop
 from tests.support.waiting import async_wait_for
-
-
-@pytest.fixture
-async def publishers() -> AsyncIterator[list[Publisher]]:
-    made: list[Publisher] = []
-    yield made
-    for p in made:
-        await p.close(timeout=0.5)
 
 
 class Tail:
