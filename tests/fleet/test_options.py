@@ -123,3 +123,17 @@ def test_what_makes_a_stream_unusable() -> None:
     for word, config in cases.items():
         problems = incompatibilities(config, "web-01")
         assert len(problems) == 1 and word in problems[0], (word, problems)
+
+
+def test_creds_and_nkey_files_say_what_they_need(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    creds = tmp_path / "agent.creds"
+    creds.write_text("-----BEGIN NATS USER JWT-----\n")
+    a = serve_args("--nats", "nats://a", "--nats-creds", str(creds))
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None if name == "nkeys" else object())
+    with pytest.raises(NatsConfigError, match="need the nkeys package"):
+        settings_from(a, a.nats)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: object())
+    assert settings_from(a, a.nats).connect_options()["user_credentials"] == str(creds)
+    a = serve_args("--nats", "nats://a", "--nats-creds", str(tmp_path / "missing.creds"))
+    with pytest.raises(NatsConfigError, match="--nats-creds .*missing.creds: No such file"):
+        settings_from(a, a.nats)
