@@ -121,13 +121,14 @@ def exporter_cpu_per_scrape(scrapes: int) -> float | None:
         os.unlink(cfg)
 
 
-def serve_cpu_per_poll(seconds: float = 10.0, interval: float = 0.5) -> float:
+def serve_cpu_per_poll(seconds: float = 10.0, interval: float = 0.5, extra: tuple[str, ...] = ()) -> float:
     """CPU of a whole ``procstream serve`` process (poller, event building, hub, no
-    subscribers) per poll, from its /proc/PID/stat over ``seconds``."""
+    subscribers) per poll, from its /proc/PID/stat over ``seconds``; ``extra`` options
+    are added to its command line."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "procstream", "serve", "--source", "poll", "--interval", str(interval),
-         "--listen", f"127.0.0.1:{port}", "--log-level", "warning"],
+         "--listen", f"127.0.0.1:{port}", "--log-level", "warning", *extra],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:

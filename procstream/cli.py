@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .fleet.options import add_publish_arguments
 from .tail import add_arguments as add_tail_arguments
 from .tail import run as run_tail
 from .wiring import UsageError
@@ -74,6 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--event-log-max-bytes", type=int, default=0, metavar="N", help="rotate the event log past N bytes (default: 0 = never)")
     serve.add_argument("--event-log-backups", type=int, default=5, metavar="N", help="rotated files to keep (default: 5)")
+    serve.add_argument(
+        "--host-name",
+        metavar="NAME",
+        help="the host field of every event and snapshot, and the host's NATS subjects "
+        "(default: the machine's host name); for several agents on one machine, containers",
+    )
+    add_publish_arguments(serve.add_argument_group(
+        "NATS JetStream",
+        "Publish every event to procstream.<host>.<type> in a JetStream stream (created "
+        "when missing), in order, resent after outages, stored once (message id "
+        "<host>:<epoch>:<seq>). See docs/protocol.md and docs/deploy.md.",
+    ))
     sec = serve.add_argument_group("security")
     sec.add_argument(
         "--token",

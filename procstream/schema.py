@@ -26,6 +26,7 @@ __all__ = [
     "PROC_EXIT",
     "GROUP_UPDATE",
     "CYCLE",
+    "HOST_LOST",
     "StateCounts",
     "ProcFields",
     "GroupFields",
@@ -35,6 +36,7 @@ __all__ = [
     "GroupRemoved",
     "CycleExtras",
     "Cycle",
+    "HostLost",
     "Event",
     "EVENTS",
     "EVENT_TYPES",
@@ -47,6 +49,7 @@ PROC_START: Final = "proc.start"
 PROC_EXIT: Final = "proc.exit"
 GROUP_UPDATE: Final = "group.update"
 CYCLE: Final = "cycle"
+HOST_LOST: Final = "host.lost"
 
 
 # -- what events are about --------------------------------------------------------------
@@ -186,7 +189,22 @@ class Cycle(CycleExtras, _Numbered):
     partial_errors: int
 
 
-Event = Union[ProcStart, ProcExit, GroupUpdate, GroupRemoved, Cycle]
+class HostLost(TypedDict):
+    """Events ``from_seq``..``to_seq`` (``count`` of them) of run ``epoch`` of ``host``
+    that never reached NATS: the host's resume buffer no longer held them when NATS was
+    back. Written by the NATS publisher in their place, never by the hub, so it has no
+    ``seq`` of its own."""
+
+    type: Literal["host.lost"]
+    ts: float
+    host: str
+    epoch: str
+    from_seq: int
+    to_seq: int
+    count: int
+
+
+Event = Union[ProcStart, ProcExit, GroupUpdate, GroupRemoved, Cycle, HostLost]
 
 #: Every event type and the shapes it comes in, in the order types are listed to clients.
 EVENTS: Final[dict[str, tuple[type, ...]]] = {
@@ -194,6 +212,7 @@ EVENTS: Final[dict[str, tuple[type, ...]]] = {
     PROC_EXIT: (ProcExit,),
     GROUP_UPDATE: (GroupUpdate, GroupRemoved),
     CYCLE: (Cycle,),
+    HOST_LOST: (HostLost,),
 }
 
 #: The event type names, in a stable order.

@@ -16,6 +16,10 @@ fsynced when stdout is a file), and read back at start. Delivery is at-least-onc
 killed between the flush and the state write, a restarted ``tail`` prints that frame's
 events again; it never skips one.
 
+With a ``nats://`` (or ``tls://``) URL it reads the fleet's JetStream stream through a
+durable consumer instead (:mod:`procstream.fleet.tail`): the consumer keeps the position,
+so ``--since``/``--epoch``/``--state-file`` don't apply there.
+
 The CLI wiring calls :func:`add_arguments` on its ``tail`` subparser and :func:`run`
 with the parsed arguments; ``python -m procstream.tail`` works on its own too.
 """
@@ -30,7 +34,7 @@ import signal
 import stat
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -38,6 +42,7 @@ import orjson
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+from .fleet.options import NatsConfigError, add_connection_arguments, settings_from
 from .stream.protocol import ProtocolError, expand_types
 
 __all__ = [
@@ -520,7 +525,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``tail``'s arguments to a (sub)parser: URL, --types, --groups, --since,
     --epoch, --state-file, --token (default: $PROCSTREAM_TOKEN)."""
     parser.add_argument("url", metavar="URL",
-                        help="server address: ws://HOST:PORT[/ws], http://HOST:PORT or HOST:PORT")
+                        help="server address: ws://HOST:PORT[/ws], http://HOST:PORT or HOST:PORT; "
+                             "or nats://HOST:PORT[,nats://…] (or tls://…) to read the fleet's JetStream stream")
     parser.add_argument("--types", action="append", metavar="LIST",
                         help="event types, comma separated (proc.start, proc.exit, "
                              "group.update, cycle; proc.* wildcard); default all")
@@ -538,11 +544,74 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--since/--epoch win over it")
     parser.add_argument("--token", metavar="TOKEN",
                         help="bearer token (default: $PROCSTREAM_TOKEN)")
+    nats = parser.add_argument_group(
+        "NATS (nats:// URLs)",
+        "A durable JetStream consumer keeps the position: a restarted tail with the same "
+        "--durable goes on after the last batch it acknowledged (at-least-once: a batch "
+        "written but not yet acknowledged when tail was killed is printed again).",
+    )
+    nats.add_argument("--durable", metavar="NAME", default=None,
+                      help="name of the durable consumer (default: procstream-tail)")
+    nats.add_argument("--hosts", action="append", metavar="LIST",
+                      help="host names, comma separated; default all")
+    nats.add_argument("--deliver", choices=("new", "all"), default="new",
+                      help="where a new consumer starts: new events only, or all the stream holds (default: new)")
+    nats.add_argument("--batch", type=int, default=100, metavar="N",
+                      help="events per fetch and per acknowledgement (default: 100)")
+    add_connection_arguments(nats)
+
+
+_NATS_SCHEMES = ("nats://", "tls://")
+
+
+def _is_nats(url: str) -> bool:
+    return url.startswith(_NATS_SCHEMES) or url.split(",", 1)[0].strip().startswith(_NATS_SCHEMES)
+
+
+def _run_nats(args: argparse.Namespace) -> int:
+    from .fleet.tail import tail_nats
+
+    for flag, value in (("--since", args.since), ("--epoch", args.epoch), ("--state-file", args.state_file)):
+        if value is not None:
+            _say(sys.stderr, f"{flag} is for ws:// URLs: with nats:// the durable consumer keeps the position")
+            return 2
+    if args.token is not None:
+        _say(sys.stderr, "--token is for ws:// URLs: NATS takes --nats-token (or --nats-user, --nats-creds)")
+        return 2
+    try:
+        settings = settings_from(args, args.url)
+    except NatsConfigError as exc:
+        _say(sys.stderr, str(exc))
+        return 2
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await tail_nats(
+            settings,
+            stream=args.nats_stream,
+            durable=args.durable or "procstream-tail",
+            types=_split(args.types),
+            hosts=_split(args.hosts),
+            groups=_split(args.groups),
+            deliver=args.deliver,
+            batch=args.batch,
+            stop=stop,
+        )
+
+    return asyncio.run(main())
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``tail`` from parsed arguments (see :func:`add_arguments`); returns the exit
     code. SIGINT/SIGTERM stop it quietly with 0."""
+    if _is_nats(args.url):
+        return _guard_stdout(lambda: _run_nats(args))
+    if args.durable is not None or args.hosts:
+        _say(sys.stderr, "--durable and --hosts are for nats:// URLs")
+        return 2
     token = args.token if args.token is not None else os.environ.get("PROCSTREAM_TOKEN")
 
     async def main() -> int:
@@ -554,8 +623,13 @@ def run(args: argparse.Namespace) -> int:
                           epoch=args.epoch, state_file=args.state_file, token=token,
                           stop=stop)
 
+    return _guard_stdout(lambda: asyncio.run(main()))
+
+
+def _guard_stdout(fn: Callable[[], int]) -> int:
+    """``fn()``, ending quietly on a second Ctrl-C or when stdout's reader went away."""
     try:
-        return asyncio.run(main())
+        return fn()
     except KeyboardInterrupt:  # a second Ctrl-C during shutdown
         return 0
     except BrokenPipeError:

@@ -11,8 +11,10 @@ Layers, bottom up (a package covers its modules unless a module is listed itself
 3. ``collect`` (the core on its worker thread, and its two sources: polls and kernel
    events) and ``stream`` (sequence numbers, resume buffer, fan-out, event log, and the
    sink that feeds them).
-4. ``serve`` (HTTP and WebSocket server, security, metrics), ``tail`` (a client),
-   ``wiring`` (what every command builds from its options).
+4. ``fleet`` (NATS JetStream: the publisher ``serve --nats`` runs, ``tail nats://``),
+   then ``serve`` (HTTP and WebSocket server, security, metrics), ``tail`` (a client),
+   ``wiring`` (what every command builds from its options). ``fleet`` imports none of
+   the others of its layer, and nothing below it imports it.
 5. The commands: ``serve.service`` (the composition root of ``procstream serve``), ``once``.
 6. ``cli``, then ``__main__``.
 """
@@ -43,6 +45,7 @@ LAYER: dict[str, int] = {
     "procstream.events": 2,
     "procstream.collect": 3,
     "procstream.stream": 3,
+    "procstream.fleet": 4,
     "procstream.serve": 4,
     "procstream.tail": 4,
     "procstream.wiring": 4,
@@ -72,6 +75,8 @@ BANNED: dict[str, tuple[str, ...]] = {
     # the stream and the server know nothing of /proc
     "procstream.stream": _NO_PROC,
     "procstream.serve.server": _NO_PROC,
+    # NATS publishing reads the hub's buffer; it serves nothing and knows nothing of /proc
+    "procstream.fleet": (*_NO_PROC, "procstream.serve", "procstream.tail", "procstream.wiring", "websockets"),
 }
 
 

@@ -271,6 +271,8 @@ def test_compose_default_service(compose: dict) -> None:
 def test_compose_healthcheck_matches_the_image(compose: dict, dockerfile: list[tuple[str, str]]) -> None:
     image_code = healthcheck_code(only(dockerfile, "HEALTHCHECK"))
     for name, svc in compose["services"].items():
+        if svc.get("build") != ".":
+            continue  # not our image (the nats service)
         test = svc["healthcheck"]["test"]
         assert test[:3] == ["CMD", "python", "-c"], name
         assert test[3] == image_code, name
@@ -288,6 +290,26 @@ def test_compose_netlink_service(compose: dict) -> None:
     cmd = svc["command"]
     assert cmd[cmd.index("--listen") + 1] == "127.0.0.1:8765"  # host loopback only
     assert cmd[cmd.index("--source") + 1] == "netlink"
+
+
+def test_compose_fleet_profile(compose: dict) -> None:
+    nats = compose["services"]["nats"]
+    assert nats["profiles"] == ["fleet"] and nats["image"].startswith("nats:")
+    cmd = nats["command"]
+    assert "-js" in cmd  # JetStream on...
+    store = cmd[cmd.index("-sd") + 1]
+    volume, _, path = nats["volumes"][0].partition(":")
+    assert path == store and volume in compose["volumes"]  # ...with its store in a named volume
+    assert nats["healthcheck"]["test"][0] == "CMD" and "/healthz" in " ".join(nats["healthcheck"]["test"])
+    svc = compose["services"]["procstream-fleet"]
+    assert svc["profiles"] == ["fleet"] and svc["build"] == "."
+    assert svc["depends_on"]["nats"]["condition"] == "service_healthy"
+    cmd = svc["command"]
+    assert cmd[cmd.index("--nats") + 1] == "nats://nats:4222"
+    assert svc["uts"] == "host"  # the events' host is the machine's name
+    assert caps(svc) == NEEDED_CAPS and svc["cap_drop"] == ["ALL"] and svc["read_only"] is True
+    assert svc["environment"]["PROCSTREAM_TOKEN"] == "${PROCSTREAM_TOKEN:?set a token}"
+    assert "docker compose --profile fleet up" in (DOCS / "deploy.md").read_text()
 
 
 def test_compose_never_publishes_beyond_loopback(compose: dict) -> None:

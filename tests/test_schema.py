@@ -33,6 +33,8 @@ CONTRACT: dict[type, tuple[set[str], set[str]]] = {  # (required, optional)
          "permission_errors", "read_errors", "partial_errors"},
         NUMBERED | {"skipped", "source", "lost_events"},
     ),
+    # written by the NATS publisher in place of events it could no longer send: no seq
+    schema.HostLost: ({"type", "ts", "host", "epoch", "from_seq", "to_seq", "count"}, set()),
 }  # fmt: skip
 
 
@@ -49,7 +51,7 @@ def test_identity_and_group_fields() -> None:
 
 
 def test_the_registry_lists_every_shape_under_its_own_type() -> None:
-    assert schema.EVENT_TYPES == ("proc.start", "proc.exit", "group.update", "cycle")
+    assert schema.EVENT_TYPES == ("proc.start", "proc.exit", "group.update", "cycle", "host.lost")
     shapes = [cls for classes in EVENTS.values() for cls in classes]
     assert sorted(c.__name__ for c in shapes) == sorted(c.__name__ for c in get_args(schema.Event))
     assert set(shapes) == set(CONTRACT)

@@ -18,7 +18,7 @@ Rules:
   ``TYPE`` lines back into ``counter`` — the exposition itself is prometheus_client's.
 - Self-metrics are ``procstream_*``: subscribers, events by type, overflows, resets,
   slow-consumer closes, poll duration histogram and poll counts, kernel event counts,
-  event log counters, authorization refusals, build info.
+  event log counters, authorization refusals, NATS publishing (with ``--nats``), build info.
 - Only the classic text format (0.0.4) is served, as process-exporter does.
 
 Usage::
@@ -36,7 +36,7 @@ import math
 import platform
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import PlatformCollector, ProcessCollector
 from prometheus_client.core import (
@@ -139,6 +139,7 @@ class MetricsCollector(Collector):
         eventlog_stats: EventLogStats | None = None,
         refusals: Callable[[], Mapping[str, int]] | None = None,
         source: Callable[[], str] | None = None,
+        nats: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         self.hub_stats = hub_stats
         self.server_stats = server_stats
@@ -147,6 +148,7 @@ class MetricsCollector(Collector):
         self.eventlog_stats = eventlog_stats
         self.refusals = refusals
         self.source = source
+        self.nats = nats
         self._view: PollView = _EMPTY_VIEW
 
     # -- poll thread -------------------------------------------------------------------
@@ -343,6 +345,28 @@ class MetricsCollector(Collector):
             yield _counter("procstream_event_log_write_errors", "Failed event log writes", s.write_errors)
             yield _counter("procstream_event_log_dropped", "Events not logged: queue full or not encodable", s.dropped + s.encode_errors)
             yield _counter("procstream_event_log_rotations", "Event log rotations", s.rotations)
+
+        # -- NATS JetStream publishing
+        if self.nats is not None:
+            yield from _nats_metrics(self.nats())
+
+
+def _nats_metrics(n: Mapping[str, Any]) -> Iterator[Metric]:
+    yield _gauge("procstream_nats_connected", "1 while connected to a NATS server", 1 if n["connected"] else 0)
+    yield _counter("procstream_nats_published", "Events sent to JetStream (first attempts)", n["published"])
+    yield _counter("procstream_nats_acknowledged", "Events JetStream confirmed it holds", n["acknowledged"])
+    yield _gauge("procstream_nats_pending", "Events numbered but not yet acknowledged by JetStream", n["pending"])
+    yield _gauge("procstream_nats_in_flight", "Messages sent and not yet acknowledged", n["in_flight"])
+    yield _gauge("procstream_nats_acknowledged_seq", "Every event up to this seq is in JetStream", n["acked_seq"])
+    yield _counter("procstream_nats_retried", "Events sent again after a failure", n["retried"])
+    yield _counter("procstream_nats_duplicates", "Events JetStream already had when they were sent again", n["duplicates"])
+    yield _counter("procstream_nats_recovered", "Unacknowledged events found in the stream after a failure", n["recovered"])
+    yield _counter("procstream_nats_lost_events", "Events that left the buffer before JetStream took them (sent as host.lost)", n["lost"])
+    yield _counter("procstream_nats_lost_records", "host.lost records published", n["lost_records"])
+    yield _counter("procstream_nats_failures", "Times publishing stopped and resumed from the last acknowledged event", n["failures"])
+    yield _counter("procstream_nats_reconnects", "Reconnections to NATS", n["reconnects"])
+    yield _counter("procstream_nats_state_writes", "Host states written to the state bucket", n["state_writes"])
+    yield _counter("procstream_nats_state_failures", "Host state writes that failed", n["state_failures"])
 
 
 def _counter(name: str, help_text: str, value: float) -> CounterMetricFamily:

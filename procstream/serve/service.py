@@ -7,7 +7,9 @@ the hub numbers them and fans them out to the WebSocket clients, then the event 
 writes them. The :class:`MetricsCollector` watches every poll of the core.
 
 Start-up order: check the security settings (token, origins, listening address, TLS
-files: a problem is exit 2 before anything listens), read the config and /proc once (so
+files: a problem is exit 2 before anything listens), with ``--nats`` connect and check
+the stream (refused credentials or an unusable stream: exit 2; a server that isn't
+there yet: a warning, and events wait in the buffer), read the config and /proc once (so
 the first subscriber already gets a full snapshot), then listen, then poll on the
 interval. Signals: SIGTERM/SIGINT close every client with 1001 and exit 0 within 5 s;
 SIGHUP re-reads ``--config`` (a bad file is logged and the old rules stay), reopens the
@@ -28,6 +30,9 @@ from typing import Any
 from ..collect.core import Core
 from ..collect.kernel import KernelSource, choose_source
 from ..collect.poll import Poller
+from ..fleet.agent import NatsAgent, NatsStartError
+from ..fleet.options import NatsConfigError
+from ..fleet.subjects import check_host_name
 from ..netlink.connector import ConnectorError
 from ..stream.eventlog import EventLog, parse_types
 from ..stream.hub import Hub
@@ -96,7 +101,19 @@ class Service:
         except SecurityError as exc:
             raise UsageError(str(exc)) from None
         self.fs, self.grouper, self.builder = build_core(args)
-        self.hub = Hub(host=socket.gethostname(), interval=args.interval, buffer_size=args.buffer)
+        host_name = args.host_name if args.host_name is not None else socket.gethostname()
+        problem = check_host_name(host_name)
+        if problem is not None:
+            raise UsageError(f"--host-name {host_name!r}: {problem}")
+        self.hub = Hub(host=host_name, interval=args.interval, buffer_size=args.buffer)
+        # Publishing to NATS JetStream: checked here (a bad URL or file is exit 2),
+        # connected in run() before the first poll.
+        self.nats: NatsAgent | None = None
+        if args.nats:
+            try:
+                self.nats = NatsAgent.from_args(self.hub, args)
+            except NatsConfigError as exc:
+                raise UsageError(f"--nats: {exc}") from None
         self.eventlog: EventLog | None = None
         if args.event_log:
             try:
@@ -124,7 +141,7 @@ class Service:
                 max_clients=args.max_clients,
                 ssl_context=self.tls.context if self.tls is not None else None,
             ),
-            health=self.poller.health,
+            health=self._health,
             authorize=self.guard,
         )
         # /metrics: the core hands each good poll to the collector; scrapes read it.
@@ -136,10 +153,19 @@ class Service:
             eventlog_stats=self.eventlog.stats if self.eventlog is not None else None,
             refusals=self.guard.stats.as_dict,
             source=lambda: "netlink" if self.kernel is not None else "poll",
+            nats=self.nats.metrics if self.nats is not None else None,
         )
         self.core.watch(self.metrics.on_poll)
         self.server.add_route("/metrics", metrics_route(make_registry(self.metrics)))
         self._stop = asyncio.Event()
+
+    def _health(self) -> tuple[bool, dict[str, Any]]:
+        """Polling decides the status; NATS is reported beside it (publishing waits in
+        the buffer while NATS is away, the host itself is fine)."""
+        ok, details = self.poller.health()
+        if self.nats is not None:
+            details = {**details, "nats": self.nats.health()}
+        return ok, details
 
     def stop(self) -> None:
         """Ask the service to shut down (safe from a signal handler)."""
@@ -183,6 +209,11 @@ class Service:
         handlers.append(signal.SIGHUP)
         poll_task: asyncio.Task[None] | None = None
         try:
+            if self.nats is not None:
+                try:
+                    await self.nats.start()
+                except NatsStartError as exc:
+                    raise UsageError(str(exc)) from None
             if not await self.poller.poll_now():
                 log.warning("first poll failed; serving anyway and retrying every %.3gs", self.args.interval)
             await self._start_kernel_source()
@@ -249,6 +280,8 @@ class Service:
                 poll_task.cancel()
                 await asyncio.gather(poll_task, return_exceptions=True)
             self.core.close()
+            if self.nats is not None:
+                await self.nats.close()
             if self.eventlog is not None:
                 await asyncio.to_thread(self.eventlog.close, 2.0)
 

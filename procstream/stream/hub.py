@@ -286,6 +286,8 @@ class Hub:
         # filter -> recent batches as (first seq, next seq, frame or None if nothing matched)
         self._recent: dict[Filter, collections.deque[tuple[int, int, bytes | None]]] = {}
 
+        self._readers: tuple[Callable[[], None], ...] = ()
+
         self._next_id = 0
         self._subs: set[Subscriber] = set()
         self._by_filter: dict[Filter, set[Subscriber]] = {}
@@ -317,6 +319,31 @@ class Hub:
         if self.overflow_grace > 0:
             candidates.append(self.overflow_grace / 4)
         return max(0.01, min(candidates))
+
+    # -- readers of the buffer (the NATS publisher) --------------------------------------
+
+    def on_append(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` after every batch is appended to the buffer and after a
+        re-baseline (which empties it), on the event loop thread. It must return at once
+        (set an ``asyncio.Event``); the reader then pulls with :meth:`read`."""
+        self._readers = (*self._readers, callback)
+
+    def read(self, from_seq: int, limit: int) -> tuple[int, list[Any], list[bytes]]:
+        """Up to ``limit`` buffered events from ``from_seq`` on, each as the hub encoded
+        it (one JSON object, the bytes WebSocket frames are joined from): ``(seq of the
+        first, their types, their bytes)``. Starts at :attr:`oldest_seq` when ``from_seq``
+        is older (the caller sees the gap in the first seq); empty past the head. The
+        lists are copies; the bytes are shared and immutable."""
+        first = max(from_seq, self.oldest_seq)
+        ring = self._ring
+        i = ring.start + (first - self.oldest_seq)
+        j = min(len(ring.data), i + max(0, limit))
+        return first, ring.types[i:j], ring.data[i:j]
+
+    def state_json(self) -> tuple[int, bytes]:
+        """``(head seq, the unfiltered snapshot encoded)`` for a reader that is not a
+        subscriber (not counted as a snapshot sent)."""
+        return self._head, self._snapshot_bytes(Filter(), count=False)
 
     # -- producer side -----------------------------------------------------------------
 
@@ -352,6 +379,8 @@ class Hub:
                 parts.append(self._snapshot_bytes(sub.filter))
             self._count_reset("resync")
             self._push(sub, _join(parts))
+        for reader in self._readers:
+            reader()
 
     def publish(self, batch: Sequence[Event]) -> None:
         """Number, record and deliver one poll's events, in order.
@@ -434,6 +463,8 @@ class Hub:
         for sub in dead:
             self._drop_dead(sub)
         self._trim(now)
+        for reader in self._readers:
+            reader()
 
     # -- connection side ---------------------------------------------------------------
 
@@ -615,7 +646,7 @@ class Hub:
             procs = [p for p in self._procs.values() if p.get("group") in groups]
         return P.snapshot(seq=self._head, host=self.host, epoch=self.epoch, groups=gstate, procs=procs)
 
-    def _snapshot_bytes(self, filt: Filter) -> bytes:
+    def _snapshot_bytes(self, filt: Filter, *, count: bool = True) -> bytes:
         # Cached per groups filter until the next change: a thousand clients
         # (re)connecting within one interval cost one encoding.
         key = filt.groups
@@ -623,7 +654,8 @@ class Hub:
         if data is None:
             data = _dumps(self._snapshot_obj(filt))
             self._snapshots[key] = data
-        self.stats.snapshots_sent += 1
+        if count:
+            self.stats.snapshots_sent += 1
         return data
 
     def _push(self, sub: Subscriber, frame: bytes) -> None:

@@ -656,3 +656,43 @@ def test_publish_does_not_reencode_for_each_subscriber() -> None:
     hub.publish(batch)
     assert hub.stats.frames_encoded - before == 1
     assert hub.stats.frames_sent >= 200
+
+
+# -- readers of the buffer (the NATS publisher) -----------------------------------------
+
+
+def test_a_reader_gets_the_encoded_events_by_seq_and_sees_what_the_buffer_lost() -> None:
+    hub, clock = make_hub(buffer_size=5)
+    woken: list[int] = []
+    hub.on_append(lambda: woken.append(hub.head_seq))
+    hub.publish([start(), cycle()])
+    hub.publish([gupd("web", 1), cycle()])
+    assert woken == [2, 4]
+    first, types, datas = hub.read(2, 10)
+    assert first == 2 and types == ["cycle", "group.update", "cycle"]
+    assert [orjson.loads(d)["seq"] for d in datas] == [2, 3, 4]
+    assert hub.read(1, 2)[1] == ["proc.start", "cycle"]  # at most `limit`
+    assert hub.read(5, 10) == (5, [], [])  # past the head
+    hub.publish([cycle(), cycle(), cycle()])  # seq 5..7: the buffer keeps 3..7
+    first, types, datas = hub.read(1, 10)
+    assert first == 3 == hub.oldest_seq and len(datas) == 5  # the caller sees 1..2 are gone
+    subscriber = FakeTransport()
+    sub = hub.attach(subscriber)
+    hub.subscribe(sub, Subscription(Filter()))
+    assert subscriber.events() == []
+    hub.publish([cycle()])
+    # the bytes a reader gets are the very bytes the WebSocket frame was joined from
+    assert subscriber.frames[-1] == b"[" + hub.read(8, 1)[2][0] + b"]"
+
+
+def test_the_state_for_readers_is_the_snapshot_and_not_counted_as_sent() -> None:
+    hub, clock = make_hub()
+    hub.publish([start("web")])
+    sent = hub.stats.snapshots_sent
+    seq, data = hub.state_json()
+    assert seq == 1 and orjson.loads(data) == hub.snapshot()
+    assert hub.stats.snapshots_sent == sent
+    woken: list[int] = []
+    hub.on_append(lambda: woken.append(1))
+    hub.load_state({}, [])  # a re-baseline empties the buffer: readers are told
+    assert woken == [1] and hub.read(1, 10) == (2, [], [])

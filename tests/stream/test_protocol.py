@@ -27,8 +27,8 @@ def test_expand_types_wildcards_and_canonical_forms() -> None:
     # every type, however spelled, is "no filter" so equal filters share one encoding
     assert expand_types(["*"]) is None
     assert expand_types([]) is None
-    assert expand_types(["proc.*", "group.update", "cycle"]) is None
-    assert expand_types(["group.*", "cycle", "proc.start", "proc.exit"]) is None
+    assert expand_types(["proc.*", "group.update", "cycle", "host.lost"]) is None
+    assert expand_types(["group.*", "cycle", "proc.start", "proc.exit", "host.*"]) is None
 
 
 @pytest.mark.parametrize(
