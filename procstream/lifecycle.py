@@ -35,9 +35,12 @@ Rules:
   ``stable_after_s`` sends one ``group.stable`` (checked at each poll, so up to one
   interval late). A group whose supervisor gave up (no process left) stays in its crash
   loop: it is not up.
-- One event per change of state, right after the event that caused it; a poll's
-  time-driven ones (``group.stable``) come before its first event that is not a
-  ``proc.*`` one (its ``group.update`` events or its ``cycle``).
+- A batch (a poll's, or kernel events read together) is one moment: an expected group
+  is missing or not as its ``proc.*`` events leave it, so a restart seen in one batch is
+  a restart, not a ``group.missing`` and ``group.recovered`` pair. One event per change
+  of state; a batch's lifecycle events come right after its ``proc.*`` events and before
+  the rest (a poll's ``group.update`` events and ``cycle``): first where the expected
+  groups stand, then crash loops, then (a poll) the time-driven ``group.stable``.
 - Bounded: per group a count, a few counters, at most :data:`RECENT_EXITS` exits that may
   still be replaced, and at most ``crashloop_restarts`` restart times. A group the grouper
   drops is forgotten, unless it is expected; so is, at a poll, a group the grouper does
@@ -224,27 +227,40 @@ class Lifecycle:
         :attr:`view`; ``reported``: the groups that poll reported.
         """
         out: list[Event] = []
-        pending_tick = tick
+        changed: dict[str, float] = {}  # groups whose count changed -> time of the last change
+        caused: list[Event] = []
+        flushed = False
         for ev in events:
             t = ev["type"]
             if t == PROC_EXIT:
                 out.append(ev)
-                self._exited(cast(dict[str, Any], ev), out)
+                self._exited(cast(dict[str, Any], ev), changed)
             elif t == PROC_START:
                 out.append(ev)
-                self._started(cast(dict[str, Any], ev), out)
+                self._started(cast(dict[str, Any], ev), changed, caused)
             else:
-                if pending_tick:
-                    self._tick(out)
-                    pending_tick = False
+                if not flushed:
+                    self._flush(changed, caused, tick, out)
+                    flushed = True
                 out.append(ev)
-        if pending_tick:
-            self._tick(out)
+        if not flushed:
+            self._flush(changed, caused, tick, out)
         if tick:
             if reported is not None:
                 self._drop_unreported(reported)
             self._publish_view()
         return out
+
+    def _flush(self, changed: dict[str, float], caused: list[Event], tick: bool, out: list[Event]) -> None:
+        """The batch's own events, after its ``proc.*`` ones: where the expected groups it
+        changed stand now, its crash loops, then (a poll) what time changed."""
+        for name, ts in changed.items():
+            g = self._groups.get(name)
+            if g is not None:
+                self._check_expected(name, g, ts, out)
+        out.extend(caused)
+        if tick:
+            self._tick(out)
 
     def forget(self, groups: Iterable[str]) -> None:
         """The grouper dropped these groups: forget them unless they are expected."""
@@ -297,7 +313,7 @@ class Lifecycle:
                 self._unreported.discard(name)
                 self.forget((name,))
 
-    def _exited(self, ev: dict[str, Any], out: list[Event]) -> None:
+    def _exited(self, ev: dict[str, Any], changed: dict[str, float]) -> None:
         name = ev["group"]
         g = self._group(name)
         code, sig = ev.get("exit_code"), ev.get("signal")
@@ -320,7 +336,7 @@ class Lifecycle:
         g.exits.append(_Exit(ts, since, ev["pid"], ev["start_time"], ev["name"], code, sig, cls != "ok"))
         self._with_exits.add(name)
         self._dirty.add(name)
-        self._check_expected(name, g, ts, out)
+        changed[name] = ts
 
     def _oom_killed(self, pid: int, code: int | None, sig: int | None) -> bool | None:
         if code is not None or (sig is not None and sig != signal.SIGKILL):
@@ -329,14 +345,16 @@ class Lifecycle:
             return None
         return self.oom.oom_killed(pid)
 
-    def _started(self, ev: dict[str, Any], out: list[Event]) -> None:
+    def _started(self, ev: dict[str, Any], changed: dict[str, float], caused: list[Event]) -> None:
         name = ev["group"]
         g = self._group(name)
         g.procs += 1
-        start = ev["start_time"]
+        # Up since it was seen (a process first seen late may have started long before)
+        ts = ev["ts"]
         if g.procs == 1:
-            g.up_since = start
+            g.up_since = ts
         self._dirty.add(name)
+        start = ev["start_time"]
         replaced = self._replaced(g, ev["pid"], start, ev["name"])
         if replaced is not None:
             restart: RestartOf = {
@@ -347,10 +365,10 @@ class Lifecycle:
             }
             ev["restart_of"] = restart
             g.restarts += 1
-            g.up_since = start
-        self._check_expected(name, g, ev["ts"], out)
+            g.up_since = ts
+        changed[name] = ts
         if replaced is not None and replaced.failed:
-            self._failed_restart(name, g, start, ev["ts"], out)
+            self._failed_restart(name, g, ts, caused)
 
     def _replaced(self, g: _Group, pid: int, start: float, name: str) -> _Exit | None:
         window = self.config.restart_window_s
@@ -365,14 +383,14 @@ class Lifecycle:
             return e
         return None
 
-    def _failed_restart(self, name: str, g: _Group, start: float, ts: float, out: list[Event]) -> None:
+    def _failed_restart(self, name: str, g: _Group, ts: float, out: list[Event]) -> None:
         times = g.restart_times
-        times.append(start)
+        times.append(ts)
         if g.crashloop:
             g.loop_restarts += 1
             return
         window = self.config.crashloop_window_s
-        while times and start - times[0] > window:
+        while times and ts - times[0] > window:
             times.popleft()
         if len(times) >= self.config.crashloop_restarts:
             g.crashloop = True

@@ -95,9 +95,21 @@ def test_missing_and_recovered_once_per_change(clock: Clock) -> None:
     # a third process, then one leaving: still at the minimum, nothing to say
     assert lifecycle_events(lc.observe([start(6, "web", T0 + 2), exit_(6, "web", T0 + 3, code=0)])) == []
     out = lc.observe([exit_(5, "web", T0 + 4, code=1), exit_(1, "web", T0 + 5, code=1)])
-    # each event right after its cause; the second exit changes no state
-    assert kinds(out) == [("proc.exit", "web"), ("group.missing", "web"), ("proc.exit", "web")]
-    assert out[1]["procs"] == 1 and out[1]["ts"] == T0 + 4
+    # after the batch's proc events: where the group stands at the end of it
+    assert kinds(out) == [("proc.exit", "web"), ("proc.exit", "web"), ("group.missing", "web")]
+    assert out[2]["procs"] == 0 and out[2]["ts"] == T0 + 5
+    assert lifecycle_events(lc.observe([exit_(9, "web", T0 + 6, code=0)])) == []  # still missing: nothing new
+
+
+def test_a_restart_within_one_batch_is_no_missing_and_recovered_pair(clock: Clock) -> None:
+    lc = make(clock, ExpectedGroup("web", 1))
+    lc.baseline([proc(1, "web", T0 - 10)])
+    out = lc.observe([exit_(1, "web", T0 + 1, code=1, started=T0 - 10), start(2, "web", T0 + 1.2), gupd("web")])
+    assert kinds(out) == [("proc.exit", "web"), ("proc.start", "web"), ("group.update", "web")]
+    assert out[1]["restart_of"]["pid"] == 1
+    # in two batches, the group was missing in between, and says so
+    out = lc.observe([exit_(2, "web", T0 + 2, code=1, started=T0 + 1.2)]) + lc.observe([start(3, "web", T0 + 2.1)])
+    assert kinds(out) == [("proc.exit", "web"), ("group.missing", "web"), ("proc.start", "web"), ("group.recovered", "web")]
 
 
 def test_a_group_not_expected_is_never_missing(clock: Clock) -> None:
