@@ -201,12 +201,13 @@ class Lifecycle:
 
     # -- inputs -------------------------------------------------------------------------
 
-    def baseline(self, procs: Iterable[ProcFields]) -> list[Event]:
-        """Count the processes of the first poll's state; returns the ``group.missing``
-        events of the expected groups below their minimum."""
+    def baseline(self, procs: Iterable[ProcFields], now: float | None = None) -> list[Event]:
+        """Count the processes of the first poll's state (``now``: that poll's time);
+        returns the ``group.missing`` events of the expected groups below their minimum."""
         for p in procs:
             self._group(p["group"]).procs += 1
-        now = self.clock()
+        if now is None:
+            now = self.clock()
         self._last_poll = now
         for name, g in self._groups.items():
             if g.procs:
@@ -219,17 +220,24 @@ class Lifecycle:
         return out
 
     def observe(
-        self, events: list[Event], *, tick: bool = False, reported: Collection[str] | None = None
+        self,
+        events: list[Event],
+        *,
+        tick: bool = False,
+        reported: Collection[str] | None = None,
+        now: float | None = None,
     ) -> list[Event]:
         """Annotate ``events`` in place and return them with the lifecycle's events added.
 
         ``tick``: the batch is a poll's: check the time-driven changes and publish
-        :attr:`view`; ``reported``: the groups that poll reported.
+        :attr:`view`; ``reported``: the groups that poll reported; ``now``: its time
+        (the moment it began to look: what it did not see had ended before).
         """
         out: list[Event] = []
         changed: dict[str, float] = {}  # groups whose count changed -> time of the last change
         caused: list[Event] = []
         flushed = False
+        when = (now if now is not None else self.clock()) if tick else None
         for ev in events:
             t = ev["type"]
             if t == PROC_EXIT:
@@ -240,27 +248,27 @@ class Lifecycle:
                 self._started(cast(dict[str, Any], ev), changed, caused)
             else:
                 if not flushed:
-                    self._flush(changed, caused, tick, out)
+                    self._flush(changed, caused, when, out)
                     flushed = True
                 out.append(ev)
         if not flushed:
-            self._flush(changed, caused, tick, out)
+            self._flush(changed, caused, when, out)
         if tick:
             if reported is not None:
                 self._drop_unreported(reported)
             self._publish_view()
         return out
 
-    def _flush(self, changed: dict[str, float], caused: list[Event], tick: bool, out: list[Event]) -> None:
+    def _flush(self, changed: dict[str, float], caused: list[Event], now: float | None, out: list[Event]) -> None:
         """The batch's own events, after its ``proc.*`` ones: where the expected groups it
-        changed stand now, its crash loops, then (a poll) what time changed."""
+        changed stand now, its crash loops, then (a poll, at ``now``) what time changed."""
         for name, ts in changed.items():
             g = self._groups.get(name)
             if g is not None:
                 self._check_expected(name, g, ts, out)
         out.extend(caused)
-        if tick:
-            self._tick(out)
+        if now is not None:
+            self._tick(now, out)
 
     def forget(self, groups: Iterable[str]) -> None:
         """The grouper dropped these groups: forget them unless they are expected."""
@@ -413,8 +421,7 @@ class Lifecycle:
             return
         self._dirty.add(name)
 
-    def _tick(self, out: list[Event]) -> None:
-        now = self.clock()
+    def _tick(self, now: float, out: list[Event]) -> None:
         self._drop_old_exits(now)
         self._last_poll = now
         if not self._looping:

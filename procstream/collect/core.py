@@ -199,7 +199,7 @@ class Core:
         lifecycle = self._lifecycle
         if not self._baselined:
             group_state, procs = builder.state(grouper.tracker.tracked.values(), groups, update.time)
-            events: list[Event] = lifecycle.baseline(procs) if lifecycle is not None else []
+            events: list[Event] = lifecycle.baseline(procs, update.time) if lifecycle is not None else []
             result = _PollResult(True, time.perf_counter() - t0, events, group_state, procs)
         else:
             extra: CycleExtras = {"skipped": skipped}
@@ -210,7 +210,7 @@ class Core:
             if lifecycle is not None:
                 if update.removed_groups:
                     lifecycle.forget(update.removed_groups)
-                events = lifecycle.observe(events, tick=True, reported=groups)
+                events = lifecycle.observe(events, tick=True, reported=groups, now=update.time)
             result = _PollResult(False, time.perf_counter() - t0, events)
         for watcher in self._watchers:
             watcher(update, groups, result.duration)
