@@ -35,9 +35,7 @@ from pathlib import Path
 
 from _common import ROOT, free_port, wait_http  # noqa: E402  (also puts the tree on sys.path)
 from _common import percentile as pct
-
-import orjson
-from websockets.asyncio.client import connect
+from kernel import subscribe
 
 __all__ = ["main"]
 
@@ -54,17 +52,7 @@ class Subscriber:
         self.stop = asyncio.Event()
 
     async def run(self, url: str) -> None:
-        async with connect(url, max_size=None) as ws:
-            while not self.stop.is_set():
-                try:
-                    frame = await asyncio.wait_for(ws.recv(), 0.2)
-                except TimeoutError:
-                    continue
-                now = time.time()
-                for obj in orjson.loads(frame):
-                    if obj.get("type") == "snapshot":
-                        self.ready.set()
-                    self.seen.append((now, obj))
+        await subscribe(url, self.seen, self.ready, self.stop)
 
     async def first(self, after: int, timeout: float = 10.0, **match: object) -> tuple[float, dict]:
         """The first object like ``match`` among those received after the ``after``th."""

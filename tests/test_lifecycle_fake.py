@@ -5,17 +5,14 @@ that changes expectations. These run anywhere."""
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import orjson
 
 from tests.serve.test_metrics import Exposition
-from tests.support.fake_proc_tree import add_proc, remove_proc
+from tests.support.fake_proc_tree import add_proc, remove_proc, ticks_now
 from tests.support.served import Client, Served, http_get
 from tests.support.waiting import wait_for
-
-BTIME = 1795677232  # the fixture tree's boot time (tests/fixtures/proc/stat)
 
 CONFIG = """
 process_names:
@@ -26,11 +23,6 @@ expected_groups:
   - {group: alpha, min: 1}
 lifecycle: {restart_window_s: 30}
 """
-
-
-def now_ticks(later: float = 0.0) -> int:
-    """A start time (clock ticks since the tree's boot) of now."""
-    return int((time.time() + later - BTIME) * 100)
 
 
 def serve(fake_proc: Path, tmp_path: Path, config: str = CONFIG) -> Served:
@@ -48,13 +40,13 @@ async def connect(srv: Served) -> Client:
 
 
 async def test_a_pid_reused_within_the_window_is_a_restart_of_the_old_process(fake_proc: Path, tmp_path: Path) -> None:
-    add_proc(fake_proc, 2001, comm="svc", cmdline=("svc", "--serve"), start=now_ticks(-60))
-    add_proc(fake_proc, 2002, comm="alpha", cmdline=("alpha",), start=now_ticks(-60))
+    add_proc(fake_proc, 2001, comm="svc", cmdline=("svc", "--serve"), start=ticks_now(-60))
+    add_proc(fake_proc, 2002, comm="alpha", cmdline=("alpha",), start=ticks_now(-60))
     with serve(fake_proc, tmp_path) as srv:
         client = await connect(srv)
         try:
             # the same pid, a new start time: another process
-            add_proc(fake_proc, 2001, comm="svc", cmdline=("svc", "--serve"), start=now_ticks())
+            add_proc(fake_proc, 2001, comm="svc", cmdline=("svc", "--serve"), start=ticks_now())
             start = await client.wait("the new process", lambda: client.of("proc.start", pid=2001))
             (exit_,) = client.of("proc.exit", pid=2001)
             assert client.events().index(exit_) < client.events().index(start[0])
@@ -68,18 +60,18 @@ async def test_a_pid_reused_within_the_window_is_a_restart_of_the_old_process(fa
 
 
 async def test_two_groups_restarting_at_once(fake_proc: Path, tmp_path: Path) -> None:
-    add_proc(fake_proc, 2101, comm="alpha", cmdline=("alpha",), start=now_ticks(-60))
-    add_proc(fake_proc, 2102, comm="beta", cmdline=("beta",), start=now_ticks(-60))
-    add_proc(fake_proc, 2103, comm="beta", cmdline=("beta", "2"), start=now_ticks(-60))
+    add_proc(fake_proc, 2101, comm="alpha", cmdline=("alpha",), start=ticks_now(-60))
+    add_proc(fake_proc, 2102, comm="beta", cmdline=("beta",), start=ticks_now(-60))
+    add_proc(fake_proc, 2103, comm="beta", cmdline=("beta", "2"), start=ticks_now(-60))
     with serve(fake_proc, tmp_path) as srv:
         client = await connect(srv)
         try:
             # one poll: both groups lose their processes and get new ones, a third group starts
             for pid in (2101, 2102, 2103):
                 remove_proc(fake_proc, pid)
-            add_proc(fake_proc, 2201, comm="alpha", cmdline=("alpha",), start=now_ticks())
-            add_proc(fake_proc, 2202, comm="beta", cmdline=("beta",), start=now_ticks())
-            add_proc(fake_proc, 2203, comm="gamma", cmdline=("gamma",), start=now_ticks())
+            add_proc(fake_proc, 2201, comm="alpha", cmdline=("alpha",), start=ticks_now())
+            add_proc(fake_proc, 2202, comm="beta", cmdline=("beta",), start=ticks_now())
+            add_proc(fake_proc, 2203, comm="gamma", cmdline=("gamma",), start=ticks_now())
             await client.wait("three starts", lambda: len(client.of("proc.start")) == 3)
             restarts = {e["pid"]: e["restart_of"] for e in client.of("proc.start")}
             assert restarts[2201]["pid"] == 2101
@@ -100,7 +92,7 @@ async def test_two_groups_restarting_at_once(fake_proc: Path, tmp_path: Path) ->
 
 
 async def test_a_reload_changes_expectations(fake_proc: Path, tmp_path: Path) -> None:
-    add_proc(fake_proc, 2301, comm="alpha", cmdline=("alpha",), start=now_ticks(-60))
+    add_proc(fake_proc, 2301, comm="alpha", cmdline=("alpha",), start=ticks_now(-60))
     srv = serve(fake_proc, tmp_path).start()
     try:
         client = await connect(srv)
@@ -130,7 +122,7 @@ async def test_a_reload_changes_expectations(fake_proc: Path, tmp_path: Path) ->
         assert m.by_group("procstream_group_expected_min") == {"alpha": 2, "gamma": 1}
         assert m.by_group("procstream_group_missing") == {"alpha": 1, "gamma": 1}
         # and the new minimum is met
-        add_proc(fake_proc, 2302, comm="alpha", cmdline=("alpha",), start=now_ticks())
+        add_proc(fake_proc, 2302, comm="alpha", cmdline=("alpha",), start=ticks_now())
         await client.wait("alpha recovered", lambda: client.of("group.recovered", group="alpha"))
         # the reload was logged with what it holds
         wait_for("the reload's log line", lambda: "2 expected groups" in srv.output())

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.fake_proc_tree import add_proc, remove_proc
+from tests.support.fake_proc_tree import LIFECYCLE_CONFIG, add_proc, remove_proc, ticks_now
 from tests.support.served import Served
 from tests.web import axe
 from tests.web.page import Viewer, checked
@@ -26,16 +25,6 @@ from tests.web.page import Viewer, checked
 # pid -> (exit_code, signal, exit_class) the proxy writes into that process's proc.exit
 EXIT_STATUS = {2401: (3, None, "error"), 2402: (None, 15, "signal"), 2406: (None, 9, "oom_kill")}
 REFUSED = r"^WebSocket connection to 'ws://127\.0\.0\.1:\d+/ws\?.*' failed"
-# the default config, plus a group expected from the start and quick crash loops
-CONFIG = """
-process_names:
-  - name: "{{.Comm}}"
-    cmdline: ['.+']
-expected_groups:
-  - {group: svc, min: 1}
-lifecycle: {restart_window_s: 60, crashloop_restarts: 3}
-"""
-BTIME = 1795677232  # the fixture tree's boot time
 
 
 def _with_exit_status(message: str | bytes) -> str | bytes:
@@ -59,7 +48,7 @@ class Tour:
         self.fake_proc = fake_proc
         self.tmp_path = tmp_path
         config = tmp_path / "config.yml"
-        config.write_text(CONFIG)
+        config.write_text(LIFECYCLE_CONFIG)
         self.args = ("--procfs", str(fake_proc), "--interval", "0.2", "--config", str(config))
         self.server: Served | None = None
         self.runs = 0
@@ -107,8 +96,7 @@ class Tour:
 
     def restarts_crash_loop_and_oom_kill(self) -> None:
         def start(pid: int, comm: str) -> None:
-            start = int((time.time() - BTIME) * 100)  # now: a replacement, not an old process
-            add_proc(self.fake_proc, pid, comm=comm, cmdline=(comm,), start=start)
+            add_proc(self.fake_proc, pid, comm=comm, cmdline=(comm,), start=ticks_now())
 
         start(2601, "svc")
         start(2611, "svc")  # the group never goes below its minimum while 2601 is replaced

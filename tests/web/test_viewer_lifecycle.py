@@ -10,28 +10,14 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 from typing import Any
 
-from tests.support.fake_proc_tree import add_proc, remove_proc
+from tests.support.fake_proc_tree import LIFECYCLE_CONFIG, add_proc, remove_proc, ticks_now
 from tests.support.served import Served
 from tests.web.page import Viewer
 
-BTIME = 1795677232  # the fixture tree's boot time
 OOM_PID = 2606
-CONFIG = """
-process_names:
-  - name: "{{.Comm}}"
-    cmdline: ['.+']
-expected_groups:
-  - {group: svc, min: 1}
-lifecycle: {restart_window_s: 60, crashloop_restarts: 3, crashloop_window_s: 600, stable_after_s: 600}
-"""
-
-
-def now_ticks() -> int:
-    return int((time.time() - BTIME) * 100)
 
 
 def oom_proxy(message: str | bytes) -> str | bytes:
@@ -46,7 +32,7 @@ def oom_proxy(message: str | bytes) -> str | bytes:
 
 def serve(fake_proc: Path, tmp_path: Path) -> Served:
     config = tmp_path / "config.yml"
-    config.write_text(CONFIG)
+    config.write_text(LIFECYCLE_CONFIG)
     return Served("--procfs", str(fake_proc), "--interval", "0.2", "--source", "poll", "--config", str(config),
                   log=tmp_path / "log")  # fmt: skip
 
@@ -67,7 +53,7 @@ def group_cells(viewer: Viewer, name: str) -> dict[str, Any]:
 
 
 def start_svc(fake_proc: Path, pid: int) -> None:
-    add_proc(fake_proc, pid, comm="svc", cmdline=("svc", "--serve"), start=now_ticks())
+    add_proc(fake_proc, pid, comm="svc", cmdline=("svc", "--serve"), start=ticks_now())
 
 
 def test_missing_first_in_red_crash_loop_restarts_last_exit_and_oom(viewer: Viewer, fake_proc: Path, tmp_path: Path) -> None:
@@ -114,7 +100,7 @@ def test_missing_first_in_red_crash_loop_restarts_last_exit_and_oom(viewer: View
         assert loop["cells"][3] == "crash loop: 3 restarts after failures within 10m 00s"
 
         # an OOM kill stands out in the log and in the group's last exit
-        add_proc(fake_proc, OOM_PID, comm="hog", cmdline=("hog",), start=now_ticks())
+        add_proc(fake_proc, OOM_PID, comm="hog", cmdline=("hog",), start=ticks_now())
         viewer.wait_log(OOM_PID, "start")
         remove_proc(fake_proc, OOM_PID)
         oom = viewer.wait_log(OOM_PID, "exit")
