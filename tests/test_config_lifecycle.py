@@ -10,6 +10,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import orjson
 import pytest
 
 from procstream.config import ConfigError, ExpectedGroup, LifecycleConfig, MAX_CRASHLOOP_RESTARTS, parse_config
@@ -127,3 +128,18 @@ def test_process_exporter_loads_the_same_file(tmp_path: Path) -> None:
             return body if f'namedprocess_namegroup_num_procs{{groupname="lc-{os.getpid()}"}} 1' in body else None
 
         wait_for("process-exporter to report the config's group", scrape, timeout=20)
+
+
+def test_once_lists_expected_groups_with_their_expectation(fake_proc: Path, tmp_path: Path) -> None:
+    config = tmp_path / "config.yml"
+    config.write_text(RULES + "expected_groups: [{group: never, min: 2, max: 3}, {group: a, min: 1}]\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "procstream", "once", "--procfs", str(fake_proc), "--config", str(config)],
+        capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    groups = orjson.loads(r.stdout)["groups"]
+    assert {name: (g["procs"], g["expected_min"], g["expected_max"]) for name, g in groups.items()} == {
+        "never": (0, 2, 3),
+        "a": (0, 1, None),
+    }

@@ -5,12 +5,15 @@ that changes expectations. These run anywhere."""
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
 
 from tests.serve.test_metrics import Exposition
 from tests.support.fake_proc_tree import add_proc, remove_proc, ticks_now
+from tests.support.processes import running
 from tests.support.served import Client, Served, http_get
 from tests.support.waiting import wait_for
 
@@ -46,7 +49,7 @@ async def test_a_pid_reused_within_the_window_is_a_restart_of_the_old_process(fa
         client = await connect(srv)
         try:
             # the same pid, a new start time: another process
-            add_proc(fake_proc, 2001, comm="svc", cmdline=("svc", "--serve"), start=ticks_now())
+            add_proc(fake_proc, 2001, comm="svc", cmdline=("svc", "--serve"))
             start = await client.wait("the new process", lambda: client.of("proc.start", pid=2001))
             (exit_,) = client.of("proc.exit", pid=2001)
             assert client.events().index(exit_) < client.events().index(start[0])
@@ -69,9 +72,9 @@ async def test_two_groups_restarting_at_once(fake_proc: Path, tmp_path: Path) ->
             # one poll: both groups lose their processes and get new ones, a third group starts
             for pid in (2101, 2102, 2103):
                 remove_proc(fake_proc, pid)
-            add_proc(fake_proc, 2201, comm="alpha", cmdline=("alpha",), start=ticks_now())
-            add_proc(fake_proc, 2202, comm="beta", cmdline=("beta",), start=ticks_now())
-            add_proc(fake_proc, 2203, comm="gamma", cmdline=("gamma",), start=ticks_now())
+            add_proc(fake_proc, 2201, comm="alpha", cmdline=("alpha",))
+            add_proc(fake_proc, 2202, comm="beta", cmdline=("beta",))
+            add_proc(fake_proc, 2203, comm="gamma", cmdline=("gamma",))
             await client.wait("three starts", lambda: len(client.of("proc.start")) == 3)
             restarts = {e["pid"]: e["restart_of"] for e in client.of("proc.start")}
             assert restarts[2201]["pid"] == 2101
@@ -122,10 +125,34 @@ async def test_a_reload_changes_expectations(fake_proc: Path, tmp_path: Path) ->
         assert m.by_group("procstream_group_expected_min") == {"alpha": 2, "gamma": 1}
         assert m.by_group("procstream_group_missing") == {"alpha": 1, "gamma": 1}
         # and the new minimum is met
-        add_proc(fake_proc, 2302, comm="alpha", cmdline=("alpha",), start=ticks_now())
+        add_proc(fake_proc, 2302, comm="alpha", cmdline=("alpha",))
         await client.wait("alpha recovered", lambda: client.of("group.recovered", group="alpha"))
         # the reload was logged with what it holds
         wait_for("the reload's log line", lambda: "2 expected groups" in srv.output())
         await client.close()
     finally:
         srv.stop()
+
+
+def test_tail_prints_the_lifecycle_events_its_types_select(fake_proc: Path, tmp_path: Path) -> None:
+    with serve(fake_proc, tmp_path) as srv:
+        epoch = orjson.loads(http_get(srv.url + "/api/snapshot")[1])["epoch"]
+        out = tmp_path / "tail.out"
+        # from the very start of the stream: the start-up's group.missing included
+        with out.open("wb") as f, running(
+            sys.executable, "-m", "procstream", "tail", srv.ws, "--types", "group.missing,group.recovered",
+            "--since", "0", "--epoch", epoch, stdout=f, stderr=subprocess.DEVNULL,
+        ):  # fmt: skip
+
+            def printed() -> list[dict]:
+                return [orjson.loads(line) for line in out.read_bytes().splitlines()]
+
+            wait_for("the start-up's group.missing", lambda: printed())
+            add_proc(fake_proc, 2401, comm="svc", cmdline=("svc",))
+            wait_for("group.recovered", lambda: len(printed()) == 3)
+        assert [(e["type"], e["group"], e["procs"]) for e in printed()] == [
+            ("group.missing", "svc", 0),  # in the config's order
+            ("group.missing", "alpha", 0),
+            ("group.recovered", "svc", 1),
+        ]
+        assert printed()[0]["seq"] == 1

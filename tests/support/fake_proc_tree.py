@@ -87,7 +87,7 @@ def add_proc(
     *,
     comm: str,
     cmdline: tuple[str, ...],
-    start: int,
+    start: int | None = None,
     ppid: int = 1,
     utime: int = 0,
     template: int = 1000,
@@ -95,8 +95,9 @@ def add_proc(
     """Add (or replace) process ``pid`` in a fake tree made by ``make_fake_proc``.
 
     A copy of process ``template`` with a new comm, argv, parent, start (clock ticks since
-    boot) and user CPU ticks; built beside the tree and renamed into place, so a poller
-    never sees half a process.
+    boot; by default the moment it is renamed into place: a process that starts now) and
+    user CPU ticks; built beside the tree and renamed into place, so a poller never sees
+    half a process.
     """
     src = root / str(template)
     tmp = root.parent / f".new-{pid}"
@@ -106,7 +107,7 @@ def add_proc(
     fields = (src / "stat").read_bytes().rpartition(b")")[2].split()
     fields[1] = str(ppid).encode()  # ppid (field 4)
     fields[11] = str(utime).encode()  # utime (field 14)
-    fields[19] = str(start).encode()  # starttime (field 22)
+    fields[19] = str(ticks_now() if start is None else start).encode()  # starttime (field 22)
     (tmp / "stat").write_bytes(f"{pid} ({comm}) ".encode() + b" ".join(fields) + b"\n")
     (tmp / "cmdline").write_bytes(b"".join(a.encode() + b"\0" for a in cmdline))
     task = tmp / "task"

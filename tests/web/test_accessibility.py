@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.fake_proc_tree import LIFECYCLE_CONFIG, add_proc, remove_proc, ticks_now
+from tests.support.fake_proc_tree import LIFECYCLE_CONFIG, add_proc, remove_proc
 from tests.support.served import Served
 from tests.web import axe
 from tests.web.page import Viewer, checked
@@ -96,7 +96,7 @@ class Tour:
 
     def restarts_crash_loop_and_oom_kill(self) -> None:
         def start(pid: int, comm: str) -> None:
-            add_proc(self.fake_proc, pid, comm=comm, cmdline=(comm,), start=ticks_now())
+            add_proc(self.fake_proc, pid, comm=comm, cmdline=(comm,))
 
         start(2601, "svc")
         start(2611, "svc")  # the group never goes below its minimum while 2601 is replaced

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tests.support.fake_proc_tree import LIFECYCLE_CONFIG, add_proc, remove_proc, ticks_now
+from tests.support.fake_proc_tree import LIFECYCLE_CONFIG, add_proc, remove_proc
 from tests.support.served import Served
 from tests.web.page import Viewer
 
@@ -53,7 +53,7 @@ def group_cells(viewer: Viewer, name: str) -> dict[str, Any]:
 
 
 def start_svc(fake_proc: Path, pid: int) -> None:
-    add_proc(fake_proc, pid, comm="svc", cmdline=("svc", "--serve"), start=ticks_now())
+    add_proc(fake_proc, pid, comm="svc", cmdline=("svc", "--serve"))
 
 
 def test_missing_first_in_red_crash_loop_restarts_last_exit_and_oom(viewer: Viewer, fake_proc: Path, tmp_path: Path) -> None:
@@ -100,7 +100,7 @@ def test_missing_first_in_red_crash_loop_restarts_last_exit_and_oom(viewer: View
         assert loop["cells"][3] == "crash loop: 3 restarts after failures within 10m 00s"
 
         # an OOM kill stands out in the log and in the group's last exit
-        add_proc(fake_proc, OOM_PID, comm="hog", cmdline=("hog",), start=ticks_now())
+        add_proc(fake_proc, OOM_PID, comm="hog", cmdline=("hog",))
         viewer.wait_log(OOM_PID, "start")
         remove_proc(fake_proc, OOM_PID)
         oom = viewer.wait_log(OOM_PID, "exit")
