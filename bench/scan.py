@@ -6,7 +6,9 @@ For each size N it starts N idle processes (copies of ``sleep``), then measures,
 same run and on the same processes, CPU time per poll of:
 
 - procstream: ``Grouper.update()`` + ``groups()`` with the default config (steady state,
-  after the first poll), and the same plus building the poll's events;
+  after the first poll), and the same plus building the poll's events; and, timed on its
+  own, passing those events through the lifecycle (restarts, exit classes, expected
+  groups) as the core does (``lifecycle``);
 - floor: bare Python reading exactly the files procstream reads in steady state
   (``stat`` of every process; ``status``, ``io`` and the ``fd`` directory of the tracked
   ones) with os.open/os.read, no parsing;
@@ -40,6 +42,7 @@ from _common import ROOT, free_port, process_cpu, read_bytes, wait_http  # puts 
 from procstream.config import default_config  # noqa: E402
 from procstream.events import EventBuilder  # noqa: E402
 from procstream.grouper import Grouper  # noqa: E402
+from procstream.lifecycle import Lifecycle  # noqa: E402
 from procstream.procfs import FS  # noqa: E402
 
 __all__ = ["main"]
@@ -154,7 +157,9 @@ def measure(polls: int, exporter: bool) -> dict[str, float]:
     grouper = Grouper(default_config())
     builder = EventBuilder(username=grouper.username)
     grouper.update(fs.all_procs())
-    builder.state(grouper.tracker.tracked.values(), grouper.groups(), time.time())
+    _, procs = builder.state(grouper.tracker.tracked.values(), grouper.groups(), time.time())
+    lifecycle = Lifecycle()
+    lifecycle.baseline(procs)
     tracked = {tp.pid for tp in grouper.tracker.tracked.values()}
 
     def ours() -> None:
@@ -165,9 +170,20 @@ def measure(polls: int, exporter: bool) -> dict[str, float]:
         u = grouper.update(fs.all_procs())
         builder.batch(u, grouper.groups(), duration_ms=0.0)
 
+    def lifecycle_alone() -> float:
+        # Its share is too small to show as the difference of two rows measured one
+        # after the other on a busy machine: time it alone, within a poll.
+        u = grouper.update(fs.all_procs())
+        groups = grouper.groups()
+        events = builder.batch(u, groups, duration_ms=0.0)
+        t0 = time.process_time()
+        lifecycle.observe(events, tick=True, reported=groups, now=u.time)
+        return time.process_time() - t0
+
     results = {
         "procstream": cpu_of(ours, polls),
         "procstream+events": cpu_of(ours_events, polls),
+        "lifecycle": statistics.median(lifecycle_alone() for _ in range(polls)),
         "floor": cpu_of(make_floor("/proc", tracked), polls),
     }
     try:

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 from . import __version__
 from .fleet.options import add_publish_arguments
+from .schema import EVENT_TYPES
+from .stream.eventlog import DEFAULT_TYPES
 from .tail import add_arguments as add_tail_arguments
 from .tail import run as run_tail
 from .wiring import UsageError
@@ -66,12 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="process events: the kernel's (netlink, needs root or CAP_NET_ADMIN on the host's /proc) "
         "next to the poller; auto uses them when permitted (default: auto)",
     )
-    serve.add_argument("--event-log", metavar="FILE", help="append proc.start/proc.exit as NDJSON to FILE ('-' = stdout) for log shippers")
+    serve.add_argument(
+        "--event-log", metavar="FILE",
+        help="append starts, exits and group lifecycle events as NDJSON to FILE ('-' = stdout) for log shippers",
+    )  # fmt: skip
     serve.add_argument(
         "--event-log-types",
-        default="proc.start,proc.exit",
+        default=",".join(sorted(DEFAULT_TYPES, key=EVENT_TYPES.index)),
         metavar="TYPES",
-        help="event types to log, comma list, proc.* allowed (default: proc.start,proc.exit)",
+        help="event types to log, comma list, proc.* allowed (default: proc.start,proc.exit and the group "
+        "lifecycle events group.missing,group.recovered,group.crashloop,group.stable)",
     )
     serve.add_argument("--event-log-max-bytes", type=int, default=0, metavar="N", help="rotate the event log past N bytes (default: 0 = never)")
     serve.add_argument("--event-log-backups", type=int, default=5, metavar="N", help="rotated files to keep (default: 5)")

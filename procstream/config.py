@@ -20,11 +20,27 @@ don't exist, template actions beyond plain fields.
 Regexps and templates are compiled once per rule; ``match_and_name`` tries the cheap set
 lookups (comm, exe) before any regexp, and builds the ``.Matches`` map only when the rule's
 template reads it.
+
+Two more top-level keys are procstream's own; process-exporter ignores unknown top-level
+keys, so one file serves both::
+
+    expected_groups:              # a group below its min is reported missing
+      - {group: postgres, min: 1}
+      - {group: nginx, min: 2, max: 8}
+    lifecycle:                    # restarts and crash loops (defaults shown)
+      restart_window_s: 10
+      crashloop_restarts: 5
+      crashloop_window_s: 300
+      stable_after_s: 600
+
+They are checked as strictly as the rules: unknown keys, missing or non-numeric values,
+``max`` below ``min`` and a group listed twice are errors naming the file and the entry.
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from os import PathLike
@@ -49,6 +65,8 @@ __all__ = [
     "Config",
     "Rule",
     "ConfigError",
+    "ExpectedGroup",
+    "LifecycleConfig",
     "load_config",
     "parse_config",
     "default_config",
@@ -67,7 +85,8 @@ DEFAULT_NAME_TEMPLATE = "{{.ExeBase}}"
 
 _SELECTORS = ("comm", "exe", "cmdline")
 _RULE_KEYS = ("name", *_SELECTORS)
-_TOP_KEYS = ("process_names",)
+_TOP_KEYS = ("process_names", "expected_groups", "lifecycle")
+_EXPECTED_KEYS = ("group", "min", "max")
 
 
 class ConfigError(ValueError):
@@ -253,17 +272,52 @@ class Rule:
         return f"Rule(process_names[{self.index}], {', '.join(items)})"
 
 
+@dataclass(frozen=True, slots=True)
+class ExpectedGroup:
+    """One entry of ``expected_groups``: the group should have at least ``min`` processes
+    (and, when ``max`` is set, at most ``max``)."""
+
+    group: str
+    min: int = 1
+    max: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleConfig:
+    """The ``lifecycle`` key: what counts as a restart and as a crash loop."""
+
+    #: a start this soon (seconds) after an exit of the same group and executable is a restart
+    restart_window_s: float = 10.0
+    #: this many restarts after failed exits ...
+    crashloop_restarts: int = 5
+    #: ... within this many seconds make a crash loop
+    crashloop_window_s: float = 300.0
+    #: a crash loop ends once the group has stayed up this long without a restart
+    stable_after_s: float = 600.0
+
+
 class Config:
     """The compiled config: an ordered list of rules, the first match names the process.
 
     Implements ``MatchNamer``. Immutable once built, so one instance may be shared by
     threads."""
 
-    __slots__ = ("source", "rules", "needs_cgroups", "needs_username")
+    __slots__ = ("source", "rules", "expected", "lifecycle", "needs_cgroups", "needs_username")
 
-    def __init__(self, rules: tuple[Rule, ...], source: str = "<string>") -> None:
+    def __init__(
+        self,
+        rules: tuple[Rule, ...],
+        source: str = "<string>",
+        *,
+        expected: tuple[ExpectedGroup, ...] = (),
+        lifecycle: LifecycleConfig | None = None,
+    ) -> None:
         self.source: str = source  # the file name (or "<string>"), as in error messages
         self.rules: tuple[Rule, ...] = rules
+        #: ``expected_groups``, in file order
+        self.expected: tuple[ExpectedGroup, ...] = expected
+        #: ``lifecycle``, defaults filled in
+        self.lifecycle: LifecycleConfig = lifecycle if lifecycle is not None else LifecycleConfig()
         fields: frozenset[str] = frozenset().union(*(r.fields for r in rules))
         #: some template prints {{.Cgroups}}: the caller must read /proc/PID/cgroup
         self.needs_cgroups: bool = "Cgroups" in fields
@@ -396,6 +450,96 @@ def _yaml_error(source: str, exc: yaml.YAMLError) -> ConfigError:
     return ConfigError(f"{source}: {where}YAML error: {problem}{detail}")
 
 
+# Plain scalars arrive as text (see _StrictLoader): numbers are parsed here, ASCII digits only.
+_INT = re.compile(r"[0-9]{1,9}")
+_SECONDS = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?")
+#: upper bound of ``crashloop_restarts``: a group keeps that many restart times
+MAX_CRASHLOOP_RESTARTS = 1000
+
+
+def _int_value(where: str, value: object, low: int, high: int) -> int:
+    if not isinstance(value, str) or not _INT.fullmatch(value):
+        raise _RuleError(f"{where} must be a whole number, got {_describe(value)}")
+    number = int(value)
+    if not low <= number <= high:
+        raise _RuleError(f"{where} must be between {low} and {high}, got {number}")
+    return number
+
+
+def _seconds_value(where: str, value: object) -> float:
+    if not isinstance(value, str) or not _SECONDS.fullmatch(value):
+        raise _RuleError(f"{where} must be a number of seconds, got {_describe(value)}")
+    number = float(value)
+    if number <= 0:
+        raise _RuleError(f"{where} must be more than 0 seconds")
+    return number
+
+
+def _expected_label(index: int, raw: object) -> str:
+    label = f"expected_groups[{index}]"
+    if isinstance(raw, dict) and isinstance(raw.get("group"), str) and raw["group"]:
+        return f'{label} (group "{raw["group"]}")'
+    return label
+
+
+def _build_expected(raw: object) -> ExpectedGroup:
+    """One ``expected_groups`` entry; raises _RuleError."""
+    if not isinstance(raw, dict):
+        raise _RuleError(f"must be a mapping like {{group: NAME, min: 1}}, got {_describe(raw)}")
+    for key in raw:
+        if key not in _EXPECTED_KEYS:
+            raise _RuleError(_unknown_key(key, _EXPECTED_KEYS, ""))
+    if "group" not in raw:
+        raise _RuleError("no group: name it, e.g. {group: postgres, min: 1}")
+    group = raw["group"]
+    if not isinstance(group, str) or not group:
+        raise _RuleError(f"group must be a group name, got {_describe(group)}")
+    low = _int_value("min", raw["min"], 1, 1_000_000) if "min" in raw else 1
+    high = _int_value("max", raw["max"], 1, 1_000_000) if "max" in raw else None
+    if high is not None and high < low:
+        raise _RuleError(f"max ({high}) is below min ({low})")
+    return ExpectedGroup(group, low, high)
+
+
+def _parse_expected(source: str, raw: object) -> tuple[ExpectedGroup, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError(f"{source}: expected_groups must be a list of {{group: NAME, min: N}}, got {_describe(raw)}")
+    found: dict[str, ExpectedGroup] = {}
+    for index, item in enumerate(raw):
+        try:
+            entry = _build_expected(item)
+        except _RuleError as exc:
+            raise ConfigError(f"{source}: {_expected_label(index, item)}: {exc}") from None
+        if entry.group in found:
+            raise ConfigError(f"{source}: {_expected_label(index, item)}: the group is listed twice")
+        found[entry.group] = entry
+    return tuple(found.values())
+
+
+_LIFECYCLE_KEYS = ("restart_window_s", "crashloop_restarts", "crashloop_window_s", "stable_after_s")
+
+
+def _parse_lifecycle(source: str, raw: object) -> LifecycleConfig:
+    if raw is None:
+        return LifecycleConfig()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: lifecycle must be a mapping of settings, got {_describe(raw)}")
+    values: dict[str, Any] = {}
+    try:
+        for key, value in raw.items():
+            if key not in _LIFECYCLE_KEYS:
+                raise _RuleError(_unknown_key(key, _LIFECYCLE_KEYS, ""))
+            if key == "crashloop_restarts":
+                values[key] = _int_value(key, value, 1, MAX_CRASHLOOP_RESTARTS)
+            else:
+                values[key] = _seconds_value(key, value)
+    except _RuleError as exc:
+        raise ConfigError(f"{source}: lifecycle: {exc}") from None
+    return LifecycleConfig(**values)
+
+
 def parse_config(text: str, source: str = "<string>") -> Config:
     """Parse and compile a config from YAML text; ``source`` names it in errors."""
     try:
@@ -430,7 +574,12 @@ def parse_config(text: str, source: str = "<string>") -> Config:
             rules.append(_build_rule(index, raw))
         except (_RuleError, TemplateError, GoRegexError) as exc:
             raise ConfigError(f"{source}: {_rule_label(index, raw)}: {exc}") from None
-    return Config(tuple(rules), source)
+    return Config(
+        tuple(rules),
+        source,
+        expected=_parse_expected(source, doc.get("expected_groups")),
+        lifecycle=_parse_lifecycle(source, doc.get("lifecycle")),
+    )
 
 
 def load_config(path: str | PathLike[str]) -> Config:

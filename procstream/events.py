@@ -8,7 +8,10 @@ Rules:
   fields changed), then one ``cycle``.
 - ``proc.*`` events carry the process's identity fields; its command line is redacted
   once, when the process is first reported, and reused for its exit.
-- ``group.update`` rates are over the interval since the previous poll.
+- ``group.update`` rates are over the interval since the previous poll; its
+  ``expected_min``/``expected_max`` are the config's ``expected_groups`` entry.
+- ``restart_of``, ``exit_class`` and ``oom_killed`` start as ``None``: the lifecycle
+  (:mod:`procstream.lifecycle`) fills them in, knowing the group's history.
 - The first poll yields no ``proc.start`` for processes already running: it yields the
   baseline state (``EventBuilder.state()``) instead, like a list before a watch.
 
@@ -17,9 +20,10 @@ Pure: no I/O, no clock (times come from the reports).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
+from .config import ExpectedGroup
 from .grouper import GroupCounts, GrouperUpdate
 from .procfs.models import ProcId
 from .schema import (
@@ -65,10 +69,12 @@ def group_fields(
     g: GroupCounts,
     prev: GroupCounts | None = None,
     dt: float = 0.0,
+    expected: ExpectedGroup | None = None,
 ) -> GroupFields:
     """The fields of one group (``group.update`` minus type/seq/ts/host).
 
     Rates are computed against ``prev`` over ``dt`` seconds; without either they are 0.
+    ``expected``: the group's ``expected_groups`` entry, if any.
     """
     c = g.counts
     if prev is not None and dt > 0:
@@ -102,6 +108,8 @@ def group_fields(
         "ctx_nonvoluntary": c.ctx_nonvoluntary,
         "oldest_start_time": _r(g.oldest_start_time, 3),
         "states": cast(StateCounts, g.states.as_dict()),
+        "expected_min": expected.min if expected is not None else None,
+        "expected_max": expected.max if expected is not None else None,
     }
 
 
@@ -124,6 +132,13 @@ class EventBuilder:
         self._groups: dict[str, GroupFields] = {}
         self._prev_counts: dict[str, GroupCounts] = {}
         self._prev_time: float | None = None
+        #: ``expected_groups`` by group name (set on the core's thread, at a config load)
+        self.expected: Mapping[str, ExpectedGroup] = {}
+
+    def set_expected(self, expected: Iterable[ExpectedGroup]) -> None:
+        """Use these ``expected_groups`` from now on: a group whose entry changed is sent
+        again by the next ``group_updates()``."""
+        self.expected = {e.group: e for e in expected}
 
     # -- identity ---------------------------------------------------------------------
 
@@ -150,7 +165,7 @@ class EventBuilder:
         return [self.proc_fields(tp).copy() for tp in sorted(tracked, key=lambda t: t.id.pid)]
 
     def proc_start(self, tp: TrackedProc, ts: float, *, source: str = "poll") -> ProcStart:
-        return {"type": PROC_START, "ts": _r(ts, 6), **self.proc_fields(tp), "source": source}
+        return {"type": PROC_START, "ts": _r(ts, 6), **self.proc_fields(tp), "restart_of": None, "source": source}
 
     def proc_exit(
         self,
@@ -182,6 +197,8 @@ class EventBuilder:
         }
         if core_dumped is not None:
             ev["core_dumped"] = core_dumped
+        ev["exit_class"] = None
+        ev["oom_killed"] = None
         ev["source"] = source
         return cast(ProcExit, ev)
 
@@ -194,7 +211,8 @@ class EventBuilder:
 
         Also primes the builder so the next ``batch()`` only reports changes.
         """
-        group_state = {name: group_fields(name, g) for name, g in groups.items()}
+        expected = self.expected
+        group_state = {name: group_fields(name, g, expected=expected.get(name)) for name, g in groups.items()}
         self._groups = dict(group_state)
         self._prev_counts = dict(groups)
         self._prev_time = ts
@@ -242,9 +260,10 @@ class EventBuilder:
         events: list[GroupUpdate | GroupRemoved] = []
         sent = self._groups
         prev_counts = self._prev_counts
+        expected = self.expected
         for name in sorted(groups):
             g = groups[name]
-            fields = group_fields(name, g, prev_counts.get(name), dt)
+            fields = group_fields(name, g, prev_counts.get(name), dt, expected.get(name))
             if sent.get(name) == fields:
                 continue
             sent[name] = fields

@@ -10,6 +10,8 @@ Rules (process-exporter's):
 - Group counters (``GroupCounts.counts``) never decrease and keep the usage of processes
   that have exited. A group that once existed is still reported when empty (all gauges
   zero), unless ``remove_empty_groups``.
+- Pinned groups (the config's expected groups, :meth:`Grouper.pin`) are reported from the
+  moment they are pinned, with zero processes until one joins, and never removed.
 
 Pure and synchronous; the clock is injected through the tracker.
 """
@@ -205,6 +207,18 @@ class Grouper:
         #: monotonic counters per group, including the usage of exited processes
         self._totals: dict[str, Counts] = {}
         self._groups: dict[str, GroupCounts] = {}
+        #: groups reported even when empty or never seen (see ``pin``)
+        self.pinned: frozenset[str] = frozenset()
+
+    def pin(self, names: Iterable[str]) -> None:
+        """Report these groups from now on, whether or not a process ever joins them, and
+        never drop them as empty; replaces the previous set (a group unpinned is then
+        treated like any other)."""
+        self.pinned = frozenset(names)
+        for name in self.pinned:
+            total = self._totals.setdefault(name, ZERO_COUNTS)
+            if name not in self._groups:
+                self._groups[name] = GroupCounts(procs=0, counts=total)
 
     # -- naming -----------------------------------------------------------------------
 
@@ -389,7 +403,7 @@ class Grouper:
         for name, total in list(totals.items()):
             if name in groups:
                 continue
-            if self.remove_empty_groups:
+            if self.remove_empty_groups and name not in self.pinned:
                 del totals[name]
                 removed.append(name)
             else:

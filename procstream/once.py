@@ -51,7 +51,7 @@ def snapshot(fs: FS, grouper: Grouper, builder: EventBuilder, *, delay: float = 
         prev = first.get(name) if delay > 0 else None
         # The same amount added on both sides keeps the rates those of the two polls.
         fields[name] = group_fields(
-            name, _plus(g, extra), None if prev is None else _plus(prev, extra), dt
+            name, _plus(g, extra), None if prev is None else _plus(prev, extra), dt, builder.expected.get(name)
         )
     return {
         "host": socket.gethostname(),

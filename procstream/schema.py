@@ -25,15 +25,27 @@ __all__ = [
     "PROC_START",
     "PROC_EXIT",
     "GROUP_UPDATE",
+    "GROUP_MISSING",
+    "GROUP_RECOVERED",
+    "GROUP_CRASHLOOP",
+    "GROUP_STABLE",
     "CYCLE",
     "HOST_LOST",
+    "EXIT_CLASSES",
     "StateCounts",
     "ProcFields",
     "GroupFields",
+    "RestartOf",
+    "LastExit",
+    "GroupLifecycle",
     "ProcStart",
     "ProcExit",
     "GroupUpdate",
     "GroupRemoved",
+    "GroupMissing",
+    "GroupRecovered",
+    "GroupCrashloop",
+    "GroupStable",
     "CycleExtras",
     "Cycle",
     "HostLost",
@@ -48,8 +60,15 @@ __all__ = [
 PROC_START: Final = "proc.start"
 PROC_EXIT: Final = "proc.exit"
 GROUP_UPDATE: Final = "group.update"
+GROUP_MISSING: Final = "group.missing"
+GROUP_RECOVERED: Final = "group.recovered"
+GROUP_CRASHLOOP: Final = "group.crashloop"
+GROUP_STABLE: Final = "group.stable"
 CYCLE: Final = "cycle"
 HOST_LOST: Final = "host.lost"
+
+#: Why a process ended (``exit_class``): code 0, code != 0, a signal, the kernel's OOM killer.
+EXIT_CLASSES: Final[tuple[str, ...]] = ("ok", "error", "signal", "oom_kill")
 
 
 # -- what events are about --------------------------------------------------------------
@@ -104,6 +123,43 @@ class GroupFields(TypedDict):
     ctx_nonvoluntary: int
     oldest_start_time: float
     states: StateCounts
+    #: the config's ``expected_groups`` entry for this group; ``None`` when not expected
+    expected_min: int | None
+    expected_max: int | None
+
+
+class LastExit(TypedDict):
+    """The latest exit of a group's process, as its ``proc.exit`` told it."""
+
+    pid: int
+    ts: float
+    exit_class: str | None
+    exit_code: int | None
+    signal: int | None
+    oom_killed: bool | None
+
+
+class GroupLifecycle(TypedDict, total=False):
+    """What a snapshot's group may have beyond :class:`GroupFields`, kept by the server
+    from the events since it started: ``missing`` (``group.missing`` /
+    ``group.recovered``), ``crashloop`` (``group.crashloop`` / ``group.stable``),
+    ``restarts`` (starts with ``restart_of``) and ``last_exit``. Each is there once an
+    event set it: absent means ``false``, 0, no exit seen."""
+
+    missing: bool
+    crashloop: bool
+    restarts: int
+    last_exit: LastExit
+
+
+class RestartOf(TypedDict):
+    """The process a ``proc.start`` replaces: its pid and how it ended, and how long the
+    group went without it (its exit to this start)."""
+
+    pid: int
+    exit_code: int | None
+    signal: int | None
+    down_s: float
 
 
 # -- the events -------------------------------------------------------------------------
@@ -126,16 +182,20 @@ class _CoreDump(TypedDict, total=False):
 
 
 class ProcStart(ProcFields, _Numbered):
-    """A process started (or was first seen). ``source``: ``poll`` or ``netlink``."""
+    """A process started (or was first seen). ``source``: ``poll`` or ``netlink``.
+    ``restart_of``: the exited process it replaces, or ``None`` when it is no restart."""
 
     type: Literal["proc.start"]
     ts: float
+    restart_of: RestartOf | None
     source: str
 
 
 class ProcExit(ProcFields, _CoreDump, _Numbered):
     """A process ended, with its final totals. ``exit_code`` and ``signal`` are ``None``
-    when the source can't know them (a poll); ``core_dumped`` only comes with them."""
+    when the source can't know them (a poll); ``core_dumped`` only comes with them.
+    ``exit_class`` (one of :data:`EXIT_CLASSES`) and ``oom_killed`` say why it ended;
+    ``None`` when unknown."""
 
     type: Literal["proc.exit"]
     ts: float
@@ -145,6 +205,8 @@ class ProcExit(ProcFields, _CoreDump, _Numbered):
     write_bytes: int
     exit_code: int | None
     signal: int | None
+    exit_class: str | None
+    oom_killed: bool | None
     source: str
 
 
@@ -162,6 +224,50 @@ class GroupRemoved(_Numbered):
     ts: float
     group: str
     removed: Literal[True]
+
+
+class GroupMissing(_Numbered):
+    """An expected group went below its minimum (also at start-up, or after a config
+    reload, when it is below it). ``procs``: its processes now."""
+
+    type: Literal["group.missing"]
+    ts: float
+    group: str
+    expected_min: int
+    procs: int
+
+
+class GroupRecovered(_Numbered):
+    """A missing group is back to its minimum; ``expected_min`` is ``None`` when a config
+    reload made it no longer expected."""
+
+    type: Literal["group.recovered"]
+    ts: float
+    group: str
+    expected_min: int | None
+    procs: int
+
+
+class GroupCrashloop(_Numbered):
+    """A group restarted ``restarts`` times after failed exits within ``window_s``
+    seconds (``lifecycle.crashloop_restarts`` within ``lifecycle.crashloop_window_s``)."""
+
+    type: Literal["group.crashloop"]
+    ts: float
+    group: str
+    restarts: int
+    window_s: float
+
+
+class GroupStable(_Numbered):
+    """A crash-looping group stayed up ``window_s`` seconds without a restart
+    (``lifecycle.stable_after_s``); ``restarts`` during the crash loop."""
+
+    type: Literal["group.stable"]
+    ts: float
+    group: str
+    restarts: int
+    window_s: float
 
 
 class CycleExtras(TypedDict, total=False):
@@ -204,13 +310,28 @@ class HostLost(TypedDict):
     count: int
 
 
-Event = Union[ProcStart, ProcExit, GroupUpdate, GroupRemoved, Cycle, HostLost]
+Event = Union[
+    ProcStart,
+    ProcExit,
+    GroupUpdate,
+    GroupRemoved,
+    GroupMissing,
+    GroupRecovered,
+    GroupCrashloop,
+    GroupStable,
+    Cycle,
+    HostLost,
+]
 
 #: Every event type and the shapes it comes in, in the order types are listed to clients.
 EVENTS: Final[dict[str, tuple[type, ...]]] = {
     PROC_START: (ProcStart,),
     PROC_EXIT: (ProcExit,),
     GROUP_UPDATE: (GroupUpdate, GroupRemoved),
+    GROUP_MISSING: (GroupMissing,),
+    GROUP_RECOVERED: (GroupRecovered,),
+    GROUP_CRASHLOOP: (GroupCrashloop,),
+    GROUP_STABLE: (GroupStable,),
     CYCLE: (Cycle,),
     HOST_LOST: (HostLost,),
 }
@@ -219,7 +340,9 @@ EVENTS: Final[dict[str, tuple[type, ...]]] = {
 EVENT_TYPES: Final[tuple[str, ...]] = tuple(EVENTS)
 
 #: Fields about the event itself, not about the process or group it describes.
-EVENT_ONLY_FIELDS: Final[frozenset[str]] = frozenset({"type", "ts", "seq", "host", "source", "removed"})
+EVENT_ONLY_FIELDS: Final[frozenset[str]] = frozenset(
+    {"type", "ts", "seq", "host", "source", "removed", "restart_of"}
+)
 
 
 #: A process's identity fields, in the order events carry them.

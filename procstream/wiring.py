@@ -48,4 +48,7 @@ def build_core(args: argparse.Namespace) -> tuple[FS, Grouper, EventBuilder]:
         recheck=args.recheck,
     )
     builder = EventBuilder(username=grouper.username, redact=redactor)
+    # Expected groups exist (with 0 processes) from the first poll on, never seen or not.
+    grouper.pin(e.group for e in namer.expected)
+    builder.set_expected(namer.expected)
     return fs, grouper, builder

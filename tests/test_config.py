@@ -477,7 +477,7 @@ def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
         ),
         (
             "process_names:\n  - comm: [a]\nchildren: true\n",
-            "unknown top-level key 'children' (expected process_names)",
+            "unknown top-level key 'children' (expected process_names, expected_groups, lifecycle)",
         ),
         ("process_names:\n  - bash\n", "process_names[0] must be a mapping with name/comm/exe/cmdline, got str 'bash'"),
     ],

@@ -7,7 +7,8 @@ Layers, bottom up (a package covers its modules unless a module is listed itself
 1. Pure helpers: ``_go`` (Go regexp/template ports), ``users``, ``config``, ``redact``,
    ``schema`` (the event types and their fields), ``stats`` (the shape of every counter
    set), and ``stream.protocol`` (the wire protocol, no I/O).
-2. State across polls, pure and sync: ``tracker``, ``grouper``, ``events``.
+2. State across polls, pure and sync: ``tracker``, ``grouper``, ``events``, ``lifecycle``
+   (restarts, crash loops, expected groups: what the events' history tells).
 3. ``collect`` (the core on its worker thread, and its two sources: polls and kernel
    events) and ``stream`` (sequence numbers, resume buffer, fan-out, event log, and the
    sink that feeds them).
@@ -43,6 +44,7 @@ LAYER: dict[str, int] = {
     "procstream.tracker": 2,
     "procstream.grouper": 2,
     "procstream.events": 2,
+    "procstream.lifecycle": 2,
     "procstream.collect": 3,
     "procstream.stream": 3,
     "procstream.fleet": 4,
@@ -66,6 +68,7 @@ BANNED: dict[str, tuple[str, ...]] = {
     "procstream.tracker": (*_NO_IO, "procstream.procfs.fs", "procstream.procfs._read"),
     "procstream.grouper": (*_NO_IO, "procstream.procfs.fs", "procstream.procfs._read"),
     "procstream.events": (*_NO_IO, "procstream.procfs.fs", "procstream.procfs._read"),
+    "procstream.lifecycle": (*_NO_IO, "procstream.procfs"),
     "procstream.config": (*_NO_IO, "procstream.procfs"),
     "procstream._go": (*_NO_IO, "procstream."),
     # the vocabulary and the counters' shape: stdlib only, so every layer may use them

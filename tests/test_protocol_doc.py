@@ -9,13 +9,16 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from procstream.events import EventBuilder
 from procstream.grouper import Grouper
 from procstream.stream import protocol as P
 from procstream.stream.hub import RESET_REASONS
-from tests.support.fake_procs import ByName, Clock, fake
+from procstream import schema
+from procstream.config import ExpectedGroup, LifecycleConfig
+from procstream.lifecycle import Lifecycle
+from tests.support.fake_procs import BOOT, HZ, ByName, Clock, fake
 
 DOC = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
 ENVELOPE_ADDED_BY_THE_BUILDER = {"type", "ts"}
@@ -85,16 +88,24 @@ def test_every_control_type_has_a_section() -> None:
 
 
 def events_of_one_poll() -> dict[str, dict[str, Any]]:
-    """One real poll's batch (an exit, a start, a group update, a cycle) by type."""
+    """Real polls' batches by type: an exit, two starts (one a restart), a group update,
+    a cycle, and the lifecycle's events about them (an expected group missing from the
+    start, then recovered; a crash loop, then stable)."""
     clock = Clock()
     grouper = Grouper(ByName({"web"}), clock=clock, usernames=lambda uid: f"u{uid}")
     builder = EventBuilder(username=grouper.username)
+    lifecycle = Lifecycle(LifecycleConfig(crashloop_restarts=1, stable_after_s=1.0), [ExpectedGroup("web", 2)], clock=clock)
     grouper.update([fake(10, "web", start=100)])
-    builder.state(grouper.tracker.tracked.values(), grouper.groups(), clock())
+    _, procs = builder.state(grouper.tracker.tracked.values(), grouper.groups(), clock())
+    events = lifecycle.baseline(procs)
     clock.advance(1.0)
-    update = grouper.update([fake(11, "web", start=5000)])
-    batch = builder.batch(update, grouper.groups(), duration_ms=1.0)
-    return {ev["type"]: ev for ev in batch}
+    now = round((clock() - BOOT) * HZ)
+    running = [fake(11, "web", start=now), fake(12, "web", start=now)]
+    update = grouper.update(running)
+    events += lifecycle.observe(builder.batch(update, grouper.groups(), duration_ms=1.0), tick=True)
+    clock.advance(2.0)
+    events += lifecycle.observe(builder.batch(grouper.update(running), grouper.groups(), duration_ms=1.0), tick=True)
+    return {ev["type"]: ev for ev in events}
 
 
 def test_event_tables_name_their_fields() -> None:
@@ -105,12 +116,21 @@ def test_event_tables_name_their_fields() -> None:
     assert start | ENVELOPE_ADDED_BY_THE_BUILDER == set(events["proc.start"])
     exit_only = table_fields(section("### `proc.exit`"))
     # core_dumped comes only from the kernel source, which a poll doesn't use
-    assert start | exit_only | ENVELOPE_ADDED_BY_THE_BUILDER == set(events["proc.exit"]) | {"core_dumped"}
+    # ... and restart_of is the start's own
+    assert (start - {"restart_of"}) | exit_only | ENVELOPE_ADDED_BY_THE_BUILDER == set(events["proc.exit"]) | {"core_dumped"}
     group = table_fields(section("### `group.update`"))
     assert group | ENVELOPE_ADDED_BY_THE_BUILDER == set(events["group.update"])
     # the poller adds skipped; the kernel source adds source and lost_events
     cycle = table_fields(section("### `cycle`"))
     assert cycle | ENVELOPE_ADDED_BY_THE_BUILDER == set(events["cycle"]) | {"skipped", "source", "lost_events"}
+    for name in ("group.missing", "group.recovered", "group.crashloop", "group.stable"):
+        assert table_fields(section(f"### `{name}`")) | ENVELOPE_ADDED_BY_THE_BUILDER == set(events[name]), name
+
+
+def test_the_lifecycle_tables_name_their_fields() -> None:
+    assert table_fields(section("### `proc.start`"), nth=1) == set(get_type_hints(schema.RestartOf))
+    assert table_fields(section("### `snapshot`")) == set(get_type_hints(schema.GroupLifecycle))
+    assert table_fields(section("### `snapshot`"), nth=1) == set(get_type_hints(schema.LastExit))
 
 
 def test_the_nats_loss_record_table_names_its_fields() -> None:

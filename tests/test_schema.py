@@ -18,16 +18,22 @@ GROUP = {
     "read_bytes", "write_bytes", "read_bps", "write_bps", "mem_resident", "mem_virtual",
     "mem_swap", "open_fds", "worst_fd_ratio", "major_faults", "minor_faults",
     "ctx_voluntary", "ctx_nonvoluntary", "oldest_start_time", "states",
+    "expected_min", "expected_max",
 }  # fmt: skip
 NUMBERED = {"seq", "host"}
 CONTRACT: dict[type, tuple[set[str], set[str]]] = {  # (required, optional)
-    schema.ProcStart: (IDENTITY | {"type", "ts", "source"}, NUMBERED),
+    schema.ProcStart: (IDENTITY | {"type", "ts", "source", "restart_of"}, NUMBERED),
     schema.ProcExit: (
-        IDENTITY | {"type", "ts", "source", "lifetime_s", "cpu_s", "read_bytes", "write_bytes", "exit_code", "signal"},
+        IDENTITY | {"type", "ts", "source", "lifetime_s", "cpu_s", "read_bytes", "write_bytes", "exit_code", "signal",
+                    "exit_class", "oom_killed"},
         NUMBERED | {"core_dumped"},
     ),
     schema.GroupUpdate: (GROUP | {"type", "ts"}, NUMBERED),
     schema.GroupRemoved: ({"type", "ts", "group", "removed"}, NUMBERED),
+    schema.GroupMissing: ({"type", "ts", "group", "expected_min", "procs"}, NUMBERED),
+    schema.GroupRecovered: ({"type", "ts", "group", "expected_min", "procs"}, NUMBERED),
+    schema.GroupCrashloop: ({"type", "ts", "group", "restarts", "window_s"}, NUMBERED),
+    schema.GroupStable: ({"type", "ts", "group", "restarts", "window_s"}, NUMBERED),
     schema.Cycle: (
         {"type", "ts", "duration_ms", "procs_seen", "tracked", "started", "exited",
          "permission_errors", "read_errors", "partial_errors"},
@@ -48,10 +54,24 @@ def test_identity_and_group_fields() -> None:
     assert set(PROC_FIELDS) == IDENTITY and len(PROC_FIELDS) == len(IDENTITY)
     assert set(GROUP_FIELDS) == GROUP and len(GROUP_FIELDS) == len(GROUP)
     assert set(get_type_hints(schema.StateCounts)) == {"running", "sleeping", "waiting", "zombie", "other"}
+    assert set(get_type_hints(schema.RestartOf)) == {"pid", "exit_code", "signal", "down_s"}
+    assert schema.EXIT_CLASSES == ("ok", "error", "signal", "oom_kill")
+
+
+def test_a_snapshots_group_may_have_its_lifecycle() -> None:
+    assert set(schema.GroupLifecycle.__optional_keys__) == {"missing", "crashloop", "restarts", "last_exit"}
+    assert set(get_type_hints(schema.LastExit)) == {
+        "pid", "ts", "exit_class", "exit_code", "signal", "oom_killed"
+    }  # fmt: skip
+    assert set(schema.GroupLifecycle.__annotations__).isdisjoint(GROUP)
 
 
 def test_the_registry_lists_every_shape_under_its_own_type() -> None:
-    assert schema.EVENT_TYPES == ("proc.start", "proc.exit", "group.update", "cycle", "host.lost")
+    assert schema.EVENT_TYPES == (
+        "proc.start", "proc.exit", "group.update",
+        "group.missing", "group.recovered", "group.crashloop", "group.stable",
+        "cycle", "host.lost",
+    )  # fmt: skip
     shapes = [cls for classes in EVENTS.values() for cls in classes]
     assert sorted(c.__name__ for c in shapes) == sorted(c.__name__ for c in get_args(schema.Event))
     assert set(shapes) == set(CONTRACT)

@@ -469,7 +469,8 @@ async def test_a_state_file_that_cannot_be_written_is_reported_and_printing_goes
 # -- real `procstream serve` and `procstream tail` processes ------------------------------------
 
 PASTE = re.compile(r"--since (\d+) --epoch (\S+)")
-PROC_EVENTS = "proc.start,proc.exit"  # what the event log records by default: the reference
+# what the event log records by default: the reference
+PROC_EVENTS = "proc.start,proc.exit,group.missing,group.recovered,group.crashloop,group.stable"
 
 
 class TailProc:

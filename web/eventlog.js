@@ -1,6 +1,8 @@
-// The event log: process starts and exits, newest first, with the viewer's own notes
-// (connection lost, resynchronised). Bounded by the store (LOG_LIMIT entries),
-// pausable, filterable by type and group. A non-zero exit or a signal stands out.
+// The event log: process starts and exits and the groups' lifecycle (missing, recovered,
+// crash loop, stable), newest first, with the viewer's own notes (connection lost,
+// resynchronised). Bounded by the store (LOG_LIMIT entries), pausable, filterable by
+// type and group. A non-zero exit or a signal stands out, an OOM kill most; a start that
+// replaces a process that had just exited is a restart.
 // Arrow keys move in it and Enter (or a click) on an event shows the event's group.
 //
 // Pause is a toggle button whose name stays "Pause" (aria-pressed says whether it is
@@ -10,31 +12,47 @@
 // the rows they are reading: the scroll position moves with them.
 
 import { setAttr, setHidden, setText } from './dom.js';
-import { NONE, exitStatus, fmtClock, fmtCmdline, fmtInt, fmtLifetime } from './format.js';
+import { NONE, exitStatus, fmtClock, fmtCmdline, fmtInt, fmtLifetime, fmtRestart, lifeText } from './format.js';
 import { LOG_LIMIT } from './store.js';
 import { VirtualTable, arraySource } from './vtable.js';
 
 const NOTE_SPAN = 5; // a note's text spans group, pid, name, lifetime and exit
+const LIFE_SPAN = 4; // a lifecycle event's detail spans pid, name, lifetime and exit
+
+// A lifecycle event's badge, and whether it is bad news.
+const LIFE = {
+  'group.missing': ['missing', 'bad'],
+  'group.recovered': ['recovered', 'ok'],
+  'group.crashloop': ['crash loop', 'bad'],
+  'group.stable': ['stable', 'ok'],
+};
 
 function kindText(e) {
   if (e.kind === 'note') return 'note';
+  if (e.kind === 'life') return LIFE[e.ev.type][0];
   if (e.synthetic) return e.kind === 'start' ? 'found' : 'gone';
+  if (e.kind === 'start' && e.ev.restart_of) return 'restart';
   return e.kind;
 }
 
 function kindTitle(e) {
   if (e.kind === 'note') return 'A note from the viewer';
+  if (e.kind === 'life') return `The group ${lifeText(e.ev)}`;
+  if (e.kind === 'start' && !e.synthetic && e.ev.restart_of) {
+    return `Process restarted, in place of ${fmtRestart(e.ev.restart_of)}`;
+  }
   if (!e.synthetic) return e.kind === 'start' ? 'Process started' : 'Process exited';
   return e.kind === 'start'
     ? 'Started while the viewer was not listening: found in the snapshot after resynchronising'
     : 'Ended while the viewer was not listening: missing from the snapshot after resynchronising';
 }
 
-/** "problem": a non-zero exit status or a signal. */
+/** "problem": a non-zero exit status, a signal, an OOM kill, a group missing or crash-looping. */
 function isProblem(e) {
+  if (e.kind === 'life') return LIFE[e.ev.type][1] === 'bad';
   if (e.kind !== 'exit' || e.synthetic) return false;
   const tone = exitStatus(e.ev).tone;
-  return tone === 'bad' || tone === 'warn';
+  return tone === 'bad' || tone === 'warn' || tone === 'oom';
 }
 
 export class LogView {
@@ -89,7 +107,7 @@ export class LogView {
             td.append(tr.badge);
           }
           tr.badge.textContent = text;
-          tr.badge.className = `badge b-${text}`;
+          tr.badge.className = `badge b-${text.replaceAll(' ', '-')}`;
           td.title = kindTitle(e);
         },
       },
@@ -112,12 +130,25 @@ export class LogView {
       },
       {
         id: 'pid', label: 'PID', sortable: false, cls: 'num',
-        text: (e) => (e.kind === 'note' ? '' : String(e.ev.pid)),
+        paint: (td, e, tr) => {
+          const life = e.kind === 'life';
+          const text = e.kind === 'note' ? '' : life ? lifeText(e.ev) : String(e.ev.pid);
+          const span = life ? LIFE_SPAN : 1;
+          if (tr.pidSpan !== span) {
+            tr.pidSpan = span;
+            td.colSpan = span;
+          }
+          if (tr.pidText !== text) {
+            tr.pidText = text;
+            td.textContent = text;
+            td.title = life ? text : '';
+          }
+        },
       },
       {
         id: 'name', label: 'Name', sortable: false, cls: 'name',
-        text: (e) => (e.kind === 'note' ? '' : String(e.ev.name ?? '')),
-        tip: (e) => (e.kind === 'note' ? '' : fmtCmdline(e.ev.cmdline, e.ev.name)),
+        text: (e) => (e.kind === 'note' || e.kind === 'life' ? '' : String(e.ev.name ?? '')),
+        tip: (e) => (e.kind === 'note' || e.kind === 'life' ? '' : fmtCmdline(e.ev.cmdline, e.ev.name)),
       },
       {
         id: 'life', label: 'Lifetime', sortable: false, cls: 'num',
@@ -126,7 +157,7 @@ export class LogView {
       },
       {
         id: 'exit', label: 'Exit', sortable: false, cls: 'exit',
-        title: 'Exit status, or the signal that ended the process',
+        title: 'Exit status, the signal that ended the process, or the OOM killer',
         paint: (td, e, tr) => {
           const st = e.kind === 'exit' && !e.synthetic ? exitStatus(e.ev)
             : { text: e.kind === 'exit' ? NONE : '', title: '', tone: 'unknown' };
@@ -152,12 +183,14 @@ export class LogView {
       navigable: true,
       rowClass: (e) => {
         if (e.kind === 'note') return `note ${e.tone ?? ''}`;
+        if (e.kind === 'life') return `life ${LIFE[e.ev.type][1]}`;
         let cls = e.kind;
         if (e.synthetic) cls += ' synthetic';
         else if (e.kind === 'exit') {
           const tone = exitStatus(e.ev).tone;
           if (tone === 'bad' || tone === 'warn') cls += ` ${tone}`;
-        }
+          else if (tone === 'oom') cls += ' bad oom';
+        } else if (e.ev.restart_of) cls += ' restart';
         return cls;
       },
       onActivate: (e) => {
@@ -192,6 +225,8 @@ export class LogView {
     if (e.kind === 'note') return true; // context for whatever is shown around it
     if (this.type === 'problem') {
       if (!isProblem(e)) return false;
+    } else if (this.type === 'restart') {
+      if (e.kind !== 'start' || e.synthetic || !e.ev.restart_of) return false;
     } else if (this.type !== 'all' && e.kind !== this.type) {
       return false;
     }

@@ -107,9 +107,17 @@ const POLITE_SIGNALS = new Set([1, 2, 13, 15]);
 /**
  * How a process ended, for the event log: {text, title, tone}. tone is "ok" (exit 0),
  * "warn" (a polite signal: TERM, INT, HUP, PIPE), "bad" (non-zero exit, any other
- * signal) or "unknown" (the source could not see the exit status).
+ * signal), "oom" (the kernel's OOM killer) or "unknown" (the source could not see the
+ * exit status).
  */
 export function exitStatus(ev) {
+  if (ev.exit_class === 'oom_kill') {
+    return {
+      text: 'OOM kill',
+      title: 'killed by the kernel\'s OOM killer (out of memory: SIGKILL)',
+      tone: 'oom',
+    };
+  }
   const sig = ev.signal;
   if (sig !== null && sig !== undefined) {
     const name = signalName(sig);
@@ -131,6 +139,31 @@ export function exitStatus(ev) {
     title: 'exit status unknown: this exit was seen by polling /proc, which cannot tell',
     tone: 'unknown',
   };
+}
+
+/** What a restart replaced: "pid 4199, exit 1, down 0.31 s". */
+export function fmtRestart(r) {
+  const how = exitStatus(r);
+  const ended = how.tone === 'unknown' ? 'exit status unknown' : how.text === '0' ? 'exit 0' : how.text;
+  return `pid ${r.pid}, ${ended}, down ${fmtLifetime(r.down_s)}`;
+}
+
+/** What a lifecycle event says, in words (the log's detail for group.* events). */
+export function lifeText(ev) {
+  const procs = `${fmtInt(ev.procs)} process${ev.procs === 1 ? '' : 'es'}`;
+  switch (ev.type) {
+    case 'group.missing':
+      return `missing: ${procs}, at least ${fmtInt(ev.expected_min)} expected`;
+    case 'group.recovered':
+      return ev.expected_min === null || ev.expected_min === undefined
+        ? `no longer expected: ${procs}` : `back: ${procs}, at least ${fmtInt(ev.expected_min)} expected`;
+    case 'group.crashloop':
+      return `crash loop: ${fmtInt(ev.restarts)} restarts after failures within ${fmtAge(ev.window_s)}`;
+    case 'group.stable':
+      return `stable: up ${fmtAge(ev.window_s)} without a restart, after ${fmtInt(ev.restarts)} restarts`;
+    default:
+      return '';
+  }
 }
 
 /** argv joined for display; empty argv (kernel threads) shows the name in brackets. */

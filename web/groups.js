@@ -1,12 +1,15 @@
-// The groups table: one row per group with its current usage and a CPU sparkline.
+// The groups table: one row per group with its current usage and a CPU sparkline, its
+// lifecycle (expected, missing, crash loop, restarts, how its last process ended).
 // Sortable by any column (header buttons), filterable by name, keyboard navigable.
+// Whatever the sort, missing expected groups come first, then crash-looping ones: they
+// are what someone opening the page must see.
 //
 // Order is recomputed once per poll (on `cycle`), not per event, and not at all while
 // the pointer is over the rows: rows never move under the cursor that is about to
 // click them. New groups then join at the end until the order is recomputed.
 
 import { setHidden, setText } from './dom.js';
-import { NONE, fmtAge, fmtBytes, fmtInt, fmtPct, fmtRate } from './format.js';
+import { NONE, exitStatus, fmtAge, fmtBytes, fmtClock, fmtInt, fmtPct, fmtRate } from './format.js';
 import { createSparkCanvas, drawSparkline, theme } from './sparkline.js';
 import { VirtualTable, arraySource } from './vtable.js';
 import { loadPref, savePref } from './prefs.js';
@@ -15,6 +18,45 @@ const collator = new Intl.Collator(undefined, { numeric: true, sensitivity: 'bas
 
 function isEmpty(g) {
   return !g.f.procs;
+}
+
+/** 0: missing, 1: crash-looping, 2: the rest (the order the table starts with). */
+function rank(g) {
+  if (g.f.missing) return 0;
+  return g.f.crashloop ? 1 : 2;
+}
+
+function expectation(f) {
+  if (f.expected_min === null || f.expected_min === undefined) return '';
+  return f.expected_max === null || f.expected_max === undefined
+    ? `at least ${f.expected_min}` : `${f.expected_min} to ${f.expected_max}`;
+}
+
+/** The Status cell: {text, title, tone}. Words, not only colour. */
+function status(g) {
+  const f = g.f;
+  const parts = [];
+  if (f.missing) parts.push('missing');
+  if (f.crashloop) parts.push('crash loop');
+  const expected = expectation(f);
+  if (!parts.length) {
+    return expected
+      ? { text: 'expected', title: `Expected: ${expected} processes`, tone: 'expected' }
+      : { text: '', title: '', tone: '' };
+  }
+  let title = parts.map((p) => (p === 'missing'
+    ? `Missing: ${fmtInt(f.procs ?? 0)} processes, ${expected} expected`
+    : 'Crash loop: its processes keep failing and being restarted')).join('; ');
+  if (f.crashloop && !f.missing && expected) title += ` (expected: ${expected})`;
+  return { text: parts.join(', '), title, tone: 'alert' };
+}
+
+function lastExit(g) {
+  const e = g.f.last_exit;
+  if (!e) return { text: NONE, title: 'No process of this group has exited since the server started', tone: 'unknown' };
+  const st = exitStatus(e);
+  const [hms] = fmtClock(e.ts);
+  return { text: st.text, title: `pid ${e.pid} at ${hms}: ${st.title}`, tone: st.tone };
 }
 
 function cpuTone(g) {
@@ -63,7 +105,10 @@ export class GroupsView {
       columns: this.columns,
       keyOf: (g) => g.name,
       rowClass: (g) => {
-        let cls = isEmpty(g) ? 'empty' : '';
+        let cls = '';
+        if (g.f.missing) cls = 'missing';
+        else if (isEmpty(g)) cls = 'empty';
+        if (g.f.crashloop) cls += ' crashloop';
         if (g.gone) cls += ' gone';
         if (g.name === this.selected) cls += ' selected';
         return cls.trim();
@@ -101,6 +146,12 @@ export class GroupsView {
           ? `${g.name} (not reported since the server restarted)` : g.name),
         value: (g) => g.name,
         text: (g) => g.name,
+      },
+      {
+        id: 'status', label: 'Status', cls: 'status-cell', firstDir: 'asc',
+        title: 'Expected groups, and groups missing or in a crash loop (always listed first)',
+        value: (g) => rank(g) * 2 + (status(g).tone === 'expected' ? 0 : 1),
+        paint: (td, g, tr) => this.paintBadge(td, tr, 'statusKey', status(g)),
       },
       {
         id: 'procs', label: 'Procs', cls: 'num', firstDir: 'desc', title: 'Processes in the group now',
@@ -160,7 +211,36 @@ export class GroupsView {
           ? fmtAge(ctx.now - g.f.oldest_start_time) : NONE),
         tone: (g) => (isEmpty(g) ? 'zero' : ''),
       },
+      {
+        id: 'restarts', label: 'Restarts', cls: 'num', firstDir: 'desc',
+        title: 'Processes started in place of one of the group that had just exited, since the server started',
+        value: (g) => g.f.restarts ?? 0,
+        text: (g) => fmtInt(g.f.restarts ?? 0),
+        tone: (g) => zeroTone(g.f.restarts),
+      },
+      {
+        id: 'exit', label: 'Last exit', cls: 'exit', firstDir: 'desc',
+        title: 'How the group\'s latest process to end ended (sorts by when)',
+        value: (g) => (g.f.last_exit ? g.f.last_exit.ts : null),
+        paint: (td, g, tr) => this.paintBadge(td, tr, 'exitKey', lastExit(g), 'status s-'),
+      },
     ];
+  }
+
+  /** A cell holding one badge (status or exit): written only when it changes. */
+  paintBadge(td, tr, slot, st, prefix = 'flag f-') {
+    const key = `${st.tone}|${st.text}|${st.title}`;
+    if (tr[slot] === key) return;
+    tr[slot] = key;
+    const badgeSlot = `${slot}Badge`;
+    if (!tr[badgeSlot]) {
+      tr[badgeSlot] = document.createElement('span');
+      td.append(tr[badgeSlot]);
+    }
+    const badge = tr[badgeSlot];
+    badge.textContent = st.text;
+    badge.className = st.text ? `${prefix}${st.tone}` : '';
+    td.title = st.title;
   }
 
   paintSpark(td, g, tr) {
@@ -197,6 +277,9 @@ export class GroupsView {
     const sign = this.sort.dir === 'asc' ? 1 : -1;
     const value = col.value;
     return (a, b) => {
+      const ra = rank(a);
+      const rb = rank(b);
+      if (ra !== rb) return ra - rb;
       const va = value(a);
       const vb = value(b);
       // Missing values (an empty group's age) go last in either direction.

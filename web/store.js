@@ -19,6 +19,17 @@ const MAX_HISTORY_POINTS = 600;
 // After a resync, list at most this many of the processes that started or exited while
 // the viewer was not listening; the note says how many more there were.
 const MAX_SYNTHETIC = 400;
+// Lifecycle fields of groups no group.update has described yet (the server keeps them the
+// same way): merged into the group when it comes; the oldest go first past this many.
+const MAX_PENDING_LIFE = 1024;
+
+/** The lifecycle events, and what each sets in its group's fields. */
+export const LIFE_EVENTS = {
+  'group.missing': ['missing', true],
+  'group.recovered': ['missing', false],
+  'group.crashloop': ['crashloop', true],
+  'group.stable': ['crashloop', false],
+};
 
 // Fields of a group that describe what it uses now (as opposed to its counters).
 const CURRENT_FIELDS = [
@@ -112,6 +123,7 @@ export class Store {
     this.lastError = null;
 
     this.groups = new Map(); // name -> group
+    this.pendingLife = new Map(); // name -> lifecycle fields of a group not described yet
     this.procs = new Map(); // procKey -> proc fields
     this.members = new Map(); // group name -> Map(procKey -> proc)
     this.log = new RingBuffer(LOG_LIMIT);
@@ -261,6 +273,7 @@ export class Store {
       }
     }
     this.groups = next;
+    this.pendingLife = new Map();
 
     const before = this.procs;
     this.procs = new Map();
@@ -334,8 +347,34 @@ export class Store {
         this.onCycle(o);
         break;
       default:
-        break; // a newer server's event type: the seq still counts
+        if (o.type in LIFE_EVENTS) this.onLife(o);
+        break; // otherwise a newer server's event type: the seq still counts
     }
+  }
+
+  /** A group's fields (or, before its first group.update, the ones waiting for it). */
+  lifeOf(name) {
+    const g = this.groups.get(name);
+    if (g) return g.f;
+    let f = this.pendingLife.get(name);
+    if (!f) {
+      if (this.pendingLife.size >= MAX_PENDING_LIFE) {
+        this.pendingLife.delete(this.pendingLife.keys().next().value);
+      }
+      f = {};
+      this.pendingLife.set(name, f);
+    }
+    return f;
+  }
+
+  /** group.missing / recovered / crashloop / stable: the group's state, and a log entry. */
+  onLife(o) {
+    const [field, value] = LIFE_EVENTS[o.type];
+    this.lifeOf(o.group)[field] = value;
+    // Missing and crash-looping groups sort first: the order must be looked at again.
+    this.changes.structure = true;
+    this.changes.groups.add(o.group);
+    this.addEntry('life', o.ts, o, false);
   }
 
   gap() {
@@ -350,6 +389,11 @@ export class Store {
     this.procs.set(key, o);
     this.memberMap(o.group).set(key, o);
     this.changes.members.add(o.group);
+    if (o.restart_of) {
+      const f = this.lifeOf(o.group);
+      f.restarts = (f.restarts ?? 0) + 1;
+      this.changes.groups.add(o.group);
+    }
     this.addEntry('start', o.ts, o, false);
   }
 
@@ -361,6 +405,15 @@ export class Store {
     const m = this.members.get(group);
     if (m) m.delete(key);
     this.changes.members.add(group);
+    this.lifeOf(o.group).last_exit = {
+      pid: o.pid,
+      ts: o.ts,
+      exit_class: o.exit_class ?? null,
+      exit_code: o.exit_code ?? null,
+      signal: o.signal ?? null,
+      oom_killed: o.oom_killed ?? null,
+    };
+    this.changes.groups.add(o.group);
     this.addEntry('exit', o.ts, o, false);
   }
 
@@ -369,11 +422,14 @@ export class Store {
     if (o.removed) {
       if (this.groups.delete(name)) this.changes.structure = true;
       this.members.delete(name);
+      this.pendingLife.delete(name);
       return;
     }
     let g = this.groups.get(name);
     if (!g) {
       g = newGroup(name, this.histPoints);
+      Object.assign(g.f, this.pendingLife.get(name));
+      this.pendingLife.delete(name);
       this.groups.set(name, g);
       this.changes.structure = true;
     }

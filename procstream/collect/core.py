@@ -9,9 +9,13 @@ Rules:
   updates the grouper and builds the events; :class:`~procstream.collect.poll.Poller`
   says when) and kernel process events (:meth:`Core.submit` runs the kernel source's
   batch; :class:`~procstream.collect.kernel.KernelSource` says when).
-- The first good poll gives the sink the baseline state (:meth:`EventSink.load_state`);
-  every later poll, and every submitted batch, its events (:meth:`EventSink.publish`).
-  The sink is called on the event loop thread.
+- The first good poll gives the sink the baseline state (:meth:`EventSink.load_state`),
+  then the lifecycle's events about it (expected groups missing from the start); every
+  later poll, and every submitted batch, its events (:meth:`EventSink.publish`). The
+  sink is called on the event loop thread.
+- With a :class:`~procstream.lifecycle.Lifecycle`, every batch passes through it on the
+  core's thread before it is handed over, whichever source it came from: it fills in
+  restarts and exit classes and adds the ``group.*`` lifecycle events.
 - Whoever must see every poll registers with a method: :meth:`Core.join` for a second
   source of exits (it may hold back the poll's exits, and adds to each ``cycle``),
   :meth:`Core.watch` for readers of each poll's result (``/metrics``).
@@ -26,8 +30,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from ..config import ExpectedGroup, LifecycleConfig
 from ..events import EventBuilder
 from ..grouper import GroupCounts, Grouper, GrouperUpdate
+from ..lifecycle import Lifecycle
 from ..procfs.models import ProcLike
 from ..schema import CycleExtras, Event, GroupFields, ProcFields
 
@@ -97,11 +103,13 @@ class Core:
         grouper: Grouper,
         builder: EventBuilder,
         sink: EventSink,
+        lifecycle: Lifecycle | None = None,
     ) -> None:
         self._scan = scan
         self._grouper = grouper
         self._builder = builder
         self._sink = sink
+        self._lifecycle = lifecycle
         # Replaced whole, never changed in place: the core's thread reads them lock-free.
         self._partners: tuple[PollPartner, ...] = ()
         self._watchers: tuple[PollWatcher, ...] = ()
@@ -130,15 +138,25 @@ class Core:
         if r.baseline:
             assert r.groups is not None and r.procs is not None
             self._sink.load_state(r.groups, r.procs)
+            if r.events:
+                self._sink.publish(r.events)
         else:
             self._sink.publish(r.events)
         return Polled(r.baseline, r.duration)
 
     async def submit(self, fn: Callable[..., list[Event]], *args: Any) -> None:
         """Run ``fn(*args)`` on the core's thread, between polls, and publish the events
-        it returns. Raises what ``fn`` raised. The kernel source hands over each batch of
-        kernel events this way."""
-        events = await self._run(fn, *args)
+        it returns (and the lifecycle's). Raises what ``fn`` raised. The kernel source
+        hands over each batch of kernel events this way."""
+        events = await self._run(self._submitted, fn, *args)
+        if events:
+            self._sink.publish(events)
+
+    async def expect(self, expected: tuple[ExpectedGroup, ...], settings: LifecycleConfig) -> None:
+        """Use a reloaded config's expected groups and lifecycle settings from now on:
+        pin the groups, let the next ``group.update`` of a group whose entry changed say
+        so, and publish the ``group.missing``/``group.recovered`` events the change causes."""
+        events = await self._run(self._expect, expected, settings)
         if events:
             self._sink.publish(events)
 
@@ -157,6 +175,19 @@ class Core:
 
     # -- the core's thread ------------------------------------------------------------
 
+    def _submitted(self, fn: Callable[..., list[Event]], *args: Any) -> list[Event]:
+        events = fn(*args)
+        if self._lifecycle is not None and events:
+            events = self._lifecycle.observe(events)
+        return events
+
+    def _expect(self, expected: tuple[ExpectedGroup, ...], settings: LifecycleConfig) -> list[Event]:
+        self._grouper.pin(e.group for e in expected)
+        self._builder.set_expected(expected)
+        if self._lifecycle is None:
+            return []
+        return self._lifecycle.configure(settings, expected)
+
     def _poll(self, skipped: int) -> _PollResult:
         t0 = time.perf_counter()
         grouper, builder = self._grouper, self._builder
@@ -165,15 +196,21 @@ class Core:
         for partner in partners:
             partner.take_exits(update)
         groups = grouper.groups()
+        lifecycle = self._lifecycle
         if not self._baselined:
             group_state, procs = builder.state(grouper.tracker.tracked.values(), groups, update.time)
-            result = _PollResult(True, time.perf_counter() - t0, [], group_state, procs)
+            events: list[Event] = lifecycle.baseline(procs, update.time) if lifecycle is not None else []
+            result = _PollResult(True, time.perf_counter() - t0, events, group_state, procs)
         else:
             extra: CycleExtras = {"skipped": skipped}
             for partner in partners:
                 extra.update(partner.cycle_fields())
             duration_ms = (time.perf_counter() - t0) * 1000.0
             events = builder.batch(update, groups, duration_ms=duration_ms, extra_cycle=extra)
+            if lifecycle is not None:
+                if update.removed_groups:
+                    lifecycle.forget(update.removed_groups)
+                events = lifecycle.observe(events, tick=True, reported=groups, now=update.time)
             result = _PollResult(False, time.perf_counter() - t0, events)
         for watcher in self._watchers:
             watcher(update, groups, result.duration)

@@ -19,6 +19,11 @@ Rules:
 - Self-metrics are ``procstream_*``: subscribers, events by type, overflows, resets,
   slow-consumer closes, poll duration histogram and poll counts, kernel event counts,
   event log counters, authorization refusals, NATS publishing (with ``--nats``), build info.
+- Lifecycle families are ``procstream_group_*``, labelled ``groupname`` like
+  process-exporter's, for every group the latest poll reported: counters (restarts, exits
+  by ``class``, OOM kills; every class from 0, so ``increase()`` sees the first one) and
+  the crash-loop gauge; for expected groups also their ``expected_min``/``expected_max``
+  and the ``missing`` gauge. They are the lifecycle's view as of that poll.
 - Only the classic text format (0.0.4) is served, as process-exporter does.
 
 Usage::
@@ -54,7 +59,10 @@ from ..stream.eventlog import EventLogStats
 from ..grouper import GroupCounts, GrouperUpdate
 from ..stream.hub import HubStats
 from ..collect.kernel import KernelStats
+from ..collect.oom import OomStats
 from ..collect.poll import PollStatus
+from ..lifecycle import UNKNOWN_CLASS, GroupLife
+from ..schema import EXIT_CLASSES
 from .server import RouteHandler, ServerStats, http_response
 
 __all__ = [
@@ -140,6 +148,8 @@ class MetricsCollector(Collector):
         refusals: Callable[[], Mapping[str, int]] | None = None,
         source: Callable[[], str] | None = None,
         nats: Callable[[], Mapping[str, Any]] | None = None,
+        lifecycle: Callable[[], Mapping[str, GroupLife]] | None = None,
+        oom_stats: OomStats | None = None,
     ) -> None:
         self.hub_stats = hub_stats
         self.server_stats = server_stats
@@ -149,6 +159,8 @@ class MetricsCollector(Collector):
         self.refusals = refusals
         self.source = source
         self.nats = nats
+        self.lifecycle = lifecycle
+        self.oom_stats = oom_stats
         self._view: PollView = _EMPTY_VIEW
 
     # -- poll thread -------------------------------------------------------------------
@@ -182,6 +194,8 @@ class MetricsCollector(Collector):
         view = self._view
         yield from self._namegroup(view)
         yield from self._scrape_errors(view)
+        if self.lifecycle is not None:
+            yield from self._lifecycle(view, self.lifecycle())
         yield from self._self_metrics(view)
 
     def _namegroup(self, view: PollView) -> Iterator[Metric]:
@@ -240,6 +254,63 @@ class MetricsCollector(Collector):
             states.add_metric([name, "Zombie"], s.zombie)
             states.add_metric([name, "Other"], s.other)
         return iter((num_procs, cpu, read, write, major, minor, ctx, mem, fds, worst, oldest, threads, states))
+
+    def _lifecycle(self, view: PollView, lives: Mapping[str, GroupLife]) -> Iterator[Metric]:
+        restarts = CounterMetricFamily(
+            "procstream_group_restarts",
+            "Processes that started in place of one of the same group and executable that had exited "
+            "shortly before (proc.start with restart_of)",
+            labels=_GROUP,
+        )
+        exits = CounterMetricFamily(
+            "procstream_group_exits",
+            "Processes that exited, by class: ok (code 0), error (code not 0), signal, oom_kill, "
+            "unknown (the poll can't tell)",
+            labels=["groupname", "class"],
+        )
+        ooms = CounterMetricFamily(
+            "procstream_group_oom_kills", "Processes the kernel's OOM killer killed", labels=_GROUP
+        )
+        loop = GaugeMetricFamily(
+            "procstream_group_crashloop", "1 while the group is in a crash loop (group.crashloop until group.stable)",
+            labels=_GROUP,
+        )
+        low = GaugeMetricFamily(
+            "procstream_group_expected_min", "Expected groups: the fewest processes the group should have",
+            labels=_GROUP,
+        )
+        high = GaugeMetricFamily(
+            "procstream_group_expected_max", "Expected groups with a max: the most processes the group should have",
+            labels=_GROUP,
+        )
+        missing = GaugeMetricFamily(
+            "procstream_group_missing", "Expected groups: 1 while the group has fewer processes than its minimum",
+            labels=_GROUP,
+        )
+        classes = (*EXIT_CLASSES, UNKNOWN_CLASS)
+        for name in view.groups:
+            life = lives.get(name)
+            label = [name]
+            if life is None:
+                restarts.add_metric(label, 0)
+                for cls in classes:
+                    exits.add_metric([name, cls], 0)
+                ooms.add_metric(label, 0)
+                loop.add_metric(label, 0)
+                continue
+            restarts.add_metric(label, life.restarts)
+            by_class = life.exits
+            for cls in classes:
+                exits.add_metric([name, cls], by_class.get(cls, 0))
+            ooms.add_metric(label, life.oom_kills)
+            loop.add_metric(label, 1 if life.crashloop else 0)
+            e = life.expected
+            if e is not None:
+                low.add_metric(label, e.min)
+                if e.max is not None:
+                    high.add_metric(label, e.max)
+                missing.add_metric(label, 1 if life.missing else 0)
+        return iter((restarts, exits, ooms, loop, low, high, missing))
 
     def _scrape_errors(self, view: PollView) -> Iterator[Metric]:
         failures = self.poll_status.failures if self.poll_status is not None else 0
@@ -337,6 +408,17 @@ class MetricsCollector(Collector):
             yield _counter("procstream_kernel_events", "Process events received from the kernel", ks.events)
             yield _counter("procstream_kernel_events_lost", "Kernel process events lost (socket overruns)", ks.lost)
             yield _counter("procstream_kernel_backlog_dropped", "Kernel events dropped past the backlog bound", ks.dropped_backlog)
+
+        # -- OOM kills
+        oom = self.oom_stats
+        if oom is not None:
+            src = GaugeMetricFamily(
+                "procstream_oom_source",
+                "Where OOM kills are told apart from other SIGKILLs (1 for the one in use): kmsg, vmstat, none",
+                labels=["source"],
+            )
+            src.add_metric([oom.source], 1)
+            yield src
 
         # -- event log
         s = self.eventlog_stats

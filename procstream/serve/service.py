@@ -29,10 +29,13 @@ from typing import Any
 
 from ..collect.core import Core
 from ..collect.kernel import KernelSource, choose_source
+from ..collect.oom import OomWatch
+from ..config import Config
 from ..collect.poll import Poller
 from ..fleet.agent import NatsAgent, NatsStartError
 from ..fleet.options import NatsConfigError
 from ..fleet.subjects import check_host_name
+from ..lifecycle import Lifecycle
 from ..netlink.connector import ConnectorError
 from ..stream.eventlog import EventLog, parse_types
 from ..stream.hub import Hub
@@ -126,7 +129,15 @@ class Service:
                 max_bytes=args.event_log_max_bytes,
                 backups=args.event_log_backups,
             )
-        self.core = Core(self.fs.all_procs, self.grouper, self.builder, HubAndLog(self.hub, self.eventlog))
+        # Restarts, crash loops, expected groups and exit classes, for both sources.
+        config = self.grouper.namer
+        assert isinstance(config, Config)  # build_core names processes with the config
+        self.oom = OomWatch()
+        self.oom.open()
+        self.lifecycle = Lifecycle(config.lifecycle, config.expected, oom=self.oom)
+        self.core = Core(
+            self.fs.all_procs, self.grouper, self.builder, HubAndLog(self.hub, self.eventlog), self.lifecycle
+        )
         self.poller = Poller(self.core, interval=args.interval)
         try:
             self.use_kernel, self.source_reason = choose_source(args.source, args.procfs)
@@ -154,6 +165,8 @@ class Service:
             refusals=self.guard.stats.as_dict,
             source=lambda: "netlink" if self.kernel is not None else "poll",
             nats=self.nats.metrics if self.nats is not None else None,
+            lifecycle=lambda: self.lifecycle.view,
+            oom_stats=self.oom.stats,
         )
         self.core.watch(self.metrics.on_poll)
         self.server.add_route("/metrics", metrics_route(make_registry(self.metrics)))
@@ -197,7 +210,11 @@ class Service:
             return
 
         await self.core.call(self.grouper.set_namer, namer)
-        log.info("SIGHUP: reloaded %s (%d rules)", self.args.config, len(namer.rules))
+        await self.core.expect(namer.expected, namer.lifecycle)
+        log.info(
+            "SIGHUP: reloaded %s (%d rules, %d expected groups)",
+            self.args.config, len(namer.rules), len(namer.expected),
+        )
 
     async def run(self, *, ready: Callable[[ProcstreamServer], Any] | None = None) -> int:
         loop = asyncio.get_running_loop()
@@ -229,6 +246,7 @@ class Service:
             )
             if self.exposure_warning:
                 log.warning("%s", self.exposure_warning)
+            log.info("OOM kills: %s", self.oom.reason)
             if ready is not None:
                 ready(self.server)
             poll_task = asyncio.create_task(self.poller.run(), name="procstream-poller")
@@ -282,6 +300,7 @@ class Service:
             self.core.close()
             if self.nats is not None:
                 await self.nats.close()
+            self.oom.close()
             if self.eventlog is not None:
                 await asyncio.to_thread(self.eventlog.close, 2.0)
 

@@ -1,7 +1,9 @@
 """NDJSON event log for log shippers (``--event-log FILE|-``).
 
 One JSON object per line, the events exactly as sent on the wire (with ``seq`` and
-``host``), only the selected types (``proc.start`` and ``proc.exit`` by default). Vector,
+``host``), only the selected types (by default ``proc.start``, ``proc.exit`` and the
+group lifecycle events: ``group.missing``, ``group.recovered``, ``group.crashloop``,
+``group.stable``). Vector,
 Fluent Bit, Filebeat or Promtail tail the file; ``-`` writes to standard output.
 
 Threading: ``write()`` is called on the asyncio event loop after every poll and must never
@@ -46,15 +48,18 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from ..schema import PROC_EXIT, PROC_START
+from ..schema import GROUP_CRASHLOOP, GROUP_MISSING, GROUP_RECOVERED, GROUP_STABLE, PROC_EXIT, PROC_START
 from ..stats import Stats
 
 __all__ = ["EventLog", "EventLogStats", "DEFAULT_TYPES", "parse_types"]
 
 log = logging.getLogger(__name__)
 
-#: Event types written when none are chosen: what a log shipper wants by default.
-DEFAULT_TYPES: frozenset[str] = frozenset({PROC_START, PROC_EXIT})
+#: Event types written when none are chosen: what a log shipper wants by default (the
+#: lifecycle events are few, and each one is news).
+DEFAULT_TYPES: frozenset[str] = frozenset(
+    {PROC_START, PROC_EXIT, GROUP_MISSING, GROUP_RECOVERED, GROUP_CRASHLOOP, GROUP_STABLE}
+)
 
 _STDOUT = "-"
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC

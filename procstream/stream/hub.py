@@ -41,7 +41,19 @@ from typing import Any, Final, Protocol
 import orjson
 
 from .. import __version__
-from ..schema import EVENT_ONLY_FIELDS, GROUP_UPDATE, PROC_EXIT, PROC_START, Event, GroupFields, ProcFields
+from ..schema import (
+    EVENT_ONLY_FIELDS,
+    GROUP_CRASHLOOP,
+    GROUP_MISSING,
+    GROUP_RECOVERED,
+    GROUP_STABLE,
+    GROUP_UPDATE,
+    PROC_EXIT,
+    PROC_START,
+    Event,
+    GroupFields,
+    ProcFields,
+)
 from ..stats import Stats
 from . import protocol as P
 from .protocol import NO_GROUP, Filter, Subscription
@@ -68,6 +80,9 @@ _REPLAY_FRAME_BYTES: Final = 256 * 1024
 # Control frames waiting for a subscriber that doesn't read (errors, snapshots): more
 # than this and it is a slow consumer.
 _OUTBOX_LIMIT: Final = 64
+# Groups whose lifecycle fields wait for their first group.update: a group made only of
+# processes that came and went between polls may never get one, so the oldest go first.
+_PENDING_LIFE_LIMIT: Final = 1024
 # Per filter, the frames of the latest batches are kept so a subscriber that lags by a
 # few polls (a burst filled its buffer) catches up with the very bytes the others got.
 _RECENT_FRAMES: Final = 16
@@ -276,11 +291,18 @@ class Hub:
         self._baseline_seq = -1  # head at the last load_state; no resume across it
         self._groups: dict[str, GroupFields] = {}
         self._procs: dict[tuple[int, float], ProcFields] = {}  # by (pid, start_time)
+        # Lifecycle fields of groups no group.update has described yet (one whose first
+        # processes came and went between polls): merged in when one does.
+        self._pending_life: dict[str, dict[str, Any]] = {}
         # How each event type changes the state; the types not listed leave it as it is.
         self._apply: dict[str, Callable[[Event], None]] = {
             PROC_START: self._proc_started,
             PROC_EXIT: self._proc_exited,
             GROUP_UPDATE: self._group_updated,
+            GROUP_MISSING: lambda ev: self._set_life(ev, "missing", True),
+            GROUP_RECOVERED: lambda ev: self._set_life(ev, "missing", False),
+            GROUP_CRASHLOOP: lambda ev: self._set_life(ev, "crashloop", True),
+            GROUP_STABLE: lambda ev: self._set_life(ev, "crashloop", False),
         }
         self._snapshots: dict[frozenset[str] | None, bytes] = {}  # by groups filter, until next change
         # filter -> recent batches as (first seq, next seq, frame or None if nothing matched)
@@ -355,6 +377,7 @@ class Hub:
         state) and every subscriber gets ``reset`` {"reason": "resync"} + snapshot.
         """
         self._groups = {}
+        self._pending_life.clear()
         for name, fields in groups.items():
             state = _strip(fields)
             state["group"] = name
@@ -621,20 +644,51 @@ class Hub:
 
     def _proc_started(self, ev: Event) -> None:
         self._procs[(ev.get("pid"), ev.get("start_time"))] = _strip(ev)
+        if ev.get("restart_of"):
+            life = self._life(ev.get("group"))
+            life["restarts"] = life.get("restarts", 0) + 1
 
     def _proc_exited(self, ev: Event) -> None:
         self._procs.pop((ev.get("pid"), ev.get("start_time")), None)
+        e: Any = ev
+        self._life(e.get("group"))["last_exit"] = {
+            "pid": e.get("pid"),
+            "ts": e.get("ts"),
+            "exit_class": e.get("exit_class"),
+            "exit_code": e.get("exit_code"),
+            "signal": e.get("signal"),
+            "oom_killed": e.get("oom_killed"),
+        }
 
     def _group_updated(self, ev: Event) -> None:
         name: Any = ev.get("group")
         if ev.get("removed"):
             self._groups.pop(name, None)
+            self._pending_life.pop(name, None)
         else:
             state = self._groups.get(name)
             if state is None:
-                self._groups[name] = _strip(ev)
+                state = self._groups[name] = _strip(ev)
+                state.update(self._pending_life.pop(name, ()))
             else:
                 state.update(_strip(ev))
+
+    def _life(self, name: Any) -> dict[str, Any]:
+        """Where a group's lifecycle fields live: its state, or (no ``group.update`` for
+        it yet) its pending fields."""
+        state = self._groups.get(name)
+        if state is not None:
+            return state
+        pending = self._pending_life
+        life = pending.get(name)
+        if life is None:
+            if len(pending) >= _PENDING_LIFE_LIMIT:
+                del pending[next(iter(pending))]
+            life = pending[name] = {}
+        return life
+
+    def _set_life(self, ev: Event, key: str, value: bool) -> None:
+        self._life(ev.get("group"))[key] = value
 
     def _snapshot_obj(self, filt: Filter) -> dict[str, Any]:
         groups = filt.groups

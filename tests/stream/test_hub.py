@@ -82,14 +82,19 @@ def start(group: str = "web", pid: int | None = None, st: float = 5.0) -> ProcSt
     pid = next(_pids) if pid is None else pid
     return {"type": "proc.start", "ts": 10.0, "pid": pid, "ppid": 1, "start_time": st,
             "name": group, "cmdline": [group, "-x"], "group": group, "user": "root", "uid": 0,
-            "source": "poll"}
+            "restart_of": None, "source": "poll"}
 
 
 def exit_(ev: ProcStart) -> dict[str, Any]:
     out: dict[str, Any] = {k: ev[k] for k in PROC_FIELDS}  # type: ignore[literal-required]
     out.update(type="proc.exit", ts=11.0, lifetime_s=1.0, cpu_s=0.1, read_bytes=0, write_bytes=0,
-               exit_code=None, signal=None, source="poll")
+               exit_code=None, signal=None, exit_class=None, oom_killed=None, source="poll")
     return out
+
+
+def last_exit(ev: dict[str, Any]) -> dict[str, Any]:
+    """What a group's ``last_exit`` holds after the ``proc.exit`` ``ev``."""
+    return {k: ev[k] for k in ("pid", "ts", "exit_class", "exit_code", "signal", "oom_killed")}
 
 
 def gupd(group: str, procs: int, **kw: Any) -> dict[str, Any]:
@@ -179,7 +184,7 @@ def test_state_is_materialized_from_events() -> None:
     hub.publish([exit_(a), gupd("web", 1, cpu_s=2.0), gupd("db", 0, removed=True)])
     snap = hub.snapshot()
     assert {(p["pid"], p["start_time"]) for p in snap["procs"]} == {(1, 1.0), (7, 3.0)}
-    assert snap["groups"] == {"web": {"group": "web", "procs": 1, "threads": 1, "cpu_s": 2.0}}
+    assert snap["groups"] == {"web": {"group": "web", "procs": 1, "threads": 1, "cpu_s": 2.0, "last_exit": last_exit(exit_(a))}}
     # a snapshot is a copy: changing it doesn't change the hub
     snap["groups"]["web"]["procs"] = 99
     assert hub.snapshot()["groups"]["web"]["procs"] == 1
@@ -209,11 +214,13 @@ def test_snapshot_plus_following_events_equals_later_snapshot() -> None:
         assert ev["seq"] > snap["seq"]
         key = (ev.get("pid"), ev.get("start_time"))
         if ev["type"] == "proc.start":
-            procs[key] = {k: v for k, v in ev.items() if k not in ("type", "ts", "seq", "host", "source")}
+            procs[key] = {k: v for k, v in ev.items() if k not in ("type", "ts", "seq", "host", "source", "restart_of")}
         elif ev["type"] == "proc.exit":
             del procs[key]
+            groups[ev["group"]]["last_exit"] = last_exit(ev)
         elif ev["type"] == "group.update":
-            groups[ev["group"]] = {k: v for k, v in ev.items() if k not in ("type", "ts", "seq", "host")}
+            fields = {k: v for k, v in ev.items() if k not in ("type", "ts", "seq", "host")}
+            groups.setdefault(ev["group"], {}).update(fields)
     final = hub.snapshot()
     assert groups == final["groups"]
     assert sorted(procs) == sorted((p["pid"], p["start_time"]) for p in final["procs"])

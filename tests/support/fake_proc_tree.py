@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,28 @@ import pytest
 
 from tests.support.children import NOBODY, become, in_child
 
-__all__ = ["FIXTURES", "NOBODY", "make_fake_proc", "unprivileged", "deny"]
+__all__ = ["FIXTURES", "NOBODY", "BOOT_TIME", "LIFECYCLE_CONFIG", "make_fake_proc", "ticks_now", "unprivileged", "deny"]
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "proc"
+#: the fixture tree's boot time (``btime`` of its ``stat``), epoch seconds
+BOOT_TIME = int(next(line for line in (FIXTURES / "stat").read_text().splitlines() if line.startswith("btime ")).split()[1])
+#: process-exporter's default config (every process with a command line, by comm), a
+#: group expected from the start that no process of the tree belongs to (``svc``), and
+#: crash loops after 3 restarts
+LIFECYCLE_CONFIG = """
+process_names:
+  - name: "{{.Comm}}"
+    cmdline: ['.+']
+expected_groups:
+  - {group: svc, min: 1}
+lifecycle: {restart_window_s: 60, crashloop_restarts: 3, crashloop_window_s: 600, stable_after_s: 600}
+"""
+
+
+def ticks_now(later: float = 0.0) -> int:
+    """A start time for ``add_proc`` (clock ticks since the tree's boot) of now (plus
+    ``later`` seconds): a process that starts now, not one found late."""
+    return int((time.time() + later - BOOT_TIME) * 100)
 # git can't store empty directories; these are the fd/ dirs of processes with no fds.
 _EMPTY_DIRS = ("14/fd", "1002/fd")
 
@@ -67,7 +87,7 @@ def add_proc(
     *,
     comm: str,
     cmdline: tuple[str, ...],
-    start: int,
+    start: int | None = None,
     ppid: int = 1,
     utime: int = 0,
     template: int = 1000,
@@ -75,8 +95,9 @@ def add_proc(
     """Add (or replace) process ``pid`` in a fake tree made by ``make_fake_proc``.
 
     A copy of process ``template`` with a new comm, argv, parent, start (clock ticks since
-    boot) and user CPU ticks; built beside the tree and renamed into place, so a poller
-    never sees half a process.
+    boot; by default the moment it is renamed into place: a process that starts now) and
+    user CPU ticks; built beside the tree and renamed into place, so a poller never sees
+    half a process.
     """
     src = root / str(template)
     tmp = root.parent / f".new-{pid}"
@@ -86,7 +107,7 @@ def add_proc(
     fields = (src / "stat").read_bytes().rpartition(b")")[2].split()
     fields[1] = str(ppid).encode()  # ppid (field 4)
     fields[11] = str(utime).encode()  # utime (field 14)
-    fields[19] = str(start).encode()  # starttime (field 22)
+    fields[19] = str(ticks_now() if start is None else start).encode()  # starttime (field 22)
     (tmp / "stat").write_bytes(f"{pid} ({comm}) ".encode() + b" ".join(fields) + b"\n")
     (tmp / "cmdline").write_bytes(b"".join(a.encode() + b"\0" for a in cmdline))
     task = tmp / "task"

@@ -1,10 +1,10 @@
 """The viewer for everyone: WCAG 2.1 AA by axe-core in every state of the page, in both
 colour schemes, and everything done with the keyboard alone.
 
-The page runs against a real ``procstream serve`` over a fake /proc (tests/support). Its
-WebSocket passes through a proxy in the test (Playwright's route) that gives a few exits
-a status, which polling /proc can't know, so rows of failed processes are on the page
-too.
+The page runs against a real ``procstream serve`` over a fake /proc (tests/support), with
+a config that expects a group nobody runs at first. Its WebSocket passes through a proxy
+in the test (Playwright's route) that gives a few exits a status, which polling /proc
+can't know, so rows of failed and OOM-killed processes are on the page too.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 
-from tests.support.fake_proc_tree import add_proc, remove_proc
+from tests.support.fake_proc_tree import LIFECYCLE_CONFIG, add_proc, remove_proc
 from tests.support.served import Served
 from tests.web import axe
 from tests.web.page import Viewer, checked
 
-# pid -> (exit_code, signal) the proxy writes into that process's proc.exit
-EXIT_STATUS = {2401: (3, None), 2402: (None, 15)}
+# pid -> (exit_code, signal, exit_class) the proxy writes into that process's proc.exit
+EXIT_STATUS = {2401: (3, None, "error"), 2402: (None, 15, "signal"), 2406: (None, 9, "oom_kill")}
 REFUSED = r"^WebSocket connection to 'ws://127\.0\.0\.1:\d+/ws\?.*' failed"
 
 
@@ -33,7 +33,8 @@ def _with_exit_status(message: str | bytes) -> str | bytes:
     objs = json.loads(message)
     for o in objs:
         if o.get("type") == "proc.exit" and o.get("pid") in EXIT_STATUS:
-            o["exit_code"], o["signal"] = EXIT_STATUS[o["pid"]]
+            o["exit_code"], o["signal"], o["exit_class"] = EXIT_STATUS[o["pid"]]
+            o["oom_killed"] = o["exit_class"] == "oom_kill"
     return json.dumps(objs)
 
 
@@ -46,7 +47,9 @@ class Tour:
         self.page = viewer.page
         self.fake_proc = fake_proc
         self.tmp_path = tmp_path
-        self.args = ("--procfs", str(fake_proc), "--interval", "0.2")
+        config = tmp_path / "config.yml"
+        config.write_text(LIFECYCLE_CONFIG)
+        self.args = ("--procfs", str(fake_proc), "--interval", "0.2", "--config", str(config))
         self.server: Served | None = None
         self.runs = 0
 
@@ -71,7 +74,8 @@ class Tour:
 
         self.page.route_web_socket(re.compile(r"/ws(\?|$)"), route)
         self.viewer.open(self.serve().url + "/")
-        self.viewer.wait("() => document.getElementById('n-groups').textContent === '3'")
+        self.viewer.wait("() => document.getElementById('n-groups').textContent === '4'")
+        self.viewer.wait("() => document.querySelector('#groups-table tbody tr.missing td.c-status').textContent === 'missing'")
 
     def select_group(self) -> None:
         self.viewer.group_row("sleep").click()
@@ -90,6 +94,26 @@ class Tour:
         self.viewer.wait_log(2403, "exit")
         self.page.locator("#log-table tbody tr.bad").first.hover()
 
+    def restarts_crash_loop_and_oom_kill(self) -> None:
+        def start(pid: int, comm: str) -> None:
+            add_proc(self.fake_proc, pid, comm=comm, cmdline=(comm,))
+
+        start(2601, "svc")
+        start(2611, "svc")  # the group never goes below its minimum while 2601 is replaced
+        self.viewer.wait_log(2611, "start")
+        for old, new in ((2601, 2602), (2602, 2603), (2603, 2604)):
+            remove_proc(self.fake_proc, old)
+            start(new, "svc")
+            self.viewer.wait_log(new, "restart")
+        self.viewer.wait("() => document.querySelector('#groups-table tbody tr.crashloop td.c-status')"
+                         "?.textContent === 'crash loop'")
+        start(2406, "hog")
+        self.viewer.wait_log(2406, "start")
+        remove_proc(self.fake_proc, 2406)
+        assert self.viewer.wait_log(2406, "exit")["cells"][6] == "OOM kill"
+        self.viewer.wait("() => [...document.querySelectorAll('#groups-table td.c-exit')].some(td => td.textContent === 'OOM kill')")
+        self.page.locator("#log-table tbody tr.life").first.hover()
+
     def open_help(self) -> None:
         self.page.click("#help-open")
         self.viewer.wait("() => document.getElementById('help').open")
@@ -101,7 +125,9 @@ class Tour:
         self.page.click("#log-pause")
         add_proc(self.fake_proc, 2404, comm="sleep", cmdline=("sleep", "2404"), start=99_000)
         self.viewer.wait("() => document.getElementById('log-new').textContent === '1 new'")
-        assert self.page.text_content("#log-count") == "2 of 6"
+        # 6 entries of sleep processes, 12 of the lifecycle step (a recovery, 2 starts, 3
+        # restarts and the exits they replace, a crash loop, hog's start and its OOM kill)
+        assert self.page.text_content("#log-count") == "2 of 18"
 
     def stop_server(self) -> None:
         self.page.click("#log-pause")
@@ -130,6 +156,7 @@ STATES: list[tuple[str, Callable[[Tour], None]]] = [
     ("initial load", Tour.load),
     ("a group selected, the pointer on another", Tour.select_group),
     ("starts, exits and failures in the log", Tour.run_processes),
+    ("restarts, a crash loop and an OOM kill", Tour.restarts_crash_loop_and_oom_kill),
     ("help open", Tour.open_help),
     ("the log filtered and paused", Tour.filter_log),
     ("server down: reconnecting", Tour.stop_server),
