@@ -581,20 +581,23 @@ class KernelSource:
                 return
             if self._stopping.is_set():
                 return
-            if self._taskstats is not None:
-                self._read_taskstats()
             if connector not in readable:
+                if self._taskstats is not None:
+                    self._read_taskstats()
                 continue
             items: list[KItem] = []
             cgroups = tracker.read_cgroups  # a config reload may change what names need
             events = connector.read_events()
-            # Argv first, for every exec of the batch: a process that exits takes its argv
-            # with it, while its counters stay readable in the zombie until it is reaped.
+            # Argv first, for every exec of the batch, before even the TASKSTATS records: a
+            # process that exits takes its argv with it, while its counters stay readable
+            # in the zombie until it is reaped, and in its TASKSTATS record after.
             looks = {
                 i: first_look(self.fs, ev.pid, cgroups=cgroups)
                 for i, ev in enumerate(events)
                 if isinstance(ev, ExecEvent) and not ev.is_thread
             }
+            if self._taskstats is not None:
+                self._read_taskstats()
             for i, ev in enumerate(events):
                 item = self._convert(ev, cgroups, looks.get(i))
                 if item is not None:
