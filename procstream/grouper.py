@@ -401,9 +401,13 @@ class Grouper:
             static = proc.static(cgroups=tracker.read_cgroups)
             if mark is None:
                 mark = proc.exec_mark()
-            metrics: ProcMetrics | None = proc.metrics()
         except READ_ERRORS:
             return None
+        metrics: ProcMetrics | None
+        try:
+            metrics = proc.metrics()
+        except READ_ERRORS:
+            metrics = None  # gone since: its last sample stands
         return self.rename_as(tp, static, mark, metrics)
 
     def rename_as(

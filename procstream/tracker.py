@@ -388,6 +388,8 @@ class Tracker:
         parent = self.tracked.get(parent_id) if parent_id is not None else None
         if parent is None or parent is child or parent.exited:
             return  # untracked: its counters go nowhere
+        if parent.id.start_time_rel > child.id.start_time_rel:
+            return  # younger than the child: its pid is the dead parent's, reused
         parent.children_read += max(read_bytes, 0)
         parent.children_write += max(write_bytes, 0)
         self._crediting.add(parent.id)

@@ -315,14 +315,14 @@ def test_when_the_parents_jump_shows_a_poll_later_it_is_taken_out_then():
 def test_the_reaper_the_kernel_names_gets_the_credit_and_an_untracked_one_none():
     g = grouper("p", "c", "r")
     g.update([])
-    g.update([fake(20, "c", start=600, ppid=10, io=(0, 100)), fake(30, "r", start=700, ppid=1)])
+    g.update([fake(20, "c", start=600, ppid=10, io=(0, 100)), fake(30, "r", start=550, ppid=1)])
     tp = g.retire(g.tracker.known(20), fake(20, "c", start=600, ppid=10, io=(0, 100)).metrics(), reaper=30)
-    assert tp is not None and tp.reaper == 30  # reparented to 30, which reaps it
-    g.update([fake(30, "r", start=700, ppid=1, io=(0, 100))])
+    assert tp is not None and tp.reaper == 30  # reparented to 30 (an ancestor), which reaps it
+    g.update([fake(30, "r", start=550, ppid=1, io=(0, 100))])
     assert io(g, "r") == (0, 0) and io(g, "c") == (0, 100)
     # a child whose parent nobody tracks: its parent's counters count nowhere anyway
-    g.update([fake(30, "r", start=700, ppid=1, io=(0, 100)), fake(21, "c", start=800, ppid=99, io=(0, 5))])
-    g.update([fake(30, "r", start=700, ppid=1, io=(0, 100))])
+    g.update([fake(30, "r", start=550, ppid=1, io=(0, 100)), fake(21, "c", start=800, ppid=99, io=(0, 5))])
+    g.update([fake(30, "r", start=550, ppid=1, io=(0, 100))])
     assert io(g, "c") == (0, 105)
 
 
@@ -471,3 +471,12 @@ def test_without_a_ttl_every_group_is_kept_and_remove_empty_groups_spares_pinned
     g.pin(["a"])
     g.update([fake(10, "a"), fake(11, "b")])
     assert g.update([]).removed_groups == ["b"] and set(g.groups()) == {"a"}
+
+
+def test_no_credit_to_a_younger_process_that_took_the_dead_parents_pid():
+    g = grouper("p", "c")
+    g.update([])
+    g.update([fake(20, "c", start=600, ppid=10, io=(0, 100))])  # its parent, 10, is gone
+    g.update([fake(20, "c", start=600, ppid=10, io=(0, 100)), fake(10, "p", start=900)])  # pid 10 reused
+    g.update([fake(10, "p", start=900, io=(0, 100))])  # 20 reaped by init; 10 wrote 100 of its own
+    assert io(g, "p") == (0, 100) and io(g, "c") == (0, 100)

@@ -60,7 +60,7 @@ from ..netlink import (
     monotonic_ns_to_epoch,
     probe_connector,
 )
-from ..procfs import FS, READ_ERRORS, FixedProc, Proc, ProcId, ProcIdInfo, ProcMetrics, ProcStatic, States
+from ..procfs import FS, READ_ERRORS, ExecMark, FixedProc, Proc, ProcId, ProcIdInfo, ProcMetrics, ProcStatic, States
 from ..schema import CycleExtras, Event
 from ..stats import Stats
 from ..tracker import TrackedProc
@@ -146,10 +146,12 @@ def read_now(
         metrics = proc.metrics()
         if exact_cpu and metrics.num_threads == 1:
             metrics = _with_runtime(metrics, proc.runtime_ns())
-    except READ_ERRORS:
+    except READ_ERRORS as exc:
         if not looked:
             return None
-        metrics = _GONE  # reaped since its first look: who it was is what matters
+        # reaped since its first look: who it was is what matters; its counters are
+        # unknown (``metrics()`` says so again), not zero
+        return FixedProc(ProcIdInfo(pid_id, static, _GONE), error=exc, mark=ExecMark(static.name))
     try:
         limit = proc.fd_limit()
     except READ_ERRORS:

@@ -325,3 +325,21 @@ def test_an_unread_exit_on_the_pid_of_an_older_ignored_process_is_not_taken_for_
         ("proc.start", "a", "a", False),
         ("proc.exit", "a", "a", False),
     ]
+
+
+def test_an_exec_read_whose_counters_were_gone_leaves_the_usage_counted_once():
+    grouper, builder, hold, applier, clock = _setup()
+    grouper.kernel_events = True
+    grouper.update([])
+    applier.apply([KStart(clock.t, 70, fake(70, "a", start=700, cpu=(0.0, 0.0), stack=0x7000))])
+    grouper.update([fake(70, "a", start=700, cpu=(1.0, 0.0), stack=0x7000)])
+    # it execs b; read in time for its name, not for its counters (reaped meanwhile)
+    gone = replace(fake(70, "b", start=700, stack=0x8000), error=ProcessLookupError())
+    events = applier.apply([KStart(clock.t, 70, gone)])
+    assert [(e["group"], e["previous"]["group"]) for e in events] == [("b", "a")]
+    final = fake(70, "b", start=700, cpu=(1.5, 0.0), state="Z")
+    applier.apply([KExit(clock.t, 70, 0, None, False, final)])
+    grouper.update([final])
+    groups = grouper.groups()
+    assert groups["a"].counts.cpu + groups["b"].counts.cpu == pytest.approx(1.5)
+    assert groups["a"].counts.cpu == pytest.approx(1.0)
