@@ -56,6 +56,13 @@ def program(tmp_path: Path, comm: str, target: str) -> Path:
     return link
 
 
+def this_process() -> tuple[str, list[str]]:
+    """This process's comm and argv: what a child is until its exec (a copy of it)."""
+    comm = Path("/proc/self/comm").read_text().strip()
+    argv = Path("/proc/self/cmdline").read_bytes().decode("utf-8", "replace").split("\0")[:-1]
+    return comm, argv
+
+
 def starts_of(env: Env, pid: int) -> list[dict[str, Any]]:
     return env.sink.of("proc.start", pid=pid)
 
@@ -76,7 +83,9 @@ def metric(text: str, family: str, group: str, extra: str = "") -> float | None:
 async def test_setsid_nohup_ends_in_the_group_of_the_last_program(env: Env, tmp_path: Path) -> None:
     comm = f"pss{RUN}"
     sleeper = program(tmp_path, comm, "sleep")
+    me, my_argv = this_process()
     real = {
+        me: my_argv,  # read between the fork and the exec: a copy of this process
         "setsid": ["setsid", "nohup", str(sleeper), "60"],
         "nohup": ["nohup", str(sleeper), "60"],
         comm: [str(sleeper), "60"],
@@ -122,11 +131,16 @@ async def test_exec_a_names_the_process_after_the_new_program_with_its_argv(env:
             explain=lambda: starts_of(env, p.pid),
         )
         assert list(tracked(env, p.pid).static.cmdline) == [name, "60"]
-        last = starts_of(env, p.pid)[-1]
+        starts = starts_of(env, p.pid)
+        last = starts[-1]
         assert (last["name"], last["group"], last["cmdline"], last["cmdline_known"]) == (comm, comm, [name, "60"], True)
-        if len(starts_of(env, p.pid)) > 1:  # the shell was read before its exec
-            first = starts_of(env, p.pid)[0]
-            assert (first["group"], last["previous"]["group"]) == (f"psh{RUN}", f"psh{RUN}"), starts_of(env, p.pid)
+        # before: the shell, if read before its exec (or this process's copy, before that)
+        me, my_argv = this_process()
+        real = {me: my_argv, f"psh{RUN}": [str(shell), "-c", f"exec -a {name} {sleeper} 60"], comm: [name, "60"]}
+        for ev in starts:
+            assert ev["cmdline"] in (real[ev["name"]], []), starts
+        for before, after in zip(starts, starts[1:]):
+            assert after["previous"] == {"name": before["name"], "group": before["group"]}
     finally:
         stop(p)
 
