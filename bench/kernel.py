@@ -1,14 +1,15 @@
 """Short-lived processes: capture rate and latency, kernel events vs polling vs process-exporter.
 
-    python bench/kernel.py [--count 100] [--lifetimes 0.005,0.05,0.5] [--storm 1000x10]
+    python bench/kernel.py [--count 100] [--lifetimes 0.005,0.05,0.5] [--storm 1000x10] [--storm-exec]
 
 For each lifetime L it starts ``--count`` processes (copies of ``sleep`` named
 ``psb_<L>``, each sleeping L seconds; one every 20 ms) and measures, in the same run:
 
 - ``procstream serve --source netlink`` and ``--source poll`` (interval 1 s), through a
   WebSocket subscriber: the share of processes that got a ``proc.start``/``proc.exit``,
-  and the latency from the real exec (Popen's return) and the real exit (waitpid's
-  return) to the event's arrival at the subscriber, p50/p99;
+  an exit code, and their argv (``cmdline_known``), and the latency from the real exec
+  (Popen's return) and the real exit (waitpid's return) to the event's arrival at the
+  subscriber, p50/p99;
 - process-exporter scraped every second, with a ``{{.Comm}}:{{.PID}}`` config so each
   process is its own group: the share of processes that ever showed up in a scrape, and
   the delay from exec to the first scrape that showed it.
@@ -17,8 +18,12 @@ For each lifetime L it starts ``--count`` processes (copies of ``sleep`` named
 SECONDS; copies of ``true``) against the netlink server and reports: events received vs
 processes, the server's peak RSS growth, and /healthz latency during the storm (a blocked event loop
 would show there). Repeated ``--storm-rounds`` times on one server: memory must level off
-once the resume buffer (``--buffer`` events) is full. Everything it starts, it stops.
-Needs root (kernel events).
+once the resume buffer (``--buffer`` events) is full. Each round also says for how many
+processes the argv was gone before it could be read (``cmdline_known`` false). With
+``--storm-exec`` each process is a shell (a copy of ``sh``) that execs the short program:
+two execs, so each is named twice (the shell's group, then the program's), and the round
+says how many exits came in the program's group and how many renames were seen as they
+happened. Everything it starts, it stops. Needs root (kernel events).
 """
 
 from __future__ import annotations
@@ -116,7 +121,9 @@ async def measure_procstream(source: str, config: Path, exe: Path, lifetime: flo
     start_lat = [(starts[p] - work.started[p]) * 1000 for p in starts]
     exit_lat = [(exits[p][0] - work.exited[p]) * 1000 for p in exits if p in work.exited]
     with_code = sum(1 for _, ev in exits.values() if ev.get("exit_code") == 0)
+    with_argv = sum(1 for _, ev in exits.values() if ev.get("cmdline_known", True))
     return {
+        "argv_known": with_argv / count * 100,
         "start_capture": len(starts) / count * 100,
         "exit_capture": len(exits) / count * 100,
         "exit_code_known": with_code / count * 100,
@@ -172,7 +179,9 @@ def measure_exporter(config: Path, exe: Path, lifetime: float, count: int) -> di
     return {"start_capture": len(caught) / count * 100, "start_p50": pct(lat, 0.5), "start_p99": pct(lat, 0.99)}
 
 
-async def storm(config: Path, exe: Path, rate: int, seconds: int, rounds: int, buffer: int) -> None:
+async def storm(
+    config: Path, exe: Path, rate: int, seconds: int, rounds: int, buffer: int, shell: Path | None = None
+) -> None:
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "procstream", "serve", "--config", str(config), "--source", "netlink",
@@ -186,12 +195,13 @@ async def storm(config: Path, exe: Path, rate: int, seconds: int, rounds: int, b
                 return int(line.split()[1])
         return 0
 
-    print(f"== fork storm: {rate}/s for {seconds}s, {rounds} rounds, kernel events, --buffer {buffer}")
+    how = f"{shell.name} -c 'exec {exe.name}'" if shell is not None else exe.name
+    print(f"== fork storm: {rate}/s for {seconds}s of {how}, {rounds} rounds, kernel events, --buffer {buffer}")
     try:
         await asyncio.to_thread(wait_http, f"http://127.0.0.1:{port}/healthz")
         events: list[tuple[float, dict]] = []
         ready, stop = asyncio.Event(), asyncio.Event()
-        sub = asyncio.create_task(subscribe(f"ws://127.0.0.1:{port}/ws?types=proc.exit", events, ready, stop))
+        sub = asyncio.create_task(subscribe(f"ws://127.0.0.1:{port}/ws?types=proc.*", events, ready, stop))
         await asyncio.wait_for(ready.wait(), 10)
         print(f"   server RSS before: {rss_kb() / 1024:.1f} MiB")
         for round_no in range(1, rounds + 1):
@@ -209,7 +219,10 @@ async def storm(config: Path, exe: Path, rate: int, seconds: int, rounds: int, b
                     delay = t0 + n / rate - time.monotonic()
                     if delay > 0:
                         time.sleep(delay)
-                    spawned.append(os.posix_spawn(str(exe), [str(exe)], os.environ))
+                    if shell is None:
+                        spawned.append(os.posix_spawn(str(exe), [str(exe)], os.environ))
+                    else:
+                        spawned.append(os.posix_spawn(str(shell), [str(shell), "-c", f"exec {exe}"], os.environ))
                     n += 1
                 done.set()
 
@@ -237,12 +250,24 @@ async def storm(config: Path, exe: Path, rate: int, seconds: int, rounds: int, b
             for th in threads:
                 await asyncio.to_thread(th.join, 30)
             await asyncio.sleep(2.0)
-            got = {ev["pid"] for _, ev in events if ev.get("type") == "proc.exit"} & set(spawned)
+            mine = set(spawned)
+            exits = {ev["pid"]: ev for _, ev in events if ev.get("type") == "proc.exit" and ev["pid"] in mine}
+            starts = [ev for _, ev in events if ev.get("type") == "proc.start" and ev["pid"] in mine]
+            n = len(spawned)
             print(
-                f"   round {round_no}: {len(got)}/{len(spawned)} exits received ({len(got) / len(spawned) * 100:.1f} %),"
+                f"   round {round_no}: {len(exits)}/{n} exits received ({len(exits) / n * 100:.1f} %),"
                 f" RSS peak {peak / 1024:.1f} MiB, after {rss_kb() / 1024:.1f} MiB;"
                 f" /healthz p50 {pct(health, 0.5):.1f} ms p99 {pct(health, 0.99):.1f} ms max {max(health):.1f} ms"
             )
+            unknown = {ev["pid"] for ev in starts if not ev.get("cmdline_known", True)}
+            print(f"   argv unknown (gone before it could be read): {len(unknown)}/{n} processes ({len(unknown) / n * 100:.1f} %)")
+            if shell is not None:
+                last = sum(1 for ev in exits.values() if ev["group"] == exe.name)
+                renamed = {ev["pid"] for ev in starts if (ev.get("previous") or {}).get("group") == shell.name}
+                print(
+                    f"   exits in {exe.name}'s group: {last}/{n} ({last / n * 100:.1f} %);"
+                    f" renamed from {shell.name} as it happened: {len(renamed)}/{n}"
+                )
         stop.set()
         await sub
     finally:
@@ -257,17 +282,18 @@ async def amain(args: argparse.Namespace) -> None:
         # one group per process, so process-exporter's scrapes tell which processes it saw
         config.write_text("process_names:\n  - name: '{{.Comm}}:{{.PID}}'\n    comm: [psb_5ms, psb_50ms, psb_500ms]\n")
         storm_config = tmp / "storm.yml"
-        storm_config.write_text("process_names:\n  - name: storm\n    comm: [psb_storm]\n")
+        storm_config.write_text("process_names:\n  - name: '{{.Comm}}'\n    comm: [psb_storm, psb_sh]\n")
         for lifetime in [float(x) for x in args.lifetimes.split(",")]:
             label = f"{lifetime * 1000:g}ms"
             exe = tmp / f"psb_{label}"
             shutil.copy("/bin/sleep", exe)
             print(f"== processes living {label} ({args.count}, one every 20 ms)", flush=True)
-            print(f"   {'source':22s} {'starts':>7s} {'exits':>7s} {'codes':>7s} {'start p50/p99 ms':>18s} {'exit p50/p99 ms':>18s}")
+            print(f"   {'source':22s} {'starts':>7s} {'exits':>7s} {'codes':>7s} {'argv':>7s} {'start p50/p99 ms':>18s} {'exit p50/p99 ms':>18s}")
             for source in ("netlink", "poll"):
                 r = await measure_procstream(source, config, exe, lifetime, args.count)
                 print(
                     f"   procstream {source:11s} {r['start_capture']:6.0f}% {r['exit_capture']:6.0f}% {r['exit_code_known']:6.0f}%"
+                    f" {r['argv_known']:6.0f}%"
                     f" {r['start_p50']:8.1f}/{r['start_p99']:<8.1f} {r['exit_p50']:8.1f}/{r['exit_p99']:<8.1f}",
                     flush=True,
                 )
@@ -275,12 +301,16 @@ async def amain(args: argparse.Namespace) -> None:
             if e is None:
                 print("   process-exporter: not installed")
             else:
-                print(f"   {'process-exporter 1s':22s} {e['start_capture']:6.0f}%     n/a     n/a {e['start_p50']:8.1f}/{e['start_p99']:<8.1f}", flush=True)
+                print(f"   {'process-exporter 1s':22s} {e['start_capture']:6.0f}%     n/a     n/a     n/a {e['start_p50']:8.1f}/{e['start_p99']:<8.1f}", flush=True)
         if args.storm:
             rate, seconds = (int(x) for x in args.storm.split("x"))
             true = tmp / "psb_storm"
             shutil.copy(shutil.which("true") or "/bin/true", true)
-            await storm(storm_config, true, rate, seconds, args.storm_rounds, args.buffer)
+            shell = None
+            if args.storm_exec:
+                shell = tmp / "psb_sh"
+                shutil.copy(shutil.which("sh") or "/bin/sh", shell)
+            await storm(storm_config, true, rate, seconds, args.storm_rounds, args.buffer, shell)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -292,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--storm", default="1000x10", help="RATExSECONDS, or '' to skip")
     ap.add_argument("--storm-rounds", type=int, default=3, help="storms in a row on one server (memory must level off)")
     ap.add_argument("--buffer", type=int, default=100_000, help="the server's --buffer (resume events kept)")
+    ap.add_argument("--storm-exec", action="store_true", help="storm processes are shells that exec the short program")
     args = ap.parse_args(argv)
     asyncio.run(amain(args))
     return 0

@@ -56,6 +56,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the service: WebSocket stream, viewer, health and metrics")
     _add_core_options(serve)
     serve.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between polls (default: 1)")
+    serve.add_argument(
+        "--group-expiry",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="with kernel events: a group whose processes all lived and died between two polls "
+        "is dropped S seconds after its last one (default: 300)",
+    )
+    serve.add_argument(
+        "--keep-empty-groups",
+        action="store_true",
+        help="keep every group that ever existed, even one of short-lived processes only (process-exporter's rule)",
+    )
     serve.add_argument("--listen", default="127.0.0.1:8765", metavar="HOST:PORT", help="address to listen on (default: 127.0.0.1:8765)")
     serve.add_argument("--max-clients", type=int, default=1024, metavar="N", help="refuse WebSocket clients past N (default: 1024)")
     serve.add_argument("--buffer", type=int, default=100_000, metavar="N", help="events kept for resume (default: 100000)")

@@ -4,10 +4,17 @@ Rules:
 - Events are plain dicts, so they go to orjson, the event log and the hub's state
   unchanged. The hub adds ``seq`` and ``host``.
 - One batch per poll, in this order: ``proc.exit`` (so a reused pid's old process ends
-  before the new one starts), ``proc.start``, ``group.update`` (only for groups whose
-  fields changed), then one ``cycle``.
+  before the new one starts), ``proc.start`` (new processes, then renamed ones),
+  ``group.update`` (only for groups whose fields changed), then one ``cycle``.
 - ``proc.*`` events carry the process's identity fields; its command line is redacted
-  once, when the process is first reported, and reused for its exit.
+  once, when the process is first reported (and again when it is named anew), and reused
+  for its exit.
+- A tracked process named anew (it exec'd another program, or renamed itself) gets a
+  second ``proc.start`` for the same ``pid`` and ``start_time``, with ``previous``: its
+  name and group before. It has not ended, so no ``proc.exit``; a client keeping state
+  replaces the process's fields, as it would for any ``proc.start`` of a known process.
+- Start times are truncated, never rounded: to the millisecond in events, to the second
+  in ``/metrics``, so a group's ``oldest_start_time`` is the same instant in both.
 - ``group.update`` rates are over the interval since the previous poll; its
   ``expected_min``/``expected_max`` are the config's ``expected_groups`` entry.
 - ``restart_of``, ``exit_class`` and ``oom_killed`` start as ``None``: the lifecycle
@@ -20,11 +27,12 @@ Pure: no I/O, no clock (times come from the reports).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
 from .config import ExpectedGroup
-from .grouper import GroupCounts, GrouperUpdate
+from .grouper import GroupCounts, GrouperUpdate, Renamed
 from .procfs.models import ProcId
 from .schema import (
     CYCLE,
@@ -62,6 +70,12 @@ Redact = Callable[[tuple[str, ...]], tuple[str, ...]]
 
 def _r(x: float, digits: int) -> float:
     return round(x, digits)
+
+
+def start_ms(t: float) -> float:
+    """A start time (epoch seconds) truncated to the millisecond: its floor to the second
+    is the whole-second value ``/metrics`` reports."""
+    return math.floor(t * 1000.0) / 1000.0
 
 
 def group_fields(
@@ -106,7 +120,7 @@ def group_fields(
         "minor_faults": c.minor_faults,
         "ctx_voluntary": c.ctx_voluntary,
         "ctx_nonvoluntary": c.ctx_nonvoluntary,
-        "oldest_start_time": _r(g.oldest_start_time, 3),
+        "oldest_start_time": start_ms(g.oldest_start_time),
         "states": cast(StateCounts, g.states.as_dict()),
         "expected_min": expected.min if expected is not None else None,
         "expected_max": expected.max if expected is not None else None,
@@ -150,9 +164,10 @@ class EventBuilder:
             fields = {
                 "pid": tp.id.pid,
                 "ppid": s.parent_pid,
-                "start_time": _r(s.start_time, 3),
+                "start_time": start_ms(s.start_time),
                 "name": s.name,
                 "cmdline": list(self.redact(s.cmdline)),
+                "cmdline_known": s.cmdline_known,
                 "group": tp.group,
                 "user": self.username(s.uid),
                 "uid": s.uid,
@@ -166,6 +181,15 @@ class EventBuilder:
 
     def proc_start(self, tp: TrackedProc, ts: float, *, source: str = "poll") -> ProcStart:
         return {"type": PROC_START, "ts": _r(ts, 6), **self.proc_fields(tp), "restart_of": None, "source": source}
+
+    def proc_renamed(self, renamed: Renamed, ts: float, *, source: str = "poll") -> ProcStart:
+        """The ``proc.start`` of a tracked process named anew, with its ``previous`` name
+        and group; its identity fields are built again from what it runs now."""
+        tp = renamed.tp
+        self._procs.pop(tp.id, None)
+        ev = self.proc_start(tp, ts, source=source)
+        ev["previous"] = {"name": renamed.name, "group": renamed.group}
+        return ev
 
     def proc_exit(
         self,
@@ -233,6 +257,8 @@ class EventBuilder:
             events.append(self.proc_exit(tp, ts))
         for tp in update.started:
             events.append(self.proc_start(tp, ts))
+        for renamed in update.renamed:
+            events.append(self.proc_renamed(renamed, ts))
         events.extend(self.group_updates(groups, ts, update.removed_groups))
         cycle: Cycle = {
             "type": CYCLE,
@@ -240,7 +266,7 @@ class EventBuilder:
             "duration_ms": _r(duration_ms, 3),
             "procs_seen": update.procs_seen,
             "tracked": update.tracked,
-            "started": len(update.started),
+            "started": len(update.started) + len(update.renamed),
             "exited": len(update.exited),
             "permission_errors": update.errors.permission,
             "read_errors": update.errors.read,

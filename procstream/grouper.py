@@ -13,6 +13,24 @@ Rules (process-exporter's):
 - Pinned groups (the config's expected groups, :meth:`Grouper.pin`) are reported from the
   moment they are pinned, with zero processes until one joins, and never removed.
 
+With ``kernel_events`` (the kernel reports every exec and exit, so processes a poll never
+sees are tracked too), three rules go beyond what process-exporter can see:
+
+- A process is named again on every exec (:meth:`Grouper.rename`), and at a poll that
+  finds its name changed: its usage so far stays with its old group, its new program's
+  goes to the group the rules give it now. A program no rule names keeps it where it
+  is: its former self is its nearest tracked ancestor.
+- A process whose argv could not be read (gone from its memory before anyone looked:
+  ``ProcStatic.cmdline_known``) is named as if it had been run as its comm with no
+  arguments: ``comm`` selectors see its comm, ``exe`` and ``cmdline`` selectors the comm
+  alone. Never its parent's command line: that is another program's.
+- ``group_ttl``: a group that no poll ever found alive (all its processes lived and died
+  between two polls) is reported while it has processes and for ``group_ttl`` seconds
+  after, then removed like an empty group under ``remove_empty_groups``; otherwise every
+  short-lived command would become a group for ever. A group a poll found alive is kept
+  when empty, as process-exporter keeps it. Pinned groups (:meth:`Grouper.pin`) are
+  always reported and never removed.
+
 Pure and synchronous; the clock is injected through the tracker.
 """
 
@@ -24,7 +42,7 @@ from dataclasses import dataclass, field
 
 from .config import MatchNamer, ProcAttributes
 from .procfs.errors import READ_ERRORS
-from .procfs.models import ProcId, ProcLike, ProcMetrics, States
+from .procfs.models import ExecMark, ProcId, ProcLike, ProcMetrics, ProcStatic, States
 from .tracker import (
     ZERO_COUNTS,
     CollectErrors,
@@ -35,7 +53,7 @@ from .tracker import (
     Tracker,
 )
 
-__all__ = ["GroupCounts", "GrouperUpdate", "Grouper"]
+__all__ = ["GroupCounts", "GrouperUpdate", "Renamed", "Grouper"]
 
 _NO_STATES = States()
 _NO_MEMORY = Memory()
@@ -56,6 +74,15 @@ class GroupCounts:
     oldest_start_time: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class Renamed:
+    """A tracked process named again (it exec'd or was renamed): what it was before."""
+
+    tp: TrackedProc
+    name: str
+    group: str
+
+
 @dataclass(slots=True)
 class GrouperUpdate:
     """What one ``Grouper.update()`` changed."""
@@ -65,10 +92,12 @@ class GrouperUpdate:
     started: list[TrackedProc] = field(default_factory=list)
     #: tracked processes found gone in this poll, with their last sample
     exited: list[TrackedProc] = field(default_factory=list)
+    #: tracked processes this poll found under another name (``kernel_events`` only)
+    renamed: list[Renamed] = field(default_factory=list)
     errors: CollectErrors = field(default_factory=CollectErrors)
     procs_seen: int = 0
     tracked: int = 0
-    #: groups dropped because they went empty (only with ``remove_empty_groups``)
+    #: groups dropped: empty under ``remove_empty_groups``, or past ``group_ttl``
     removed_groups: list[str] = field(default_factory=list)
 
 
@@ -97,6 +126,7 @@ class _Acc:
         "zombie",
         "other",
         "oldest",
+        "alive",
     )
 
     def __init__(self) -> None:
@@ -121,11 +151,15 @@ class _Acc:
         self.zombie = 0
         self.other = 0
         self.oldest = 0.0
+        #: a process of the group that no source has reported exited
+        self.alive = False
 
     def add(self, tp: TrackedProc) -> None:
         m = tp.metrics
         d = tp.latest
         self.procs += 1
+        if not tp.exited:
+            self.alive = True
         if d is not ZERO_COUNTS:
             self.cpu_user += d.cpu_user
             self.cpu_system += d.cpu_system
@@ -191,12 +225,15 @@ class Grouper:
         remove_empty_groups: bool = False,
         recheck: bool = False,
         *,
+        group_ttl: float | None = None,
         clock: Callable[[], float] = time.time,
         usernames: Callable[[int], str] | None = None,
     ) -> None:
         self.track_children = track_children
         self.remove_empty_groups = remove_empty_groups
         self.recheck = recheck
+        #: seconds a group no poll found alive stays reported once empty; None: for ever
+        self.group_ttl = group_ttl
         self.tracker = Tracker(clock=clock)
         if usernames is None:
             from .users import UserNames
@@ -209,6 +246,18 @@ class Grouper:
         self._groups: dict[str, GroupCounts] = {}
         #: groups reported even when empty or never seen (see ``pin``)
         self.pinned: frozenset[str] = frozenset()
+        # groups a poll found alive (kept when empty), and since when others are empty
+        self._durable: set[str] = set()
+        self._empty_since: dict[str, float] = {}
+
+    @property
+    def kernel_events(self) -> bool:
+        """Whether execs and exits are reported as they happen (see the module rules)."""
+        return self.tracker.watch_execs
+
+    @kernel_events.setter
+    def kernel_events(self, on: bool) -> None:
+        self.tracker.watch_execs = on
 
     def pin(self, names: Iterable[str]) -> None:
         """Report these groups from now on, whether or not a process ever joins them, and
@@ -229,20 +278,28 @@ class Grouper:
         self.tracker.read_cgroups = bool(getattr(namer, "needs_cgroups", True))
 
     def attributes(self, new: NewProc) -> ProcAttributes:
-        s = new.static
+        return self._attributes(new.id.pid, new.static)
+
+    def _attributes(self, pid: int, s: ProcStatic) -> ProcAttributes:
+        cmdline = s.cmdline
+        if not s.cmdline_known and self.tracker.watch_execs:
+            cmdline = (s.name,)  # what is known of it (see the module rules)
         return ProcAttributes(
             name=s.name,
-            cmdline=s.cmdline,
+            cmdline=cmdline,
             cgroups=s.cgroups,
             username=self.username(s.uid),
-            pid=new.id.pid,
+            pid=pid,
             start_time=s.start_time,
             uid=s.uid,
         )
 
     def match(self, new: NewProc) -> str | None:
         """The group a new process's own attributes put it in, or None."""
-        wanted, name = self.namer.match_and_name(self.attributes(new))
+        return self._match(new.id.pid, new.static)
+
+    def _match(self, pid: int, static: ProcStatic) -> str | None:
+        wanted, name = self.namer.match_and_name(self._attributes(pid, static))
         return name if wanted else None
 
     def _decide(self, news: list[NewProc]) -> list[TrackedProc]:
@@ -334,21 +391,86 @@ class Grouper:
             return None
         return tracker.track(group, new, source=source)
 
-    def retire(self, pid_id: ProcId, final: ProcMetrics | None = None) -> TrackedProc | None:
-        """Remove a tracked process whose exit another source reported; None if untracked.
+    def rename(self, tp: TrackedProc, proc: ProcLike, mark: ExecMark | None = None) -> Renamed | None:
+        """Name a tracked process again: it exec'd (the kernel said so) or a poll found
+        another name; ``proc`` is a fresh reading of it. Returns what it was, or None when
+        nothing that names it changed (or it can't be read).
 
-        ``final`` (its last counters, read at exit) adds what it used since the last poll
-        to its group's totals, which the poller alone would lose. It stays ignored while
-        /proc still lists it (a zombie must not come back as a new process).
+        What it used up to ``proc``'s reading stays with its old group.
         """
         tracker = self.tracker
-        if pid_id not in tracker.tracked:
+        try:
+            static = proc.static(cgroups=tracker.read_cgroups)
+            if mark is None:
+                mark = proc.exec_mark()
+        except READ_ERRORS:
             return None
-        tp = tracker.forget(pid_id)
-        assert tp is not None
+        metrics: ProcMetrics | None
+        try:
+            metrics = proc.metrics()
+        except READ_ERRORS:
+            metrics = None  # gone since: its last sample stands
+        return self.rename_as(tp, static, mark, metrics)
+
+    def rename_as(
+        self, tp: TrackedProc, static: ProcStatic, mark: ExecMark | None, metrics: ProcMetrics | None
+    ) -> Renamed | None:
+        """:meth:`rename` from values already known (``metrics``: its counters as of the
+        rename, None when unknown)."""
+        group = self._match(tp.pid, static)
+        if group is None:
+            group = tp.group
+        tp.mark = mark
+        old = tp.static
+        same = group == tp.group and static.name == old.name and static.cmdline == old.cmdline
+        if same and static.cmdline_known == old.cmdline_known:
+            return None
+        before = Renamed(tp, old.name, tp.group)
+        if group != tp.group:
+            # its usage so far, counted or not yet, is the old group's
+            self.account_exit(tp, metrics)
+            tp.latest = ZERO_COUNTS
+            tp.accounted = True
+            tp.group = group
+        tp.static = static
+        return before
+
+    def retire(
+        self, pid_id: ProcId, final: ProcMetrics | None = None, *, listed: bool = False, reaper: int = 0
+    ) -> TrackedProc | None:
+        """A tracked process's exit, reported by another source; None if it is not
+        tracked or its exit was reported already.
+
+        ``final`` (its last counters, read at exit) adds what it used since the last poll
+        to its group's totals, which the poller alone would lose. ``listed``: /proc still
+        lists it (a zombie, read at its exit): it stays tracked, and counted in its group,
+        until a poll finds it reaped. Otherwise it is gone, and stays ignored in case /proc
+        still lists it after all (a zombie must not come back as a new process).
+        ``reaper``: its parent at the exit, when known.
+        """
+        tracker = self.tracker
+        tp = tracker.tracked.get(pid_id)
+        if tp is None or tp.exited:
+            return None
         self.account_exit(tp, final)
-        tracker.ignore(pid_id)
+        tp.exited = True
+        if reaper > 0:
+            tp.reaper = reaper
+        if not listed:
+            tracker.forget(pid_id)
+            tracker.ignore(pid_id)
+            tracker.credit_parent(tp, tp.metrics.read_bytes, tp.metrics.write_bytes)
         return tp
+
+    def settle(self, tp: TrackedProc, final: ProcMetrics | None) -> None:
+        """Count the final usage of a process a poll already found gone (and reported
+        as reaped to its parent's counters) now that another source tells it."""
+        before = tp.metrics
+        self.account_exit(tp, final)
+        after = tp.metrics
+        self.tracker.credit_parent(
+            tp, after.read_bytes - before.read_bytes, after.write_bytes - before.write_bytes
+        )
 
     def account_exit(self, tp: TrackedProc, final: ProcMetrics | None) -> None:
         """Add to ``tp``'s group what it used that no poll has counted yet: its usage
@@ -362,8 +484,13 @@ class Grouper:
             tp.metrics = final
             tp.latest = delta
             usage = usage + delta
-        if usage != ZERO_COUNTS:
-            self._totals[tp.group] = self._totals.get(tp.group, ZERO_COUNTS) + usage
+        if tp.children_read or tp.children_write:
+            usage = self.tracker.own_usage(tp, usage)
+        # also when it used nothing: a process that came and went between polls still
+        # makes its group exist, for a while from now (see ``group_ttl``)
+        self._totals[tp.group] = self._totals.get(tp.group, ZERO_COUNTS) + usage
+        if self._empty_since:
+            self._empty_since.pop(tp.group, None)
 
     # -- one poll ---------------------------------------------------------------------
 
@@ -381,11 +508,15 @@ class Grouper:
             procs_seen=tu.procs_seen,
         )
         report.started = self._decide(tu.new)
+        for tp, proc, mark in tu.changed:
+            renamed = self.rename(tp, proc, mark)
+            if renamed is not None:
+                report.renamed.append(renamed)
         report.tracked = len(self.tracker)
-        report.removed_groups = self._regroup()
+        report.removed_groups = self._regroup(tu.time)
         return report
 
-    def _regroup(self) -> list[str]:
+    def _regroup(self, now: float) -> list[str]:
         accs: dict[str, _Acc] = {}
         for tp in self.tracker.tracked.values():
             acc = accs.get(tp.group)
@@ -394,20 +525,35 @@ class Grouper:
             acc.add(tp)
             tp.accounted = True
         totals = self._totals
+        durable = self._durable
+        empty_since = self._empty_since
         groups: dict[str, GroupCounts] = {}
         for name, acc in accs.items():
             total = totals.get(name, ZERO_COUNTS) + acc.latest()
             totals[name] = total
             groups[name] = acc.result(total)
+            if acc.alive:
+                durable.add(name)
+            if empty_since:
+                empty_since.pop(name, None)
         removed: list[str] = []
+        ttl = self.group_ttl
         for name, total in list(totals.items()):
             if name in groups:
                 continue
-            if self.remove_empty_groups and name not in self.pinned:
+            if name in self.pinned:
+                pass
+            elif self.remove_empty_groups:
                 del totals[name]
                 removed.append(name)
-            else:
-                groups[name] = GroupCounts(procs=0, counts=total)
+                continue
+            elif ttl is not None and name not in durable:
+                # only ever seen between polls: reported for ttl seconds once empty
+                if now - empty_since.setdefault(name, now) >= ttl:
+                    del totals[name], empty_since[name]
+                    removed.append(name)
+                    continue
+            groups[name] = GroupCounts(procs=0, counts=total)
         self._groups = groups
         return removed
 

@@ -20,6 +20,9 @@ Rules:
   nor signal (a poll) and the OOM record does not name it. ``oom_killed``: what the OOM
   record says of a SIGKILL or unknown exit (``None``: it can't tell), ``False`` for
   the others (the OOM killer only sends SIGKILL).
+- A ``proc.start`` with ``previous`` is a counted process running another program: it
+  leaves its previous group and joins its new one (a start there, restarts included);
+  in the same group it changes nothing.
 - Restart: a ``proc.start`` in group G replaces the latest exit in G of a process with
   the same ``name`` (the kernel's name of its executable) that is not the same process
   (an exec keeps pid and start time), when the new process started after that exit and
@@ -355,6 +358,18 @@ class Lifecycle:
 
     def _started(self, ev: dict[str, Any], changed: dict[str, float], caused: list[Event]) -> None:
         name = ev["group"]
+        previous = ev.get("previous")
+        if previous is not None:
+            # A counted process runs another program: it leaves its old group and, from
+            # here on, starts in its new one like any other start (an exec is how many
+            # supervisors start a service again).
+            if previous["group"] == name:
+                return
+            old = self._groups.get(previous["group"])
+            if old is not None and old.procs > 0:
+                old.procs -= 1
+                self._dirty.add(previous["group"])
+                changed[previous["group"]] = ev["ts"]
         g = self._group(name)
         g.procs += 1
         # Up since it was seen (a process first seen late may have started long before)

@@ -38,6 +38,7 @@ __all__ = [
     "RestartOf",
     "LastExit",
     "GroupLifecycle",
+    "Previous",
     "ProcStart",
     "ProcExit",
     "GroupUpdate",
@@ -85,13 +86,16 @@ class StateCounts(TypedDict):
 
 
 class ProcFields(TypedDict):
-    """A process's identity. ``cmdline`` is redacted; ``user`` is ``uid``'s name."""
+    """A process's identity. ``cmdline`` is redacted; ``cmdline_known`` is False when the
+    argv could not be read (the process was gone first): ``cmdline`` is then ``[]``,
+    never another process's. ``user`` is ``uid``'s name."""
 
     pid: int
     ppid: int
     start_time: float
     name: str
     cmdline: list[str]
+    cmdline_known: bool
     group: str
     user: str
     uid: int
@@ -181,9 +185,22 @@ class _CoreDump(TypedDict, total=False):
     core_dumped: bool
 
 
-class ProcStart(ProcFields, _Numbered):
+class Previous(TypedDict):
+    """What a process was called before it was named anew (it exec'd, or renamed itself)."""
+
+    name: str
+    group: str
+
+
+class _Renamed(TypedDict, total=False):
+    previous: Previous
+
+
+class ProcStart(ProcFields, _Renamed, _Numbered):
     """A process started (or was first seen). ``source``: ``poll`` or ``netlink``.
-    ``restart_of``: the exited process it replaces, or ``None`` when it is no restart."""
+    ``restart_of``: the exited process it replaces, or ``None`` when it is no restart.
+    ``previous`` only when an already reported process was named anew: it exec'd
+    another program, or renamed itself; its identity fields are then what it is now."""
 
     type: Literal["proc.start"]
     ts: float
@@ -341,7 +358,7 @@ EVENT_TYPES: Final[tuple[str, ...]] = tuple(EVENTS)
 
 #: Fields about the event itself, not about the process or group it describes.
 EVENT_ONLY_FIELDS: Final[frozenset[str]] = frozenset(
-    {"type", "ts", "seq", "host", "source", "removed", "restart_of"}
+    {"type", "ts", "seq", "host", "source", "removed", "restart_of", "previous"}
 )
 
 

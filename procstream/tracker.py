@@ -12,12 +12,22 @@ Rules (process-exporter's, with its leak fixed):
   polls (never negative). A process that was already running at the first poll starts
   from zero; one that started after it counts everything it used since it started.
 - Tracked processes that are no longer seen are reported once as exited, then forgotten;
-  ignored ones are forgotten silently (the Go version kept them forever).
+  ignored ones are forgotten silently (the Go version kept them forever). A process whose
+  exit another source already reported (``TrackedProc.exited``) stays tracked while /proc
+  lists it, a zombie its parent has not reaped: it is still in the process table, so it
+  still counts in its group; once gone it is reported as ``reaped``, not as exited again.
 - An ignored process that has exec'd since it was judged (``ExecMark``: a new stack, or
   a new comm where the stack is hidden) is judged anew, as a new process: a poll that
   caught it between its parent's fork and its exec saw only a copy of the parent. A
-  tracked process keeps its group when it execs (process-exporter's rule, and what
-  children tracking means).
+  tracked process keeps its group when it execs (process-exporter's rule: it names a
+  process once), unless ``watch_execs`` is on (the kernel reports execs, see
+  :mod:`procstream.grouper`): then a poll reports a tracked process whose program or name
+  changed since it was named (``TrackerUpdate.changed``), to be named again.
+- Linux adds a reaped child's I/O counters into its parent's ``/proc/PID/io`` (and none
+  of its other counters: CPU, faults and context switches of children are kept apart, as
+  ``cutime`` and the like). A tracked child's I/O is its own group's; so when one is
+  reaped, what it did is taken back out of its parent's next increases
+  (``credit_parent``), and no byte is counted in two groups.
 
 Pure and synchronous: no asyncio, no /proc internals; the clock is injected.
 """
@@ -158,6 +168,15 @@ class TrackedProc:
     #: whether ``latest`` is already in its group's totals (the grouper sets it); until
     #: then, newer usage adds to ``latest`` instead of replacing it
     accounted: bool = False
+    #: the program it ran when it was (last) named; None when unknown
+    mark: ExecMark | None = None
+    #: its exit was reported; it stays (a zombie) until /proc no longer lists it
+    exited: bool = False
+    #: the parent that reaps it, when another source knew it at the exit (else ppid)
+    reaper: int = 0
+    #: I/O bytes of its reaped children still to be taken out of its own increases
+    children_read: int = 0
+    children_write: int = 0
 
     @property
     def pid(self) -> int:
@@ -185,6 +204,11 @@ class TrackerUpdate:
     time: float
     new: list[NewProc] = field(default_factory=list)
     exited: list[TrackedProc] = field(default_factory=list)
+    #: processes whose exit was already reported, now gone from /proc (reaped)
+    reaped: list[TrackedProc] = field(default_factory=list)
+    #: with ``watch_execs``: tracked processes now running another program or name than
+    #: when they were named, with this poll's reading of them and their new mark
+    changed: list[tuple[TrackedProc, ProcLike, ExecMark]] = field(default_factory=list)
     errors: CollectErrors = field(default_factory=CollectErrors)
     procs_seen: int = 0
 
@@ -223,7 +247,11 @@ class Tracker:
     ) -> None:
         self.clock = clock
         self.read_cgroups = read_cgroups
+        #: report tracked processes that exec'd or were renamed (``TrackerUpdate.changed``)
+        self.watch_execs = False
         self.tracked: dict[ProcId, TrackedProc] = {}
+        # tracked processes with children's I/O still to take out of their increases
+        self._crediting: set[ProcId] = set()
         self._ignored: dict[ProcId, _Ignored] = {}
         self._by_pid: dict[int, ProcId] = {}
         self._gen = 0
@@ -258,6 +286,7 @@ class Tracker:
         tracked = self.tracked
         ignored = self._ignored
         between = Counts.between
+        watch = self.watch_execs
         seen = 0
         max_ticks = 0
         for proc in procs:
@@ -283,13 +312,26 @@ class Tracker:
                     continue
                 if metrics.partial_errors:
                     errors.partial += 1
+                tp.last_seen = now
+                tp.seen = gen
+                if tp.exited:
+                    # a zombie whose final usage is counted: only its gauges change
+                    tp.metrics = metrics
+                    tp.latest = ZERO_COUNTS
+                    tp.accounted = True
+                    continue
                 delta = between(tp.metrics, metrics)
                 # usage not yet in the group's totals (tracked between polls) carries over
                 tp.latest = delta if tp.accounted else tp.latest + delta
                 tp.accounted = False
                 tp.metrics = metrics
-                tp.last_seen = now
-                tp.seen = gen
+                if watch:
+                    # a stack moved by exec, or a new name; a hidden stack (0) tells
+                    # neither apart from a process losing its memory on exit
+                    mark = proc.exec_mark()
+                    old = tp.mark
+                    if mark != old and old is not None and old.stack and mark.stack:
+                        report.changed.append((tp, proc, mark))
                 continue
             skip = ignored.get(pid_id)
             try:
@@ -309,6 +351,8 @@ class Tracker:
             self._first_poll_max_ticks = max_ticks
         self._gen = gen
         self._sweep(gen, report)
+        if self._crediting:
+            self._take_children_io()
         return report
 
     def _sweep(self, gen: int, report: TrackerUpdate) -> None:
@@ -318,12 +362,68 @@ class Tracker:
             del self.tracked[tp.id]
             if by_pid.get(tp.id.pid) == tp.id:
                 del by_pid[tp.id.pid]
-        report.exited.extend(gone)
+            (report.reaped if tp.exited else report.exited).append(tp)
+            m = tp.metrics
+            self.credit_parent(tp, m.read_bytes, m.write_bytes)
         stale = [pid_id for pid_id, skip in self._ignored.items() if skip.seen != gen]
         for pid_id in stale:
             del self._ignored[pid_id]
             if by_pid.get(pid_id.pid) == pid_id:
                 del by_pid[pid_id.pid]
+
+    # -- reaped children's I/O -----------------------------------------------------------
+
+    def credit_parent(self, child: TrackedProc, read_bytes: int, write_bytes: int) -> None:
+        """``child``, a tracked process, is reaped (or was, and its final I/O is now
+        known better by this much): its parent's counters grow by its I/O, which is
+        already ``child``'s group's. Take it out of the parent's next increases.
+
+        Taken from the increases, not from this poll's alone: the parent may be read
+        before or after the reap within one poll; whichever poll sees the jump, the
+        bytes are taken back once.
+        """
+        if read_bytes <= 0 and write_bytes <= 0:
+            return
+        parent_id = self._by_pid.get(child.reaper or child.static.parent_pid)
+        parent = self.tracked.get(parent_id) if parent_id is not None else None
+        if parent is None or parent is child or parent.exited:
+            return  # untracked: its counters go nowhere
+        if parent.id.start_time_rel > child.id.start_time_rel:
+            return  # younger than the child: its pid is the dead parent's, reused
+        parent.children_read += max(read_bytes, 0)
+        parent.children_write += max(write_bytes, 0)
+        self._crediting.add(parent.id)
+
+    def own_usage(self, tp: TrackedProc, usage: Counts) -> Counts:
+        """``usage`` of ``tp`` less the I/O of its reaped children not taken out yet."""
+        r = min(tp.children_read, usage.read_bytes)
+        w = min(tp.children_write, usage.write_bytes)
+        if not r and not w:
+            return usage
+        tp.children_read -= r
+        tp.children_write -= w
+        return Counts(
+            usage.cpu_user,
+            usage.cpu_system,
+            usage.read_bytes - r,
+            usage.write_bytes - w,
+            usage.major_faults,
+            usage.minor_faults,
+            usage.ctx_voluntary,
+            usage.ctx_nonvoluntary,
+        )
+
+    def _take_children_io(self) -> None:
+        tracked = self.tracked
+        for pid_id in list(self._crediting):
+            tp = tracked.get(pid_id)
+            if tp is None:
+                self._crediting.discard(pid_id)
+                continue
+            if not tp.accounted:  # this poll's increase, not yet in its group's totals
+                tp.latest = self.own_usage(tp, tp.latest)
+            if not tp.children_read and not tp.children_write:
+                self._crediting.discard(pid_id)
 
     # -- decisions on new processes ----------------------------------------------------
 
@@ -370,6 +470,7 @@ class Tracker:
             latest=latest,
             seen=self._gen,
             source=source,
+            mark=new.mark,
         )
         self._ignored.pop(new.id, None)
         self.tracked[new.id] = tp
@@ -388,6 +489,7 @@ class Tracker:
         """Drop a process now (e.g. its exit was reported by another source)."""
         tp = self.tracked.pop(pid_id, None)
         self._ignored.pop(pid_id, None)
+        self._crediting.discard(pid_id)
         if self._by_pid.get(pid_id.pid) == pid_id:
             del self._by_pid[pid_id.pid]
         return tp

@@ -41,11 +41,15 @@ def build_core(args: argparse.Namespace) -> tuple[FS, Grouper, EventBuilder]:
         redactor = Redactor(args.redact, drop_cmdline=args.no_cmdline)
     except RedactPatternError as exc:
         raise UsageError(str(exc)) from exc
+    expiry = getattr(args, "group_expiry", None)
+    if expiry is not None and expiry < 0:
+        raise UsageError("--group-expiry must be >= 0")
     grouper = Grouper(
         namer,
         track_children=args.children,
         remove_empty_groups=args.remove_empty_groups,
         recheck=args.recheck,
+        group_ttl=None if getattr(args, "keep_empty_groups", False) else expiry,
     )
     builder = EventBuilder(username=grouper.username, redact=redactor)
     # Expected groups exist (with 0 processes) from the first poll on, never seen or not.

@@ -38,6 +38,7 @@ def test_first_poll_yields_state_not_start_events():
             "start_time": pytest.approx(BOOT + 1000 / HZ),
             "name": "web",
             "cmdline": ["web", "-x"],
+            "cmdline_known": True,
             "group": "web",
             "user": "u3",
             "uid": 3,
@@ -125,3 +126,29 @@ def test_group_fields_without_previous_sample_has_zero_rates():
     f = group_fields("a", s.grouper.groups()["a"])
     assert f["cpu_pct"] == 0.0 and f["read_bps"] == 0.0
     assert f["states"] == {"running": 0, "sleeping": 1, "waiting": 0, "zombie": 0, "other": 0}
+
+
+def test_a_process_named_anew_gets_a_second_start_with_previous_and_exits_as_what_it_is_now():
+    s = Setup("sh", "sleep")
+    s.grouper.kernel_events = True
+    s.poll([])
+    s.poll([fake(10, "sh", start=500, cmdline=("sh", "-c", "exec sleep 9"), stack=0x7000)])
+    events = s.poll([fake(10, "sleep", start=500, cmdline=("sleep", "9"), stack=0x8000)])
+    (start,) = [e for e in events if e["type"] == "proc.start"]
+    assert (start["pid"], start["name"], start["cmdline"], start["group"]) == (10, "sleep", ["sleep", "9"], "sleep")
+    assert start["previous"] == {"name": "sh", "group": "sh"}
+    (cycle,) = [e for e in events if e["type"] == "cycle"]
+    assert cycle["started"] == 1
+    (exit_,) = [e for e in s.poll([]) if e["type"] == "proc.exit"]
+    assert (exit_["name"], exit_["cmdline"], exit_["group"]) == ("sleep", ["sleep", "9"], "sleep")
+    assert "previous" not in exit_
+
+
+def test_start_times_are_truncated_to_the_millisecond():
+    s = Setup("web")
+    s.poll([])
+    events = s.poll([fake(10, "web", start=123457)])  # BOOT + 1234.57 s
+    (start,) = [e for e in events if e["type"] == "proc.start"]
+    (update,) = [e for e in events if e["type"] == "group.update"]
+    exact = s.grouper.tracker.tracked[s.grouper.tracker.known(10)].static.start_time
+    assert start["start_time"] == update["oldest_start_time"] <= exact < start["start_time"] + 0.001

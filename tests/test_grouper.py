@@ -273,3 +273,210 @@ def test_retire_counts_final_usage_and_keeps_a_zombie_from_coming_back():
     assert (w.counts.read_bytes, w.counts.write_bytes) == (5, 6)
     g.update([])
     assert g.tracker.known(10) is None
+
+
+# -- a reaped child's I/O: Linux adds it to its parent's counters ----------------------------
+
+
+def family(parent_io: int, child_io: int | None = None) -> list:
+    procs = [fake(10, "p", start=500, io=(parent_io, 2 * parent_io))]
+    if child_io is not None:
+        procs.append(fake(20, "c", start=600, ppid=10, io=(child_io, 2 * child_io)))
+    return procs
+
+
+def io(g: Grouper, name: str) -> tuple[int, int]:
+    c = g.groups()[name].counts
+    return c.read_bytes, c.write_bytes
+
+
+def test_a_reaped_childs_io_counts_in_its_group_not_again_in_its_parents():
+    g = grouper("p", "c")
+    g.update([])
+    g.update(family(10, 0))
+    g.update(family(15, 1000))
+    # reaped between polls: the child is gone, its parent's counters jumped by its I/O
+    g.update(family(15 + 1000 + 7))
+    assert io(g, "c") == (1000, 2000)
+    assert io(g, "p") == (22, 44)  # its own 10 + 5 + 7: every byte counted once
+
+
+def test_when_the_parents_jump_shows_a_poll_later_it_is_taken_out_then():
+    g = grouper("p", "c")
+    g.update([])
+    g.update(family(0, 400))
+    g.update(family(3))  # the parent read before the reap, the child after it
+    g.update(family(3 + 400 + 5))
+    assert io(g, "p") == (8, 16)
+    g.update(family(408 + 50))  # the parent's own increases are its own again
+    assert io(g, "p") == (58, 116) and io(g, "c") == (400, 800)
+
+
+def test_the_reaper_the_kernel_names_gets_the_credit_and_an_untracked_one_none():
+    g = grouper("p", "c", "r")
+    g.update([])
+    g.update([fake(20, "c", start=600, ppid=10, io=(0, 100)), fake(30, "r", start=550, ppid=1)])
+    tp = g.retire(g.tracker.known(20), fake(20, "c", start=600, ppid=10, io=(0, 100)).metrics(), reaper=30)
+    assert tp is not None and tp.reaper == 30  # reparented to 30 (an ancestor), which reaps it
+    g.update([fake(30, "r", start=550, ppid=1, io=(0, 100))])
+    assert io(g, "r") == (0, 0) and io(g, "c") == (0, 100)
+    # a child whose parent nobody tracks: its parent's counters count nowhere anyway
+    g.update([fake(30, "r", start=550, ppid=1, io=(0, 100)), fake(21, "c", start=800, ppid=99, io=(0, 5))])
+    g.update([fake(30, "r", start=550, ppid=1, io=(0, 100))])
+    assert io(g, "c") == (0, 105)
+
+
+def test_a_parents_final_counters_at_its_exit_leave_its_reaped_childrens_out():
+    g = grouper("p", "c")
+    g.update([])
+    g.update(family(0, 300))
+    g.retire(g.tracker.known(20), family(0, 300)[1].metrics())  # the kernel: exited and reaped
+    g.retire(g.tracker.known(10), family(300 + 9)[0].metrics())  # then the parent exits
+    g.update([])
+    assert io(g, "p") == (9, 18) and io(g, "c") == (300, 600)
+
+
+# -- zombies ------------------------------------------------------------------------------------
+
+
+def test_a_retired_process_still_listed_counts_in_its_group_until_reaped():
+    g = grouper("w")
+    g.update([])
+    g.update([fake(10, "w", start=50, cpu=(1.0, 0.0))])
+    zombie = fake(10, "w", start=50, cpu=(1.7, 0.1), state="Z")
+    tp = g.retire(g.tracker.known(10), zombie.metrics(), listed=True)
+    assert tp is not None and tp.exited
+    assert g.retire(tp.id, zombie.metrics(), listed=True) is None  # reported once
+    r = g.update([zombie])
+    assert r.started == r.exited == []
+    w = g.groups()["w"]
+    assert (w.procs, w.states.zombie, w.counts.cpu) == (1, 1, pytest.approx(1.8))
+    r = g.update([])  # reaped
+    assert r.exited == [] and g.groups()["w"].procs == 0 and g.groups()["w"].counts.cpu == pytest.approx(1.8)
+
+
+# -- named again on exec (kernel events) --------------------------------------------------------
+
+
+def test_rename_keeps_usage_so_far_in_the_old_group_and_refreshes_name_and_argv():
+    g = grouper("sh", "sleep")
+    g.kernel_events = True
+    g.update([])
+    g.update([fake(10, "sh", start=500, cpu=(0.5, 0.0), stack=0x7000)])
+    tp = g.tracker.tracked[g.tracker.known(10)]
+    renamed = g.rename(tp, fake(10, "sleep", start=500, cmdline=("sleep", "9"), cpu=(0.8, 0.0), stack=0x8000))
+    assert renamed is not None and (renamed.name, renamed.group) == ("sh", "sh")
+    assert (tp.group, tp.static.name, tp.static.cmdline) == ("sleep", "sleep", ("sleep", "9"))
+    g.update([fake(10, "sleep", start=500, cmdline=("sleep", "9"), cpu=(1.0, 0.0), stack=0x8000)])
+    groups = g.groups()
+    assert groups["sh"].counts.cpu == pytest.approx(0.8) and groups["sh"].procs == 0
+    assert groups["sleep"].counts.cpu == pytest.approx(0.2) and groups["sleep"].procs == 1
+    # the same program read again: nothing changed, nothing to say
+    assert g.rename(tp, fake(10, "sleep", start=500, cmdline=("sleep", "9"), stack=0x8000)) is None
+
+
+def test_a_program_no_rule_names_keeps_the_process_in_its_group():
+    g = grouper("sh")
+    g.kernel_events = True
+    g.update([fake(10, "sh", start=500, stack=0x7000)])
+    tp = g.tracker.tracked[g.tracker.known(10)]
+    renamed = g.rename(tp, fake(10, "unnamed", start=500, stack=0x8000))
+    assert renamed is not None and tp.group == "sh" and tp.static.name == "unnamed"
+
+
+def test_a_poll_names_a_process_again_only_with_kernel_events():
+    g = grouper("sh", "node", "node-main")
+    g.update([fake(10, "node", start=500, stack=0x7000)])
+    r = g.update([fake(10, "node-main", start=500, stack=0x7000)])
+    assert r.renamed == [] and g.groups()["node"].procs == 1  # process-exporter: named once
+    g.kernel_events = True
+    r = g.update([fake(10, "node-main", start=500, stack=0x7000)])
+    assert [(x.tp.group, x.name, x.group) for x in r.renamed] == [("node-main", "node", "node")]
+    assert g.groups()["node-main"].procs == 1 and g.groups()["node"].procs == 0
+
+
+def test_an_unknown_argv_is_named_by_comm_with_kernel_events_only():
+    from procstream.config import parse_config
+    from procstream.procfs.models import FixedProc, ProcIdInfo, ProcStatic
+
+    def zombie(pid: int, name: str) -> FixedProc:
+        p = fake(pid, name, start=900, ppid=10, cmdline=(), state="Z")
+        s = p.info.static
+        static = ProcStatic(s.name, (), s.parent_pid, s.start_time, s.uid, cmdline_known=False)
+        return FixedProc(ProcIdInfo(p.info.id, static, p.info.metrics))
+
+    config = parse_config('process_names:\n  - name: "{{.Comm}}"\n    cmdline: [".+"]\n')
+    g = Grouper(config, clock=Clock(), usernames=str)
+    g.update([fake(10, "bash", start=100, cmdline=("bash", "/dev/fd/3"))])
+    g.update([fake(10, "bash", start=100, cmdline=("bash", "/dev/fd/3")), zombie(11, "sh")])
+    assert g.tracker.tracked[g.tracker.known(11)].group == "bash"  # process-exporter's: its ancestor's
+    g.kernel_events = True
+    tp = g.admit(zombie(12, "sh"))
+    assert tp is not None and tp.group == "sh" and tp.static.cmdline == ()  # by what is known: its comm
+
+
+# -- groups of short-lived processes expire; groups a poll saw, and pinned ones, stay ------------
+
+
+def test_a_group_no_poll_saw_alive_is_dropped_after_the_ttl():
+    clock = Clock()
+    g = Grouper(ByName({"short", "long", "pinned"}), clock=clock, usernames=str, group_ttl=60.0)
+    g.pin(["pinned"])
+    assert "pinned" in g.groups()  # reported from the moment it is pinned
+    g.update([])
+    g.update([fake(10, "long", start=500)])  # a poll finds it alive
+    for pid, name in ((20, "short"), (21, "pinned")):  # between polls, as the kernel reports them
+        tp = g.admit(fake(pid, name, start=600, cpu=(0.1, 0.0)))
+        assert tp is not None
+        g.retire(tp.id, tp.metrics)
+    clock.advance(1)
+    r = g.update([])
+    assert set(g.groups()) == {"short", "long", "pinned"} and r.removed_groups == []
+    assert g.groups()["short"].counts.cpu == pytest.approx(0.1)
+    clock.advance(59.5)
+    assert g.update([]).removed_groups == []
+    clock.advance(0.5)
+    assert g.update([]).removed_groups == ["short"]
+    assert set(g.groups()) == {"long", "pinned"}
+    clock.advance(3600)
+    assert g.update([]).removed_groups == [] and set(g.groups()) == {"long", "pinned"}
+
+
+def test_a_short_lived_group_stays_ttl_seconds_after_its_last_process():
+    clock = Clock()
+    g = Grouper(ByName({"short"}), clock=clock, usernames=str, group_ttl=10.0)
+    g.update([])
+    for pid in (20, 21):  # one process, then another 8 s later
+        tp = g.admit(fake(pid, "short", start=600 + pid))
+        assert tp is not None
+        g.retire(tp.id, tp.metrics)
+        clock.advance(8)
+        assert g.update([]).removed_groups == []
+    clock.advance(9)  # 17 s after the first one left, 9 after the second
+    assert g.update([]).removed_groups == []
+    clock.advance(1)
+    assert g.update([]).removed_groups == ["short"]
+
+
+def test_without_a_ttl_every_group_is_kept_and_remove_empty_groups_spares_pinned_ones():
+    g = grouper("short")
+    g.update([])
+    tp = g.admit(fake(20, "short", start=600))
+    assert tp is not None
+    g.retire(tp.id)
+    g.tracker.clock.advance(10**6)  # type: ignore[attr-defined]
+    g.update([])
+    assert "short" in g.groups()
+    g = grouper("a", "b", remove_empty_groups=True)
+    g.pin(["a"])
+    g.update([fake(10, "a"), fake(11, "b")])
+    assert g.update([]).removed_groups == ["b"] and set(g.groups()) == {"a"}
+
+
+def test_no_credit_to_a_younger_process_that_took_the_dead_parents_pid():
+    g = grouper("p", "c")
+    g.update([])
+    g.update([fake(20, "c", start=600, ppid=10, io=(0, 100))])  # its parent, 10, is gone
+    g.update([fake(20, "c", start=600, ppid=10, io=(0, 100)), fake(10, "p", start=900)])  # pid 10 reused
+    g.update([fake(10, "p", start=900, io=(0, 100))])  # 20 reaped by init; 10 wrote 100 of its own
+    assert io(g, "p") == (0, 100) and io(g, "c") == (0, 100)

@@ -216,6 +216,41 @@ def test_not_a_restart(clock: Clock, new: dict[str, Any], why: str) -> None:
     assert new["restart_of"] is None, why
 
 
+def renamed(pid: int, group: str, at: float, *, was: str, started: float, name: str | None = None) -> dict[str, Any]:
+    """The ``proc.start`` of a process already reported, now running another program."""
+    ev = start(pid, group, at, name)
+    ev["start_time"] = started
+    ev["previous"] = {"name": was, "group": was}
+    return ev
+
+
+def test_a_process_running_another_program_moves_between_groups_and_is_no_new_process(clock: Clock) -> None:
+    lc = make(clock, ExpectedGroup("svc", 1), ExpectedGroup("sh", 1))
+    lc.baseline([proc(10, "sh", T0 - 5)])
+    out = lc.observe([renamed(10, "svc", T0 + 1, was="sh", started=T0 - 5)])
+    moved = lifecycle_events(out)
+    assert [(e["type"], e["group"], e["procs"]) for e in moved] == [("group.missing", "sh", 0), ("group.recovered", "svc", 1)]
+    # named anew within the same group: nothing moves
+    again = renamed(10, "svc", T0 + 2, was="svc", started=T0 - 5)
+    assert lifecycle_events(lc.observe([again])) == []
+    assert again["restart_of"] is None and lc.view["svc"].restarts == 0
+    # it is counted once in svc: its exit leaves svc empty
+    out = lc.observe([exit_(10, "svc", T0 + 3, code=0, started=T0 - 5)])
+    assert [(e["type"], e["group"], e["procs"]) for e in lifecycle_events(out)] == [("group.missing", "svc", 0)]
+
+
+def test_an_exec_into_a_group_soon_after_its_exit_is_a_restart(clock: Clock) -> None:
+    lc = make(clock, ExpectedGroup("svc", 1))
+    lc.baseline([proc(10, "svc", T0 - 100), proc(20, "sh", T0 - 100)])
+    lc.observe([exit_(10, "svc", T0, code=1, started=T0 - 100)])
+    # a supervisor's shell (first seen as sh) execs the service again
+    new = renamed(21, "svc", T0 + 1.5, was="sh", started=T0 + 1)
+    out = lc.observe([start(21, "sh", T0 + 1), new], tick=True)
+    assert new["restart_of"] == {"pid": 10, "exit_code": 1, "signal": None, "down_s": 1.0}
+    assert [(e["type"], e["procs"]) for e in lifecycle_events(out)] == [("group.recovered", 1)]
+    assert lc.view["svc"].restarts == 1
+
+
 def test_a_reused_pid_within_the_window_is_a_restart_of_the_old_process(clock: Clock) -> None:
     lc = make(clock)
     lc.observe([exit_(10, "svc", T0, code=2, started=T0 - 50)])

@@ -12,7 +12,7 @@ from procstream.schema import EVENT_ONLY_FIELDS, EVENTS, GROUP_FIELDS, PROC_FIEL
 
 # The fields as the client reference states them: written out here, once, so a change to
 # the vocabulary is a deliberate change to the contract.
-IDENTITY = {"pid", "ppid", "start_time", "name", "cmdline", "group", "user", "uid"}
+IDENTITY = {"pid", "ppid", "start_time", "name", "cmdline", "cmdline_known", "group", "user", "uid"}
 GROUP = {
     "group", "procs", "threads", "cpu_s", "cpu_user_s", "cpu_system_s", "cpu_pct",
     "read_bytes", "write_bytes", "read_bps", "write_bps", "mem_resident", "mem_virtual",
@@ -22,7 +22,7 @@ GROUP = {
 }  # fmt: skip
 NUMBERED = {"seq", "host"}
 CONTRACT: dict[type, tuple[set[str], set[str]]] = {  # (required, optional)
-    schema.ProcStart: (IDENTITY | {"type", "ts", "source", "restart_of"}, NUMBERED),
+    schema.ProcStart: (IDENTITY | {"type", "ts", "source", "restart_of"}, NUMBERED | {"previous"}),
     schema.ProcExit: (
         IDENTITY | {"type", "ts", "source", "lifetime_s", "cpu_s", "read_bytes", "write_bytes", "exit_code", "signal",
                     "exit_class", "oom_killed"},

@@ -185,3 +185,38 @@ def test_no_growth_under_churn_of_10000_short_processes():
     assert len(t._by_pid) <= 2
     assert baseline is not None
     assert current - baseline < 64 * 1024
+
+
+# -- exits another source reported: zombies stay, their reap is not a second exit ---------
+
+
+def test_a_process_whose_exit_was_reported_stays_while_listed_then_is_reaped_quietly():
+    t = Tracker(clock=Clock())
+    t.update([])
+    decide_all(t, t.update([fake(10, cpu=(1.0, 0.0), rss=100)]))
+    tp = t.tracked[t.known(10)]
+    tp.exited = True  # as the grouper marks it when the kernel reports the exit
+    r = t.update([fake(10, cpu=(1.5, 0.0), state="Z")])
+    assert r.exited == [] and r.reaped == [] and len(t) == 1
+    assert tp.metrics.states.zombie == 1 and tp.metrics.resident_bytes == 0  # its gauges are the zombie's
+    assert tp.latest == Counts()  # its usage was final at the exit
+    r = t.update([])
+    assert r.exited == [] and [p.pid for p in r.reaped] == [10] and len(t) == 0
+
+
+# -- execs and renames of tracked processes (only when watched) ---------------------------------
+
+
+def test_a_tracked_process_running_another_program_is_reported_when_execs_are_watched():
+    t = Tracker(clock=Clock())
+    decide_all(t, t.update([fake(10, "sh", stack=0x7000), fake(11, "kworker", stack=0)]))
+    moved = [fake(10, "sleep", stack=0x8000), fake(11, "kworker/1", stack=0)]
+    assert t.update(moved).changed == []  # process-exporter's rule: named once
+    t.watch_execs = True
+    r = t.update([fake(10, "sleep", stack=0x9000), fake(11, "kworker/2", stack=0)])
+    # a moved stack is an exec; a name without a stack (a kernel thread) tells nothing
+    assert [(tp.pid, mark.comm) for tp, _, mark in r.changed] == [(10, "sleep")]
+    t.tracked[t.known(10)].mark = r.changed[0][2]  # named again
+    assert t.update([fake(10, "sleep", stack=0x9000)]).changed == []
+    r = t.update([fake(10, "node-main", stack=0x9000)])  # renamed itself: same stack, new name
+    assert [mark.comm for _, _, mark in r.changed] == ["node-main"]

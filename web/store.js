@@ -386,6 +386,13 @@ export class Store {
   onStart(o) {
     const key = procKey(o);
     o.seenAt = performance.now();
+    // a known process named anew (it runs another program): it may have changed group
+    const known = this.procs.get(key);
+    if (known && known.group !== o.group) {
+      const m = this.members.get(known.group);
+      if (m) m.delete(key);
+      this.changes.members.add(known.group);
+    }
     this.procs.set(key, o);
     this.memberMap(o.group).set(key, o);
     this.changes.members.add(o.group);

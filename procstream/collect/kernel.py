@@ -7,22 +7,28 @@ final usage.
 
 Rules:
 - One reader thread waits on both sockets. On an exec it reads the new process's /proc
-  files at once (a 5 ms process is gone by the time anyone else looks); on an exit it
-  reads the final counters while /proc still lists the process, else takes them from
-  TASKSTATS (paired by pid and start time).
+  files at once (a 5 ms process is gone by the time anyone else looks): of a batch of
+  events, first every exec's identity and argv (the argv is gone the moment the process
+  exits), then the rest; on an exit it reads the final counters while /proc still lists
+  the process, else takes them from TASKSTATS (paired by pid and start time).
 - Everything that touches tracker/grouper state runs on the core's thread
   (``Core.submit``), one batch at a time, in arrival order; the resulting events are
   published like a poll's.
 - Exactly one ``proc.start`` and one ``proc.exit`` per process, whichever source sees it
   first: a process is tracked once (``Tracker.track``), by a poll or by an exec; an exit
-  the kernel reports retires it (and keeps its zombie from coming back as new); an exit a
+  the kernel reports is the process's ``proc.exit`` (its exit code is known then), but a
+  zombie stays tracked, and counted in its group, until a poll finds it reaped; an exit a
   poll finds first is held back one interval (``ExitHold``, which the source applies to
   every poll as the core's ``PollPartner``), waiting for the kernel's report, which
   carries the exit code, and only then released as a ``poll`` exit.
+- Every later exec of a tracked process names it again (``Grouper.rename``): one more
+  ``proc.start`` for it, with ``previous``. An exec whose process was gone before it could
+  be read is named at the exit, from the comm the zombie or TASKSTATS tell.
 - A process that lived and died between polls without being read (fork-only children,
   or gone before its exec could be read) is still reported, start and exit together,
-  named from what the zombie or TASKSTATS tell (a fork-only child shares its parent's
-  command line).
+  named from what the zombie or TASKSTATS tell. Its argv is unknown then
+  (``cmdline_known`` false): never its parent's, which is another program's (or, for a
+  fork-only child, a copy we can't tell from one).
 - Lost kernel events (ENOBUFS, sequence gaps) are counted and trigger an immediate full
   poll to resynchronise; the service never stops for them.
 """
@@ -41,7 +47,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Union
 
 from ..events import EventBuilder
-from ..grouper import Grouper, GrouperUpdate
+from ..grouper import Grouper, GrouperUpdate, Renamed
 from ..netlink import (
     ConnectorError,
     EventsLost,
@@ -54,7 +60,7 @@ from ..netlink import (
     monotonic_ns_to_epoch,
     probe_connector,
 )
-from ..procfs import FS, READ_ERRORS, FixedProc, ProcId, ProcIdInfo, ProcMetrics, ProcStatic, States
+from ..procfs import FS, READ_ERRORS, ExecMark, FixedProc, Proc, ProcId, ProcIdInfo, ProcMetrics, ProcStatic, States
 from ..schema import CycleExtras, Event
 from ..stats import Stats
 from ..tracker import TrackedProc
@@ -90,6 +96,8 @@ class KExit:
     proc: FixedProc | None
     #: the kernel's final accounting, when TASKSTATS is on
     stats: TaskExit | None = None
+    #: its parent at the exit (the process that reaps it); 0 when the kernel did not say
+    ppid: int = 0
 
 
 @dataclass(slots=True)
@@ -103,22 +111,47 @@ class KLost:
 KItem = Union[KStart, KExit, KLost]
 
 
-def read_now(fs: FS, pid: int, *, cgroups: bool = False, exact_cpu: bool = False) -> FixedProc | None:
-    """Everything a poll would read of a process, read immediately.
+def first_look(fs: FS, pid: int, *, cgroups: bool = False) -> Proc | None:
+    """What must be read of a process before it can exit: identity and argv (``stat``,
+    ``cmdline``, ``status``). None if it is gone already; :func:`read_now` reads the rest."""
+    proc = fs.proc(pid)
+    try:
+        proc.read_argv_first()
+        proc.proc_id()
+        proc.static(cgroups=cgroups)
+    except READ_ERRORS:
+        return None
+    return proc
+
+
+def read_now(
+    fs: FS, pid: int, *, cgroups: bool = False, exact_cpu: bool = False, proc: Proc | None = None
+) -> FixedProc | None:
+    """Everything a poll would read of a process, read immediately (``proc``: its
+    :func:`first_look`, whose reads are kept).
 
     ``exact_cpu`` (for an exit) replaces the 10 ms ticks of ``stat`` with the scheduler's
     exact runtime when the process is single-threaded: for a process that lived 100 ms,
     ticks alone can miss a tenth of its CPU.
     """
-    proc = fs.proc(pid)
+    looked = proc is not None
+    if proc is None:
+        proc = fs.proc(pid)
     try:
         pid_id = proc.proc_id()
         static = proc.static(cgroups=cgroups)
+    except READ_ERRORS:
+        return None
+    try:
         metrics = proc.metrics()
         if exact_cpu and metrics.num_threads == 1:
             metrics = _with_runtime(metrics, proc.runtime_ns())
-    except READ_ERRORS:
-        return None
+    except READ_ERRORS as exc:
+        if not looked:
+            return None
+        # reaped since its first look: who it was is what matters; its counters are
+        # unknown (``metrics()`` says so again), not zero
+        return FixedProc(ProcIdInfo(pid_id, static, _GONE), error=exc, mark=ExecMark(static.name))
     try:
         limit = proc.fd_limit()
     except READ_ERRORS:
@@ -176,6 +209,11 @@ class ExitHold:
         held = self._held.pop(pid, None)
         return held.tp if held is not None else None
 
+    def get(self, pid_id: ProcId) -> TrackedProc | None:
+        """The held exit of this very process, left held."""
+        held = self._held.get(pid_id.pid)
+        return held.tp if held is not None and held.tp.id == pid_id else None
+
 
 def _with_stats(m: ProcMetrics, stats: TaskExit) -> ProcMetrics:
     """Sample ``m`` with TASKSTATS' final counters. TASKSTATS never sums I/O and faults
@@ -194,6 +232,7 @@ def _with_stats(m: ProcMetrics, stats: TaskExit) -> ProcMetrics:
 
 
 _ZOMBIE = ProcMetrics(0.0, 0.0, 0, 0, 0, 0, states=States(zombie=1))
+_GONE = ProcMetrics(0.0, 0.0, 0, 0, 0, 0, states=States())
 
 
 def _final_from_stats(tp: TrackedProc, stats: TaskExit) -> ProcMetrics | None:
@@ -208,17 +247,28 @@ def _final_from_stats(tp: TrackedProc, stats: TaskExit) -> ProcMetrics | None:
 class KernelApplier:
     """Applies kernel events to the grouper and builds their events (core's thread only)."""
 
+    #: execs whose process was gone before it could be read, remembered until its exit
+    MAX_UNREAD = 65536
+
     def __init__(
-        self, grouper: Grouper, builder: EventBuilder, hold: ExitHold, boot_time: float, clock_ticks: int
+        self,
+        grouper: Grouper,
+        builder: EventBuilder,
+        hold: ExitHold,
+        boot_time: float,
+        clock_ticks: int,
+        stats: KernelStats | None = None,
     ) -> None:
         self.grouper = grouper
         self.builder = builder
         self.hold = hold
         self.boot_time = boot_time
         self.clock_ticks = clock_ticks
+        self.stats = stats if stats is not None else KernelStats()
         self.starts = 0
         self.exits = 0
         self.lost = 0
+        self._unread: dict[int, float] = {}
 
     def apply(self, items: list[KItem]) -> list[Event]:
         events: list[Event] = []
@@ -232,31 +282,62 @@ class KernelApplier:
         return events
 
     def _start(self, item: KStart, events: list[Event]) -> None:
-        if item.proc is None:
-            return  # gone already: its exit will tell what it was
-        tp = self.grouper.admit(item.proc, source="netlink")
+        proc = item.proc
+        if proc is None:
+            # gone already: its exit will tell what it became
+            unread = self._unread
+            unread[item.pid] = item.ts
+            if len(unread) > self.MAX_UNREAD:
+                del unread[next(iter(unread))]
+            return
+        self._unread.pop(item.pid, None)
+        pid_id = proc.info.id
+        # tracked; or gone at a poll since, its exit held: an exec it did before exiting
+        tp = self.grouper.tracker.tracked.get(pid_id) or self.hold.get(pid_id)
+        if tp is not None:
+            if not tp.exited:
+                self._renamed(self.grouper.rename(tp, proc), item.ts, events)
+            return
+        tp = self.grouper.admit(proc, source="netlink")
         if tp is not None:
             self.starts += 1
+            self._count_argv(tp)
             events.append(self.builder.proc_start(tp, item.ts, source="netlink"))
 
+    def _renamed(self, renamed: Renamed | None, ts: float, events: list[Event]) -> None:
+        if renamed is not None:
+            self._count_argv(renamed.tp)
+            events.append(self.builder.proc_renamed(renamed, ts, source="netlink"))
+
+    def _count_argv(self, tp: TrackedProc) -> None:
+        if not tp.static.cmdline_known:
+            self.stats.argv_unknown += 1
+
     def _exit(self, item: KExit, events: list[Event]) -> None:
-        tracker = self.grouper.tracker
-        final: ProcMetrics | None = None
+        grouper = self.grouper
+        tracker = grouper.tracker
+        # it exec'd, and was gone before the new program could be read
+        execed_unread = self._unread.pop(item.pid, None) is not None
         # A poll that already found this pid gone holds its exit: this report is that
         # process's (whatever may have reused the pid since is still alive).
         tp = self.hold.take(item.pid)
         if tp is not None:
-            final = self._final(tp, item)
-            if final is not None:
-                self.grouper.account_exit(tp, final)
+            if execed_unread:
+                self._rename_at_exit(tp, item, events)
+            grouper.settle(tp, self._final(tp, item))
         else:
             pid_id = tracker.known(item.pid)
             if pid_id is not None and not self._same_process(pid_id, item):
                 pid_id = None  # the pid was already reused: this exit is of the older process
-            if pid_id is not None and pid_id in tracker.tracked:
-                final = self._final(tracker.tracked[pid_id], item)
-                tp = self.grouper.retire(pid_id, final)
-            elif pid_id is not None:
+            known = tracker.tracked.get(pid_id) if pid_id is not None else None
+            if known is not None:
+                if known.exited:
+                    return  # reported already
+                if execed_unread:
+                    self._rename_at_exit(known, item, events)
+                listed = item.proc is not None and item.proc.info.id == known.id
+                tp = grouper.retire(known.id, self._final(known, item), listed=listed, reaper=item.ppid)
+            elif pid_id is not None and not execed_unread:
                 return  # an ignored process: nobody asked about it
             else:
                 tp = self._unseen(item, events)
@@ -278,14 +359,30 @@ class KernelApplier:
             )
         )
 
+    def _rename_at_exit(self, tp: TrackedProc, item: KExit, events: list[Event]) -> None:
+        """``tp`` exec'd a program that was gone before it could be read: name it from
+        the comm its exit tells (its argv is unknown)."""
+        old = tp.static
+        name = old.name
+        if item.proc is not None and item.proc.info.id == tp.id:
+            name = item.proc.info.static.name
+        elif item.stats is not None and item.stats.matches_start(old.start_time, tolerance=2.0):
+            name = item.stats.comm
+        static = ProcStatic(name, (), old.parent_pid, old.start_time, old.uid, old.cgroups, cmdline_known=False)
+        self._renamed(self.grouper.rename_as(tp, static, None, None), item.ts, events)
+
     def _same_process(self, pid_id: ProcId, item: KExit) -> bool:
-        """Is the exit of the process we know under this pid (not of a predecessor)?"""
+        """Is the exit of the process we know under this pid (not of a predecessor)?
+
+        A process that exits unread may have a pid that a process we ignored (or saw
+        exit, and ignore until a poll) had before: only its start time tells them apart.
+        """
         if item.proc is not None:
             return item.proc.info.id == pid_id
         if item.stats is not None:
             tp = self.grouper.tracker.tracked.get(pid_id)
-            if tp is not None:
-                return item.stats.matches_start(tp.static.start_time, tolerance=2.0)
+            start = tp.static.start_time if tp is not None else self.boot_time + pid_id.start_time_rel / self.clock_ticks
+            return item.stats.matches_start(start, tolerance=2.0)
         return True
 
     def _final(self, tp: TrackedProc, item: KExit) -> ProcMetrics | None:
@@ -296,34 +393,31 @@ class KernelApplier:
         return None
 
     def _unseen(self, item: KExit, events: list[Event]) -> TrackedProc | None:
-        """A process nobody saw alive: admit it now, from its last traces, and retire it."""
+        """A process nobody saw alive: admit it now, from its last traces, and retire it.
+
+        A zombie's ``cmdline`` is empty and TASKSTATS has none: its argv is unknown
+        (``cmdline_known`` false), and it is named by what is known (its comm).
+        """
         proc = item.proc
         if proc is None and item.stats is not None:
             proc = self._from_stats(item.stats, item.ts)
         if proc is None:
             return None
-        static = proc.info.static
-        if not static.cmdline:
-            # a fork-only child (or a zombie) shows no argv: it is its parent's copy
-            parent_id = self.grouper.tracker.known(static.parent_pid)
-            parent = self.grouper.tracker.tracked.get(parent_id) if parent_id else None
-            if parent is not None:
-                static = ProcStatic(
-                    static.name, parent.static.cmdline, static.parent_pid, static.start_time, static.uid, static.cgroups
-                )
-                proc = FixedProc(ProcIdInfo(proc.info.id, static, proc.info.metrics), limit=proc.limit)
         tp = self.grouper.admit(proc, source="netlink")
         if tp is None:
             return None
         self.starts += 1
-        events.append(self.builder.proc_start(tp, static.start_time, source="netlink"))
-        return self.grouper.retire(tp.id, proc.info.metrics)
+        self._count_argv(tp)
+        events.append(self.builder.proc_start(tp, proc.info.static.start_time, source="netlink"))
+        return self.grouper.retire(tp.id, proc.info.metrics, listed=item.proc is not None, reaper=item.ppid)
 
     def _from_stats(self, stats: TaskExit, exit_ts: float) -> FixedProc:
         """Identity and final counters of a reaped process, from its TASKSTATS record."""
         start = exit_ts - stats.etime_us / 1e6 if stats.etime_us else float(stats.btime)
         ticks = int(round((start - self.boot_time) * self.clock_ticks))
-        static = ProcStatic(name=stats.comm, cmdline=(), parent_pid=stats.ppid, start_time=start, uid=stats.uid)
+        static = ProcStatic(
+            name=stats.comm, cmdline=(), parent_pid=stats.ppid, start_time=start, uid=stats.uid, cmdline_known=False
+        )
         return FixedProc(ProcIdInfo(ProcId(stats.pid, ticks), static, _with_stats(_ZOMBIE, stats)))
 
 
@@ -343,6 +437,9 @@ class KernelStats(Stats):
     dropped_backlog: int = 0
     #: ``lost`` as of the last ``cycle`` event (core's thread)
     lost_reported: int = 0
+    #: processes reported with ``cmdline_known`` false: gone before their argv could be
+    #: read (core's thread)
+    argv_unknown: int = 0
     taskstats: bool = False
 
     @property
@@ -383,7 +480,9 @@ class KernelSource:
         self.request_poll = request_poll
         self.stats = KernelStats()
         self.hold = ExitHold(grace=max(interval, 0.5))
-        self.applier = KernelApplier(self.grouper, builder, self.hold, fs.boot_time_precise, fs.clock_ticks)
+        self.applier = KernelApplier(
+            self.grouper, builder, self.hold, fs.boot_time_precise, fs.clock_ticks, self.stats
+        )
         self._use_taskstats = use_taskstats
         self._connector_factory = connector_factory
         self._taskstats_factory = taskstats_factory
@@ -416,9 +515,11 @@ class KernelSource:
                             "is only counted when /proc still shows the process", exc)
 
     def start(self) -> None:
-        """Start reading (on the running loop). Poll exits are held from the next poll on."""
+        """Start reading (on the running loop). Poll exits are held from the next poll on,
+        and the grouper names processes again on exec (``Grouper.kernel_events``)."""
         if self._connector is None:
             raise RuntimeError("open() first")
+        self.grouper.kernel_events = True
         self._loop = asyncio.get_running_loop()
         self._queue = asyncio.Queue()
         self._wake_r, self._wake_w = os.pipe()
@@ -482,14 +583,25 @@ class KernelSource:
                 return
             if self._stopping.is_set():
                 return
-            if self._taskstats is not None:
-                self._read_taskstats()
             if connector not in readable:
+                if self._taskstats is not None:
+                    self._read_taskstats()
                 continue
             items: list[KItem] = []
             cgroups = tracker.read_cgroups  # a config reload may change what names need
-            for ev in connector.read_events():
-                item = self._convert(ev, cgroups)
+            events = connector.read_events()
+            # Argv first, for every exec of the batch, before even the TASKSTATS records: a
+            # process that exits takes its argv with it, while its counters stay readable
+            # in the zombie until it is reaped, and in its TASKSTATS record after.
+            looks = {
+                i: first_look(self.fs, ev.pid, cgroups=cgroups)
+                for i, ev in enumerate(events)
+                if isinstance(ev, ExecEvent) and not ev.is_thread
+            }
+            if self._taskstats is not None:
+                self._read_taskstats()
+            for i, ev in enumerate(events):
+                item = self._convert(ev, cgroups, looks.get(i))
                 if item is not None:
                     items.append(item)
             if items:
@@ -510,7 +622,7 @@ class KernelSource:
             while len(keep) > self.TASKSTATS_KEEP:
                 keep.popitem(last=False)
 
-    def _convert(self, ev: Any, cgroups: bool) -> KItem | None:
+    def _convert(self, ev: Any, cgroups: bool, look: Proc | None = None) -> KItem | None:
         if isinstance(ev, EventsLost):
             count = ev.count or 1
             self.stats.events_lost += count
@@ -519,7 +631,8 @@ class KernelSource:
             if ev.is_thread:
                 return None
             self._count("exec")
-            return KStart(monotonic_ns_to_epoch(ev.ts_ns), ev.pid, read_now(self.fs, ev.pid, cgroups=cgroups))
+            proc = read_now(self.fs, ev.pid, cgroups=cgroups, proc=look) if look is not None else None
+            return KStart(monotonic_ns_to_epoch(ev.ts_ns), ev.pid, proc)
         if isinstance(ev, ExitEvent):
             if ev.is_thread:
                 return None
@@ -530,7 +643,14 @@ class KernelSource:
                 self._read_taskstats()  # the record is queued before the exit event
                 stats = self._exit_stats.pop(ev.pid, None)
             return KExit(
-                monotonic_ns_to_epoch(ev.ts_ns), ev.pid, ev.exit_code, ev.signal, ev.core_dumped, proc, stats
+                monotonic_ns_to_epoch(ev.ts_ns),
+                ev.pid,
+                ev.exit_code,
+                ev.signal,
+                ev.core_dumped,
+                proc,
+                stats,
+                ev.parent_tgid,
             )
         return None
 

@@ -30,7 +30,7 @@ from .io import parse_io
 from .limits import parse_max_open_files
 from .models import ExecMark, ProcId, ProcMetrics, ProcStatic, States, state_of
 from .schedstat import parse_schedstat
-from .stat import Stat, parse_stat, parse_state
+from .stat import PF_EXITING, PF_KTHREAD, Stat, parse_flags, parse_stat, parse_state
 from .status import Status, parse_ctx_switches, parse_status
 
 __all__ = ["FS", "Proc"]
@@ -200,13 +200,15 @@ class Proc:
         if self._static is None:
             fs = self._fs
             st = self._stat_fields()
+            # empty for kernel threads and zombies (the file exists but is empty)
+            argv = parse_cmdline(self._file("cmdline"))
             self._static = ProcStatic(
                 st.comm,
-                # empty for kernel threads and zombies (the file exists but is empty)
-                parse_cmdline(self._file("cmdline")),
+                argv,
                 st.ppid,
                 fs.boot_time_precise + st.starttime / fs.clock_ticks,
                 self._status_fields().uid,
+                cmdline_known=bool(argv) or self._argv_was_there(),
             )
         if not cgroups:
             return self._static
@@ -218,9 +220,24 @@ class Proc:
                 paths = ()
             base = self._static
             self._static_cgroups = ProcStatic(
-                base.name, base.cmdline, base.parent_pid, base.start_time, base.uid, paths
+                base.name, base.cmdline, base.parent_pid, base.start_time, base.uid, paths, base.cmdline_known
             )
         return self._static_cgroups
+
+    def _argv_was_there(self) -> bool:
+        """For an empty ``cmdline``: is that the process's own (a kernel thread, or a
+        program run with no arguments at all) rather than a process already gone from
+        its memory (exiting, or a zombie), whose argv nobody can read any more?
+
+        Asks a fresh ``stat``, read after ``cmdline``: the one read before may predate
+        the exit that emptied it.
+        """
+        try:
+            data = read_file(self._dir + "stat", until_eof=False)
+        except ProcessLookupError:
+            return False
+        flags = parse_flags(data)
+        return bool(flags & PF_KTHREAD) or not flags & PF_EXITING
 
     def metrics(self) -> ProcMetrics:
         """Counters and gauges (reads stat, status, io, fd; task/* with thread detail).
@@ -326,6 +343,12 @@ class Proc:
         if running + sleeping + waiting + zombie + other == 0:
             return None
         return States(running, sleeping, waiting, zombie, other), voluntary, nonvoluntary
+
+    def read_argv_first(self) -> None:
+        """Read ``cmdline`` now, before any other file: of a process that may exit any
+        moment, the argv goes first (with its memory), while its zombie keeps ``stat``
+        and the rest readable until it is reaped. ``static()`` then uses this read."""
+        self._file("cmdline")
 
     def runtime_ns(self) -> int:
         """Exact CPU time of the main thread in ns (reads ``schedstat``): the whole

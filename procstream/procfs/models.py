@@ -66,6 +66,9 @@ class ProcStatic:
     start_time: float  # epoch seconds
     uid: int = -1  # effective uid, -1 when unknown
     cgroups: tuple[str, ...] = ()  # cgroup paths, read only when asked for
+    #: False when the argv could not be read: the process had already left its memory
+    #: (exiting, or a zombie) when we looked, so the empty ``cmdline`` is not its own
+    cmdline_known: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from .errors import ProcfsParseError
 
-__all__ = ["Stat", "parse_stat", "parse_state"]
+__all__ = ["Stat", "parse_stat", "parse_state", "parse_flags", "PF_EXITING", "PF_KTHREAD"]
 
 # Indexes into the fields that follow "comm) ": field N of proc(5) is at index N - 3.
 _STATE = 0  # (3)
@@ -26,6 +26,12 @@ _STARTTIME = 19  # (22)
 _VSIZE = 20  # (23)
 _RSS = 21  # (24)
 _STARTSTACK = 25  # (28)
+_FLAGS = 6  # (9)
+
+#: ``flags`` bits (include/linux/sched.h): the task is exiting (set before it drops its
+#: memory, kept as a zombie); the task is a kernel thread
+PF_EXITING = 0x00000004
+PF_KTHREAD = 0x00200000
 # Split off only what we use: the kernel prints ~50 fields, and each split piece is an
 # allocation on the hot path. The remainder lands, unsplit, in one last piece.
 _NEEDED = _RSS + 1  # fewer fields than this is garbage
@@ -94,3 +100,16 @@ def parse_state(data: bytes) -> str:
     if close < 0 or data[close + 3 : close + 4] != b" " or not state.isalpha():
         raise _bad(data, "no state after '(comm)'")
     return state.decode("ascii")
+
+
+def parse_flags(data: bytes) -> int:
+    """Only the ``flags`` field (9) of a ``stat`` file; kept out of :func:`parse_stat`,
+    which every poll runs, since only first sight of an empty command line needs it."""
+    close = data.rfind(b")")
+    fields = data[close + 1 :].split(None, _FLAGS + 1)
+    if close < 0 or len(fields) <= _FLAGS:
+        raise _bad(data, "no flags")
+    try:
+        return int(fields[_FLAGS])
+    except ValueError as exc:
+        raise _bad(data, "non-numeric flags") from exc

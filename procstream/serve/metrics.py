@@ -10,8 +10,14 @@ Rules:
   -gather-smaps=false``), so existing dashboards and alerts keep working. Not provided:
   ``namedprocess_namegroup_threads_wchan`` (it needs every thread's
   ``/proc/PID/task/TID/wchan`` at every poll).
-- ``oldest_start_time_seconds`` is whole seconds like process-exporter's; for a group
-  that is empty it is 0 (process-exporter reports Go's zero time, -62135596800).
+- ``oldest_start_time_seconds`` is whole seconds, as process-exporter's: the start time
+  truncated, the same instant as the group's ``oldest_start_time`` in events (truncated
+  to the millisecond there). Start times come from a boot time to the microsecond, where
+  process-exporter's comes from ``btime``, whole seconds: ours can be 1 s later (and
+  closer to the truth). For a group that is empty it is 0 (process-exporter reports Go's
+  zero time, -62135596800).
+- A group the grouper dropped (``--remove-empty-groups``, or a group of short-lived
+  processes past ``--group-expiry``) is no longer in the view, so no longer exported.
 - The three ``namedprocess_scrape_*`` counters have no ``_total`` suffix in
   process-exporter. prometheus_client always appends ``_total`` to a counter family, so
   the collector yields them untyped under their exact names and :func:`render` turns their
@@ -106,6 +112,8 @@ class PollView:
     partial_errors: int
     permission_errors: int
     tracked: int
+    #: groups dropped since start (empty under --remove-empty-groups, or expired)
+    groups_removed: int
     #: poll duration histogram: count per bucket (not cumulative; last = +Inf), sum
     buckets: tuple[int, ...]
     duration_sum: float
@@ -122,6 +130,7 @@ _EMPTY_VIEW: Final = PollView(
     partial_errors=0,
     permission_errors=0,
     tracked=0,
+    groups_removed=0,
     buckets=(0,) * (len(POLL_DURATION_BUCKETS) + 1),
     duration_sum=0.0,
 )
@@ -179,6 +188,7 @@ class MetricsCollector(Collector):
             partial_errors=prev.partial_errors + errs.partial,
             permission_errors=prev.permission_errors + errs.permission,
             tracked=update.tracked,
+            groups_removed=prev.groups_removed + len(update.removed_groups),
             buckets=tuple(buckets),
             duration_sum=prev.duration_sum + duration,
         )
@@ -244,7 +254,7 @@ class MetricsCollector(Collector):
             mem.add_metric([name, "swapped"], m.swapped_bytes)
             fds.add_metric(label, g.open_fds)
             worst.add_metric(label, g.worst_fd_ratio)
-            # process-exporter reports whole seconds (Go's Time.Unix()).
+            # whole seconds, truncated like Go's Time.Unix() (events: to the millisecond)
             oldest.add_metric(label, math.floor(g.oldest_start_time))
             threads.add_metric(label, g.num_threads)
             s = g.states
@@ -346,6 +356,11 @@ class MetricsCollector(Collector):
         yield _counter("procstream_poll_partial_errors", "Tracked processes with some optional /proc file unreadable (io, fd)", view.partial_errors)
         yield _counter("procstream_poll_permission_errors", "Processes not permitted to be read at all", view.permission_errors)
         yield _gauge("procstream_groups", "Groups reported by the latest poll", len(view.groups))
+        yield _counter(
+            "procstream_groups_removed",
+            "Groups no longer reported: empty under --remove-empty-groups, or only short-lived processes past --group-expiry",
+            view.groups_removed,
+        )
         yield _gauge("procstream_tracked_procs", "Processes tracked after the latest poll", view.tracked)
         yield _gauge("procstream_last_poll_timestamp_seconds", "Time of the latest good poll (0 before the first)", view.time)
         hist = HistogramMetricFamily(
@@ -408,6 +423,11 @@ class MetricsCollector(Collector):
             yield _counter("procstream_kernel_events", "Process events received from the kernel", ks.events)
             yield _counter("procstream_kernel_events_lost", "Kernel process events lost (socket overruns)", ks.lost)
             yield _counter("procstream_kernel_backlog_dropped", "Kernel events dropped past the backlog bound", ks.dropped_backlog)
+            yield _counter(
+                "procstream_kernel_argv_unknown",
+                "Processes reported without their command line: gone before it could be read",
+                ks.argv_unknown,
+            )
 
         # -- OOM kills
         oom = self.oom_stats

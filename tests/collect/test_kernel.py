@@ -9,27 +9,26 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from procstream.netlink import connector as netlink
-from procstream.config import parse_config
 from procstream.events import EventBuilder
 from procstream.grouper import Grouper, GrouperUpdate
-from procstream.collect.core import Core
-from procstream.collect.kernel import ExitHold, KernelApplier, KernelSource, KExit, KLost, KStart, choose_source
+from procstream.collect.kernel import ExitHold, KernelApplier, KExit, KLost, KStart, choose_source
 from procstream.netlink.connector import ConnectorError
-from procstream.collect.poll import Poller
-from procstream.procfs import FS
+from procstream.procfs import FixedProc
 from tests.support.fake_procs import ByName, Clock, fake
+from tests.support.kernel_source import Env, kernel_env
 from tests.support.waiting import async_wait_for
 
 OK, WHY = netlink.probe("/proc")
@@ -37,10 +36,11 @@ live = pytest.mark.skipif(not OK, reason=f"kernel events unavailable here: {WHY}
 
 # Markers unique to this test run, so a second run on the same host can't be counted here.
 RUN = os.getpid()
+SHORT = f"psks{RUN}"  # a comm: the group must not depend on reading the argv in time
 CONFIG = f"""
 process_names:
   - name: short
-    cmdline: ['pskern-short-{RUN}']
+    comm: [{SHORT}]
   - name: burn
     cmdline: ['pskern-burn-{RUN}']
   - name: "{{{{.Comm}}}}"
@@ -58,49 +58,10 @@ print(time.process_time(), flush=True)
 """
 
 
-@dataclass
-class Sink:
-    states: list = field(default_factory=list)
-    events: list = field(default_factory=list)
-
-    def load_state(self, groups, procs) -> None:
-        self.states.append((groups, procs))
-
-    def publish(self, events) -> None:
-        self.events.extend(events)
-
-    def of(self, type_: str, **match) -> list[dict]:
-        return [e for e in self.events if e["type"] == type_ and all(e.get(k) == v for k, v in match.items())]
-
-
-@dataclass
-class Env:
-    poller: Poller
-    source: KernelSource
-    sink: Sink
-    grouper: Grouper
-
-
 @pytest.fixture
-async def env() -> AsyncIterator[Env]:
-    fs = FS("/proc")
-    grouper = Grouper(parse_config(CONFIG))
-    builder = EventBuilder(username=grouper.username)
-    sink = Sink()
-    core = Core(fs.all_procs, grouper, builder, sink)
-    poller = Poller(core, interval=5.0)
-    source = KernelSource(fs, grouper, builder, core, interval=poller.interval, request_poll=poller.request_poll)
-    assert await poller.poll_now()
-    source.open()
-    source.start()
-    task = asyncio.create_task(poller.run())
-    try:
-        yield Env(poller, source, sink, grouper)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await source.close()
-        core.close()
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    async with kernel_env(CONFIG) as e:
+        yield e
 
 
 async def run_and_reap(*args: str, **kw) -> subprocess.Popen:
@@ -111,11 +72,14 @@ async def run_and_reap(*args: str, **kw) -> subprocess.Popen:
 
 @live
 async def test_short_lived_processes_all_exit_with_their_code_and_group(env: Env, tmp_path: Path) -> None:
-    # 100 processes of ~20 ms each, one after another, from a shell outside this process
+    # 100 processes of ~20 ms each, one after another, from a shell outside this process;
+    # named by their comm, so their group is known even when one is gone before its argv
+    # could be read (then its argv must say so, not be made up)
+    python = tmp_path / SHORT
+    python.symlink_to(sys.executable)
+    argv = [str(python), "-S", "-c", "import sys; sys.exit(7)", f"pskern-short-{RUN}"]
     loop = tmp_path / "loop.sh"
-    loop.write_text(
-        f"for i in $(seq 100); do {sys.executable} -S -c 'import sys; sys.exit(7)' pskern-short-{RUN}; done\n"
-    )
+    loop.write_text(f"for i in $(seq 100); do {' '.join(shlex.quote(a) for a in argv)}; done\n")
     shell = await run_and_reap("sh", str(loop))
     assert shell.returncode == 7
 
@@ -132,9 +96,12 @@ async def test_short_lived_processes_all_exit_with_their_code_and_group(env: Env
     assert len(exits) == len(pids) == 100  # exactly one exit per process
     assert len(starts) == 100 and {e["pid"] for e in starts} == pids  # and one start
     assert all(e["exit_code"] == 7 and e["signal"] is None and e["source"] == "netlink" for e in exits)
-    assert all(e["group"] == "short" for e in starts)
+    assert all(e["group"] == "short" and e["source"] == "netlink" for e in starts)
     assert all(0 < e["lifetime_s"] < 5 for e in exits)
-    assert env.poller.status.polls == 1  # nothing of this came from a poll
+    for e in starts:
+        assert (e["cmdline"], e["cmdline_known"]) in ((argv, True), ([], False)), e
+    # polls happen only when asked for; a lost kernel event would have asked for one
+    assert env.poller.status.polls == 1
 
 
 @live
@@ -255,24 +222,40 @@ def test_kernel_start_then_exit_and_no_second_start_from_a_poll():
     assert [(e["type"], e["source"]) for e in events] == [("proc.start", "netlink")]
     r = grouper.update([p])
     assert r.started == [] and r.exited == []
-    final = fake(20, "a", start=500, cpu=(0.9, 0.1))
+    final = fake(20, "a", start=500, cpu=(0.9, 0.1), state="Z")
     events = applier.apply([KExit(clock.t, 20, 0, None, False, final)])
     assert [(e["type"], e["exit_code"]) for e in events] == [("proc.exit", 0)]
-    grouper.update([final])  # the zombie is still listed
-    assert grouper.groups()["a"].counts.cpu == pytest.approx(1.0)
-    assert grouper.groups()["a"].procs == 0
+    r = grouper.update([final])  # the zombie is still listed: still in its group
+    assert r.started == [] and r.exited == []
+    a = grouper.groups()["a"]
+    assert a.counts.cpu == pytest.approx(1.0)
+    assert (a.procs, a.states.zombie) == (1, 1)
+    r = grouper.update([])  # reaped: gone from its group, without a second exit
+    assert r.exited == [] and grouper.groups()["a"].procs == 0
 
 
-def test_an_unseen_fork_only_child_inherits_its_parents_command_line_and_group():
+def test_an_unseen_process_never_gets_its_parents_command_line():
     grouper, builder, hold, applier, clock = _setup()
+    grouper.kernel_events = True
     parent = fake(30, "a", start=100, cmdline=("a", "--serve"))
     grouper.update([parent])
-    zombie = fake(31, "a-child", start=900, ppid=30, cmdline=(), cpu=(0.2, 0.0), state="Z")
-    events = applier.apply([KExit(clock.t, 31, 0, None, False, zombie)])
-    assert [(e["type"], e["pid"], e["group"]) for e in events] == [("proc.start", 31, "a"), ("proc.exit", 31, "a")]
-    assert events[0]["cmdline"] == ["a", "--serve"]
+    # a fork-only child of "a", and a child that exec'd "b": both seen only as zombies
+    copy = unknown_argv(fake(31, "a", start=900, ppid=30, cmdline=(), cpu=(0.2, 0.0), state="Z"))
+    other = unknown_argv(fake(32, "b", start=901, ppid=30, cmdline=(), state="Z"))
+    events = applier.apply([KExit(clock.t, 31, 0, None, False, copy), KExit(clock.t, 32, 3, None, False, other)])
+    assert [(e["type"], e["pid"], e["group"]) for e in events] == [
+        ("proc.start", 31, "a"), ("proc.exit", 31, "a"), ("proc.start", 32, "b"), ("proc.exit", 32, "b"),
+    ]  # fmt: skip
+    assert all(e["cmdline"] == [] and e["cmdline_known"] is False for e in events)
+    assert applier.stats.argv_unknown == 2
     grouper.update([parent])
     assert grouper.groups()["a"].counts.cpu == pytest.approx(0.2)
+
+
+def unknown_argv(p: FixedProc) -> FixedProc:
+    """``p`` as read once it had left its memory: its empty argv is not its own."""
+    info = p.info
+    return replace(p, info=replace(info, static=replace(info.static, cmdline_known=False)))
 
 
 def test_an_exit_of_an_ignored_process_says_nothing_and_lost_events_are_counted():
@@ -299,3 +282,64 @@ async def test_lost_events_trigger_a_poll_and_show_in_the_cycle(env: Env) -> Non
     cycles = env.sink.of("cycle")
     assert cycles and cycles[-1]["lost_events"] == 5 and cycles[-1]["source"] == "netlink"
     assert env.source.applier.lost == 5
+
+
+def test_an_exec_of_a_tracked_process_names_it_again_and_an_unread_one_at_its_exit():
+    grouper, builder, hold, applier, clock = _setup()
+    grouper.kernel_events = True
+    grouper.update([])
+    events = applier.apply([KStart(clock.t, 50, fake(50, "a", start=700, stack=0x7000))])
+    assert [(e["type"], e["group"]) for e in events] == [("proc.start", "a")]
+    # it execs b: a second start, with what it was
+    events = applier.apply([KStart(clock.t, 50, fake(50, "b", start=700, cmdline=("b", "-v"), stack=0x8000))])
+    assert [(e["type"], e["name"], e["cmdline"], e["group"], e["previous"]) for e in events] == [
+        ("proc.start", "b", ["b", "-v"], "b", {"name": "a", "group": "a"})
+    ]
+    # it execs again, gone before it could be read; its zombie tells the new name
+    assert applier.apply([KStart(clock.t, 50, None)]) == []
+    zombie = unknown_argv(fake(50, "a", start=700, cmdline=(), state="Z"))
+    events = applier.apply([KExit(clock.t, 50, 0, None, False, zombie)])
+    assert [(e["type"], e["name"], e["cmdline"], e["cmdline_known"], e["group"]) for e in events] == [
+        ("proc.start", "a", [], False, "a"),
+        ("proc.exit", "a", [], False, "a"),
+    ]
+    assert events[0]["previous"] == {"name": "b", "group": "b"}
+
+
+def test_an_unread_exit_on_the_pid_of_an_older_ignored_process_is_not_taken_for_it():
+    from procstream.netlink import TaskExit
+
+    grouper, builder, hold, applier, clock = _setup()
+    grouper.kernel_events = True
+    grouper.update([fake(60, "zzz", start=100, ppid=0)])  # ignored (matches nothing)
+    assert grouper.tracker.is_ignored(grouper.tracker.known(60))
+    # long after, a new process with the same pid lives and dies unread: only TASKSTATS knows it
+    start = 1_700_000_000 + 5000.0
+    stats = TaskExit(
+        pid=60, tgid=60, aggregate="tgid", ppid=1, uid=0, gid=0, comm="a", status=256, btime=int(start),
+        etime_us=2000, utime_us=0, stime_us=1000, minflt=10, majflt=0, read_bytes=0, write_bytes=0,
+        nvcsw=1, nivcsw=0, version=14,
+    )  # fmt: skip
+    events = applier.apply([KExit(start + 0.002, 60, 1, None, False, None, stats)])
+    assert [(e["type"], e["name"], e["group"], e["cmdline_known"]) for e in events] == [
+        ("proc.start", "a", "a", False),
+        ("proc.exit", "a", "a", False),
+    ]
+
+
+def test_an_exec_read_whose_counters_were_gone_leaves_the_usage_counted_once():
+    grouper, builder, hold, applier, clock = _setup()
+    grouper.kernel_events = True
+    grouper.update([])
+    applier.apply([KStart(clock.t, 70, fake(70, "a", start=700, cpu=(0.0, 0.0), stack=0x7000))])
+    grouper.update([fake(70, "a", start=700, cpu=(1.0, 0.0), stack=0x7000)])
+    # it execs b; read in time for its name, not for its counters (reaped meanwhile)
+    gone = replace(fake(70, "b", start=700, stack=0x8000), error=ProcessLookupError())
+    events = applier.apply([KStart(clock.t, 70, gone)])
+    assert [(e["group"], e["previous"]["group"]) for e in events] == [("b", "a")]
+    final = fake(70, "b", start=700, cpu=(1.5, 0.0), state="Z")
+    applier.apply([KExit(clock.t, 70, 0, None, False, final)])
+    grouper.update([final])
+    groups = grouper.groups()
+    assert groups["a"].counts.cpu + groups["b"].counts.cpu == pytest.approx(1.5)
+    assert groups["a"].counts.cpu == pytest.approx(1.0)

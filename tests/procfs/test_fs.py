@@ -152,6 +152,8 @@ def test_zombie(fake_proc: Path) -> None:
     proc = FS(fake_proc).proc(1002)
     static = proc.static()
     assert (static.name, static.cmdline, static.parent_pid) == ("python3", (), 900)
+    # its argv left with its memory: the empty cmdline is not its own (flags: PF_EXITING)
+    assert static.cmdline_known is False
     metrics = proc.metrics()
     assert metrics.states == States(zombie=1)
     assert (metrics.resident_bytes, metrics.virtual_bytes, metrics.swapped_bytes) == (0, 0, 0)
@@ -164,6 +166,7 @@ def test_kernel_thread(fake_proc: Path) -> None:
     proc = FS(fake_proc).proc(14)
     static = proc.static()
     assert (static.name, static.cmdline, static.parent_pid) == ("ksoftirqd/0", (), 2)
+    assert static.cmdline_known is True  # a kernel thread has no argv (flags: PF_KTHREAD)
     assert static.start_time == BTIME + 24 / TICKS
     metrics = proc.metrics()
     assert (metrics.open_fds, metrics.swapped_bytes, metrics.partial_errors) == (0, 0, 0)

@@ -7,6 +7,7 @@ started after both, so both count their whole usage.
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 import shutil
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from procstream import __version__
+from procstream.events import group_fields
 from procstream.grouper import GroupCounts, GrouperUpdate
 from procstream.stream.hub import HubStats
 from procstream.serve.metrics import (
@@ -135,6 +137,18 @@ def test_names_types_and_labels_are_process_exporters() -> None:
     assert exp.value(ng + "oldest_start_time_seconds", groupname=name) == 1700000000
     assert exp.value("namedprocess_scrape_errors") == 0
     assert "namedprocess_scrape_errors_total" not in text
+
+
+@pytest.mark.parametrize("start", [1700000000.75, 1700000029.9996, 1700000029.0004, 1700000030.0])
+def test_oldest_start_time_is_the_same_instant_in_metrics_and_events(start: float) -> None:
+    collector = MetricsCollector()
+    collector.on_poll(GrouperUpdate(time=10.0), {"g": group(1, 0.0, start)}, 0.001)
+    exp = Exposition(render(make_registry(collector, process=False)).decode())
+    whole = exp.value("namedprocess_namegroup_oldest_start_time_seconds", groupname="g")
+    in_events = group_fields("g", group(1, 0.0, start))["oldest_start_time"]
+    # both truncate: to the second, to the millisecond; never rounded up past the start
+    assert whole == math.floor(in_events) <= in_events <= start
+    assert start - in_events < 0.001
 
 
 def test_poll_view_accumulates_errors_and_the_duration_histogram() -> None:

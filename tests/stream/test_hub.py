@@ -81,7 +81,7 @@ _pids = itertools.count(100)
 def start(group: str = "web", pid: int | None = None, st: float = 5.0) -> ProcStart:
     pid = next(_pids) if pid is None else pid
     return {"type": "proc.start", "ts": 10.0, "pid": pid, "ppid": 1, "start_time": st,
-            "name": group, "cmdline": [group, "-x"], "group": group, "user": "root", "uid": 0,
+            "name": group, "cmdline": [group, "-x"], "cmdline_known": True, "group": group, "user": "root", "uid": 0,
             "restart_of": None, "source": "poll"}
 
 

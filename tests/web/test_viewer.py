@@ -449,6 +449,30 @@ def test_store_resumes_dedupes_and_rebuilds_from_snapshots(viewer: Viewer, fake_
     assert sorted(ov["found"]) == ["start 3", "start 4"]
 
 
+def test_store_moves_a_process_that_runs_a_new_program_to_its_new_group(viewer: Viewer, fake_proc: Path) -> None:
+    """A second proc.start for a known process (it exec'd: ``previous``) replaces it, in
+    its new group's list and no longer in its old one's."""
+    with Served("--procfs", str(fake_proc), "--interval", "0.5") as srv:
+        viewer.open(srv.url + "/")
+        result = viewer.page.evaluate(
+            """async () => {
+            const { Store } = await import('/store.js');
+            const s = new Store();
+            const p = { pid: 7, start_time: 107, user: 'root', uid: 0, cmdline_known: true };
+            s.handleAll([
+              { type: 'hello', v: 1, host: 'h', epoch: 'E1', head_seq: 1, oldest_seq: 1, interval: 1, filter: null },
+              { type: 'snapshot', seq: 1, epoch: 'E1', groups: {}, procs: [] },
+              { type: 'proc.start', seq: 2, ts: 1, ...p, name: 'setsid', cmdline: ['setsid', 'sleep', '9'], group: 'setsid' },
+              { type: 'proc.start', seq: 3, ts: 1, ...p, name: 'sleep', cmdline: ['sleep', '9'], group: 'sleep',
+                previous: { name: 'setsid', group: 'setsid' } },
+            ]);
+            const members = (g) => [...(s.members.get(g) ?? new Map()).values()].map((q) => q.name);
+            return { procs: s.procs.size, setsid: members('setsid'), sleep: members('sleep') };
+        }"""
+        )
+    assert result == {"procs": 1, "setsid": [], "sleep": ["sleep"]}
+
+
 def test_format_helpers(viewer: Viewer, fake_proc: Path) -> None:
     with Served("--procfs", str(fake_proc), "--interval", "0.5") as srv:
         viewer.open(srv.url + "/")
