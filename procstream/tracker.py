@@ -12,7 +12,11 @@ Rules (process-exporter's, with its leak fixed):
   polls (never negative). A process that was already running at the first poll starts
   from zero; one that started after it counts everything it used since it started.
 - Tracked processes that are no longer seen are reported once as exited, then forgotten;
-  ignored ones are forgotten silently (the Go version kept them forever).
+  ignored ones are forgotten silently (the Go version kept them forever). "No longer
+  seen" means gone: its ``stat`` vanished (``ProcessLookupError``) or shows another start
+  time. A ``stat`` that can't be read or parsed is a counted read error and the process
+  it belongs to stays, with its last sample: reporting it as exited would be followed by
+  a second start of the same process at the next good read.
 - An ignored process that has exec'd since it was judged (``ExecMark``: a new stack, or
   a new comm where the stack is hidden) is judged anew, as a new process: a poll that
   caught it between its parent's fork and its exec saw only a copy of the parent. A
@@ -265,6 +269,8 @@ class Tracker:
                 pid_id = proc.proc_id()
             except READ_ERRORS as exc:
                 _count_failure(exc, errors)
+                if not isinstance(exc, ProcessLookupError):
+                    self._still_there(proc.pid, gen)
                 continue
             seen += 1
             if pid_id.start_time_rel > max_ticks:
@@ -310,6 +316,21 @@ class Tracker:
         self._gen = gen
         self._sweep(gen, report)
         return report
+
+    def _still_there(self, pid: int, gen: int) -> None:
+        """The process we know under ``pid`` is there, though its ``stat`` was unreadable."""
+        pid_id = self._by_pid.get(pid)
+        if pid_id is None:
+            return
+        tp = self.tracked.get(pid_id)
+        if tp is not None:
+            tp.seen = gen
+            if tp.accounted:
+                tp.latest = ZERO_COUNTS
+            return
+        skip = self._ignored.get(pid_id)
+        if skip is not None:
+            skip.seen = gen
 
     def _sweep(self, gen: int, report: TrackerUpdate) -> None:
         by_pid = self._by_pid

@@ -14,6 +14,7 @@ the parser modules only turn bytes into values. Rules (see also ``errors.py``):
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import time
@@ -23,6 +24,7 @@ from collections.abc import Iterator
 from ._read import read_file
 from .boot import parse_btime
 from .cgroup import parse_cgroup
+from .cmdline import READ_LIMIT as CMDLINE_READ_LIMIT
 from .cmdline import parse_cmdline
 from .errors import ProcfsError, ProcfsParseError
 from .fd import count_open_fds
@@ -93,6 +95,8 @@ class FS:
         Call once per poll. The directory is listed here, eagerly: a failure raises
         ``ProcfsError`` from this call, not from the first ``next()``. Processes are not
         read until asked; one that exits meanwhile raises ``ProcessLookupError`` then.
+        Entries that are not a pid as the kernel writes one (ASCII digits, no leading
+        zero) are skipped: ``str.isdigit()`` alone accepts ``'²'``, which ``int()`` refuses.
         """
         try:
             names = os.listdir(self.mount_point)
@@ -100,12 +104,16 @@ class FS:
             raise ProcfsError(
                 exc.errno, f"cannot list processes ({exc.strerror})", self.mount_point
             ) from exc
-        pids = sorted(int(name) for name in names if name.isdigit())
+        pids = sorted(int(name) for name in names if _is_pid(name))
         return (Proc(self, pid) for pid in pids)
 
     def proc(self, pid: int) -> Proc:
         """The process ``pid``; nothing is read (or checked) until a method asks."""
         return Proc(self, pid)
+
+
+def _is_pid(name: str) -> bool:
+    return name.isascii() and name.isdigit() and name[0] != "0" and len(name) < 11
 
 
 class Proc:
@@ -152,10 +160,10 @@ class Proc:
 
     # -- files -------------------------------------------------------------------
 
-    def _file(self, name: str, until_eof: bool = True) -> bytes:
+    def _file(self, name: str, until_eof: bool = True, limit: int | None = None) -> bytes:
         data = self._raw.get(name)
         if data is None:
-            data = self._raw[name] = read_file(self._dir + name, until_eof=until_eof)
+            data = self._raw[name] = read_file(self._dir + name, until_eof=until_eof, limit=limit)
         return data
 
     def _stat_fields(self) -> Stat:
@@ -195,18 +203,24 @@ class Proc:
     def static(self, *, cgroups: bool = False) -> ProcStatic:
         """Naming attributes (reads stat, cmdline, status); once per process lifetime.
 
-        ``cgroups=True`` also reads ``cgroup`` (``()`` if the kernel has none).
+        ``cgroups=True`` also reads ``cgroup`` (``()`` if the kernel has none). Of
+        ``cmdline`` only the first ``CMDLINE_READ_LIMIT`` bytes are read; longer, the
+        result says ``cmdline_truncated``.
         """
         if self._static is None:
             fs = self._fs
             st = self._stat_fields()
+            # one byte more than kept: tells a cut argv from one of exactly the limit
+            raw = self._file("cmdline", limit=CMDLINE_READ_LIMIT + 1)
+            cut = len(raw) > CMDLINE_READ_LIMIT
             self._static = ProcStatic(
                 st.comm,
                 # empty for kernel threads and zombies (the file exists but is empty)
-                parse_cmdline(self._file("cmdline")),
+                parse_cmdline(raw[:CMDLINE_READ_LIMIT] if cut else raw),
                 st.ppid,
                 fs.boot_time_precise + st.starttime / fs.clock_ticks,
                 self._status_fields().uid,
+                cmdline_truncated=cut,
             )
         if not cgroups:
             return self._static
@@ -216,10 +230,7 @@ class Proc:
             except ProcessLookupError as exc:
                 self._missing(exc)
                 paths = ()
-            base = self._static
-            self._static_cgroups = ProcStatic(
-                base.name, base.cmdline, base.parent_pid, base.start_time, base.uid, paths
-            )
+            self._static_cgroups = dataclasses.replace(self._static, cgroups=paths)
         return self._static_cgroups
 
     def metrics(self) -> ProcMetrics:

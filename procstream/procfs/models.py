@@ -66,6 +66,8 @@ class ProcStatic:
     start_time: float  # epoch seconds
     uid: int = -1  # effective uid, -1 when unknown
     cgroups: tuple[str, ...] = ()  # cgroup paths, read only when asked for
+    #: ``cmdline`` holds only the start of a longer argv (its reader reads a bounded prefix)
+    cmdline_truncated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
