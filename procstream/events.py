@@ -7,7 +7,9 @@ Rules:
   before the new one starts), ``proc.start``, ``group.update`` (only for groups whose
   fields changed), then one ``cycle``.
 - ``proc.*`` events carry the process's identity fields; its command line is redacted
-  once, when the process is first reported, and reused for its exit.
+  once, when the process is first reported, and reused for its exit. Then it is capped
+  (``schema.cap_cmdline``), like every other string from a process or a group name
+  (``schema.cut_text``): an event's size never depends on what a process wrote.
 - ``group.update`` rates are over the interval since the previous poll.
 - The first poll yields no ``proc.start`` for processes already running: it yields the
   baseline state (``EventBuilder.state()``) instead, like a list before a watch.
@@ -38,6 +40,8 @@ from .schema import (
     ProcFields,
     ProcStart,
     StateCounts,
+    cap_cmdline,
+    cut_text,
 )
 from .tracker import TrackedProc
 
@@ -80,7 +84,7 @@ def group_fields(
         cpu_pct = read_bps = write_bps = 0.0
     m = g.memory
     return {
-        "group": name,
+        "group": cut_text(name),
         "procs": g.procs,
         "threads": g.num_threads,
         "cpu_s": _r(c.cpu, 6),
@@ -132,14 +136,17 @@ class EventBuilder:
         fields = self._procs.get(tp.id)
         if fields is None:
             s = tp.static
+            # Redacted before it is cut, so a secret is hidden whole, not what is left of it.
+            cmdline, cut = cap_cmdline(self.redact(s.cmdline))
             fields = {
                 "pid": tp.id.pid,
                 "ppid": s.parent_pid,
                 "start_time": _r(s.start_time, 3),
-                "name": s.name,
-                "cmdline": list(self.redact(s.cmdline)),
-                "group": tp.group,
-                "user": self.username(s.uid),
+                "name": cut_text(s.name),
+                "cmdline": cmdline,
+                "cmdline_truncated": bool(cmdline) and (cut or s.cmdline_truncated),
+                "group": cut_text(tp.group),
+                "user": cut_text(self.username(s.uid)),
                 "uid": s.uid,
             }
             self._procs[tp.id] = fields

@@ -38,6 +38,7 @@ def test_first_poll_yields_state_not_start_events():
             "start_time": pytest.approx(BOOT + 1000 / HZ),
             "name": "web",
             "cmdline": ["web", "-x"],
+            "cmdline_truncated": False,
             "group": "web",
             "user": "u3",
             "uid": 3,

@@ -12,7 +12,7 @@ from procstream.schema import EVENT_ONLY_FIELDS, EVENTS, GROUP_FIELDS, PROC_FIEL
 
 # The fields as the client reference states them: written out here, once, so a change to
 # the vocabulary is a deliberate change to the contract.
-IDENTITY = {"pid", "ppid", "start_time", "name", "cmdline", "group", "user", "uid"}
+IDENTITY = {"pid", "ppid", "start_time", "name", "cmdline", "cmdline_truncated", "group", "user", "uid"}
 GROUP = {
     "group", "procs", "threads", "cpu_s", "cpu_user_s", "cpu_system_s", "cpu_pct",
     "read_bytes", "write_bytes", "read_bps", "write_bps", "mem_resident", "mem_virtual",
@@ -31,7 +31,7 @@ CONTRACT: dict[type, tuple[set[str], set[str]]] = {  # (required, optional)
     schema.Cycle: (
         {"type", "ts", "duration_ms", "procs_seen", "tracked", "started", "exited",
          "permission_errors", "read_errors", "partial_errors"},
-        NUMBERED | {"skipped", "source", "lost_events"},
+        NUMBERED | {"skipped", "interval_s", "source", "lost_events"},
     ),
 }  # fmt: skip
 
