@@ -94,6 +94,13 @@ class WebSocketTransport:
             return -1
         return 1
 
+    def buffered(self) -> int:
+        """Bytes in the connection's write buffer, not yet taken by the kernel."""
+        try:
+            return self._transport.get_write_buffer_size()
+        except Exception:  # closed under our feet: it holds nothing any more
+            return 0
+
     def wake(self) -> None:
         """Let :meth:`pump` pull frames from the hub."""
         self._event.set()

@@ -8,7 +8,9 @@ array; :func:`frame` wraps objects accordingly.
 
 Everything here is pure: the hub and the server call it; tests call it directly.
 Validation errors raise :class:`ProtocolError`, whose message is meant for the client:
-it says which field was wrong and what was expected.
+it says which field was wrong and what was expected; nothing a client sends raises
+anything else. Encoding never raises either (:func:`encode`): what one producer put in
+an event must not stop the stream for everyone.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ __all__ = [
     "error",
     "frame",
     "encode",
+    "plain",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -285,7 +288,8 @@ def parse_query(query: str | Mapping[str, str | Sequence[str]]) -> Subscription:
     since: int | None = None
     if "since" in scalars:
         raw = scalars["since"].strip()
-        if not raw.isdigit() or int(raw) > _MAX_SEQ:
+        # isascii(): str.isdigit() also accepts digits int() refuses, like '²'
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or int(raw) > _MAX_SEQ:
             raise ProtocolError("query parameter 'since' must be a non-negative integer")
         since = int(raw)
     epoch = scalars.get("epoch")
@@ -406,11 +410,28 @@ def hello(
 
 
 def snapshot(
-    *, seq: int, host: str, epoch: str, groups: dict[str, GroupFields], procs: list[ProcFields]
+    *,
+    seq: int,
+    host: str,
+    epoch: str,
+    groups: dict[str, GroupFields],
+    procs: list[ProcFields],
+    part: int | None = None,
+    parts: int | None = None,
 ) -> dict[str, Any]:
     """The state as of ``seq``: each group's fields by name, and every process's identity.
-    Sent after ``hello`` (unless ``snapshot=0``), and after a ``reset`` or ``overflow``."""
-    return {"type": "snapshot", "seq": seq, "host": host, "epoch": epoch, "groups": groups, "procs": procs}
+    Sent after ``hello`` (unless ``snapshot=0``), and after a ``reset`` or ``overflow``.
+
+    On a WebSocket it comes in ``parts`` objects (1 when it is small), numbered by
+    ``part`` from 1, each with some of the groups and processes, so that no frame grows
+    with the host; ``/api/snapshot`` sends it whole, without these two fields."""
+    obj: dict[str, Any] = {"type": "snapshot", "seq": seq, "host": host, "epoch": epoch}
+    if part is not None:
+        obj["part"] = part
+        obj["parts"] = parts
+    obj["groups"] = groups
+    obj["procs"] = procs
+    return obj
 
 
 def reset(reason: str, *, seq: int, epoch: str, since: int | None = None) -> dict[str, Any]:
@@ -447,10 +468,51 @@ def error(message: str, op: str | None = None) -> dict[str, Any]:
 
 
 def encode(obj: Any) -> bytes:
-    """One object as JSON bytes (orjson)."""
-    return orjson.dumps(obj)
+    """One object as JSON bytes; never raises.
+
+    orjson first. What it refuses is made plain and encoded again (:func:`plain`): a
+    value of another type becomes its ``str()``, an integer beyond 64 bits the nearest
+    bound, a key that is not a string its ``str()``. The result is an exact-size copy:
+    orjson hands back bytes with spare capacity, and buffers keep many of them.
+    """
+    try:
+        data = orjson.dumps(obj)
+    except TypeError:  # orjson.JSONEncodeError is one
+        data = orjson.dumps(plain(obj))
+    return memoryview(data).tobytes()
 
 
 def frame(*objs: Mapping[str, Any]) -> bytes:
     """One wire frame: a JSON array of the given objects, in order."""
-    return orjson.dumps(objs)
+    return encode(objs)
+
+
+_INT_MIN: Final = -(2**63)
+_UINT_MAX: Final = 2**64 - 1
+# Deeper than this is no event or control object: what lies below becomes a string.
+_PLAIN_DEPTH: Final = 32
+
+
+def plain(obj: Any, depth: int = 0) -> Any:
+    """``obj`` as values orjson always encodes: str (valid UTF-8), int within 64 bits,
+    float, bool, None, and lists and string-keyed dicts of those."""
+    if obj is None or isinstance(obj, (bool, float)):
+        return obj
+    if isinstance(obj, int):
+        return min(max(int(obj), _INT_MIN), _UINT_MAX)
+    if isinstance(obj, str):
+        return obj.encode("utf-8", "replace").decode("utf-8")
+    if depth < _PLAIN_DEPTH:
+        if isinstance(obj, Mapping):
+            return {plain(k if isinstance(k, str) else _text(k)): plain(v, depth + 1)
+                    for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [plain(v, depth + 1) for v in obj]
+    return plain(_text(obj))
+
+
+def _text(obj: Any) -> str:
+    try:
+        return str(obj)
+    except Exception:  # a __str__ that raises: the type still says something
+        return f"<{type(obj).__name__}>"

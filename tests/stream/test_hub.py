@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from procstream.schema import PROC_FIELDS, ProcStart
-from procstream.stream.hub import SLOW_CONSUMER_CODE, Hub, Subscriber
+from procstream.stream.hub import OUTBOX_BYTES, SLOW_CONSUMER_CODE, Hub, Subscriber
 from procstream.stream.protocol import Filter, Subscription, expand_types
 
 
@@ -31,6 +31,7 @@ class FakeTransport:
         self.woken = 0
         self.closed_with: tuple[int, str] | None = None
         self.gone = False
+        self.held = 0  # bytes its write buffer holds (for the output budget)
 
     def writable(self) -> bool:
         return self.ok and self.closed_with is None
@@ -45,6 +46,9 @@ class FakeTransport:
         if not self.writable():
             return 0
         return 1 if self.write(frame) else -1
+
+    def buffered(self) -> int:
+        return self.held
 
     def wake(self) -> None:
         self.woken += 1
@@ -81,7 +85,7 @@ _pids = itertools.count(100)
 def start(group: str = "web", pid: int | None = None, st: float = 5.0) -> ProcStart:
     pid = next(_pids) if pid is None else pid
     return {"type": "proc.start", "ts": 10.0, "pid": pid, "ppid": 1, "start_time": st,
-            "name": group, "cmdline": [group, "-x"], "group": group, "user": "root", "uid": 0,
+            "name": group, "cmdline": [group, "-x"], "cmdline_truncated": False, "group": group, "user": "root", "uid": 0,
             "source": "poll"}
 
 
@@ -234,8 +238,11 @@ def test_snapshot_then_live_events_in_frames_that_are_arrays() -> None:
     hub, _ = make_hub()
     hub.publish([start("web")])
     sub, transport = subscribe(hub)
+    assert transport.frames == [] and sub.lagging  # the pump sends the snapshot
+    transport.pump(sub)
     objs = transport.objects()
     assert [o["type"] for o in objs] == ["snapshot"] and objs[0]["seq"] == 1
+    assert (objs[0]["part"], objs[0]["parts"]) == (1, 1)
     batch = [cycle(), start("web")]
     hub.publish(batch)
     assert len(transport.frames) == 2  # one poll = one frame
@@ -330,6 +337,7 @@ def test_reset_for_foreign_epoch_future_and_expired(snapshot: bool) -> None:
     for make_kw, reason in cases:
         kw = make_kw()
         sub, transport = subscribe(hub, snapshot=snapshot, **kw)
+        transport.pump(sub)
         objs = transport.objects()
         assert objs[0] == {"type": "reset", "reason": reason, "seq": hub.head_seq,
                            "epoch": hub.epoch, "since": kw["since"]}
@@ -353,12 +361,14 @@ def test_load_state_again_is_a_resync() -> None:
     objs = transport.objects()
     assert objs[0]["type"] == "reset" and objs[0]["reason"] == "resync" and objs[0]["seq"] == 2
     assert len(objs) == 1  # snapshot=0: no state
-    _, transport2 = subscribe(hub)
+    sub2, transport2 = subscribe(hub)
     hub.load_state({"y": {"procs": 1}}, [])
+    transport2.pump(sub2)
     reset, snap = transport2.objects()[-2:]
     assert reset["reason"] == "resync" and snap["groups"] == {"y": {"procs": 1, "group": "y"}}
     # resume points from before the re-baseline can't be replayed
-    _, transport3 = subscribe(hub, since=1, epoch=hub.epoch)
+    sub3, transport3 = subscribe(hub, since=1, epoch=hub.epoch)
+    transport3.pump(sub3)
     assert transport3.objects()[0]["reason"] == "resync"
 
 
@@ -462,6 +472,10 @@ def test_control_frames_queue_behind_a_full_buffer() -> None:
     hub.publish([cycle()])
     transport.ok = True
     transport.pump(sub)
+    # the snapshot is built when it is sent: as of then, so it covers the cycle
+    assert [o["type"] for o in transport.objects()] == ["hello", "snapshot"]
+    assert transport.objects()[1]["seq"] == 1
+    hub.publish([cycle()])
     assert [o["type"] for o in transport.objects()] == ["hello", "snapshot", "cycle"]
 
 
@@ -480,6 +494,7 @@ def test_overflow_drops_backlog_then_overflow_and_snapshot() -> None:
     hub, clock = make_hub(queue_limit=10, overflow_grace=30.0)
     healthy_sub, healthy = subscribe(hub, snapshot=False)
     sub, transport = subscribe(hub, filter=types_filter("proc.*"), snapshot=True)
+    transport.pump(sub)
     transport.frames.clear()
     transport.ok = False
     started = []
@@ -561,12 +576,14 @@ def test_outbox_bound_closes_a_client_that_never_reads() -> None:
     hub, _ = make_hub()
     transport = FakeTransport(ok=False)
     sub = hub.attach(transport)
-    for _ in range(100):
-        hub.send(sub, {"type": "error", "error": "bad", "op": None})
-        if sub.closed:
-            break
+    error = {"type": "error", "error": "x" * 1000, "op": None}
+    fits = OUTBOX_BYTES // len(orjson.dumps([error]))
+    for _ in range(fits):
+        hub.send(sub, error)
+    assert not sub.closed and sub.outbox_bytes <= OUTBOX_BYTES
+    hub.send(sub, error)
     assert sub.closed and transport.closed_with == (SLOW_CONSUMER_CODE, "slow consumer")
-    assert len(sub.outbox) == 0
+    assert len(sub.outbox) == 0 and hub.stats.outbox_closes == 1
 
 
 def test_dead_transport_is_detached() -> None:
