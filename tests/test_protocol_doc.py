@@ -108,6 +108,6 @@ def test_event_tables_name_their_fields() -> None:
     assert start | exit_only | ENVELOPE_ADDED_BY_THE_BUILDER == set(events["proc.exit"]) | {"core_dumped"}
     group = table_fields(section("### `group.update`"))
     assert group | ENVELOPE_ADDED_BY_THE_BUILDER == set(events["group.update"])
-    # the poller adds skipped; the kernel source adds source and lost_events
+    # the poller adds skipped and interval_s; the kernel source adds source and lost_events
     cycle = table_fields(section("### `cycle`"))
-    assert cycle | ENVELOPE_ADDED_BY_THE_BUILDER == set(events["cycle"]) | {"skipped", "source", "lost_events"}
+    assert cycle | ENVELOPE_ADDED_BY_THE_BUILDER == set(events["cycle"]) | {"skipped", "interval_s", "source", "lost_events"}
