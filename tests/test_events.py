@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import dataclasses
+
 import orjson
 import pytest
 
 from procstream.events import EventBuilder, group_fields
 from procstream.grouper import Grouper
-from procstream.schema import GROUP_FIELDS, Cycle, GroupUpdate, ProcExit, ProcStart
+from procstream.redact import Redactor
+from procstream.schema import CMDLINE_MAX_BYTES, GROUP_FIELDS, STRING_MAX_BYTES, Cycle, GroupUpdate, ProcExit, ProcStart
 from tests.support.fake_procs import BOOT, HZ, ByName, Clock, fake
 
 
@@ -126,3 +129,39 @@ def test_group_fields_without_previous_sample_has_zero_rates():
     f = group_fields("a", s.grouper.groups()["a"])
     assert f["cpu_pct"] == 0.0 and f["read_bps"] == 0.0
     assert f["states"] == {"running": 0, "sleeping": 1, "waiting": 0, "zombie": 0, "other": 0}
+
+
+def test_hostile_strings_are_capped_and_a_cut_cmdline_says_so():
+    s = Setup("web", redact=Redactor())
+    s.poll([])
+    argv = ("web", "--password=hunter2", *["a" * 100_000] * 20)  # 2 MB
+    events = s.poll([fake(10, "web", cmdline=argv, uid=3)])
+    (start,) = [e for e in events if e["type"] == "proc.start"]
+    assert start["cmdline_truncated"] is True
+    assert start["cmdline"][:2] == ["web", "--password=***"]  # redacted before it was cut
+    assert sum(len(a.encode()) for a in start["cmdline"]) <= CMDLINE_MAX_BYTES
+    assert len(orjson.dumps(start)) < 2 * CMDLINE_MAX_BYTES
+
+
+def test_an_argv_cut_at_reading_is_marked_too():
+    s = Setup("web")
+    s.poll([])
+    proc = fake(10, "web", cmdline=("web", "x" * 100))
+    static = dataclasses.replace(proc.info.static, cmdline_truncated=True)
+    proc = dataclasses.replace(proc, info=dataclasses.replace(proc.info, static=static))
+    (start,) = [e for e in s.poll([proc]) if e["type"] == "proc.start"]
+    assert start["cmdline_truncated"] is True and start["cmdline"] == ["web", "x" * 100]
+    (plain,) = [e for e in s.poll([proc, fake(11, "web")]) if e["type"] == "proc.start"]
+    assert plain["cmdline_truncated"] is False
+
+
+def test_names_users_and_groups_are_capped():
+    grouper_names = {"n" * 5000}
+    s = Setup(*grouper_names)
+    s.builder.username = lambda uid: "u" * 5000
+    s.poll([])
+    events = s.poll([fake(10, "n" * 5000)])
+    (start,) = [e for e in events if e["type"] == "proc.start"]
+    (update,) = [e for e in events if e["type"] == "group.update"]
+    for value in (start["name"], start["user"], start["group"], update["group"]):
+        assert len(value.encode()) == STRING_MAX_BYTES

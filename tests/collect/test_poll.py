@@ -131,6 +131,44 @@ async def test_an_overrunning_poll_skips_ticks_and_says_so(make):
     assert poller.status.polls == len(sink.batches) + 1  # no pile-up
 
 
+async def test_polls_slower_than_three_intervals_are_healthy_and_say_their_interval(make):
+    """A host whose polls take longer than 3 intervals is slow, not stuck: /healthz stays
+    200 (a liveness probe would otherwise restart it forever), and says why."""
+    poller, scan, sink = make(interval=0.02)
+    scan.delay = 0.15  # more than 3 intervals (0.06 s)
+    task = asyncio.create_task(poller.run())
+    try:
+        await async_wait_for("condition", lambda: poller.status.polls >= 1, 10)
+        seen: list[bool] = []
+        while len(sink.batches) < 4:
+            seen.append(poller.health()[0])
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert all(seen) and len(seen) > 20
+    ok, details = poller.health()
+    assert ok and details["stale_after_s"] >= 0.45 and details["interval_s"] == 0.02
+    assert details["effective_interval_s"] >= 0.15
+    cycles = [e for b in sink.batches for e in b if e["type"] == "cycle"]
+    assert all(c["interval_s"] >= 0.15 for c in cycles[1:])
+
+
+async def test_a_poll_that_hangs_turns_health_bad(make):
+    poller, scan, sink = make(interval=0.02)
+    scan.delay = 0.05
+    task = asyncio.create_task(poller.run())
+    try:
+        await async_wait_for("condition", lambda: len(sink.batches) >= 3, 10)
+        assert poller.health()[0] is True
+        scan.delay = 1.5  # hangs: far past 3 times the recent polls
+        await async_wait_for("condition", lambda: poller.health()[0] is False, 1.4)
+        assert poller.health()[1]["status"] == "stale"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_failing_polls_are_retried_and_health_follows(make):
     poller, scan, sink = make(interval=0.05)
     task = asyncio.create_task(poller.run())

@@ -84,6 +84,13 @@ def test_all_procs_lists_numeric_entries_in_pid_order(fake_proc: Path) -> None:
     assert [p.pid for p in procs] == [14, 1000, 1001, 1002, 1003, 1004, 1006, 1010]
 
 
+def test_all_procs_skips_names_that_are_not_pids_as_the_kernel_writes_them(fake_proc: Path) -> None:
+    # str.isdigit() accepts all of these; int() refuses the first three
+    for name in ("\u00b2", "\u0663", "1\u2082", "0", "007", "99999999999"):
+        shutil.copytree(fake_proc / "1000", fake_proc / name, symlinks=True)
+    assert [p.pid for p in FS(fake_proc).all_procs()] == [14, 1000, 1001, 1002, 1003, 1004, 1006, 1010]
+
+
 def test_all_procs_listing_failure_raises_at_call(fake_proc: Path) -> None:
     fs = FS(fake_proc)
     shutil.rmtree(fake_proc)
@@ -177,6 +184,31 @@ def test_garbage_stat(fake_proc: Path) -> None:
         proc.proc_id()
     with pytest.raises(ProcfsParseError):
         proc.metrics()
+
+
+def test_a_stat_field_beyond_64_bits_is_garbage(fake_proc: Path) -> None:
+    stat = fake_proc / "1000" / "stat"
+    stat.write_bytes(stat.read_bytes().replace(b" 2990080 ", b" 1180591620717411303424 "))
+    with pytest.raises(ProcfsParseError):
+        FS(fake_proc).proc(1000).proc_id()
+
+
+def test_a_long_cmdline_is_read_up_to_the_limit_and_says_so(fake_proc: Path) -> None:
+    from procstream.procfs.cmdline import READ_LIMIT
+
+    argv = [b"/usr/bin/hostile"] + [b"a" * 100_000] * 30  # 3 MB, as a local user may
+    (fake_proc / "1000" / "cmdline").write_bytes(b"\0".join(argv) + b"\0")
+    static = FS(fake_proc).proc(1000).static()
+    assert static.cmdline_truncated is True
+    assert static.cmdline[0] == "/usr/bin/hostile"
+    assert sum(len(a) + 1 for a in static.cmdline) - 1 == READ_LIMIT
+    # exactly at the limit is whole
+    exact = b"b" * (READ_LIMIT - 1) + b"\0"
+    (fake_proc / "1006" / "cmdline").write_bytes(exact)
+    static = FS(fake_proc).proc(1006).static()
+    assert static.cmdline == ("b" * (READ_LIMIT - 1),) and static.cmdline_truncated is False
+    with_cgroups = FS(fake_proc).proc(1000).static(cgroups=True)
+    assert with_cgroups.cmdline_truncated is True and with_cgroups.cgroups
 
 
 def test_stat_without_status_is_a_vanished_process(fake_proc: Path) -> None:
