@@ -178,19 +178,30 @@ def _malloc_trim() -> Callable[[], None]:
 class MemoryGuard:
     """Call :meth:`check` every second or so: it gives memory back when the process
     nears ``budget`` (``shed``, then the heap's free pages), and returns freed heap pages
-    to the system now and then anyway, so what clients held shows as freed."""
+    to the system once ``held()`` (what the budget's parts hold) fell by
+    :attr:`FREED` bytes, and now and then anyway, so that what clients held shows as
+    freed."""
 
     #: fraction of the budget where shedding starts
     HIGH: Final = 0.9
-    #: checks between two returns of free heap pages when not shedding
+    #: checks between two returns of free heap pages otherwise
     TRIM_EVERY: Final = 10
+    FREED: Final = 8 * MIB
 
-    def __init__(self, budget: int, shed: Callable[[], None], rss: Callable[[], int] = resident_bytes) -> None:
+    def __init__(
+        self,
+        budget: int,
+        shed: Callable[[], None],
+        rss: Callable[[], int] = resident_bytes,
+        held: Callable[[], int] = lambda: 0,
+    ) -> None:
         self.budget = budget
         self._shed = shed
         self._rss = rss
+        self._held = held
         self._trim = _malloc_trim()
         self._checks = 0
+        self._peak = 0
         self.sheds = 0
         self.last_rss = 0
         self._shedding = False
@@ -210,5 +221,8 @@ class MemoryGuard:
             self.last_rss = self._rss()
             return
         self._shedding = False
-        if self._checks % self.TRIM_EVERY == 0:
+        held = self._held()
+        self._peak = max(self._peak, held)
+        if self._peak - held >= self.FREED or self._checks % self.TRIM_EVERY == 0:
             self._trim()
+            self._peak = held

@@ -163,7 +163,7 @@ class Service:
         )
         self.core.watch(self.metrics.on_poll)
         self.server.add_route("/metrics", metrics_route(make_registry(self.metrics)))
-        self.memory = MemoryGuard(self.budget.total, self.hub.shed)
+        self.memory = MemoryGuard(self.budget.total, self.hub.shed, held=self._memory_held)
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -243,6 +243,11 @@ class Service:
             await self._shutdown(poll_task)
             for sig in handlers:
                 loop.remove_signal_handler(sig)
+
+    def _memory_held(self) -> int:
+        hs = self.hub.stats
+        queued = self.eventlog.stats.queued_bytes if self.eventlog is not None else 0
+        return hs.buffer_bytes + hs.output_bytes + hs.cache_bytes + queued
 
     async def _watch_memory(self) -> None:
         while True:
