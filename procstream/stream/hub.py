@@ -28,9 +28,11 @@ How delivery works (the design choice that keeps memory bounded):
   same one. A new subscription replaces whatever the previous one had not sent yet, so
   a client that sends ``subscribe`` without reading costs one pending snapshot, not one
   per frame.
-* A subscriber whose pump has made no progress for ``drain_grace`` seconds while it had
+* A subscriber whose output has not moved for ``drain_grace`` seconds while it had
   something to send is closed with 1013 — also on a quiet host, where no backlog ever
-  grows. The window is bounded too: more than ``queue_limit`` events behind (or behind
+  grows. "Moved" is the pump taking a frame, or the peer acknowledging bytes: a client
+  that stopped reading may have everything sent to it in the kernel's send buffer
+  (megabytes on loopback), owing us nothing in our own. The window is bounded too: more than ``queue_limit`` events behind (or behind
   the oldest buffered event) means **overflow**: the backlog is dropped (the cursor
   jumps) and, when the transport accepts data again, the subscriber gets ``overflow`` +
   a fresh snapshot. Still not caught up ``overflow_grace`` seconds after the first
@@ -134,6 +136,13 @@ class Transport(Protocol):
     def buffered(self) -> int:
         """Bytes written but not yet sent (the connection's write buffer)."""
 
+    def unacked(self) -> int:
+        """Bytes handed to the kernel that the peer has not acknowledged yet (0 when
+        unknown)."""
+
+    def acked(self) -> int:
+        """Bytes the peer has acknowledged so far (0 when unknown): grows while it reads."""
+
     def wake(self) -> None:
         """Frames are waiting: start (or keep) calling :meth:`Subscriber.next_frame` and
         writing what it returns, waiting for the transport to drain between frames."""
@@ -210,6 +219,7 @@ class Subscriber:
         "parts",
         "last_write",
         "progress_at",
+        "acked",
         "__weakref__",
     )
 
@@ -236,7 +246,8 @@ class Subscriber:
         self.ov_since: float | None = None  # first overflow of the current streak
         self.parts: collections.deque[bytes] | None = None  # snapshot frames still to send
         self.last_write = now
-        self.progress_at = now  # when the pump last took a frame (or lagging began)
+        self.progress_at = now  # when its output last moved (or began to be owed)
+        self.acked = 0  # what its peer had acknowledged at the last tick
 
     def next_frame(self) -> bytes | None:
         """The next frame to send, or None once caught up (the fast path takes over).
@@ -771,13 +782,11 @@ class Hub:
         """
         now = self._clock()
         self._trim(now)
-        grace, drain = self.overflow_grace, self.drain_grace
+        grace = self.overflow_grace
         for sub in list(self._lagging):
             if sub.ov_since is not None and now - sub.ov_since >= grace:
                 self._close_slow(sub)
-            elif drain > 0 and now - sub.progress_at >= drain:
-                self.stats.stalled_closes += 1
-                self._close_slow(sub)
+        self._close_stalled(now)
         self._bound_output()
         stats = self.stats
         stats.buffer_events = len(self._ring)
@@ -806,6 +815,24 @@ class Hub:
                     dead.append(sub)
         for sub in dead:
             self._drop_dead(sub)
+
+    def _close_stalled(self, now: float) -> None:
+        """Close the subscribers whose output has not moved for ``drain_grace``."""
+        drain = self.drain_grace
+        if drain <= 0:
+            return
+        for sub in list(self._subs):
+            transport = sub.transport
+            if not (sub.lagging or transport.buffered() or transport.unacked()):
+                sub.progress_at = now  # owes nothing: not stalled
+                continue
+            acked = transport.acked()
+            if acked != sub.acked:
+                sub.acked = acked
+                sub.progress_at = now
+            elif now - sub.progress_at >= drain:
+                self.stats.stalled_closes += 1
+                self._close_slow(sub)
 
     def shed(self) -> None:
         """Give memory back now (the process is near its budget): drop the caches, halve

@@ -32,6 +32,8 @@ class FakeTransport:
         self.closed_with: tuple[int, str] | None = None
         self.gone = False
         self.held = 0  # bytes its write buffer holds (for the output budget)
+        self.in_kernel = 0  # bytes the kernel holds for the peer, unacknowledged
+        self.peer_acked = 0  # bytes the peer acknowledged
 
     def writable(self) -> bool:
         return self.ok and self.closed_with is None
@@ -49,6 +51,12 @@ class FakeTransport:
 
     def buffered(self) -> int:
         return self.held
+
+    def unacked(self) -> int:
+        return self.in_kernel
+
+    def acked(self) -> int:
+        return self.peer_acked
 
     def wake(self) -> None:
         self.woken += 1

@@ -202,6 +202,30 @@ def test_a_client_that_does_not_drain_is_closed_after_the_grace_period_on_a_quie
     assert hub.stats.stalled_closes == 1 and hub.stats.subscribers == 0
 
 
+def test_a_client_whose_output_sits_unread_in_the_kernel_is_closed_too() -> None:
+    """Loopback send buffers hold megabytes: a client that stopped reading may owe nothing
+    to our own buffers. What its peer acknowledges tells."""
+    hub, clock = make_hub(drain_grace=5.0)
+    hub.publish([start("web")])
+    sub, transport = subscribe(hub)
+    transport.pump(sub)  # the snapshot went out: into the kernel's buffer
+    reader_sub, reader = subscribe(hub)
+    reader.pump(reader_sub)
+    transport.in_kernel = reader.in_kernel = 300_000
+    for _ in range(6):
+        clock.t += 1.0
+        reader.peer_acked += 50_000  # this one reads: its peer acknowledges bytes
+        hub.tick()
+    assert transport.closed_with == (SLOW_CONSUMER_CODE, "slow consumer")
+    assert reader.closed_with is None and hub.stats.stalled_closes == 1
+    # owing nothing, a client that reads nothing is left alone (a quiet host)
+    idle_sub, idle = subscribe(hub, snapshot=False)
+    clock.t += 60
+    reader.in_kernel = 0
+    hub.tick()
+    assert idle.closed_with is None and reader.closed_with is None
+
+
 def test_a_client_that_drains_slowly_but_steadily_is_not_closed() -> None:
     hub, clock = make_hub(drain_grace=5.0)
     hub.publish([big_start("web", 20 * KIB) for _ in range(100)])
