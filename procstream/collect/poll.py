@@ -7,7 +7,9 @@ Rules:
   it really was since the previous poll began (``interval_s``).
 - A poll is one :meth:`Core.poll <procstream.collect.core.Core.poll>`: the scan and
   everything after it run on the core's thread, never on the event loop.
-- A failing poll (e.g. the /proc mount vanished) is logged and retried at the next tick.
+- A failing poll (e.g. the /proc mount vanished) is counted and retried at the next tick;
+  it is logged when a streak of failures starts or its error changes, and the recovery
+  once, not at every tick.
 - ``health()`` means "alive and keeping up": bad once no poll has finished well within
   ``max(3 × interval, 3 × the recent poll duration)`` (the slowest of the last few
   polls). A host whose polls take longer than the interval is slow, not stuck; a poll
@@ -70,6 +72,7 @@ class Poller:
         self._skipped_since_last = 0
         self._wake = asyncio.Event()
         self._last_start: float | None = None
+        self._streak = 0  # failed polls in a row
 
     async def poll_now(self) -> bool:
         """Run one poll and deliver its result; False (and logged) when it failed."""
@@ -80,10 +83,17 @@ class Poller:
         try:
             polled = await self._core.poll(skipped=self._skipped_since_last, interval_s=since)
         except Exception as exc:  # a failed poll must never stop the service
+            error = f"{type(exc).__name__}: {exc}"
+            if error != self.status.last_error:
+                log.warning("poll failed (retrying every tick; logged again only if the "
+                            "error changes): %s", error)
             self.status.failures += 1
-            self.status.last_error = f"{type(exc).__name__}: {exc}"
-            log.warning("poll failed (will retry): %s", self.status.last_error)
+            self.status.last_error = error
+            self._streak += 1
             return False
+        if self._streak:
+            log.warning("polling works again after %d failed polls", self._streak)
+            self._streak = 0
         st = self.status
         st.polls += 1
         st.last_good = time.time()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -169,6 +170,23 @@ async def test_a_poll_that_hangs_turns_health_bad(make):
         await asyncio.gather(task, return_exceptions=True)
 
 
+async def test_a_streak_of_failed_polls_is_logged_once_and_counted_each_time(make, caplog):
+    poller, scan, sink = make(interval=0.02)
+    task = asyncio.create_task(poller.run())
+    try:
+        await async_wait_for("condition", lambda: poller.status.polls >= 1)
+        scan.fail = True
+        await async_wait_for("condition", lambda: poller.status.failures >= 10)
+        scan.fail = False
+        await async_wait_for("condition", lambda: poller.status.last_error is None)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    lines = [r.getMessage() for r in caplog.records if r.name == "procstream.collect.poll"]
+    assert len([m for m in lines if "poll failed" in m]) == 1
+    assert len([m for m in lines if "works again after" in m]) == 1
+
+
 async def test_failing_polls_are_retried_and_health_follows(make):
     poller, scan, sink = make(interval=0.05)
     task = asyncio.create_task(poller.run())
@@ -218,3 +236,14 @@ async def test_run_after_a_first_poll_waits_one_interval(make):
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def test_the_healthz_fields_are_the_ones_deploy_md_documents(make):
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "deploy.md").read_text()
+    section = doc[doc.index("## Health: `/healthz`"):doc.index("## Limits")]
+    rows = [line.split(" | ")[0] for line in section.splitlines() if line.startswith("| `")]
+    documented = {name for row in rows for name in re.findall(r"`([^`]+)`", row)}
+    poller, _, _ = make()
+    assert documented == set(poller.health()[1])
