@@ -39,12 +39,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import os
 import resource
 import shutil
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -61,34 +59,14 @@ from _common import ROOT, free_port, percentile, wait_http
 import orjson  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 
+from tests.support.fake_proc_tree import remove_proc, write_proc  # noqa: E402
+from tests.support.raw_ws import masked, stalled_client  # noqa: E402
+
 MIB = 1024 * 1024
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 # -- the fake /proc ---------------------------------------------------------------------------
-
-
-def write_proc(root: Path, pid: int, comm: str, cmdline: bytes, start: int) -> None:
-    """A process directory with the files a poll reads, renamed into place."""
-    tmp = root.parent / f".new-{pid}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    (tmp / "fd").mkdir(parents=True)
-    (tmp / "stat").write_bytes(
-        f"{pid} ({comm}) S 1 {pid} {pid} 0 -1 4194304 10 0 0 0 1 0 0 0 20 0 1 0 {start} 2990080 423\n".encode())
-    (tmp / "status").write_bytes(f"Name:\t{comm}\nUid:\t0\t0\t0\t0\nVmSwap:\t0 kB\n".encode())
-    (tmp / "cmdline").write_bytes(cmdline)
-    (tmp / "io").write_bytes(b"rchar: 0\nread_bytes: 0\nwrite_bytes: 0\n")
-    dst = root / str(pid)
-    if dst.exists():
-        remove_proc(root, pid)
-    tmp.rename(dst)
-
-
-def remove_proc(root: Path, pid: int) -> None:
-    gone = root.parent / f".gone-{pid}"
-    (root / str(pid)).rename(gone)
-    shutil.rmtree(gone)
 
 
 def make_tree(base: Path, procs: int) -> Path:
@@ -97,7 +75,8 @@ def make_tree(base: Path, procs: int) -> Path:
     (root / "stat").write_bytes(b"cpu 0 0 0 0\nbtime 1795677232\n")
     for i in range(procs):
         pid = 1000 + i
-        write_proc(root, pid, f"app{i % 40}", f"/usr/bin/app{i % 40}\0--worker\0{i}\0--config\0/etc/app.yaml\0".encode(), 10_000 + i)
+        write_proc(root, pid, comm=f"app{i % 40}", start=10_000 + i,
+                   cmdline=f"/usr/bin/app{i % 40}\0--worker\0{i}\0--config\0/etc/app.yaml\0".encode())
     return root
 
 
@@ -205,40 +184,6 @@ class GoodClient:
             await asyncio.gather(self._task, return_exceptions=True)
 
 
-def handshake(query: str = "") -> bytes:
-    key = base64.b64encode(os.urandom(16)).decode()
-    return (f"GET /ws{'?' + query if query else ''} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
-
-
-def masked(payload: bytes) -> bytes:
-    mask = os.urandom(4)
-    return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
-def response_line(sock: socket.socket) -> bytes:
-    head = b""
-    while not head.endswith(b"\r\n\r\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            return head.split(b"\r\n", 1)[0] or b"(closed)"
-        head += chunk
-    return head.split(b"\r\n", 1)[0]
-
-
-def stalled(port: int, query: str = "") -> socket.socket:
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.settimeout(10)
-    s.connect(("127.0.0.1", port))
-    s.sendall(handshake(query))
-    line = response_line(s)
-    if not line.startswith(b"HTTP/1.1 101"):
-        s.close()
-        raise ConnectionRefusedError(line.decode(errors="replace"))
-    return s
-
-
 # -- one scenario -----------------------------------------------------------------------------
 
 
@@ -315,7 +260,7 @@ def _size(text: str) -> int:
 
 async def attack_spam(server: Server, tree: Path, seconds: float) -> list[str]:
     t0 = time.monotonic()
-    attackers = [stalled(server.port) for _ in range(40)]
+    attackers = [stalled_client(server.port) for _ in range(40)]
     frame = masked(b'{"op":"subscribe"}')
     for s in attackers:
         s.sendall(frame * 63)
@@ -339,7 +284,7 @@ async def attack_argv(server: Server, tree: Path, seconds: float) -> list[str]:
     living: list[tuple[float, int]] = []
     t0 = time.monotonic()
     while time.monotonic() - t0 < seconds:
-        write_proc(tree, pid, "hostile", argv, 900_000 + pid)
+        write_proc(tree, pid, comm="hostile", cmdline=argv, start=900_000 + pid)
         living.append((time.monotonic(), pid))
         pid += 1
         while living and time.monotonic() - living[0][0] > 1.0:
@@ -384,7 +329,7 @@ async def attack_filters(server: Server, tree: Path, seconds: float) -> list[str
     while time.monotonic() - t0 < seconds:
         batch = list(range(pid, pid + 50))
         for i, p in enumerate(batch):
-            write_proc(tree, p, f"g{i}", b"/bin/worker\0" + b"w" * 8000 + b"\0", 800_000 + p)
+            write_proc(tree, p, comm=f"g{i}", cmdline=b"/bin/worker\0" + b"w" * 8000 + b"\0", start=800_000 + p)
         await asyncio.sleep(0.2)
         for p in batch:
             remove_proc(tree, p)
@@ -407,7 +352,7 @@ async def attack_nofile(server: Server, tree: Path, seconds: float) -> list[str]
     clients, refused = [], {}
     for _ in range(accepted + 20):
         try:
-            clients.append(stalled(server.port, "snapshot=0"))
+            clients.append(stalled_client(server.port, "snapshot=0"))
         except (ConnectionRefusedError, OSError) as exc:
             refused[str(exc)] = refused.get(str(exc), 0) + 1
     fds = server.fds()

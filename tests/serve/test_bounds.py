@@ -11,16 +11,14 @@ resident size, sampled all along), never with a figure tuned to pass.
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import re
 import resource
 import socket
-import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from websockets.asyncio.client import connect
 
 from tests.support.fake_proc_tree import remove_proc, write_proc
 from tests.support.processes import running
+from tests.support.raw_ws import handshake, masked, response_line, stalled_client
 from tests.support.served import Client, Served, http_get
 from tests.support.waiting import async_wait_for, wait_for
 
@@ -88,43 +87,6 @@ def metrics(srv: Served) -> dict[str, float]:
             if name.endswith("_total"):
                 out[name[: -len("_total")]] = float(value)
     return out
-
-
-def handshake(query: str = "") -> bytes:
-    key = base64.b64encode(os.urandom(16)).decode()
-    return (f"GET /ws{'?' + query if query else ''} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
-
-
-def masked(payload: bytes) -> bytes:
-    """A client text frame (clients mask)."""
-    mask = os.urandom(4)
-    n = len(payload)
-    head = bytes([0x81, 0x80 | n]) if n < 126 else bytes([0x81, 0x80 | 126]) + struct.pack("!H", n)
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
-def status_line(sock: socket.socket) -> bytes:
-    """Read the response head byte by byte (what follows it stays unread)."""
-    head = b""
-    while not head.endswith(b"\r\n\r\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        head += chunk
-    return head.split(b"\r\n", 1)[0]
-
-
-def stalled_client(port: int, query: str = "") -> socket.socket:
-    """A WebSocket client with a 4 KiB receive buffer that reads nothing after the
-    handshake: the server's writes to it back up for real."""
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.settimeout(10)
-    s.connect(("127.0.0.1", port))
-    s.sendall(handshake(query))
-    assert status_line(s).startswith(b"HTTP/1.1 101"), "handshake refused"
-    return s
 
 
 def procs_with_cmdlines(tree: Path, first_pid: int, count: int, size: int, groups: int = 1) -> None:
@@ -322,7 +284,7 @@ async def test_a_low_descriptor_limit_lowers_the_clients_and_half_open_sockets_n
                     s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
                     try:
                         s.sendall(handshake())
-                        assert status_line(s) == b"HTTP/1.1 503 Service Unavailable"
+                        assert response_line(s) == b"HTTP/1.1 503 Service Unavailable"
                     finally:
                         s.close()
                 status, body, _ = http_get(srv.url + "/healthz", timeout=5)
@@ -352,7 +314,7 @@ async def test_unicode_digits_anywhere_are_refused_without_a_traceback(fake_proc
             for path in (b"/", b"/ws", b"/api/snapshot", b"/metrics"):
                 with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
                     s.sendall(b"GET " + path + b" HTTP/1.1\r\n" + header + b"\r\n\r\n")
-                    assert status_line(s).startswith(b"HTTP/1.1 403"), (header, path)
+                    assert response_line(s).startswith(b"HTTP/1.1 403"), (header, path)
         c = await Client.connect(srv.ws + "?since=%C2%B2&epoch=x")
         try:
             await c.wait("hello and error", lambda: c.of("error"))
