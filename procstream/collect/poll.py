@@ -73,6 +73,7 @@ class Poller:
         self._wake = asyncio.Event()
         self._last_start: float | None = None
         self._streak = 0  # failed polls in a row
+        self._overrunning = False  # logged once per streak of overrunning polls
 
     async def poll_now(self) -> bool:
         """Run one poll and deliver its result; False (and logged) when it failed."""
@@ -132,8 +133,14 @@ class Poller:
                 missed = int((now - next_tick) // self.interval) + 1
                 self._skipped_since_last += missed
                 self.status.skipped += missed
-                log.info("poll overran its interval; skipping %d tick(s)", missed)
+                if not self._overrunning:
+                    self._overrunning = True
+                    log.info("polls take longer than the interval (%.3gs): skipping ticks while "
+                             "they do (cycle events and /healthz say how many)", self.interval)
                 next_tick += missed * self.interval
+            elif self._overrunning:
+                self._overrunning = False
+                log.info("polls fit in the interval again")
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """(ok, details): ok while the last good poll is younger than

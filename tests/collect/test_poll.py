@@ -117,7 +117,8 @@ async def test_the_loop_never_blocks_during_a_slow_poll(make):
     assert max(gaps) < 0.15
 
 
-async def test_an_overrunning_poll_skips_ticks_and_says_so(make):
+async def test_an_overrunning_poll_skips_ticks_and_says_so(make, caplog):
+    caplog.set_level("INFO", logger="procstream.collect.poll")
     poller, scan, sink = make(interval=0.05)
     scan.delay = 0.13
     task = asyncio.create_task(poller.run())
@@ -130,6 +131,8 @@ async def test_an_overrunning_poll_skips_ticks_and_says_so(make):
     assert all(c["skipped"] >= 2 for c in cycles)
     assert poller.status.skipped >= 4
     assert poller.status.polls == len(sink.batches) + 1  # no pile-up
+    # said once for the streak, not at every poll
+    assert len([r for r in caplog.records if "take longer than the interval" in r.getMessage()]) == 1
 
 
 async def test_polls_slower_than_three_intervals_are_healthy_and_say_their_interval(make):
