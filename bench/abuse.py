@@ -5,6 +5,7 @@ Run by hand (not a test)::
     python bench/abuse.py                        # every scenario, 15 s each
     python bench/abuse.py --seconds 30 --only spam,argv
     python bench/abuse.py --max-memory 128M --procs 3000
+    python bench/abuse.py --repeat 3             # each scenario 3 times, verdicts on medians
 
 One server per scenario, over a fake /proc tree of ``--procs`` processes (whose files the
 scenario changes to play a local user), with ``--max-memory`` and ``--slow-client-grace``
@@ -40,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import resource
 import shutil
 import socket
@@ -392,16 +394,21 @@ def report(results: list[Result]) -> None:
               f"{percentile(r.base_lat, 0.5) * 1000:.1f} ms | {p99b * 1000:.1f} ms | "
               f"{percentile(r.attack_lat, 0.5) * 1000:.1f} ms | {p99a * 1000:.1f} ms | {p99a / p99b:.2f} |")
     print()
-    for r in results:
-        after = r.after_rss - max(0, r.buffer_growth)
+    names = list(dict.fromkeys(r.name for r in results))
+    for name in names:
+        runs = [r for r in results if r.name == name]
+        peak = max(r.peak_rss for r in runs)
+        after = statistics.median((r.after_rss - max(0, r.buffer_growth)) / r.baseline_rss for r in runs)
+        p99 = statistics.median(percentile(r.attack_lat, 0.99) / percentile(r.base_lat, 0.99) for r in runs)
         verdict = [
-            "RSS within budget" if r.peak_rss <= r.budget else "RSS OVER BUDGET",
-            "back within 10 %" if after <= 1.1 * r.baseline_rss else "NOT back within 10 %",
-            "p99 within 2x" if percentile(r.attack_lat, 0.99) <= 2 * percentile(r.base_lat, 0.99) else "p99 OVER 2x",
+            f"peak RSS {peak / MIB:.1f} MiB " + ("within budget" if peak <= runs[0].budget else "OVER BUDGET"),
+            f"after/baseline {after:.2f} " + ("(back within 10 %)" if after <= 1.1 else "(NOT back within 10 %)"),
+            f"p99 ratio {p99:.2f} " + ("(within 2x)" if p99 <= 2 else "(OVER 2x)"),
         ]
-        print(f"{r.name}: {'; '.join(verdict)}")
-        for note in r.notes:
-            print(f"    {note}")
+        print(f"{name} ({len(runs)} run{'s' if len(runs) > 1 else ''}, medians): {'; '.join(verdict)}")
+        for r in runs:
+            for note in r.notes:
+                print(f"    {note}")
 
 
 async def main() -> None:
@@ -412,6 +419,7 @@ async def main() -> None:
     parser.add_argument("--max-memory", default="256M", help="the server's --max-memory (default 256M)")
     parser.add_argument("--grace", type=float, default=5.0, help="the server's --slow-client-grace (default 5)")
     parser.add_argument("--only", default=",".join(SCENARIOS), help="comma list of scenarios")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each scenario (default 1)")
     parser.add_argument("--good-client", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.good_client:
@@ -420,8 +428,9 @@ async def main() -> None:
     results = []
     for name in args.only.split(","):
         attack, kw = SCENARIOS[name]
-        print(f"running {name} ...", flush=True)
-        results.append(await scenario(name, args, attack, **kw))
+        for run in range(args.repeat):
+            print(f"running {name} ({run + 1}/{args.repeat}) ...", flush=True)
+            results.append(await scenario(name, args, attack, **kw))
     report(results)
 
 
