@@ -60,18 +60,7 @@ from typing import Any, Final, Protocol
 import orjson
 
 from .. import __version__
-from ..schema import (
-    EVENT_ONLY_FIELDS,
-    GROUP_UPDATE,
-    PROC_EXIT,
-    PROC_START,
-    STRING_MAX_BYTES,
-    Event,
-    GroupFields,
-    ProcFields,
-    cap_cmdline,
-    cut_text,
-)
+from ..schema import EVENT_ONLY_FIELDS, GROUP_UPDATE, PROC_EXIT, PROC_START, Event, GroupFields, ProcFields
 from ..stats import Stats
 from . import protocol as P
 from .protocol import NO_GROUP, Filter, Subscription
@@ -115,8 +104,6 @@ _RECENT_FRAMES: Final = 16
 # What one buffered event costs beyond its encoding: the bytes object's header and its
 # slots in the ring's parallel lists.
 _EVENT_OVERHEAD: Final = 112
-# Text an oversized event keeps in all when it is cut down (see _shrink).
-_SHRUNK_TEXT: Final = 16 * 1024
 
 
 class Transport(Protocol):
@@ -524,7 +511,7 @@ class Hub:
                 stats.encode_fallbacks += 1
                 data = P.encode(ev)
             if len(data) > MAX_EVENT_BYTES:
-                _shrink(ev)
+                P.shrink(ev, MAX_EVENT_BYTES)
                 stats.events_shrunk += 1
                 data = P.encode(ev)
             # The filters and counters key on them: hashable strings, whatever came.
@@ -902,33 +889,7 @@ class Hub:
         if snap is not None:
             return snap
         obj = self._snapshot_obj(filt)
-        enc = P.encode
-        items: list[tuple[bool, bytes]] = [
-            (True, enc(name) + b":" + enc(fields)) for name, fields in obj["groups"].items()
-        ]
-        items.extend((False, enc(p)) for p in obj["procs"])
-        # Greedy: a part takes items until the next would take it past the part size.
-        cuts = [0]
-        size = 0
-        for i, (_, item) in enumerate(items):
-            if size and size + len(item) > SNAPSHOT_PART_BYTES:
-                cuts.append(i)
-                size = 0
-            size += len(item) + 1
-        cuts.append(len(items))
-        n = len(cuts) - 1
-        head = b'{"type":"snapshot","seq":%d,"host":%s,"epoch":%s,' % (
-            self._head, enc(self.host), enc(self.epoch))
-        encoded: list[bytes] = []
-        for k in range(n):
-            chunk = items[cuts[k] : cuts[k + 1]]
-            encoded.append(
-                head + b'"part":%d,"parts":%d,"groups":{' % (k + 1, n)
-                + b",".join(item for is_group, item in chunk if is_group)
-                + b'},"procs":['
-                + b",".join(item for is_group, item in chunk if not is_group)
-                + b"]}"
-            )
+        encoded = P.snapshot_parts(obj, SNAPSHOT_PART_BYTES)
         rest = tuple(b"[" + part + b"]" for part in encoded[1:])
         snap = _Snapshot(self._head, encoded[0], rest, sum(map(len, encoded)))
         self._keep_snapshot(key, snap)
@@ -1221,47 +1182,3 @@ class Hub:
 def _strip(fields: Mapping[str, Any]) -> Any:
     """The state an event carries: its fields less those about the event itself."""
     return {k: v for k, v in fields.items() if k not in EVENT_ONLY_FIELDS}
-
-
-def _shrink(ev: dict[str, Any]) -> None:
-    """Cut an event whose encoding passed :data:`MAX_EVENT_BYTES` down, in place: the
-    ``cmdline`` to the event builder's caps, every string to ``STRING_MAX_BYTES``, and
-    all text together, nested lists and objects included, to :data:`_SHRUNK_TEXT`."""
-    budget = [_SHRUNK_TEXT]
-    cmdline = ev.get("cmdline")
-    if isinstance(cmdline, list):
-        capped, cut = cap_cmdline(a if isinstance(a, str) else P.plain(a) for a in cmdline)
-        if cut:
-            ev["cmdline"] = capped
-            ev["cmdline_truncated"] = True
-    for key in list(ev):
-        if key not in ("seq", "host"):
-            before = ev[key]
-            ev[key] = _small(before, budget, 0)
-            if key == "cmdline" and ev[key] != before:
-                ev["cmdline_truncated"] = True
-
-
-def _small(value: Any, budget: list[int], depth: int) -> Any:
-    value = P.plain(value) if depth == 0 else value
-    if isinstance(value, str):
-        text = cut_text(value, max(0, min(STRING_MAX_BYTES, budget[0])))
-        budget[0] -= len(text) + 8
-        return text
-    if isinstance(value, list):
-        out = []
-        for item in value:
-            if budget[0] <= 0 or depth >= 4:
-                break
-            budget[0] -= 8
-            out.append(_small(item, budget, depth + 1))
-        return out
-    if isinstance(value, dict):
-        small: dict[str, Any] = {}
-        for k, item in value.items():
-            if budget[0] <= 0 or depth >= 4:
-                break
-            budget[0] -= 8
-            small[cut_text(k, 256)] = _small(item, budget, depth + 1)
-        return small
-    return value

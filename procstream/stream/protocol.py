@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from ..schema import EVENT_TYPES, GroupFields, ProcFields
+from ..schema import EVENT_TYPES, STRING_MAX_BYTES, GroupFields, ProcFields, cap_cmdline, cut_text
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -47,6 +47,8 @@ __all__ = [
     "frame",
     "encode",
     "plain",
+    "snapshot_parts",
+    "shrink",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -516,3 +518,92 @@ def _text(obj: Any) -> str:
         return str(obj)
     except Exception:  # a __str__ that raises: the type still says something
         return f"<{type(obj).__name__}>"
+
+
+
+def snapshot_parts(obj: Mapping[str, Any], part_bytes: int) -> list[bytes]:
+    """A :func:`snapshot` object encoded as parts of about ``part_bytes`` each (one
+    when it is smaller), numbered by ``part`` from 1 of ``parts``: the groups, then the
+    processes, shared out in order; a part holds at least one of them."""
+    enc = encode
+    items: list[tuple[bool, bytes]] = [
+        (True, enc(name) + b":" + enc(fields)) for name, fields in obj["groups"].items()
+    ]
+    items.extend((False, enc(p)) for p in obj["procs"])
+    # Greedy: a part takes items until the next would take it past the part size.
+    cuts = [0]
+    size = 0
+    for i, (_, item) in enumerate(items):
+        if size and size + len(item) > part_bytes:
+            cuts.append(i)
+            size = 0
+        size += len(item) + 1
+    cuts.append(len(items))
+    n = len(cuts) - 1
+    head = b'{"type":"snapshot","seq":%d,"host":%s,"epoch":%s,' % (
+        obj["seq"], enc(obj["host"]), enc(obj["epoch"]))
+    parts: list[bytes] = []
+    for k in range(n):
+        chunk = items[cuts[k] : cuts[k + 1]]
+        parts.append(
+            head + b'"part":%d,"parts":%d,"groups":{' % (k + 1, n)
+            + b",".join(item for is_group, item in chunk if is_group)
+            + b'},"procs":['
+            + b",".join(item for is_group, item in chunk if not is_group)
+            + b"]}"
+        )
+    return parts
+
+
+# Text an oversized event keeps in all when it is cut down; with JSON's escapes (six
+# bytes for a control character at worst) and its structure it stays within the
+# event size the hub allows.
+_SHRUNK_TEXT: Final = 16 * 1024
+
+
+def shrink(event: dict[str, Any], max_bytes: int) -> None:
+    """Cut an event whose encoding passed ``max_bytes`` down, in place, for a producer
+    that did not bound its strings: the ``cmdline`` to the event builder's caps (then
+    ``cmdline_truncated``), every string to ``STRING_MAX_BYTES``, and all text
+    together, nested lists and objects included, to 16 KiB."""
+    budget = [_SHRUNK_TEXT]
+    cmdline = event.get("cmdline")
+    if isinstance(cmdline, list):
+        capped, cut = cap_cmdline(a if isinstance(a, str) else str(plain(a)) for a in cmdline)
+        if cut:
+            event["cmdline"] = capped
+            event["cmdline_truncated"] = True
+    for key in list(event):
+        if key not in ("seq", "host"):
+            before = event[key]
+            event[key] = _small(before, budget, 0)
+            if key == "cmdline" and event[key] != before:
+                event["cmdline_truncated"] = True
+    if len(encode(event)) > max_bytes:  # the structure alone: keep what names the event
+        for key in [k for k in event if k not in ("type", "ts", "seq", "host", "pid", "group")]:
+            del event[key]
+
+
+def _small(value: Any, budget: list[int], depth: int) -> Any:
+    value = plain(value) if depth == 0 else value
+    if isinstance(value, str):
+        text = cut_text(value, max(0, min(STRING_MAX_BYTES, budget[0])))
+        budget[0] -= len(text) + 8
+        return text
+    if isinstance(value, list):
+        out = []
+        for item in value:
+            if budget[0] <= 0 or depth >= 4:
+                break
+            budget[0] -= 8
+            out.append(_small(item, budget, depth + 1))
+        return out
+    if isinstance(value, dict):
+        small: dict[str, Any] = {}
+        for k, item in value.items():
+            if budget[0] <= 0 or depth >= 4:
+                break
+            budget[0] -= 8
+            small[cut_text(k, 256)] = _small(item, budget, depth + 1)
+        return small
+    return value
