@@ -44,10 +44,10 @@ from websockets.http11 import Request, Response
 
 from ..stats import Stats
 from ..stream import protocol as P
-from .connections import Sockets, connection_class
 from ..stream.fanout import Housekeeper, WebSocketTransport, close_bounded
 from ..stream.hub import SERVER_NAME, Hub
 from ..stream.protocol import AbuseGuard, Filter, ProtocolError, parse_frame, parse_query
+from .connections import Sockets, connection_class
 
 __all__ = [
     "ProcstreamServer",

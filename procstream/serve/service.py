@@ -250,12 +250,15 @@ class Service:
         return hs.buffer_bytes + hs.output_bytes + hs.cache_bytes + queued
 
     async def _watch_memory(self) -> None:
+        failed = False
         while True:
             await asyncio.sleep(1.0)
             try:
                 self.memory.check()
             except Exception:  # a bug here must not end the service
-                log.exception("memory check failed")
+                if not failed:
+                    failed = True
+                    log.exception("memory check failed (not logged again)")
 
     async def _start_kernel_source(self) -> None:
         """Kernel process events next to the poller, when permitted (``--source``)."""
