@@ -72,6 +72,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", default="127.0.0.1:8765", metavar="HOST:PORT", help="address to listen on (default: 127.0.0.1:8765)")
     serve.add_argument("--max-clients", type=int, default=1024, metavar="N", help="refuse WebSocket clients past N (default: 1024)")
     serve.add_argument("--buffer", type=int, default=100_000, metavar="N", help="events kept for resume (default: 100000)")
+    serve.add_argument(
+        "--max-memory",
+        default="256M",
+        metavar="SIZE",
+        help="memory the service may use whatever clients and local users do (256M, 1G, ...; "
+        "at least 64M); split into the resume buffer, clients' pending output, caches and the "
+        "event log queue, each part in /metrics (default: 256M)",
+    )
+    serve.add_argument(
+        "--slow-client-grace",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="close a WebSocket client with 1013 when it has not taken what is waiting for it "
+        "for S seconds, or is still behind S seconds after it overflowed (default: 30)",
+    )
     serve.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto", help="event loop (default: uvloop when installed)")
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     serve.add_argument(

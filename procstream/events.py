@@ -8,7 +8,9 @@ Rules:
   ``group.update`` (only for groups whose fields changed), then one ``cycle``.
 - ``proc.*`` events carry the process's identity fields; its command line is redacted
   once, when the process is first reported (and again when it is named anew), and reused
-  for its exit.
+  for its exit. Then it is capped (``schema.cap_cmdline``), like every other string from
+  a process or a group name (``schema.cut_text``): an event's size never depends on what
+  a process wrote.
 - A tracked process named anew (it exec'd another program, or renamed itself) gets a
   second ``proc.start`` for the same ``pid`` and ``start_time``, with ``previous``: its
   name and group before. It has not ended, so no ``proc.exit``; a client keeping state
@@ -50,6 +52,8 @@ from .schema import (
     ProcFields,
     ProcStart,
     StateCounts,
+    cap_cmdline,
+    cut_text,
 )
 from .tracker import TrackedProc
 
@@ -100,7 +104,7 @@ def group_fields(
         cpu_pct = read_bps = write_bps = 0.0
     m = g.memory
     return {
-        "group": name,
+        "group": cut_text(name),
         "procs": g.procs,
         "threads": g.num_threads,
         "cpu_s": _r(c.cpu, 6),
@@ -161,15 +165,18 @@ class EventBuilder:
         fields = self._procs.get(tp.id)
         if fields is None:
             s = tp.static
+            # Redacted before it is cut, so a secret is hidden whole, not what is left of it.
+            cmdline, cut = cap_cmdline(self.redact(s.cmdline))
             fields = {
                 "pid": tp.id.pid,
                 "ppid": s.parent_pid,
                 "start_time": start_ms(s.start_time),
-                "name": s.name,
-                "cmdline": list(self.redact(s.cmdline)),
+                "name": cut_text(s.name),
+                "cmdline": cmdline,
                 "cmdline_known": s.cmdline_known,
-                "group": tp.group,
-                "user": self.username(s.uid),
+                "cmdline_truncated": bool(cmdline) and (cut or s.cmdline_truncated),
+                "group": cut_text(tp.group),
+                "user": cut_text(self.username(s.uid)),
                 "uid": s.uid,
             }
             self._procs[tp.id] = fields
@@ -188,7 +195,7 @@ class EventBuilder:
         tp = renamed.tp
         self._procs.pop(tp.id, None)
         ev = self.proc_start(tp, ts, source=source)
-        ev["previous"] = {"name": renamed.name, "group": renamed.group}
+        ev["previous"] = {"name": cut_text(renamed.name), "group": cut_text(renamed.group)}
         return ev
 
     def proc_exit(
@@ -296,7 +303,7 @@ class EventBuilder:
             events.append({"type": GROUP_UPDATE, "ts": _r(ts, 6), **fields})
         for name in sorted(removed):
             sent.pop(name, None)
-            events.append({"type": GROUP_UPDATE, "ts": _r(ts, 6), "group": name, "removed": True})
+            events.append({"type": GROUP_UPDATE, "ts": _r(ts, 6), "group": cut_text(name), "removed": True})
         self._prev_counts = dict(groups)
         self._prev_time = ts
         return events

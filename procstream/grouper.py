@@ -391,7 +391,7 @@ class Grouper:
             return None
         return tracker.track(group, new, source=source)
 
-    def rename(self, tp: TrackedProc, proc: ProcLike, mark: ExecMark | None = None) -> Renamed | None:
+    def rename(self, tp: TrackedProc, proc: ProcLike) -> Renamed | None:
         """Name a tracked process again: it exec'd (the kernel said so) or a poll found
         another name; ``proc`` is a fresh reading of it. Returns what it was, or None when
         nothing that names it changed (or it can't be read).
@@ -401,8 +401,7 @@ class Grouper:
         tracker = self.tracker
         try:
             static = proc.static(cgroups=tracker.read_cgroups)
-            if mark is None:
-                mark = proc.exec_mark()
+            mark = proc.exec_mark()  # of the program ``static`` read
         except READ_ERRORS:
             return None
         metrics: ProcMetrics | None
@@ -508,8 +507,8 @@ class Grouper:
             procs_seen=tu.procs_seen,
         )
         report.started = self._decide(tu.new)
-        for tp, proc, mark in tu.changed:
-            renamed = self.rename(tp, proc, mark)
+        for tp, proc, _mark in tu.changed:
+            renamed = self.rename(tp, proc)
             if renamed is not None:
                 report.renamed.append(renamed)
         report.tracked = len(self.tracker)

@@ -15,10 +15,17 @@ Rules:
 - To add an event type: write its class here, add it to :data:`Event` and to
   :data:`EVENTS`. The wire protocol's type filter and wildcards, and the order types are
   listed in, follow from :data:`EVENTS`.
+- Events have a bounded size, whatever a process puts in its argv or name: a
+  ``cmdline`` keeps at most :data:`CMDLINE_MAX_ARGS` arguments and
+  :data:`CMDLINE_MAX_BYTES` bytes of them (:func:`cap_cmdline`; a cut one says
+  ``cmdline_truncated: true``), every other supplied string at most
+  :data:`STRING_MAX_BYTES` (:func:`cut_text`). With JSON's escapes an event then stays
+  far below the frames clients accept (websockets' default is 1 MiB).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final, Literal, TypedDict, Union
 
 __all__ = [
@@ -56,6 +63,11 @@ __all__ = [
     "EVENT_ONLY_FIELDS",
     "PROC_FIELDS",
     "GROUP_FIELDS",
+    "CMDLINE_MAX_ARGS",
+    "CMDLINE_MAX_BYTES",
+    "STRING_MAX_BYTES",
+    "cap_cmdline",
+    "cut_text",
 ]
 
 PROC_START: Final = "proc.start"
@@ -86,9 +98,10 @@ class StateCounts(TypedDict):
 
 
 class ProcFields(TypedDict):
-    """A process's identity. ``cmdline`` is redacted; ``cmdline_known`` is False when the
-    argv could not be read (the process was gone first): ``cmdline`` is then ``[]``,
-    never another process's. ``user`` is ``uid``'s name."""
+    """A process's identity. ``cmdline`` is redacted, and cut where it was too long
+    (``cmdline_truncated``); ``cmdline_known`` is False when the argv could not be read
+    (the process was gone first): ``cmdline`` is then ``[]``, never another process's.
+    ``user`` is ``uid``'s name."""
 
     pid: int
     ppid: int
@@ -96,6 +109,7 @@ class ProcFields(TypedDict):
     name: str
     cmdline: list[str]
     cmdline_known: bool
+    cmdline_truncated: bool
     group: str
     user: str
     uid: int
@@ -289,10 +303,12 @@ class GroupStable(_Numbered):
 
 class CycleExtras(TypedDict, total=False):
     """``cycle`` fields that depend on how the service runs: ``skipped`` poll ticks (a
-    poll overran), and with kernel events, ``source`` and the ``lost_events`` since the
-    last cycle."""
+    poll overran) and ``interval_s``, the seconds since the previous poll began (the
+    interval in effect), and with kernel events, ``source`` and the ``lost_events`` since
+    the last cycle."""
 
     skipped: int
+    interval_s: float
     source: str
     lost_events: int
 
@@ -366,3 +382,45 @@ EVENT_ONLY_FIELDS: Final[frozenset[str]] = frozenset(
 PROC_FIELDS: Final[tuple[str, ...]] = tuple(ProcFields.__annotations__)
 #: A group's fields, in the order events carry them.
 GROUP_FIELDS: Final[tuple[str, ...]] = tuple(GroupFields.__annotations__)
+
+
+# -- bounded sizes ----------------------------------------------------------------------
+
+#: Arguments a ``cmdline`` keeps at most.
+CMDLINE_MAX_ARGS: Final = 256
+#: Bytes (UTF-8) of arguments a ``cmdline`` keeps at most.
+CMDLINE_MAX_BYTES: Final = 16 * 1024
+#: Bytes (UTF-8) of any other string from a process or its name (``name``, ``user``,
+#: ``group``) an event keeps at most.
+STRING_MAX_BYTES: Final = 1024
+
+
+def cut_text(text: str, max_bytes: int = STRING_MAX_BYTES) -> str:
+    """``text``, or its start of at most ``max_bytes`` bytes of UTF-8 (never half a
+    character)."""
+    if len(text) * 4 <= max_bytes:  # even four bytes a character would fit
+        return text
+    data = text.encode("utf-8", "replace")
+    if len(data) <= max_bytes:
+        return text
+    return data[:max_bytes].decode("utf-8", "ignore")
+
+
+def cap_cmdline(argv: Iterable[str]) -> tuple[list[str], bool]:
+    """``(argv as a list, False)``, or its start within :data:`CMDLINE_MAX_ARGS` and
+    :data:`CMDLINE_MAX_BYTES` and ``True`` when it had to be cut (the last argument kept
+    may be cut itself)."""
+    args = list(argv)
+    if len(args) <= CMDLINE_MAX_ARGS and sum(map(len, args)) * 4 <= CMDLINE_MAX_BYTES:
+        return args, False
+    kept: list[str] = []
+    room = CMDLINE_MAX_BYTES
+    for arg in args[:CMDLINE_MAX_ARGS]:
+        size = len(arg.encode("utf-8", "replace"))
+        if size > room:
+            if room:
+                kept.append(cut_text(arg, room))
+            return kept, True
+        kept.append(arg)
+        room -= size
+    return kept, len(args) > CMDLINE_MAX_ARGS

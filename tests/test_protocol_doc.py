@@ -120,9 +120,9 @@ def test_event_tables_name_their_fields() -> None:
     assert (start - {"restart_of"}) | exit_only | ENVELOPE_ADDED_BY_THE_BUILDER == set(events["proc.exit"]) | {"core_dumped"}
     group = table_fields(section("### `group.update`"))
     assert group | ENVELOPE_ADDED_BY_THE_BUILDER == set(events["group.update"])
-    # the poller adds skipped; the kernel source adds source and lost_events
+    # the poller adds skipped and interval_s; the kernel source adds source and lost_events
     cycle = table_fields(section("### `cycle`"))
-    assert cycle | ENVELOPE_ADDED_BY_THE_BUILDER == set(events["cycle"]) | {"skipped", "source", "lost_events"}
+    assert cycle | ENVELOPE_ADDED_BY_THE_BUILDER == set(events["cycle"]) | {"skipped", "interval_s", "source", "lost_events"}
     for name in ("group.missing", "group.recovered", "group.crashloop", "group.stable"):
         assert table_fields(section(f"### `{name}`")) | ENVELOPE_ADDED_BY_THE_BUILDER == set(events[name]), name
 

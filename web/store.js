@@ -115,6 +115,7 @@ export class Store {
     this.synced = false; // a snapshot was applied: the state is complete as of seq
     this.awaiting = true; // a snapshot is due (first connect, after reset/overflow)
     this.pendingResync = null; // why the coming snapshot replaces the state
+    this.snapParts = null; // the parts of a snapshot received so far
     this.resumeAsked = null; // {since, epoch} the current connection asked for
     this.lostAt = 0; // performance.now() when the connection was lost
     this.gapRequested = false;
@@ -195,7 +196,7 @@ export class Store {
         this.onHello(o);
         break;
       case 'snapshot':
-        this.onSnapshot(o);
+        this.onSnapshotPart(o);
         break;
       case 'reset':
         this.awaiting = true;
@@ -247,6 +248,21 @@ export class Store {
     this.lostAt = 0;
     this.lastError = null;
     this.changes.conn = true;
+  }
+
+  /** A snapshot comes in `parts` objects (one when it is small), each with some groups
+   * and processes: gather them, and apply the whole once the last is in. A part 1
+   * starts over (a new snapshot replaces one still incomplete). */
+  onSnapshotPart(o) {
+    const part = o.part ?? 1;
+    if (part === 1) this.snapParts = { seq: o.seq, groups: {}, procs: [] };
+    const acc = this.snapParts;
+    if (!acc || acc.seq !== o.seq) return;
+    Object.assign(acc.groups, o.groups ?? {});
+    for (const p of o.procs ?? []) acc.procs.push(p);
+    if (part < (o.parts ?? 1)) return;
+    this.snapParts = null;
+    this.onSnapshot({ ...o, groups: acc.groups, procs: acc.procs });
   }
 
   onSnapshot(o) {

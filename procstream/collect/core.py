@@ -130,11 +130,12 @@ class Core:
 
     # -- input (event loop thread) ----------------------------------------------------
 
-    async def poll(self, *, skipped: int = 0) -> Polled:
+    async def poll(self, *, skipped: int = 0, interval_s: float | None = None) -> Polled:
         """Scan /proc, update the groups and hand the sink the baseline state (first good
         poll) or this poll's events. Raises what the scan raised; nothing is delivered
-        then. ``skipped``: poll ticks missed since the last poll, for its ``cycle``."""
-        r = await self._run(self._poll, skipped)
+        then. ``skipped``: poll ticks missed since the last poll, and ``interval_s``:
+        seconds since it began, for its ``cycle``."""
+        r = await self._run(self._poll, skipped, interval_s)
         if r.baseline:
             assert r.groups is not None and r.procs is not None
             self._sink.load_state(r.groups, r.procs)
@@ -188,7 +189,7 @@ class Core:
             return []
         return self._lifecycle.configure(settings, expected)
 
-    def _poll(self, skipped: int) -> _PollResult:
+    def _poll(self, skipped: int, interval_s: float | None = None) -> _PollResult:
         t0 = time.perf_counter()
         grouper, builder = self._grouper, self._builder
         update = grouper.update(self._scan())
@@ -203,6 +204,8 @@ class Core:
             result = _PollResult(True, time.perf_counter() - t0, events, group_state, procs)
         else:
             extra: CycleExtras = {"skipped": skipped}
+            if interval_s is not None:
+                extra["interval_s"] = interval_s
             for partner in partners:
                 extra.update(partner.cycle_fields())
             duration_ms = (time.perf_counter() - t0) * 1000.0

@@ -14,15 +14,18 @@ the parser modules only turn bytes into values. Rules (see also ``errors.py``):
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import time
 import stat as _stat_mod
 from collections.abc import Iterator
+from typing import Final
 
 from ._read import read_file
 from .boot import parse_btime
 from .cgroup import parse_cgroup
+from .cmdline import READ_LIMIT as CMDLINE_READ_LIMIT
 from .cmdline import parse_cmdline
 from .errors import ProcfsError, ProcfsParseError
 from .fd import count_open_fds
@@ -32,6 +35,10 @@ from .models import ExecMark, ProcId, ProcMetrics, ProcStatic, States, state_of
 from .schedstat import parse_schedstat
 from .stat import PF_EXITING, PF_KTHREAD, Stat, parse_flags, parse_stat, parse_state
 from .status import Status, parse_ctx_switches, parse_status
+
+# Reads of a process's stat and cmdline until both are of one program (it may exec
+# meanwhile), or an empty argv is taken as its own.
+_EXEC_TRIES: Final = 3
 
 __all__ = ["FS", "Proc"]
 
@@ -93,6 +100,8 @@ class FS:
         Call once per poll. The directory is listed here, eagerly: a failure raises
         ``ProcfsError`` from this call, not from the first ``next()``. Processes are not
         read until asked; one that exits meanwhile raises ``ProcessLookupError`` then.
+        Entries that are not a pid as the kernel writes one (ASCII digits, no leading
+        zero) are skipped: ``str.isdigit()`` alone accepts ``'²'``, which ``int()`` refuses.
         """
         try:
             names = os.listdir(self.mount_point)
@@ -100,12 +109,16 @@ class FS:
             raise ProcfsError(
                 exc.errno, f"cannot list processes ({exc.strerror})", self.mount_point
             ) from exc
-        pids = sorted(int(name) for name in names if name.isdigit())
+        pids = sorted(int(name) for name in names if _is_pid(name))
         return (Proc(self, pid) for pid in pids)
 
     def proc(self, pid: int) -> Proc:
         """The process ``pid``; nothing is read (or checked) until a method asks."""
         return Proc(self, pid)
+
+
+def _is_pid(name: str) -> bool:
+    return name.isascii() and name.isdigit() and name[0] != "0" and len(name) < 11
 
 
 class Proc:
@@ -152,10 +165,10 @@ class Proc:
 
     # -- files -------------------------------------------------------------------
 
-    def _file(self, name: str, until_eof: bool = True) -> bytes:
+    def _file(self, name: str, until_eof: bool = True, limit: int | None = None) -> bytes:
         data = self._raw.get(name)
         if data is None:
-            data = self._raw[name] = read_file(self._dir + name, until_eof=until_eof)
+            data = self._raw[name] = read_file(self._dir + name, until_eof=until_eof, limit=limit)
         return data
 
     def _stat_fields(self) -> Stat:
@@ -195,20 +208,25 @@ class Proc:
     def static(self, *, cgroups: bool = False) -> ProcStatic:
         """Naming attributes (reads stat, cmdline, status); once per process lifetime.
 
-        ``cgroups=True`` also reads ``cgroup`` (``()`` if the kernel has none).
+        ``cgroups=True`` also reads ``cgroup`` (``()`` if the kernel has none). Of
+        ``cmdline`` only the first ``CMDLINE_READ_LIMIT`` bytes are read; longer, the
+        result says ``cmdline_truncated``.
         """
         if self._static is None:
             fs = self._fs
-            st = self._stat_fields()
-            # empty for kernel threads and zombies (the file exists but is empty)
-            argv = parse_cmdline(self._file("cmdline"))
+            st, raw, known = self._one_program()
+            # one byte more than kept (see _read_cmdline): tells a cut argv from one of
+            # exactly the limit
+            cut = len(raw) > CMDLINE_READ_LIMIT
+            argv = parse_cmdline(raw[:CMDLINE_READ_LIMIT] if cut else raw)
             self._static = ProcStatic(
                 st.comm,
                 argv,
                 st.ppid,
                 fs.boot_time_precise + st.starttime / fs.clock_ticks,
                 self._status_fields().uid,
-                cmdline_known=bool(argv) or self._argv_was_there(),
+                cmdline_known=bool(argv) or known,
+                cmdline_truncated=cut,
             )
         if not cgroups:
             return self._static
@@ -218,26 +236,60 @@ class Proc:
             except ProcessLookupError as exc:
                 self._missing(exc)
                 paths = ()
-            base = self._static
-            self._static_cgroups = ProcStatic(
-                base.name, base.cmdline, base.parent_pid, base.start_time, base.uid, paths, base.cmdline_known
-            )
+            self._static_cgroups = dataclasses.replace(self._static, cgroups=paths)
         return self._static_cgroups
 
-    def _argv_was_there(self) -> bool:
-        """For an empty ``cmdline``: is that the process's own (a kernel thread, or a
-        program run with no arguments at all) rather than a process already gone from
-        its memory (exiting, or a zombie), whose argv nobody can read any more?
+    def _read_cmdline(self) -> bytes:
+        return read_file(self._dir + "cmdline", limit=CMDLINE_READ_LIMIT + 1)
 
-        Asks a fresh ``stat``, read after ``cmdline``: the one read before may predate
-        the exit that emptied it.
+    def _one_program(self) -> tuple[Stat, bytes, bool]:
+        """A ``stat`` and a ``cmdline`` of one and the same program, and whether an empty
+        argv is the process's own.
+
+        A process may exec between two reads: a ``stat`` read before the exec and a
+        ``cmdline`` after it (or the reverse) would name one program with another's
+        arguments; and from the exec's switch to the new program's memory until the
+        kernel has set up its arguments, ``cmdline`` reads empty while ``stat`` already
+        says the new name. So ``stat`` is read again after ``cmdline``: the same name and
+        stack, and a non-empty argv, and both belong to one program; else both are read
+        again, as the program it is now (at most ``_EXEC_TRIES`` times). An argv read
+        before any ``stat`` (:meth:`read_argv_first`) stands in for a process that exits
+        meanwhile, whose argv nobody can read any more.
+
+        An empty argv is the process's own for a kernel thread, or a live program that
+        kept an empty one over every try; not for a process exiting or gone (a zombie
+        has no memory left).
         """
-        try:
-            data = read_file(self._dir + "stat", until_eof=False)
-        except ProcessLookupError:
-            return False
-        flags = parse_flags(data)
-        return bool(flags & PF_KTHREAD) or not flags & PF_EXITING
+        st = self._stat_fields()
+        early = self._raw.pop("cmdline", b"")  # read before ``st``, if at all
+        raw = b""
+        for _ in range(_EXEC_TRIES):
+            try:
+                raw = self._read_cmdline()
+                data = read_file(self._dir + "stat", until_eof=False)
+            except ProcessLookupError:
+                if not early:
+                    raise
+                return st, early, False
+            flags = parse_flags(data)
+            if flags & PF_KTHREAD:
+                return st, raw, True
+            now = parse_stat(data)
+            if now.starttime != st.starttime:
+                raise ProcessLookupError(errno.ESRCH, "pid reused while it was read", self._dir + "stat")
+            if flags & PF_EXITING:
+                # Its memory is going; a name changed since ``st`` is a program the early
+                # argv was not of.
+                if now.comm != st.comm:
+                    self._stat = now
+                    return now, raw, False
+                return st, raw or early, False
+            if raw and (now.comm, now.startstack) == (st.comm, st.startstack):
+                return st, raw, True
+            st = self._stat = now
+            early = b""
+            os.sched_yield()
+        return st, raw, True
 
     def metrics(self) -> ProcMetrics:
         """Counters and gauges (reads stat, status, io, fd; task/* with thread detail).
@@ -347,8 +399,9 @@ class Proc:
     def read_argv_first(self) -> None:
         """Read ``cmdline`` now, before any other file: of a process that may exit any
         moment, the argv goes first (with its memory), while its zombie keeps ``stat``
-        and the rest readable until it is reaped. ``static()`` then uses this read."""
-        self._file("cmdline")
+        and the rest readable until it is reaped. ``static()`` uses this read when the
+        process is exiting by the time it looks again."""
+        self._raw["cmdline"] = self._read_cmdline()
 
     def runtime_ns(self) -> int:
         """Exact CPU time of the main thread in ns (reads ``schedstat``): the whole

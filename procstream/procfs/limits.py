@@ -6,6 +6,7 @@ name we want is fixed, so we find it and split what follows.
 
 from __future__ import annotations
 
+from ._numbers import to_int
 from .errors import ProcfsParseError
 
 __all__ = ["parse_max_open_files"]
@@ -27,6 +28,6 @@ def parse_max_open_files(data: bytes) -> int:
     if soft == b"unlimited":
         return 0
     try:
-        return int(soft)
+        return to_int(soft)
     except ValueError as exc:
         raise ProcfsParseError(f"limits: bad soft limit {soft!r}") from exc

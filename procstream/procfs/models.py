@@ -69,6 +69,8 @@ class ProcStatic:
     #: False when the argv could not be read: the process had already left its memory
     #: (exiting, or a zombie) when we looked, so the empty ``cmdline`` is not its own
     cmdline_known: bool = True
+    #: ``cmdline`` holds only the start of a longer argv (its reader reads a bounded prefix)
+    cmdline_truncated: bool = False
 
 
 @dataclass(frozen=True, slots=True)

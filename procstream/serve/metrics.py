@@ -24,7 +24,9 @@ Rules:
   ``TYPE`` lines back into ``counter`` — the exposition itself is prometheus_client's.
 - Self-metrics are ``procstream_*``: subscribers, events by type, overflows, resets,
   slow-consumer closes, poll duration histogram and poll counts, kernel event counts,
-  event log counters, authorization refusals, NATS publishing (with ``--nats``), build info.
+  event log counters, authorization refusals, NATS publishing (with ``--nats``), build
+  info; the ``--max-memory`` budget and what each of its parts holds, sockets and the
+  client limit in force.
 - Lifecycle families are ``procstream_group_*``, labelled ``groupname`` like
   process-exporter's, for every group the latest poll reported: counters (restarts, exits
   by ``class``, OOM kills; every class from 0, so ``increase()`` sees the first one) and
@@ -69,6 +71,8 @@ from ..collect.oom import OomStats
 from ..collect.poll import PollStatus
 from ..lifecycle import UNKNOWN_CLASS, GroupLife
 from ..schema import EXIT_CLASSES
+from .connections import SocketStats
+from .resources import MemoryBudget, MemoryGuard
 from .server import RouteHandler, ServerStats, http_response
 
 __all__ = [
@@ -159,6 +163,10 @@ class MetricsCollector(Collector):
         nats: Callable[[], Mapping[str, Any]] | None = None,
         lifecycle: Callable[[], Mapping[str, GroupLife]] | None = None,
         oom_stats: OomStats | None = None,
+        budget: MemoryBudget | None = None,
+        memory_guard: Callable[[], MemoryGuard | None] | None = None,
+        sockets: SocketStats | None = None,
+        max_clients: int | None = None,
     ) -> None:
         self.hub_stats = hub_stats
         self.server_stats = server_stats
@@ -170,6 +178,10 @@ class MetricsCollector(Collector):
         self.nats = nats
         self.lifecycle = lifecycle
         self.oom_stats = oom_stats
+        self.budget = budget
+        self.memory_guard = memory_guard
+        self.sockets = sockets
+        self.max_clients = max_clients
         self._view: PollView = _EMPTY_VIEW
 
     # -- poll thread -------------------------------------------------------------------
@@ -401,6 +413,13 @@ class MetricsCollector(Collector):
             yield _counter("procstream_overflows", "Times a subscriber fell behind its queue bound", hs.overflows)
             yield _counter("procstream_overflow_dropped_events", "Events skipped for subscribers that overflowed", hs.events_dropped)
             yield _counter("procstream_slow_consumer_closes", "Subscribers closed with 1013 for staying behind", hs.slow_consumer_closes)
+            yield _counter("procstream_stalled_closes", "Of those: their output did not move for --slow-client-grace seconds", hs.stalled_closes)
+            yield _counter("procstream_outbox_closes", "Of those: control frames piled up for a client that does not read", hs.outbox_closes)
+            yield _counter("procstream_budget_closes", "Of those: closed to keep clients' output within its part of --max-memory", hs.budget_closes)
+            yield _gauge("procstream_buffer_events", "Events in the resume buffer", hs.buffer_events)
+            yield _counter("procstream_publish_errors", "Events not published or not applied to the state because of an error", hs.publish_errors)
+            yield _counter("procstream_events_shrunk", "Events cut down to the largest event size", hs.events_shrunk)
+            yield _counter("procstream_encode_fallbacks", "Events with values JSON can't hold as they are (encoded as strings or clamped)", hs.encode_fallbacks)
 
         ss = self.server_stats
         if ss is not None:
@@ -416,6 +435,15 @@ class MetricsCollector(Collector):
                 refused.add_metric([reason], n)
             yield refused
             yield _counter("procstream_bad_frames", "Malformed or unknown inbound frames", ss.bad_frames)
+            yield _counter("procstream_http_internal_errors", "Requests answered 500 because a handler failed", ss.internal_errors)
+        so = self.sockets
+        if so is not None:
+            yield _gauge("procstream_sockets", "TCP connections open now (WebSocket, HTTP and handshakes)", so.open)
+            yield _counter("procstream_idle_sockets_closed", "Sockets that sent no request, closed to make room", so.idle_closed)
+            yield _counter("procstream_unreadable_requests", "Requests answered 400/405/414/431 because they could not be read", so.unreadable_requests)
+        if self.max_clients is not None:
+            yield _gauge("procstream_max_clients", "WebSocket clients accepted at most (--max-clients, or fewer when descriptors are short)", self.max_clients)
+        yield from self._memory()
 
         # -- kernel events
         ks = self.kernel() if self.kernel is not None else None
@@ -451,6 +479,30 @@ class MetricsCollector(Collector):
         # -- NATS JetStream publishing
         if self.nats is not None:
             yield from _nats_metrics(self.nats())
+
+
+    def _memory(self) -> Iterator[Metric]:
+        if self.budget is None:
+            return
+        budget = GaugeMetricFamily("procstream_memory_budget_bytes", "--max-memory (total) and its parts", labels=["part"])
+        budget.add_metric(["total"], self.budget.total)
+        for part, size in self.budget.parts().items():
+            budget.add_metric([part], size)
+        yield budget
+        used = GaugeMetricFamily("procstream_memory_used_bytes", "What each part of --max-memory holds now; resident: the whole process", labels=["part"])
+        hs = self.hub_stats
+        if hs is not None:
+            used.add_metric(["buffer"], hs.buffer_bytes)
+            used.add_metric(["clients"], hs.output_bytes)
+            used.add_metric(["caches"], hs.cache_bytes)
+        if self.eventlog_stats is not None:
+            used.add_metric(["event_log"], self.eventlog_stats.queued_bytes)
+        guard = self.memory_guard() if self.memory_guard is not None else None
+        if guard is not None:
+            used.add_metric(["resident"], guard.last_rss)
+        yield used
+        if guard is not None:
+            yield _counter("procstream_memory_sheds", "Times the process neared --max-memory and gave memory back", guard.sheds)
 
 
 def _nats_metrics(n: Mapping[str, Any]) -> Iterator[Metric]:

@@ -22,7 +22,9 @@ plain HTTP and for WebSocket handshakes alike, so a refused WebSocket gets an HT
 5. **Browsers.** A page's scripts, styles and WebSocket can't add a header or a query to
    what the page itself loads, so a browser that opens ``/…?token=TOKEN`` (a navigation:
    ``Accept: text/html``) gets the token as an HttpOnly, SameSite=Lax cookie and a 303
-   to the same URL without it; the cookie then counts as the token. A browser without
+   to the same URL without it; the cookie then counts as the token. The redirect goes
+   to a path of this server only: one starting with ``//`` or ``/\\`` would be read by a
+   browser as another host (``//evil.example/``), so its leading slashes are folded. A browser without
    one gets a small HTML 401 page with a token form (which does exactly that). Programs
    (no ``text/html`` in ``Accept``) always get the data or a plain 401.
 
@@ -60,6 +62,7 @@ __all__ = [
     "GuardStats",
     "Guard",
     "normalize_origin",
+    "same_origin_path",
     "is_loopback",
     "check_exposure",
     "check_token",
@@ -104,7 +107,8 @@ def _split_host_port(value: str) -> tuple[str, int | None] | None:
         return None
     port: int | None = None
     if port_text is not None:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        # isascii(): str.isdigit() also accepts digits int() refuses, like '²'
+        if not (port_text.isascii() and port_text.isdigit()) or len(port_text) > 5 or not 0 < int(port_text) < 65536:
             return None
         port = int(port_text)
     return host.lower().rstrip("."), port
@@ -348,6 +352,7 @@ class Guard:
     def _to_cookie(self, path: str, query: str) -> Response:
         assert self.config.token is not None
         rest = "&".join(p for p in query.split("&") if p and unquote(p.partition("=")[0]) != "token")
+        path = same_origin_path(path)
         cookie = f"{COOKIE_NAME}={quote(self.config.token, safe='')}; Path=/; HttpOnly; SameSite=Lax"
         if self.config.tls:
             cookie += "; Secure"
@@ -379,6 +384,19 @@ input{font:inherit;width:100%;box-sizing:border-box;margin:.5em 0;padding:.4em}<
 <form method="get"><label>Token <input name="token" type="password" autocomplete="current-password" required autofocus></label>
 <button type="submit">Open</button></form></body></html>
 """
+
+
+def same_origin_path(path: str) -> str:
+    """``path`` as a redirect target that stays on this server: ``/`` followed by no
+    further slash or backslash, so it can't be read as ``//host/…``, a reference to
+    another host. Browsers treat ``\\`` in a URL as ``/`` and drop tabs and line breaks
+    from it, so those count too."""
+    path = path.translate(_URL_IGNORED)
+    return "/" + path.lstrip("/\\")
+
+
+# What a browser's URL parser removes from anywhere in a URL.
+_URL_IGNORED: Final = str.maketrans("", "", "\t\n\r")
 
 
 def _refuse(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:

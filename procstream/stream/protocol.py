@@ -8,7 +8,9 @@ array; :func:`frame` wraps objects accordingly.
 
 Everything here is pure: the hub and the server call it; tests call it directly.
 Validation errors raise :class:`ProtocolError`, whose message is meant for the client:
-it says which field was wrong and what was expected.
+it says which field was wrong and what was expected; nothing a client sends raises
+anything else. Encoding never raises either (:func:`encode`): what one producer put in
+an event must not stop the stream for everyone.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from ..schema import EVENT_TYPES, GroupFields, ProcFields
+from ..schema import EVENT_TYPES, STRING_MAX_BYTES, GroupFields, ProcFields, cap_cmdline, cut_text
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -44,6 +46,9 @@ __all__ = [
     "error",
     "frame",
     "encode",
+    "plain",
+    "snapshot_parts",
+    "shrink",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -285,7 +290,8 @@ def parse_query(query: str | Mapping[str, str | Sequence[str]]) -> Subscription:
     since: int | None = None
     if "since" in scalars:
         raw = scalars["since"].strip()
-        if not raw.isdigit() or int(raw) > _MAX_SEQ:
+        # isascii(): str.isdigit() also accepts digits int() refuses, like '²'
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or int(raw) > _MAX_SEQ:
             raise ProtocolError("query parameter 'since' must be a non-negative integer")
         since = int(raw)
     epoch = scalars.get("epoch")
@@ -406,11 +412,28 @@ def hello(
 
 
 def snapshot(
-    *, seq: int, host: str, epoch: str, groups: dict[str, GroupFields], procs: list[ProcFields]
+    *,
+    seq: int,
+    host: str,
+    epoch: str,
+    groups: dict[str, GroupFields],
+    procs: list[ProcFields],
+    part: int | None = None,
+    parts: int | None = None,
 ) -> dict[str, Any]:
     """The state as of ``seq``: each group's fields by name, and every process's identity.
-    Sent after ``hello`` (unless ``snapshot=0``), and after a ``reset`` or ``overflow``."""
-    return {"type": "snapshot", "seq": seq, "host": host, "epoch": epoch, "groups": groups, "procs": procs}
+    Sent after ``hello`` (unless ``snapshot=0``), and after a ``reset`` or ``overflow``.
+
+    On a WebSocket it comes in ``parts`` objects (1 when it is small), numbered by
+    ``part`` from 1, each with some of the groups and processes, so that no frame grows
+    with the host; ``/api/snapshot`` sends it whole, without these two fields."""
+    obj: dict[str, Any] = {"type": "snapshot", "seq": seq, "host": host, "epoch": epoch}
+    if part is not None:
+        obj["part"] = part
+        obj["parts"] = parts
+    obj["groups"] = groups
+    obj["procs"] = procs
+    return obj
 
 
 def reset(reason: str, *, seq: int, epoch: str, since: int | None = None) -> dict[str, Any]:
@@ -447,10 +470,140 @@ def error(message: str, op: str | None = None) -> dict[str, Any]:
 
 
 def encode(obj: Any) -> bytes:
-    """One object as JSON bytes (orjson)."""
-    return orjson.dumps(obj)
+    """One object as JSON bytes; never raises.
+
+    orjson first. What it refuses is made plain and encoded again (:func:`plain`): a
+    value of another type becomes its ``str()``, an integer beyond 64 bits the nearest
+    bound, a key that is not a string its ``str()``. The result is an exact-size copy:
+    orjson hands back bytes with spare capacity, and buffers keep many of them.
+    """
+    try:
+        data = orjson.dumps(obj)
+    except TypeError:  # orjson.JSONEncodeError is one
+        data = orjson.dumps(plain(obj))
+    return memoryview(data).tobytes()
 
 
 def frame(*objs: Mapping[str, Any]) -> bytes:
     """One wire frame: a JSON array of the given objects, in order."""
-    return orjson.dumps(objs)
+    return encode(objs)
+
+
+_INT_MIN: Final = -(2**63)
+_UINT_MAX: Final = 2**64 - 1
+# Deeper than this is no event or control object: what lies below becomes a string.
+_PLAIN_DEPTH: Final = 32
+
+
+def plain(obj: Any, depth: int = 0) -> Any:
+    """``obj`` as values orjson always encodes: str (valid UTF-8), int within 64 bits,
+    float, bool, None, and lists and string-keyed dicts of those."""
+    if obj is None or isinstance(obj, (bool, float)):
+        return obj
+    if isinstance(obj, int):
+        return min(max(int(obj), _INT_MIN), _UINT_MAX)
+    if isinstance(obj, str):
+        return obj.encode("utf-8", "replace").decode("utf-8")
+    if depth < _PLAIN_DEPTH:
+        if isinstance(obj, Mapping):
+            return {plain(k if isinstance(k, str) else _text(k)): plain(v, depth + 1)
+                    for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [plain(v, depth + 1) for v in obj]
+    return plain(_text(obj))
+
+
+def _text(obj: Any) -> str:
+    try:
+        return str(obj)
+    except Exception:  # a __str__ that raises: the type still says something
+        return f"<{type(obj).__name__}>"
+
+
+
+def snapshot_parts(obj: Mapping[str, Any], part_bytes: int) -> list[bytes]:
+    """A :func:`snapshot` object encoded as parts of about ``part_bytes`` each (one
+    when it is smaller), numbered by ``part`` from 1 of ``parts``: the groups, then the
+    processes, shared out in order; a part holds at least one of them."""
+    enc = encode
+    items: list[tuple[bool, bytes]] = [
+        (True, enc(name) + b":" + enc(fields)) for name, fields in obj["groups"].items()
+    ]
+    items.extend((False, enc(p)) for p in obj["procs"])
+    # Greedy: a part takes items until the next would take it past the part size.
+    cuts = [0]
+    size = 0
+    for i, (_, item) in enumerate(items):
+        if size and size + len(item) > part_bytes:
+            cuts.append(i)
+            size = 0
+        size += len(item) + 1
+    cuts.append(len(items))
+    n = len(cuts) - 1
+    head = b'{"type":"snapshot","seq":%d,"host":%s,"epoch":%s,' % (
+        obj["seq"], enc(obj["host"]), enc(obj["epoch"]))
+    parts: list[bytes] = []
+    for k in range(n):
+        chunk = items[cuts[k] : cuts[k + 1]]
+        parts.append(
+            head + b'"part":%d,"parts":%d,"groups":{' % (k + 1, n)
+            + b",".join(item for is_group, item in chunk if is_group)
+            + b'},"procs":['
+            + b",".join(item for is_group, item in chunk if not is_group)
+            + b"]}"
+        )
+    return parts
+
+
+# Text an oversized event keeps in all when it is cut down; with JSON's escapes (six
+# bytes for a control character at worst) and its structure it stays within the
+# event size the hub allows.
+_SHRUNK_TEXT: Final = 16 * 1024
+
+
+def shrink(event: dict[str, Any], max_bytes: int) -> None:
+    """Cut an event whose encoding passed ``max_bytes`` down, in place, for a producer
+    that did not bound its strings: the ``cmdline`` to the event builder's caps (then
+    ``cmdline_truncated``), every string to ``STRING_MAX_BYTES``, and all text
+    together, nested lists and objects included, to 16 KiB."""
+    budget = [_SHRUNK_TEXT]
+    cmdline = event.get("cmdline")
+    if isinstance(cmdline, list):
+        capped, cut = cap_cmdline(a if isinstance(a, str) else str(plain(a)) for a in cmdline)
+        if cut:
+            event["cmdline"] = capped
+            event["cmdline_truncated"] = True
+    for key in list(event):
+        if key not in ("seq", "host"):
+            before = event[key]
+            event[key] = _small(before, budget, 0)
+            if key == "cmdline" and event[key] != before:
+                event["cmdline_truncated"] = True
+    if len(encode(event)) > max_bytes:  # the structure alone: keep what names the event
+        for key in [k for k in event if k not in ("type", "ts", "seq", "host", "pid", "group")]:
+            del event[key]
+
+
+def _small(value: Any, budget: list[int], depth: int) -> Any:
+    value = plain(value) if depth == 0 else value
+    if isinstance(value, str):
+        text = cut_text(value, max(0, min(STRING_MAX_BYTES, budget[0])))
+        budget[0] -= len(text) + 8
+        return text
+    if isinstance(value, list):
+        out = []
+        for item in value:
+            if budget[0] <= 0 or depth >= 4:
+                break
+            budget[0] -= 8
+            out.append(_small(item, budget, depth + 1))
+        return out
+    if isinstance(value, dict):
+        small: dict[str, Any] = {}
+        for k, item in value.items():
+            if budget[0] <= 0 or depth >= 4:
+                break
+            budget[0] -= 8
+            small[cut_text(k, 256)] = _small(item, budget, depth + 1)
+        return small
+    return value

@@ -128,3 +128,23 @@ def remove_proc(root: Path, pid: int) -> None:
     gone = root.parent / f".gone-{pid}"
     (root / str(pid)).rename(gone)
     shutil.rmtree(gone)
+
+
+def write_proc(root: Path, pid: int, *, comm: str, cmdline: bytes, start: int, stat: bytes | None = None) -> None:
+    """Add process ``pid`` to a fake tree with only the files a poll reads (``stat``,
+    ``status``, ``cmdline``, ``io`` and an empty ``fd/``): cheaper than ``add_proc`` when
+    a test churns many processes. ``cmdline`` is the file's raw bytes; ``stat`` replaces
+    the generated one. Renamed into place, so a poller never sees half a process."""
+    tmp = root.parent / f".new-{pid}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    (tmp / "fd").mkdir(parents=True)
+    fields = f"S 1 {pid} {pid} 0 -1 4194304 10 0 0 0 1 0 0 0 20 0 1 0 {start} 2990080 423"
+    (tmp / "stat").write_bytes(stat if stat is not None else f"{pid} ({comm}) {fields}\n".encode())
+    (tmp / "status").write_bytes(f"Name:\t{comm}\nUid:\t0\t0\t0\t0\nVmSwap:\t0 kB\n".encode())
+    (tmp / "cmdline").write_bytes(cmdline)
+    (tmp / "io").write_bytes(b"rchar: 0\nread_bytes: 0\nwrite_bytes: 0\n")
+    dst = root / str(pid)
+    if dst.exists():
+        remove_proc(root, pid)
+    tmp.rename(dst)

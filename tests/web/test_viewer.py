@@ -473,6 +473,39 @@ def test_store_moves_a_process_that_runs_a_new_program_to_its_new_group(viewer: 
     assert result == {"procs": 1, "setsid": [], "sleep": ["sleep"]}
 
 
+def test_store_joins_a_snapshot_sent_in_parts(viewer: Viewer, fake_proc: Path) -> None:
+    """A big host's snapshot comes in parts (each frame stays small): the store applies
+    it once whole, and a part 1 starts over."""
+    with Served("--procfs", str(fake_proc), "--interval", "0.5") as srv:
+        viewer.open(srv.url + "/")
+        result = viewer.page.evaluate(
+            """async () => {
+            const { Store } = await import('/store.js');
+            const s = new Store();
+            const proc = (pid, group) => ({ pid, start_time: 100 + pid, name: group, cmdline: [group], group, user: 'root', uid: 0 });
+            const part = (n, of, seq, groups, procs) => ({ type: 'snapshot', seq, epoch: 'E', part: n, parts: of, groups, procs });
+            s.handleAll([{ type: 'hello', v: 1, host: 'h', epoch: 'E', head_seq: 9, oldest_seq: 1, interval: 1, filter: null },
+                         part(1, 3, 9, { web: { procs: 2 } }, [proc(1, 'web')])]);
+            const out = { afterFirst: { synced: s.synced, procs: s.procs.size } };
+            s.handleAll([part(2, 3, 9, { db: { procs: 1 } }, [proc(2, 'web')]),
+                         part(3, 3, 9, {}, [proc(3, 'db')]),
+                         { type: 'cycle', seq: 10, ts: 1 }]);
+            out.whole = { synced: s.synced, seq: s.seq, procs: [...s.procs.keys()].length, groups: [...s.groups.keys()].sort() };
+            // a new snapshot while one is incomplete: only the new one counts
+            s.handleAll([{ type: 'overflow', dropped: 5, from_seq: 11, to_seq: 20 },
+                         part(1, 2, 20, { web: { procs: 1 } }, [proc(1, 'web')]),
+                         { type: 'reset', reason: 'resync', seq: 21, epoch: 'E' },
+                         part(1, 2, 21, { db: { procs: 1 } }, [proc(3, 'db')]),
+                         part(2, 2, 21, {}, [proc(4, 'db')])]);
+            out.restarted = { seq: s.seq, procs: [...s.procs.values()].map(p => p.pid).sort(), groups: [...s.groups.keys()].sort() };
+            return out;
+        }"""
+        )
+    assert result["afterFirst"] == {"synced": False, "procs": 0}
+    assert result["whole"] == {"synced": True, "seq": 10, "procs": 3, "groups": ["db", "web"]}
+    assert result["restarted"]["seq"] == 21 and result["restarted"]["procs"] == [3, 4]
+
+
 def test_format_helpers(viewer: Viewer, fake_proc: Path) -> None:
     with Served("--procfs", str(fake_proc), "--interval", "0.5") as srv:
         viewer.open(srv.url + "/")
