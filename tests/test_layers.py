@@ -7,8 +7,9 @@ Layers, bottom up (a package covers its modules unless a module is listed itself
 1. Pure helpers: ``_go`` (Go regexp/template ports), ``users``, ``config``, ``redact``,
    ``schema`` (the event types and their fields), ``stats`` (the shape of every counter
    set), and ``stream.protocol`` (the wire protocol, no I/O).
-2. State across polls, pure and sync: ``tracker``, ``grouper``, ``events``, ``lifecycle``
-   (restarts, crash loops, expected groups: what the events' history tells).
+2. State across polls, pure and sync: ``tracker``, ``grouper`` (and ``threadgroups``, its
+   per-thread-name counters), ``events``, ``lifecycle`` (restarts, crash loops, expected
+   groups: what the events' history tells).
 3. ``collect`` (the core on its worker thread, and its two sources: polls and kernel
    events) and ``stream`` (sequence numbers, resume buffer, fan-out, event log, and the
    sink that feeds them).
@@ -43,6 +44,7 @@ LAYER: dict[str, int] = {
     "procstream.stream.protocol": 1,
     "procstream.tracker": 2,
     "procstream.grouper": 2,
+    "procstream.threadgroups": 2,
     "procstream.events": 2,
     "procstream.lifecycle": 2,
     "procstream.collect": 3,
@@ -67,6 +69,7 @@ BANNED: dict[str, tuple[str, ...]] = {
     # pure state machines: no event loop, no network, no /proc internals
     "procstream.tracker": (*_NO_IO, "procstream.procfs.fs", "procstream.procfs._read"),
     "procstream.grouper": (*_NO_IO, "procstream.procfs.fs", "procstream.procfs._read"),
+    "procstream.threadgroups": (*_NO_IO, "procstream.procfs.fs", "procstream.procfs._read"),
     "procstream.events": (*_NO_IO, "procstream.procfs.fs", "procstream.procfs._read"),
     "procstream.lifecycle": (*_NO_IO, "procstream.procfs"),
     "procstream.config": (*_NO_IO, "procstream.procfs"),

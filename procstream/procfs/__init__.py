@@ -26,6 +26,7 @@ from .models import (
     ProcMetrics,
     ProcStatic,
     States,
+    ThreadSample,
     state_of,
 )
 
@@ -40,6 +41,7 @@ __all__ = [
     "ProcLike",
     "FixedProc",
     "States",
+    "ThreadSample",
     "state_of",
     "ProcfsError",
     "ProcfsParseError",

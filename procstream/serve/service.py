@@ -41,7 +41,7 @@ from ..stream.eventlog import EventLog, parse_types
 from ..stream.hub import Hub
 from ..stream.sink import HubAndLog
 from ..wiring import UsageError, build_core, load_namer
-from .metrics import MetricsCollector, make_registry, metrics_route
+from .metrics import Families, MetricsCollector, make_registry, metrics_route
 from .security import (
     Guard,
     SecurityConfig,
@@ -167,6 +167,7 @@ class Service:
             nats=self.nats.metrics if self.nats is not None else None,
             lifecycle=lambda: self.lifecycle.view,
             oom_stats=self.oom.stats,
+            families=Families(threads=args.threads, smaps=args.gather_smaps, wchan=args.threads_wchan),
         )
         self.core.watch(self.metrics.on_poll)
         self.server.add_route("/metrics", metrics_route(make_registry(self.metrics)))
