@@ -6,7 +6,8 @@ Layers, bottom up (a package covers its modules unless a module is listed itself
    stdlib only, nothing of procstream outside their own package.
 1. Pure helpers: ``_go`` (Go regexp/template ports), ``users``, ``config``, ``redact``,
    ``schema`` (the event types and their fields), ``stats`` (the shape of every counter
-   set), and ``stream.protocol`` (the wire protocol, no I/O).
+   set), ``containers`` (who runs a process, from its cgroup paths) and
+   ``stream.protocol`` (the wire protocol, no I/O).
 2. State across polls, pure and sync: ``tracker``, ``grouper`` (and ``threadgroups``, its
    per-thread-name counters), ``events``, ``lifecycle`` (restarts, crash loops, expected
    groups: what the events' history tells).
@@ -41,6 +42,7 @@ LAYER: dict[str, int] = {
     "procstream.redact": 1,
     "procstream.schema": 1,
     "procstream.stats": 1,
+    "procstream.containers": 1,
     "procstream.stream.protocol": 1,
     "procstream.tracker": 2,
     "procstream.grouper": 2,
@@ -77,6 +79,8 @@ BANNED: dict[str, tuple[str, ...]] = {
     # the vocabulary and the counters' shape: stdlib only, so every layer may use them
     "procstream.schema": (*_NO_IO, "procstream.", "orjson"),
     "procstream.stats": (*_NO_IO, "procstream.", "orjson"),
+    # cgroup paths -> container, pod, unit: pure, stdlib only
+    "procstream.containers": (*_NO_IO, "procstream."),
     "procstream.stream.protocol": (*_NO_IO,),
     # the stream and the server know nothing of /proc
     "procstream.stream": _NO_PROC,
