@@ -15,6 +15,9 @@ Rules:
 - To add an event type: write its class here, add it to :data:`Event` and to
   :data:`EVENTS`. The wire protocol's type filter and wildcards, and the order types are
   listed in, follow from :data:`EVENTS`.
+- A type in :data:`EXPLICIT_TYPES` is sent only to who names it: no wildcard (``*``,
+  ``proc.*``) and no "every type" selects it. ``proc.update`` is one: per-process numbers
+  at every poll are for a viewer looking at those processes, not for every subscriber.
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ __all__ = [
     "CYCLE",
     "HOST_LOST",
     "EXIT_CLASSES",
+    "PROC_UPDATE",
     "StateCounts",
     "ProcFields",
+    "ProcLive",
     "GroupFields",
     "RestartOf",
     "LastExit",
@@ -50,12 +55,16 @@ __all__ = [
     "CycleExtras",
     "Cycle",
     "HostLost",
+    "ProcUpdate",
     "Event",
     "EVENTS",
     "EVENT_TYPES",
+    "EXPLICIT_TYPES",
+    "DEFAULT_TYPES",
     "EVENT_ONLY_FIELDS",
     "PROC_FIELDS",
     "GROUP_FIELDS",
+    "LIVE_FIELDS",
 ]
 
 PROC_START: Final = "proc.start"
@@ -67,6 +76,7 @@ GROUP_CRASHLOOP: Final = "group.crashloop"
 GROUP_STABLE: Final = "group.stable"
 CYCLE: Final = "cycle"
 HOST_LOST: Final = "host.lost"
+PROC_UPDATE: Final = "proc.update"
 
 #: Why a process ended (``exit_class``): code 0, code != 0, a signal, the kernel's OOM killer.
 EXIT_CLASSES: Final[tuple[str, ...]] = ("ok", "error", "signal", "oom_kill")
@@ -99,6 +109,26 @@ class ProcFields(TypedDict):
     group: str
     user: str
     uid: int
+
+
+class ProcLive(TypedDict):
+    """A process's numbers as of the latest poll. ``cpu_pct`` (100 = one core),
+    ``read_bps`` and ``write_bps`` are over the last interval; ``cpu_s`` is its CPU time
+    since it started; ``open_fds`` is -1 and ``fd_ratio`` 0 when unknown (``fd_ratio``:
+    open fds over the soft limit, 0 when unlimited); ``state`` is the scheduler's letter
+    (``R`` running, ``S`` sleeping, ``D`` uninterruptible, ``Z`` zombie, ``T`` stopped, ...)."""
+
+    cpu_pct: float
+    cpu_s: float
+    mem_resident: int
+    mem_virtual: int
+    mem_swap: int
+    threads: int
+    open_fds: int
+    fd_ratio: float
+    state: str
+    read_bps: float
+    write_bps: float
 
 
 class GroupFields(TypedDict):
@@ -327,6 +357,19 @@ class HostLost(TypedDict):
     count: int
 
 
+class ProcUpdate(ProcLive, _Numbered):
+    """A process's numbers changed since the last poll (sent only to subscribers whose
+    ``types`` name ``proc.update``, and only for the processes they select). ``pid`` and
+    ``start_time`` identify it as in its ``proc.start``."""
+
+    type: Literal["proc.update"]
+    ts: float
+    pid: int
+    start_time: float
+    group: str
+
+
+
 Event = Union[
     ProcStart,
     ProcExit,
@@ -338,6 +381,7 @@ Event = Union[
     GroupStable,
     Cycle,
     HostLost,
+    ProcUpdate,
 ]
 
 #: Every event type and the shapes it comes in, in the order types are listed to clients.
@@ -351,10 +395,17 @@ EVENTS: Final[dict[str, tuple[type, ...]]] = {
     GROUP_STABLE: (GroupStable,),
     CYCLE: (Cycle,),
     HOST_LOST: (HostLost,),
+    PROC_UPDATE: (ProcUpdate,),
 }
 
 #: The event type names, in a stable order.
 EVENT_TYPES: Final[tuple[str, ...]] = tuple(EVENTS)
+
+#: Types sent only to subscribers that name them (never through a wildcard or "all").
+EXPLICIT_TYPES: Final[frozenset[str]] = frozenset({PROC_UPDATE})
+
+#: What "every type" means: all types but the explicit ones, in the stable order.
+DEFAULT_TYPES: Final[tuple[str, ...]] = tuple(t for t in EVENT_TYPES if t not in EXPLICIT_TYPES)
 
 #: Fields about the event itself, not about the process or group it describes.
 EVENT_ONLY_FIELDS: Final[frozenset[str]] = frozenset(
@@ -366,3 +417,5 @@ EVENT_ONLY_FIELDS: Final[frozenset[str]] = frozenset(
 PROC_FIELDS: Final[tuple[str, ...]] = tuple(ProcFields.__annotations__)
 #: A group's fields, in the order events carry them.
 GROUP_FIELDS: Final[tuple[str, ...]] = tuple(GroupFields.__annotations__)
+#: A process's live numbers, in the order ``proc.update`` and a snapshot's procs carry them.
+LIVE_FIELDS: Final[tuple[str, ...]] = tuple(ProcLive.__annotations__)

@@ -9,8 +9,8 @@ Layers, bottom up (a package covers its modules unless a module is listed itself
    set), ``containers`` (who runs a process, from its cgroup paths) and
    ``stream.protocol`` (the wire protocol, no I/O).
 2. State across polls, pure and sync: ``tracker``, ``grouper`` (and ``threadgroups``, its
-   per-thread-name counters), ``events``, ``lifecycle`` (restarts, crash loops, expected
-   groups: what the events' history tells).
+   per-thread-name counters), ``live`` (each process's numbers from two polls), ``events``,
+   ``lifecycle`` (restarts, crash loops, expected groups: what the events' history tells).
 3. ``collect`` (the core on its worker thread, and its two sources: polls and kernel
    events) and ``stream`` (sequence numbers, resume buffer, fan-out, event log, and the
    sink that feeds them).
@@ -47,6 +47,7 @@ LAYER: dict[str, int] = {
     "procstream.tracker": 2,
     "procstream.grouper": 2,
     "procstream.threadgroups": 2,
+    "procstream.live": 2,
     "procstream.events": 2,
     "procstream.lifecycle": 2,
     "procstream.collect": 3,
@@ -72,6 +73,7 @@ BANNED: dict[str, tuple[str, ...]] = {
     "procstream.tracker": (*_NO_IO, "procstream.procfs.fs", "procstream.procfs._read"),
     "procstream.grouper": (*_NO_IO, "procstream.procfs.fs", "procstream.procfs._read"),
     "procstream.threadgroups": (*_NO_IO, "procstream.procfs.fs", "procstream.procfs._read"),
+    "procstream.live": (*_NO_IO, "procstream.procfs.fs", "procstream.procfs._read"),
     "procstream.events": (*_NO_IO, "procstream.procfs.fs", "procstream.procfs._read"),
     "procstream.lifecycle": (*_NO_IO, "procstream.procfs"),
     "procstream.config": (*_NO_IO, "procstream.procfs"),

@@ -36,6 +36,7 @@ from ..fleet.agent import NatsAgent, NatsStartError
 from ..fleet.options import NatsConfigError
 from ..fleet.subjects import check_host_name
 from ..lifecycle import Lifecycle
+from ..live import UpdateInterest
 from ..netlink.connector import ConnectorError
 from ..stream.eventlog import EventLog, parse_types
 from ..stream.hub import Hub
@@ -138,6 +139,10 @@ class Service:
         self.core = Core(
             self.fs.all_procs, self.grouper, self.builder, HubAndLog(self.hub, self.eventlog), self.lifecycle
         )
+        # Per-process numbers: every snapshot carries the latest poll's; proc.update events
+        # are built only for the processes that subscribers select.
+        self.core.on_live(self.hub.set_live)
+        self.hub.watch_interest(lambda i: self.core.want_updates(None if i is None else UpdateInterest(*i)))
         self.poller = Poller(self.core, interval=args.interval)
         try:
             self.use_kernel, self.source_reason = choose_source(args.source, args.procfs)

@@ -27,6 +27,12 @@ How delivery works (the design choice that keeps memory bounded):
 * Resume is the same mechanism: ``since=N`` in this epoch and within the buffer sets the
   cursor to N+1; the pump replays, then the subscriber joins the fast path. Nothing is
   lost or doubled because the live fast path only ever serves caught-up subscribers.
+
+Per-process numbers: a snapshot's processes carry the live numbers of the latest poll
+(:meth:`Hub.set_live`). ``proc.update`` events are numbered and buffered like any other,
+but exist only while some subscriber names that type: the hub tells whoever listens
+(:meth:`Hub.watch_interest`) which processes its subscribers select, so the producer
+builds those and nothing else.
 """
 
 from __future__ import annotations
@@ -48,20 +54,24 @@ from ..schema import (
     GROUP_RECOVERED,
     GROUP_STABLE,
     GROUP_UPDATE,
+    LIVE_FIELDS,
     PROC_EXIT,
     PROC_START,
+    PROC_UPDATE,
     Event,
     GroupFields,
     ProcFields,
 )
 from ..stats import Stats
 from . import protocol as P
-from .protocol import NO_GROUP, Filter, Subscription
+from .protocol import NO_GROUP, Filter, Subscription, update_key
 
 __all__ = [
     "Hub",
     "HubStats",
     "Transport",
+    "LiveNumbers",
+    "Interest",
     "Subscriber",
     "SERVER_NAME",
     "RESET_REASONS",
@@ -108,6 +118,21 @@ class Transport(Protocol):
 
     def close(self, code: int, reason: str) -> None:
         """Start closing the connection with this close code."""
+
+
+class LiveNumbers(Protocol):
+    """The latest poll's per-process numbers (``procstream.live.LiveTable``)."""
+
+    def fields(self, pid: int, start_time: float | None = None) -> Mapping[str, Any] | None:
+        """The numbers of process ``pid`` started at ``start_time``; None if unknown."""
+
+
+#: Which processes' ``proc.update`` the subscribers select: ``(groups, pids)`` with
+#: ``(None, None)`` meaning every process; None: no subscriber names ``proc.update``.
+Interest = tuple[frozenset[str] | None, frozenset[int] | None] | None
+
+# A process the latest poll hasn't read yet (started since, seen by kernel events).
+_UNKNOWN_LIVE: Final[dict[str, None]] = dict.fromkeys(LIVE_FIELDS)
 
 
 @dataclass(slots=True)
@@ -209,7 +234,7 @@ class _Ring:
     O(1) indexing by seq, amortized O(1) trimming at the front.
     """
 
-    __slots__ = ("times", "types", "groups", "data", "eob", "start")
+    __slots__ = ("times", "types", "groups", "data", "eob", "start", "updates")
 
     def __init__(self) -> None:
         self.times: list[float] = []
@@ -218,11 +243,14 @@ class _Ring:
         self.data: list[bytes] = []
         self.eob: list[bool] = []  # last event of its batch (replay frames end there)
         self.start = 0
+        #: proc.update events held: while there are some, "every event" needs filtering
+        self.updates = 0
 
     def __len__(self) -> int:
         return len(self.data) - self.start
 
-    def extend(self, now: float, types: list[Any], groups: list[Any], data: list[bytes]) -> None:
+    def extend(self, now: float, types: list[Any], groups: list[Any], data: list[bytes], updates: int = 0) -> None:
+        self.updates += updates
         n = len(data)
         self.times.extend([now] * n)
         self.types.extend(types)
@@ -234,6 +262,8 @@ class _Ring:
     def drop_front(self, n: int) -> None:
         if n <= 0:
             return
+        if self.updates:
+            self.updates -= self.types[self.start : self.start + n].count(PROC_UPDATE)
         self.start += n
         if self.start >= len(self.data):
             self.clear()
@@ -247,6 +277,7 @@ class _Ring:
         for lst in (self.times, self.types, self.groups, self.data, self.eob):
             lst.clear()
         self.start = 0
+        self.updates = 0
 
 
 class Hub:
@@ -314,6 +345,9 @@ class Hub:
         self._subs: set[Subscriber] = set()
         self._by_filter: dict[Filter, set[Subscriber]] = {}
         self._lagging: set[Subscriber] = set()
+        self._live: LiveNumbers | None = None
+        self._interest: Interest = None
+        self._interest_listeners: list[Callable[[Interest], None]] = []
 
     # -- read-only views ---------------------------------------------------------------
 
@@ -423,6 +457,7 @@ class Hub:
         types: list[Any] = []
         groups: list[Any] = []
         parts: list[bytes] = []
+        updates = 0
         for ev in batch:
             seq += 1
             ev["seq"] = seq
@@ -433,10 +468,14 @@ class Hub:
             if change is not None:
                 change(ev)
             types.append(t)
-            groups.append(ev.get("group", NO_GROUP))
+            if t == PROC_UPDATE:
+                updates += 1
+                groups.append(update_key(ev.get("group"), ev.get("pid")))
+            else:
+                groups.append(ev.get("group", NO_GROUP))
             counts[t] = counts.get(t, 0) + 1
         self._head = seq
-        self._ring.extend(now, types, groups, parts)
+        self._ring.extend(now, types, groups, parts, updates)
         self._snapshots.clear()
         stats = self.stats
         stats.batches += 1
@@ -447,7 +486,7 @@ class Hub:
         # This loop is the hot path (once per subscriber per poll): keep it to one transport
         # call per subscriber and count into locals.
         for filt, subs in self._by_filter.items():
-            if filt.everything:
+            if filt.everything and not updates:
                 sel = parts
             else:
                 match = filt.matches
@@ -488,6 +527,49 @@ class Hub:
         self._trim(now)
         for reader in self._readers:
             reader()
+
+    def set_live(self, live: LiveNumbers) -> None:
+        """The per-process numbers of the poll whose events come next (call before that
+        :meth:`publish` or :meth:`load_state`); snapshots carry them from then on."""
+        self._live = live
+        self._snapshots.clear()
+
+    def watch_interest(self, listener: Callable[[Interest], None]) -> None:
+        """Call ``listener`` with the current :data:`Interest` now and whenever it
+        changes (a subscriber naming ``proc.update`` comes, goes or changes its filter)."""
+        self._interest_listeners.append(listener)
+        listener(self._interest)
+
+    @property
+    def interest(self) -> Interest:
+        """Which processes' ``proc.update`` the subscribers select now (see :data:`Interest`)."""
+        return self._interest
+
+    def _update_interest(self) -> None:
+        everyone = False
+        groups: set[str] = set()
+        pids: set[int] = set()
+        anyone = False
+        for filt in self._by_filter:
+            if not filt.wants_updates:
+                continue
+            anyone = True
+            if filt.groups is None and filt.pids is None:
+                everyone = True
+                break
+            groups.update(filt.groups or ())
+            pids.update(filt.pids or ())
+        interest: Interest
+        if not anyone:
+            interest = None
+        elif everyone:
+            interest = (None, None)
+        else:
+            interest = (frozenset(groups) if groups else None, frozenset(pids) if pids else None)
+        if interest != self._interest:
+            self._interest = interest
+            for listener in self._interest_listeners:
+                listener(interest)
 
     # -- connection side ---------------------------------------------------------------
 
@@ -548,6 +630,7 @@ class Hub:
         sub.ov_since = None
         sub.replay_end = 0
         self._by_filter.setdefault(sub.filter, set()).add(sub)
+        self._update_interest()
         head = self._head
 
         parts: list[bytes] = []
@@ -698,6 +781,10 @@ class Hub:
         else:
             gstate = {k: v for k, v in self._groups.items() if k in groups}
             procs = [p for p in self._procs.values() if p.get("group") in groups]
+        live = self._live
+        if live is not None:
+            # identity as the events told it, numbers as the latest poll read them
+            procs = [{**p, **(live.fields(p.get("pid"), p.get("start_time")) or _UNKNOWN_LIVE)} for p in procs]
         return P.snapshot(seq=self._head, host=self.host, epoch=self.epoch, groups=gstate, procs=procs)
 
     def _snapshot_bytes(self, filt: Filter, *, count: bool = True) -> bytes:
@@ -788,7 +875,7 @@ class Hub:
         i = i0 = ring.start + (from_seq - self.oldest_seq)
         end = len(ring.data)
         data, eob = ring.data, ring.eob
-        everything = filt.everything
+        everything = filt.everything and not ring.updates
         match = filt.matches
         types, groups = ring.types, ring.groups
         sel: list[bytes] = []
@@ -813,7 +900,7 @@ class Hub:
         n = max(0, oldest - from_seq)
         ring = self._ring
         start = ring.start + max(0, from_seq - oldest)
-        if filt.everything:
+        if filt.everything and not ring.updates:
             return n + len(ring.data) - start
         match = filt.matches
         types, groups = ring.types, ring.groups
@@ -874,6 +961,8 @@ class Hub:
             if not subs:
                 del self._by_filter[sub.filter]
                 self._recent.pop(sub.filter, None)
+                if sub.filter.wants_updates:
+                    self._update_interest()
 
     def _count_reset(self, reason: str) -> None:
         self.stats.resets[reason] = self.stats.resets.get(reason, 0) + 1
