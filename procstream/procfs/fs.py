@@ -32,7 +32,7 @@ from .cmdline import parse_cmdline
 from .errors import ProcfsError, ProcfsParseError
 from .fd import count_open_fds
 from .io import parse_io
-from .limits import parse_max_open_files
+from .limits import Limit, parse_limits, parse_max_open_files
 from .models import ExecMark, ProcId, ProcMetrics, ProcStatic, States, ThreadSample, state_of
 from .schedstat import parse_schedstat
 from .smaps import parse_smaps_rollup
@@ -481,6 +481,24 @@ class Proc:
         process's when it is single-threaded. For the final CPU of a process at exit,
         where ``stat``'s 10 ms ticks are too coarse."""
         return parse_schedstat(self._file("schedstat"))
+
+    def limits(self) -> tuple[Limit, ...]:
+        """Every resource limit (reads ``limits``), for a process's detail view; ``()``
+        when missing while the process is still there. Raises ``PermissionError``."""
+        try:
+            return parse_limits(self._file("limits"))
+        except ProcessLookupError as exc:
+            self._missing(exc)
+            return ()
+
+    def cgroup_paths(self) -> tuple[str, ...]:
+        """The cgroup path of each hierarchy (reads ``cgroup``); ``()`` when the kernel
+        has none. Unlike ``static(cgroups=True)`` it reads nothing else."""
+        try:
+            return parse_cgroup(self._file("cgroup"))
+        except ProcessLookupError as exc:
+            self._missing(exc)
+            return ()
 
     def fd_limit(self) -> int:
         """Soft limit on open files (reads ``limits``); 0 when unlimited or unknown

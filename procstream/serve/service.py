@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..collect.core import Core
+from ..collect.detail import process_detail
 from ..collect.kernel import KernelSource, choose_source
 from ..collect.oom import OomWatch
 from ..config import Config
@@ -42,6 +43,7 @@ from ..stream.eventlog import EventLog, parse_types
 from ..stream.hub import Hub
 from ..stream.sink import HubAndLog
 from ..wiring import UsageError, build_core, load_namer
+from .detail import detail_route
 from .metrics import Families, MetricsCollector, make_registry, metrics_route
 from .security import (
     Guard,
@@ -176,6 +178,10 @@ class Service:
         )
         self.core.watch(self.metrics.on_poll)
         self.server.add_route("/metrics", metrics_route(make_registry(self.metrics)))
+        self.server.add_route(
+            "/api/proc",
+            detail_route(lambda pid, st: self.core.call(process_detail, self.fs, self.grouper, self.builder, pid, st)),
+        )
         self._stop = asyncio.Event()
 
     def _health(self) -> tuple[bool, dict[str, Any]]:
