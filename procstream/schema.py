@@ -17,7 +17,8 @@ Rules:
   listed in, follow from :data:`EVENTS`.
 - A type in :data:`EXPLICIT_TYPES` is sent only to who names it: no wildcard (``*``,
   ``proc.*``) and no "every type" selects it. ``proc.update`` is one: per-process numbers
-  at every poll are for a viewer looking at those processes, not for every subscriber.
+  at every poll are for a viewer looking at those processes, not for every subscriber;
+  and the hub gives it no ``seq`` (see :class:`ProcUpdate`).
 """
 
 from __future__ import annotations
@@ -357,10 +358,17 @@ class HostLost(TypedDict):
     count: int
 
 
-class ProcUpdate(ProcLive, _Numbered):
+class _Hosted(TypedDict, total=False):
+    """Added by the hub to an event it doesn't number."""
+
+    host: str
+
+
+class ProcUpdate(ProcLive, _Hosted):
     """A process's numbers changed since the last poll (sent only to subscribers whose
     ``types`` name ``proc.update``, and only for the processes they select). ``pid`` and
-    ``start_time`` identify it as in its ``proc.start``."""
+    ``start_time`` identify it as in its ``proc.start``. A reading, not a change of state:
+    it has no ``seq`` (it is never replayed, and doesn't make other subscribers see gaps)."""
 
     type: Literal["proc.update"]
     ts: float

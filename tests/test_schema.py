@@ -45,7 +45,7 @@ CONTRACT: dict[type, tuple[set[str], set[str]]] = {  # (required, optional)
     ),
     # written by the NATS publisher in place of events it could no longer send: no seq
     schema.HostLost: ({"type", "ts", "host", "epoch", "from_seq", "to_seq", "count"}, set()),
-    schema.ProcUpdate: (LIVE | {"type", "ts", "pid", "start_time", "group"}, NUMBERED),
+    schema.ProcUpdate: (LIVE | {"type", "ts", "pid", "start_time", "group"}, {"host"}),  # no seq
 }  # fmt: skip
 
 

@@ -29,10 +29,14 @@ How delivery works (the design choice that keeps memory bounded):
   lost or doubled because the live fast path only ever serves caught-up subscribers.
 
 Per-process numbers: a snapshot's processes carry the live numbers of the latest poll
-(:meth:`Hub.set_live`). ``proc.update`` events are numbered and buffered like any other,
-but exist only while some subscriber names that type: the hub tells whoever listens
-(:meth:`Hub.watch_interest`) which processes its subscribers select, so the producer
-builds those and nothing else.
+(:meth:`Hub.set_live`). ``proc.update`` events are readings, not history: they exist
+only while some subscriber names that type (the hub tells whoever listens which
+processes its subscribers select, :meth:`Hub.watch_interest`, so the producer builds
+those and nothing else), and they take no ``seq`` and no room in the resume buffer. So a
+subscriber that doesn't ask for them sees the same gap-free sequence as if nobody did,
+and keeps the same resume window. They go out with their poll's events on the fast path
+only; a subscriber that lags gets them only from the recent frames it catches up from
+(the next snapshot carries the numbers anyway).
 """
 
 from __future__ import annotations
@@ -234,7 +238,7 @@ class _Ring:
     O(1) indexing by seq, amortized O(1) trimming at the front.
     """
 
-    __slots__ = ("times", "types", "groups", "data", "eob", "start", "updates")
+    __slots__ = ("times", "types", "groups", "data", "eob", "start")
 
     def __init__(self) -> None:
         self.times: list[float] = []
@@ -243,14 +247,11 @@ class _Ring:
         self.data: list[bytes] = []
         self.eob: list[bool] = []  # last event of its batch (replay frames end there)
         self.start = 0
-        #: proc.update events held: while there are some, "every event" needs filtering
-        self.updates = 0
 
     def __len__(self) -> int:
         return len(self.data) - self.start
 
-    def extend(self, now: float, types: list[Any], groups: list[Any], data: list[bytes], updates: int = 0) -> None:
-        self.updates += updates
+    def extend(self, now: float, types: list[Any], groups: list[Any], data: list[bytes]) -> None:
         n = len(data)
         self.times.extend([now] * n)
         self.types.extend(types)
@@ -262,8 +263,6 @@ class _Ring:
     def drop_front(self, n: int) -> None:
         if n <= 0:
             return
-        if self.updates:
-            self.updates -= self.types[self.start : self.start + n].count(PROC_UPDATE)
         self.start += n
         if self.start >= len(self.data):
             self.clear()
@@ -277,7 +276,6 @@ class _Ring:
         for lst in (self.times, self.types, self.groups, self.data, self.eob):
             lst.clear()
         self.start = 0
-        self.updates = 0
 
 
 class Hub:
@@ -459,29 +457,41 @@ class Hub:
         parts: list[bytes] = []
         updates = 0
         for ev in batch:
+            t = ev.get("type")
+            if t == PROC_UPDATE:
+                # a reading, not history: no seq, no state, no room in the resume buffer
+                ev["host"] = host
+                parts.append(dumps(ev))
+                types.append(t)
+                groups.append(update_key(ev.get("group"), ev.get("pid")))
+                updates += 1
+                counts[t] = counts.get(t, 0) + 1
+                continue
             seq += 1
             ev["seq"] = seq
             ev["host"] = host
             parts.append(dumps(ev))  # never raises, so numbering and state stay in step
-            t = ev.get("type")
             change = apply.get(t)
             if change is not None:
                 change(ev)
             types.append(t)
-            if t == PROC_UPDATE:
-                updates += 1
-                groups.append(update_key(ev.get("group"), ev.get("pid")))
-            else:
-                groups.append(ev.get("group", NO_GROUP))
+            groups.append(ev.get("group", NO_GROUP))
             counts[t] = counts.get(t, 0) + 1
         self._head = seq
-        self._ring.extend(now, types, groups, parts, updates)
+        if not updates:
+            self._ring.extend(now, types, groups, parts)
+        elif seq >= first:
+            kept = [i for i, t in enumerate(types) if t != PROC_UPDATE]
+            self._ring.extend(now, [types[i] for i in kept], [groups[i] for i in kept], [parts[i] for i in kept])
         self._snapshots.clear()
         stats = self.stats
         stats.batches += 1
-        stats.events_published += len(parts)
+        stats.events_published += len(parts) - updates
 
         next_seq = seq + 1
+        # Only numbered events can be pulled from the buffer later (a batch of nothing
+        # but readings has no place in it: past a full transport, they are just dropped).
+        numbered = seq >= first
         dead: list[Subscriber] = []
         # This loop is the hot path (once per subscriber per poll): keep it to one transport
         # call per subscriber and count into locals.
@@ -496,13 +506,15 @@ class Hub:
             if recent is None:
                 recent = self._recent[filt] = collections.deque(maxlen=_RECENT_FRAMES)
             if not nsel:
-                recent.append((first, next_seq, None))
+                if numbered:
+                    recent.append((first, next_seq, None))
                 for sub in subs:
                     if not sub.lagging:
                         sub.cursor = next_seq
                 continue
             frame = b"[" + b",".join(sel) + b"]"
-            recent.append((first, next_seq, frame))
+            if numbered:
+                recent.append((first, next_seq, frame))
             stats.frames_encoded += 1
             written = 0
             for sub in subs:
@@ -517,7 +529,8 @@ class Hub:
                     written += 1
                 elif r == 0:
                     # cursor stays at `first`: the pump will pull this batch from the buffer
-                    self._set_lagging(sub)
+                    if numbered:
+                        self._set_lagging(sub)
                 else:
                     dead.append(sub)
             stats.frames_sent += written
@@ -875,7 +888,7 @@ class Hub:
         i = i0 = ring.start + (from_seq - self.oldest_seq)
         end = len(ring.data)
         data, eob = ring.data, ring.eob
-        everything = filt.everything and not ring.updates
+        everything = filt.everything
         match = filt.matches
         types, groups = ring.types, ring.groups
         sel: list[bytes] = []
@@ -900,7 +913,7 @@ class Hub:
         n = max(0, oldest - from_seq)
         ring = self._ring
         start = ring.start + max(0, from_seq - oldest)
-        if filt.everything and not ring.updates:
+        if filt.everything:
             return n + len(ring.data) - start
         match = filt.matches
         types, groups = ring.types, ring.groups

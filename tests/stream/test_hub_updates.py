@@ -1,6 +1,7 @@
 """The hub and ``proc.update``: who gets them (only who names the type; ``groups`` or
-``pids`` select the processes), what the producer is told to build (the interest), and
-the live numbers a snapshot's processes carry."""
+``pids`` select the processes), that they take no seq and no room in the resume buffer,
+what the producer is told to build (the interest), and the live numbers a snapshot's
+processes carry."""
 
 from __future__ import annotations
 
@@ -29,17 +30,25 @@ def poll(pids_groups: list[tuple[int, str]]) -> list[dict[str, Any]]:
     return [gupd("web", 2), *(upd(pid, group) for pid, group in pids_groups), cycle()]
 
 
+def received(t: FakeTransport) -> list[dict[str, Any]]:
+    """Events (numbered or not) in the order they came, without the control objects."""
+    return [o for o in t.objects() if o["type"] in ("proc.start", "proc.exit", "group.update", "cycle", "proc.update")]
+
+
 def test_only_who_names_proc_update_gets_it() -> None:
     hub, _ = make_hub()
     _, everything = subscribe(hub)
     _, wildcard = subscribe(hub, filter=Filter(expand_types(["proc.*", "*"])))
     _, named = subscribe(hub, filter=updates_filter())
     hub.publish(poll([(10, "web"), (11, "db")]))
+    hub.publish(poll([(10, "web")]))
     for t in (everything, wildcard):
-        assert [e["type"] for e in t.events()] == ["group.update", "cycle"]
-    assert [(e["type"], e.get("pid")) for e in named.events()] == [("proc.update", 10), ("proc.update", 11)]
-    # numbering counts them for everyone: the others see the gap
-    assert [e["seq"] for e in everything.events()] == [1, 4]
+        assert [e["type"] for e in received(t)] == ["group.update", "cycle"] * 2
+    assert [(e["type"], e.get("pid")) for e in received(named)] == [
+        ("proc.update", 10), ("proc.update", 11), ("proc.update", 10)]
+    # readings take no seq: the others see a gap-free sequence, as if nobody watched
+    assert [e["seq"] for e in everything.events()] == [1, 2, 3, 4]
+    assert hub.head_seq == 4 and all("seq" not in e and e["host"] == "h1" for e in received(named))
 
 
 def test_groups_or_pids_select_the_processes() -> None:
@@ -51,9 +60,9 @@ def test_groups_or_pids_select_the_processes() -> None:
     assert [e["pid"] for e in by_group.of_type("proc.update")] == [11]
     assert [e["pid"] for e in by_pid.of_type("proc.update")] == [10]
     assert [e["pid"] for e in either.of_type("proc.update")] == [10, 11]
-    # groups still narrow the other types; pids never do
+    # groups still narrow the other types; pids never do; a poll's readings come before its cycle
     assert either.of_type("group.update") == []
-    assert [e["type"] for e in by_pid.events()] == ["group.update", "proc.update", "cycle"]
+    assert [e["type"] for e in received(by_pid)] == ["group.update", "proc.update", "cycle"]
 
 
 def test_replay_after_a_stall_keeps_the_filters() -> None:
@@ -65,17 +74,20 @@ def test_replay_after_a_stall_keeps_the_filters() -> None:
     for sub, t in ((slow_all, t_all), (slow_upd, t_upd)):
         t.ok = True
         t.pump(sub)
-    assert "proc.update" not in [e["type"] for e in t_all.events()]
-    assert [e["type"] for e in t_all.events()] == ["group.update", "cycle", "proc.start", "group.update", "cycle"]
+    assert [e["type"] for e in received(t_all)] == ["group.update", "cycle", "proc.start", "group.update", "cycle"]
+    # a short lag is caught up from the frames built at publish time, readings included
     assert [e["pid"] for e in t_upd.of_type("proc.update")] == [11]
 
 
-def test_resume_replays_from_the_buffer_with_the_filter() -> None:
+def test_resume_replays_history_not_readings() -> None:
     hub, _ = make_hub()
     hub.publish(poll([(10, "web")]))
-    _, t = subscribe(hub, since=0, epoch=hub.epoch)
+    for _ in range(20):  # past the recent frames: the buffer is all there is
+        hub.publish([cycle()])
+    assert len(hub._ring) == hub.head_seq == 22  # the reading took no room
+    _, t = subscribe(hub, since=0, epoch=hub.epoch, filter=updates_filter(None, None, "group.update"))
     t.pump(next(iter(hub.subscribers)))
-    assert [e["type"] for e in t.events()] == ["group.update", "cycle"]
+    assert [e["type"] for e in received(t)] == ["group.update"]
 
 
 def test_interest_follows_the_subscriptions() -> None:
@@ -139,14 +151,13 @@ def test_snapshot_without_live_numbers_is_identity_only() -> None:
     assert "cpu_pct" not in hub.snapshot()["procs"][0]
 
 
-def test_updates_leaving_the_buffer_are_counted_out() -> None:
-    hub, _ = make_hub(buffer_size=4)
-    hub.publish(poll([(10, "web"), (11, "web")]))  # 4 events, 2 of them updates
-    assert hub._ring.updates == 2
-    hub.publish([gupd("web", 3), cycle()])
-    assert hub._ring.updates == 1
-    hub.publish([gupd("web", 4), cycle()])
-    assert hub._ring.updates == 0
-    _, t = subscribe(hub, since=hub.head_seq - 4, epoch=hub.epoch)
-    t.pump(next(s for s in hub.subscribers if s.transport is t))
-    assert [e["type"] for e in t.events()] == ["group.update", "cycle", "group.update", "cycle"]
+def test_a_batch_of_readings_only_is_delivered_and_numbers_nothing() -> None:
+    hub, _ = make_hub()
+    _, named = subscribe(hub, filter=updates_filter())
+    full, stalled = subscribe(hub, filter=updates_filter())
+    stalled.ok = False  # its buffer fills up after the snapshot
+    hub.publish([upd(10)])
+    assert hub.head_seq == 0 and len(hub._ring) == 0
+    assert [e["pid"] for e in named.of_type("proc.update")] == [10]
+    # nothing to pull from the buffer later: a full transport misses it, and isn't lagging
+    assert not full.lagging and stalled.of_type("proc.update") == []
