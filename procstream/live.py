@@ -2,8 +2,8 @@
 
 Rules:
 - :meth:`LiveTable.of` takes what one poll read of every tracked process: one dict entry
-  per process, holding references to samples the tracker already made (they are never
-  changed once made), so the poll pays no per-process computation. A process's fields
+  per process, a plain tuple of references to what the tracker already made (samples
+  are never changed once made), so the poll pays no per-process computation. A process's fields
   (:class:`~procstream.schema.ProcLive`) are computed only when asked for: by a snapshot,
   or for the processes someone watches (``proc.update``).
 - A table is immutable once made, so the event loop may read it while the core builds the
@@ -30,7 +30,9 @@ __all__ = ["LiveEntry", "LiveTable", "UpdateInterest"]
 
 
 class LiveEntry(NamedTuple):
-    """One tracked process as one poll left it."""
+    """One tracked process as one poll left it (a table holds these as plain tuples, in
+    this order: a NamedTuple costs several times as much to make, once per process and
+    poll)."""
 
     id: ProcId
     group: str
@@ -74,25 +76,20 @@ class LiveTable:
     def __init__(
         self,
         time: float,
-        entries: Mapping[int, LiveEntry],
+        entries: Mapping[int, tuple],
         before: LiveTable | None = None,
     ) -> None:
         self.time = time
         self.entries = entries
         # Only the previous poll's entries are kept: a chain of tables would never be freed.
-        self._before: Mapping[int, LiveEntry] = before.entries if before is not None else {}
+        self._before: Mapping[int, tuple] = before.entries if before is not None else {}
         self._dt = time - before.time if before is not None else 0.0
 
     @classmethod
     def of(cls, time: float, tracked: Iterable[TrackedProc], before: LiveTable | None = None) -> LiveTable:
         """The table of a poll at ``time`` that left ``tracked``."""
         return cls(
-            time,
-            {
-                tp.id.pid: LiveEntry(tp.id, tp.group, tp.metrics, tp.fd_limit, tp.static)
-                for tp in tracked
-            },
-            before,
+            time, {tp.id.pid: (tp.id, tp.group, tp.metrics, tp.fd_limit, tp.static) for tp in tracked}, before
         )
 
     def __len__(self) -> int:
@@ -101,8 +98,11 @@ class LiveTable:
     def fields(self, pid: int, start_time: float | None = None) -> ProcLive | None:
         """The live numbers of process ``pid`` (of that ``start_time``, when given: a pid
         reused since is another process); None when this poll didn't see it."""
-        entry = self.entries.get(pid)
-        if entry is None or (start_time is not None and entry.start_time != start_time):
+        raw = self.entries.get(pid)
+        if raw is None:
+            return None
+        entry = LiveEntry(*raw)
+        if start_time is not None and entry.start_time != start_time:
             return None
         return self._fields(entry)
 
@@ -110,8 +110,8 @@ class LiveTable:
         m = entry.metrics
         prev = self._before.get(entry.id.pid)
         dt = self._dt
-        if prev is not None and prev.id == entry.id and dt > 0:
-            p = prev.metrics
+        if prev is not None and prev[0] == entry.id and dt > 0:
+            p = prev[2]
             cpu_pct = max(m.cpu_time - p.cpu_time, 0.0) / dt * 100.0
             read_bps = max(m.read_bytes - p.read_bytes, 0) / dt
             write_bps = max(m.write_bytes - p.write_bytes, 0) / dt
@@ -137,9 +137,10 @@ class LiveTable:
         """(entry, fields) of every process ``interest`` wants, in pid order."""
         entries = self.entries
         if interest.everyone:
-            chosen: Iterable[LiveEntry] = entries.values()
+            chosen: Iterable[tuple] = entries.values()
         else:
             groups, pids = interest.groups or (), interest.pids or ()
-            chosen = [e for e in entries.values() if e.group in groups or e.id.pid in pids]
-        for entry in sorted(chosen, key=lambda e: e.id.pid):
+            chosen = [e for pid, e in entries.items() if e[1] in groups or pid in pids]
+        for raw in sorted(chosen, key=lambda e: e[0].pid):
+            entry = LiveEntry(*raw)
             yield entry, self._fields(entry)
