@@ -106,37 +106,54 @@ def spawn(n: int, exe: str) -> list[subprocess.Popen[bytes]]:
     return [subprocess.Popen([exe, "3600"], stdin=subprocess.DEVNULL) for _ in range(n)]
 
 
-def exporter_cpu_per_scrape(scrapes: int, options: tuple[str, ...] = ("-threads=false", "-gather-smaps=false")) -> float | None:
-    exe = shutil.which("prometheus-process-exporter")
-    if exe is None:
-        print("  process-exporter: not installed (apt install prometheus-process-exporter)")
-        return None
-    port = free_port()
-    with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as f:
-        f.write("process_names:\n  - name: '{{.Comm}}'\n    cmdline: ['.+']\n")
-        cfg = f.name
-    proc = subprocess.Popen(
-        [exe, f"-config.path={cfg}", f"-web.listen-address=127.0.0.1:{port}", *options],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}/metrics"
-        wait_http(url)
-        for _ in range(2):
-            urllib.request.urlopen(url, timeout=30).read()
+class Exporter:
+    """Debian's prometheus-process-exporter with the default config and ``options``,
+    running until ``close()``; ``cpu_per_scrape(n)`` measures it."""
 
-        def cpu() -> float:
-            return process_cpu(proc.pid)
+    def __init__(self, options: tuple[str, ...]) -> None:
+        exe = shutil.which("prometheus-process-exporter")
+        if exe is None:
+            raise FileNotFoundError("prometheus-process-exporter (apt install prometheus-process-exporter)")
+        port = free_port()
+        with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as f:
+            f.write("process_names:\n  - name: '{{.Comm}}'\n    cmdline: ['.+']\n")
+            self.cfg = f.name
+        self.proc = subprocess.Popen(
+            [exe, f"-config.path={self.cfg}", f"-web.listen-address=127.0.0.1:{port}", *options],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        try:
+            wait_http(self.url)
+            for _ in range(2):
+                urllib.request.urlopen(self.url, timeout=30).read()
+        except BaseException:
+            self.close()
+            raise
 
-        c0 = cpu()
+    def cpu_per_scrape(self, scrapes: int) -> float:
+        c0 = process_cpu(self.proc.pid)
         for _ in range(scrapes):
-            urllib.request.urlopen(url, timeout=30).read()
-        return (cpu() - c0) / scrapes
+            urllib.request.urlopen(self.url, timeout=30).read()
+        return (process_cpu(self.proc.pid) - c0) / scrapes
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        os.unlink(self.cfg)
+
+
+def exporter_cpu_per_scrape(scrapes: int, options: tuple[str, ...] = ("-threads=false", "-gather-smaps=false")) -> float | None:
+    try:
+        exporter = Exporter(options)
+    except FileNotFoundError as exc:
+        print(f"  process-exporter: not installed ({exc})")
+        return None
+    try:
+        return exporter.cpu_per_scrape(scrapes)
     finally:
-        proc.terminate()
-        proc.wait(10)
-        os.unlink(cfg)
+        exporter.close()
 
 
 def serve_cpu_per_poll(seconds: float = 10.0, interval: float = 0.5, extra: tuple[str, ...] = ()) -> float:
@@ -387,14 +404,15 @@ sys.stdin.read()
 """
 
 
-def extras_report(polls: int, threaded: int) -> None:
+def extras_report(polls: int, threaded: int, rounds: int) -> None:
     kids = [subprocess.Popen([sys.executable, "-c", THREADED], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
             for _ in range(threaded)]
+    exporter: Exporter | None = None
     try:
         for k in kids:
             assert k.stdout is not None and k.stdout.readline() == b"ready\n"
 
-        def ours(**extras: bool) -> float:
+        def ours(**extras: bool) -> Callable[[], None]:
             fs = FS("/proc", **extras)
             grouper = Grouper(default_config())
             grouper.update(fs.all_procs())
@@ -404,25 +422,41 @@ def extras_report(polls: int, threaded: int) -> None:
                 grouper.update(fs.all_procs())
                 grouper.groups()
 
-            return cpu_of(poll, polls)
+            return poll
 
-        results = {
+        runs = {
             "procstream (defaults)": ours(),
             "procstream --threads --gather-smaps": ours(threads=True, smaps=True),
             "procstream + --threads-wchan": ours(threads=True, smaps=True, wchan=True),
         }
-        theirs = exporter_cpu_per_scrape(max(polls // 2, 5), ())  # Debian's defaults
+        try:
+            exporter = Exporter(())  # Debian's defaults: -threads -gather-smaps
+        except FileNotFoundError as exc:
+            print(f"  process-exporter: not installed ({exc})")
+        # Rounds alternate between them all, so a load that changes weighs on each alike.
+        samples: dict[str, list[float]] = {key: [] for key in runs}
+        samples["process-exporter"] = []
+        for _ in range(rounds):
+            for key, poll in runs.items():
+                samples[key].append(cpu_of(poll, polls))
+            if exporter is not None:
+                samples["process-exporter"].append(exporter.cpu_per_scrape(max(polls // 2, 5)))
+        results = {key: statistics.median(v) for key, v in samples.items() if v}
         procs = sum(1 for name in os.listdir("/proc") if name.isdigit())
         threads = sum(int(open(f"/proc/{k.pid}/stat").read().rpartition(")")[2].split()[17]) for k in kids)
         print(f"== optional families: {procs} processes on the host, {threaded} of them python with "
-              f"{threads // max(threaded, 1)} threads")
+              f"{threads // max(threaded, 1)} threads; medians of {rounds} alternating rounds")
         for key, value in results.items():
-            print(f"   {key:38s} {value * 1e3:9.2f} ms/poll")
-        if theirs is not None:
-            print(f"   {'process-exporter -threads -gather-smaps':38s} {theirs * 1e3:9.2f} ms/scrape")
-            for key in list(results)[1:]:
+            unit = "scrape" if key == "process-exporter" else "poll"
+            name = "process-exporter -threads -gather-smaps" if key == "process-exporter" else key
+            print(f"   {name:40s} {value * 1e3:9.2f} ms/{unit}")
+        if "process-exporter" in results:
+            theirs = results["process-exporter"]
+            for key in list(runs)[1:]:
                 print(f"   {key} / process-exporter = {results[key] / theirs:.3f}  (budget ≤ 0.33)")
     finally:
+        if exporter is not None:
+            exporter.close()
         for k in kids:
             k.kill()
         for k in kids:
@@ -436,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-exporter", action="store_true")
     ap.add_argument("--watch", type=int, default=0, metavar="N",
                     help="also measure a viewer watching a group of N more processes (proc.update)")
-    ap.add_argument("--rounds", type=int, default=3, help="alternations of the whole-serve phases of --watch")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of --watch's serve phases and of --extras")
     ap.add_argument("--extras", action="store_true",
                     help="also measure --threads --gather-smaps against process-exporter's defaults")
     ap.add_argument("--threaded", type=int, default=50, metavar="K",
@@ -457,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.watch:
                 watch_report(args.watch, args.rounds, tmp)
             if args.extras:
-                extras_report(args.polls, args.threaded)
+                extras_report(args.polls, args.threaded, args.rounds)
             if args.only:
                 continue
             r = measure(args.polls, not args.no_exporter)

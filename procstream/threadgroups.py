@@ -35,20 +35,6 @@ class ThreadCounts:
     counts: Counts
 
 
-def _used(old: ThreadSample, new: ThreadSample) -> Counts:
-    """What a thread used between two samples (never negative)."""
-    return Counts(
-        max(new.cpu_user - old.cpu_user, 0.0),
-        max(new.cpu_system - old.cpu_system, 0.0),
-        max(new.read_bytes - old.read_bytes, 0),
-        max(new.write_bytes - old.write_bytes, 0),
-        max(new.major_faults - old.major_faults, 0),
-        max(new.minor_faults - old.minor_faults, 0),
-        max(new.ctx_voluntary - old.ctx_voluntary, 0),
-        max(new.ctx_nonvoluntary - old.ctx_nonvoluntary, 0),
-    )
-
-
 class ThreadGroups:
     """Keeps each tracked process's last thread samples and each group's counters by
     thread name."""
@@ -88,7 +74,8 @@ class ThreadGroups:
                     entry = names[sample.name] = [0, ZERO_COUNTS]
                 entry[0] += 1
                 if old is not None:
-                    entry[1] = entry[1] + _used(old, sample)
+                    # a sample has a process's counter fields: the same difference, never negative
+                    entry[1] = entry[1] + Counts.between(old, sample)  # type: ignore[arg-type]
             seen[tp.id] = now
         self._last = seen
 

@@ -8,7 +8,7 @@
 // /api/proc, when a process is opened. Everything a process supplied (names, command
 // lines, cgroup paths) goes into the page as text.
 
-import { setHidden, setText } from './dom.js';
+import { factList, setHidden, setText } from './dom.js';
 import {
   NONE, fmtAge, fmtBytes, fmtCmdline, fmtInt, fmtLifetime, fmtPct, fmtRate, stateName,
 } from './format.js';
@@ -104,17 +104,7 @@ export class DetailView {
     this.mem = new Series();
     this.drawn = -1;
 
-    this.factCells = new Map();
-    for (const [id, label] of FACTS) {
-      const div = document.createElement('div');
-      const dt = document.createElement('dt');
-      dt.textContent = label;
-      const dd = document.createElement('dd');
-      dd.dataset.fact = id;
-      div.append(dt, dd);
-      this.els.facts.append(div);
-      this.factCells.set(id, dd);
-    }
+    this.factCells = factList(this.els.facts, FACTS);
     this.els.close.addEventListener('click', () => this.dialog.close());
     this.dialog.addEventListener('close', () => {
       this.key = null;

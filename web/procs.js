@@ -6,7 +6,7 @@
 // Like the groups table, the order is recomputed once per poll, and not while the
 // pointer is over the rows.
 
-import { setHidden, setText } from './dom.js';
+import { factList, setHidden, setText } from './dom.js';
 import {
   NONE, fmtAge, fmtBytes, fmtCmdline, fmtInt, fmtLifetime, fmtPct, fmtRate, stateName,
 } from './format.js';
@@ -99,18 +99,7 @@ export class ProcsView {
       if (this.needSort) this.update(null);
     });
 
-    this.factCells = new Map();
-    const dl = els.facts;
-    for (const [id, label] of FACTS) {
-      const div = document.createElement('div');
-      const dt = document.createElement('dt');
-      dt.textContent = label;
-      const dd = document.createElement('dd');
-      dd.dataset.fact = id;
-      div.append(dt, dd);
-      dl.append(div);
-      this.factCells.set(id, dd);
-    }
+    this.factCells = factList(els.facts, FACTS);
   }
 
   makeColumns() {

@@ -331,7 +331,7 @@ class Proc:
             partial += tasks.partial
         elif fs.wchan and st.num_threads <= 1:
             try:
-                channel = parse_wchan(self._file("wchan"))
+                channel = parse_wchan(self._file("wchan", until_eof=False))
             except PermissionError:
                 channel = ""
                 partial += 1
@@ -345,7 +345,8 @@ class Proc:
         pss = swap_pss = 0
         if fs.smaps:
             try:
-                pss, swap_pss = parse_smaps_rollup(self._file("smaps_rollup"))
+                # one record, made at once and far below a read's buffer: one read() is all
+                pss, swap_pss = parse_smaps_rollup(self._file("smaps_rollup", until_eof=False))
             except PermissionError:
                 partial += 1
             except ProcessLookupError as exc:
@@ -416,7 +417,7 @@ class Proc:
                         letter = parse_state(raw_stat)
                 if want_wchan:
                     try:
-                        channel = parse_wchan(read_file(prefix + "wchan"))
+                        channel = parse_wchan(read_file(prefix + "wchan", until_eof=False))
                     except PermissionError:
                         channel = ""
                         partial = 1

@@ -6,10 +6,8 @@ carry names of their own (``prctl(PR_SET_NAME)``, what ``pthread_setname_np`` do
 from __future__ import annotations
 
 import secrets
-import shutil
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,12 +19,11 @@ from procstream.serve.metrics import Families, MetricsCollector, make_registry, 
 from procstream.threadgroups import ThreadCounts
 from procstream.tracker import Counts, Memory
 from tests.serve.test_metrics import Exposition, scrape
-from tests.support.network import free_port
-from tests.support.processes import running, stop
+from tests.support.exporter import running_exporter
+from tests.support.processes import stop
 from tests.support.served import Served
 from tests.support.waiting import wait_for
 
-EXPORTER = shutil.which("prometheus-process-exporter")
 NG = "namedprocess_namegroup_"
 THREAD_FAMILIES = {
     NG + "thread_count": "gauge",
@@ -169,30 +166,12 @@ def tag() -> str:
 @pytest.fixture
 def exporter_defaults(tmp_path: Path, tag: str) -> Iterator[tuple[str, Path]]:
     """process-exporter with Debian's defaults (-threads, -gather-smaps on)."""
-    assert EXPORTER is not None, "prometheus-process-exporter is not installed (apt install prometheus-process-exporter)"
     config = tmp_path / "config.yml"
     config.write_text(
         "process_names:\n"
         f"  - name: \"thr:{{{{.Matches.Tag}}}}\"\n    cmdline: ['pxt-(?P<Tag>{tag})']\n"
     )
-    port = free_port()
-    with running(
-        EXPORTER,
-        f"-config.path={config}",
-        f"-web.listen-address=127.0.0.1:{port}",
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    ):
-        url = f"http://127.0.0.1:{port}/metrics"
-
-        def answers() -> bool:
-            try:
-                with urllib.request.urlopen(url, timeout=2):
-                    return True
-            except OSError:
-                return False
-
-        wait_for("process-exporter to answer", answers, timeout=15)
+    with running_exporter(config) as url:
         yield url, config
 
 
