@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from procstream.schema import DEFAULT_TYPES
 from procstream.stream.protocol import (
     Filter,
     ProtocolError,
@@ -17,10 +18,10 @@ from procstream.stream.protocol import (
 def test_wildcards_and_all_leave_proc_update_out() -> None:
     assert expand_types(["*"]) is None
     assert expand_types(["proc.*"]) == frozenset({"proc.start", "proc.exit"})
-    assert expand_types(["proc.*", "group.update", "cycle", "host.lost"]) is None
+    assert expand_types(list(DEFAULT_TYPES)) is None  # every type but proc.update: "all"
     assert expand_types(["proc.update"]) == frozenset({"proc.update"})
     every = expand_types(["*", "proc.update"])
-    assert every is not None and every == {"proc.start", "proc.exit", "group.update", "cycle", "host.lost", "proc.update"}
+    assert every is not None and every == {*DEFAULT_TYPES, "proc.update"}
 
 
 def test_no_wildcard_reaches_proc_update() -> None:
