@@ -185,17 +185,18 @@ class _Acc:
         self.resident += m.resident_bytes
         self.virtual += m.virtual_bytes
         self.swapped += m.swapped_bytes
-        # 0 and empty unless smaps, wait channels or threads are read
-        self.pss += m.pss_bytes
-        self.swap_pss += m.swap_pss_bytes
-        if m.wchans:
-            wchans = self.wchans
-            if wchans is None:
-                wchans = self.wchans = {}
-            for channel in m.wchans:
-                wchans[channel] = wchans.get(channel, 0) + 1
-        if m.threads:
-            self.threaded = True
+        x = m.extras  # None unless smaps, wait channels or threads are read
+        if x is not None:
+            self.pss += x.pss_bytes
+            self.swap_pss += x.swap_pss_bytes
+            if x.wchans:
+                wchans = self.wchans
+                if wchans is None:
+                    wchans = self.wchans = {}
+                for channel in x.wchans:
+                    wchans[channel] = wchans.get(channel, 0) + 1
+            if x.threads:
+                self.threaded = True
         fds = m.open_fds
         if fds > 0:
             self.open_fds += fds
@@ -555,7 +556,7 @@ class Grouper:
         threads: dict[str, tuple[ThreadCounts, ...]] = {}
         if self._thread_groups.active or any(acc.threaded for acc in accs.values()):
             threads = self._thread_groups.update(
-                tp for tp in self.tracker.tracked.values() if tp.metrics.threads
+                tp for tp in self.tracker.tracked.values() if tp.metrics.extras is not None and tp.metrics.extras.threads
             )
         totals = self._totals
         durable = self._durable

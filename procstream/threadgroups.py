@@ -1,7 +1,7 @@
 """Per-thread-name counters of each group: process-exporter's ``-threads`` families.
 
 Rules (process-exporter's, so its dashboards read the same numbers):
-- Only processes with two threads or more take part (``ProcMetrics.threads`` is empty
+- Only processes with two threads or more take part (``ProcExtras.threads`` is empty
   for the others), and only while they are tracked.
 - A thread is identified by (tid, start time). What it used between two polls counts;
   a thread seen for the first time (also every thread of a process just tracked) counts
@@ -59,7 +59,8 @@ class ThreadGroups:
         # group -> name -> [threads, usage this poll]
         polled: dict[str, dict[str, list]] = {}
         for tp in tracked:
-            samples = tp.metrics.threads
+            extras = tp.metrics.extras
+            samples = extras.threads if extras is not None else ()
             if not samples:
                 continue
             before = last.get(tp.id, {})

@@ -33,7 +33,7 @@ from .errors import ProcfsError, ProcfsParseError
 from .fd import count_open_fds
 from .io import parse_io
 from .limits import Limit, parse_limits, parse_max_open_files
-from .models import ExecMark, ProcId, ProcMetrics, ProcStatic, States, ThreadSample, state_of
+from .models import ExecMark, ProcExtras, ProcId, ProcMetrics, ProcStatic, States, ThreadSample, state_of
 from .schedstat import parse_schedstat
 from .smaps import parse_smaps_rollup
 from .stat import PF_EXITING, PF_KTHREAD, Stat, parse_flags, parse_stat, parse_state
@@ -66,12 +66,13 @@ class FS:
     process-exporter does; off, only the main thread's are used.
 
     Off unless asked for, because each costs reads at every poll:
-    ``threads``: each thread's name and counters (``ProcMetrics.threads``; also reads
+    ``threads``: each thread's name and counters (``ProcExtras.threads``; also reads
     ``task/*/io``; implies ``thread_detail``), process-exporter's ``-threads``;
-    ``smaps``: proportional memory from ``smaps_rollup`` (``pss_bytes``,
+    ``smaps``: proportional memory from ``smaps_rollup`` (``ProcExtras.pss_bytes``,
     ``swap_pss_bytes``), its ``-gather-smaps``;
-    ``wchan``: each waiting thread's wait channel (``ProcMetrics.wchans``; ``wchan``, or
+    ``wchan``: each waiting thread's wait channel (``ProcExtras.wchans``; ``wchan``, or
     ``task/*/wchan`` of a multi-threaded process).
+    With any of them, ``ProcMetrics.extras`` holds what they read.
     """
 
     def __init__(
@@ -357,6 +358,9 @@ class Proc:
                     partial += 1
 
         ticks = fs.clock_ticks
+        extras = None
+        if fs.threads or fs.smaps or fs.wchan:
+            extras = ProcExtras(pss, swap_pss, threads, wchans)
         self._metrics = ProcMetrics(
             st.utime / ticks,
             st.stime / ticks,
@@ -374,10 +378,7 @@ class Proc:
             states,
             partial,
             st.state,
-            pss,
-            swap_pss,
-            threads,
-            wchans,
+            extras,
         )
         return self._metrics
 

@@ -15,6 +15,7 @@ __all__ = [
     "ExecMark",
     "ProcStatic",
     "ProcMetrics",
+    "ProcExtras",
     "ThreadSample",
     "States",
     "ProcIdInfo",
@@ -135,6 +136,21 @@ class ThreadSample(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class ProcExtras:
+    """What only process-exporter's optional families need, read only when asked for
+    (``FS(threads=, smaps=, wchan=)``): kept apart so that the sample every poll makes of
+    every process stays as small as it was."""
+
+    #: proportional resident and swapped memory (``smaps_rollup``)
+    pss_bytes: int = 0
+    swap_pss_bytes: int = 0
+    #: every thread of a multi-threaded process (empty for a single-threaded one)
+    threads: tuple[ThreadSample, ...] = ()
+    #: the wait channel of each of its threads that waits in the kernel
+    wchans: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ProcMetrics:
     """What we read at every poll. Counters are totals since the process started."""
 
@@ -156,15 +172,8 @@ class ProcMetrics:
     partial_errors: int = 0
     #: the process's scheduler state letter (``stat``): R S D Z T t X I ...
     state: str = ""
-    #: proportional resident and swapped memory (``smaps_rollup``; 0 unless asked for)
-    pss_bytes: int = 0
-    swap_pss_bytes: int = 0
-    #: every thread of a multi-threaded process (empty unless asked for, and for a
-    #: single-threaded process)
-    threads: tuple[ThreadSample, ...] = ()
-    #: the wait channel of each of its threads that waits in the kernel (unless asked
-    #: for: empty)
-    wchans: tuple[str, ...] = ()
+    #: None unless the FS reads process-exporter's optional data
+    extras: ProcExtras | None = None
 
     @property
     def cpu_time(self) -> float:

@@ -16,6 +16,7 @@ from procstream.procfs import (
     ProcfsParseError,
     ProcId,
     ProcLike,
+    ProcExtras,
     ProcMetrics,
     ProcStatic,
     States,
@@ -338,7 +339,7 @@ def _fd_limit(mount: str, pid: int) -> int:
 
 def test_extras_are_not_read_unless_asked(fake_proc: Path) -> None:
     metrics = FS(fake_proc).proc(1010).metrics()
-    assert (metrics.threads, metrics.wchans, metrics.pss_bytes, metrics.swap_pss_bytes) == ((), (), 0, 0)
+    assert metrics.extras is None
     # not even opened: unreadable, they would count as partial errors
     for name in ("smaps_rollup", "wchan", "task/1011/io", "task/1011/wchan"):
         (fake_proc / "1010" / name).unlink()
@@ -349,7 +350,8 @@ def test_threads_of_a_multithreaded_process(fake_proc: Path) -> None:
     fs = FS(fake_proc, threads=True, thread_detail=False)
     assert fs.thread_detail is True  # per-thread samples are thread detail
     metrics = fs.proc(1010).metrics()
-    assert sorted(metrics.threads) == [
+    assert metrics.extras is not None
+    assert sorted(metrics.extras.threads) == [
         ThreadSample(1010, 67176, "python3", 2 / TICKS, 0.0, 4096, 0, 0, 1932, 4, 3),
         # the comm of a thread is its own (pthread_setname_np), ')' and ' ' included
         ThreadSample(1011, 67179, "pool) worker", 0.0, 0.0, 0, 8192, 0, 3, 25, 7),
@@ -363,13 +365,13 @@ def test_threads_of_a_multithreaded_process(fake_proc: Path) -> None:
 
 def test_single_threaded_process_has_no_thread_samples(fake_proc: Path) -> None:
     # as in process-exporter, per-thread data is about processes with 2 threads or more
-    assert FS(fake_proc, threads=True).proc(1000).metrics().threads == ()
+    assert FS(fake_proc, threads=True).proc(1000).metrics().extras == ProcExtras()
 
 
 def test_thread_io_unreadable_is_partial(fake_proc: Path) -> None:
     deny(fake_proc / "1010" / "task" / "1012" / "io")
     metrics = unprivileged(lambda: FS(fake_proc, threads=True).proc(1010).metrics())
-    by_tid = {t.tid: t for t in metrics.threads}
+    by_tid = {t.tid: t for t in metrics.extras.threads}
     assert (by_tid[1012].read_bytes, by_tid[1012].write_bytes) == (0, 0)
     assert by_tid[1011].write_bytes == 8192
     assert metrics.partial_errors >= 1
@@ -378,29 +380,28 @@ def test_thread_io_unreadable_is_partial(fake_proc: Path) -> None:
 def test_wait_channels_one_per_waiting_thread(fake_proc: Path) -> None:
     fs = FS(fake_proc, wchan=True)
     # three threads: two wait, one runs (0); the process's own wchan is not counted again
-    assert sorted(fs.proc(1010).metrics().wchans) == ["do_select", "io_schedule"]
-    assert fs.proc(1000).metrics().wchans == ("hrtimer_nanosleep",)
-    assert fs.proc(1000).metrics().threads == ()
+    assert sorted(fs.proc(1010).metrics().extras.wchans) == ["do_select", "io_schedule"]
+    assert fs.proc(1000).metrics().extras == ProcExtras(wchans=("hrtimer_nanosleep",))
 
 
 def test_wchan_missing_while_the_process_lives_is_partial(fake_proc: Path) -> None:
     (fake_proc / "1000" / "wchan").unlink()
     metrics = FS(fake_proc, wchan=True).proc(1000).metrics()
-    assert (metrics.wchans, metrics.partial_errors) == ((), 1)
+    assert (metrics.extras, metrics.partial_errors) == (ProcExtras(), 1)
 
 
 def test_proportional_memory(fake_proc: Path) -> None:
     fs = FS(fake_proc, smaps=True)
     m = fs.proc(1010).metrics()
-    assert (m.pss_bytes, m.swap_pss_bytes) == (9261 * 1024, 16 * 1024)
+    assert m.extras == ProcExtras(pss_bytes=9261 * 1024, swap_pss_bytes=16 * 1024)
     assert m.partial_errors == 0
-    assert fs.proc(14).metrics().pss_bytes == 0
+    assert fs.proc(14).metrics().extras == ProcExtras()
 
 
 def test_proportional_memory_missing_is_partial(fake_proc: Path) -> None:
     # the zombie's fixture has no smaps_rollup (a kernel before 4.14 has none at all)
     m = FS(fake_proc, smaps=True).proc(1002).metrics()
-    assert (m.pss_bytes, m.partial_errors) == (0, 2)  # and no io
+    assert (m.extras, m.partial_errors) == (ProcExtras(), 2)  # and no io
 
 
 def test_proportional_memory_of_a_vanished_process(fake_proc: Path) -> None:

@@ -226,6 +226,11 @@ def test_thread_and_smaps_families_agree_with_process_exporter(
                      explain=lambda: by_thread(scrape(their_url), count))
             wait_for("procstream to see the threads", lambda: by_thread(scrape(our_url), count) == expected,
                      explain=lambda: by_thread(scrape(our_url), count))
+            # Each began counting at its own first look, while the processes were starting:
+            # what the threads do from here on is what both must count alike.
+            polls = scrape(our_url).value("procstream_polls_total")
+            wait_for("two more polls", lambda: scrape(our_url).value("procstream_polls_total") >= polls + 2)
+            their_base, our_base = scrape(their_url), scrape(our_url)
 
             for p in procs[:2]:
                 assert p.stdin is not None and p.stdout is not None
@@ -245,29 +250,35 @@ def test_thread_and_smaps_families_agree_with_process_exporter(
         assert ours.label_names(family) == theirs.label_names(family), family
     assert by_thread(ours, count) == by_thread(theirs, count) == expected
 
-    # counters of the threads' work, which both started counting before it began
+    def grown(after: Exposition, before: Exposition, family: str, **extra: str) -> dict[tuple[str, str], float]:
+        """What each (group, thread name) counter of ``family`` grew by in between."""
+        base = by_thread(before, NG + family, **extra)
+        return {k: v - base.get(k, 0.0) for k, v in by_thread(after, NG + family, **extra).items()}
+
+    # counters: what the threads did between the two readings (the work, and what little
+    # the idle ones do), counted alike
     for mode in ("user", "system"):
-        o = by_thread(ours, NG + "thread_cpu_seconds_total", mode=mode)
-        t = by_thread(theirs, NG + "thread_cpu_seconds_total", mode=mode)
+        o = grown(ours, our_base, "thread_cpu_seconds_total", mode=mode)
+        t = grown(theirs, their_base, "thread_cpu_seconds_total", mode=mode)
         assert o.keys() == t.keys() == expected.keys()
         for key in o:
             assert o[key] == pytest.approx(t[key], abs=0.03), (mode, key)
-    busy_cpu = sum(by_thread(ours, NG + "thread_cpu_seconds_total", mode=m)[(group, "pxt-busy")] for m in ("user", "system"))
+    busy_cpu = sum(grown(ours, our_base, "thread_cpu_seconds_total", mode=m)[(group, "pxt-busy")] for m in ("user", "system"))
     assert busy_cpu >= 0.25
     for iomode in ("read", "write"):
-        o = by_thread(ours, NG + "thread_io_bytes_total", iomode=iomode)
-        t = by_thread(theirs, NG + "thread_io_bytes_total", iomode=iomode)
+        o = grown(ours, our_base, "thread_io_bytes_total", iomode=iomode)
+        t = grown(theirs, their_base, "thread_io_bytes_total", iomode=iomode)
         for key in o:
             assert o[key] == pytest.approx(t[key], rel=0.05, abs=4096), (iomode, key)
     assert by_thread(ours, NG + "thread_io_bytes_total", iomode="write")[(group, "pxt-busy")] >= 256 * 1024
     for family in ("thread_minor_page_faults_total", "thread_major_page_faults_total"):
-        o, t = by_thread(ours, NG + family), by_thread(theirs, NG + family)
+        o, t = grown(ours, our_base, family), grown(theirs, their_base, family)
         for key in o:
             assert o[key] == pytest.approx(t[key], rel=0.05, abs=16), (family, key)
-    assert by_thread(ours, NG + "thread_minor_page_faults_total")[(group, "pxt-busy")] >= 1000
+    assert grown(ours, our_base, "thread_minor_page_faults_total")[(group, "pxt-busy")] >= 1000
     for kind in ("voluntary", "nonvoluntary"):
-        o = by_thread(ours, NG + "thread_context_switches_total", ctxswitchtype=kind)
-        t = by_thread(theirs, NG + "thread_context_switches_total", ctxswitchtype=kind)
+        o = grown(ours, our_base, "thread_context_switches_total", ctxswitchtype=kind)
+        t = grown(theirs, their_base, "thread_context_switches_total", ctxswitchtype=kind)
         for key in o:
             assert o[key] == pytest.approx(t[key], rel=0.1, abs=5), (kind, key)
 

@@ -10,6 +10,7 @@ from procstream.procfs.models import (
     ProcId,
     ProcIdInfo,
     ProcMetrics,
+    ProcExtras,
     ProcStatic,
     ThreadSample,
     state_of,
@@ -73,10 +74,7 @@ def fake(
         states=state_of(state),
         partial_errors=partial,
         state=state,
-        pss_bytes=pss[0],
-        swap_pss_bytes=pss[1],
-        threads=thread_samples,
-        wchans=wchans,
+        extras=ProcExtras(pss[0], pss[1], thread_samples, wchans) if pss != (0, 0) or thread_samples or wchans else None,
     )
     mark = ExecMark(name, stack) if stack else None
     return FixedProc(ProcIdInfo(ProcId(pid, start), static, metrics), limit=limit, error=error, mark=mark)
