@@ -150,7 +150,7 @@ class Tour:
     def restart_server(self) -> None:
         assert self.server is not None
         add_proc(self.fake_proc, 2405, comm="newcomer", cmdline=("newcomer",), start=99_500)
-        remove_proc(self.fake_proc, 1001)  # the only process of "a) (b c)": its row goes dim
+        remove_proc(self.fake_proc, 1001)  # the only process of "a) (b c)": the new run never sees it
         self.serve(port=self.server.port)
         self.page.evaluate("document.getElementById('retry').click()")  # skip the backoff wait
         self.viewer.wait_state("live", timeout=20_000)
@@ -158,11 +158,12 @@ class Tour:
         self.viewer.wait_log(1001, "gone")
 
     def hide_empty(self) -> None:
-        remove_proc(self.fake_proc, 2404)  # "sleep" keeps 1000 and 1006; no group empties
-        add_proc(self.fake_proc, 2406, comm="brief", cmdline=("brief",), start=99_600)
-        self.viewer.wait("() => document.getElementById('n-groups').textContent === '4'")
-        remove_proc(self.fake_proc, 2406)
-        self.viewer.wait("() => document.querySelector('#groups-table tbody tr.empty') !== null")
+        groups = int(self.page.text_content("#n-groups") or "0")
+        add_proc(self.fake_proc, 2407, comm="brief", cmdline=("brief",))
+        self.viewer.wait("(n) => document.getElementById('n-groups').textContent === String(n)", groups + 1)
+        remove_proc(self.fake_proc, 2407)
+        self.viewer.wait("() => [...document.querySelectorAll('#groups-table tbody tr.empty td.c-name')]"
+                         ".some(td => td.textContent === 'brief')")
         self.page.check("#hide-empty")
         self.viewer.wait("() => document.querySelector('#groups-table tbody tr.empty') === null")
 
