@@ -308,7 +308,7 @@ class EventBuilder:
                     "type": PROC_UPDATE,
                     "ts": t,
                     "pid": entry.id.pid,
-                    "start_time": entry.start_time,
+                    "start_time": start_ms(entry.static.start_time),
                     "group": entry.group,
                 }
                 ev.update(fields)

@@ -40,11 +40,6 @@ class LiveEntry(NamedTuple):
     fd_limit: int
     static: ProcStatic
 
-    @property
-    def start_time(self) -> float:
-        """Its start time as events carry it (``start_time``, epoch seconds to the ms)."""
-        return round(self.static.start_time, 3)
-
 
 @dataclass(frozen=True, slots=True)
 class UpdateInterest:
@@ -62,6 +57,11 @@ class UpdateInterest:
         if self.groups is None and self.pids is None:
             return True
         return (self.groups is not None and group in self.groups) or (self.pids is not None and pid in self.pids)
+
+
+# Events write a start time to the millisecond: within this of the exact one, it is the
+# same process (a pid is never reused within a millisecond).
+_SAME_START = 0.002
 
 
 def _r(x: float, digits: int) -> float:
@@ -96,13 +96,14 @@ class LiveTable:
         return len(self.entries)
 
     def fields(self, pid: int, start_time: float | None = None) -> ProcLive | None:
-        """The live numbers of process ``pid`` (of that ``start_time``, when given: a pid
-        reused since is another process); None when this poll didn't see it."""
+        """The live numbers of process ``pid`` (of that ``start_time``, as events write it
+        (to the millisecond), when given: a pid reused since is another process); None
+        when this poll didn't see it."""
         raw = self.entries.get(pid)
         if raw is None:
             return None
         entry = LiveEntry(*raw)
-        if start_time is not None and entry.start_time != start_time:
+        if start_time is not None and abs(entry.static.start_time - start_time) >= _SAME_START:
             return None
         return self._fields(entry)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from procstream.events import EventBuilder
+from procstream.events import EventBuilder, start_ms
 from procstream.grouper import Grouper
 from procstream.live import LiveTable, UpdateInterest
 from procstream.schema import LIVE_FIELDS
@@ -53,8 +53,8 @@ def test_a_reused_pid_is_another_process() -> None:
     h.poll(fake(10, "web", start=100, cpu=(5.0, 0.0)))
     t = h.poll(fake(10, "web", start=900, cpu=(1.0, 0.0)))
     assert t.fields(10)["cpu_pct"] == 0.0  # type: ignore[index]
-    assert t.fields(10, round(BOOT + 900 / HZ, 3)) is not None
-    assert t.fields(10, round(BOOT + 100 / HZ, 3)) is None
+    assert t.fields(10, start_ms(BOOT + 900 / HZ)) is not None  # as events write it
+    assert t.fields(10, start_ms(BOOT + 100 / HZ)) is None
     assert t.fields(99) is None
 
 
@@ -91,7 +91,7 @@ def test_proc_update_only_for_changes() -> None:
     every = UpdateInterest()
     first = builder_events(h, b, every, fake(10, "web"), fake(11, "web"))
     assert [e["pid"] for e in first] == [10, 11]  # first time: all of them
-    assert first[0]["group"] == "web" and first[0]["start_time"] == round(BOOT + 1000 / HZ, 3)
+    assert first[0]["group"] == "web" and first[0]["start_time"] == start_ms(BOOT + 1000 / HZ)  # as in proc.start
     assert set(first[0]) == {"type", "ts", "pid", "start_time", "group", *LIVE_FIELDS}
     # an idle process whose numbers stay the same is not sent again
     again = builder_events(h, b, every, fake(10, "web", cpu=(0.5, 0.0)), fake(11, "web"))

@@ -97,6 +97,9 @@ async def test_only_subscribers_naming_proc_update_get_it(served: Served, procs:
         assert max(u["cpu_pct"] for u in watcher.of("proc.update", pid=procs["busy1"])) > 0
         # the others were in the same polls and never got one
         await everything.wait("as many cycles", lambda: len(everything.of("cycle")) >= len(watcher.of("cycle")))
+        # the process as the others know it: the same (pid, start_time) key
+        known = [p for o in everything.of("snapshot") for p in o["procs"]] + everything.of("proc.start")
+        assert update["start_time"] in {p["start_time"] for p in known if p["pid"] == procs["busy1"]}
         for c in (everything, wildcard):
             assert c.of("proc.update") == []
     finally:
