@@ -122,6 +122,28 @@ def build_parser() -> argparse.ArgumentParser:
         "when missing), in order, resent after outages, stored once (message id "
         "<host>:<epoch>:<seq>). See docs/protocol.md and docs/deploy.md.",
     ))
+    fam = serve.add_argument_group(
+        "process-exporter's optional families",
+        "off by default: each adds /proc reads to every poll, for tracked processes only",
+    )
+    fam.add_argument(
+        "--threads",
+        action="store_true",
+        help="export per-thread-name metrics (namedprocess_namegroup_thread_*), like "
+        "process-exporter's -threads: reads task/*/io of every multi-threaded process",
+    )
+    fam.add_argument(
+        "--gather-smaps",
+        action="store_true",
+        help="export proportional memory (memory_bytes memtypes proportionalResident, "
+        "proportionalSwapped), like process-exporter's -gather-smaps: reads smaps_rollup",
+    )
+    fam.add_argument(
+        "--threads-wchan",
+        action="store_true",
+        help="export threads by kernel wait channel (namedprocess_namegroup_threads_wchan): "
+        "reads every thread's wchan",
+    )
     sec = serve.add_argument_group("security")
     sec.add_argument(
         "--token",

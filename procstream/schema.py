@@ -21,6 +21,10 @@ Rules:
   ``cmdline_truncated: true``), every other supplied string at most
   :data:`STRING_MAX_BYTES` (:func:`cut_text`). With JSON's escapes an event then stays
   far below the frames clients accept (websockets' default is 1 MiB).
+- A type in :data:`EXPLICIT_TYPES` is sent only to who names it: no wildcard (``*``,
+  ``proc.*``) and no "every type" selects it. ``proc.update`` is one: per-process numbers
+  at every poll are for a viewer looking at those processes, not for every subscriber;
+  and the hub gives it no ``seq`` (see :class:`ProcUpdate`).
 """
 
 from __future__ import annotations
@@ -39,8 +43,10 @@ __all__ = [
     "CYCLE",
     "HOST_LOST",
     "EXIT_CLASSES",
+    "PROC_UPDATE",
     "StateCounts",
     "ProcFields",
+    "ProcLive",
     "GroupFields",
     "RestartOf",
     "LastExit",
@@ -57,9 +63,12 @@ __all__ = [
     "CycleExtras",
     "Cycle",
     "HostLost",
+    "ProcUpdate",
     "Event",
     "EVENTS",
     "EVENT_TYPES",
+    "EXPLICIT_TYPES",
+    "DEFAULT_TYPES",
     "EVENT_ONLY_FIELDS",
     "PROC_FIELDS",
     "GROUP_FIELDS",
@@ -68,6 +77,7 @@ __all__ = [
     "STRING_MAX_BYTES",
     "cap_cmdline",
     "cut_text",
+    "LIVE_FIELDS",
 ]
 
 PROC_START: Final = "proc.start"
@@ -79,6 +89,7 @@ GROUP_CRASHLOOP: Final = "group.crashloop"
 GROUP_STABLE: Final = "group.stable"
 CYCLE: Final = "cycle"
 HOST_LOST: Final = "host.lost"
+PROC_UPDATE: Final = "proc.update"
 
 #: Why a process ended (``exit_class``): code 0, code != 0, a signal, the kernel's OOM killer.
 EXIT_CLASSES: Final[tuple[str, ...]] = ("ok", "error", "signal", "oom_kill")
@@ -113,6 +124,26 @@ class ProcFields(TypedDict):
     group: str
     user: str
     uid: int
+
+
+class ProcLive(TypedDict):
+    """A process's numbers as of the latest poll. ``cpu_pct`` (100 = one core),
+    ``read_bps`` and ``write_bps`` are over the last interval; ``cpu_s`` is its CPU time
+    since it started; ``open_fds`` is -1 and ``fd_ratio`` 0 when unknown (``fd_ratio``:
+    open fds over the soft limit, 0 when unlimited); ``state`` is the scheduler's letter
+    (``R`` running, ``S`` sleeping, ``D`` uninterruptible, ``Z`` zombie, ``T`` stopped, ...)."""
+
+    cpu_pct: float
+    cpu_s: float
+    mem_resident: int
+    mem_virtual: int
+    mem_swap: int
+    threads: int
+    open_fds: int
+    fd_ratio: float
+    state: str
+    read_bps: float
+    write_bps: float
 
 
 class GroupFields(TypedDict):
@@ -343,6 +374,26 @@ class HostLost(TypedDict):
     count: int
 
 
+class _Hosted(TypedDict, total=False):
+    """Added by the hub to an event it doesn't number."""
+
+    host: str
+
+
+class ProcUpdate(ProcLive, _Hosted):
+    """A process's numbers changed since the last poll (sent only to subscribers whose
+    ``types`` name ``proc.update``, and only for the processes they select). ``pid`` and
+    ``start_time`` identify it as in its ``proc.start``. A reading, not a change of state:
+    it has no ``seq`` (it is never replayed, and doesn't make other subscribers see gaps)."""
+
+    type: Literal["proc.update"]
+    ts: float
+    pid: int
+    start_time: float
+    group: str
+
+
+
 Event = Union[
     ProcStart,
     ProcExit,
@@ -354,6 +405,7 @@ Event = Union[
     GroupStable,
     Cycle,
     HostLost,
+    ProcUpdate,
 ]
 
 #: Every event type and the shapes it comes in, in the order types are listed to clients.
@@ -367,10 +419,17 @@ EVENTS: Final[dict[str, tuple[type, ...]]] = {
     GROUP_STABLE: (GroupStable,),
     CYCLE: (Cycle,),
     HOST_LOST: (HostLost,),
+    PROC_UPDATE: (ProcUpdate,),
 }
 
 #: The event type names, in a stable order.
 EVENT_TYPES: Final[tuple[str, ...]] = tuple(EVENTS)
+
+#: Types sent only to subscribers that name them (never through a wildcard or "all").
+EXPLICIT_TYPES: Final[frozenset[str]] = frozenset({PROC_UPDATE})
+
+#: What "every type" means: all types but the explicit ones, in the stable order.
+DEFAULT_TYPES: Final[tuple[str, ...]] = tuple(t for t in EVENT_TYPES if t not in EXPLICIT_TYPES)
 
 #: Fields about the event itself, not about the process or group it describes.
 EVENT_ONLY_FIELDS: Final[frozenset[str]] = frozenset(
@@ -382,6 +441,8 @@ EVENT_ONLY_FIELDS: Final[frozenset[str]] = frozenset(
 PROC_FIELDS: Final[tuple[str, ...]] = tuple(ProcFields.__annotations__)
 #: A group's fields, in the order events carry them.
 GROUP_FIELDS: Final[tuple[str, ...]] = tuple(GroupFields.__annotations__)
+#: A process's live numbers, in the order ``proc.update`` and a snapshot's procs carry them.
+LIVE_FIELDS: Final[tuple[str, ...]] = tuple(ProcLive.__annotations__)
 
 
 # -- bounded sizes ----------------------------------------------------------------------

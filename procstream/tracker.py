@@ -131,6 +131,9 @@ class Memory:
     resident_bytes: int = 0
     virtual_bytes: int = 0
     swapped_bytes: int = 0
+    #: proportional set sizes (``smaps_rollup``'s Pss and SwapPss), when read
+    proportional_bytes: int = 0
+    proportional_swap_bytes: int = 0
 
 
 @dataclass(slots=True)

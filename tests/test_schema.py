@@ -20,6 +20,10 @@ GROUP = {
     "ctx_voluntary", "ctx_nonvoluntary", "oldest_start_time", "states",
     "expected_min", "expected_max",
 }  # fmt: skip
+LIVE = {
+    "cpu_pct", "cpu_s", "mem_resident", "mem_virtual", "mem_swap", "threads", "open_fds",
+    "fd_ratio", "state", "read_bps", "write_bps",
+}  # fmt: skip
 NUMBERED = {"seq", "host"}
 CONTRACT: dict[type, tuple[set[str], set[str]]] = {  # (required, optional)
     schema.ProcStart: (IDENTITY | {"type", "ts", "source", "restart_of"}, NUMBERED | {"previous"}),
@@ -41,6 +45,7 @@ CONTRACT: dict[type, tuple[set[str], set[str]]] = {  # (required, optional)
     ),
     # written by the NATS publisher in place of events it could no longer send: no seq
     schema.HostLost: ({"type", "ts", "host", "epoch", "from_seq", "to_seq", "count"}, set()),
+    schema.ProcUpdate: (LIVE | {"type", "ts", "pid", "start_time", "group"}, {"host"}),  # no seq
 }  # fmt: skip
 
 
@@ -56,6 +61,16 @@ def test_identity_and_group_fields() -> None:
     assert set(get_type_hints(schema.StateCounts)) == {"running", "sleeping", "waiting", "zombie", "other"}
     assert set(get_type_hints(schema.RestartOf)) == {"pid", "exit_code", "signal", "down_s"}
     assert schema.EXIT_CLASSES == ("ok", "error", "signal", "oom_kill")
+    assert set(schema.LIVE_FIELDS) == LIVE and len(schema.LIVE_FIELDS) == len(LIVE)
+
+
+def test_proc_update_is_sent_only_to_who_names_it() -> None:
+    assert schema.EXPLICIT_TYPES == {"proc.update"}
+    assert schema.DEFAULT_TYPES == (
+        "proc.start", "proc.exit", "group.update",
+        "group.missing", "group.recovered", "group.crashloop", "group.stable",
+        "cycle", "host.lost",
+    )  # fmt: skip
 
 
 def test_a_snapshots_group_may_have_its_lifecycle() -> None:
@@ -70,7 +85,7 @@ def test_the_registry_lists_every_shape_under_its_own_type() -> None:
     assert schema.EVENT_TYPES == (
         "proc.start", "proc.exit", "group.update",
         "group.missing", "group.recovered", "group.crashloop", "group.stable",
-        "cycle", "host.lost",
+        "cycle", "host.lost", "proc.update",
     )  # fmt: skip
     shapes = [cls for classes in EVENTS.values() for cls in classes]
     assert sorted(c.__name__ for c in shapes) == sorted(c.__name__ for c in get_args(schema.Event))

@@ -5,11 +5,15 @@ the parser modules only turn bytes into values. Rules (see also ``errors.py``):
 
 - ``stat``, ``status`` and ``cmdline`` are required: if one is missing the process has
   gone (``ProcessLookupError``), if unreadable ``PermissionError``.
-- ``io``, ``fd``, ``task/`` (and ``cgroup``, ``limits``) are optional: unreadable
-  (``io`` and ``fd`` are owner-only) or missing while the process is still there, their
-  values fall back to a default (0 bytes, -1 fds, leader-only thread data) and
-  ``ProcMetrics.partial_errors`` counts them. Missing *because the process has gone* is
-  still ``ProcessLookupError``: after an ENOENT we look whether ``stat`` is still there.
+- ``io``, ``fd``, ``task/`` (and ``cgroup``, ``limits``, ``smaps_rollup``, ``wchan``) are
+  optional: unreadable (``io`` and ``fd`` are owner-only) or missing while the process is
+  still there, their values fall back to a default (0 bytes, -1 fds, leader-only thread
+  data) and ``ProcMetrics.partial_errors`` counts them. Missing *because the process has
+  gone* is still ``ProcessLookupError``: after an ENOENT we look whether ``stat`` is still
+  there.
+- What process-exporter reads with ``-threads`` and ``-gather-smaps`` (each thread's
+  names and counters, ``smaps_rollup``) and its wait channels are read only when the
+  ``FS`` is made to: they cost a read per thread, or a walk of the memory map.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import os
 import time
 import stat as _stat_mod
 from collections.abc import Iterator
-from typing import Final
+from typing import Final, NamedTuple
 
 from ._read import read_file
 from .boot import parse_btime
@@ -30,17 +34,32 @@ from .cmdline import parse_cmdline
 from .errors import ProcfsError, ProcfsParseError
 from .fd import count_open_fds
 from .io import parse_io
-from .limits import parse_max_open_files
-from .models import ExecMark, ProcId, ProcMetrics, ProcStatic, States, state_of
+from .limits import Limit, parse_limits, parse_max_open_files
+from .models import ExecMark, ProcExtras, ProcId, ProcMetrics, ProcStatic, States, ThreadSample, state_of
 from .schedstat import parse_schedstat
+from .smaps import parse_smaps_rollup
 from .stat import PF_EXITING, PF_KTHREAD, Stat, parse_flags, parse_stat, parse_state
 from .status import Status, parse_ctx_switches, parse_status
+from .wchan import parse_wchan
 
 # Reads of a process's stat and cmdline until both are of one program (it may exec
 # meanwhile), or an empty argv is taken as its own.
 _EXEC_TRIES: Final = 3
 
 __all__ = ["FS", "Proc"]
+
+
+class _Tasks(NamedTuple):
+    """What one walk of ``task/*`` found (see ``Proc._threads``)."""
+
+    #: None: no thread could be read
+    states: States | None
+    voluntary: int
+    nonvoluntary: int
+    samples: tuple[ThreadSample, ...]
+    wchans: tuple[str, ...]
+    #: 1 if some thread's optional file (io, wchan) could not be read
+    partial: int
 
 
 class FS:
@@ -51,13 +70,31 @@ class FS:
     ``thread_detail``: count thread states and sum context switches over every thread
     (``task/*/stat`` and ``task/*/status``, two extra reads per thread) as
     process-exporter does; off, only the main thread's are used.
+
+    Off unless asked for, because each costs reads at every poll:
+    ``threads``: each thread's name and counters (``ProcExtras.threads``; also reads
+    ``task/*/io``; implies ``thread_detail``), process-exporter's ``-threads``;
+    ``smaps``: proportional memory from ``smaps_rollup`` (``ProcExtras.pss_bytes``,
+    ``swap_pss_bytes``), its ``-gather-smaps``;
+    ``wchan``: each waiting thread's wait channel (``ProcExtras.wchans``; ``wchan``, or
+    ``task/*/wchan`` of a multi-threaded process).
+    With any of them, ``ProcMetrics.extras`` holds what they read.
     """
 
     def __init__(
-        self, mount_point: str | os.PathLike[str] = "/proc", *, thread_detail: bool = True
+        self,
+        mount_point: str | os.PathLike[str] = "/proc",
+        *,
+        thread_detail: bool = True,
+        threads: bool = False,
+        smaps: bool = False,
+        wchan: bool = False,
     ) -> None:
         self.mount_point: str = os.fspath(mount_point)
-        self.thread_detail: bool = thread_detail
+        self.thread_detail: bool = thread_detail or threads
+        self.threads: bool = threads
+        self.smaps: bool = smaps
+        self.wchan: bool = wchan
         try:
             mode = os.stat(self.mount_point).st_mode
         except OSError as exc:
@@ -92,7 +129,8 @@ class FS:
                 self.boot_time_precise = precise
 
     def __repr__(self) -> str:
-        return f"FS({self.mount_point!r}, thread_detail={self.thread_detail})"
+        extras = "".join(f", {name}=True" for name in ("threads", "smaps", "wchan") if getattr(self, name))
+        return f"FS({self.mount_point!r}, thread_detail={self.thread_detail}{extras})"
 
     def all_procs(self) -> Iterator[Proc]:
         """A ``Proc`` for every process (numeric entry) of the mount point, pid order.
@@ -324,20 +362,56 @@ class Proc:
             open_fds = -1
             partial += 1
 
-        detail = None
-        if fs.thread_detail and st.num_threads > 1:
+        tasks = None
+        if st.num_threads > 1 and (fs.thread_detail or fs.wchan):
             try:
-                detail = self._threads()
+                tasks = self._threads()
             except PermissionError:
                 partial += 1
-        if detail is None:
+        if tasks is None or not tasks.states:
             states = state_of(st.state)
             ctx_voluntary = status.ctx_voluntary
             ctx_nonvoluntary = status.ctx_nonvoluntary
         else:
-            states, ctx_voluntary, ctx_nonvoluntary = detail
+            states = tasks.states
+            ctx_voluntary, ctx_nonvoluntary = tasks.voluntary, tasks.nonvoluntary
+
+        threads: tuple[ThreadSample, ...] = ()
+        wchans: tuple[str, ...] = ()
+        if tasks is not None:
+            threads, wchans = tasks.samples, tasks.wchans
+            partial += tasks.partial
+        elif fs.wchan and st.num_threads <= 1:
+            try:
+                channel = parse_wchan(self._file("wchan", until_eof=False))
+            except PermissionError:
+                channel = ""
+                partial += 1
+            except ProcessLookupError as exc:
+                self._missing(exc)
+                channel = ""
+                partial += 1
+            if channel:
+                wchans = (channel,)
+
+        pss = swap_pss = 0
+        if fs.smaps:
+            try:
+                # one record, made at once and far below a read's buffer: one read() is all
+                pss, swap_pss = parse_smaps_rollup(self._file("smaps_rollup", until_eof=False))
+            except PermissionError:
+                partial += 1
+            except ProcessLookupError as exc:
+                # ESRCH on an open file: no memory map (a zombie, a kernel thread); ENOENT:
+                # gone, or a kernel older than 4.14 (no smaps_rollup)
+                if exc.errno != errno.ESRCH:
+                    self._missing(exc)
+                    partial += 1
 
         ticks = fs.clock_ticks
+        extras = None
+        if fs.threads or fs.smaps or fs.wchan:
+            extras = ProcExtras(pss, swap_pss, threads, wchans)
         self._metrics = ProcMetrics(
             st.utime / ticks,
             st.stime / ticks,
@@ -354,16 +428,19 @@ class Proc:
             open_fds,
             states,
             partial,
+            st.state,
+            extras,
         )
         return self._metrics
 
-    def _threads(self) -> tuple[States, int, int] | None:
-        """(states, voluntary, nonvoluntary context switches) over ``task/*``.
+    def _threads(self) -> _Tasks | None:
+        """What ``task/*`` says: thread states, context switches summed (``status`` has
+        only the main thread's), and with ``FS(threads=True)``/``FS(wchan=True)`` each
+        thread's sample and wait channel.
 
-        ``/proc/PID/status`` only has the main thread's context switches, hence the sum.
-        A thread that exits while we list is skipped. None when ``task/`` is missing or no
-        thread could be read: the caller then uses the main thread's values (as it does,
-        counting a partial error, on ``PermissionError``).
+        A thread that exits while we list is skipped. None when ``task/`` is missing; no
+        states when no thread could be read: the caller then uses the main thread's
+        values (as it does, counting a partial error, on ``PermissionError``).
         """
         task = self._dir + "task/"
         try:
@@ -371,13 +448,56 @@ class Proc:
         except FileNotFoundError as exc:
             self._missing(ProcessLookupError(exc.errno, exc.strerror, task))
             return None
+        fs = self._fs
+        detail, want_samples, want_wchan = fs.thread_detail, fs.threads, fs.wchan
+        ticks = fs.clock_ticks
         running = sleeping = waiting = zombie = other = 0
         voluntary = nonvoluntary = 0
+        partial = 0
+        samples: list[ThreadSample] = []
+        wchans: list[str] = []
         for tid in tids:
             prefix = task + tid + "/"
             try:
-                letter = parse_state(read_file(prefix + "stat", until_eof=False))
-                ctx = parse_ctx_switches(read_file(prefix + "status"))
+                if detail:
+                    raw_stat = read_file(prefix + "stat", until_eof=False)
+                    ctx = parse_ctx_switches(read_file(prefix + "status"))
+                    if want_samples:
+                        st = parse_stat(raw_stat)
+                        letter = st.state
+                    else:
+                        letter = parse_state(raw_stat)
+                if want_wchan:
+                    try:
+                        channel = parse_wchan(read_file(prefix + "wchan", until_eof=False))
+                    except PermissionError:
+                        channel = ""
+                        partial = 1
+                    if channel:
+                        wchans.append(channel)
+                if not detail:
+                    continue
+                if want_samples:
+                    try:
+                        io_read, io_write = parse_io(read_file(prefix + "io", until_eof=False))
+                    except PermissionError:
+                        io_read = io_write = 0
+                        partial = 1
+                    samples.append(
+                        ThreadSample(
+                            int(tid),
+                            st.starttime,
+                            st.comm,
+                            st.utime / ticks,
+                            st.stime / ticks,
+                            io_read,
+                            io_write,
+                            st.majflt,
+                            st.minflt,
+                            ctx[0],
+                            ctx[1],
+                        )
+                    )
             except ProcessLookupError:
                 continue
             if letter == "S":
@@ -392,9 +512,16 @@ class Proc:
                 other += 1
             voluntary += ctx[0]
             nonvoluntary += ctx[1]
-        if running + sleeping + waiting + zombie + other == 0:
-            return None
-        return States(running, sleeping, waiting, zombie, other), voluntary, nonvoluntary
+        counted = running + sleeping + waiting + zombie + other
+        # process-exporter reports per-thread data of processes with 2 threads or more
+        return _Tasks(
+            States(running, sleeping, waiting, zombie, other) if counted else None,
+            voluntary,
+            nonvoluntary,
+            tuple(samples) if len(samples) > 1 else (),
+            tuple(wchans),
+            partial,
+        )
 
     def read_argv_first(self) -> None:
         """Read ``cmdline`` now, before any other file: of a process that may exit any
@@ -408,6 +535,24 @@ class Proc:
         process's when it is single-threaded. For the final CPU of a process at exit,
         where ``stat``'s 10 ms ticks are too coarse."""
         return parse_schedstat(self._file("schedstat"))
+
+    def limits(self) -> tuple[Limit, ...]:
+        """Every resource limit (reads ``limits``), for a process's detail view; ``()``
+        when missing while the process is still there. Raises ``PermissionError``."""
+        try:
+            return parse_limits(self._file("limits"))
+        except ProcessLookupError as exc:
+            self._missing(exc)
+            return ()
+
+    def cgroup_paths(self) -> tuple[str, ...]:
+        """The cgroup path of each hierarchy (reads ``cgroup``); ``()`` when the kernel
+        has none. Unlike ``static(cgroups=True)`` it reads nothing else."""
+        try:
+            return parse_cgroup(self._file("cgroup"))
+        except ProcessLookupError as exc:
+            self._missing(exc)
+            return ()
 
     def fd_limit(self) -> int:
         """Soft limit on open files (reads ``limits``); 0 when unlimited or unknown

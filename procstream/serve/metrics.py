@@ -6,10 +6,12 @@ Rules:
   immutable :class:`PollView`; a scrape reads whatever view is current. No lock: replacing
   a reference is atomic, and nothing in a view is mutated after it is published.
 - The ``namedprocess_*`` families, their label names and HELP texts are
-  process-exporter's (``collector/process_collector.go``, run with ``-threads=false
-  -gather-smaps=false``), so existing dashboards and alerts keep working. Not provided:
-  ``namedprocess_namegroup_threads_wchan`` (it needs every thread's
-  ``/proc/PID/task/TID/wchan`` at every poll).
+  process-exporter's (``collector/process_collector.go``), so existing dashboards and
+  alerts keep working. Its optional families cost /proc reads at every poll, so they are
+  exported only when the service reads what they need (``serve --threads``,
+  ``--gather-smaps``, ``--threads-wchan``; see :class:`Families`): the six
+  ``namedprocess_namegroup_thread_*`` families, ``memory_bytes`` of memtypes
+  ``proportionalResident``/``proportionalSwapped``, and ``threads_wchan``.
 - ``oldest_start_time_seconds`` is whole seconds, as process-exporter's: the start time
   truncated, the same instant as the group's ``oldest_start_time`` in events (truncated
   to the millisecond there). Start times come from a boot time to the microsecond, where
@@ -77,6 +79,7 @@ from .server import RouteHandler, ServerStats, http_response
 
 __all__ = [
     "CONTENT_TYPE",
+    "Families",
     "POLL_DURATION_BUCKETS",
     "PollView",
     "MetricsCollector",
@@ -102,6 +105,19 @@ _COUNTERS_WITHOUT_TOTAL: Final = (
     "namedprocess_scrape_procread_errors",
     "namedprocess_scrape_partial_errors",
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Families:
+    """process-exporter's optional families to export, as its flags name them; export
+    one only when the poll reads what it needs (``FS(threads=, smaps=, wchan=)``)."""
+
+    #: ``-threads``: the ``namedprocess_namegroup_thread_*`` families, by thread name
+    threads: bool = False
+    #: ``-gather-smaps``: ``memory_bytes{memtype="proportionalResident"|"proportionalSwapped"}``
+    smaps: bool = False
+    #: ``namedprocess_namegroup_threads_wchan``: threads by kernel wait channel
+    wchan: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +183,9 @@ class MetricsCollector(Collector):
         memory_guard: Callable[[], MemoryGuard | None] | None = None,
         sockets: SocketStats | None = None,
         max_clients: int | None = None,
+        families: Families = Families(),
     ) -> None:
+        self.families = families
         self.hub_stats = hub_stats
         self.server_stats = server_stats
         self.poll_status = poll_status
@@ -215,6 +233,7 @@ class MetricsCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         view = self._view
         yield from self._namegroup(view)
+        yield from self._optional(view)
         yield from self._scrape_errors(view)
         if self.lifecycle is not None:
             yield from self._lifecycle(view, self.lifecycle())
@@ -248,6 +267,7 @@ class MetricsCollector(Collector):
             "Number of processes in states Running, Sleeping, Waiting, Zombie, or Other",
             labels=["groupname", "state"],
         )
+        smaps = self.families.smaps
         for name, g in view.groups.items():
             c = g.counts
             label = [name]
@@ -264,6 +284,9 @@ class MetricsCollector(Collector):
             mem.add_metric([name, "resident"], m.resident_bytes)
             mem.add_metric([name, "virtual"], m.virtual_bytes)
             mem.add_metric([name, "swapped"], m.swapped_bytes)
+            if smaps:
+                mem.add_metric([name, "proportionalResident"], m.proportional_bytes)
+                mem.add_metric([name, "proportionalSwapped"], m.proportional_swap_bytes)
             fds.add_metric(label, g.open_fds)
             worst.add_metric(label, g.worst_fd_ratio)
             # whole seconds, truncated like Go's Time.Unix() (events: to the millisecond)
@@ -333,6 +356,64 @@ class MetricsCollector(Collector):
                     high.add_metric(label, e.max)
                 missing.add_metric(label, 1 if life.missing else 0)
         return iter((restarts, exits, ooms, loop, low, high, missing))
+    def _optional(self, view: PollView) -> Iterator[Metric]:
+        """process-exporter's optional families, those :attr:`families` asks for (the
+        proportional memtypes are samples of ``memory_bytes``, in :meth:`_namegroup`)."""
+        fam = self.families
+        if fam.threads:
+            count = GaugeMetricFamily(
+                _NG + "thread_count",
+                "Number of threads in this group with same threadname",
+                labels=["groupname", "threadname"],
+            )
+            cpu = CounterMetricFamily(
+                _NG + "thread_cpu_seconds",
+                "Cpu user/system usage in seconds",
+                labels=["groupname", "threadname", "mode"],
+            )
+            io = CounterMetricFamily(
+                _NG + "thread_io_bytes",
+                "number of bytes read/written by these threads",
+                labels=["groupname", "threadname", "iomode"],
+            )
+            major = CounterMetricFamily(
+                _NG + "thread_major_page_faults",
+                "Major page faults for these threads",
+                labels=["groupname", "threadname"],
+            )
+            minor = CounterMetricFamily(
+                _NG + "thread_minor_page_faults",
+                "Minor page faults for these threads",
+                labels=["groupname", "threadname"],
+            )
+            ctx = CounterMetricFamily(
+                _NG + "thread_context_switches",
+                "Context switches for these threads",
+                labels=["groupname", "threadname", "ctxswitchtype"],
+            )
+            for name, g in view.groups.items():
+                for t in g.threads:
+                    c = t.counts
+                    count.add_metric([name, t.name], t.threads)
+                    cpu.add_metric([name, t.name, "user"], c.cpu_user)
+                    cpu.add_metric([name, t.name, "system"], c.cpu_system)
+                    io.add_metric([name, t.name, "read"], c.read_bytes)
+                    io.add_metric([name, t.name, "write"], c.write_bytes)
+                    major.add_metric([name, t.name], c.major_faults)
+                    minor.add_metric([name, t.name], c.minor_faults)
+                    ctx.add_metric([name, t.name, "voluntary"], c.ctx_voluntary)
+                    ctx.add_metric([name, t.name, "nonvoluntary"], c.ctx_nonvoluntary)
+            yield from (count, cpu, io, major, minor, ctx)
+        if fam.wchan:
+            wchan = GaugeMetricFamily(
+                _NG + "threads_wchan",
+                "Number of threads in this group waiting on each wchan",
+                labels=["groupname", "wchan"],
+            )
+            for name, g in view.groups.items():
+                for channel, n in g.wchans:
+                    wchan.add_metric([name, channel], n)
+            yield wchan
 
     def _scrape_errors(self, view: PollView) -> Iterator[Metric]:
         failures = self.poll_status.failures if self.poll_status is not None else 0

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..collect.core import Core
+from ..collect.detail import process_detail
 from ..collect.kernel import KernelSource, choose_source
 from ..collect.oom import OomWatch
 from ..config import Config
@@ -41,12 +42,14 @@ from ..fleet.agent import NatsAgent, NatsStartError
 from ..fleet.options import NatsConfigError
 from ..fleet.subjects import check_host_name
 from ..lifecycle import Lifecycle
+from ..live import UpdateInterest
 from ..netlink.connector import ConnectorError
 from ..stream.eventlog import EventLog, parse_types
 from ..stream.hub import Hub
 from ..stream.sink import HubAndLog
 from ..wiring import UsageError, build_core, load_namer
-from .metrics import MetricsCollector, make_registry, metrics_route
+from .detail import detail_route
+from .metrics import Families, MetricsCollector, make_registry, metrics_route
 from .resources import MIN_MAX_MEMORY, MemoryBudget, MemoryGuard, fit_descriptors, parse_size
 from .security import (
     Guard,
@@ -156,6 +159,10 @@ class Service:
         self.core = Core(
             self.fs.all_procs, self.grouper, self.builder, HubAndLog(self.hub, self.eventlog), self.lifecycle
         )
+        # Per-process numbers: every snapshot carries the latest poll's; proc.update events
+        # are built only for the processes that subscribers select.
+        self.core.on_live(self.hub.set_live)
+        self.hub.watch_interest(lambda i: self.core.want_updates(None if i is None else UpdateInterest(*i)))
         self.poller = Poller(self.core, interval=args.interval)
         try:
             self.use_kernel, self.source_reason = choose_source(args.source, args.procfs)
@@ -193,9 +200,14 @@ class Service:
             memory_guard=lambda: self.memory,
             sockets=self.server.sockets.stats,
             max_clients=server_config.max_clients,
+            families=Families(threads=args.threads, smaps=args.gather_smaps, wchan=args.threads_wchan),
         )
         self.core.watch(self.metrics.on_poll)
         self.server.add_route("/metrics", metrics_route(make_registry(self.metrics)))
+        self.server.add_route(
+            "/api/proc",
+            detail_route(lambda pid, st: self.core.call(process_detail, self.fs, self.grouper, self.builder, pid, st)),
+        )
         self.memory = MemoryGuard(self.budget.total, self.hub.shed, held=self._memory_held)
         self._stop = asyncio.Event()
 

@@ -49,7 +49,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from ..schema import GROUP_CRASHLOOP, GROUP_MISSING, GROUP_RECOVERED, GROUP_STABLE, PROC_EXIT, PROC_START
+from ..schema import EXPLICIT_TYPES, GROUP_CRASHLOOP, GROUP_MISSING, GROUP_RECOVERED, GROUP_STABLE, PROC_EXIT, PROC_START
 from ..stats import Stats
 
 __all__ = ["EventLog", "EventLogStats", "DEFAULT_TYPES", "parse_types"]
@@ -222,12 +222,13 @@ class EventLog:
         return self._types
 
     def wants(self, event_type: str) -> bool:
-        """Whether events of this type are written."""
-        return (
-            self._all_types
-            or event_type in self._types
-            or any(event_type.startswith(p) for p in self._prefixes)
-        )
+        """Whether events of this type are written (``proc.update`` only when named:
+        ``*`` and ``proc.*`` don't select it)."""
+        if event_type in self._types:
+            return True
+        if event_type in EXPLICIT_TYPES:
+            return False
+        return self._all_types or any(event_type.startswith(p) for p in self._prefixes)
 
     def write(self, events: Iterable[Mapping[str, Any]]) -> None:
         """Queue the events of one poll (as sent on the wire) that this log wants.

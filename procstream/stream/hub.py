@@ -45,6 +45,16 @@ How delivery works (the design choice that keeps memory bounded):
 * Resume is the same mechanism: ``since=N`` in this epoch and within the buffer sets the
   cursor to N+1; the pump replays, then the subscriber joins the fast path. Nothing is
   lost or doubled because the live fast path only ever serves caught-up subscribers.
+
+Per-process numbers: a snapshot's processes carry the live numbers of the latest poll
+(:meth:`Hub.set_live`). ``proc.update`` events are readings, not history: they exist
+only while some subscriber names that type (the hub tells whoever listens which
+processes its subscribers select, :meth:`Hub.watch_interest`, so the producer builds
+those and nothing else), and they take no ``seq`` and no room in the resume buffer. So a
+subscriber that doesn't ask for them sees the same gap-free sequence as if nobody did,
+and keeps the same resume window. They go out with their poll's events on the fast path
+only; a subscriber that lags gets them only from the recent frames it catches up from
+(the next snapshot carries the numbers anyway).
 """
 
 from __future__ import annotations
@@ -67,20 +77,24 @@ from ..schema import (
     GROUP_RECOVERED,
     GROUP_STABLE,
     GROUP_UPDATE,
+    LIVE_FIELDS,
     PROC_EXIT,
     PROC_START,
+    PROC_UPDATE,
     Event,
     GroupFields,
     ProcFields,
 )
 from ..stats import Stats
 from . import protocol as P
-from .protocol import NO_GROUP, Filter, Subscription
+from .protocol import NO_GROUP, Filter, Subscription, update_key
 
 __all__ = [
     "Hub",
     "HubStats",
     "Transport",
+    "LiveNumbers",
+    "Interest",
     "Subscriber",
     "SERVER_NAME",
     "RESET_REASONS",
@@ -151,6 +165,21 @@ class Transport(Protocol):
 
     def close(self, code: int, reason: str) -> None:
         """Start closing the connection with this close code."""
+
+
+class LiveNumbers(Protocol):
+    """The latest poll's per-process numbers (``procstream.live.LiveTable``)."""
+
+    def fields(self, pid: int, start_time: float | None = None) -> Mapping[str, Any] | None:
+        """The numbers of process ``pid`` started at ``start_time``; None if unknown."""
+
+
+#: Which processes' ``proc.update`` the subscribers select: ``(groups, pids)`` with
+#: ``(None, None)`` meaning every process; None: no subscriber names ``proc.update``.
+Interest = tuple[frozenset[str] | None, frozenset[int] | None] | None
+
+# A process the latest poll hasn't read yet (started since, seen by kernel events).
+_UNKNOWN_LIVE: Final[dict[str, None]] = dict.fromkeys(LIVE_FIELDS)
 
 
 @dataclass(slots=True)
@@ -430,6 +459,9 @@ class Hub:
         self._subs: set[Subscriber] = set()
         self._by_filter: dict[Filter, set[Subscriber]] = {}
         self._lagging: set[Subscriber] = set()
+        self._live: LiveNumbers | None = None
+        self._interest: Interest = None
+        self._interest_listeners: list[Callable[[Interest], None]] = []
 
     # -- read-only views ---------------------------------------------------------------
 
@@ -546,16 +578,21 @@ class Hub:
         types: list[Any] = []
         groups: list[Any] = []
         parts: list[bytes] = []
+        cursors: list[int] = []  # the seq of each part, or the next one for a proc.update
+        updates = 0
         for ev in batch:
             try:
-                ev["seq"] = seq + 1
-                ev["host"] = host
                 t = ev.get("type")
-                g = ev.get("group", NO_GROUP)
+                reading = t == PROC_UPDATE
+                if not reading:
+                    ev["seq"] = seq + 1
+                ev["host"] = host
+                g = update_key(ev.get("group"), ev.get("pid")) if reading else ev.get("group", NO_GROUP)
             except Exception:  # not a mutable mapping: nothing to number
                 self._failed("numbering an event")
                 continue
-            seq += 1
+            if not reading:
+                seq += 1
             try:
                 # orjson's bytes have spare capacity; the buffer keeps an exact copy
                 data = memoryview(dumps(ev)).tobytes()
@@ -569,8 +606,18 @@ class Hub:
             # The filters and counters key on them: hashable strings, whatever came.
             if type(t) is not str:
                 t = str(t)
+            if reading:
+                # a reading, not history: no seq, no state, no room in the resume buffer
+                updates += 1
+                types.append(t)
+                groups.append(g)
+                parts.append(data)
+                cursors.append(seq + 1)
+                counts[t] = counts.get(t, 0) + 1
+                continue
             if g is not NO_GROUP and type(g) is not str:
                 g = str(g)
+            cursors.append(seq)
             change = apply.get(t)
             if change is not None:
                 try:
@@ -584,33 +631,42 @@ class Hub:
         if not parts:
             return
         self._head = seq
-        self._ring.extend(now, types, groups, parts)
+        if not updates:
+            self._ring.extend(now, types, groups, parts)
+        elif seq >= first:
+            kept = [i for i, t in enumerate(types) if t != PROC_UPDATE]
+            self._ring.extend(now, [types[i] for i in kept], [groups[i] for i in kept], [parts[i] for i in kept])
         self._forget_snapshots()
         stats.batches += 1
-        stats.events_published += len(parts)
+        stats.events_published += len(parts) - updates
 
         next_seq = seq + 1
+        # Only numbered events can be pulled from the buffer later (a batch of nothing
+        # but readings has no place in it: past a full transport, they are just dropped).
+        numbered = seq >= first
         dead: list[Subscriber] = []
         # This loop is the hot path (once per subscriber per poll): keep it to one transport
         # call per subscriber and count into locals.
         for filt, subs in self._by_filter.items():
-            if filt.everything:
+            if filt.everything and not updates:
                 sel = parts
             else:
                 match = filt.matches
                 sel = [p for p, t, g in zip(parts, types, groups) if match(t, g)]
             nsel = len(sel)
             if not nsel:
-                self._remember(filt, first, next_seq, None)
+                if numbered:
+                    self._remember(filt, first, next_seq, None)
                 for sub in subs:
                     if not sub.lagging:
                         sub.cursor = next_seq
                 continue
             frame = b"[" + b",".join(sel) + b"]"
             if len(frame) > MAX_FRAME_BYTES:
-                self._deliver_split(filt, subs, parts, types, groups, first, now, dead)
+                self._deliver_split(filt, subs, parts, types, groups, cursors, next_seq, numbered, now, dead)
                 continue
-            self._remember(filt, first, next_seq, frame)
+            if numbered:
+                self._remember(filt, first, next_seq, frame)
             stats.frames_encoded += 1
             written = 0
             for sub in subs:
@@ -625,7 +681,8 @@ class Hub:
                     written += 1
                 elif r == 0:
                     # cursor stays at `first`: the pump will pull this batch from the buffer
-                    self._set_lagging(sub)
+                    if numbered:
+                        self._set_lagging(sub)
                 else:
                     dead.append(sub)
             stats.frames_sent += written
@@ -643,31 +700,35 @@ class Hub:
         parts: list[bytes],
         types: list[Any],
         groups: list[Any],
-        first: int,
+        cursors: list[int],
+        next_seq: int,
+        numbered: bool,
         now: float,
         dead: list[Subscriber],
     ) -> None:
         """A batch too big for one frame under ``filt``: consecutive frames, each within
-        :data:`MAX_FRAME_BYTES`, each remembered with the seqs it covers."""
+        :data:`MAX_FRAME_BYTES`, each remembered with the seqs it covers. ``cursors[i]``:
+        the seq part ``i`` is (or, a ``proc.update``, the next one to come)."""
         chunks: list[tuple[int, int, bytes]] = []
         sel: list[bytes] = []
         size = 1
-        start = first
+        start = cursors[0]
         nsel = 0
         everything, match = filt.everything, filt.matches
         for i, data in enumerate(parts):
             if not (everything or match(types[i], groups[i])):
                 continue
             if sel and size + len(data) + 1 > MAX_FRAME_BYTES:
-                chunks.append((start, first + i, b"[" + b",".join(sel) + b"]"))
-                sel, size, start = [], 1, first + i
+                chunks.append((start, cursors[i], b"[" + b",".join(sel) + b"]"))
+                sel, size, start = [], 1, cursors[i]
             sel.append(data)
             size += len(data) + 1
             nsel += 1
-        chunks.append((start, first + len(parts), b"[" + b",".join(sel) + b"]"))
+        chunks.append((start, next_seq, b"[" + b",".join(sel) + b"]"))
         stats = self.stats
-        for begin, end, frame in chunks:
-            self._remember(filt, begin, end, frame)
+        if numbered:
+            for begin, end, frame in chunks:
+                self._remember(filt, begin, end, frame)
         stats.frames_encoded += len(chunks)
         for sub in subs:
             if sub.lagging:
@@ -683,10 +744,54 @@ class Hub:
                     stats.bytes_sent += len(frame)
                     continue
                 if r == 0:
-                    self._set_lagging(sub)  # the pump goes on from sub.cursor
+                    if numbered:
+                        self._set_lagging(sub)  # the pump goes on from sub.cursor
                 else:
                     dead.append(sub)
                 break
+
+    def set_live(self, live: LiveNumbers) -> None:
+        """The per-process numbers of the poll whose events come next (call before that
+        :meth:`publish` or :meth:`load_state`); snapshots carry them from then on."""
+        self._live = live
+        self._forget_snapshots()
+
+    def watch_interest(self, listener: Callable[[Interest], None]) -> None:
+        """Call ``listener`` with the current :data:`Interest` now and whenever it
+        changes (a subscriber naming ``proc.update`` comes, goes or changes its filter)."""
+        self._interest_listeners.append(listener)
+        listener(self._interest)
+
+    @property
+    def interest(self) -> Interest:
+        """Which processes' ``proc.update`` the subscribers select now (see :data:`Interest`)."""
+        return self._interest
+
+    def _update_interest(self) -> None:
+        everyone = False
+        groups: set[str] = set()
+        pids: set[int] = set()
+        anyone = False
+        for filt in self._by_filter:
+            if not filt.wants_updates:
+                continue
+            anyone = True
+            if filt.groups is None and filt.pids is None:
+                everyone = True
+                break
+            groups.update(filt.groups or ())
+            pids.update(filt.pids or ())
+        interest: Interest
+        if not anyone:
+            interest = None
+        elif everyone:
+            interest = (None, None)
+        else:
+            interest = (frozenset(groups) if groups else None, frozenset(pids) if pids else None)
+        if interest != self._interest:
+            self._interest = interest
+            for listener in self._interest_listeners:
+                listener(interest)
 
     # -- connection side ---------------------------------------------------------------
 
@@ -752,6 +857,7 @@ class Hub:
         sub.ov_since = None
         sub.replay_end = 0
         self._by_filter.setdefault(sub.filter, set()).add(sub)
+        self._update_interest()
         head = self._head
 
         if ack:
@@ -963,6 +1069,10 @@ class Hub:
         else:
             gstate = {k: v for k, v in self._groups.items() if k in groups}
             procs = [p for p in self._procs.values() if p.get("group") in groups]
+        live = self._live
+        if live is not None:
+            # identity as the events told it, numbers as the latest poll read them
+            procs = [{**p, **(live.fields(p.get("pid"), p.get("start_time")) or _UNKNOWN_LIVE)} for p in procs]
         return P.snapshot(seq=self._head, host=self.host, epoch=self.epoch, groups=gstate, procs=procs)
 
     def _snapshot_parts(self, filt: Filter) -> _Snapshot:
@@ -1259,6 +1369,8 @@ class Hub:
                 del self._by_filter[sub.filter]
                 self._recent.pop(sub.filter, None)
                 self._recent_bytes -= self._recent_size.pop(sub.filter, 0)
+                if sub.filter.wants_updates:
+                    self._update_interest()
 
     def _count_reset(self, reason: str) -> None:
         self.stats.resets[reason] = self.stats.resets.get(reason, 0) + 1

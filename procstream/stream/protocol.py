@@ -23,13 +23,24 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from ..schema import EVENT_TYPES, STRING_MAX_BYTES, GroupFields, ProcFields, cap_cmdline, cut_text
+from ..schema import (
+    DEFAULT_TYPES,
+    EVENT_TYPES,
+    EXPLICIT_TYPES,
+    PROC_UPDATE,
+    STRING_MAX_BYTES,
+    GroupFields,
+    ProcFields,
+    cap_cmdline,
+    cut_text,
+)
 
 __all__ = [
     "PROTOCOL_VERSION",
     "EVENT_TYPES",
     "CONTROL_TYPES",
     "NO_GROUP",
+    "update_key",
     "Filter",
     "Subscription",
     "ProtocolError",
@@ -61,6 +72,12 @@ CONTROL_TYPES: Final[frozenset[str]] = frozenset(
 #: Marker for "this event has no group" (``cycle``): such events pass any groups filter.
 NO_GROUP: Final[object] = object()
 
+
+def update_key(group: object, pid: object) -> tuple[object, object]:
+    """What :meth:`Filter.matches` takes as the "group" of a ``proc.update`` event: its
+    group and its pid, as ``pids`` select among those events."""
+    return (group, pid)
+
 # Limits on what a client may ask for; inbound frames are small anyway (server max_size),
 # these keep one request from building a silly filter.
 _MAX_NAMES: Final = 1024
@@ -68,8 +85,9 @@ _MAX_NAME_LEN: Final = 256
 _MAX_SEQ: Final = 2**63 - 1
 _MAX_EPOCH_LEN: Final = 128
 
-_SUBSCRIBE_FIELDS: Final = frozenset({"op", "types", "groups", "since", "epoch", "snapshot"})
-_QUERY_FIELDS: Final = frozenset({"types", "groups", "since", "epoch", "snapshot", "token"})
+_MAX_PID: Final = 2**22  # the kernel's PID_MAX_LIMIT
+_SUBSCRIBE_FIELDS: Final = frozenset({"op", "types", "groups", "pids", "since", "epoch", "snapshot"})
+_QUERY_FIELDS: Final = frozenset({"types", "groups", "pids", "since", "epoch", "snapshot", "token"})
 _KNOWN_OPS: Final = ("subscribe",)
 
 
@@ -88,7 +106,14 @@ class ProtocolError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Filter:
-    """Which events a subscriber wants: event types and group names, ``None`` = all.
+    """Which events a subscriber wants: event types and group names, ``None`` = all;
+    and ``pids``, which (like ``groups``) select the processes whose ``proc.update``
+    events are sent.
+
+    ``types`` ``None`` means every type but those sent only when named
+    (:data:`~procstream.schema.EXPLICIT_TYPES`: ``proc.update``). A ``proc.update``
+    passes when its group is in ``groups`` or its pid in ``pids`` (every process when both
+    are ``None``); ``pids`` narrows no other type.
 
     Filters are canonical (wildcards expanded, "every type" folded to ``None``) and
     hashable, so the hub can group subscribers by filter and encode each batch once per
@@ -97,16 +122,33 @@ class Filter:
 
     types: frozenset[str] | None = None
     groups: frozenset[str] | None = None
+    pids: frozenset[int] | None = None
 
     @property
     def everything(self) -> bool:
-        """True when the filter lets every event through."""
+        """True when the filter lets every event through but ``proc.update`` (which it
+        never does unless named)."""
         return self.types is None and self.groups is None
+
+    @property
+    def wants_updates(self) -> bool:
+        """Whether ``proc.update`` events are named in :attr:`types`."""
+        return self.types is not None and PROC_UPDATE in self.types
 
     def matches(self, type_: object, group: object) -> bool:
         """Whether an event of this type and group passes; ``group`` is :data:`NO_GROUP`
-        for events without a group (``cycle``), which pass any groups filter."""
-        if self.types is not None and type_ not in self.types:
+        for events without a group (``cycle``), which pass any groups filter, and
+        :func:`update_key` for a ``proc.update``."""
+        types = self.types
+        if type_ == PROC_UPDATE:
+            if types is None or type_ not in types:
+                return False
+            groups, pids = self.groups, self.pids
+            if groups is None and pids is None:
+                return True
+            name, pid = group  # type: ignore[misc]
+            return (groups is not None and name in groups) or (pids is not None and pid in pids)
+        if types is not None and type_ not in types:
             return False
         if self.groups is not None and group is not NO_GROUP and group not in self.groups:
             return False
@@ -114,15 +156,22 @@ class Filter:
 
     def matches_event(self, event: Mapping[str, Any]) -> bool:
         """:meth:`matches` for an event dict."""
-        return self.matches(event.get("type"), event.get("group", NO_GROUP))
+        type_ = event.get("type")
+        if type_ == PROC_UPDATE:
+            return self.matches(type_, update_key(event.get("group"), event.get("pid")))
+        return self.matches(type_, event.get("group", NO_GROUP))
 
-    def to_json(self) -> dict[str, list[str] | None]:
-        """The filter as sent in ``hello``/``subscribed``: sorted lists, ``null`` = all."""
-        return {
+    def to_json(self) -> dict[str, list[Any] | None]:
+        """The filter as sent in ``hello``/``subscribed``: sorted lists, ``null`` = all;
+        ``pids`` only when the filter has some."""
+        obj: dict[str, list[Any] | None] = {
             "types": None if self.types is None else [t for t in EVENT_TYPES if t in self.types]
             + sorted(self.types.difference(EVENT_TYPES)),
             "groups": None if self.groups is None else sorted(self.groups),
         }
+        if self.pids is not None:
+            obj["pids"] = sorted(self.pids)
+        return obj
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +198,11 @@ class Subscription:
     def groups(self) -> frozenset[str] | None:
         """Group names wanted, ``None`` = all."""
         return self.filter.groups
+
+    @property
+    def pids(self) -> frozenset[int] | None:
+        """Processes whose ``proc.update`` is wanted (besides those of :attr:`groups`)."""
+        return self.filter.pids
 
 
 class AbuseGuard:
@@ -179,7 +233,9 @@ def expand_types(names: Iterable[str], *, where: str = "types") -> frozenset[str
     """Validate event type names and expand wildcards (``proc.*``, ``*``).
 
     Returns ``None`` when the names cover every event type (no type filter), so that
-    equivalent filters compare equal. An empty input also means "every type".
+    equivalent filters compare equal. An empty input also means "every type". Wildcards
+    and "every type" leave out the types sent only when named (``proc.update``): naming
+    one gives an explicit set of types.
     """
     wanted: set[str] = set()
     seen_any = False
@@ -191,14 +247,14 @@ def expand_types(names: Iterable[str], *, where: str = "types") -> frozenset[str
         if not name:
             raise ProtocolError(f"{where} contains an empty type name", _op_of(where))
         if name == "*":
-            return None
-        if name.endswith(".*"):
+            wanted.update(DEFAULT_TYPES)
+        elif name.endswith(".*"):
             prefix = name[:-1]  # keep the dot: "proc." matches "proc.start", not "process"
-            matched = [t for t in EVENT_TYPES if t.startswith(prefix)]
+            matched = [t for t in DEFAULT_TYPES if t.startswith(prefix)]
             if not matched:
                 raise ProtocolError(
                     f"{where}: wildcard {name!r} matches no event type "
-                    f"(known: {', '.join(EVENT_TYPES)})",
+                    f"(known: {', '.join(EVENT_TYPES)}; {', '.join(sorted(EXPLICIT_TYPES))} only by name)",
                     _op_of(where),
                 )
             wanted.update(matched)
@@ -210,7 +266,7 @@ def expand_types(names: Iterable[str], *, where: str = "types") -> frozenset[str
                 f"(known: {', '.join(EVENT_TYPES)}; wildcards like proc.*)",
                 _op_of(where),
             )
-    if not seen_any or wanted.issuperset(EVENT_TYPES):
+    if not seen_any or (wanted.issuperset(DEFAULT_TYPES) and wanted.isdisjoint(EXPLICIT_TYPES)):
         return None
     return frozenset(wanted)
 
@@ -235,6 +291,28 @@ def _groups(names: Iterable[object], *, where: str) -> frozenset[str] | None:
     return frozenset(result) if result else None
 
 
+def _pids(values: Iterable[object], *, where: str, text: bool = False) -> frozenset[int] | None:
+    """Process ids: integers (JSON), or strings of digits with ``text`` (a URL)."""
+    result: set[int] = set()
+    for value in values:
+        if text and isinstance(value, str):
+            value = value.strip()
+            value = int(value) if value.isdigit() and len(value) <= 8 else None
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _MAX_PID:
+            raise ProtocolError(f"{where} must be process ids (integers from 1 to {_MAX_PID})", _op_of(where))
+        result.add(value)
+        if len(result) > _MAX_NAMES:
+            raise ProtocolError(f"{where}: more than {_MAX_NAMES} pids", _op_of(where))
+    return frozenset(result) if result else None
+
+
+def _check_pids(filt: Filter, *, op: str | None) -> None:
+    # pids select proc.update events only: without that type they would silently select
+    # nothing, which a typo should not do
+    if filt.pids is not None and not filt.wants_updates:
+        raise ProtocolError('"pids" selects proc.update events: add proc.update to "types"', op)
+
+
 def _check_resume(since: int | None, epoch: str | None, *, op: str | None) -> None:
     if since is not None and epoch is None:
         raise ProtocolError('"since" needs "epoch" (a resume point is a seq within an epoch)', op)
@@ -247,7 +325,7 @@ def _check_resume(since: int | None, epoch: str | None, *, op: str | None) -> No
 def parse_query(query: str | Mapping[str, str | Sequence[str]]) -> Subscription:
     """Parse the query of a ``/ws`` URL (a full path like ``/ws?types=cycle`` also works).
 
-    ``types`` and ``groups`` are comma lists and may be repeated (the values add up);
+    ``types``, ``groups`` and ``pids`` are comma lists and may be repeated (the values add up);
     ``since``, ``epoch``, ``snapshot`` and ``token`` may appear once. An unknown parameter
     is an error rather than silently ignored: a typo (``type=``) would otherwise turn a
     filtered subscription into "everything".
@@ -268,7 +346,7 @@ def parse_query(query: str | Mapping[str, str | Sequence[str]]) -> Subscription:
             else:
                 pairs.extend((key, v) for v in value)
 
-    lists: dict[str, list[str]] = {"types": [], "groups": []}
+    lists: dict[str, list[str]] = {"types": [], "groups": [], "pids": []}
     scalars: dict[str, str] = {}
     for key, value in pairs:
         if key not in _QUERY_FIELDS:
@@ -286,6 +364,9 @@ def parse_query(query: str | Mapping[str, str | Sequence[str]]) -> Subscription:
     groups = _groups(
         (g.strip() for g in lists["groups"]), where="query parameter 'groups'"
     )
+    pids = _pids(lists["pids"], where="query parameter 'pids'", text=True)
+    filt = Filter(types, groups, pids)
+    _check_pids(filt, op=None)
 
     since: int | None = None
     if "since" in scalars:
@@ -308,7 +389,7 @@ def parse_query(query: str | Mapping[str, str | Sequence[str]]) -> Subscription:
             raise ProtocolError("query parameter 'snapshot' must be 0 or 1")
 
     return Subscription(
-        filter=Filter(types, groups),
+        filter=filt,
         since=since,
         epoch=epoch,
         snapshot=snapshot,
@@ -319,9 +400,9 @@ def parse_query(query: str | Mapping[str, str | Sequence[str]]) -> Subscription:
 def parse_frame(data: str | bytes) -> Subscription:
     """Parse one inbound text frame; the only op is ``subscribe``.
 
-    ``{"op": "subscribe", "types": [...], "groups": [...], "since": N, "epoch": "...",
-    "snapshot": true}`` — every field but ``op`` is optional; ``null`` or an empty list
-    means "all". Raises :class:`ProtocolError` for malformed JSON, a non-object, an
+    ``{"op": "subscribe", "types": [...], "groups": [...], "pids": [...], "since": N,
+    "epoch": "...", "snapshot": true}`` — every field but ``op`` is optional; ``null`` or
+    an empty list means "all". Raises :class:`ProtocolError` for malformed JSON, a non-object, an
     unknown or missing op, unknown fields and wrongly typed values.
     """
     try:
@@ -348,10 +429,13 @@ def parse_frame(data: str | bytes) -> Subscription:
 
     types = _list_field(obj, "types")
     groups = _list_field(obj, "groups")
+    pids = _list_field(obj, "pids", "integers")
     filt = Filter(
         expand_types(types, where='"types"') if types else None,
         _groups(groups, where='"groups"') if groups else None,
+        _pids(pids, where='"pids"') if pids else None,
     )
+    _check_pids(filt, op=op)
 
     since = obj.get("since")
     if since is not None and (
@@ -372,12 +456,12 @@ def parse_frame(data: str | bytes) -> Subscription:
     return Subscription(filter=filt, since=since, epoch=epoch, snapshot=snapshot)
 
 
-def _list_field(obj: Mapping[str, Any], name: str) -> list[Any]:
+def _list_field(obj: Mapping[str, Any], name: str, of: str = "strings") -> list[Any]:
     value = obj.get(name)
     if value is None:
         return []
     if not isinstance(value, list):
-        raise ProtocolError(f'"{name}" must be a list of strings or null', "subscribe")
+        raise ProtocolError(f'"{name}" must be a list of {of} or null', "subscribe")
     if len(value) > _MAX_NAMES:
         raise ProtocolError(f'"{name}": more than {_MAX_NAMES} entries', "subscribe")
     return value

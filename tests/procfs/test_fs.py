@@ -17,9 +17,11 @@ from procstream.procfs import (
     ProcfsParseError,
     ProcId,
     ProcLike,
+    ProcExtras,
     ProcMetrics,
     ProcStatic,
     States,
+    ThreadSample,
 )
 from procstream.procfs import fs as fs_module
 from tests.support.fake_proc_tree import add_proc, deny, unprivileged
@@ -132,6 +134,7 @@ def test_normal_process(fake_proc: Path) -> None:
         open_fds=3,
         states=States(sleeping=1),
         partial_errors=0,
+        state="S",
     )
     assert proc.fd_limit() == 20000
 
@@ -444,3 +447,88 @@ def test_a_live_program_with_an_empty_argv_keeps_it_as_its_own(fake_proc: Path) 
     _become(fake_proc, 4000, "noargs", (), stack=0x8000)
     static = proc.static()
     assert (static.name, static.cmdline, static.cmdline_known) == ("noargs", (), True)
+
+
+# -- what process-exporter reads with -threads and -gather-smaps, and wait channels ---
+
+
+def test_extras_are_not_read_unless_asked(fake_proc: Path) -> None:
+    metrics = FS(fake_proc).proc(1010).metrics()
+    assert metrics.extras is None
+    # not even opened: unreadable, they would count as partial errors
+    for name in ("smaps_rollup", "wchan", "task/1011/io", "task/1011/wchan"):
+        (fake_proc / "1010" / name).unlink()
+    assert FS(fake_proc).proc(1010).metrics().partial_errors == 0
+
+
+def test_threads_of_a_multithreaded_process(fake_proc: Path) -> None:
+    fs = FS(fake_proc, threads=True, thread_detail=False)
+    assert fs.thread_detail is True  # per-thread samples are thread detail
+    metrics = fs.proc(1010).metrics()
+    assert metrics.extras is not None
+    assert sorted(metrics.extras.threads) == [
+        ThreadSample(1010, 67176, "python3", 2 / TICKS, 0.0, 4096, 0, 0, 1932, 4, 3),
+        # the comm of a thread is its own (pthread_setname_np), ')' and ' ' included
+        ThreadSample(1011, 67179, "pool) worker", 0.0, 0.0, 0, 8192, 0, 3, 25, 7),
+        ThreadSample(1012, 67179, "pool) worker", 0.0, 0.0, 12288, 4096, 0, 3, 3, 1),
+    ]
+    # the same walk still gives the process's states and context switches
+    assert metrics.states == States(running=1, sleeping=1, waiting=1)
+    assert (metrics.ctx_voluntary, metrics.ctx_nonvoluntary) == (32, 11)
+    assert metrics.partial_errors == 0
+
+
+def test_single_threaded_process_has_no_thread_samples(fake_proc: Path) -> None:
+    # as in process-exporter, per-thread data is about processes with 2 threads or more
+    assert FS(fake_proc, threads=True).proc(1000).metrics().extras == ProcExtras()
+
+
+def test_thread_io_unreadable_is_partial(fake_proc: Path) -> None:
+    deny(fake_proc / "1010" / "task" / "1012" / "io")
+    metrics = unprivileged(lambda: FS(fake_proc, threads=True).proc(1010).metrics())
+    by_tid = {t.tid: t for t in metrics.extras.threads}
+    assert (by_tid[1012].read_bytes, by_tid[1012].write_bytes) == (0, 0)
+    assert by_tid[1011].write_bytes == 8192
+    assert metrics.partial_errors >= 1
+
+
+def test_wait_channels_one_per_waiting_thread(fake_proc: Path) -> None:
+    fs = FS(fake_proc, wchan=True)
+    # three threads: two wait, one runs (0); the process's own wchan is not counted again
+    assert sorted(fs.proc(1010).metrics().extras.wchans) == ["do_select", "io_schedule"]
+    assert fs.proc(1000).metrics().extras == ProcExtras(wchans=("hrtimer_nanosleep",))
+
+
+def test_wchan_missing_while_the_process_lives_is_partial(fake_proc: Path) -> None:
+    (fake_proc / "1000" / "wchan").unlink()
+    metrics = FS(fake_proc, wchan=True).proc(1000).metrics()
+    assert (metrics.extras, metrics.partial_errors) == (ProcExtras(), 1)
+
+
+def test_proportional_memory(fake_proc: Path) -> None:
+    fs = FS(fake_proc, smaps=True)
+    m = fs.proc(1010).metrics()
+    assert m.extras == ProcExtras(pss_bytes=9261 * 1024, swap_pss_bytes=16 * 1024)
+    assert m.partial_errors == 0
+    assert fs.proc(14).metrics().extras == ProcExtras()
+
+
+def test_proportional_memory_missing_is_partial(fake_proc: Path) -> None:
+    # the zombie's fixture has no smaps_rollup (a kernel before 4.14 has none at all)
+    m = FS(fake_proc, smaps=True).proc(1002).metrics()
+    assert (m.extras, m.partial_errors) == (ProcExtras(), 2)  # and no io
+
+
+def test_proportional_memory_of_a_vanished_process(fake_proc: Path) -> None:
+    proc = FS(fake_proc, smaps=True).proc(1000)
+    proc.static()  # stat and status read; io and fd still there
+    # smaps_rollup missing and stat too: the process is gone, not just the file
+    (fake_proc / "1000" / "smaps_rollup").unlink()
+    (fake_proc / "1000" / "stat").unlink()
+    with pytest.raises(ProcessLookupError):
+        proc.metrics()
+
+
+def test_state_letter(fake_proc: Path) -> None:
+    fs = FS(fake_proc)
+    assert [fs.proc(pid).metrics().state for pid in (1000, 1002, 1010)] == ["S", "Z", "S"]

@@ -431,3 +431,12 @@ def test_stuck_sink_never_blocks_the_caller(tmp_path: Path) -> None:
             reader.join(DEADLINE)
         os.close(reader_fd)
     assert [json.loads(line)["seq"] for line in bytes(received).splitlines()] == list(range(50))
+
+
+def test_proc_update_is_logged_only_when_named(tmp_path: Path, logs: list[EventLog]) -> None:
+    cases = ((frozenset({"*"}), False), (frozenset({"proc.*"}), False),
+             (frozenset({"proc.update"}), True), (frozenset({"*", "proc.update"}), True))
+    for i, (types, logged) in enumerate(cases):
+        el = make(logs, tmp_path / f"log{i}", types=types)
+        assert el.wants("proc.update") is logged, types
+        assert el.wants("proc.start") is (types != {"proc.update"}), types

@@ -20,7 +20,10 @@ import pytest
 
 from tests.support.children import NOBODY, become, in_child
 
-__all__ = ["FIXTURES", "NOBODY", "BOOT_TIME", "LIFECYCLE_CONFIG", "make_fake_proc", "ticks_now", "unprivileged", "deny"]
+__all__ = [
+    "FIXTURES", "NOBODY", "BOOT_TIME", "LIFECYCLE_CONFIG", "make_fake_proc", "ticks_now", "unprivileged", "deny",
+    "add_proc", "remove_proc", "set_stat",
+]  # fmt: skip
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "proc"
 #: the fixture tree's boot time (``btime`` of its ``stat``), epoch seconds
@@ -148,3 +151,20 @@ def write_proc(root: Path, pid: int, *, comm: str, cmdline: bytes, start: int, s
     if dst.exists():
         remove_proc(root, pid)
     tmp.rename(dst)
+
+
+# Fields of a stat line after the comm, by name (field N of proc(5) at index N - 3).
+_STAT_FIELDS = {"state": 0, "ppid": 1, "minflt": 7, "utime": 11, "stime": 12, "num_threads": 17, "rss": 21}
+
+
+def set_stat(root: Path, pid: int, **fields: int | str) -> None:
+    """Change fields of process ``pid``'s ``stat`` in a fake tree (``state``, ``utime``,
+    ``rss`` in pages, ...), atomically: a poller reads the old line or the new one."""
+    path = root / str(pid) / "stat"
+    head, _, rest = path.read_bytes().rpartition(b")")
+    parts = rest.split()
+    for name, value in fields.items():
+        parts[_STAT_FIELDS[name]] = str(value).encode()
+    tmp = path.with_name(".stat.new")
+    tmp.write_bytes(head + b") " + b" ".join(parts) + b"\n")
+    tmp.rename(path)
