@@ -9,9 +9,13 @@ Delivery is at-least-once and in stream order. Each batch of messages is written
 flushed (and fsynced when stdout is a file) before ``tail`` acknowledges it, with one
 acknowledgement for the batch (the consumer acknowledges everything up to a message,
 ``AckAll``). The consumer hands out one batch at a time (``max_ack_pending`` = the
-batch), so what a killed ``tail`` had fetched and not acknowledged is the one batch the
-server delivers again — to the restarted ``tail``, :data:`ACK_WAIT` seconds after it was
-first delivered, before anything newer. That batch may thus be printed twice; nothing is
+batch), so what a killed ``tail`` had fetched and not acknowledged is at most one batch.
+A ``tail`` that finds such a batch outstanding when it starts sets the consumer back to
+just after its last acknowledged message, so that batch comes first and at once: the
+server would otherwise hand the next messages to the new ``tail`` while the old batch
+waits out :data:`ACK_WAIT`, and acknowledging those (``AckAll``) would acknowledge the
+old batch unprinted. An acknowledgement that fails is sent again before anything newer
+is fetched, for the same reason. That batch may thus be printed twice; nothing is
 skipped. ``host`` + ``epoch`` + ``seq`` (the message id) identify an event, for readers
 that drop repeats.
 
@@ -94,8 +98,20 @@ async def _consumer(js: Any, stream: str, durable: str, subjects: list[str], del
                     f"(or delete it: nats consumer rm {stream} {durable})")
         if getattr(info.config.ack_policy, "value", info.config.ack_policy) != "all":
             return f"consumer {durable} exists and is not one of ours (ack policy {info.config.ack_policy})"
-        if info.config.max_ack_pending != batch:  # --batch changed: one batch out at a time
-            await js.add_consumer(stream, info.config.evolve(max_ack_pending=batch))
+        config = info.config
+        if info.num_ack_pending:
+            # A tail that died holding a batch: deliver again from the first message it
+            # did not acknowledge, now and before anything newer.
+            await js.delete_consumer(stream, durable)
+            config = config.evolve(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=info.ack_floor.stream_seq + 1,
+                opt_start_time=None,
+                max_ack_pending=batch,
+            )
+            await js.add_consumer(stream, config)
+        elif config.max_ack_pending != batch:  # --batch changed: one batch out at a time
+            await js.add_consumer(stream, config.evolve(max_ack_pending=batch))
         return None
     config = ConsumerConfig(
         durable_name=durable,
@@ -169,6 +185,27 @@ async def tail_nats(
         await link.close()
 
 
+async def _acknowledge(last: Any, err: TextIO, stop: asyncio.Event) -> None:
+    """Acknowledge a batch by its last message (``AckAll``), trying again until it
+    works or ``tail`` stops: fetching more first could get a later message whose
+    acknowledgement covers the batch while the server is about to deliver it again."""
+    backoff = 0.5
+    said = False
+    while True:
+        try:
+            await last.ack_sync(timeout=5.0)
+            return
+        except (nats.errors.Error, APIError, TimeoutError) as exc:
+            if not said:
+                _say(err, f"acknowledgement failed ({exc or type(exc).__name__}); trying again "
+                          "(the batch may be printed again if tail stops first)")
+                said = True
+        await _until(asyncio.sleep(backoff), stop)
+        if stop.is_set():
+            return
+        backoff = min(backoff * 2, _BACKOFF_MAX)
+
+
 async def _until(awaitable: Any, stop: asyncio.Event) -> None:
     """Await ``awaitable`` unless ``stop`` is set first."""
     work = asyncio.ensure_future(awaitable)
@@ -222,11 +259,7 @@ async def _loop(psub: Any, writer: _Writer, err: TextIO, batch: int, groups: fro
                 _say(err, f"cannot write to stdout ({exc.strerror or exc}); stopping")
                 return 1
         if msgs:
-            try:
-                await msgs[-1].ack_sync(timeout=5.0)  # AckAll: the whole batch
-            except (nats.errors.Error, APIError, TimeoutError) as exc:
-                # Not acknowledged: the server delivers the batch again after ACK_WAIT.
-                _say(err, f"acknowledgement failed ({exc or type(exc).__name__}); the batch may be printed again")
+            await _acknowledge(msgs[-1], err, stop)
         if failing is not None:
             _say(err, "fetching again")
             failing = None

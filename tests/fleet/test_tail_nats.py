@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import nats
 import orjson
 
 from procstream.fleet.publisher import Publisher
-from procstream.fleet.tail import ACK_WAIT, filter_subjects
+from procstream.fleet.tail import ACK_WAIT, _consumer, filter_subjects
 from tests.fleet.conftest import StreamReader
 from tests.fleet.conftest import all_acked, make_publisher, new_hub, some_events
 from tests.support.nats_servers import NatsServer, env_without_nats_secrets
@@ -142,3 +143,33 @@ def test_tail_refusals_are_exit_2(nats_server: NatsServer) -> None:
     with NatsServer("--auth", "right") as locked:
         r = run_tail(locked.url, env={"PROCSTREAM_NATS_TOKEN": "wrong"})
         assert r.returncode == 2 and "authorization violation" in r.stderr.lower(), r.stderr
+
+
+async def test_a_batch_a_dead_tail_held_comes_first_and_at_once(
+    nats_server: NatsServer, publishers: list[Publisher], tmp_path: Path
+) -> None:
+    """The consumer's next messages must not go to a new tail while a dead one's batch
+    waits out the ack wait: acknowledging them (AckAll) would skip that batch."""
+    hub = new_hub()
+    p = make_publisher(publishers, hub, nats_server.url)
+    await p.start()
+    hub.publish(some_events(30))
+    await all_acked(p)
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        assert await _consumer(js, "PROCSTREAM", "shipper", ["procstream.>"], "all", 25) is None
+        psub = await js.pull_subscribe_bind("shipper", stream="PROCSTREAM")
+        held = await psub.fetch(25, timeout=5)
+        await held[9].ack_sync()  # 1..10 printed and acknowledged; 11..25 held, then the crash
+    finally:
+        await nc.close()
+    hub.publish(some_events(10))
+    await all_acked(p)
+    tail = Tail(tmp_path, nats_server.url, "--durable", "shipper", "--batch", "25").start()
+    try:
+        await async_wait_for("the held batch and the rest", lambda: len(tail.lines()) >= 30,
+                             timeout=ACK_WAIT / 2, explain=lambda: tail.err.read_text())
+    finally:
+        tail.close()
+    assert [e["seq"] for e in tail.lines()] == list(range(11, 41))
