@@ -161,7 +161,9 @@ async def test_snapshots_carry_every_processs_numbers(served: Served, procs: dic
         wanted = [found.get(pid) for pid in procs.values()]
         if not all(p is not None and p["cpu_s"] is not None for p in wanted):
             return None
-        return found if found[procs["idle"]]["state"] == "S" else None  # settled in its read
+        idle = found[procs["idle"]]
+        # settled: asleep when read, and a poll interval past the CPU its start-up took
+        return found if idle["state"] == "S" and idle["cpu_pct"] == 0.0 else None
 
     found = wait_for("a poll to read the test's processes", read_by_a_poll)
     idle = found[procs["idle"]]
