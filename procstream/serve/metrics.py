@@ -356,6 +356,7 @@ class MetricsCollector(Collector):
                     high.add_metric(label, e.max)
                 missing.add_metric(label, 1 if life.missing else 0)
         return iter((restarts, exits, ooms, loop, low, high, missing))
+
     def _optional(self, view: PollView) -> Iterator[Metric]:
         """process-exporter's optional families, those :attr:`families` asks for (the
         proportional memtypes are samples of ``memory_bytes``, in :meth:`_namegroup`)."""
