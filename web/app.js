@@ -18,7 +18,7 @@ import { Store, procKey } from './store.js';
 const $ = (id) => document.getElementById(id);
 
 const store = new Store();
-// A ?token= in the page's URL is passed on to the socket (DESIGN §8).
+// A ?token= in the page's URL is passed on to the socket (docs/protocol.md, "Token and Origin").
 const token = new URLSearchParams(window.location.search).get('token');
 
 const conn = new Connection({

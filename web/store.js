@@ -1,5 +1,5 @@
 // The viewer's state: groups, processes and the event log, kept in plain objects and
-// Maps, fed with the objects of the wire protocol (DESIGN §4–5) in order.
+// Maps, fed with the objects of the wire protocol (docs/protocol.md) in order.
 //
 // It applies events strictly in sequence: duplicates (seq already seen, e.g. a replay
 // overlapping what arrived live) are skipped, a gap asks the server to resume from the
