@@ -18,7 +18,7 @@ import errno
 import os
 import time
 import stat as _stat_mod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from ._read import read_file
 from .boot import parse_btime
@@ -28,7 +28,7 @@ from .errors import ProcfsError, ProcfsParseError
 from .fd import count_open_fds
 from .io import parse_io
 from .limits import parse_max_open_files
-from .models import ExecMark, ProcId, ProcMetrics, ProcStatic, States, state_of
+from .models import ExecMark, ProcId, ProcMetrics, ProcStatic, Sample, States, ThreadSample, state_of
 from .schedstat import parse_schedstat
 from .stat import PF_EXITING, PF_KTHREAD, Stat, parse_flags, parse_stat, parse_state
 from .status import Status, parse_ctx_switches, parse_status
@@ -113,7 +113,9 @@ class Proc:
 
     Reads lazily and caches every file's bytes and every parsed result for the life of
     the object, so ``static()`` and ``metrics()`` share one read of ``stat`` and one of
-    ``status``. Make a new one (``FS.all_procs``/``FS.proc``) for the next poll.
+    ``status``. Make a new one (``FS.all_procs``/``FS.proc``) for the next poll, and hand
+    it the last poll's :class:`Sample` with :meth:`follow`: it then reads only what may
+    have changed.
     """
 
     __slots__ = (
@@ -121,13 +123,17 @@ class Proc:
         "_pid",
         "_dir",
         "_raw",
+        "_stat_raw",
         "_stat",
         "_status",
         "_id",
         "_static",
         "_static_cgroups",
-        "_metrics",
+        "_sample",
         "_limit",
+        "_prev",
+        "_same",
+        "_idle",
     )
 
     def __init__(self, fs: FS, pid: int) -> None:
@@ -135,13 +141,19 @@ class Proc:
         self._pid = pid
         self._dir = f"{fs.mount_point}/{pid}/"
         self._raw: dict[str, bytes] = {}
+        self._stat_raw: bytes | None = None
         self._stat: Stat | None = None
         self._status: Status | None = None
         self._id: ProcId | None = None
         self._static: ProcStatic | None = None
         self._static_cgroups: ProcStatic | None = None
-        self._metrics: ProcMetrics | None = None
+        self._sample: Sample | None = None
         self._limit: int | None = None
+        self._prev: Sample | None = None
+        # stat is byte for byte the one of ``_prev``: its values are ``_prev``'s
+        self._same = False
+        # not run since ``_prev`` (its schedstat is the same): nothing it does has moved
+        self._idle = False
 
     def __repr__(self) -> str:
         return f"Proc({self._pid}, {self._fs.mount_point!r})"
@@ -158,14 +170,21 @@ class Proc:
             data = self._raw[name] = read_file(self._dir + name, until_eof=until_eof)
         return data
 
+    def _stat_bytes(self) -> bytes:
+        data = self._stat_raw
+        if data is None:
+            data = self._stat_raw = read_file(self._dir + "stat", until_eof=False)
+        return data
+
     def _stat_fields(self) -> Stat:
         if self._stat is None:
-            self._stat = parse_stat(self._file("stat", until_eof=False))
+            self._stat = parse_stat(self._stat_bytes())
         return self._stat
 
     def _status_fields(self) -> Status:
         if self._status is None:
-            self._status = parse_status(self._file("status"))
+            # status is one record the kernel renders whole: a short read is all of it
+            self._status = parse_status(self._file("status", until_eof=False))
         return self._status
 
     def _missing(self, exc: ProcessLookupError) -> None:
@@ -181,16 +200,74 @@ class Proc:
 
     # -- ProcLike ----------------------------------------------------------------
 
+    def follow(self, prev: Sample) -> None:
+        """Read this process knowing ``prev``, its :class:`Sample` of an earlier poll.
+
+        - A single-threaded process whose ``schedstat`` (the scheduler's run time and
+          run count) is the same bytes has not run since ``prev`` was read: nothing it
+          changes by running has moved, which is everything a poll reads (its CPU time,
+          faults, I/O, context switches, descriptors; and exec, exit and thread creation
+          all take running). It costs that one read and its sample is ``prev``.
+        - Otherwise ``stat`` is read, but not parsed again when it is the same bytes:
+          identity, exec mark and its values are ``prev``'s.
+        - A multi-threaded one (with ``thread_detail``) reads every thread's
+          ``schedstat``; only threads that ran have their ``stat`` and ``status`` read,
+          and when none ran (and none came or went), ``io``, ``status`` and ``fd`` are
+          ``prev``'s. Its own ``stat`` is read at every poll.
+        - Without a usable ``schedstat`` (missing, unreadable), or multi-threaded
+          without ``thread_detail``, every file is read.
+
+        ``schedstat`` is read before the files it stands for: a run after it moves it
+        by the next poll, a run before it shows in those files. What can change while a
+        process does not run is not seen this way: its resident size and swap when its
+        pages are reclaimed, its state when it is woken but has not run yet, its
+        descriptors when another process sharing its descriptor table opens files.
+        ``sample(full=True)`` reads everything regardless, which the caller does often
+        enough to bound how long those go unseen.
+
+        Ignored if another process has the pid now (a new start time), or if the
+        process was already read.
+        """
+        if self._id is None:
+            self._prev = prev
+
     def proc_id(self) -> ProcId:
         """Identity; reads only ``stat``. Call first: it is the cheapest read."""
         if self._id is None:
-            self._id = ProcId(self._pid, self._stat_fields().starttime)
+            prev = self._prev
+            # only a single-threaded process's sample has a schedstat (see ``_read``)
+            if prev is not None and prev.sched and self._sched() == prev.sched:
+                self._same = self._idle = True
+                self._id = prev.id
+                return prev.id
+            raw = self._stat_bytes()
+            if prev is not None and raw == prev.stat:
+                self._same = True
+                self._id = prev.id
+            else:
+                pid_id = ProcId(self._pid, self._stat_fields().starttime)
+                if prev is not None and prev.id != pid_id:
+                    self._prev = None  # the pid was reused: nothing to compare with
+                self._id = pid_id
         return self._id
 
     def exec_mark(self) -> ExecMark:
         """What changes on exec; reads only ``stat`` (shared with ``proc_id``)."""
+        self.proc_id()
+        prev = self._prev
+        if self._same and prev is not None:
+            return prev.mark
         st = self._stat_fields()
         return ExecMark(st.comm, st.startstack)
+
+    def glance(self) -> Sample:
+        """Identity and exec mark (reads only ``stat``): what a process nobody tracks
+        needs; ``follow`` it at the next poll and ``stat`` is compared, not parsed."""
+        pid_id = self.proc_id()
+        prev = self._prev
+        if self._same and prev is not None:
+            return prev
+        return Sample(pid_id, self.exec_mark(), stat=self._stat_bytes())
 
     def static(self, *, cgroups: bool = False) -> ProcStatic:
         """Naming attributes (reads stat, cmdline, status); once per process lifetime.
@@ -240,18 +317,65 @@ class Proc:
         return bool(flags & PF_KTHREAD) or not flags & PF_EXITING
 
     def metrics(self) -> ProcMetrics:
-        """Counters and gauges (reads stat, status, io, fd; task/* with thread detail).
+        """Counters and gauges: ``sample().metrics``."""
+        metrics = self.sample().metrics
+        assert metrics is not None
+        return metrics
 
-        Once per poll, for tracked processes. ``io`` or ``fd`` unreadable or missing:
-        read/write bytes 0 or open fds -1, counted in ``partial_errors``.
+    def sample(self, *, full: bool = False) -> Sample:
+        """Counters and gauges (``.metrics``), and what the next poll compares with.
+
+        Reads stat, schedstat, status, io, fd (task/*/schedstat, stat and status with
+        thread detail), less after :meth:`follow` (see there) unless ``full``. Once per
+        poll, for tracked processes. ``io`` or ``fd`` unreadable or missing: read/write
+        bytes 0 or open fds -1, counted in ``partial_errors``.
         """
-        if self._metrics is not None:
-            return self._metrics
-        fs = self._fs
-        st = self._stat_fields()
-        status = self._status_fields()  # zombies and kernel threads lack VmSwap: 0
-        partial = 0
+        if self._sample is None:
+            self.proc_id()
+            prev = self._prev
+            if self._idle and not full and prev is not None and prev.metrics is not None:
+                self._sample = prev
+            else:
+                if full or prev is None or prev.metrics is None:
+                    prev = None
+                self._sample = self._read(prev)
+        return self._sample
 
+    def _read(self, prev: Sample | None) -> Sample:
+        fs = self._fs
+        # stat unchanged since ``prev``: its values are those of prev's metrics
+        base = prev.metrics if prev is not None and self._same else None
+        st: Stat | None = None
+        if base is None:
+            st = self._stat_fields()
+            num_threads = st.num_threads
+        else:
+            num_threads = base.num_threads
+        partial = 0
+        sched = b""
+        threads: dict[str, ThreadSample] | None = None
+        if num_threads == 1:
+            sched = self._sched()
+            ran = prev is None or prev.threads is not None or not sched or sched != prev.sched
+        elif fs.thread_detail:
+            ran = True
+            try:
+                seen = self._threads(prev.threads if prev is not None else None)
+            except PermissionError:
+                partial += 1
+                seen = None
+            if seen is not None:
+                threads, ran = seen
+        else:
+            ran = True
+        if not ran:
+            assert prev is not None and prev.metrics is not None
+            if base is not None:
+                return prev  # nothing it shows has changed
+            assert st is not None
+            return self._carried(prev, prev.metrics, st, sched, threads)
+
+        status = self._status_fields()  # zombies and kernel threads lack VmSwap: 0
         try:
             read_bytes, write_bytes = parse_io(self._file("io", until_eof=False))
         except PermissionError:
@@ -272,46 +396,124 @@ class Proc:
             open_fds = -1
             partial += 1
 
-        detail = None
-        if fs.thread_detail and st.num_threads > 1:
-            try:
-                detail = self._threads()
-            except PermissionError:
-                partial += 1
-        if detail is None:
-            states = state_of(st.state)
+        if threads is not None:
+            states, ctx_voluntary, ctx_nonvoluntary = _sum_threads(threads)
+        else:
             ctx_voluntary = status.ctx_voluntary
             ctx_nonvoluntary = status.ctx_nonvoluntary
-        else:
-            states, ctx_voluntary, ctx_nonvoluntary = detail
+            states = state_of(st.state) if st is not None else base.states  # type: ignore[union-attr]
 
+        if st is not None:
+            ticks = fs.clock_ticks
+            metrics = ProcMetrics(
+                st.utime / ticks,
+                st.stime / ticks,
+                read_bytes,
+                write_bytes,
+                st.rss * fs.page_size,
+                st.vsize,
+                status.swapped_bytes,
+                st.majflt,
+                st.minflt,
+                ctx_voluntary,
+                ctx_nonvoluntary,
+                st.num_threads,
+                open_fds,
+                states,
+                partial,
+            )
+            mark = ExecMark(st.comm, st.startstack)
+        else:
+            assert base is not None and prev is not None
+            metrics = ProcMetrics(
+                base.cpu_user,
+                base.cpu_system,
+                read_bytes,
+                write_bytes,
+                base.resident_bytes,
+                base.virtual_bytes,
+                status.swapped_bytes,
+                base.major_faults,
+                base.minor_faults,
+                ctx_voluntary,
+                ctx_nonvoluntary,
+                base.num_threads,
+                open_fds,
+                states,
+                partial,
+            )
+            mark = prev.mark
+        assert self._id is not None
+        return Sample(self._id, mark, metrics, self._stat_bytes(), sched, threads)
+
+    def _carried(
+        self,
+        prev: Sample,
+        old: ProcMetrics,
+        st: Stat,
+        sched: bytes,
+        threads: dict[str, ThreadSample] | None,
+    ) -> Sample:
+        """A process that has not run since ``prev``, whose ``stat`` changed all the
+        same (its memory was reclaimed, a wake-up moved its state): ``stat``'s values
+        new, the rest ``prev``'s."""
+        fs = self._fs
+        resident = st.rss * fs.page_size
+        swapped = old.swapped_bytes
+        if resident != old.resident_bytes:
+            # pages reclaimed without it running may have gone to swap
+            swapped = self._status_fields().swapped_bytes
+        if threads is not None:
+            states, ctx_voluntary, ctx_nonvoluntary = _sum_threads(threads)
+        else:
+            states = state_of(st.state)
+            ctx_voluntary, ctx_nonvoluntary = old.ctx_voluntary, old.ctx_nonvoluntary
         ticks = fs.clock_ticks
-        self._metrics = ProcMetrics(
+        metrics = ProcMetrics(
             st.utime / ticks,
             st.stime / ticks,
-            read_bytes,
-            write_bytes,
-            st.rss * fs.page_size,
+            old.read_bytes,
+            old.write_bytes,
+            resident,
             st.vsize,
-            status.swapped_bytes,
+            swapped,
             st.majflt,
             st.minflt,
             ctx_voluntary,
             ctx_nonvoluntary,
             st.num_threads,
-            open_fds,
+            old.open_fds,
             states,
-            partial,
+            old.partial_errors,
         )
-        return self._metrics
+        assert self._id is not None
+        return Sample(
+            self._id, ExecMark(st.comm, st.startstack), metrics, self._stat_bytes(), sched, threads, reused=True
+        )
 
-    def _threads(self) -> tuple[States, int, int] | None:
-        """(states, voluntary, nonvoluntary context switches) over ``task/*``.
+    def _sched(self) -> bytes:
+        """The main thread's ``schedstat``, raw; b"" when there is none to compare
+        (a kernel without it, or unreadable): the process then counts as having run."""
+        try:
+            return self._file("schedstat", until_eof=False)
+        except PermissionError:
+            return b""
+        except ProcessLookupError as exc:
+            self._missing(exc)
+            return b""
 
-        ``/proc/PID/status`` only has the main thread's context switches, hence the sum.
-        A thread that exits while we list is skipped. None when ``task/`` is missing or no
-        thread could be read: the caller then uses the main thread's values (as it does,
-        counting a partial error, on ``PermissionError``).
+    def _threads(
+        self, prev: Mapping[str, ThreadSample] | None
+    ) -> tuple[dict[str, ThreadSample], bool] | None:
+        """Every thread of ``task/`` and whether any ran since ``prev`` (or came or went).
+
+        A thread whose ``schedstat`` is the same bytes as in ``prev`` has not run: its
+        state and context switches are ``prev``'s; the others' ``stat`` and ``status``
+        are read (``/proc/PID/status`` only has the main thread's context switches,
+        hence reading each thread). A thread that exits while we list is skipped. None
+        when ``task/`` is missing or no thread could be read: the caller then uses the
+        main thread's values (as it does, counting a partial error, on
+        ``PermissionError``).
         """
         task = self._dir + "task/"
         try:
@@ -319,30 +521,28 @@ class Proc:
         except FileNotFoundError as exc:
             self._missing(ProcessLookupError(exc.errno, exc.strerror, task))
             return None
-        running = sleeping = waiting = zombie = other = 0
-        voluntary = nonvoluntary = 0
+        seen: dict[str, ThreadSample] = {}
+        ran = prev is None or len(tids) != len(prev)
         for tid in tids:
             prefix = task + tid + "/"
             try:
+                sched = read_file(prefix + "schedstat", until_eof=False)
+            except (ProcessLookupError, PermissionError):
+                sched = b""  # gone (the reads below tell), or nothing to compare
+            old = prev.get(tid) if prev is not None else None
+            if old is not None and sched and sched == old.sched:
+                seen[tid] = old
+                continue
+            ran = True
+            try:
                 letter = parse_state(read_file(prefix + "stat", until_eof=False))
-                ctx = parse_ctx_switches(read_file(prefix + "status"))
+                voluntary, nonvoluntary = parse_ctx_switches(read_file(prefix + "status", until_eof=False))
             except ProcessLookupError:
                 continue
-            if letter == "S":
-                sleeping += 1
-            elif letter == "R":
-                running += 1
-            elif letter == "D":
-                waiting += 1
-            elif letter == "Z":
-                zombie += 1
-            else:
-                other += 1
-            voluntary += ctx[0]
-            nonvoluntary += ctx[1]
-        if running + sleeping + waiting + zombie + other == 0:
+            seen[tid] = ThreadSample(sched, letter, voluntary, nonvoluntary)
+        if not seen:
             return None
-        return States(running, sleeping, waiting, zombie, other), voluntary, nonvoluntary
+        return seen, ran
 
     def read_argv_first(self) -> None:
         """Read ``cmdline`` now, before any other file: of a process that may exit any
@@ -368,3 +568,24 @@ class Proc:
                 self._missing(exc)
                 self._limit = 0
         return self._limit
+
+
+def _sum_threads(threads: Mapping[str, ThreadSample]) -> tuple[States, int, int]:
+    """(states, voluntary, nonvoluntary context switches) over the threads."""
+    running = sleeping = waiting = zombie = other = 0
+    voluntary = nonvoluntary = 0
+    for t in threads.values():
+        letter = t.state
+        if letter == "S":
+            sleeping += 1
+        elif letter == "R":
+            running += 1
+        elif letter == "D":
+            waiting += 1
+        elif letter == "Z":
+            zombie += 1
+        else:
+            other += 1
+        voluntary += t.ctx_voluntary
+        nonvoluntary += t.ctx_nonvoluntary
+    return States(running, sleeping, waiting, zombie, other), voluntary, nonvoluntary

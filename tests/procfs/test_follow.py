@@ -1,0 +1,233 @@
+"""procstream.procfs.fs: ``Proc.follow`` — reading a process knowing its last sample —
+over a fake /proc tree: what is read again, what is carried over, and when everything is
+read regardless."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from procstream.procfs import FS, ProcId, Sample, States
+from procstream.procfs import fs as fs_module
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The /proc files ``Proc`` reads, in order, as paths below the process's directory."""
+    seen: list[str] = []
+    real = fs_module.read_file
+
+    def recording(path: str, **kw: object) -> bytes:
+        below = re.search(r"/proc/\d+/(.*)$", path)
+        if below is not None:
+            seen.append(below[1])
+        return real(path, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fs_module, "read_file", recording)
+    yield seen
+
+
+def edit(path: Path, field: int, value: int) -> None:
+    """Set field ``field`` (1-based, as proc(5) numbers them) of a ``stat`` file."""
+    data = path.read_bytes()
+    head, _, rest = data.rpartition(b")")
+    fields = rest.split()
+    fields[field - 3] = str(value).encode()
+    path.write_bytes(head + b") " + b" ".join(fields) + b"\n")
+
+
+def write_io(proc_dir: Path, read: int, write: int) -> None:
+    (proc_dir / "io").write_text(
+        f"rchar: 1\nwchar: 1\nsyscr: 1\nsyscw: 1\nread_bytes: {read}\nwrite_bytes: {write}\ncancelled_write_bytes: 0\n"
+    )
+
+
+def replace_line(path: Path, key: str, line: str) -> None:
+    text = path.read_text().splitlines()
+    path.write_text("\n".join(line if t.startswith(key) else t for t in text) + "\n")
+
+
+def sample(fs: FS, pid: int, prev: Sample | None = None, *, full: bool = False) -> Sample:
+    proc = fs.proc(pid)
+    if prev is not None:
+        proc.follow(prev)
+    proc.proc_id()
+    return proc.sample(full=full)
+
+
+def ran(proc_dir: Path) -> None:
+    """The process ran: its schedstat moved on."""
+    runtime, wait, count = (proc_dir / "schedstat").read_text().split()
+    (proc_dir / "schedstat").write_text(f"{int(runtime) + 12345} {wait} {int(count) + 1}\n")
+
+
+def test_a_process_that_has_not_run_costs_one_read_and_keeps_its_sample(fake_proc: Path, reads: list[str]) -> None:
+    fs = FS(fake_proc)
+    first = sample(fs, 1000)
+    assert first.metrics is not None and first.metrics.read_bytes == 20480
+    # everything but schedstat changes: a poll that skipped by schedstat can't see it
+    edit(fake_proc / "1000" / "stat", 14, 900)  # utime
+    write_io(fake_proc / "1000", 1, 2)
+    reads.clear()
+    again = sample(fs, 1000, first)
+    assert again is first
+    assert reads == ["schedstat"]
+
+
+def test_a_process_that_ran_is_read_whole_schedstat_first(fake_proc: Path, reads: list[str]) -> None:
+    fs = FS(fake_proc)
+    first = sample(fs, 1000)
+    edit(fake_proc / "1000" / "stat", 14, 900)
+    write_io(fake_proc / "1000", 30000, 4096)
+    replace_line(fake_proc / "1000" / "status", "voluntary_ctxt_switches", "voluntary_ctxt_switches:\t9")
+    os.symlink("/dev/null", fake_proc / "1000" / "fd" / "7")
+    ran(fake_proc / "1000")
+    reads.clear()
+    again = sample(fs, 1000, first)
+    m = again.metrics
+    assert m is not None and not again.reused
+    assert (m.cpu_user, m.read_bytes, m.ctx_voluntary, m.open_fds) == (9.0, 30000, 9, 4)
+    # a run after schedstat was read shows at the next poll; one before, in these files
+    assert reads[0] == "schedstat" and set(reads[1:]) == {"stat", "status", "io"}
+    assert again.id == first.id and again.sched != first.sched
+
+
+def test_the_same_stat_bytes_are_not_parsed_again(fake_proc: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fs = FS(fake_proc)
+    first = sample(fs, 1000)
+    ran(fake_proc / "1000")  # it ran, but too briefly to move stat
+    write_io(fake_proc / "1000", 30000, 4096)
+
+    def no_parse(data: bytes) -> None:
+        raise AssertionError("stat parsed")
+
+    monkeypatch.setattr(fs_module, "parse_stat", no_parse)
+    again = sample(fs, 1000, first)
+    assert again.metrics is not None and again.metrics.read_bytes == 30000
+    assert again.id is first.id and again.mark is first.mark
+    assert again.metrics.resident_bytes == first.metrics.resident_bytes  # type: ignore[union-attr]
+
+
+def test_full_reads_everything_although_it_has_not_run(fake_proc: Path) -> None:
+    fs = FS(fake_proc)
+    first = sample(fs, 1000)
+    edit(fake_proc / "1000" / "stat", 24, 1000)  # rss: pages reclaimed while it slept
+    os.symlink("/dev/null", fake_proc / "1000" / "fd" / "7")  # a descriptor table it shares
+    assert sample(fs, 1000, first) is first
+    full = sample(fs, 1000, first, full=True)
+    assert full.metrics is not None and not full.reused
+    assert (full.metrics.resident_bytes, full.metrics.open_fds) == (1000 * PAGE, 4)
+
+
+def test_without_schedstat_every_poll_reads_everything(fake_proc: Path, reads: list[str]) -> None:
+    fs = FS(fake_proc)
+    first = sample(fs, 1006)  # a kernel without schedstat: no file
+    assert first.sched == b""
+    write_io(fake_proc / "1006", 5, 6)
+    reads.clear()
+    again = sample(fs, 1006, first)
+    assert again.metrics is not None and (again.metrics.read_bytes, again.metrics.write_bytes) == (5, 6)
+    assert "io" in reads and "status" in reads
+
+
+def test_another_process_at_the_same_pid_is_read_whole(fake_proc: Path) -> None:
+    fs = FS(fake_proc)
+    first = sample(fs, 1000)
+    edit(fake_proc / "1000" / "stat", 22, 99999)  # a new start time: pid reused
+    ran(fake_proc / "1000")
+    again = sample(fs, 1000, first)
+    assert again.id == ProcId(1000, 99999) and again.metrics is not None and not again.reused
+
+
+def test_a_vanished_process_raises_although_it_was_followed(fake_proc: Path) -> None:
+    fs = FS(fake_proc)
+    first = sample(fs, 1000)
+    for name in os.listdir(fake_proc / "1000"):
+        path = fake_proc / "1000" / name
+        if path.is_file():
+            path.unlink()
+    proc = fs.proc(1000)
+    proc.follow(first)
+    with pytest.raises(ProcessLookupError):
+        proc.proc_id()
+
+
+# -- multi-threaded ----------------------------------------------------------------
+
+
+def test_idle_threads_are_not_read_again(fake_proc: Path, reads: list[str]) -> None:
+    fs = FS(fake_proc)
+    first = sample(fs, 1010)
+    assert first.threads is not None and set(first.threads) == {"1010", "1011", "1012"}
+    replace_line(fake_proc / "1010" / "task" / "1011" / "status", "voluntary_ctxt_switches", "voluntary_ctxt_switches:\t99")
+    reads.clear()
+    again = sample(fs, 1010, first)
+    assert again is first
+    # its own stat, then only each thread's schedstat
+    assert reads == ["stat"] + [f"task/{tid}/schedstat" for tid in os.listdir(fake_proc / "1010" / "task")]
+
+
+def test_a_thread_that_ran_is_read_again_and_so_is_the_process(fake_proc: Path) -> None:
+    fs = FS(fake_proc)
+    first = sample(fs, 1010)
+    assert first.metrics is not None
+    replace_line(fake_proc / "1010" / "task" / "1011" / "status", "voluntary_ctxt_switches", "voluntary_ctxt_switches:\t99")
+    write_io(fake_proc / "1010", 7, 8)
+    ran(fake_proc / "1010" / "task" / "1011")
+    again = sample(fs, 1010, first)
+    m = again.metrics
+    assert m is not None and not again.reused
+    assert m.ctx_voluntary == first.metrics.ctx_voluntary - 25 + 99
+    assert (m.read_bytes, m.write_bytes) == (7, 8)
+    assert again.threads is not None and again.threads["1010"] is first.threads["1010"]  # type: ignore[index]
+
+
+def test_a_thread_that_came_or_went_counts_as_a_run(fake_proc: Path) -> None:
+    fs = FS(fake_proc)
+    first = sample(fs, 1010)
+    write_io(fake_proc / "1010", 7, 8)
+    task = fake_proc / "1010" / "task"
+    (task / "1012" / "schedstat").unlink()
+    (task / "1012" / "stat").unlink()
+    (task / "1012" / "status").unlink()
+    (task / "1012").rmdir()
+    again = sample(fs, 1010, first)
+    assert again.threads is not None and set(again.threads) == {"1010", "1011"}
+    assert again.metrics is not None and again.metrics.read_bytes == 7
+    assert again.metrics.states == States(running=1, sleeping=1)
+
+
+def test_memory_that_changed_while_no_thread_ran_is_seen(fake_proc: Path) -> None:
+    fs = FS(fake_proc)
+    first = sample(fs, 1010)
+    edit(fake_proc / "1010" / "stat", 24, 100)  # rss: reclaimed
+    replace_line(fake_proc / "1010" / "status", "VmSwap", "VmSwap:\t     800 kB")
+    write_io(fake_proc / "1010", 7, 8)
+    again = sample(fs, 1010, first)
+    m = again.metrics
+    assert m is not None and again.reused
+    assert (m.resident_bytes, m.swapped_bytes) == (100 * PAGE, 800 * 1024)
+    assert m.read_bytes == first.metrics.read_bytes  # type: ignore[union-attr]  # it did not run: not read
+
+
+# -- identity only -------------------------------------------------------------------
+
+
+def test_a_glance_that_finds_the_same_stat_is_the_last_one(fake_proc: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fs = FS(fake_proc)
+    first = fs.proc(14).glance()
+    assert first.metrics is None and first.id == ProcId(14, 24)
+
+    def no_parse(data: bytes) -> None:
+        raise AssertionError("stat parsed")
+
+    monkeypatch.setattr(fs_module, "parse_stat", no_parse)
+    proc = fs.proc(14)
+    proc.follow(first)
+    assert proc.glance() is first
