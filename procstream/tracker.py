@@ -7,13 +7,13 @@ Rules (process-exporter's, with its leak fixed):
   processes cost one ``stat`` read per poll.
 - Each process is read knowing its last reading (``Sample``, see ``Proc.follow``): a
   single-threaded process that has not run since (its ``schedstat`` unchanged) costs
-  that one read and keeps its sample, since everything a poll reads of it moves only
+  that one read and keeps its sample, since every counter a poll reads of it moves only
   when it runs; one that ran is read whole. What changes while a process does not run
-  (its resident size when pages are reclaimed, a descriptor table it shares with
-  another process) is seen when each tracked process is read whole regardless, every
-  ``full_every`` polls, staggered by pid so that each poll reads a share of them.
-  Skipping delays what a gauge shows by at most that many polls; it never changes a
-  counter's total, since counters only move when the process runs.
+  is read regardless, on a schedule staggered by pid so that each poll reads a share of
+  the processes: ``stat`` (its memory, when pages are reclaimed; its state) every
+  ``restat_every`` polls, every file (its descriptors too, which another process
+  sharing its descriptor table may open) every ``full_every`` polls. Skipping delays
+  what a gauge shows by at most that many polls; it never changes a counter's total.
 - The grouper decides, for each new process, ``track()`` (with a group name) or
   ``ignore()``. A new process left undecided is considered again at the next poll (that is
   how ``recheck`` works).
@@ -261,13 +261,16 @@ class Tracker:
         *,
         clock: Callable[[], float] = time.time,
         read_cgroups: bool = False,
-        full_every: int = 10,
+        restat_every: int = 10,
+        full_every: int = 60,
     ) -> None:
-        if full_every < 1:
-            raise ValueError("full_every must be >= 1")
+        if restat_every < 1 or full_every < 1:
+            raise ValueError("restat_every and full_every must be >= 1")
         self.clock = clock
         self.read_cgroups = read_cgroups
-        #: read each tracked process whole at least every this many polls (1: always)
+        #: read each tracked process's ``stat`` at least every this many polls, and all
+        #: of its files every ``full_every`` polls (1: at every poll)
+        self.restat_every = restat_every
         self.full_every = full_every
 
         #: report tracked processes that exec'd or were renamed (``TrackerUpdate.changed``)
@@ -311,7 +314,8 @@ class Tracker:
         by_pid = self._by_pid
         between = Counts.between
         watch = self.watch_execs
-        every = self.full_every
+        restat_every = self.restat_every
+        full_every = self.full_every
         seen = 0
         skipped = 0
         max_ticks = 0
@@ -342,7 +346,8 @@ class Tracker:
             if tp is not None:
                 prev = tp.sample
                 try:
-                    sample = proc.sample(full=(gen + pid_id.pid) % every == 0)
+                    turn = gen + pid_id.pid
+                    sample = proc.sample(full=turn % full_every == 0, restat=turn % restat_every == 0)
                 except READ_ERRORS as exc:
                     if isinstance(exc, ProcessLookupError):
                         continue  # exited while we read it: reported as exited below

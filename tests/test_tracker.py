@@ -227,10 +227,10 @@ def test_a_tracked_process_running_another_program_is_reported_when_execs_are_wa
 
 class Followed:
     """A process that remembers what the tracker asked of it: the sample it was told
-    to follow and whether it had to read everything. ``idle``: it has not run, so a
-    followed sample comes back as it was (what ``Proc`` does)."""
+    to follow, whether it had to read everything, and ``stat``. ``idle``: it has not
+    run, so a followed sample comes back as it was (what ``Proc`` does)."""
 
-    def __init__(self, proc: FixedProc, log: dict[int, list[tuple[Sample | None, bool]]], *, idle: bool = True) -> None:
+    def __init__(self, proc: FixedProc, log: dict[int, list[tuple[Sample | None, bool, bool]]], *, idle: bool = True) -> None:
         self.proc = proc
         self.log = log
         self.idle = idle
@@ -256,11 +256,11 @@ class Followed:
         return 0
 
     def glance(self) -> Sample:
-        self.log.setdefault(self.pid, []).append((self.prev, False))
+        self.log.setdefault(self.pid, []).append((self.prev, False, False))
         return self.proc.glance()
 
-    def sample(self, *, full: bool = False) -> Sample:
-        self.log.setdefault(self.pid, []).append((self.prev, full))
+    def sample(self, *, full: bool = False, restat: bool = False) -> Sample:
+        self.log.setdefault(self.pid, []).append((self.prev, full, restat))
         if self.idle and self.prev is not None and not full:
             return self.prev
         return self.proc.sample()
@@ -270,25 +270,27 @@ def poll_followed(t: Tracker, pids: range, log: dict, **kw: object) -> TrackerUp
     return t.update([Followed(fake(pid, cpu=kw.get("cpu", (0.0, 0.0))), log, idle=bool(kw.get("idle", True))) for pid in pids])  # type: ignore[arg-type]
 
 
-def test_each_tracked_process_is_read_whole_every_full_every_polls_staggered():
-    t = Tracker(clock=Clock(), full_every=3)
-    log: dict[int, list[tuple[Sample | None, bool]]] = {}
+@pytest.mark.parametrize("which", [1, 2])  # full, restat
+def test_each_tracked_process_is_read_again_on_a_staggered_schedule(which: int):
+    t = Tracker(clock=Clock(), full_every=3, restat_every=2)
+    every = (0, 3, 2)[which]
+    log: dict[int, list[tuple[Sample | None, bool, bool]]] = {}
     decide_all(t, poll_followed(t, range(10, 16), log))
     log.clear()
-    fulls_per_poll = []
-    for _ in range(9):
+    per_poll = []
+    for _ in range(12):
         poll_followed(t, range(10, 16), log)
-        fulls_per_poll.append(sum(1 for calls in log.values() if calls[-1][1]))
+        per_poll.append(sum(1 for calls in log.values() if calls[-1][which]))
     for pid, calls in log.items():
-        fulls = [i for i, (_, full) in enumerate(calls) if full]
-        assert fulls and fulls[0] < 3 and all(b - a == 3 for a, b in zip(fulls, fulls[1:])), (pid, fulls)
-        assert all(prev is not None for prev, _ in calls)  # each followed its last sample
-    assert fulls_per_poll == [2] * 9  # a share of them at each poll, never all at once
+        turns = [i for i, call in enumerate(calls) if call[which]]
+        assert turns[0] < every and all(b - a == every for a, b in zip(turns, turns[1:])), (pid, turns)
+        assert all(call[0] is not None for call in calls)  # each followed its last sample
+    assert per_poll == [6 // every] * 12  # a share of them at each poll, never all at once
 
 
 def test_a_process_that_has_not_run_keeps_its_usage_and_counts_as_skipped():
     t = Tracker(clock=Clock(), full_every=1000)
-    log: dict[int, list[tuple[Sample | None, bool]]] = {}
+    log: dict[int, list[tuple[Sample | None, bool, bool]]] = {}
     decide_all(t, poll_followed(t, range(10, 13), log))
     before = {pid: t.tracked[ProcId(pid, 1000)].metrics for pid in range(10, 13)}
     r = poll_followed(t, range(10, 13), log, cpu=(5.0, 0.0))  # what a full read would find
@@ -303,26 +305,28 @@ def test_a_process_that_has_not_run_keeps_its_usage_and_counts_as_skipped():
 
 def test_full_every_1_reads_everything_at_every_poll():
     t = Tracker(clock=Clock(), full_every=1)
-    log: dict[int, list[tuple[Sample | None, bool]]] = {}
+    log: dict[int, list[tuple[Sample | None, bool, bool]]] = {}
     decide_all(t, poll_followed(t, range(10, 13), log))
     log.clear()
     for _ in range(3):
         assert poll_followed(t, range(10, 13), log).reads_skipped == 0
-    assert all(full for calls in log.values() for _, full in calls)
+    assert all(full for calls in log.values() for _, full, _ in calls)
     with pytest.raises(ValueError):
         Tracker(full_every=0)
+    with pytest.raises(ValueError):
+        Tracker(restat_every=0)
 
 
 def test_a_sample_is_not_followed_once_another_source_replaced_its_metrics():
     t = Tracker(clock=Clock(), full_every=1000)
-    log: dict[int, list[tuple[Sample | None, bool]]] = {}
+    log: dict[int, list[tuple[Sample | None, bool, bool]]] = {}
     decide_all(t, poll_followed(t, range(10, 11), log))
     tp = t.tracked[ProcId(10, 1000)]
     # e.g. the kernel source's final reading at the exit of a zombie still listed
     tp.metrics = fake(10, cpu=(3.0, 0.0)).metrics()
     log.clear()
     poll_followed(t, range(10, 11), log)
-    assert log[10] == [(None, False)]
+    assert [call[0] for call in log[10]] == [None]
     assert tp.sample is not None and tp.sample.metrics is tp.metrics
     log.clear()
     poll_followed(t, range(10, 11), log)
@@ -331,9 +335,9 @@ def test_a_sample_is_not_followed_once_another_source_replaced_its_metrics():
 
 def test_ignored_processes_follow_their_last_glance():
     t = Tracker(clock=Clock())
-    log: dict[int, list[tuple[Sample | None, bool]]] = {}
+    log: dict[int, list[tuple[Sample | None, bool, bool]]] = {}
     r = poll_followed(t, range(20, 21), log)
     t.ignore(r.new[0].id, r.new[0].mark)
     poll_followed(t, range(20, 21), log)
     poll_followed(t, range(20, 21), log)
-    assert [prev is not None for prev, _ in log[20]] == [False, True]
+    assert [call[0] is not None for call in log[20]] == [False, True]

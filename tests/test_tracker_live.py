@@ -2,7 +2,7 @@
 last sample, so what a process does in a blink, and what others do to it while it
 sleeps, must still show within the bound the docs state: at the next poll for whatever
 takes the process running (I/O, descriptors, its own memory calls), within
-``full_every`` polls for what it undergoes asleep (its pages reclaimed)."""
+``restat_every`` polls for what it undergoes asleep (its pages reclaimed)."""
 
 from __future__ import annotations
 
@@ -101,10 +101,10 @@ def child() -> Iterator[Child]:
 class Polls:
     """A tracker that only looks at the child (the rest of the host is noise here)."""
 
-    def __init__(self, pid: int, full_every: int) -> None:
+    def __init__(self, pid: int, *, restat_every: int = 1000) -> None:
         self.fs = FS("/proc")
         self.pid = pid
-        self.tracker = Tracker(full_every=full_every)
+        self.tracker = Tracker(restat_every=restat_every, full_every=1000)
         report = self.tracker.update([self.fs.proc(pid)])
         (new,) = report.new
         self.tp: TrackedProc = self.tracker.track("child", new)
@@ -125,7 +125,7 @@ class Polls:
 
 
 def test_io_without_a_cpu_tick_shows_at_the_next_poll(child: Child) -> None:
-    polls = Polls(child.pid, full_every=1000)
+    polls = Polls(child.pid)
     polls.settle()
     for _ in range(3):
         before = polls.tp.metrics.write_bytes
@@ -139,7 +139,7 @@ def test_io_without_a_cpu_tick_shows_at_the_next_poll(child: Child) -> None:
 
 
 def test_descriptors_opened_in_a_blink_show_at_the_next_poll(child: Child) -> None:
-    polls = Polls(child.pid, full_every=1000)
+    polls = Polls(child.pid)
     polls.settle()
     before = polls.tp.metrics.open_fds
     child.do("open")
@@ -148,7 +148,7 @@ def test_descriptors_opened_in_a_blink_show_at_the_next_poll(child: Child) -> No
 
 
 def test_memory_the_process_gives_back_shows_at_the_next_poll(child: Child) -> None:
-    polls = Polls(child.pid, full_every=1000)
+    polls = Polls(child.pid)
     polls.settle()
     before = polls.tp.metrics.resident_bytes
     child.do("drop")
@@ -178,9 +178,9 @@ def _process_madvise(pid: int, start: int, length: int, advice: int) -> None:
         os.close(pidfd)
 
 
-def test_pages_reclaimed_while_it_sleeps_show_within_full_every_polls(child: Child) -> None:
+def test_pages_reclaimed_while_it_sleeps_show_within_restat_every_polls(child: Child) -> None:
     every = 4
-    polls = Polls(child.pid, full_every=every)
+    polls = Polls(child.pid, restat_every=every)
     polls.settle()
     before = polls.tp.metrics.resident_bytes
     start, length = child.mapping()

@@ -222,8 +222,9 @@ class Proc:
         process does not run is not seen this way: its resident size and swap when its
         pages are reclaimed, its state when it is woken but has not run yet, its
         descriptors when another process sharing its descriptor table opens files.
-        ``sample(full=True)`` reads everything regardless, which the caller does often
-        enough to bound how long those go unseen.
+        ``sample(restat=True)`` reads ``stat`` regardless and ``sample(full=True)``
+        everything, which the caller does often enough to bound how long those go
+        unseen.
 
         Ignored if another process has the pid now (a new start time), or if the
         process was already read.
@@ -322,19 +323,21 @@ class Proc:
         assert metrics is not None
         return metrics
 
-    def sample(self, *, full: bool = False) -> Sample:
+    def sample(self, *, full: bool = False, restat: bool = False) -> Sample:
         """Counters and gauges (``.metrics``), and what the next poll compares with.
 
         Reads stat, schedstat, status, io, fd (task/*/schedstat, stat and status with
-        thread detail), less after :meth:`follow` (see there) unless ``full``. Once per
-        poll, for tracked processes. ``io`` or ``fd`` unreadable or missing: read/write
-        bytes 0 or open fds -1, counted in ``partial_errors``.
+        thread detail), less after :meth:`follow` (see there) unless ``full``; with
+        ``restat``, ``stat`` even of a process that has not run (what changes while it
+        does not: its memory, its state). Once per poll, for tracked processes. ``io`` or
+        ``fd`` unreadable or missing: read/write bytes 0 or open fds -1, counted in
+        ``partial_errors``.
         """
         if self._sample is None:
             self.proc_id()
             prev = self._prev
             if self._idle and not full and prev is not None and prev.metrics is not None:
-                self._sample = prev
+                self._sample = self._restat(prev) if restat else prev
             else:
                 if full or prev is None or prev.metrics is None:
                     prev = None
@@ -446,6 +449,13 @@ class Proc:
         assert self._id is not None
         return Sample(self._id, mark, metrics, self._stat_bytes(), sched, threads)
 
+    def _restat(self, prev: Sample) -> Sample:
+        """A process that has not run since ``prev``, with ``stat`` read all the same."""
+        if self._stat_bytes() == prev.stat:
+            return prev
+        assert prev.metrics is not None
+        return self._carried(prev, prev.metrics, self._stat_fields(), prev.sched, None)
+
     def _carried(
         self,
         prev: Sample,
@@ -455,8 +465,9 @@ class Proc:
         threads: dict[str, ThreadSample] | None,
     ) -> Sample:
         """A process that has not run since ``prev``, whose ``stat`` changed all the
-        same (its memory was reclaimed, a wake-up moved its state): ``stat``'s values
-        new, the rest ``prev``'s."""
+        same (its pages were reclaimed, a wake-up moved its state): ``stat``'s values
+        new, the rest ``prev``'s; ``status`` read again if its resident size moved (the
+        pages may have gone to swap)."""
         fs = self._fs
         resident = st.rss * fs.page_size
         swapped = old.swapped_bytes

@@ -215,9 +215,10 @@ class ProcLike(Protocol):
         Call before any other method; ignored when another process has the pid now."""
         ...
 
-    def sample(self, *, full: bool = False) -> Sample:
+    def sample(self, *, full: bool = False, restat: bool = False) -> Sample:
         """``metrics()`` with what the next poll compares with. ``full``: read every
-        file even when ``follow`` says the process has not run (bounds any drift)."""
+        file even when ``follow`` says the process has not run; ``restat``: ``stat`` at
+        least (its memory and state change while it does not run)."""
         ...
 
     def glance(self) -> Sample:
@@ -277,7 +278,7 @@ class FixedProc:
     def follow(self, prev: Sample) -> None:
         """Nothing to read: every value is given."""
 
-    def sample(self, *, full: bool = False) -> Sample:
+    def sample(self, *, full: bool = False, restat: bool = False) -> Sample:
         return Sample(self.info.id, self.exec_mark(), self.metrics())
 
     def glance(self) -> Sample:

@@ -125,6 +125,30 @@ def test_full_reads_everything_although_it_has_not_run(fake_proc: Path) -> None:
     assert (full.metrics.resident_bytes, full.metrics.open_fds) == (1000 * PAGE, 4)
 
 
+def test_restat_reads_stat_of_a_process_that_has_not_run(fake_proc: Path, reads: list[str]) -> None:
+    fs = FS(fake_proc)
+    first = sample(fs, 1000)
+    proc = fs.proc(1000)
+    proc.follow(first)
+    proc.proc_id()
+    assert proc.sample(restat=True) is first  # the same stat: nothing new
+    edit(fake_proc / "1000" / "stat", 24, 1000)  # rss: pages reclaimed while it slept
+    stat = fake_proc / "1000" / "stat"
+    stat.write_bytes(stat.read_bytes().replace(b") S ", b") R "))  # woken, not run yet
+    replace_line(fake_proc / "1000" / "status", "VmSwap", "VmSwap:\t     800 kB")
+    os.symlink("/dev/null", fake_proc / "1000" / "fd" / "7")
+    reads.clear()
+    proc = fs.proc(1000)
+    proc.follow(first)
+    proc.proc_id()
+    again = proc.sample(restat=True)
+    m = again.metrics
+    assert m is not None and again.reused and again.sched == first.sched
+    assert (m.resident_bytes, m.swapped_bytes, m.states) == (1000 * PAGE, 800 * 1024, States(running=1))
+    assert m.open_fds == 3  # descriptors wait for a full read
+    assert reads == ["schedstat", "stat", "status"]
+
+
 def test_without_schedstat_every_poll_reads_everything(fake_proc: Path, reads: list[str]) -> None:
     fs = FS(fake_proc)
     first = sample(fs, 1006)  # a kernel without schedstat: no file
