@@ -14,6 +14,7 @@ the parser modules only turn bytes into values. Rules (see also ``errors.py``):
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import time
@@ -341,10 +342,10 @@ class Proc:
             else:
                 if full or prev is None or prev.metrics is None:
                     prev = None
-                self._sample = self._read(prev)
+                self._sample = self._read(prev, restat)
         return self._sample
 
-    def _read(self, prev: Sample | None) -> Sample:
+    def _read(self, prev: Sample | None, restat: bool = False) -> Sample:
         fs = self._fs
         # stat unchanged since ``prev``: its values are those of prev's metrics
         base = prev.metrics if prev is not None and self._same else None
@@ -363,7 +364,7 @@ class Proc:
         elif fs.thread_detail:
             ran = True
             try:
-                seen = self._threads(prev.threads if prev is not None else None)
+                seen = self._threads(prev.threads if prev is not None else None, restat)
             except PermissionError:
                 partial += 1
                 seen = None
@@ -373,10 +374,15 @@ class Proc:
             ran = True
         if not ran:
             assert prev is not None and prev.metrics is not None
-            if base is not None:
+            if base is None:
+                assert st is not None
+                return self._carried(prev, prev.metrics, st, sched, threads)
+            if threads is None or threads == prev.threads:
                 return prev  # nothing it shows has changed
-            assert st is not None
-            return self._carried(prev, prev.metrics, st, sched, threads)
+            # only the state of a thread that has not run (``restat``)
+            states = _sum_threads(threads)[0]
+            metrics = dataclasses.replace(prev.metrics, states=states)
+            return dataclasses.replace(prev, metrics=metrics, threads=threads, reused=True)
 
         status = self._status_fields()  # zombies and kernel threads lack VmSwap: 0
         try:
@@ -504,26 +510,32 @@ class Proc:
 
     def _sched(self) -> bytes:
         """The main thread's ``schedstat``, raw; b"" when there is none to compare
-        (a kernel without it, or unreadable): the process then counts as having run."""
+        (a kernel without it, or unreadable): the process then counts as having run.
+
+        A run time of 0 is no comparison either: a kernel that does not keep it prints
+        ``0 0 0`` for every task, and so is a child that has not run yet — which is not
+        told apart from another such child at the same pid."""
         try:
-            return self._file("schedstat", until_eof=False)
+            data = self._file("schedstat", until_eof=False)
         except PermissionError:
             return b""
         except ProcessLookupError as exc:
             self._missing(exc)
             return b""
+        return b"" if data.startswith(b"0 ") else data
 
     def _threads(
-        self, prev: Mapping[str, ThreadSample] | None
+        self, prev: Mapping[str, ThreadSample] | None, restat: bool = False
     ) -> tuple[dict[str, ThreadSample], bool] | None:
         """Every thread of ``task/`` and whether any ran since ``prev`` (or came or went).
 
         A thread whose ``schedstat`` is the same bytes as in ``prev`` has not run: its
-        state and context switches are ``prev``'s; the others' ``stat`` and ``status``
-        are read (``/proc/PID/status`` only has the main thread's context switches,
-        hence reading each thread). A thread that exits while we list is skipped. None
-        when ``task/`` is missing or no thread could be read: the caller then uses the
-        main thread's values (as it does, counting a partial error, on
+        context switches are ``prev``'s, and so is its state but with ``restat`` (its
+        ``stat`` is read then: a thread woken but not yet run). The others' ``stat`` and
+        ``status`` are read (``/proc/PID/status`` only has the main thread's context
+        switches, hence reading each thread). A thread that exits while we list is
+        skipped. None when ``task/`` is missing or no thread could be read: the caller
+        then uses the main thread's values (as it does, counting a partial error, on
         ``PermissionError``).
         """
         task = self._dir + "task/"
@@ -540,8 +552,17 @@ class Proc:
                 sched = read_file(prefix + "schedstat", until_eof=False)
             except (ProcessLookupError, PermissionError):
                 sched = b""  # gone (the reads below tell), or nothing to compare
+            if sched.startswith(b"0 "):
+                sched = b""  # never ran, or not counted (see ``_sched``)
             old = prev.get(tid) if prev is not None else None
             if old is not None and sched and sched == old.sched:
+                if restat:
+                    try:
+                        letter = parse_state(read_file(prefix + "stat", until_eof=False))
+                    except ProcessLookupError:
+                        continue
+                    if letter != old.state:
+                        old = old._replace(state=letter)
                 seen[tid] = old
                 continue
             ran = True

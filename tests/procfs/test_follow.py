@@ -53,12 +53,12 @@ def replace_line(path: Path, key: str, line: str) -> None:
     path.write_text("\n".join(line if t.startswith(key) else t for t in text) + "\n")
 
 
-def sample(fs: FS, pid: int, prev: Sample | None = None, *, full: bool = False) -> Sample:
+def sample(fs: FS, pid: int, prev: Sample | None = None, *, full: bool = False, restat: bool = False) -> Sample:
     proc = fs.proc(pid)
     if prev is not None:
         proc.follow(prev)
     proc.proc_id()
-    return proc.sample(full=full)
+    return proc.sample(full=full, restat=restat)
 
 
 def ran(proc_dir: Path) -> None:
@@ -255,3 +255,28 @@ def test_a_glance_that_finds_the_same_stat_is_the_last_one(fake_proc: Path, monk
     proc = fs.proc(14)
     proc.follow(first)
     assert proc.glance() is first
+
+
+def test_restat_reads_the_state_of_threads_that_have_not_run(fake_proc: Path, reads: list[str]) -> None:
+    fs = FS(fake_proc)
+    first = sample(fs, 1010)
+    assert first.metrics is not None and first.metrics.states == States(running=1, sleeping=1, waiting=1)
+    stat = fake_proc / "1010" / "task" / "1012" / "stat"
+    stat.write_bytes(stat.read_bytes().replace(b") D ", b") R "))  # woken, not run yet
+    assert sample(fs, 1010, first) is first
+    reads.clear()
+    again = sample(fs, 1010, first, restat=True)
+    assert again.metrics is not None and again.metrics.states == States(running=2, sleeping=1)
+    assert again.reused and "status" not in reads and "io" not in reads
+
+
+@pytest.mark.parametrize("zero", [b"0 0 0\n", b"0 12 1\n"])
+def test_a_zero_run_time_is_no_proof_of_idleness(fake_proc: Path, zero: bytes) -> None:
+    # a kernel that does not count prints 0 0 0 for every task, as for a child not run yet
+    (fake_proc / "1000" / "schedstat").write_bytes(zero)
+    fs = FS(fake_proc)
+    first = sample(fs, 1000)
+    assert first.sched == b""
+    write_io(fake_proc / "1000", 5, 6)
+    again = sample(fs, 1000, first)
+    assert again.metrics is not None and again.metrics.read_bytes == 5
