@@ -128,16 +128,18 @@ def exporter_cpu_per_scrape(scrapes: int) -> float | None:
     )
     try:
         url = f"http://127.0.0.1:{port}/metrics"
-        wait_http(url)
+        # its first scrape of 10,000 processes may take longer than wait_http waits for
+        # one answer: wait for the port, then give each scrape all the time it takes
+        wait_http(f"http://127.0.0.1:{port}/", timeout=60)
         for _ in range(2):
-            urllib.request.urlopen(url, timeout=30).read()
+            urllib.request.urlopen(url, timeout=300).read()
 
         def cpu() -> float:
             return process_cpu(proc.pid)
 
         c0 = cpu()
         for _ in range(scrapes):
-            urllib.request.urlopen(url, timeout=30).read()
+            urllib.request.urlopen(url, timeout=300).read()
         return (cpu() - c0) / scrapes
     finally:
         proc.terminate()
