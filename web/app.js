@@ -1,17 +1,19 @@
-// Entry point: wires the connection, the store and the views, and owns what is global
-// to the page: the selected group (kept in the URL's #fragment), keyboard shortcuts
-// (which the user can turn off), the help dialog and the once-a-frame flush of every
-// change to the DOM.
+// Entry point: wires the connections, the store and the views, and owns what is global
+// to the page: the selected group and the process shown in detail (kept in the URL's
+// #fragment), what the live connection watches, keyboard shortcuts (which the user can
+// turn off), the help dialog and the once-a-frame flush of every change to the DOM.
 
 import { Connection, socketUrl } from './connection.js';
+import { DetailView } from './detail.js';
 import { LogView } from './eventlog.js';
 import { onFrame } from './frame.js';
 import { GroupsView } from './groups.js';
 import { Header } from './header.js';
+import { LiveFeed } from './live.js';
 import { loadPref, savePref } from './prefs.js';
 import { ProcsView } from './procs.js';
 import { theme } from './sparkline.js';
-import { Store } from './store.js';
+import { Store, procKey } from './store.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -41,6 +43,7 @@ store.onGap = ({ since, epoch }) => conn.send({ op: 'subscribe', since, epoch })
 theme.read();
 window.matchMedia('(prefers-color-scheme: dark)').addEventListener('change', () => {
   theme.read();
+  detail.repaint();
   schedule();
 });
 
@@ -60,11 +63,40 @@ const header = new Header(store, conn, {
 });
 
 let selected = null;
+let watchedPid = null; // the process shown in detail
+let liveCycle = false; // the live connection finished a poll since the last frame
+
+const live = new LiveFeed(store, {
+  token,
+  onChange: () => schedule(),
+  onCycle: () => {
+    liveCycle = true;
+    if (detail.isOpen) detail.sample();
+  },
+});
+
+function watch() {
+  live.watch(selected, watchedPid);
+}
+
+const detail = new DetailView(store, {
+  token,
+  onWatch: (pid) => {
+    watchedPid = pid;
+    watch();
+    writeHash();
+  },
+  onClosed: () => {
+    procs.vt.scroller.focus({ preventScroll: true });
+    schedule();
+  },
+});
 
 const groups = new GroupsView(store, {
   scroller: $('groups-scroll'),
   table: $('groups-table'),
   filter: $('group-filter'),
+  hideEmpty: $('hide-empty'),
   count: $('groups-count'),
   held: $('order-held'),
   empty: $('groups-empty'),
@@ -79,7 +111,7 @@ const procs = new ProcsView(store, {
   scroller: $('procs-scroll'),
   table: $('procs-table'),
   empty: $('procs-empty'),
-}, () => select(null, { focusGroups: true }));
+}, () => select(null, { focusGroups: true }), (p) => detail.open(p));
 
 const log = new LogView(store, {
   scroller: $('log-scroll'),
@@ -99,25 +131,34 @@ function select(name, { reveal = false, focusGroups = false } = {}) {
   selected = name;
   groups.setSelected(name, reveal);
   procs.show(name);
-  const hash = name === null ? '' : `#group=${encodeURIComponent(name)}`;
-  if (window.location.hash !== hash) {
-    window.history.replaceState(null, '', `${window.location.pathname}${window.location.search}${hash}`);
-  }
+  watch();
+  writeHash();
   if (focusGroups) groups.vt.scroller.focus({ preventScroll: true });
   schedule();
 }
 
-function selectionFromHash() {
-  const m = /^#group=(.*)$/.exec(window.location.hash);
-  if (!m) return null;
-  try {
-    return decodeURIComponent(m[1]);
-  } catch {
-    return null;
+function writeHash() {
+  let hash = selected === null ? '' : `#group=${encodeURIComponent(selected)}`;
+  if (selected !== null && watchedPid !== null) hash += `&pid=${watchedPid}`;
+  if (window.location.hash !== hash) {
+    window.history.replaceState(null, '', `${window.location.pathname}${window.location.search}${hash}`);
   }
 }
 
-let revealPending = selectionFromHash() !== null;
+/** {group, pid} named by the URL's #group=NAME[&pid=PID]; nulls when absent. */
+function selectionFromHash() {
+  const m = /^#group=([^&]*)(?:&pid=(\d+))?$/.exec(window.location.hash);
+  if (!m) return { group: null, pid: null };
+  try {
+    return { group: decodeURIComponent(m[1]), pid: m[2] ? Number(m[2]) : null };
+  } catch {
+    return { group: null, pid: null };
+  }
+}
+
+const fromHash = selectionFromHash();
+let revealPending = fromHash.group !== null;
+let openPending = fromHash.pid;
 
 function flush() {
   const changes = store.takeChanges();
@@ -132,7 +173,20 @@ function flush() {
       groups.update(null, false, now);
     }
   }
-  procs.update(changes, now);
+  if (openPending !== null && store.synced) {
+    // A process named in the URL: show it once the state is in (if it still runs).
+    const p = detail.findTracked(openPending);
+    openPending = null;
+    if (p) detail.open(p);
+  }
+  if (detail.isOpen && changes.rebuilt) {
+    // After a rebuild the record of the process shown is a new object: follow it.
+    const p = detail.proc && store.procs.get(procKey(detail.proc));
+    if (p) detail.proc = p;
+  }
+  procs.update(changes, now, liveCycle);
+  liveCycle = false;
+  detail.render(now);
   log.update(changes);
 }
 
@@ -182,16 +236,18 @@ function isControl(el) {
 }
 
 document.addEventListener('keydown', (e) => {
-  if (e.ctrlKey || e.metaKey || e.altKey || e.isComposing || e.defaultPrevented || help.open) return;
+  if (e.ctrlKey || e.metaKey || e.altKey || e.isComposing || e.defaultPrevented || help.open || detail.isOpen) return;
   const target = e.target;
   if (e.key === 'Escape') {
     if (isTextField(target)) {
+      // Clear the filter and leave it, for the table it filters (or nowhere).
       if (target.value) {
         target.value = '';
         target.dispatchEvent(new Event('input', { bubbles: true }));
-      } else {
-        target.blur();
       }
+      const to = target.dataset.escapeTo ? $(target.dataset.escapeTo) : null;
+      if (to) to.focus();
+      else target.blur();
       return;
     }
     // A <select> keeps its choice: Escape only closes its list, natively.
@@ -223,6 +279,15 @@ document.addEventListener('keydown', (e) => {
   }
 });
 
-select(selectionFromHash());
+// A #group=…&pid=… typed or followed by hand (the page writes its own with replaceState,
+// which fires nothing): show what it names.
+window.addEventListener('hashchange', () => {
+  const want = selectionFromHash();
+  if (detail.isOpen) detail.dialog.close();
+  select(want.group, { reveal: true });
+  openPending = want.pid;
+});
+
+select(fromHash.group);
 conn.start();
 schedule();

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -217,10 +218,7 @@ def test_a_thread_that_came_or_went_counts_as_a_run(fake_proc: Path) -> None:
     first = sample(fs, 1010)
     write_io(fake_proc / "1010", 7, 8)
     task = fake_proc / "1010" / "task"
-    (task / "1012" / "schedstat").unlink()
-    (task / "1012" / "stat").unlink()
-    (task / "1012" / "status").unlink()
-    (task / "1012").rmdir()
+    shutil.rmtree(task / "1012")
     again = sample(fs, 1010, first)
     assert again.threads is not None and set(again.threads) == {"1010", "1011"}
     assert again.metrics is not None and again.metrics.read_bytes == 7
@@ -280,3 +278,92 @@ def test_a_zero_run_time_is_no_proof_of_idleness(fake_proc: Path, zero: bytes) -
     write_io(fake_proc / "1000", 5, 6)
     again = sample(fs, 1000, first)
     assert again.metrics is not None and again.metrics.read_bytes == 5
+
+
+# -- process-exporter's optional data (threads, smaps, wchan) -------------------------
+
+
+def set_pss(proc_dir: Path, kib: int) -> None:
+    replace_line(proc_dir / "smaps_rollup", "Pss:", f"Pss:            {kib} kB")
+
+
+def test_the_optional_data_of_a_process_that_has_not_run_is_its_last(fake_proc: Path, reads: list[str]) -> None:
+    fs = FS(fake_proc, threads=True, smaps=True, wchan=True)
+    first = sample(fs, 1000)
+    assert first.metrics is not None and first.metrics.extras is not None
+    assert (first.metrics.extras.pss_bytes, first.metrics.extras.wchans) == (284 * 1024, ("hrtimer_nanosleep",))
+    set_pss(fake_proc / "1000", 999)
+    (fake_proc / "1000" / "wchan").write_text("do_select")
+    reads.clear()
+    assert sample(fs, 1000, first) is first
+    assert reads == ["schedstat"]
+    # it ran: every optional file is read again
+    ran(fake_proc / "1000")
+    again = sample(fs, 1000, first)
+    assert again.metrics is not None and again.metrics.extras is not None
+    assert (again.metrics.extras.pss_bytes, again.metrics.extras.wchans) == (999 * 1024, ("do_select",))
+
+
+def test_memory_reclaimed_while_asleep_reads_proportional_memory_again(fake_proc: Path, reads: list[str]) -> None:
+    fs = FS(fake_proc, smaps=True)
+    first = sample(fs, 1000)
+    edit(fake_proc / "1000" / "stat", 24, 100)  # rss: reclaimed without it running
+    set_pss(fake_proc / "1000", 50)
+    reads.clear()
+    again = sample(fs, 1000, first, restat=True)
+    m = again.metrics
+    assert m is not None and m.extras is not None and again.reused
+    assert (m.resident_bytes, m.extras.pss_bytes) == (100 * PAGE, 50 * 1024)
+    assert "smaps_rollup" in reads and "io" not in reads
+    # its stat unchanged: proportional memory is not read (its bound is full_every)
+    set_pss(fake_proc / "1000", 40)
+    reads.clear()
+    assert sample(fs, 1000, again, restat=True) is again
+    assert "smaps_rollup" not in reads
+
+
+def test_a_thread_that_has_not_run_keeps_its_numbers_one_that_ran_is_read_with_its_io(
+    fake_proc: Path, reads: list[str]
+) -> None:
+    fs = FS(fake_proc, threads=True, wchan=True)
+    first = sample(fs, 1010)
+    assert first.metrics is not None and first.metrics.extras is not None
+    before = {t.tid: t for t in first.metrics.extras.threads}
+    assert before[1011].write_bytes == 8192
+    task = fake_proc / "1010" / "task"
+    write_io(task / "1011", 0, 16384)
+    (task / "1011" / "wchan").write_text("futex_wait_queue")
+    write_io(task / "1012", 0, 99)  # did not run: not read, cannot have moved
+    ran(task / "1011")
+    reads.clear()
+    again = sample(fs, 1010, first)
+    m = again.metrics
+    assert m is not None and m.extras is not None
+    now = {t.tid: t for t in m.extras.threads}
+    assert now[1011].write_bytes == 16384 and "futex_wait_queue" in m.extras.wchans
+    assert now[1010] is before[1010] and now[1012] is before[1012]
+    assert "task/1011/io" in reads and "task/1012/io" not in reads and "task/1012/wchan" not in reads
+
+
+def test_an_exec_found_while_naming_a_followed_process_is_the_mark_it_gets(
+    fake_proc: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fs = FS(fake_proc)
+    glance = fs.proc(1000).glance()  # an ignored process, as the tracker keeps it
+    proc = fs.proc(1000)
+    proc.follow(glance)
+    assert proc.proc_id() is glance.id  # the same stat bytes: its mark is carried over
+    real = fs_module.read_file
+
+    def exec_meanwhile(path: str, **kw: object) -> bytes:
+        data = real(path, **kw)  # type: ignore[arg-type]
+        if path.endswith("/cmdline"):
+            stat = fake_proc / "1000" / "stat"
+            stat.write_bytes(stat.read_bytes().replace(b"(sleep)", b"(ls)"))
+            edit(stat, 28, 0x9000)  # startstack: a new program
+        return data
+
+    monkeypatch.setattr(fs_module, "read_file", exec_meanwhile)
+    static = proc.static()
+    assert static.name == "ls"
+    assert proc.exec_mark() == ("ls", 0x9000)
