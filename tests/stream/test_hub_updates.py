@@ -8,9 +8,18 @@ from __future__ import annotations
 from typing import Any
 
 from procstream.schema import LIVE_FIELDS
-from procstream.stream.hub import Interest
 from procstream.stream.protocol import Filter, Subscription, expand_types
-from tests.stream.test_hub import FakeTransport, cycle, gupd, make_hub, start, subscribe
+from procstream.stream.hub import Hub, Interest, Subscriber
+from tests.stream.test_hub import FakeTransport, cycle, gupd, make_hub, start
+from tests.stream.test_hub import subscribe as _subscribe
+
+
+def subscribe(hub: Hub, transport: FakeTransport | None = None, **kw: Any) -> tuple[Subscriber, FakeTransport]:
+    """Subscribed and its snapshot taken, as a reading client's connection does at once:
+    readings only go to a subscriber that is live."""
+    sub, transport = _subscribe(hub, transport, **kw)
+    transport.pump(sub)
+    return sub, transport
 
 
 def upd(pid: int, group: str = "web", st: float = 5.0, cpu: float = 1.0) -> dict[str, Any]:
