@@ -11,7 +11,14 @@ threads each (so the host has a realistic process count), then times, per proces
   processes (what ``thread_detail`` adds);
 - poll: ``FS.all_procs()`` + ``proc_id()`` + ``metrics()``;
 - first sight: ``static(cgroups=False)`` + ``fd_limit()`` on top, against a floor that
-  also reads cmdline and limits.
+  also reads cmdline and limits;
+- a poll of processes that have not run since the last one: each follows its last
+  sample (``follow`` + ``proc_id()`` + ``sample()``), against a floor that reads
+  ``schedstat`` (and ``stat`` and each thread's ``schedstat`` of multi-threaded ones);
+- three ways to read ``schedstat`` of every process, bare: by path (what procstream
+  does), ``openat`` from a directory descriptor opened for the poll, and ``pread`` of a
+  descriptor kept open across polls (one per process, and the 4 KiB buffer the kernel
+  keeps for each open seq_file: memory and descriptors procstream does not spend).
 
 Prints the median of ``--rounds`` rounds in microseconds per process and the ratios.
 Everything it starts, it stops.
@@ -29,7 +36,7 @@ from collections.abc import Callable
 
 from _common import read_bytes  # puts the tree on sys.path
 
-from procstream.procfs import FS
+from procstream.procfs import FS, Sample
 
 __all__ = ["main"]
 
@@ -82,6 +89,87 @@ def floor_first_sight(mount: str) -> int:
                     pass
             os.stat(d + "fd")
         except (FileNotFoundError, ProcessLookupError):
+            continue
+        n += 1
+    return n
+
+
+def floor_idle(mount: str, threaded: dict[str, list[str]]) -> int:
+    """What a poll of processes that have not run reads, without parsing."""
+    n = 0
+    for name in os.listdir(mount):
+        if not name.isdigit():
+            continue
+        d = f"{mount}/{name}/"
+        try:
+            tids = threaded.get(name)
+            if tids is None:
+                read_bytes(d + "schedstat")
+            else:
+                read_bytes(d + "stat")
+                for tid in tids:
+                    read_bytes(f"{d}task/{tid}/schedstat")
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        n += 1
+    return n
+
+
+def followed(fs: FS, last: dict[int, Sample]) -> int:
+    """A poll handing each process its last sample (kept for the next round)."""
+    n = 0
+    for proc in fs.all_procs():
+        prev = last.get(proc.pid)
+        if prev is not None:
+            proc.follow(prev)
+        try:
+            proc.proc_id()
+            last[proc.pid] = proc.sample()
+        except ProcessLookupError:
+            continue
+        n += 1
+    return n
+
+
+def schedstat_by_path(mount: str) -> int:
+    n = 0
+    for name in os.listdir(mount):
+        if name.isdigit():
+            try:
+                read_bytes(f"{mount}/{name}/schedstat")
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            n += 1
+    return n
+
+
+def schedstat_openat(mount: str) -> int:
+    n = 0
+    flags = os.O_RDONLY | os.O_CLOEXEC
+    for name in os.listdir(mount):
+        if name.isdigit():
+            try:
+                dirfd = os.open(f"{mount}/{name}", flags | os.O_DIRECTORY)
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            try:
+                fd = os.open("schedstat", flags, dir_fd=dirfd)
+                try:
+                    os.read(fd, 8192)
+                finally:
+                    os.close(fd)
+            finally:
+                os.close(dirfd)
+            n += 1
+    return n
+
+
+def schedstat_held(fds: list[int]) -> int:
+    n = 0
+    for fd in fds:
+        try:
+            os.pread(fd, 8192, 0)
+        except ProcessLookupError:  # exited since it was opened
             continue
         n += 1
     return n
@@ -167,12 +255,34 @@ def main() -> None:
             ("first-sight floor (+cmdline+limits)", lambda: floor_first_sight("/proc")),
             ("first sight (id+static+metrics+limit)", lambda: first_sight(plain)),
         ]
-        rows = [(label, _time(fn, args.rounds)) for label, fn in cases]
+        last: dict[int, Sample] = {}
+        followed(fs, last)
+        held: list[int] = []
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                try:
+                    held.append(os.open(f"/proc/{name}/schedstat", os.O_RDONLY | os.O_CLOEXEC))
+                except OSError:
+                    continue
+        try:
+            cases += [
+                ("idle floor (schedstat; +stat, tasks)", lambda: floor_idle("/proc", threaded)),
+                ("idle poll (follow+proc_id+sample)", lambda: followed(fs, last)),
+                ("schedstat by path", lambda: schedstat_by_path("/proc")),
+                ("schedstat by openat(dirfd)", lambda: schedstat_openat("/proc")),
+                ("schedstat by pread(held fd)", lambda: schedstat_held(held)),
+            ]
+            rows = [(label, _time(fn, args.rounds)) for label, fn in cases]
+        finally:
+            for fd in held:
+                os.close(fd)
         for label, us in rows:
             print(f"  {label:40s} {us:7.2f}")
         print(f"  ratio poll/floor          {rows[1][1] / rows[0][1]:.2f}")
         print(f"  ratio poll+tasks/floor    {rows[3][1] / rows[2][1]:.2f}")
         print(f"  ratio first sight/floor   {rows[5][1] / rows[4][1]:.2f}")
+        print(f"  ratio idle poll/floor     {rows[7][1] / rows[6][1]:.2f}")
+        print(f"  idle poll / poll          {rows[7][1] / rows[3][1]:.2f}")
     finally:
         for child in children:
             child.kill()

@@ -295,6 +295,7 @@ class EventBuilder:
             "permission_errors": update.errors.permission,
             "read_errors": update.errors.read,
             "partial_errors": update.errors.partial,
+            "reads_skipped": update.reads_skipped,
         }
         if extra_cycle:
             cycle.update(extra_cycle)

@@ -102,6 +102,8 @@ class GrouperUpdate:
     errors: CollectErrors = field(default_factory=CollectErrors)
     procs_seen: int = 0
     tracked: int = 0
+    #: tracked processes not read whole: they had not run since the previous poll
+    reads_skipped: int = 0
     #: groups dropped: empty under ``remove_empty_groups``, or past ``group_ttl``
     removed_groups: list[str] = field(default_factory=list)
 
@@ -534,6 +536,7 @@ class Grouper:
             exited=tu.exited,
             errors=tu.errors,
             procs_seen=tu.procs_seen,
+            reads_skipped=tu.reads_skipped,
         )
         report.started = self._decide(tu.new)
         for tp, proc, _mark in tu.changed:

@@ -357,6 +357,9 @@ class Cycle(CycleExtras, _Numbered):
     permission_errors: int
     read_errors: int
     partial_errors: int
+    #: tracked processes that had not run since the previous poll: only ``schedstat``
+    #: read (``stat`` too when multi-threaded), their other values carried over
+    reads_skipped: int
 
 
 class HostLost(TypedDict):

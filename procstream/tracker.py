@@ -5,6 +5,15 @@ Rules (process-exporter's, with its leak fixed):
 - The tracker reads only what it needs: ``stat`` for every process (identity), static data
   once when a process is first seen, metrics only for processes it tracks. Ignored
   processes cost one ``stat`` read per poll.
+- Each process is read knowing its last reading (``Sample``, see ``Proc.follow``): a
+  single-threaded process that has not run since (its ``schedstat`` unchanged) costs
+  that one read and keeps its sample, since every counter a poll reads of it moves only
+  when it runs; one that ran is read whole. What changes while a process does not run
+  is read regardless, on a schedule staggered by pid so that each poll reads a share of
+  the processes: ``stat`` (its memory, when pages are reclaimed; its state) every
+  ``restat_every`` polls, every file (its descriptors too, which another process
+  sharing its descriptor table may open) every ``full_every`` polls. Skipping delays
+  what a gauge shows by at most that many polls; it never changes a counter's total.
 - The grouper decides, for each new process, ``track()`` (with a group name) or
   ``ignore()``. A new process left undecided is considered again at the next poll (that is
   how ``recheck`` works).
@@ -43,7 +52,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from .procfs.errors import READ_ERRORS
-from .procfs.models import ExecMark, ProcId, ProcIdInfo, ProcLike, ProcMetrics, ProcStatic, States
+from .procfs.models import ExecMark, ProcId, ProcIdInfo, ProcLike, ProcMetrics, ProcStatic, Sample, States
 
 __all__ = [
     "Counts",
@@ -184,6 +193,9 @@ class TrackedProc:
     #: I/O bytes of its reaped children still to be taken out of its own increases
     children_read: int = 0
     children_write: int = 0
+    #: its last reading, for the next poll to compare with; used only while its
+    #: ``metrics`` are still that reading's (another source may replace them)
+    sample: Sample | None = None
 
     @property
     def pid(self) -> int:
@@ -218,6 +230,9 @@ class TrackerUpdate:
     changed: list[tuple[TrackedProc, ProcLike, ExecMark]] = field(default_factory=list)
     errors: CollectErrors = field(default_factory=CollectErrors)
     procs_seen: int = 0
+    #: tracked processes found not to have run since the last poll: only ``stat`` and
+    #: ``schedstat`` read, their I/O, context switches and descriptors carried over
+    reads_skipped: int = 0
 
 
 _EMPTY_METRICS = ProcMetrics(0.0, 0.0, 0, 0, 0, 0, states=States())
@@ -229,6 +244,8 @@ class _Ignored:
     seen: int
     #: None: never judged anew (a zombie whose exit was already reported)
     mark: ExecMark | None
+    #: its last reading (identity only), for the next poll to compare with
+    sample: Sample | None = None
 
 
 def _count_failure(exc: BaseException, errors: CollectErrors) -> None:
@@ -251,9 +268,18 @@ class Tracker:
         *,
         clock: Callable[[], float] = time.time,
         read_cgroups: bool = False,
+        restat_every: int = 10,
+        full_every: int = 60,
     ) -> None:
+        if restat_every < 1 or full_every < 1:
+            raise ValueError("restat_every and full_every must be >= 1")
         self.clock = clock
         self.read_cgroups = read_cgroups
+        #: read each tracked process's ``stat`` at least every this many polls, and all
+        #: of its files every ``full_every`` polls (1: at every poll)
+        self.restat_every = restat_every
+        self.full_every = full_every
+
         #: report tracked processes that exec'd or were renamed (``TrackerUpdate.changed``)
         self.watch_execs = False
         self.tracked: dict[ProcId, TrackedProc] = {}
@@ -292,11 +318,28 @@ class Tracker:
         errors = report.errors
         tracked = self.tracked
         ignored = self._ignored
+        by_pid = self._by_pid
         between = Counts.between
         watch = self.watch_execs
+        restat_every = self.restat_every
+        full_every = self.full_every
         seen = 0
+        skipped = 0
         max_ticks = 0
         for proc in procs:
+            # the last reading of the process at this pid, if it is still current
+            known = by_pid.get(proc.pid)
+            tp = None
+            if known is not None:
+                tp = tracked.get(known)
+                if tp is not None:
+                    prev = tp.sample
+                    if prev is not None and prev.metrics is tp.metrics:
+                        proc.follow(prev)
+                else:
+                    skip = ignored.get(known)
+                    if skip is not None and skip.sample is not None:
+                        proc.follow(skip.sample)
             try:
                 pid_id = proc.proc_id()
             except READ_ERRORS as exc:
@@ -307,10 +350,13 @@ class Tracker:
             seen += 1
             if pid_id.start_time_rel > max_ticks:
                 max_ticks = pid_id.start_time_rel
-            tp = tracked.get(pid_id)
+            if pid_id is not known:  # the same object when it is what was read before
+                tp = tracked.get(pid_id)
             if tp is not None:
+                prev = tp.sample
                 try:
-                    metrics = proc.metrics()
+                    turn = gen + pid_id.pid
+                    sample = proc.sample(full=turn % full_every == 0, restat=turn % restat_every == 0)
                 except READ_ERRORS as exc:
                     if isinstance(exc, ProcessLookupError):
                         continue  # exited while we read it: reported as exited below
@@ -319,10 +365,25 @@ class Tracker:
                     if tp.accounted:
                         tp.latest = ZERO_COUNTS
                     continue
-                if metrics.partial_errors:
-                    errors.partial += 1
                 tp.last_seen = now
                 tp.seen = gen
+                metrics = sample.metrics
+                assert metrics is not None
+                if metrics.partial_errors:
+                    errors.partial += 1
+                if sample is prev:
+                    # it has not run: nothing changed, not even its program
+                    skipped += 1
+                    if tp.exited:
+                        tp.latest = ZERO_COUNTS
+                        tp.accounted = True
+                    elif tp.accounted:
+                        tp.latest = ZERO_COUNTS
+                        tp.accounted = False
+                    continue
+                if sample.reused:
+                    skipped += 1
+                tp.sample = sample
                 if tp.exited:
                     # a zombie whose final usage is counted: only its gauges change
                     tp.metrics = metrics
@@ -330,10 +391,10 @@ class Tracker:
                     tp.accounted = True
                     continue
                 delta = between(tp.metrics, metrics)
+                tp.metrics = metrics
                 # usage not yet in the group's totals (tracked between polls) carries over
                 tp.latest = delta if tp.accounted else tp.latest + delta
                 tp.accounted = False
-                tp.metrics = metrics
                 if watch:
                     # a stack moved by exec, or a new name; a hidden stack (0) tells
                     # neither apart from a process losing its memory on exit
@@ -344,10 +405,11 @@ class Tracker:
                 continue
             skip = ignored.get(pid_id)
             try:
-                mark = proc.exec_mark()
                 if skip is not None:
+                    glance = proc.glance()
                     skip.seen = gen
-                    if skip.mark is None or not mark.execed_since(skip.mark):
+                    skip.sample = glance
+                    if skip.mark is None or not glance.mark.execed_since(skip.mark):
                         continue
                 static = proc.static(cgroups=self.read_cgroups)
                 mark = proc.exec_mark()  # of the program ``static`` read (it may have exec'd)
@@ -357,6 +419,7 @@ class Tracker:
             report.new.append(NewProc(proc, pid_id, static, mark))
 
         report.procs_seen = seen
+        report.reads_skipped = skipped
         if self._first_poll_max_ticks is None:
             self._first_poll_max_ticks = max_ticks
         self._gen = gen
@@ -472,10 +535,14 @@ class Tracker:
         empty metrics): we saw it start, and the next poll reports its exit.
         """
         proc = new.proc
+        sample = None
         if metrics is None:
             try:
-                metrics = proc.metrics()
+                sample = proc.sample()
+                metrics = sample.metrics
             except READ_ERRORS:
+                pass
+            if metrics is None:
                 metrics = _EMPTY_METRICS
         if fd_limit is None:
             try:
@@ -496,6 +563,7 @@ class Tracker:
             seen=self._gen,
             source=source,
             mark=new.mark,
+            sample=sample,
         )
         self._ignored.pop(new.id, None)
         self.tracked[new.id] = tp

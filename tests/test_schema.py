@@ -40,7 +40,7 @@ CONTRACT: dict[type, tuple[set[str], set[str]]] = {  # (required, optional)
     schema.GroupStable: ({"type", "ts", "group", "restarts", "window_s"}, NUMBERED),
     schema.Cycle: (
         {"type", "ts", "duration_ms", "procs_seen", "tracked", "started", "exited",
-         "permission_errors", "read_errors", "partial_errors"},
+         "permission_errors", "read_errors", "partial_errors", "reads_skipped"},
         NUMBERED | {"skipped", "interval_s", "source", "lost_events"},
     ),
     # written by the NATS publisher in place of events it could no longer send: no seq

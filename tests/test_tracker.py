@@ -5,8 +5,8 @@ import tracemalloc
 import pytest
 
 from procstream.procfs.errors import ProcfsParseError
-from procstream.procfs.models import ProcId
-from procstream.tracker import Counts, Tracker, info
+from procstream.procfs.models import ExecMark, FixedProc, ProcId, ProcMetrics, ProcStatic, Sample
+from procstream.tracker import Counts, Tracker, TrackerUpdate, info
 from tests.support.fake_procs import Clock, fake
 
 
@@ -135,6 +135,9 @@ class BadStat:
         self.pid = pid
         self.exc = exc
 
+    def follow(self, prev: Sample) -> None:
+        """Its ``stat`` fails before anything is compared."""
+
     def proc_id(self) -> ProcId:
         raise self.exc
 
@@ -249,3 +252,124 @@ def test_a_tracked_process_running_another_program_is_reported_when_execs_are_wa
     assert t.update([fake(10, "sleep", stack=0x9000)]).changed == []
     r = t.update([fake(10, "node-main", stack=0x9000)])  # renamed itself: same stack, new name
     assert [mark.comm for _, _, mark in r.changed] == ["node-main"]
+
+
+# -- reading less: samples followed, every file read every ``full_every`` polls ---------
+
+
+class Followed:
+    """A process that remembers what the tracker asked of it: the sample it was told
+    to follow, whether it had to read everything, and ``stat``. ``idle``: it has not
+    run, so a followed sample comes back as it was (what ``Proc`` does)."""
+
+    def __init__(self, proc: FixedProc, log: dict[int, list[tuple[Sample | None, bool, bool]]], *, idle: bool = True) -> None:
+        self.proc = proc
+        self.log = log
+        self.idle = idle
+        self.prev: Sample | None = None
+        self.pid = proc.pid
+
+    def follow(self, prev: Sample) -> None:
+        self.prev = prev
+
+    def proc_id(self) -> ProcId:
+        return self.proc.proc_id()
+
+    def exec_mark(self) -> ExecMark:
+        return self.proc.exec_mark()
+
+    def static(self, *, cgroups: bool = False) -> ProcStatic:
+        return self.proc.static()
+
+    def metrics(self) -> ProcMetrics:
+        return self.proc.metrics()
+
+    def fd_limit(self) -> int:
+        return 0
+
+    def glance(self) -> Sample:
+        self.log.setdefault(self.pid, []).append((self.prev, False, False))
+        return self.proc.glance()
+
+    def sample(self, *, full: bool = False, restat: bool = False) -> Sample:
+        self.log.setdefault(self.pid, []).append((self.prev, full, restat))
+        if self.idle and self.prev is not None and not full:
+            return self.prev
+        return self.proc.sample()
+
+
+def poll_followed(t: Tracker, pids: range, log: dict, **kw: object) -> TrackerUpdate:
+    return t.update([Followed(fake(pid, cpu=kw.get("cpu", (0.0, 0.0))), log, idle=bool(kw.get("idle", True))) for pid in pids])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("which", [1, 2])  # full, restat
+def test_each_tracked_process_is_read_again_on_a_staggered_schedule(which: int):
+    t = Tracker(clock=Clock(), full_every=3, restat_every=2)
+    every = (0, 3, 2)[which]
+    log: dict[int, list[tuple[Sample | None, bool, bool]]] = {}
+    decide_all(t, poll_followed(t, range(10, 16), log))
+    log.clear()
+    per_poll = []
+    for _ in range(12):
+        poll_followed(t, range(10, 16), log)
+        per_poll.append(sum(1 for calls in log.values() if calls[-1][which]))
+    for pid, calls in log.items():
+        turns = [i for i, call in enumerate(calls) if call[which]]
+        assert turns[0] < every and all(b - a == every for a, b in zip(turns, turns[1:])), (pid, turns)
+        assert all(call[0] is not None for call in calls)  # each followed its last sample
+    assert per_poll == [6 // every] * 12  # a share of them at each poll, never all at once
+
+
+def test_a_process_that_has_not_run_keeps_its_usage_and_counts_as_skipped():
+    t = Tracker(clock=Clock(), full_every=1000)
+    log: dict[int, list[tuple[Sample | None, bool, bool]]] = {}
+    decide_all(t, poll_followed(t, range(10, 13), log))
+    before = {pid: t.tracked[ProcId(pid, 1000)].metrics for pid in range(10, 13)}
+    r = poll_followed(t, range(10, 13), log, cpu=(5.0, 0.0))  # what a full read would find
+    assert r.reads_skipped == 3
+    for pid in range(10, 13):
+        tp = t.tracked[ProcId(pid, 1000)]
+        assert tp.metrics is before[pid] and tp.latest == Counts()
+    r = poll_followed(t, range(10, 13), log, cpu=(5.0, 0.0), idle=False)  # they ran
+    assert r.reads_skipped == 0
+    assert all(t.tracked[ProcId(pid, 1000)].latest.cpu == pytest.approx(5.0) for pid in range(10, 13))
+
+
+def test_full_every_1_reads_everything_at_every_poll():
+    t = Tracker(clock=Clock(), full_every=1)
+    log: dict[int, list[tuple[Sample | None, bool, bool]]] = {}
+    decide_all(t, poll_followed(t, range(10, 13), log))
+    log.clear()
+    for _ in range(3):
+        assert poll_followed(t, range(10, 13), log).reads_skipped == 0
+    assert all(full for calls in log.values() for _, full, _ in calls)
+    with pytest.raises(ValueError):
+        Tracker(full_every=0)
+    with pytest.raises(ValueError):
+        Tracker(restat_every=0)
+
+
+def test_a_sample_is_not_followed_once_another_source_replaced_its_metrics():
+    t = Tracker(clock=Clock(), full_every=1000)
+    log: dict[int, list[tuple[Sample | None, bool, bool]]] = {}
+    decide_all(t, poll_followed(t, range(10, 11), log))
+    tp = t.tracked[ProcId(10, 1000)]
+    # e.g. the kernel source's final reading at the exit of a zombie still listed
+    tp.metrics = fake(10, cpu=(3.0, 0.0)).metrics()
+    log.clear()
+    poll_followed(t, range(10, 11), log)
+    assert [call[0] for call in log[10]] == [None]
+    assert tp.sample is not None and tp.sample.metrics is tp.metrics
+    log.clear()
+    poll_followed(t, range(10, 11), log)
+    assert log[10][0][0] is not None  # its own reading again: followed
+
+
+def test_ignored_processes_follow_their_last_glance():
+    t = Tracker(clock=Clock())
+    log: dict[int, list[tuple[Sample | None, bool, bool]]] = {}
+    r = poll_followed(t, range(20, 21), log)
+    t.ignore(r.new[0].id, r.new[0].mark)
+    poll_followed(t, range(20, 21), log)
+    poll_followed(t, range(20, 21), log)
+    assert [call[0] is not None for call in log[20]] == [False, True]

@@ -8,7 +8,13 @@ module per /proc file (``stat.py``, ``status.py``, ``io.py``, ...), pure functio
     for proc in fs.all_procs():
         pid_id = proc.proc_id()      # reads stat
         static = proc.static()       # once per process: cmdline, status (uid)
-        metrics = proc.metrics()     # every poll: stat, status, io, fd
+        sample = proc.sample()       # every poll: stat, schedstat, status, io, fd
+        metrics = sample.metrics
+
+    # At the next poll, hand each process the sample of the last one: a process that
+    # has not run since costs stat and schedstat, not every file (see ``Proc.follow``).
+    proc.follow(sample)
+    sample = proc.sample()
 
 Errors: see ``errors.py``.
 """
@@ -26,6 +32,7 @@ from .models import (
     ProcExtras,
     ProcMetrics,
     ProcStatic,
+    Sample,
     States,
     ThreadSample,
     state_of,
@@ -42,6 +49,7 @@ __all__ = [
     "ProcIdInfo",
     "ProcLike",
     "FixedProc",
+    "Sample",
     "States",
     "ThreadSample",
     "state_of",

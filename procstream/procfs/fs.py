@@ -23,7 +23,7 @@ import errno
 import os
 import time
 import stat as _stat_mod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Final, NamedTuple
 
 from ._read import read_file
@@ -35,7 +35,18 @@ from .errors import ProcfsError, ProcfsParseError
 from .fd import count_open_fds
 from .io import parse_io
 from .limits import Limit, parse_limits, parse_max_open_files
-from .models import ExecMark, ProcExtras, ProcId, ProcMetrics, ProcStatic, States, ThreadSample, state_of
+from .models import (
+    ExecMark,
+    ProcExtras,
+    ProcId,
+    ProcMetrics,
+    ProcStatic,
+    Sample,
+    States,
+    ThreadReading,
+    ThreadSample,
+    state_of,
+)
 from .schedstat import parse_schedstat
 from .smaps import parse_smaps_rollup
 from .stat import PF_EXITING, PF_KTHREAD, Stat, parse_flags, parse_stat, parse_state
@@ -50,7 +61,7 @@ __all__ = ["FS", "Proc"]
 
 
 class _Tasks(NamedTuple):
-    """What one walk of ``task/*`` found (see ``Proc._threads``)."""
+    """What the readings of a process's threads add up to (see ``_sum_threads``)."""
 
     #: None: no thread could be read
     states: States | None
@@ -164,7 +175,9 @@ class Proc:
 
     Reads lazily and caches every file's bytes and every parsed result for the life of
     the object, so ``static()`` and ``metrics()`` share one read of ``stat`` and one of
-    ``status``. Make a new one (``FS.all_procs``/``FS.proc``) for the next poll.
+    ``status``. Make a new one (``FS.all_procs``/``FS.proc``) for the next poll, and hand
+    it the last poll's :class:`Sample` with :meth:`follow`: it then reads only what may
+    have changed.
     """
 
     __slots__ = (
@@ -172,13 +185,17 @@ class Proc:
         "_pid",
         "_dir",
         "_raw",
+        "_stat_raw",
         "_stat",
         "_status",
         "_id",
         "_static",
         "_static_cgroups",
-        "_metrics",
+        "_sample",
         "_limit",
+        "_prev",
+        "_same",
+        "_idle",
     )
 
     def __init__(self, fs: FS, pid: int) -> None:
@@ -186,13 +203,19 @@ class Proc:
         self._pid = pid
         self._dir = f"{fs.mount_point}/{pid}/"
         self._raw: dict[str, bytes] = {}
+        self._stat_raw: bytes | None = None
         self._stat: Stat | None = None
         self._status: Status | None = None
         self._id: ProcId | None = None
         self._static: ProcStatic | None = None
         self._static_cgroups: ProcStatic | None = None
-        self._metrics: ProcMetrics | None = None
+        self._sample: Sample | None = None
         self._limit: int | None = None
+        self._prev: Sample | None = None
+        # stat is byte for byte the one of ``_prev``: its values are ``_prev``'s
+        self._same = False
+        # not run since ``_prev`` (its schedstat is the same): nothing it does has moved
+        self._idle = False
 
     def __repr__(self) -> str:
         return f"Proc({self._pid}, {self._fs.mount_point!r})"
@@ -209,14 +232,21 @@ class Proc:
             data = self._raw[name] = read_file(self._dir + name, until_eof=until_eof, limit=limit)
         return data
 
+    def _stat_bytes(self) -> bytes:
+        data = self._stat_raw
+        if data is None:
+            data = self._stat_raw = read_file(self._dir + "stat", until_eof=False)
+        return data
+
     def _stat_fields(self) -> Stat:
         if self._stat is None:
-            self._stat = parse_stat(self._file("stat", until_eof=False))
+            self._stat = parse_stat(self._stat_bytes())
         return self._stat
 
     def _status_fields(self) -> Status:
         if self._status is None:
-            self._status = parse_status(self._file("status"))
+            # status is one record the kernel renders whole: a short read is all of it
+            self._status = parse_status(self._file("status", until_eof=False))
         return self._status
 
     def _missing(self, exc: ProcessLookupError) -> None:
@@ -232,16 +262,77 @@ class Proc:
 
     # -- ProcLike ----------------------------------------------------------------
 
+    def follow(self, prev: Sample) -> None:
+        """Read this process knowing ``prev``, its :class:`Sample` of an earlier poll.
+
+        - A single-threaded process whose ``schedstat`` (the scheduler's run time and
+          run count) is the same bytes has not run since ``prev`` was read: nothing it
+          changes by running has moved, which is everything a poll reads (its CPU time,
+          faults, I/O, context switches, descriptors; and exec, exit and thread creation
+          all take running). It costs that one read and its sample is ``prev``.
+        - Otherwise ``stat`` is read, but not parsed again when it is the same bytes:
+          identity, exec mark and its values are ``prev``'s.
+        - A multi-threaded one (with ``thread_detail``) reads every thread's
+          ``schedstat``; only threads that ran have their ``stat`` and ``status`` read
+          (and ``io``, ``wchan`` when asked for), and when none ran (and none came or
+          went), ``io``, ``status``, ``fd`` and ``smaps_rollup`` are ``prev``'s. Its own
+          ``stat`` is read at every poll.
+        - Without a usable ``schedstat`` (missing, unreadable), or multi-threaded
+          without ``thread_detail``, every file is read.
+
+        ``schedstat`` is read before the files it stands for: a run after it moves it
+        by the next poll, a run before it shows in those files. What can change while a
+        process does not run is not seen this way: its resident size and swap when its
+        pages are reclaimed, its state when it is woken but has not run yet, its
+        descriptors when another process sharing its descriptor table opens files, its
+        proportional memory when processes it shares pages with map or unmap them.
+        ``sample(restat=True)`` reads ``stat`` regardless and ``sample(full=True)``
+        everything, which the caller does often enough to bound how long those go
+        unseen.
+
+        Ignored if another process has the pid now (a new start time), or if the
+        process was already read.
+        """
+        if self._id is None:
+            self._prev = prev
+
     def proc_id(self) -> ProcId:
         """Identity; reads only ``stat``. Call first: it is the cheapest read."""
         if self._id is None:
-            self._id = ProcId(self._pid, self._stat_fields().starttime)
+            prev = self._prev
+            # only a single-threaded process's sample has a schedstat (see ``_read``)
+            if prev is not None and prev.sched and self._sched() == prev.sched:
+                self._same = self._idle = True
+                self._id = prev.id
+                return prev.id
+            raw = self._stat_bytes()
+            if prev is not None and raw == prev.stat:
+                self._same = True
+                self._id = prev.id
+            else:
+                pid_id = ProcId(self._pid, self._stat_fields().starttime)
+                if prev is not None and prev.id != pid_id:
+                    self._prev = None  # the pid was reused: nothing to compare with
+                self._id = pid_id
         return self._id
 
     def exec_mark(self) -> ExecMark:
         """What changes on exec; reads only ``stat`` (shared with ``proc_id``)."""
+        self.proc_id()
+        prev = self._prev
+        if self._same and prev is not None:
+            return prev.mark
         st = self._stat_fields()
         return ExecMark(st.comm, st.startstack)
+
+    def glance(self) -> Sample:
+        """Identity and exec mark (reads only ``stat``): what a process nobody tracks
+        needs; ``follow`` it at the next poll and ``stat`` is compared, not parsed."""
+        pid_id = self.proc_id()
+        prev = self._prev
+        if self._same and prev is not None:
+            return prev
+        return Sample(pid_id, self.exec_mark(), stat=self._stat_bytes())
 
     def static(self, *, cgroups: bool = False) -> ProcStatic:
         """Naming attributes (reads stat, cmdline, status); once per process lifetime.
@@ -319,29 +410,92 @@ class Proc:
                 # Its memory is going; a name changed since ``st`` is a program the early
                 # argv was not of.
                 if now.comm != st.comm:
-                    self._stat = now
+                    self._now_stat(data, now)
                     return now, raw, False
                 return st, raw or early, False
             if raw and (now.comm, now.startstack) == (st.comm, st.startstack):
                 return st, raw, True
-            st = self._stat = now
+            st = now
+            self._now_stat(data, now)
             early = b""
             os.sched_yield()
         return st, raw, True
 
+    def _now_stat(self, data: bytes, st: Stat) -> None:
+        """``stat`` read again found another program (it exec'd): from now on every
+        value of this reading is that program's, none carried over from ``follow``'s."""
+        self._stat_raw = data
+        self._stat = st
+        self._same = self._idle = False
+
     def metrics(self) -> ProcMetrics:
-        """Counters and gauges (reads stat, status, io, fd; task/* with thread detail).
+        """Counters and gauges: ``sample().metrics``."""
+        metrics = self.sample().metrics
+        assert metrics is not None
+        return metrics
 
-        Once per poll, for tracked processes. ``io`` or ``fd`` unreadable or missing:
-        read/write bytes 0 or open fds -1, counted in ``partial_errors``.
+    def sample(self, *, full: bool = False, restat: bool = False) -> Sample:
+        """Counters and gauges (``.metrics``), and what the next poll compares with.
+
+        Reads stat, schedstat, status, io, fd (task/*/schedstat, stat and status with
+        thread detail; smaps_rollup, wchan, task/*/io and task/*/wchan as the ``FS`` asks
+        for them), less after :meth:`follow` (see there) unless ``full``; with
+        ``restat``, ``stat`` even of a process that has not run (what changes while it
+        does not: its memory, its state). Once per poll, for tracked processes. ``io`` or
+        ``fd`` unreadable or missing: read/write bytes 0 or open fds -1, counted in
+        ``partial_errors``.
         """
-        if self._metrics is not None:
-            return self._metrics
-        fs = self._fs
-        st = self._stat_fields()
-        status = self._status_fields()  # zombies and kernel threads lack VmSwap: 0
-        partial = 0
+        if self._sample is None:
+            self.proc_id()
+            prev = self._prev
+            if self._idle and not full and prev is not None and prev.metrics is not None:
+                self._sample = self._restat(prev) if restat else prev
+            else:
+                if full or prev is None or prev.metrics is None:
+                    prev = None
+                self._sample = self._read(prev, restat)
+        return self._sample
 
+    def _read(self, prev: Sample | None, restat: bool = False) -> Sample:
+        fs = self._fs
+        # stat unchanged since ``prev``: its values are those of prev's metrics
+        base = prev.metrics if prev is not None and self._same else None
+        st: Stat | None = None
+        if base is None:
+            st = self._stat_fields()
+            num_threads = st.num_threads
+        else:
+            num_threads = base.num_threads
+        partial = 0
+        sched = b""
+        threads: dict[str, ThreadReading] | None = None
+        if num_threads <= 1:
+            sched = self._sched()
+            ran = prev is None or prev.threads is not None or not sched or sched != prev.sched
+        elif fs.thread_detail or fs.wchan:
+            ran = True
+            try:
+                seen = self._threads(prev.threads if prev is not None else None, restat)
+            except PermissionError:
+                partial += 1
+                seen = None
+            if seen is not None:
+                threads, ran = seen
+        else:
+            ran = True
+        if not ran:
+            assert prev is not None and prev.metrics is not None
+            if base is None:
+                assert st is not None
+                return self._carried(prev, prev.metrics, st, sched, threads)
+            if threads is None or threads == prev.threads:
+                return prev  # nothing it shows has changed
+            # only the state of a thread that has not run (``restat``)
+            states = _sum_threads(threads).states or prev.metrics.states
+            metrics = dataclasses.replace(prev.metrics, states=states)
+            return dataclasses.replace(prev, metrics=metrics, threads=threads, reused=True)
+
+        status = self._status_fields()  # zombies and kernel threads lack VmSwap: 0
         try:
             read_bytes, write_bytes = parse_io(self._file("io", until_eof=False))
         except PermissionError:
@@ -362,84 +516,199 @@ class Proc:
             open_fds = -1
             partial += 1
 
-        tasks = None
-        if st.num_threads > 1 and (fs.thread_detail or fs.wchan):
-            try:
-                tasks = self._threads()
-            except PermissionError:
-                partial += 1
-        if tasks is None or not tasks.states:
-            states = state_of(st.state)
+        letter = st.state if st is not None else base.state  # type: ignore[union-attr]
+        tasks = _sum_threads(threads) if threads is not None else None
+        if tasks is None or tasks.states is None:
             ctx_voluntary = status.ctx_voluntary
             ctx_nonvoluntary = status.ctx_nonvoluntary
+            states = state_of(letter)
         else:
             states = tasks.states
             ctx_voluntary, ctx_nonvoluntary = tasks.voluntary, tasks.nonvoluntary
 
-        threads: tuple[ThreadSample, ...] = ()
-        wchans: tuple[str, ...] = ()
-        if tasks is not None:
-            threads, wchans = tasks.samples, tasks.wchans
-            partial += tasks.partial
-        elif fs.wchan and st.num_threads <= 1:
-            try:
-                channel = parse_wchan(self._file("wchan", until_eof=False))
-            except PermissionError:
-                channel = ""
-                partial += 1
-            except ProcessLookupError as exc:
-                self._missing(exc)
-                channel = ""
-                partial += 1
-            if channel:
-                wchans = (channel,)
-
-        pss = swap_pss = 0
-        if fs.smaps:
-            try:
-                # one record, made at once and far below a read's buffer: one read() is all
-                pss, swap_pss = parse_smaps_rollup(self._file("smaps_rollup", until_eof=False))
-            except PermissionError:
-                partial += 1
-            except ProcessLookupError as exc:
-                # ESRCH on an open file: no memory map (a zombie, a kernel thread); ENOENT:
-                # gone, or a kernel older than 4.14 (no smaps_rollup)
-                if exc.errno != errno.ESRCH:
-                    self._missing(exc)
-                    partial += 1
-
-        ticks = fs.clock_ticks
         extras = None
         if fs.threads or fs.smaps or fs.wchan:
-            extras = ProcExtras(pss, swap_pss, threads, wchans)
-        self._metrics = ProcMetrics(
+            samples: tuple[ThreadSample, ...] = ()
+            wchans: tuple[str, ...] = ()
+            if tasks is not None:
+                samples, wchans = tasks.samples, tasks.wchans
+                partial += tasks.partial
+            elif fs.wchan and num_threads <= 1:
+                channel, bad = self._wchan()
+                partial += bad
+                if channel:
+                    wchans = (channel,)
+            pss = swap_pss = 0
+            if fs.smaps:
+                pss, swap_pss, bad = self._smaps()
+                partial += bad
+            extras = ProcExtras(pss, swap_pss, samples, wchans)
+
+        if st is not None:
+            ticks = fs.clock_ticks
+            metrics = ProcMetrics(
+                st.utime / ticks,
+                st.stime / ticks,
+                read_bytes,
+                write_bytes,
+                st.rss * fs.page_size,
+                st.vsize,
+                status.swapped_bytes,
+                st.majflt,
+                st.minflt,
+                ctx_voluntary,
+                ctx_nonvoluntary,
+                st.num_threads,
+                open_fds,
+                states,
+                partial,
+                letter,
+                extras,
+            )
+            mark = ExecMark(st.comm, st.startstack)
+        else:
+            assert base is not None and prev is not None
+            metrics = ProcMetrics(
+                base.cpu_user,
+                base.cpu_system,
+                read_bytes,
+                write_bytes,
+                base.resident_bytes,
+                base.virtual_bytes,
+                status.swapped_bytes,
+                base.major_faults,
+                base.minor_faults,
+                ctx_voluntary,
+                ctx_nonvoluntary,
+                base.num_threads,
+                open_fds,
+                states,
+                partial,
+                letter,
+                extras,
+            )
+            mark = prev.mark
+        assert self._id is not None
+        return Sample(self._id, mark, metrics, self._stat_bytes(), sched, threads)
+
+    def _restat(self, prev: Sample) -> Sample:
+        """A process that has not run since ``prev``, with ``stat`` read all the same."""
+        if self._stat_bytes() == prev.stat:
+            return prev
+        assert prev.metrics is not None
+        return self._carried(prev, prev.metrics, self._stat_fields(), prev.sched, None)
+
+    def _carried(
+        self,
+        prev: Sample,
+        old: ProcMetrics,
+        st: Stat,
+        sched: bytes,
+        threads: dict[str, ThreadReading] | None,
+    ) -> Sample:
+        """A process that has not run since ``prev``, whose ``stat`` changed all the
+        same (its pages were reclaimed, a wake-up moved its state): ``stat``'s values
+        new, the rest ``prev``'s; ``status`` (and ``smaps_rollup`` when read) read again
+        if its resident size moved (the pages may have gone to swap)."""
+        fs = self._fs
+        resident = st.rss * fs.page_size
+        swapped = old.swapped_bytes
+        extras = old.extras
+        if resident != old.resident_bytes:
+            # pages reclaimed without it running may have gone to swap
+            swapped = self._status_fields().swapped_bytes
+            if extras is not None and fs.smaps:
+                pss, swap_pss, bad = self._smaps()
+                if not bad:
+                    extras = dataclasses.replace(extras, pss_bytes=pss, swap_pss_bytes=swap_pss)
+        tasks = _sum_threads(threads) if threads is not None else None
+        if tasks is not None and tasks.states is not None:
+            states, ctx_voluntary, ctx_nonvoluntary = tasks.states, tasks.voluntary, tasks.nonvoluntary
+        else:
+            states = state_of(st.state)
+            ctx_voluntary, ctx_nonvoluntary = old.ctx_voluntary, old.ctx_nonvoluntary
+        ticks = fs.clock_ticks
+        metrics = ProcMetrics(
             st.utime / ticks,
             st.stime / ticks,
-            read_bytes,
-            write_bytes,
-            st.rss * fs.page_size,
+            old.read_bytes,
+            old.write_bytes,
+            resident,
             st.vsize,
-            status.swapped_bytes,
+            swapped,
             st.majflt,
             st.minflt,
             ctx_voluntary,
             ctx_nonvoluntary,
             st.num_threads,
-            open_fds,
+            old.open_fds,
             states,
-            partial,
+            old.partial_errors,
             st.state,
             extras,
         )
-        return self._metrics
+        assert self._id is not None
+        return Sample(
+            self._id, ExecMark(st.comm, st.startstack), metrics, self._stat_bytes(), sched, threads, reused=True
+        )
 
-    def _threads(self) -> _Tasks | None:
-        """What ``task/*`` says: thread states, context switches summed (``status`` has
-        only the main thread's), and with ``FS(threads=True)``/``FS(wchan=True)`` each
-        thread's sample and wait channel.
+    def _sched(self) -> bytes:
+        """The main thread's ``schedstat``, raw; b"" when there is none to compare
+        (a kernel without it, or unreadable): the process then counts as having run.
 
-        A thread that exits while we list is skipped. None when ``task/`` is missing; no
-        states when no thread could be read: the caller then uses the main thread's
+        A run time of 0 is no comparison either: a kernel that does not keep it prints
+        ``0 0 0`` for every task, and so is a child that has not run yet — which is not
+        told apart from another such child at the same pid."""
+        try:
+            data = self._file("schedstat", until_eof=False)
+        except PermissionError:
+            return b""
+        except ProcessLookupError as exc:
+            self._missing(exc)
+            return b""
+        return b"" if data.startswith(b"0 ") else data
+
+    def _wchan(self) -> tuple[str, int]:
+        """The process's wait channel ("" when it does not wait in the kernel), and 1 if
+        ``wchan`` could not be read."""
+        try:
+            return parse_wchan(self._file("wchan", until_eof=False)), 0
+        except PermissionError:
+            return "", 1
+        except ProcessLookupError as exc:
+            self._missing(exc)
+            return "", 1
+
+    def _smaps(self) -> tuple[int, int, int]:
+        """Proportional resident and swapped bytes (``smaps_rollup``), and 1 if it could
+        not be read."""
+        try:
+            # one record, made at once and far below a read's buffer: one read() is all
+            pss, swap_pss = parse_smaps_rollup(self._file("smaps_rollup", until_eof=False))
+        except PermissionError:
+            return 0, 0, 1
+        except ProcessLookupError as exc:
+            # ESRCH on an open file: no memory map (a zombie, a kernel thread); ENOENT:
+            # gone, or a kernel older than 4.14 (no smaps_rollup)
+            if exc.errno == errno.ESRCH:
+                return 0, 0, 0
+            self._missing(exc)
+            return 0, 0, 1
+        return pss, swap_pss, 0
+
+    def _threads(
+        self, prev: Mapping[str, ThreadReading] | None, restat: bool = False
+    ) -> tuple[dict[str, ThreadReading], bool] | None:
+        """Every thread of ``task/`` and whether any ran since ``prev`` (or came or went).
+
+        With thread detail, a thread whose ``schedstat`` is the same bytes as in ``prev``
+        has not run: its reading is ``prev``'s (its context switches, its counters and
+        wait channel when those are read), and so is its state but with ``restat`` (its
+        ``stat`` is read then: a thread woken but not yet run). The others are read
+        (``/proc/PID/status`` only has the main thread's context switches, hence reading
+        each thread). Without thread detail only wait channels are read, every thread's
+        at every poll. A thread that exits while we list is skipped. None when ``task/``
+        is missing or no thread could be read: the caller then uses the main thread's
         values (as it does, counting a partial error, on ``PermissionError``).
         """
         task = self._dir + "task/"
@@ -448,80 +717,84 @@ class Proc:
         except FileNotFoundError as exc:
             self._missing(ProcessLookupError(exc.errno, exc.strerror, task))
             return None
-        fs = self._fs
-        detail, want_samples, want_wchan = fs.thread_detail, fs.threads, fs.wchan
-        ticks = fs.clock_ticks
-        running = sleeping = waiting = zombie = other = 0
-        voluntary = nonvoluntary = 0
-        partial = 0
-        samples: list[ThreadSample] = []
-        wchans: list[str] = []
+        detail = self._fs.thread_detail
+        if not detail:
+            prev = None  # no schedstat to compare: each thread is read
+        seen: dict[str, ThreadReading] = {}
+        ran = prev is None or len(tids) != len(prev)
         for tid in tids:
             prefix = task + tid + "/"
-            try:
-                if detail:
-                    raw_stat = read_file(prefix + "stat", until_eof=False)
-                    ctx = parse_ctx_switches(read_file(prefix + "status"))
-                    if want_samples:
-                        st = parse_stat(raw_stat)
-                        letter = st.state
-                    else:
-                        letter = parse_state(raw_stat)
-                if want_wchan:
-                    try:
-                        channel = parse_wchan(read_file(prefix + "wchan", until_eof=False))
-                    except PermissionError:
-                        channel = ""
-                        partial = 1
-                    if channel:
-                        wchans.append(channel)
-                if not detail:
+            sched = b""
+            if detail:
+                try:
+                    sched = read_file(prefix + "schedstat", until_eof=False)
+                except (ProcessLookupError, PermissionError):
+                    sched = b""  # gone (the reads below tell), or nothing to compare
+                if sched.startswith(b"0 "):
+                    sched = b""  # never ran, or not counted (see ``_sched``)
+                old = prev.get(tid) if prev is not None else None
+                if old is not None and sched and sched == old.sched:
+                    if restat:
+                        try:
+                            letter = parse_state(read_file(prefix + "stat", until_eof=False))
+                        except ProcessLookupError:
+                            continue
+                        if letter != old.state:
+                            old = old._replace(state=letter)
+                    seen[tid] = old
                     continue
-                if want_samples:
-                    try:
-                        io_read, io_write = parse_io(read_file(prefix + "io", until_eof=False))
-                    except PermissionError:
-                        io_read = io_write = 0
-                        partial = 1
-                    samples.append(
-                        ThreadSample(
-                            int(tid),
-                            st.starttime,
-                            st.comm,
-                            st.utime / ticks,
-                            st.stime / ticks,
-                            io_read,
-                            io_write,
-                            st.majflt,
-                            st.minflt,
-                            ctx[0],
-                            ctx[1],
-                        )
-                    )
+            ran = True
+            try:
+                seen[tid] = self._thread(prefix, tid, sched)
             except ProcessLookupError:
                 continue
-            if letter == "S":
-                sleeping += 1
-            elif letter == "R":
-                running += 1
-            elif letter == "D":
-                waiting += 1
-            elif letter == "Z":
-                zombie += 1
+        if not seen:
+            return None
+        return seen, ran
+
+    def _thread(self, prefix: str, tid: str, sched: bytes) -> ThreadReading:
+        """One thread read from ``task/TID/`` (``prefix``): its state and context
+        switches with thread detail, its names and counters with ``FS(threads=True)``,
+        its wait channel with ``FS(wchan=True)``. Raises ``ProcessLookupError`` when it
+        has gone."""
+        fs = self._fs
+        letter = ""
+        voluntary = nonvoluntary = partial = 0
+        sample: ThreadSample | None = None
+        channel = ""
+        if fs.thread_detail:
+            raw_stat = read_file(prefix + "stat", until_eof=False)
+            voluntary, nonvoluntary = parse_ctx_switches(read_file(prefix + "status", until_eof=False))
+            if fs.threads:
+                st = parse_stat(raw_stat)
+                letter = st.state
+                try:
+                    io_read, io_write = parse_io(read_file(prefix + "io", until_eof=False))
+                except PermissionError:
+                    io_read = io_write = 0
+                    partial = 1
+                ticks = fs.clock_ticks
+                sample = ThreadSample(
+                    int(tid),
+                    st.starttime,
+                    st.comm,
+                    st.utime / ticks,
+                    st.stime / ticks,
+                    io_read,
+                    io_write,
+                    st.majflt,
+                    st.minflt,
+                    voluntary,
+                    nonvoluntary,
+                )
             else:
-                other += 1
-            voluntary += ctx[0]
-            nonvoluntary += ctx[1]
-        counted = running + sleeping + waiting + zombie + other
-        # process-exporter reports per-thread data of processes with 2 threads or more
-        return _Tasks(
-            States(running, sleeping, waiting, zombie, other) if counted else None,
-            voluntary,
-            nonvoluntary,
-            tuple(samples) if len(samples) > 1 else (),
-            tuple(wchans),
-            partial,
-        )
+                letter = parse_state(raw_stat)
+        if fs.wchan:
+            try:
+                channel = parse_wchan(read_file(prefix + "wchan", until_eof=False))
+            except PermissionError:
+                partial = 1
+        return ThreadReading(sched, letter, voluntary, nonvoluntary, sample, channel, partial)
 
     def read_argv_first(self) -> None:
         """Read ``cmdline`` now, before any other file: of a process that may exit any
@@ -566,3 +839,41 @@ class Proc:
                 self._missing(exc)
                 self._limit = 0
         return self._limit
+
+
+def _sum_threads(threads: Mapping[str, ThreadReading]) -> _Tasks:
+    """What the readings of a process's threads add up to."""
+    running = sleeping = waiting = zombie = other = 0
+    voluntary = nonvoluntary = partial = 0
+    samples: list[ThreadSample] = []
+    wchans: list[str] = []
+    for t in threads.values():
+        letter = t.state
+        if letter:  # "" without thread detail: no state read
+            if letter == "S":
+                sleeping += 1
+            elif letter == "R":
+                running += 1
+            elif letter == "D":
+                waiting += 1
+            elif letter == "Z":
+                zombie += 1
+            else:
+                other += 1
+            voluntary += t.ctx_voluntary
+            nonvoluntary += t.ctx_nonvoluntary
+        if t.detail is not None:
+            samples.append(t.detail)
+        if t.wchan:
+            wchans.append(t.wchan)
+        partial |= t.partial
+    counted = running + sleeping + waiting + zombie + other
+    # process-exporter reports per-thread data of processes with 2 threads or more
+    return _Tasks(
+        States(running, sleeping, waiting, zombie, other) if counted else None,
+        voluntary,
+        nonvoluntary,
+        tuple(samples) if len(samples) > 1 else (),
+        tuple(wchans),
+        partial,
+    )

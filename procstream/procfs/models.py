@@ -7,6 +7,7 @@ as keys, and safe to hand to another thread.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -21,6 +22,8 @@ __all__ = [
     "ProcIdInfo",
     "ProcLike",
     "FixedProc",
+    "Sample",
+    "ThreadReading",
     "state_of",
 ]
 
@@ -182,6 +185,48 @@ class ProcMetrics:
         return self.cpu_user + self.cpu_system
 
 
+class ThreadReading(NamedTuple):
+    """One thread of a multi-threaded process as last read: what its ``schedstat``
+    said (to tell whether it ran since) and what its ``stat``, ``status`` (and, when
+    asked for, ``io`` and ``wchan``) gave."""
+
+    sched: bytes  # b"" when it could not be read: the thread counts as having run
+    state: str  # "" when not read (wait channels only, without thread detail)
+    ctx_voluntary: int = 0
+    ctx_nonvoluntary: int = 0
+    #: its names and counters (``FS(threads=True)``)
+    detail: ThreadSample | None = None
+    #: its wait channel (``FS(wchan=True)``); "" when it does not wait in the kernel
+    wchan: str = ""
+    #: 1 if one of its optional files (``io``, ``wchan``) could not be read
+    partial: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One reading of a process, kept until the next poll so that it reads less.
+
+    The raw ``stat`` and ``schedstat`` are kept as read: the next reading compares bytes
+    instead of parsing, and a process whose ``schedstat`` has not moved has not run, so
+    the files only it changes by running (``io``, the context switches of ``status``,
+    ``fd``) are not read again (see ``Proc.follow``). Opaque outside ``procfs``: callers
+    keep it and hand it back.
+    """
+
+    id: ProcId
+    mark: ExecMark
+    #: None for a reading of identity only (a process nobody tracks)
+    metrics: ProcMetrics | None = None
+    stat: bytes = b""
+    #: the main thread's ``schedstat``; b"" when not read (then it never compares equal)
+    sched: bytes = b""
+    #: multi-threaded processes read thread by thread: tid -> its last reading
+    threads: Mapping[str, ThreadReading] | None = None
+    #: True when ``io``, the counters of ``status`` and ``fd`` were carried over from the
+    #: reading before (the process had not run), not read in the poll that made it
+    reused: bool = False
+
+
 class ProcLike(Protocol):
     """What the tracker needs from one process seen in one poll.
 
@@ -211,6 +256,22 @@ class ProcLike(Protocol):
 
     def metrics(self) -> ProcMetrics:
         """Counters and gauges; call once per poll for tracked processes only."""
+        ...
+
+    def follow(self, prev: Sample) -> None:
+        """``prev`` is the last reading of the process at this pid (its ``sample()`` or
+        ``glance()`` at an earlier poll): read what has changed since, not everything.
+        Call before any other method; ignored when another process has the pid now."""
+        ...
+
+    def sample(self, *, full: bool = False, restat: bool = False) -> Sample:
+        """``metrics()`` with what the next poll compares with. ``full``: read every
+        file even when ``follow`` says the process has not run; ``restat``: ``stat`` at
+        least (its memory and state change while it does not run)."""
+        ...
+
+    def glance(self) -> Sample:
+        """Identity and exec mark only (reads ``stat``), for a process nobody tracks."""
         ...
 
     def fd_limit(self) -> int:
@@ -262,6 +323,15 @@ class FixedProc:
         if self.error is not None:
             raise self.error
         return self.info.metrics
+
+    def follow(self, prev: Sample) -> None:
+        """Nothing to read: every value is given."""
+
+    def sample(self, *, full: bool = False, restat: bool = False) -> Sample:
+        return Sample(self.info.id, self.exec_mark(), self.metrics())
+
+    def glance(self) -> Sample:
+        return Sample(self.info.id, self.exec_mark())
 
     def fd_limit(self) -> int:
         return self.limit

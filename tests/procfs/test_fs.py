@@ -280,7 +280,7 @@ def test_each_file_is_read_once(fake_proc: Path) -> None:
     static = proc.static()  # reads stat, cmdline, status
     for name in ("stat", "status", "cmdline"):
         (fake_proc / "1000" / name).unlink()
-    # metrics() shares stat and status: only io and fd are read now
+    # metrics() shares stat and status: only schedstat, io and fd are read now
     metrics = proc.metrics()
     assert metrics.ctx_voluntary == 2 and metrics.resident_bytes == 423 * PAGE
     shutil.rmtree(fake_proc / "1000")

@@ -100,7 +100,8 @@ def add_proc(
     A copy of process ``template`` with a new comm, argv, parent, start (clock ticks since
     boot; by default the moment it is renamed into place: a process that starts now) and
     user CPU ticks; built beside the tree and renamed into place, so a poller never sees
-    half a process.
+    half a process. Its ``schedstat`` (if the template has one) is its own, as no two
+    processes' are: a poller takes the same one for a process that has not run.
     """
     src = root / str(template)
     tmp = root.parent / f".new-{pid}"
@@ -112,6 +113,9 @@ def add_proc(
     fields[11] = str(utime).encode()  # utime (field 14)
     fields[19] = str(ticks_now() if start is None else start).encode()  # starttime (field 22)
     (tmp / "stat").write_bytes(f"{pid} ({comm}) ".encode() + b" ".join(fields) + b"\n")
+    if (tmp / "schedstat").exists():
+        # run time, time waiting to run (here: the start, to tell processes apart), runs
+        (tmp / "schedstat").write_text(f"{(utime + 1) * 10_000_000} {int(fields[19])} {utime + 1}\n")
     (tmp / "cmdline").write_bytes(b"".join(a.encode() + b"\0" for a in cmdline))
     task = tmp / "task"
     if task.exists():
