@@ -41,26 +41,16 @@ from typing import Any, Final, Protocol
 import orjson
 
 from .. import __version__
-from ..schema import (
-    EVENT_ONLY_FIELDS,
-    GROUP_CRASHLOOP,
-    GROUP_MISSING,
-    GROUP_RECOVERED,
-    GROUP_STABLE,
-    GROUP_UPDATE,
-    PROC_EXIT,
-    PROC_START,
-    Event,
-    GroupFields,
-    ProcFields,
-)
+from ..schema import Event, GroupFields, ProcFields
 from ..stats import Stats
 from . import protocol as P
 from .protocol import NO_GROUP, Filter, Subscription
+from .state import HostState
 
 __all__ = [
     "Hub",
     "HubStats",
+    "State",
     "Transport",
     "Subscriber",
     "SERVER_NAME",
@@ -80,9 +70,8 @@ _REPLAY_FRAME_BYTES: Final = 256 * 1024
 # Control frames waiting for a subscriber that doesn't read (errors, snapshots): more
 # than this and it is a slow consumer.
 _OUTBOX_LIMIT: Final = 64
-# Groups whose lifecycle fields wait for their first group.update: a group made only of
-# processes that came and went between polls may never get one, so the oldest go first.
-_PENDING_LIFE_LIMIT: Final = 1024
+# The fields of every snapshot; a fleet aggregator's have more.
+_SNAPSHOT_KEYS: Final = frozenset({"type", "seq", "host", "epoch", "groups", "procs"})
 # Per filter, the frames of the latest batches are kept so a subscriber that lags by a
 # few polls (a burst filled its buffer) catches up with the very bytes the others got.
 _RECENT_FRAMES: Final = 16
@@ -108,6 +97,20 @@ class Transport(Protocol):
 
     def close(self, code: int, reason: str) -> None:
         """Start closing the connection with this close code."""
+
+
+class State(Protocol):
+    """What a snapshot is made of: :class:`~procstream.stream.state.HostState` for one
+    host, the fleet's state in a fleet aggregator."""
+
+    def load(self, groups: Mapping[str, GroupFields], procs: Iterable[ProcFields]) -> None:
+        """Replace the whole state."""
+
+    def apply(self, ev: Event) -> None:
+        """Move the state by one event."""
+
+    def snapshot_view(self, filt: Filter) -> tuple[dict[str, Any], list[Any], dict[str, Any] | None]:
+        """``(groups, procs, extra fields or None)`` of a snapshot for this filter."""
 
 
 @dataclass(slots=True)
@@ -203,18 +206,19 @@ class Subscriber:
 
 
 class _Ring:
-    """The resume buffer: encoded events with their type, group and publish time.
+    """The resume buffer: encoded events with their type, group, host and publish time.
 
     Parallel lists with a moving start offset, compacted now and then: O(1) append,
     O(1) indexing by seq, amortized O(1) trimming at the front.
     """
 
-    __slots__ = ("times", "types", "groups", "data", "eob", "start")
+    __slots__ = ("times", "types", "groups", "hosts", "data", "eob", "start")
 
     def __init__(self) -> None:
         self.times: list[float] = []
         self.types: list[Any] = []
         self.groups: list[Any] = []
+        self.hosts: list[Any] = []
         self.data: list[bytes] = []
         self.eob: list[bool] = []  # last event of its batch (replay frames end there)
         self.start = 0
@@ -222,11 +226,15 @@ class _Ring:
     def __len__(self) -> int:
         return len(self.data) - self.start
 
-    def extend(self, now: float, types: list[Any], groups: list[Any], data: list[bytes]) -> None:
+    def _lists(self) -> tuple[list[Any], ...]:
+        return (self.times, self.types, self.groups, self.hosts, self.data, self.eob)
+
+    def extend(self, now: float, types: list[Any], groups: list[Any], hosts: list[Any], data: list[bytes]) -> None:
         n = len(data)
         self.times.extend([now] * n)
         self.types.extend(types)
         self.groups.extend(groups)
+        self.hosts.extend(hosts)
         self.data.extend(data)
         self.eob.extend([False] * (n - 1))
         self.eob.append(True)
@@ -239,12 +247,12 @@ class _Ring:
             self.clear()
         elif self.start > 4096 and self.start * 2 > len(self.data):
             s = self.start
-            for lst in (self.times, self.types, self.groups, self.data, self.eob):
+            for lst in self._lists():
                 del lst[:s]
             self.start = 0
 
     def clear(self) -> None:
-        for lst in (self.times, self.types, self.groups, self.data, self.eob):
+        for lst in self._lists():
             lst.clear()
         self.start = 0
 
@@ -257,6 +265,14 @@ class Hub:
     :meth:`publish` once per poll, on the event loop thread. The connection layer calls
     :meth:`attach`, :meth:`subscribe`, :meth:`send`, :meth:`detach`; a timer calls
     :meth:`tick` every :attr:`tick_interval` seconds.
+
+    A producer whose events come numbered already (the fleet aggregator: its seqs are
+    the JetStream stream's) passes its own ``state``, moves it itself, starts the hub
+    at its position with :meth:`start_at` and hands batches to :meth:`publish_numbered`.
+    ``hosts_filter`` lets subscribers filter by host; ``hello_extra`` adds fields to
+    ``hello``; ``future_wait`` seconds is how long a resume from a seq the hub has not
+    reached yet waits for it (another replica of the producer may be a little ahead)
+    before it becomes a ``reset``.
     """
 
     def __init__(
@@ -271,6 +287,10 @@ class Hub:
         bookmark_interval: float = 15.0,
         clock: Callable[[], float] = time.time,
         epoch: str | None = None,
+        state: State | None = None,
+        hosts_filter: bool = False,
+        hello_extra: Mapping[str, Any] | None = None,
+        future_wait: float = 0.0,
     ) -> None:
         if buffer_size < 1 or queue_limit < 1:
             raise ValueError("buffer_size and queue_limit must be at least 1")
@@ -289,22 +309,14 @@ class Hub:
         self._head = 0
         self._ring = _Ring()
         self._baseline_seq = -1  # head at the last load_state; no resume across it
-        self._groups: dict[str, GroupFields] = {}
-        self._procs: dict[tuple[int, float], ProcFields] = {}  # by (pid, start_time)
-        # Lifecycle fields of groups no group.update has described yet (one whose first
-        # processes came and went between polls): merged in when one does.
-        self._pending_life: dict[str, dict[str, Any]] = {}
-        # How each event type changes the state; the types not listed leave it as it is.
-        self._apply: dict[str, Callable[[Event], None]] = {
-            PROC_START: self._proc_started,
-            PROC_EXIT: self._proc_exited,
-            GROUP_UPDATE: self._group_updated,
-            GROUP_MISSING: lambda ev: self._set_life(ev, "missing", True),
-            GROUP_RECOVERED: lambda ev: self._set_life(ev, "missing", False),
-            GROUP_CRASHLOOP: lambda ev: self._set_life(ev, "crashloop", True),
-            GROUP_STABLE: lambda ev: self._set_life(ev, "crashloop", False),
-        }
-        self._snapshots: dict[frozenset[str] | None, bytes] = {}  # by groups filter, until next change
+        self._state: State = state if state is not None else HostState()
+        self.hosts_filter = hosts_filter
+        self._hello_extra = dict(hello_extra or {})
+        self.future_wait = future_wait
+        # Resumes from a seq not reached yet: (subscriber, request, ack, give up at).
+        self._waiting: list[tuple[Subscriber, Subscription, bool, float]] = []
+        # by (groups, hosts) filter, until the next change
+        self._snapshots: dict[tuple[frozenset[str] | None, frozenset[str] | None], bytes] = {}
         # filter -> recent batches as (first seq, next seq, frame or None if nothing matched)
         self._recent: dict[Filter, collections.deque[tuple[int, int, bytes | None]]] = {}
 
@@ -376,17 +388,35 @@ class Hub:
         the resume buffer is cleared (earlier points can't be replayed onto the new
         state) and every subscriber gets ``reset`` {"reason": "resync"} + snapshot.
         """
-        self._groups = {}
-        self._pending_life.clear()
-        for name, fields in groups.items():
-            state = _strip(fields)
-            state["group"] = name
-            self._groups[name] = state
-        self._procs = {(p.get("pid"), p.get("start_time")): _strip(p) for p in procs}
-        self._snapshots.clear()
+        self._state.load(groups, procs)
         # The first load (before any event) is the baseline itself, not a re-baseline:
         # resumes from seq 0 stay valid.
-        self._baseline_seq = self._head if self._head > 0 else -1
+        self._rebaseline("resync", self._head if self._head > 0 else -1)
+
+    def start_at(self, seq: int) -> None:
+        """Before anything is published: the next event is ``seq + 1`` (a producer that
+        numbers its events itself and starts in the middle of its sequence). A resume
+        from ``seq`` is valid and replays nothing; anything older is ``expired``."""
+        if self._head or len(self._ring) or self._subs:
+            raise RuntimeError("start_at() is for a hub that has published nothing yet")
+        self._head = seq
+
+    def restart(self, epoch: str, seq: int) -> None:
+        """The producer's numbering starts over: a new ``epoch`` whose next event is
+        ``seq + 1``. The buffer is cleared and every subscriber gets ``reset``
+        {"reason": "epoch"} + snapshot (of the state as the producer left it)."""
+        self.epoch = epoch
+        self._head = seq
+        self._rebaseline("epoch", seq)
+
+    def state_changed(self) -> None:
+        """The producer changed its state between batches (not through an event): the
+        next snapshot is built afresh."""
+        self._snapshots.clear()
+
+    def _rebaseline(self, reason: str, baseline: int) -> None:
+        self._snapshots.clear()
+        self._baseline_seq = baseline
         self._ring.clear()
         self._recent.clear()
         head = self._head
@@ -397,10 +427,10 @@ class Hub:
             sub.ov_since = None
             sub.cursor = head + 1
             sub.replay_end = 0
-            parts = [P.encode(P.reset("resync", seq=head, epoch=self.epoch))]
+            parts = [P.encode(P.reset(reason, seq=head, epoch=self.epoch))]
             if sub.want_snapshot:
                 parts.append(self._snapshot_bytes(sub.filter))
-            self._count_reset("resync")
+            self._count_reset(reason)
             self._push(sub, _join(parts))
         for reader in self._readers:
             reader()
@@ -413,11 +443,10 @@ class Hub:
         """
         if not batch:
             return
-        now = self._clock()
         host = self.host
         dumps = _dumps
         counts = self.stats.events_by_type
-        apply = self._apply
+        apply = self._state.apply
         seq = self._head
         first = seq + 1
         types: list[Any] = []
@@ -428,15 +457,43 @@ class Hub:
             ev["seq"] = seq
             ev["host"] = host
             parts.append(dumps(ev))  # never raises, so numbering and state stay in step
+            apply(ev)
             t = ev.get("type")
-            change = apply.get(t)
-            if change is not None:
-                change(ev)
             types.append(t)
             groups.append(ev.get("group", NO_GROUP))
             counts[t] = counts.get(t, 0) + 1
+        self._deliver(first, types, groups, [host] * len(parts), parts)
+
+    def publish_numbered(self, batch: Sequence[Event]) -> None:
+        """Record and deliver events that carry their ``seq`` and ``host`` already, in
+        order and without a gap from :attr:`head_seq` + 1. The state is the producer's
+        to move (before or after this call, on the same turn of the event loop)."""
+        if not batch:
+            return
+        first = self._head + 1
+        if batch[0].get("seq") != first or batch[-1].get("seq") != first + len(batch) - 1:
+            raise ValueError(f"events must be numbered from {first} without a gap")
+        dumps = _dumps
+        counts = self.stats.events_by_type
+        types: list[Any] = []
+        groups: list[Any] = []
+        hosts: list[Any] = []
+        parts: list[bytes] = []
+        for ev in batch:
+            parts.append(dumps(ev))
+            t = ev.get("type")
+            types.append(t)
+            groups.append(ev.get("group", NO_GROUP))
+            hosts.append(ev.get("host"))
+            counts[t] = counts.get(t, 0) + 1
+        self._deliver(first, types, groups, hosts, parts)
+
+    def _deliver(self, first: int, types: list[Any], groups: list[Any], hosts: list[Any], parts: list[bytes]) -> None:
+        """Append a batch (seqs ``first``...) to the buffer and fan it out."""
+        now = self._clock()
+        seq = first + len(parts) - 1
         self._head = seq
-        self._ring.extend(now, types, groups, parts)
+        self._ring.extend(now, types, groups, hosts, parts)
         self._snapshots.clear()
         stats = self.stats
         stats.batches += 1
@@ -449,9 +506,12 @@ class Hub:
         for filt, subs in self._by_filter.items():
             if filt.everything:
                 sel = parts
-            else:
+            elif filt.hosts is None:
                 match = filt.matches
                 sel = [p for p, t, g in zip(parts, types, groups) if match(t, g)]
+            else:
+                match = filt.matches
+                sel = [p for p, t, g, h in zip(parts, types, groups, hosts) if match(t, g, h)]
             nsel = len(sel)
             recent = self._recent.get(filt)
             if recent is None:
@@ -486,6 +546,8 @@ class Hub:
         for sub in dead:
             self._drop_dead(sub)
         self._trim(now)
+        if self._waiting:
+            self._resume_waiting(now)
         for reader in self._readers:
             reader()
 
@@ -515,7 +577,7 @@ class Hub:
 
     def hello(self, filter: Filter | None) -> dict[str, Any]:
         """The ``hello`` object for a new connection (send it first, with :meth:`send`)."""
-        return P.hello(
+        obj = P.hello(
             server=SERVER_NAME,
             host=self.host,
             epoch=self.epoch,
@@ -524,6 +586,9 @@ class Hub:
             interval=self.interval,
             filter=filter,
         )
+        if self._hello_extra:
+            obj.update(self._hello_extra)
+        return obj
 
     def send(self, sub: Subscriber, *objs: Mapping[str, Any]) -> None:
         """Send control objects to one subscriber, in order with everything else it gets."""
@@ -538,7 +603,19 @@ class Hub:
         replayed; otherwise ``reset`` + snapshot. Without ``since``, a snapshot as of the
         head (unless ``snapshot`` is false) then live events.
         """
+        self._subscribe(sub, request, ack, wait=self.future_wait > 0)
+
+    def _subscribe(self, sub: Subscriber, request: Subscription, ack: bool, wait: bool) -> None:
         if sub.closed:
+            return
+        if self._waiting:
+            self._waiting = [w for w in self._waiting if w[0] is not sub]
+        if wait and request.since is not None and request.since > self._head and request.epoch == self.epoch:
+            # Not there yet: nothing for this subscriber until the hub gets there (or
+            # gives up: then it is a reset like any other).
+            self._unlist(sub)
+            sub.active = False
+            self._waiting.append((sub, request, ack, self._clock() + self.future_wait))
             return
         self._unlist(sub)
         sub.filter = request.filter
@@ -573,6 +650,17 @@ class Hub:
         if parts:
             self._push(sub, _join(parts))
 
+    def _resume_waiting(self, now: float) -> None:
+        """Resume the subscribers whose ``since`` the hub reached; reset those that
+        waited long enough."""
+        head = self._head
+        ready = [w for w in self._waiting if w[0].closed or w[1].since <= head or now >= w[3]]  # type: ignore[operator]
+        if not ready:
+            return
+        self._waiting = [w for w in self._waiting if w not in ready]
+        for sub, request, ack, _deadline in ready:
+            self._subscribe(sub, request, ack, wait=False)
+
     def resume_problem(self, since: int, epoch: str | None) -> str | None:
         """Why ``since``+``epoch`` can't be replayed exactly (a reset reason), or None."""
         if epoch != self.epoch:
@@ -594,6 +682,8 @@ class Hub:
         obj = self._snapshot_obj(filter or Filter())
         obj["groups"] = {k: dict(v) for k, v in obj["groups"].items()}
         obj["procs"] = [dict(p) for p in obj["procs"]]
+        for key in obj.keys() - _SNAPSHOT_KEYS:
+            obj[key] = orjson.loads(orjson.dumps(obj[key]))  # a fleet's extra parts, copied
         return obj
 
     def snapshot_json(self, filter: Filter | None = None) -> bytes:
@@ -609,6 +699,8 @@ class Hub:
         """
         now = self._clock()
         self._trim(now)
+        if self._waiting:
+            self._resume_waiting(now)
         grace = self.overflow_grace
         for sub in list(self._lagging):
             if sub.ov_since is not None and now - sub.ov_since >= grace:
@@ -639,71 +731,17 @@ class Hub:
 
     # -- internals ---------------------------------------------------------------------
 
-    # Keep the state exactly as of the latest seq, so a snapshot taken between two
-    # batches is consistent with the events that follow it.
-
-    def _proc_started(self, ev: Event) -> None:
-        self._procs[(ev.get("pid"), ev.get("start_time"))] = _strip(ev)
-        if ev.get("restart_of"):
-            life = self._life(ev.get("group"))
-            life["restarts"] = life.get("restarts", 0) + 1
-
-    def _proc_exited(self, ev: Event) -> None:
-        self._procs.pop((ev.get("pid"), ev.get("start_time")), None)
-        e: Any = ev
-        self._life(e.get("group"))["last_exit"] = {
-            "pid": e.get("pid"),
-            "ts": e.get("ts"),
-            "exit_class": e.get("exit_class"),
-            "exit_code": e.get("exit_code"),
-            "signal": e.get("signal"),
-            "oom_killed": e.get("oom_killed"),
-        }
-
-    def _group_updated(self, ev: Event) -> None:
-        name: Any = ev.get("group")
-        if ev.get("removed"):
-            self._groups.pop(name, None)
-            self._pending_life.pop(name, None)
-        else:
-            state = self._groups.get(name)
-            if state is None:
-                state = self._groups[name] = _strip(ev)
-                state.update(self._pending_life.pop(name, ()))
-            else:
-                state.update(_strip(ev))
-
-    def _life(self, name: Any) -> dict[str, Any]:
-        """Where a group's lifecycle fields live: its state, or (no ``group.update`` for
-        it yet) its pending fields."""
-        state = self._groups.get(name)
-        if state is not None:
-            return state
-        pending = self._pending_life
-        life = pending.get(name)
-        if life is None:
-            if len(pending) >= _PENDING_LIFE_LIMIT:
-                del pending[next(iter(pending))]
-            life = pending[name] = {}
-        return life
-
-    def _set_life(self, ev: Event, key: str, value: bool) -> None:
-        self._life(ev.get("group"))[key] = value
-
     def _snapshot_obj(self, filt: Filter) -> dict[str, Any]:
-        groups = filt.groups
-        if groups is None:
-            gstate = dict(self._groups)
-            procs = list(self._procs.values())
-        else:
-            gstate = {k: v for k, v in self._groups.items() if k in groups}
-            procs = [p for p in self._procs.values() if p.get("group") in groups]
-        return P.snapshot(seq=self._head, host=self.host, epoch=self.epoch, groups=gstate, procs=procs)
+        groups, procs, extra = self._state.snapshot_view(filt)
+        obj = P.snapshot(seq=self._head, host=self.host, epoch=self.epoch, groups=groups, procs=procs)
+        if extra:
+            obj.update(extra)
+        return obj
 
     def _snapshot_bytes(self, filt: Filter, *, count: bool = True) -> bytes:
-        # Cached per groups filter until the next change: a thousand clients
-        # (re)connecting within one interval cost one encoding.
-        key = filt.groups
+        # Cached per groups (and hosts) filter until the next change: a thousand
+        # clients (re)connecting within one interval cost one encoding.
+        key = (filt.groups, filt.hosts)
         data = self._snapshots.get(key)
         if data is None:
             data = _dumps(self._snapshot_obj(filt))
@@ -790,11 +828,11 @@ class Hub:
         data, eob = ring.data, ring.eob
         everything = filt.everything
         match = filt.matches
-        types, groups = ring.types, ring.groups
+        types, groups, hosts = ring.types, ring.groups, ring.hosts
         sel: list[bytes] = []
         size = 0
         while i < end:
-            if everything or match(types[i], groups[i]):
+            if everything or match(types[i], groups[i], hosts[i]):
                 d = data[i]
                 sel.append(d)
                 size += len(d)
@@ -816,8 +854,8 @@ class Hub:
         if filt.everything:
             return n + len(ring.data) - start
         match = filt.matches
-        types, groups = ring.types, ring.groups
-        return n + sum(1 for i in range(start, len(ring.data)) if match(types[i], groups[i]))
+        types, groups, hosts = ring.types, ring.groups, ring.hosts
+        return n + sum(1 for i in range(start, len(ring.data)) if match(types[i], groups[i], hosts[i]))
 
     def _overflow(self, sub: Subscriber, now: float) -> None:
         if sub.ov_since is not None and now - sub.ov_since >= self.overflow_grace:
@@ -891,11 +929,6 @@ def _dumps(obj: Any) -> bytes:
     except TypeError:
         data = orjson.dumps(obj, default=str, option=orjson.OPT_NON_STR_KEYS)
     return memoryview(data).tobytes()
-
-
-def _strip(fields: Mapping[str, Any]) -> Any:
-    """The state an event carries: its fields less those about the event itself."""
-    return {k: v for k, v in fields.items() if k not in EVENT_ONLY_FIELDS}
 
 
 def _join(parts: list[bytes]) -> bytes:

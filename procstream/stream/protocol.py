@@ -65,6 +65,8 @@ _MAX_EPOCH_LEN: Final = 128
 
 _SUBSCRIBE_FIELDS: Final = frozenset({"op", "types", "groups", "since", "epoch", "snapshot"})
 _QUERY_FIELDS: Final = frozenset({"types", "groups", "since", "epoch", "snapshot", "token"})
+# A fleet aggregator also filters by host; a single host's server does not know the word.
+_HOSTS: Final = frozenset({"hosts"})
 _KNOWN_OPS: Final = ("subscribe",)
 
 
@@ -83,7 +85,8 @@ class ProtocolError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Filter:
-    """Which events a subscriber wants: event types and group names, ``None`` = all.
+    """Which events a subscriber wants: event types, group names and (from a fleet
+    aggregator) host names, ``None`` = all.
 
     Filters are canonical (wildcards expanded, "every type" folded to ``None``) and
     hashable, so the hub can group subscribers by filter and encode each batch once per
@@ -92,32 +95,40 @@ class Filter:
 
     types: frozenset[str] | None = None
     groups: frozenset[str] | None = None
+    hosts: frozenset[str] | None = None
 
     @property
     def everything(self) -> bool:
         """True when the filter lets every event through."""
-        return self.types is None and self.groups is None
+        return self.types is None and self.groups is None and self.hosts is None
 
-    def matches(self, type_: object, group: object) -> bool:
-        """Whether an event of this type and group passes; ``group`` is :data:`NO_GROUP`
-        for events without a group (``cycle``), which pass any groups filter."""
+    def matches(self, type_: object, group: object, host: object = None) -> bool:
+        """Whether an event of this type, group and host passes; ``group`` is
+        :data:`NO_GROUP` for events without a group (``cycle``), which pass any groups
+        filter."""
         if self.types is not None and type_ not in self.types:
             return False
         if self.groups is not None and group is not NO_GROUP and group not in self.groups:
+            return False
+        if self.hosts is not None and host not in self.hosts:
             return False
         return True
 
     def matches_event(self, event: Mapping[str, Any]) -> bool:
         """:meth:`matches` for an event dict."""
-        return self.matches(event.get("type"), event.get("group", NO_GROUP))
+        return self.matches(event.get("type"), event.get("group", NO_GROUP), event.get("host"))
 
     def to_json(self) -> dict[str, list[str] | None]:
-        """The filter as sent in ``hello``/``subscribed``: sorted lists, ``null`` = all."""
-        return {
+        """The filter as sent in ``hello``/``subscribed``: sorted lists, ``null`` = all
+        (``hosts`` only when the filter names hosts)."""
+        out = {
             "types": None if self.types is None else [t for t in EVENT_TYPES if t in self.types]
             + sorted(self.types.difference(EVENT_TYPES)),
             "groups": None if self.groups is None else sorted(self.groups),
         }
+        if self.hosts is not None:
+            out["hosts"] = sorted(self.hosts)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,18 +226,18 @@ def _op_of(where: str) -> str | None:
     return None if where.startswith("query") else "subscribe"
 
 
-def _groups(names: Iterable[object], *, where: str) -> frozenset[str] | None:
+def _groups(names: Iterable[object], *, where: str, what: str = "group") -> frozenset[str] | None:
     result: set[str] = set()
     for name in names:
         if not isinstance(name, str):
             raise ProtocolError(f"{where} must be a list of strings", _op_of(where))
         if not name or len(name) > _MAX_NAME_LEN:
             raise ProtocolError(
-                f"{where}: group names must be 1 to {_MAX_NAME_LEN} characters", _op_of(where)
+                f"{where}: {what} names must be 1 to {_MAX_NAME_LEN} characters", _op_of(where)
             )
         result.add(name)
         if len(result) > _MAX_NAMES:
-            raise ProtocolError(f"{where}: more than {_MAX_NAMES} groups", _op_of(where))
+            raise ProtocolError(f"{where}: more than {_MAX_NAMES} {what}s", _op_of(where))
     return frozenset(result) if result else None
 
 
@@ -239,13 +250,14 @@ def _check_resume(since: int | None, epoch: str | None, *, op: str | None) -> No
         raise ProtocolError(f'"epoch" must be 1 to {_MAX_EPOCH_LEN} characters', op)
 
 
-def parse_query(query: str | Mapping[str, str | Sequence[str]]) -> Subscription:
+def parse_query(query: str | Mapping[str, str | Sequence[str]], *, hosts: bool = False) -> Subscription:
     """Parse the query of a ``/ws`` URL (a full path like ``/ws?types=cycle`` also works).
 
-    ``types`` and ``groups`` are comma lists and may be repeated (the values add up);
-    ``since``, ``epoch``, ``snapshot`` and ``token`` may appear once. An unknown parameter
-    is an error rather than silently ignored: a typo (``type=``) would otherwise turn a
-    filtered subscription into "everything".
+    ``types`` and ``groups`` (and with ``hosts=True``, a fleet aggregator's, ``hosts``)
+    are comma lists and may be repeated (the values add up); ``since``, ``epoch``,
+    ``snapshot`` and ``token`` may appear once. An unknown parameter is an error rather
+    than silently ignored: a typo (``type=``) would otherwise turn a filtered
+    subscription into "everything".
     """
     pairs: list[tuple[str, str]]
     if isinstance(query, str):
@@ -263,12 +275,13 @@ def parse_query(query: str | Mapping[str, str | Sequence[str]]) -> Subscription:
             else:
                 pairs.extend((key, v) for v in value)
 
-    lists: dict[str, list[str]] = {"types": [], "groups": []}
+    known = _QUERY_FIELDS | _HOSTS if hosts else _QUERY_FIELDS
+    lists: dict[str, list[str]] = {"types": [], "groups": [], "hosts": []}
     scalars: dict[str, str] = {}
     for key, value in pairs:
-        if key not in _QUERY_FIELDS:
+        if key not in known:
             raise ProtocolError(
-                f"unknown query parameter {key!r} (known: {', '.join(sorted(_QUERY_FIELDS))})"
+                f"unknown query parameter {key!r} (known: {', '.join(sorted(known))})"
             )
         if key in lists:
             lists[key].extend(part for part in value.split(",") if part.strip())
@@ -280,6 +293,9 @@ def parse_query(query: str | Mapping[str, str | Sequence[str]]) -> Subscription:
     types = expand_types(lists["types"], where="query parameter 'types'")
     groups = _groups(
         (g.strip() for g in lists["groups"]), where="query parameter 'groups'"
+    )
+    host_names = _groups(
+        (h.strip() for h in lists["hosts"]), where="query parameter 'hosts'", what="host"
     )
 
     since: int | None = None
@@ -302,7 +318,7 @@ def parse_query(query: str | Mapping[str, str | Sequence[str]]) -> Subscription:
             raise ProtocolError("query parameter 'snapshot' must be 0 or 1")
 
     return Subscription(
-        filter=Filter(types, groups),
+        filter=Filter(types, groups, host_names),
         since=since,
         epoch=epoch,
         snapshot=snapshot,
@@ -310,13 +326,14 @@ def parse_query(query: str | Mapping[str, str | Sequence[str]]) -> Subscription:
     )
 
 
-def parse_frame(data: str | bytes) -> Subscription:
+def parse_frame(data: str | bytes, *, hosts: bool = False) -> Subscription:
     """Parse one inbound text frame; the only op is ``subscribe``.
 
     ``{"op": "subscribe", "types": [...], "groups": [...], "since": N, "epoch": "...",
-    "snapshot": true}`` — every field but ``op`` is optional; ``null`` or an empty list
-    means "all". Raises :class:`ProtocolError` for malformed JSON, a non-object, an
-    unknown or missing op, unknown fields and wrongly typed values.
+    "snapshot": true}`` (and with ``hosts=True``, ``"hosts": [...]``) — every field but
+    ``op`` is optional; ``null`` or an empty list means "all". Raises
+    :class:`ProtocolError` for malformed JSON, a non-object, an unknown or missing op,
+    unknown fields and wrongly typed values.
     """
     try:
         obj = orjson.loads(data)
@@ -332,19 +349,22 @@ def parse_frame(data: str | bytes) -> Subscription:
     if op not in _KNOWN_OPS:
         raise ProtocolError(f"unknown op {op!r} (known ops: {', '.join(_KNOWN_OPS)})", op)
 
-    unknown = sorted(set(obj) - _SUBSCRIBE_FIELDS)
+    fields = _SUBSCRIBE_FIELDS | _HOSTS if hosts else _SUBSCRIBE_FIELDS
+    unknown = sorted(set(obj) - fields)
     if unknown:
         raise ProtocolError(
             f"unknown field {unknown[0]!r} for op 'subscribe' "
-            f"(known: {', '.join(sorted(_SUBSCRIBE_FIELDS - {'op'}))})",
+            f"(known: {', '.join(sorted(fields - {'op'}))})",
             op,
         )
 
     types = _list_field(obj, "types")
     groups = _list_field(obj, "groups")
+    host_names = _list_field(obj, "hosts")
     filt = Filter(
         expand_types(types, where='"types"') if types else None,
         _groups(groups, where='"groups"') if groups else None,
+        _groups(host_names, where='"hosts"', what="host") if host_names else None,
     )
 
     since = obj.get("since")
