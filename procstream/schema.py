@@ -32,6 +32,8 @@ __all__ = [
     "CYCLE",
     "HOST_LOST",
     "EXIT_CLASSES",
+    "HOST_UP",
+    "HOST_DOWN",
     "StateCounts",
     "ProcFields",
     "GroupFields",
@@ -50,6 +52,8 @@ __all__ = [
     "CycleExtras",
     "Cycle",
     "HostLost",
+    "HostUp",
+    "HostDown",
     "Event",
     "EVENTS",
     "EVENT_TYPES",
@@ -67,6 +71,8 @@ GROUP_CRASHLOOP: Final = "group.crashloop"
 GROUP_STABLE: Final = "group.stable"
 CYCLE: Final = "cycle"
 HOST_LOST: Final = "host.lost"
+HOST_UP: Final = "host.up"
+HOST_DOWN: Final = "host.down"
 
 #: Why a process ended (``exit_class``): code 0, code != 0, a signal, the kernel's OOM killer.
 EXIT_CLASSES: Final[tuple[str, ...]] = ("ok", "error", "signal", "oom_kill")
@@ -312,11 +318,24 @@ class Cycle(CycleExtras, _Numbered):
     partial_errors: int
 
 
-class HostLost(TypedDict):
+class _InTheFleet(TypedDict, total=False):
+    """Added by a fleet aggregator: the event's place in the fleet's stream."""
+
+    seq: int
+
+
+class _LostExtras(_InTheFleet, total=False):
+    #: Set by a fleet aggregator for a stream message it could not use (``deleted``
+    #: from the stream, or ``invalid``: not a procstream event); ``epoch``,
+    #: ``from_seq`` and ``to_seq`` are then null.
+    reason: str
+
+
+class HostLost(_LostExtras):
     """Events ``from_seq``..``to_seq`` (``count`` of them) of run ``epoch`` of ``host``
     that never reached NATS: the host's resume buffer no longer held them when NATS was
     back. Written by the NATS publisher in their place, never by the hub, so it has no
-    ``seq`` of its own."""
+    ``seq`` of its own (a fleet aggregator gives it one)."""
 
     type: Literal["host.lost"]
     ts: float
@@ -325,6 +344,29 @@ class HostLost(TypedDict):
     from_seq: int
     to_seq: int
     count: int
+
+
+class HostUp(_InTheFleet):
+    """A fleet aggregator hears from ``host`` again after it was down, or from a new
+    run of it (``epoch``): its state is that run's from here on. ``last_seen``: when the
+    stream last got something from it (epoch seconds)."""
+
+    type: Literal["host.up"]
+    ts: float
+    host: str
+    epoch: str
+    last_seen: float
+
+
+class HostDown(_InTheFleet):
+    """A fleet aggregator heard nothing from ``host`` for ``--host-timeout`` seconds;
+    ``last_seen``: when it last did. Its last known state stays in snapshots."""
+
+    type: Literal["host.down"]
+    ts: float
+    host: str
+    epoch: str
+    last_seen: float
 
 
 Event = Union[
@@ -338,6 +380,8 @@ Event = Union[
     GroupStable,
     Cycle,
     HostLost,
+    HostUp,
+    HostDown,
 ]
 
 #: Every event type and the shapes it comes in, in the order types are listed to clients.
@@ -351,6 +395,8 @@ EVENTS: Final[dict[str, tuple[type, ...]]] = {
     GROUP_STABLE: (GroupStable,),
     CYCLE: (Cycle,),
     HOST_LOST: (HostLost,),
+    HOST_UP: (HostUp,),
+    HOST_DOWN: (HostDown,),
 }
 
 #: The event type names, in a stable order.
