@@ -1,4 +1,5 @@
-"""The NATS options of ``serve --nats`` and ``tail nats://…``, and what they turn into.
+"""The NATS options of ``serve --nats``, ``fleet`` and ``tail nats://…``, and what they
+turn into.
 
 Secrets: a password or token on the command line is visible to every local user
 (``ps``), so both also come from the environment (``PROCSTREAM_NATS_PASSWORD``,
@@ -26,6 +27,9 @@ __all__ = [
     "PublishSettings",
     "add_connection_arguments",
     "add_publish_arguments",
+    "add_fleet_arguments",
+    "FleetSettings",
+    "fleet_settings_from",
     "settings_from",
     "stream_spec_from",
     "publish_settings_from",
@@ -115,6 +119,15 @@ class PublishSettings:
     ack_timeout: float = 5.0
     state_bucket: str = DEFAULT_STATE_BUCKET
     state_interval: float = 10.0  # seconds, 0 = don't publish the host's state
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSettings:
+    """How ``fleet`` reads the stream."""
+
+    stream: str = DEFAULT_STREAM
+    state_bucket: str = DEFAULT_STATE_BUCKET
+    host_timeout: float | None = None  # None: 3 host intervals, at least 15 s
 
 
 def split_urls(values: str | list[str]) -> tuple[str, ...]:
@@ -228,6 +241,17 @@ def add_publish_arguments(group: argparse._ActionsContainer) -> None:
                        help="publish the host's state at most every S seconds when it changed (default: 10; 0 = never)")
 
 
+def add_fleet_arguments(group: argparse._ActionsContainer) -> None:
+    """``fleet``'s NATS options: where the stream is, how hosts are judged."""
+    group.add_argument("--nats", action="append", required=True, metavar="URL[,URL…]",
+                       help="read the stream from these NATS servers (nats://HOST:PORT or tls://…)")
+    add_connection_arguments(group)
+    group.add_argument("--nats-state-bucket", default=DEFAULT_STATE_BUCKET, metavar="NAME",
+                       help=f"key-value bucket of the hosts' latest states (default: {DEFAULT_STATE_BUCKET})")
+    group.add_argument("--host-timeout", type=_duration, default=None, metavar="S",
+                       help="a host silent this long is down (default: 3 of its poll intervals, at least 15 s)")
+
+
 def _name(option: str, value: str) -> None:
     try:
         check_name(option, value)
@@ -276,6 +300,14 @@ def settings_from(args: argparse.Namespace, urls: str | list[str]) -> NatsSettin
     )
     settings.tls_context()  # a bad certificate or key is a start-up error
     return settings
+
+
+def fleet_settings_from(args: argparse.Namespace) -> FleetSettings:
+    _name("--nats-state-bucket", args.nats_state_bucket)
+    if args.host_timeout is not None and args.host_timeout <= 0:
+        raise NatsConfigError("--host-timeout must be > 0")
+    return FleetSettings(stream=args.nats_stream, state_bucket=args.nats_state_bucket,
+                         host_timeout=args.host_timeout)
 
 
 def stream_spec_from(args: argparse.Namespace) -> StreamSpec:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import socket
 from collections.abc import Callable
@@ -41,17 +40,10 @@ from ..stream.eventlog import EventLog, parse_types
 from ..stream.hub import Hub
 from ..stream.sink import HubAndLog
 from ..wiring import UsageError, build_core, load_namer
+from .front import Front, event_loop_factory, parse_listen, setup_logging, token_from
 from .metrics import MetricsCollector, make_registry, metrics_route
-from .security import (
-    Guard,
-    SecurityConfig,
-    SecurityError,
-    TlsFiles,
-    check_exposure,
-    check_token,
-    install_log_redaction,
-)
-from .server import ProcstreamServer, ServerConfig
+from .security import SecurityError
+from .server import ProcstreamServer
 
 __all__ = ["parse_listen", "token_from", "Service", "run"]
 
@@ -60,49 +52,16 @@ log = logging.getLogger("procstream")
 SHUTDOWN_DEADLINE = 5.0
 
 
-def parse_listen(value: str) -> tuple[str, int]:
-    """``HOST:PORT``, ``[v6]:PORT`` or ``:PORT`` (all interfaces) → (host, port)."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep:
-        raise UsageError(f"--listen {value!r}: expected HOST:PORT")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise UsageError(f"--listen {value!r}: bad port {port_text!r}") from None
-    if not 0 <= port <= 65535:
-        raise UsageError(f"--listen {value!r}: port out of range")
-    return host or "0.0.0.0", port
-
-
-def token_from(args: argparse.Namespace) -> str | None:
-    """``--token``, else ``$PROCSTREAM_TOKEN``; None when neither is set (or empty)."""
-    token = args.token if args.token is not None else os.environ.get("PROCSTREAM_TOKEN")
-    try:
-        return check_token(token)
-    except SecurityError as exc:
-        raise UsageError(f"--token/PROCSTREAM_TOKEN: {exc}") from None
-
-
 class Service:
     """Everything ``serve`` runs, so tests and other front ends can start it in-process."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        host, port = parse_listen(args.listen)
         # Security first: a refusal must come before any work or listening socket.
-        token = token_from(args)
-        try:
-            self.exposure_warning = check_exposure(host, port, token=token, insecure=args.insecure)
-            if args.tls_key and not args.tls_cert:
-                raise SecurityError("--tls-key needs --tls-cert")
-            self.tls = TlsFiles(args.tls_cert, args.tls_key) if args.tls_cert else None
-            self.guard = Guard(
-                SecurityConfig(token=token, allow_origins=tuple(args.allow_origin), tls=self.tls is not None)
-            )
-        except SecurityError as exc:
-            raise UsageError(str(exc)) from None
+        front = Front.from_args(args)
+        self.exposure_warning = front.exposure_warning
+        self.tls = front.tls
+        self.guard = front.guard
         self.fs, self.grouper, self.builder = build_core(args)
         host_name = args.host_name if args.host_name is not None else socket.gethostname()
         problem = check_host_name(host_name)
@@ -146,12 +105,7 @@ class Service:
         self.kernel: KernelSource | None = None
         self.server = ProcstreamServer(
             self.hub,
-            ServerConfig(
-                host=host,
-                port=port,
-                max_clients=args.max_clients,
-                ssl_context=self.tls.context if self.tls is not None else None,
-            ),
+            front.server_config(args.max_clients),
             health=self._health,
             authorize=self.guard,
         )
@@ -310,32 +264,12 @@ class Service:
             log.warning("shutdown took too long; exiting anyway")
 
 
-def _event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    if choice == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        if choice == "uvloop":
-            raise UsageError("--loop uvloop: uvloop is not installed") from None
-        return None
-    return uvloop.new_event_loop
-
-
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``procstream serve``."""
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if args.log_level != "debug":
-        # one line per HTTP request or connection is debug detail, not service news
-        logging.getLogger("websockets").setLevel(logging.WARNING)
-    # websockets logs request lines and headers at debug level: keep tokens out.
-    install_log_redaction(token_from(args))
+    setup_logging(args)
     if args.interval <= 0:
         raise UsageError("--interval must be > 0")
-    factory = _event_loop_factory(args.loop)
+    factory = event_loop_factory(args.loop)
 
     async def main() -> int:
         service = Service(args)
