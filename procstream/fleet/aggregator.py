@@ -52,6 +52,7 @@ from .intake import DELETED, Incoming, decode, filler
 from .link import NatsLink, NatsRefused, stop_task
 from .options import NatsSettings
 from .state import read_host_state
+from .stream import api_problem, jetstream_missing
 from .subjects import MSG_ID, PREFIX, event_subject, host_subjects, host_token, status_msg_id
 
 __all__ = ["Aggregator", "AggregatorStats", "FleetStartError", "stream_epoch", "host_timeout"]
@@ -234,10 +235,10 @@ class Aggregator:
                 return await self.link.nc.jetstream().stream_info(self.stream)
             except NotFoundError:
                 why = f"no stream {self.stream} yet (no serve --nats has published to it)"
-            except APIError as exc:
-                if exc.err_code in (10039, 10076):
-                    raise FleetStartError("JetStream is not enabled on this NATS server or account") from None
-                why = f"stream {self.stream}: {exc.description or exc}"
+            except (APIError, nats.errors.NoRespondersError) as exc:
+                if jetstream_missing(exc):
+                    raise FleetStartError(str(api_problem(exc, self.stream))) from None
+                why = str(api_problem(exc, f"stream {self.stream}"))
             except (nats.errors.Error, TimeoutError, OSError) as exc:
                 why = f"stream {self.stream}: {exc or type(exc).__name__}"
             if not said:

@@ -206,8 +206,8 @@ def add_connection_arguments(group: argparse._ActionsContainer) -> None:
     group.add_argument("--nats-user", metavar="USER", help="NATS user name (password: --nats-password or $PROCSTREAM_NATS_PASSWORD)")
     group.add_argument("--nats-password", metavar="PASSWORD", help=f"NATS password; default ${PASSWORD_ENV} (prefer it: command lines are public)")
     group.add_argument("--nats-token", metavar="TOKEN", help=f"NATS authentication token; default ${TOKEN_ENV}")
-    group.add_argument("--nats-creds", metavar="FILE", help="NATS credentials file (user JWT and NKey seed; needs the nkeys package)")
-    group.add_argument("--nats-nkey", metavar="FILE", help="NATS NKey seed file (needs the nkeys package)")
+    group.add_argument("--nats-creds", metavar="FILE", help="NATS credentials file (user JWT and NKey seed)")
+    group.add_argument("--nats-nkey", metavar="FILE", help="NATS NKey seed file")
     group.add_argument("--nats-tls-ca", metavar="FILE", help="verify the NATS server with this CA bundle (PEM); implies TLS")
     group.add_argument("--nats-tls-cert", metavar="FILE", help="client certificate (PEM) for NATS TLS; implies TLS")
     group.add_argument("--nats-tls-key", metavar="FILE", help="the private key of --nats-tls-cert (default: in that file)")
@@ -280,7 +280,8 @@ def settings_from(args: argparse.Namespace, urls: str | list[str]) -> NatsSettin
     if args.nats_tls_key and not args.nats_tls_cert:
         raise NatsConfigError("--nats-tls-key needs --nats-tls-cert")
     if (args.nats_creds or args.nats_nkey) and importlib.util.find_spec("nkeys") is None:
-        raise NatsConfigError("--nats-creds/--nats-nkey need the nkeys package (pip install nkeys)")
+        # a dependency of procstream (nats-py's extra); missing only from a broken install
+        raise NatsConfigError("--nats-creds/--nats-nkey need the nkeys package (pip install 'nats-py[nkeys]')")
     if args.nats_creds and args.nats_nkey:
         raise NatsConfigError("--nats-creds and --nats-nkey: use one (a creds file holds its own NKey)")
     if args.nats_connect_timeout <= 0:
