@@ -1,13 +1,14 @@
 // Entry point: wires the connection, the store and the views, and owns what is global
-// to the page: the selected group (kept in the URL's #fragment), keyboard shortcuts
-// (which the user can turn off), the help dialog and the once-a-frame flush of every
-// change to the DOM.
+// to the page: the selected group and, from a fleet aggregator, the host shown (both
+// kept in the URL's #fragment), keyboard shortcuts (which the user can turn off), the
+// help dialog and the once-a-frame flush of every change to the DOM.
 
 import { Connection, socketUrl } from './connection.js';
 import { LogView } from './eventlog.js';
 import { onFrame } from './frame.js';
 import { GroupsView } from './groups.js';
 import { Header } from './header.js';
+import { BreakdownView, HostsView } from './hosts.js';
 import { loadPref, savePref } from './prefs.js';
 import { ProcsView } from './procs.js';
 import { theme } from './sparkline.js';
@@ -38,6 +39,22 @@ const conn = new Connection({
 // Missing events: ask for a resume on the same connection (replay, or reset + snapshot).
 store.onGap = ({ since, epoch }) => conn.send({ op: 'subscribe', since, epoch });
 
+// A fleet's host starts over (host.up): fetch its state alone; its events wait meanwhile.
+store.onHostResync = (host) => {
+  const url = new URL('api/snapshot', window.location.href);
+  url.search = '';
+  url.hash = '';
+  url.searchParams.set('hosts', host);
+  if (token) url.searchParams.set('token', token);
+  fetch(url, { cache: 'no-store', headers: { Accept: 'application/json' } })
+    .then((r) => (r.ok ? r.json() : null))
+    .catch(() => null)
+    .then((snap) => {
+      if (store.fleet) store.fleet.applyHostSnapshot(host, snap);
+      schedule();
+    });
+};
+
 theme.read();
 window.matchMedia('(prefers-color-scheme: dark)').addEventListener('change', () => {
   theme.read();
@@ -53,6 +70,8 @@ const header = new Header(store, conn, {
   pollAge: $('poll-age'),
   pollDur: $('poll-dur'),
   rate: $('ev-rate'),
+  hostsBox: $('n-hosts').parentElement,
+  hosts: $('n-hosts'),
   groups: $('n-groups'),
   procs: $('n-procs'),
   cpu: $('cpu-total'),
@@ -60,6 +79,21 @@ const header = new Header(store, conn, {
 });
 
 let selected = null;
+
+const hosts = new HostsView(store, {
+  panel: $('hosts-panel'),
+  scroller: $('hosts-scroll'),
+  table: $('hosts-table'),
+  count: $('hosts-count'),
+  filter: $('host-filter'),
+  empty: $('hosts-empty'),
+}, (name) => showHost(name));
+
+const breakdown = new BreakdownView(store, {
+  box: $('procs-hosts'),
+  body: $('procs-hosts-body'),
+  note: $('procs-hosts-more'),
+});
 
 const groups = new GroupsView(store, {
   scroller: $('groups-scroll'),
@@ -91,24 +125,47 @@ const log = new LogView(store, {
   count: $('log-count'),
   empty: $('log-empty'),
 }, (name) => {
-  if (store.groups.has(name)) select(name, { reveal: true });
+  if (store.shownGroups().has(name)) select(name, { reveal: true });
 });
+
+/** Keep the selected group and the host shown in the URL's #fragment. */
+function writeHash() {
+  const parts = [];
+  if (selected !== null) parts.push(`group=${encodeURIComponent(selected)}`);
+  if (store.hostFilter !== null) parts.push(`host=${encodeURIComponent(store.hostFilter)}`);
+  const hash = parts.length ? `#${parts.join('&')}` : '';
+  if (window.location.hash !== hash) {
+    window.history.replaceState(null, '', `${window.location.pathname}${window.location.search}${hash}`);
+  }
+}
 
 /** Select a group (null: none): highlight it, list its processes, remember it in #. */
 function select(name, { reveal = false, focusGroups = false } = {}) {
   selected = name;
   groups.setSelected(name, reveal);
   procs.show(name);
-  const hash = name === null ? '' : `#group=${encodeURIComponent(name)}`;
-  if (window.location.hash !== hash) {
-    window.history.replaceState(null, '', `${window.location.pathname}${window.location.search}${hash}`);
-  }
+  writeHash();
   if (focusGroups) groups.vt.scroller.focus({ preventScroll: true });
   schedule();
 }
 
-function selectionFromHash() {
-  const m = /^#group=(.*)$/.exec(window.location.hash);
+/** A fleet: show one host alone (null: every host) in the groups, processes and log. */
+function showHost(name) {
+  store.hostFilter = name;
+  procs.needList = true;
+  log.needList = true;
+  header.totals = null;
+  const now = store.serverNow();
+  groups.needSort = true;
+  groups.update(null, true, now); // other rows altogether: re-sorted even under the pointer
+  hosts.update(null, now);
+  hosts.reveal(name);
+  writeHash();
+  schedule();
+}
+
+function fromHash(key) {
+  const m = new RegExp(`(?:^#|&)${key}=([^&]*)`).exec(window.location.hash);
   if (!m) return null;
   try {
     return decodeURIComponent(m[1]);
@@ -117,22 +174,37 @@ function selectionFromHash() {
   }
 }
 
+function selectionFromHash() {
+  return fromHash('group');
+}
+
 let revealPending = selectionFromHash() !== null;
+let hostPending = fromHash('host');
 
 function flush() {
   const changes = store.takeChanges();
   const now = store.serverNow();
+  if (changes.conn) document.body.classList.toggle('fleet', store.fleet !== null);
+  if (store.fleet === null && store.hostFilter !== null) store.hostFilter = null;
+  if (hostPending !== null && store.fleet && store.synced) {
+    // A host named in the URL: show it once the fleet's hosts are known.
+    const name = hostPending;
+    hostPending = null;
+    if (store.fleet.hosts.has(name)) showHost(name);
+  }
   header.update(changes, now);
+  hosts.update(changes, now);
   groups.update(changes, false, now);
   if (revealPending && store.synced) {
     // A group named in the URL: scroll to it once it exists.
     revealPending = false;
-    if (selected !== null && store.groups.has(selected)) {
+    if (selected !== null && store.shownGroups().has(selected)) {
       groups.setSelected(selected, true);
       groups.update(null, false, now);
     }
   }
   procs.update(changes, now);
+  breakdown.update(selected);
   log.update(changes);
 }
 

@@ -173,6 +173,12 @@ export class LogView {
           td.title = st.title;
         },
       },
+      {
+        // a fleet's only (hidden otherwise); last, so a host's columns keep their places
+        id: 'host', label: 'Host', sortable: false, cls: 'name',
+        text: (e) => (e.kind === 'note' ? '' : String(e.ev.host ?? '')),
+        tip: (e) => (e.kind === 'note' ? '' : String(e.ev.host ?? '')),
+      },
     ];
 
     this.vt = new VirtualTable({
@@ -218,11 +224,12 @@ export class LogView {
   }
 
   filtering() {
-    return this.type !== 'all' || this.groupFilter !== '';
+    return this.type !== 'all' || this.groupFilter !== '' || this.store.hostFilter !== null;
   }
 
   matches(e) {
     if (e.kind === 'note') return true; // context for whatever is shown around it
+    if (this.store.hostFilter !== null && e.ev.host !== this.store.hostFilter) return false;
     if (this.type === 'problem') {
       if (!isProblem(e)) return false;
     } else if (this.type === 'restart') {

@@ -72,6 +72,11 @@ export class ProcsView {
         id: 'cmd', label: 'Command line', cls: 'cmd', firstDir: 'asc', tip: true,
         value: (p) => fmtCmdline(p.cmdline, p.name), text: (p) => fmtCmdline(p.cmdline, p.name),
       },
+      {
+        // a fleet's only (hidden otherwise); last, so a host's columns keep their places
+        id: 'host', label: 'Host', cls: 'name', firstDir: 'asc', tip: true,
+        value: (p) => String(p.host ?? ''), text: (p) => String(p.host ?? ''),
+      },
     ];
     if (!this.columns.some((c) => c.id === this.sort.col)) this.sort = { col: 'pid', dir: 'asc' };
 
@@ -123,7 +128,7 @@ export class ProcsView {
       const va = col.value(a);
       const vb = col.value(b);
       const d = typeof va === 'string' ? collator.compare(va, vb) : va - vb;
-      return d * sign || a.pid - b.pid;
+      return d * sign || a.pid - b.pid || collator.compare(String(a.host ?? ''), String(b.host ?? ''));
     };
   }
 
@@ -134,10 +139,12 @@ export class ProcsView {
     if (this.needList) {
       this.needList = false;
       const members = name === null ? null : store.members.get(name);
-      this.items = members ? [...members.values()].sort(this.comparator()) : [];
+      const host = store.hostFilter;
+      const all = members ? [...members.values()] : [];
+      this.items = (host === null ? all : all.filter((p) => p.host === host)).sort(this.comparator());
       this.vt.setSource(arraySource(this.items));
     }
-    const g = name === null ? null : store.groups.get(name);
+    const g = name === null ? null : store.shownGroups().get(name);
     setText(this.els.count, name === null ? '' : fmtInt(this.items.length));
     if (g && (!changes || changes.groups.has(name) || changes.rebuilt || this.lastFacts !== g)) {
       this.lastFacts = g;
@@ -149,6 +156,7 @@ export class ProcsView {
 
     let note = '';
     if (name === null) note = 'Select a group (click it, or Enter on it) to list its processes.';
+    else if (!g && store.hostFilter !== null) note = `Host ${store.hostFilter} has no such group.`;
     else if (!g) note = 'This group is not reported by the server any more.';
     else if (!this.items.length) note = 'No processes in this group right now.';
     setText(this.els.empty, note);
