@@ -23,7 +23,7 @@ from typing import Any, Final
 
 import orjson
 
-from ..schema import CYCLE, EVENT_TYPES, GROUP_UPDATE, HOST_DOWN, HOST_LOST, HOST_UP, PROC_EXIT, PROC_START, Event
+from ..schema import EVENT_TYPES, HOST_DOWN, HOST_LOST, HOST_UP, Event
 from .subjects import MSG_ID, PREFIX, host_token, parse_status_msg_id
 
 __all__ = ["Incoming", "decode", "filler", "MAX_EVENT_BYTES", "DELETED", "INVALID"]
@@ -36,7 +36,6 @@ INVALID: Final = "invalid"
 # A type of the future has a dot, like every event type but cycle; control objects have none.
 _TYPE: Final = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
 _EPOCH: Final = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-_PROC_TYPES: Final = frozenset({PROC_START, PROC_EXIT})
 _STATUS_TYPES: Final = frozenset({HOST_UP, HOST_DOWN})
 
 
@@ -118,10 +117,8 @@ def decode(subject: str, headers: Mapping[str, str] | None, data: bytes, seq: in
 def _fields_ok(typ: str, ev: Mapping[str, Any]) -> bool:
     """The fields a host's state is keyed by have the right kind (so that no message
     can break the state)."""
-    if typ in _PROC_TYPES:
+    if typ.startswith("proc."):
         return _int(ev.get("pid")) and _number(ev.get("start_time")) and isinstance(ev.get("group"), str)
-    if typ == GROUP_UPDATE:
+    if typ.startswith("group."):
         return isinstance(ev.get("group"), str)
-    if typ == CYCLE:
-        return True
     return typ not in (HOST_LOST, HOST_UP, HOST_DOWN)

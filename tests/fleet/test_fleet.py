@@ -7,11 +7,12 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from tests.support.fleet_world import FleetWorld, proc_keys, snapshot_of
 from tests.support.nats_servers import NatsServer
-from tests.support.served import Client
+from tests.support.served import Client, http_get
 
 
 @pytest.fixture
@@ -78,6 +79,18 @@ async def test_three_agents_one_aggregator(world: FleetWorld) -> None:
         assert only.of("proc.start") and not only.of("proc.start", host="web-01")
         # the same through /api/snapshot
         assert list(snapshot_of(fleet.url, "?hosts=db-01,web-01")["hosts"]) == ["db-01", "web-01"]
+
+        # its own health: hosts, lag, events; not the hosts' process metrics
+        status, body, _ = http_get(fleet.url + "/healthz")
+        health = orjson.loads(body)
+        assert status == 200 and health["ready"] and health["hosts"] == {"up": 3, "down": 0}
+        assert health["epoch"] == hello["epoch"] and health["nats"]["state"] == "connected"
+        text = http_get(fleet.url + "/metrics")[1].decode()
+        assert 'procstream_fleet_hosts{state="up"} 3.0' in text and 'procstream_fleet_hosts{state="down"} 0.0' in text
+        for name in ("procstream_fleet_consumer_lag", "procstream_fleet_events_total", "procstream_fleet_events_per_second",
+                     "procstream_subscribers 2.0", "process_cpu_seconds_total"):
+            assert name in text, name
+        assert "namedprocess_" not in text and "procstream_poll" not in text
     finally:
         await client.close()
         await only.close()

@@ -35,8 +35,9 @@ def test_a_hosts_event_keeps_everything_but_its_seq() -> None:
     assert list(inc.event) == list(event())  # same fields, same order
     cyc = take({"type": "cycle", "ts": 2.0, "duration_ms": 1.0, "seq": 8, "host": "web.example"})
     assert cyc.usable and cyc.host_seq == 8
-    future = take({"type": "proc.oom_score", "ts": 2.0, "seq": 9, "host": "web.example"})
-    assert future.usable  # a newer host's type passes
+    # a newer host's types pass (a process's with what a process is keyed by)
+    assert take({"type": "net.flow", "ts": 2.0, "seq": 9, "host": "web.example"}).usable
+    assert take(event(type="proc.oom_score")).usable
 
 
 def test_loss_records_and_the_aggregators_own_records() -> None:
@@ -53,6 +54,7 @@ def test_loss_records_and_the_aggregators_own_records() -> None:
 @pytest.mark.parametrize("case", [
     "not json", "a list", "other host", "subject of another type", "control object", "no id", "another seq",
     "bad epoch", "pid not int", "group not str", "too big", "not our subject", "ts missing", "lost without range",
+    "lifecycle without a group",
 ])
 def test_what_is_not_an_event_keeps_its_place_as_invalid(case: str) -> None:
     ev = event()
@@ -84,6 +86,8 @@ def test_what_is_not_an_event_keeps_its_place_as_invalid(case: str) -> None:
         kw["subject"] = "other.web_example.proc.start"
     elif case == "ts missing":
         del ev["ts"]
+    elif case == "lifecycle without a group":
+        ev = {"type": "group.missing", "ts": 1.0, "group": ["g"], "seq": 7, "host": "web.example"}
     elif case == "lost without range":
         ev = {"type": "host.lost", "ts": 1.0, "host": "web.example", "epoch": "e1", "from_seq": None, "to_seq": 2}
         kw["ident"] = "web.example:e1:lost:None"
