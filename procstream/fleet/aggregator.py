@@ -46,9 +46,9 @@ from nats.js.errors import APIError, NotFoundError
 from ..schema import HOST_DOWN, HOST_UP
 from ..stats import Stats
 from ..stream.hub import Hub
-from .feed import Feed, metadata
+from .feed import Feed
 from .fleetstate import FleetState, HostEntry, Outcome
-from .intake import DELETED, Incoming, decode, filler
+from .intake import DELETED, Incoming, Intake, filler
 from .link import NatsLink, NatsRefused, stop_task
 from .options import NatsSettings
 from .state import read_host_state
@@ -150,6 +150,7 @@ class Aggregator:
         self.link = NatsLink(settings, name=f"procstream fleet {host_name}")
         self.feed = Feed(self.link, stream, on_problem=self._feed_problem)
         self.ready = False
+        self._intake = Intake()
         self._clock = clock
         self._mono = monotonic
         self._heard: dict[str, float] = {}  # host -> monotonic time it was last heard from
@@ -327,7 +328,7 @@ class Aggregator:
                     if m.seq is None or m.seq > until:
                         return
                     ts = m.time.timestamp() if m.time is not None else 0.0
-                    inc = decode(m.subject or "", m.headers, m.data or b"", m.seq, ts)
+                    inc = self._intake.decode(m.subject or "", m.headers, m.data or b"", m.seq, ts)
                     if inc.usable and inc.event.get("host") == host:
                         self._apply(inc)
                     self.stats.caught_up += 1
@@ -383,8 +384,8 @@ class Aggregator:
         batch: list[Any] = []
         live = self._caught_up.is_set()
         mono = self._mono()
-        for msg in msgs:
-            seq, ts, _pending = metadata(msg.reply)
+        decode = self._intake.decode
+        for seq, ts, msg in msgs:
             if seq < expected:
                 continue
             while expected < seq:  # messages deleted from the stream: keep their places
@@ -415,8 +416,9 @@ class Aggregator:
         """Move the host's state by one usable message; the host's name."""
         ev = inc.event
         host: Any = ev.get("host")
-        outcome = self.state.apply_message(ev, epoch=inc.epoch or "", host_seq=inc.host_seq,
-                                           stream_seq=inc.seq, stream_ts=inc.ts)
+        outcome = self.state.apply_message(ev, inc.epoch or "", inc.host_seq, inc.seq, inc.ts)
+        if outcome is Outcome.APPLIED:
+            return host
         if outcome is Outcome.SKIPPED:
             self.stats.skipped += 1
         elif outcome is Outcome.NEW_RUN or outcome is Outcome.LOST:

@@ -94,7 +94,7 @@ class Feed:
         self.position = 0  # stream seq of the last message taken
         self._on_problem = on_problem
         self._clock = clock
-        self._queue: deque[Msg] = deque()
+        self._queue: deque[tuple[int, float, Msg]] = deque()  # (stream seq, stream time, message)
         self._arrived = asyncio.Event()
         self._wake = asyncio.Event()  # the pulling task: room in the queue, or trouble
         self._sub: Subscription | None = None
@@ -130,13 +130,14 @@ class Feed:
                 return False
         return True
 
-    def take(self, limit: int) -> list[Msg]:
-        """Up to ``limit`` messages, in stream order; the position moves past them."""
+    def take(self, limit: int) -> list[tuple[int, float, Msg]]:
+        """Up to ``limit`` messages as ``(stream seq, stream time, message)``, in stream
+        order; the position moves past them."""
         queue = self._queue
         n = min(limit, len(queue))
         out = [queue.popleft() for _ in range(n)]
         if out:
-            self.position = metadata(out[-1].reply)[0]
+            self.position = out[-1][0]
             self.stats.messages += n
             if len(queue) < self.max_queue // 2:
                 self._wake.set()
@@ -209,7 +210,7 @@ class Feed:
         self._last_heard = self._clock()
 
     def _queued_to(self) -> int:
-        return metadata(self._queue[-1].reply)[0] if self._queue else self.position
+        return self._queue[-1][0] if self._queue else self.position
 
     async def _pull(self) -> None:
         """Ask for messages while there is room; return when the consumer must go."""
@@ -246,7 +247,7 @@ class Feed:
             self._on_status(status, headers)  # type: ignore[arg-type]
             return
         try:
-            seq, _ts, pending = metadata(msg.reply)
+            seq, ts, pending = metadata(msg.reply)
         except (ValueError, IndexError):
             return
         if seq <= self._received_to:
@@ -254,7 +255,7 @@ class Feed:
         self._received_to = seq
         self._asked = max(0, self._asked - 1)
         self.stats.pending = pending
-        self._queue.append(msg)
+        self._queue.append((seq, ts, msg))
         self._arrived.set()
 
     def _on_status(self, status: str, headers: dict[str, str]) -> None:

@@ -32,7 +32,7 @@ import enum
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
-from ..schema import CYCLE, HOST_DOWN, HOST_LOST, HOST_UP, Event, GroupFields, ProcFields
+from ..schema import CYCLE, HOST_DOWN, HOST_LOST, HOST_UP, PROC_EXIT, PROC_START, Event, GroupFields, ProcFields
 from ..stream.protocol import Filter
 from ..stream.state import HostState
 
@@ -47,6 +47,7 @@ _OLD_EPOCHS: Final = 8
 # non-zero (a start time) rather than the sum.
 _LARGEST: Final = frozenset({"worst_fd_ratio"})
 _EARLIEST: Final = frozenset({"oldest_start_time"})
+_PROC_EVENTS: Final = frozenset({PROC_START, PROC_EXIT})
 
 
 class Outcome(enum.Enum):
@@ -164,11 +165,11 @@ class FleetState:
             entry = self.hosts[host] = HostEntry(host)
         return entry
 
-    def apply_message(self, ev: Event, *, epoch: str, host_seq: int, stream_seq: int, stream_ts: float) -> Outcome:
+    def apply_message(self, ev: Event, epoch: str, host_seq: int, stream_seq: int, stream_ts: float) -> Outcome:
         """Move the state by one message of a host's run ``epoch`` (``ev`` is what
         clients get; ``host_seq`` its seq in the run, 0 when it has none)."""
         host: Any = ev.get("host")
-        entry = self.entry(host)
+        entry = self.hosts.get(host) or self.entry(host)
         typ = ev.get("type")
         if typ == HOST_UP or typ == HOST_DOWN:
             # host_seq: the host seq the decision was taken after (from its message id)
@@ -181,7 +182,8 @@ class FleetState:
                     entry.up = False
                     entry.up_after = max(entry.up_after, host_seq)
             return Outcome.STATUS
-        entry.last_seen = max(entry.last_seen, stream_ts)
+        if stream_ts > entry.last_seen:
+            entry.last_seen = stream_ts
         outcome = Outcome.APPLIED
         if epoch != entry.epoch:
             if epoch in entry.old_epochs or (entry.epoch is not None and stream_seq <= entry.epoch_pos):
@@ -190,7 +192,8 @@ class FleetState:
                 return Outcome.SKIPPED
             self._new_run(entry, epoch, stream_seq)
             outcome = Outcome.NEW_RUN
-        entry.last_host_seq = max(entry.last_host_seq, host_seq)
+        if host_seq > entry.last_host_seq:
+            entry.last_host_seq = host_seq
         if typ == HOST_LOST:
             # host_seq: the last seq the record stands for
             entry.synced = False
@@ -211,7 +214,8 @@ class FleetState:
             return Outcome.SKIPPED
         entry.state.apply(ev)
         entry.seq = host_seq
-        entry.changed()
+        if typ in _PROC_EVENTS:
+            entry.changed()  # its processes with their host, listed again when asked
         return outcome
 
     def install(self, host: str, head: Mapping[str, Any], snapshot: Mapping[str, Any], *, stream_ts: float = 0.0) -> bool:

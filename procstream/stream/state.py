@@ -36,6 +36,7 @@ from .protocol import Filter
 
 __all__ = ["HostState", "strip"]
 
+_EVENT_ONLY: Final = tuple(EVENT_ONLY_FIELDS)
 # Groups whose lifecycle fields wait for their first group.update: a group made only of
 # processes that came and went between polls may never get one, so the oldest go first.
 _PENDING_LIFE_LIMIT: Final = 1024
@@ -43,7 +44,13 @@ _PENDING_LIFE_LIMIT: Final = 1024
 
 def strip(fields: Mapping[str, Any]) -> Any:
     """The state an event carries: its fields less those about the event itself."""
-    return {k: v for k, v in fields.items() if k not in EVENT_ONLY_FIELDS}
+    # A copy then a few deletions: cheaper than a comprehension over every field, and
+    # the fields keep their order.
+    state = dict(fields)
+    for key in _EVENT_ONLY:
+        if key in state:
+            del state[key]
+    return state
 
 
 class HostState:

@@ -31,7 +31,7 @@ class Feeder:
 
     def __call__(self, ev: dict[str, Any], epoch: str, host_seq: int, ts: float = 100.0) -> Outcome:
         self.pos += 1
-        return self.state.apply_message(ev, epoch=epoch, host_seq=host_seq, stream_seq=self.pos, stream_ts=ts)
+        return self.state.apply_message(ev, epoch, host_seq, self.pos, ts)
 
 
 def head(epoch: str, seq: int, stream_seq: int = 0, interval: float = 1.0) -> dict[str, Any]:

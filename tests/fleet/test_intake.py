@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from procstream.fleet.intake import MAX_EVENT_BYTES, decode, filler
+from procstream.fleet.intake import MAX_EVENT_BYTES, Intake, filler
 from procstream.fleet.subjects import lost_msg_id, msg_id, status_msg_id
 
 
@@ -25,7 +25,7 @@ def take(ev: Any, *, subject: str | None = None, ident: str | None = None, seq: 
     if ident is None:
         ident = msg_id("web.example", "e1", ev.get("seq", 0)) if isinstance(ev, dict) else "web.example:e1:7"
     data = ev if isinstance(ev, bytes) else orjson.dumps(ev)
-    return decode(subject, {"Nats-Msg-Id": ident}, data, seq, 99.0)
+    return Intake().decode(subject, {"Nats-Msg-Id": ident}, data, seq, 99.0)
 
 
 def test_a_hosts_event_keeps_everything_but_its_seq() -> None:
