@@ -55,7 +55,7 @@ from .state import read_host_state
 from .stream import api_problem, jetstream_missing
 from .subjects import MSG_ID, PREFIX, event_subject, host_subjects, host_token, status_msg_id
 
-__all__ = ["Aggregator", "AggregatorStats", "FleetStartError", "stream_epoch", "host_timeout"]
+__all__ = ["Aggregator", "AggregatorStats", "FleetStartError", "stream_epoch", "host_timeout", "status_record"]
 
 log = logging.getLogger("procstream.fleet")
 
@@ -73,6 +73,10 @@ _CATCH_UP_PARALLEL: Final = 32
 # How long a new run's state is waited for in the bucket (its first write is at once).
 _STATE_WAIT: Final = 30.0
 _TAKE: Final = 2000  # messages handled per turn of the event loop
+# Live, the messages of this many seconds go to the subscribers together: a frame costs
+# the same to every subscriber whatever it holds, and hosts' events trickle in one poll
+# at a time. (Replaying, batches are full anyway.)
+_COALESCE: Final = 0.05
 _FILLERS_PER_BATCH: Final = 10_000
 _CHECK_EVERY: Final = 1.0
 _STREAM_CHECK_EVERY: Final = 10.0
@@ -87,6 +91,12 @@ def stream_epoch(info: StreamInfo) -> str:
     and created again numbers from 1 again, and is another epoch."""
     created = info.created.isoformat() if info.created is not None else ""
     return hashlib.sha256(f"{info.config.name}\0{created}".encode()).hexdigest()[:16]
+
+
+def status_record(kind: str, host: str, epoch: str, last_seen: float, ts: float) -> dict[str, Any]:
+    """The ``host.up`` (``kind`` "up") or ``host.down`` an aggregator publishes."""
+    return {"type": HOST_UP if kind == "up" else HOST_DOWN, "ts": ts, "host": host, "epoch": epoch,
+            "last_seen": last_seen}
 
 
 def host_timeout(entry: HostEntry, configured: float | None) -> float:
@@ -360,6 +370,9 @@ class Aggregator:
                     self._caught_up.set()
                 continue
             msgs = feed.take(_TAKE)
+            if self._caught_up.is_set() and len(msgs) < _TAKE:
+                await asyncio.sleep(_COALESCE)
+                msgs += feed.take(_TAKE - len(msgs))
             if msgs:
                 self._handle(msgs)
             if not self._caught_up.is_set() and self.hub.head_seq >= self._target:
@@ -497,11 +510,9 @@ class Aggregator:
         if self._sent.get(entry.name) == key:
             return  # published; it takes effect when it comes back through the stream
         self._sent[entry.name] = key
-        typ = HOST_UP if kind == "up" else HOST_DOWN
-        event = {"type": typ, "ts": self._clock(), "host": entry.name, "epoch": entry.epoch,
-                 "last_seen": entry.last_seen}
+        event = status_record(kind, entry.name, entry.epoch or "", entry.last_seen, self._clock())
         ident = status_msg_id(kind, entry.name, entry.epoch or "", after)
-        subject = event_subject(host_token(entry.name), typ)
+        subject = event_subject(host_token(entry.name), event["type"])
         task = asyncio.create_task(self._send(entry.name, key, subject, orjson.dumps(event), ident))
         self._tasks.append(task)
         task.add_done_callback(self._tasks.remove)

@@ -14,6 +14,7 @@ import pytest
 from tests.support.fleet_world import FleetWorld, proc_keys, snapshot_of
 from tests.support.nats_auth import Operator, new_key, seed_file
 from tests.support.nats_servers import NatsServer, env_without_nats_secrets
+from tests.support.served import Served
 from tests.support.waiting import wait_for
 
 
@@ -78,3 +79,54 @@ def test_fleet_needs_jetstream(tmp_path: Path) -> None:
     with server:
         r = run("fleet", "--nats", server.url, "--nats-connect-timeout", "2")
     assert r.returncode == 2 and "JetStream" in r.stderr, r.stderr
+
+
+def documented_block(name: str) -> str:
+    """A permissions block of docs/deploy.md's NATS server config, as written there."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "deploy.md").read_text()
+    start = doc.index(f"{name} = {{")
+    return doc[start:doc.index("\n}\n", start) + 3]
+
+
+def test_the_documented_fleet_permissions_are_enough(tmp_path: Path) -> None:
+    conf = tmp_path / "nats.conf"
+    conf.write_text(documented_block("AGENT_WEB_01") + documented_block("FLEET") + """
+accounts {
+  PROCSTREAM {
+    jetstream: enabled
+    users: [
+      { user: web-01, password: agent-pw, permissions: $AGENT_WEB_01 }
+      { user: fleet, password: fleet-pw, permissions: $FLEET }
+      { user: admin, password: admin-pw }
+    ]
+  }
+}
+""")
+    with NatsServer("-c", str(conf)) as server, FleetWorld(tmp_path, server) as world:
+        # the operator creates the stream and the bucket, as the doc says
+        host, port = server.url.removeprefix("nats://").split(":")
+        subprocess.run([sys.executable, "-c", f"""
+import asyncio, nats
+from procstream.fleet.options import StreamSpec
+from procstream.fleet.stream import stream_config
+async def main():
+    nc = await nats.connect("nats://admin:admin-pw@{host}:{port}")
+    js = nc.jetstream()
+    await js.add_stream(stream_config(StreamSpec()))
+    await js.create_key_value(bucket="PROCSTREAM_STATE", history=1)
+    await nc.close()
+asyncio.run(main())
+"""], check=True, timeout=30)
+        agent = world.add_agent("web-01")
+        env = env_without_nats_secrets()
+        agent.served = Served(*agent.args("--nats-user", "web-01", "--nats-state-interval", "0.3"),
+                              log=tmp_path / "agent.log", env={**env, "PROCSTREAM_NATS_PASSWORD": "agent-pw"}).start()
+        fleet = Served("--nats", server.url, "--nats-user", "fleet", "--host-timeout", "2", command="fleet",
+                       log=tmp_path / "fleet.log", env={**env, "PROCSTREAM_NATS_PASSWORD": "fleet-pw"})
+        world.fleets.append(fleet)
+        fleet.start()
+        wait_for("web-01 in the fleet, up", lambda: snapshot_of(fleet.url)["hosts"].get("web-01", {}).get("up"))
+        agent.kill()
+        # the aggregator may publish its decision: it comes back through the stream
+        wait_for("web-01 down", lambda: snapshot_of(fleet.url)["hosts"]["web-01"]["up"] is False, timeout=20)
+        assert "could not publish" not in (tmp_path / "fleet.log").read_text()
