@@ -79,7 +79,6 @@ _TAKE: Final = 2000  # messages handled per turn of the event loop
 _COALESCE: Final = 0.05
 _FILLERS_PER_BATCH: Final = 10_000
 _CHECK_EVERY: Final = 1.0
-_STREAM_CHECK_EVERY: Final = 10.0
 
 
 class FleetStartError(Exception):
@@ -138,6 +137,7 @@ class Aggregator:
         buffer_size: int = 100_000,
         host_timeout: float | None = None,
         future_wait: float = 5.0,
+        stream_check: float = 10.0,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -145,6 +145,7 @@ class Aggregator:
         self.stream = stream
         self.bucket = bucket
         self.host_timeout = host_timeout
+        self.stream_check = stream_check
         self.stats = AggregatorStats()
         self.state = FleetState()
         self.hub = Hub(
@@ -168,7 +169,9 @@ class Aggregator:
         self._want_state: dict[str, float] = {}  # host -> give up waiting at (monotonic)
         self._state_wake = asyncio.Event()
         self._status_wake = asyncio.Event()
+        self._ingesting: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._sends: set[asyncio.Task[None]] = set()  # host.up / host.down on their way
         self._caught_up = asyncio.Event()
         self._target = 0  # the stream's last seq when we started reading
         self._created: str | None = None
@@ -192,10 +195,8 @@ class Aggregator:
         self.hub.epoch = stream_epoch(info)
         self.hub.start_at(start)
         self.feed.start(start)
-        self._tasks = [
-            asyncio.create_task(self._ingest(), name="procstream-fleet-ingest"),
-            asyncio.create_task(self._fetch_states(), name="procstream-fleet-states"),
-        ]
+        self._ingesting = asyncio.create_task(self._ingest(), name="procstream-fleet-ingest")
+        self._tasks = [asyncio.create_task(self._fetch_states(), name="procstream-fleet-states")]
         await self._caught_up.wait()
         self._mark_initial_status()
         self.ready = True
@@ -209,7 +210,7 @@ class Aggregator:
         ]
 
     async def close(self) -> None:
-        for task in self._tasks:
+        for task in [self._ingesting, *self._tasks, *self._sends]:
             await stop_task(task)
         await self.feed.close()
         await self.link.close()
@@ -265,6 +266,11 @@ class Aggregator:
         last = info.state.last_seq
         first = info.state.first_seq if info.state.messages else last + 1
         heads = await self._read_states(js)
+        for host, (head, snapshot) in list(heads.items()):
+            if int(head.get("stream_seq") or 0) > last:
+                # Written against an earlier stream of that name (deleted, created again):
+                # its position means nothing in this one.
+                heads[host] = ({**head, "stream_seq": 0}, snapshot)
         span = self.hub.buffer_size
         positions = [int(head.get("stream_seq") or 0) for head, _ in heads.values()]
         recent = [p for p in positions if p >= last - _REPLAY_SPAN * span]
@@ -301,25 +307,16 @@ class Aggregator:
 
         async def one(token: str) -> None:
             async with limit:
-                head = await self._head_of(js, token)
-                if head is None:
+                try:
+                    got = await read_host_state(js, self.bucket, None, token=token)
+                except orjson.JSONDecodeError:
                     return
-                got = await read_host_state(js, self.bucket, head["host"])
-                if got is not None and host_token(got[0].get("host", "")) == token:
-                    out[got[0]["host"]] = got
+                host = got[0].get("host") if got is not None else None
+                if got is not None and isinstance(host, str) and host_token(host) == token:
+                    out[host] = got
 
         await asyncio.gather(*(one(t) for t in tokens))
         return out
-
-    async def _head_of(self, js: JetStreamContext, token: str) -> dict[str, Any] | None:
-        try:
-            msg = await js.get_last_msg(f"KV_{self.bucket}", f"$KV.{self.bucket}.{token}.head")
-            head = orjson.loads(msg.data or b"")
-        except (NotFoundError, orjson.JSONDecodeError):
-            return None
-        if not isinstance(head, dict) or not isinstance(head.get("host"), str):
-            return None
-        return head
 
     async def _catch_up(self, js: JetStreamContext, stale: list[tuple[str, int]], until: int) -> None:
         """The messages of hosts whose state is older than the replay, up to ``until``,
@@ -514,8 +511,8 @@ class Aggregator:
         ident = status_msg_id(kind, entry.name, entry.epoch or "", after)
         subject = event_subject(host_token(entry.name), event["type"])
         task = asyncio.create_task(self._send(entry.name, key, subject, orjson.dumps(event), ident))
-        self._tasks.append(task)
-        task.add_done_callback(self._tasks.remove)
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
 
     async def _send(self, host: str, key: tuple[str, str, int], subject: str, data: bytes, ident: str) -> None:
         try:
@@ -536,7 +533,7 @@ class Aggregator:
         """A stream deleted and created again numbers from 1: a new epoch, and the
         fleet's state is read again."""
         while True:
-            await asyncio.sleep(_STREAM_CHECK_EVERY)
+            await asyncio.sleep(self.stream_check)
             try:
                 info = await self.link.nc.jetstream().stream_info(self.stream)
             except (nats.errors.Error, APIError, TimeoutError, OSError):
@@ -549,7 +546,7 @@ class Aggregator:
             await self._restart(info)
 
     async def _restart(self, info: StreamInfo) -> None:
-        await stop_task(self._tasks[0])
+        await stop_task(self._ingesting)
         await self.feed.close()
         self.state.hosts.clear()
         self._heard.clear()
@@ -561,7 +558,7 @@ class Aggregator:
         # The hub keeps its subscribers: they get reset {"reason": "epoch"} + snapshot.
         self.hub.restart(stream_epoch(info), start)
         self.feed.start(start)
-        self._tasks[0] = asyncio.create_task(self._ingest(), name="procstream-fleet-ingest")
+        self._ingesting = asyncio.create_task(self._ingest(), name="procstream-fleet-ingest")
         await self._caught_up.wait()
         self._mark_initial_status()
 

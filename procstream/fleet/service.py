@@ -86,36 +86,36 @@ class FleetCollector(Collector):
         hosts.add_metric(["up"], m["hosts_up"])
         hosts.add_metric(["down"], m["hosts_down"])
         yield hosts
-        yield _gauge("procstream_fleet_ready", "1 once the fleet's state is built and the stream caught up", 1 if self.aggregator.ready else 0)
-        yield _gauge("procstream_fleet_nats_connected", "1 while connected to a NATS server", 1 if m["connected"] else 0)
-        yield _gauge("procstream_fleet_consumer_lag", "Messages of the stream not handled yet", m["lag"])
-        yield _gauge("procstream_fleet_stream_seq", "Stream sequence of the latest event handed to clients", m["seq"])
-        yield _gauge("procstream_fleet_events_per_second", f"Events handed to clients per second, over the last {_RATE_WINDOW} s", self.events_per_second())
-        yield _gauge("procstream_fleet_start_seconds", "Seconds from connected to ready at start", m["start_seconds"])
-        yield _gauge("procstream_fleet_hosts_waiting_for_state", "Hosts whose new run waits for its state from the bucket", m["waiting_for_state"])
-        yield _counter("procstream_fleet_messages", "Stream messages handled", m["messages"])
-        yield _counter("procstream_fleet_events", "Events handed to clients (a message, or the place of a missing one)", m["events"])
-        yield _counter("procstream_fleet_invalid_messages", "Stream messages that were not procstream events", m["invalid"])
-        yield _counter("procstream_fleet_deleted_messages", "Stream sequences whose message was deleted from the stream", m["deleted"])
-        yield _counter("procstream_fleet_skipped_events", "Events already in their host's state, or of an earlier run", m["skipped"])
-        yield _counter("procstream_fleet_host_runs", "New runs of hosts (a restarted serve)", m["new_runs"])
-        yield _counter("procstream_fleet_states_read", "Host states read from the state bucket", m["states_read"])
-        yield _counter("procstream_fleet_state_waits_given_up", "New runs whose state never came from the bucket", m["state_waits_given_up"])
-        yield _counter("procstream_fleet_consumers", "Stream consumers created (the first, and replacements after trouble)", m["consumers"])
         published = CounterMetricFamily("procstream_fleet_status_published", "host.up / host.down published by this aggregator", labels=["type"])
         for kind in ("up", "down"):
             published.add_metric([f"host.{kind}"], m["published"].get(kind, 0))
         yield published
-        yield _counter("procstream_fleet_publish_failures", "host.up / host.down that could not be published", m["publish_failures"])
-        yield _counter("procstream_fleet_epoch_changes", "Times the stream was created again (a new epoch)", m["epoch_changes"])
-
-
-def _counter(name: str, help_text: str, value: float) -> CounterMetricFamily:
-    return CounterMetricFamily(name, help_text, value=value)
-
-
-def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, help_text, value=value)
+        gauges = (
+            ("ready", "1 once the fleet's state is built and the stream caught up", 1 if self.aggregator.ready else 0),
+            ("nats_connected", "1 while connected to a NATS server", 1 if m["connected"] else 0),
+            ("consumer_lag", "Messages of the stream not handled yet", m["lag"]),
+            ("stream_seq", "Stream sequence of the latest event handed to clients", m["seq"]),
+            ("events_per_second", f"Events handed to clients per second, over the last {_RATE_WINDOW} s", self.events_per_second()),
+            ("start_seconds", "Seconds from connected to ready at start", m["start_seconds"]),
+            ("hosts_waiting_for_state", "Hosts whose new run waits for its state from the bucket", m["waiting_for_state"]),
+        )
+        for name, help_text, value in gauges:
+            yield GaugeMetricFamily(f"procstream_fleet_{name}", help_text, value=value)
+        counters = (
+            ("messages", "Stream messages handled", "messages"),
+            ("events", "Events handed to clients (a message, or the place of a missing one)", "events"),
+            ("invalid_messages", "Stream messages that were not procstream events", "invalid"),
+            ("deleted_messages", "Stream sequences whose message was deleted from the stream", "deleted"),
+            ("skipped_events", "Events already in their host's state, or of an earlier run", "skipped"),
+            ("host_runs", "New runs of hosts (a restarted serve)", "new_runs"),
+            ("states_read", "Host states read from the state bucket", "states_read"),
+            ("state_waits_given_up", "New runs whose state never came from the bucket", "state_waits_given_up"),
+            ("consumers", "Stream consumers created (the first, and replacements after trouble)", "consumers"),
+            ("publish_failures", "host.up / host.down that could not be published", "publish_failures"),
+            ("epoch_changes", "Times the stream was created again (a new epoch)", "epoch_changes"),
+        )
+        for name, help_text, key in counters:
+            yield CounterMetricFamily(f"procstream_fleet_{name}", help_text, value=m[key])
 
 
 class FleetService:

@@ -187,11 +187,14 @@ class StateWriter:
         await js.publish(state_subject(self.bucket, self.token, "head"), orjson.dumps(head), timeout=self.timeout)
 
 
-async def read_host_state(js: JetStreamContext, bucket: str, host: str, *, tries: int = 3) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """``(head, snapshot)`` of ``host``'s latest state in ``bucket``, or None when it
-    has none (or it kept changing while we read, ``tries`` times)."""
+async def read_host_state(js: JetStreamContext, bucket: str, host: str | None, *, tries: int = 3,
+                          token: str | None = None) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """``(head, snapshot)`` of ``host``'s latest state in ``bucket`` (or of the host
+    whose subject token is ``token``), or None when it has none (or it kept changing
+    while we read, ``tries`` times)."""
     stream = f"KV_{bucket}"
-    token = host_token(host)
+    if token is None:
+        token = host_token(host or "")
     for _ in range(tries):
         try:
             msg = await js.get_last_msg(stream, state_subject(bucket, token, "head"))

@@ -119,3 +119,28 @@ async def test_messages_are_taken_once_in_order_whatever_happens_to_the_consumer
 async def _consumers(js: Any) -> AsyncIterator[Any]:
     for info in await js.consumers_info("PROCSTREAM"):
         yield info
+
+
+async def test_a_stream_created_again_is_a_new_epoch(nats_server: NatsServer, publishers: list[Publisher],
+                                                     aggregators: list[Aggregator]) -> None:
+    hub = new_hub("web-01")
+    p = make_publisher(publishers, hub, nats_server.url, ack_timeout=1.0, state_interval=0.2)
+    await p.start()
+    hub.publish(some_events(10))
+    await all_acked(p)
+    agg = aggregator(aggregators, nats_server.url, stream_check=0.2)
+    await agg.start()
+    first = agg.hub.epoch
+    watcher = Watcher(agg, agg.hub.head_seq)
+    nc = await nats.connect(nats_server.url)
+    try:
+        await nc.jetstream().delete_stream("PROCSTREAM")
+    finally:
+        await nc.close()
+    hub.publish(some_events(6))  # the publisher creates the stream again and sends them
+    await async_wait_for("a new epoch", lambda: agg.hub.epoch != first and agg.hub.head_seq >= 6, timeout=30)
+    watcher.events()
+    reset = watcher.t.of_type("reset")
+    assert reset and reset[-1]["reason"] == "epoch" and reset[-1]["epoch"] == agg.hub.epoch
+    assert agg.stats.epoch_changes == 1
+    assert [e["seq"] for e in watcher.t.events() if e["seq"] <= agg.hub.head_seq][-1] == agg.hub.head_seq
