@@ -407,7 +407,8 @@ class Hub:
         {"reason": "epoch"} + snapshot (of the state as the producer left it)."""
         self.epoch = epoch
         self._head = seq
-        self._rebaseline("epoch", seq)
+        # Points of the old epoch are refused by their epoch; the new one has no past.
+        self._rebaseline("epoch", -1)
 
     def state_changed(self) -> None:
         """The producer changed its state between batches (not through an event): the

@@ -107,6 +107,9 @@ def test_a_new_epoch_resets_every_subscriber() -> None:
     assert t.events()[-1]["seq"] == 1
     _, stale = attach(hub, since=11, epoch="e")
     assert stale.of_type("reset")[0]["reason"] == "epoch"
+    back_sub, back = attach(hub, since=0, epoch="e2")  # had the reset's snapshot, reconnected
+    back.pump(back_sub)
+    assert not back.of_type("reset") and [e["seq"] for e in back.events()] == [1]
 
 
 def test_a_resume_from_a_seq_not_reached_yet_waits_then_replays_exactly() -> None:
