@@ -24,7 +24,10 @@ through Playwright) shows the viewer; the page measures itself:
 Scenarios, each measured for ``--seconds``: the page left alone (sorted by CPU, which
 re-sorts every poll), the groups table scrolled by the mouse wheel all along, a group
 selected with the log filtered, and the log scrolled down (reading older entries while
-new ones arrive on top). A run with no load at all is measured first as the reference:
+new ones arrive on top). With ``--procs N``, one more group holds N processes whose
+numbers all change at every poll (``proc.update``, to the viewer's second connection,
+which asks for them once the group is open), and a last scenario shows them in the
+processes panel, sorted by CPU (re-sorted every poll). A run with no load at all is measured first as the reference:
 the figures print as they are and as ratios to it. ``--web DIR`` serves the viewer in
 DIR instead of this checkout's (another version of it, to compare in one sitting).
 Everything it starts, it stops.
@@ -51,6 +54,7 @@ from procstream.serve.server import ProcstreamServer, ServerConfig  # noqa: E402
 __all__ = ["main"]
 
 CHROMIUM = "/usr/bin/chromium"
+BIG = "svc-big"  # the group of --procs processes
 CHROMIUM_ARGS = [
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -94,11 +98,13 @@ STOP_JS = """async () => {
 class Producer:
     """Synthetic events shaped like the real producer's, published into a Hub."""
 
-    def __init__(self, hub: Hub, groups: int, rate: float, interval: float) -> None:
+    def __init__(self, hub: Hub, groups: int, rate: float, interval: float, big: int = 0) -> None:
         self.hub = hub
         self.rate = rate
         self.interval = interval
         self.names = [f"svc-{i:04d}" for i in range(groups)]
+        self.churn = list(self.names)  # where processes start and exit (BIG keeps its own)
+        self.big: list[dict[str, Any]] = []  # the processes of BIG, whose numbers are live
         self.next_pid = 10_000
         self.alive: dict[str, list[dict[str, Any]]] = {n: [] for n in self.names}
         self.published = 0
@@ -111,7 +117,32 @@ class Producer:
                 p = self.proc(name, now - self.rng.uniform(10, 90_000))
                 self.alive[name].append(p)
                 procs.append(p)
+        if big:
+            self.names.append(BIG)
+            self.cpu[BIG] = 0.0
+            self.alive[BIG] = self.big
+            for _ in range(big):
+                p = self.proc(BIG, now - self.rng.uniform(10, 90_000))
+                self.big.append(p)
+                procs.append(p)
+        self.numbers = {p["pid"]: self.live(p) for p in self.big}
+        hub.set_live(self)
         hub.load_state({n: self.group(n) for n in self.names}, procs)
+
+    def live(self, p: dict[str, Any]) -> dict[str, Any]:
+        """Made-up numbers of one process (they change at every call, like a busy one's)."""
+        r = self.rng
+        return {
+            "cpu_pct": round(r.expovariate(1 / 5), 2), "cpu_s": round(r.uniform(1, 5000), 3),
+            "mem_resident": r.randrange(5, 500) * 1_048_576, "mem_virtual": r.randrange(100, 2000) * 1_048_576,
+            "mem_swap": 0, "threads": r.randrange(1, 30), "open_fds": r.randrange(5, 300),
+            "fd_ratio": round(r.uniform(0, 0.3), 6), "state": r.choice("SSSSRD"),
+            "read_bps": round(r.expovariate(1 / 5e4), 1), "write_bps": round(r.expovariate(1 / 5e4), 1),
+        }  # fmt: skip
+
+    def fields(self, pid: int, start_time: float | None = None) -> dict[str, Any] | None:
+        """The hub's view of the latest numbers (its snapshots carry them)."""
+        return self.numbers.get(pid)
 
     def proc(self, group: str, start: float) -> dict[str, Any]:
         self.next_pid += 1
@@ -138,7 +169,7 @@ class Producer:
         now = time.time()
         out: list[dict[str, Any]] = []
         for i in range(n):
-            name = self.rng.choice(self.names)
+            name = self.rng.choice(self.churn)
             if i % 2 == 0 or not self.alive[name]:
                 p = self.proc(name, now)
                 self.alive[name].append(p)
@@ -158,6 +189,11 @@ class Producer:
         for name in self.names:
             self.cpu[name] = max(0.0, self.cpu[name] * 0.7 + self.rng.expovariate(1 / 3))
             events.append({"type": "group.update", "ts": now, **self.group(name)})
+        if self.big and self.hub.interest is not None:  # someone watches: every number changed
+            for p in self.big:
+                numbers = self.numbers[p["pid"]] = self.live(p)
+                events.append({"type": "proc.update", "ts": now, "pid": p["pid"], "start_time": p["start_time"],
+                               "group": BIG, **numbers})
         events.append({
             "type": "cycle", "ts": now, "duration_ms": duration_ms, "procs_seen": 4000, "tracked": 4000,
             "started": 0, "exited": 0, "permission_errors": 0, "read_errors": 0, "partial_errors": 0,
@@ -193,8 +229,8 @@ class Producer:
 class Backend:
     """Server and producer on an event loop in a thread."""
 
-    def __init__(self, groups: int, rate: float, interval: float, web: str | None = None) -> None:
-        self.args = (groups, rate, interval)
+    def __init__(self, groups: int, rate: float, interval: float, web: str | None = None, procs: int = 0) -> None:
+        self.args = (groups, rate, interval, procs)
         self.web = web
         self.load = threading.Event()
         self.ready = threading.Event()
@@ -208,11 +244,11 @@ class Backend:
         asyncio.run(self._main())
 
     async def _main(self) -> None:
-        groups, rate, interval = self.args
+        groups, rate, interval, procs = self.args
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         hub = Hub(host="bench-host", interval=interval)
-        self.producer = Producer(hub, groups, rate, interval)
+        self.producer = Producer(hub, groups, rate, interval, procs)
         async with ProcstreamServer(hub, ServerConfig(port=0, static_dir=self.web)) as srv:
             self.port = srv.port
             task = asyncio.create_task(self.producer.run(self.load))
@@ -296,11 +332,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
     ap.add_argument("--seconds", type=float, default=15.0, help="measurement time per scenario")
     ap.add_argument("--web", help="serve the viewer in this directory (default: this checkout's web/)")
+    ap.add_argument("--procs", type=int, default=0, metavar="N",
+                    help=f"a group {BIG!r} of N processes with live numbers, shown in the processes panel last")
     args = ap.parse_args(argv)
 
     from playwright.sync_api import sync_playwright
 
-    backend = Backend(args.groups, args.rate, args.interval, args.web).start()
+    backend = Backend(args.groups, args.rate, args.interval, args.web, args.procs).start()
     url = f"http://127.0.0.1:{backend.port}/"
     results: list[tuple[str, dict[str, Any]]] = []
     try:
@@ -314,8 +352,9 @@ def main(argv: list[str] | None = None) -> int:
                 page.add_init_script(MEASURE_JS)
                 page.goto(url)
                 page.wait_for_selector("#conn[data-state=live]", timeout=30_000)
+                n_groups = args.groups + (1 if args.procs else 0)
                 page.wait_for_function(
-                    f"() => document.getElementById('n-groups').textContent === '{args.groups:,}'", timeout=30_000
+                    f"() => document.getElementById('n-groups').textContent === '{n_groups:,}'", timeout=30_000
                 )
                 results.append(("reference: no events", measure(browser, page, args.seconds)))
 
@@ -349,6 +388,17 @@ def main(argv: list[str] | None = None) -> int:
                 page.fill("#log-group", "")
                 page.evaluate("document.getElementById('log-scroll').scrollTop = 600")
                 results.append(("loaded, log scrolled down", measure(browser, page, args.seconds)))
+                if args.procs:
+                    page.evaluate("document.getElementById('log-scroll').scrollTop = 0")
+                    page.fill("#group-filter", BIG)
+                    page.locator("#groups-table tbody tr:not(.pad)").first.click()
+                    page.fill("#group-filter", "")
+                    page.locator("#procs-table th.c-cpu button").click()  # by CPU, re-sorted each poll
+                    page.wait_for_function(
+                        f"() => document.getElementById('procs-count').textContent === '{args.procs:,}'")
+                    page.mouse.move(5, 5)
+                    page.wait_for_timeout(2000)  # the live connection's snapshot and first polls
+                    results.append((f"loaded, {args.procs} live processes", measure(browser, page, args.seconds)))
                 state = page.evaluate(
                     "() => ({rows: document.querySelectorAll('#groups-table tbody tr').length,"
                     " log: document.getElementById('log-count').textContent,"

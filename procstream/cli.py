@@ -49,6 +49,22 @@ def _add_listen_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--listen", default="127.0.0.1:8765", metavar="HOST:PORT", help="address to listen on (default: 127.0.0.1:8765)")
     p.add_argument("--max-clients", type=int, default=1024, metavar="N", help="refuse WebSocket clients past N (default: 1024)")
     p.add_argument("--buffer", type=int, default=100_000, metavar="N", help="events kept for resume (default: 100000)")
+    p.add_argument(
+        "--max-memory",
+        default="256M",
+        metavar="SIZE",
+        help="memory the service may use whatever clients and local users do (256M, 1G, ...; "
+        "at least 64M); split into the resume buffer, clients' pending output, caches (and "
+        "serve's event log queue), each part in /metrics (default: 256M)",
+    )
+    p.add_argument(
+        "--slow-client-grace",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="close a WebSocket client with 1013 when it has not taken what is waiting for it "
+        "for S seconds, or is still behind S seconds after it overflowed (default: 30)",
+    )
     p.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto", help="event loop (default: uvloop when installed)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
 
@@ -137,6 +153,28 @@ def build_parser() -> argparse.ArgumentParser:
         "when missing), in order, resent after outages, stored once (message id "
         "<host>:<epoch>:<seq>). See docs/protocol.md and docs/deploy.md.",
     ))
+    fam = serve.add_argument_group(
+        "process-exporter's optional families",
+        "off by default: each adds /proc reads to every poll, for tracked processes only",
+    )
+    fam.add_argument(
+        "--threads",
+        action="store_true",
+        help="export per-thread-name metrics (namedprocess_namegroup_thread_*), like "
+        "process-exporter's -threads: reads task/*/io of every multi-threaded process",
+    )
+    fam.add_argument(
+        "--gather-smaps",
+        action="store_true",
+        help="export proportional memory (memory_bytes memtypes proportionalResident, "
+        "proportionalSwapped), like process-exporter's -gather-smaps: reads smaps_rollup",
+    )
+    fam.add_argument(
+        "--threads-wchan",
+        action="store_true",
+        help="export threads by kernel wait channel (namedprocess_namegroup_threads_wchan): "
+        "reads every thread's wchan",
+    )
     _add_security_options(serve)
 
     fleet = sub.add_parser(

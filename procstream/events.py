@@ -8,7 +8,9 @@ Rules:
   ``group.update`` (only for groups whose fields changed), then one ``cycle``.
 - ``proc.*`` events carry the process's identity fields; its command line is redacted
   once, when the process is first reported (and again when it is named anew), and reused
-  for its exit.
+  for its exit. Then it is capped (``schema.cap_cmdline``), like every other string from
+  a process or a group name (``schema.cut_text``): an event's size never depends on what
+  a process wrote.
 - A tracked process named anew (it exec'd another program, or renamed itself) gets a
   second ``proc.start`` for the same ``pid`` and ``start_time``, with ``previous``: its
   name and group before. It has not ended, so no ``proc.exit``; a client keeping state
@@ -19,6 +21,9 @@ Rules:
   ``expected_min``/``expected_max`` are the config's ``expected_groups`` entry.
 - ``restart_of``, ``exit_class`` and ``oom_killed`` start as ``None``: the lifecycle
   (:mod:`procstream.lifecycle`) fills them in, knowing the group's history.
+- ``proc.update`` events (after the ``group.update`` events) only for the processes
+  someone subscribes to (an :class:`~procstream.live.UpdateInterest`), and only those
+  whose numbers changed since they were last sent; with no interest, nothing is built.
 - The first poll yields no ``proc.start`` for processes already running: it yields the
   baseline state (``EventBuilder.state()``) instead, like a list before a watch.
 
@@ -33,6 +38,7 @@ from typing import Any, cast
 
 from .config import ExpectedGroup
 from .grouper import GroupCounts, GrouperUpdate, Renamed
+from .live import LiveTable, UpdateInterest
 from .procfs.models import ProcId
 from .schema import (
     CYCLE,
@@ -40,6 +46,7 @@ from .schema import (
     GROUP_UPDATE,
     PROC_EXIT,
     PROC_START,
+    PROC_UPDATE,
     Cycle,
     CycleExtras,
     Event,
@@ -48,8 +55,12 @@ from .schema import (
     GroupUpdate,
     ProcExit,
     ProcFields,
+    ProcLive,
     ProcStart,
+    ProcUpdate,
     StateCounts,
+    cap_cmdline,
+    cut_text,
 )
 from .tracker import TrackedProc
 
@@ -60,6 +71,7 @@ __all__ = [
     "PROC_EXIT",
     "GROUP_UPDATE",
     "CYCLE",
+    "PROC_UPDATE",
     "EVENT_TYPES",
     "EventBuilder",
     "group_fields",
@@ -100,7 +112,7 @@ def group_fields(
         cpu_pct = read_bps = write_bps = 0.0
     m = g.memory
     return {
-        "group": name,
+        "group": cut_text(name),
         "procs": g.procs,
         "threads": g.num_threads,
         "cpu_s": _r(c.cpu, 6),
@@ -146,6 +158,8 @@ class EventBuilder:
         self._groups: dict[str, GroupFields] = {}
         self._prev_counts: dict[str, GroupCounts] = {}
         self._prev_time: float | None = None
+        #: the live numbers last sent in a proc.update, per watched process
+        self._live_sent: dict[ProcId, ProcLive] = {}
         #: ``expected_groups`` by group name (set on the core's thread, at a config load)
         self.expected: Mapping[str, ExpectedGroup] = {}
 
@@ -161,15 +175,18 @@ class EventBuilder:
         fields = self._procs.get(tp.id)
         if fields is None:
             s = tp.static
+            # Redacted before it is cut, so a secret is hidden whole, not what is left of it.
+            cmdline, cut = cap_cmdline(self.redact(s.cmdline))
             fields = {
                 "pid": tp.id.pid,
                 "ppid": s.parent_pid,
                 "start_time": start_ms(s.start_time),
-                "name": s.name,
-                "cmdline": list(self.redact(s.cmdline)),
+                "name": cut_text(s.name),
+                "cmdline": cmdline,
                 "cmdline_known": s.cmdline_known,
-                "group": tp.group,
-                "user": self.username(s.uid),
+                "cmdline_truncated": bool(cmdline) and (cut or s.cmdline_truncated),
+                "group": cut_text(tp.group),
+                "user": cut_text(self.username(s.uid)),
                 "uid": s.uid,
             }
             self._procs[tp.id] = fields
@@ -188,7 +205,7 @@ class EventBuilder:
         tp = renamed.tp
         self._procs.pop(tp.id, None)
         ev = self.proc_start(tp, ts, source=source)
-        ev["previous"] = {"name": renamed.name, "group": renamed.group}
+        ev["previous"] = {"name": cut_text(renamed.name), "group": cut_text(renamed.group)}
         return ev
 
     def proc_exit(
@@ -249,8 +266,11 @@ class EventBuilder:
         *,
         duration_ms: float,
         extra_cycle: CycleExtras | None = None,
+        live: LiveTable | None = None,
+        interest: UpdateInterest | None = None,
     ) -> list[Event]:
-        """All events of one poll, in order (see the module rules)."""
+        """All events of one poll, in order (see the module rules). ``proc.update``
+        events need both ``live`` (this poll's table) and an ``interest``."""
         ts = update.time
         events: list[Event] = []
         for tp in sorted(update.exited, key=lambda t: t.id.pid):
@@ -260,6 +280,10 @@ class EventBuilder:
         for renamed in update.renamed:
             events.append(self.proc_renamed(renamed, ts))
         events.extend(self.group_updates(groups, ts, update.removed_groups))
+        if interest is not None and live is not None:
+            events.extend(self.proc_updates(live, interest, ts))
+        elif self._live_sent:
+            self._live_sent = {}  # nobody watches now: whoever comes next gets everything
         cycle: Cycle = {
             "type": CYCLE,
             "ts": _r(ts, 6),
@@ -275,6 +299,29 @@ class EventBuilder:
         if extra_cycle:
             cycle.update(extra_cycle)
         events.append(cycle)
+        return events
+
+    def proc_updates(self, live: LiveTable, interest: UpdateInterest, ts: float) -> list[ProcUpdate]:
+        """``proc.update`` events for the processes of ``live`` that ``interest`` selects
+        and whose numbers differ from those last sent (all of them the first time)."""
+        sent = self._live_sent
+        now: dict[ProcId, ProcLive] = {}
+        events: list[ProcUpdate] = []
+        t = _r(ts, 6)
+        for entry, fields in live.select(interest):
+            now[entry.id] = fields
+            if sent.get(entry.id) != fields:
+                ev: dict[str, Any] = {
+                    "type": PROC_UPDATE,
+                    "ts": t,
+                    "pid": entry.id.pid,
+                    "start_time": start_ms(entry.static.start_time),
+                    "group": entry.group,
+                }
+                ev.update(fields)
+                events.append(cast(ProcUpdate, ev))
+        # Processes no longer selected (or gone) are forgotten: sent in full if selected again.
+        self._live_sent = now
         return events
 
     def group_updates(
@@ -296,7 +343,7 @@ class EventBuilder:
             events.append({"type": GROUP_UPDATE, "ts": _r(ts, 6), **fields})
         for name in sorted(removed):
             sent.pop(name, None)
-            events.append({"type": GROUP_UPDATE, "ts": _r(ts, 6), "group": name, "removed": True})
+            events.append({"type": GROUP_UPDATE, "ts": _r(ts, 6), "group": cut_text(name), "removed": True})
         self._prev_counts = dict(groups)
         self._prev_time = ts
         return events

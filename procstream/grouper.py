@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from .config import MatchNamer, ProcAttributes
 from .procfs.errors import READ_ERRORS
 from .procfs.models import ExecMark, ProcId, ProcLike, ProcMetrics, ProcStatic, States
+from .threadgroups import ThreadCounts, ThreadGroups
 from .tracker import (
     ZERO_COUNTS,
     CollectErrors,
@@ -72,6 +73,10 @@ class GroupCounts:
     states: States = _NO_STATES
     #: epoch seconds of the oldest process in the group; 0.0 when the group is empty
     oldest_start_time: float = 0.0
+    #: counters by thread name (only when threads are read: ``FS(threads=True)``)
+    threads: tuple[ThreadCounts, ...] = ()
+    #: (wait channel, threads waiting in it), by name (only when wait channels are read)
+    wchans: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +122,10 @@ class _Acc:
         "resident",
         "virtual",
         "swapped",
+        "pss",
+        "swap_pss",
+        "wchans",
+        "threaded",
         "open_fds",
         "worst_fd_ratio",
         "threads",
@@ -142,6 +151,10 @@ class _Acc:
         self.resident = 0
         self.virtual = 0
         self.swapped = 0
+        self.pss = 0
+        self.swap_pss = 0
+        self.wchans: dict[str, int] | None = None
+        self.threaded = False
         self.open_fds = 0
         self.worst_fd_ratio = 0.0
         self.threads = 0
@@ -172,6 +185,18 @@ class _Acc:
         self.resident += m.resident_bytes
         self.virtual += m.virtual_bytes
         self.swapped += m.swapped_bytes
+        x = m.extras  # None unless smaps, wait channels or threads are read
+        if x is not None:
+            self.pss += x.pss_bytes
+            self.swap_pss += x.swap_pss_bytes
+            if x.wchans:
+                wchans = self.wchans
+                if wchans is None:
+                    wchans = self.wchans = {}
+                for channel in x.wchans:
+                    wchans[channel] = wchans.get(channel, 0) + 1
+            if x.threads:
+                self.threaded = True
         fds = m.open_fds
         if fds > 0:
             self.open_fds += fds
@@ -202,16 +227,18 @@ class _Acc:
             self.ctx_nonvoluntary,
         )
 
-    def result(self, totals: Counts) -> GroupCounts:
+    def result(self, totals: Counts, threads: tuple[ThreadCounts, ...] = ()) -> GroupCounts:
         return GroupCounts(
             procs=self.procs,
             counts=totals,
-            memory=Memory(self.resident, self.virtual, self.swapped),
+            memory=Memory(self.resident, self.virtual, self.swapped, self.pss, self.swap_pss),
             open_fds=self.open_fds,
             worst_fd_ratio=self.worst_fd_ratio,
             num_threads=self.threads,
             states=States(self.running, self.sleeping, self.waiting, self.zombie, self.other),
             oldest_start_time=self.oldest,
+            threads=threads,
+            wchans=() if self.wchans is None else tuple(sorted(self.wchans.items())),
         )
 
 
@@ -244,6 +271,8 @@ class Grouper:
         #: monotonic counters per group, including the usage of exited processes
         self._totals: dict[str, Counts] = {}
         self._groups: dict[str, GroupCounts] = {}
+        #: per-thread-name counters; fed only by processes read with their threads
+        self._thread_groups = ThreadGroups()
         #: groups reported even when empty or never seen (see ``pin``)
         self.pinned: frozenset[str] = frozenset()
         # groups a poll found alive (kept when empty), and since when others are empty
@@ -391,7 +420,7 @@ class Grouper:
             return None
         return tracker.track(group, new, source=source)
 
-    def rename(self, tp: TrackedProc, proc: ProcLike, mark: ExecMark | None = None) -> Renamed | None:
+    def rename(self, tp: TrackedProc, proc: ProcLike) -> Renamed | None:
         """Name a tracked process again: it exec'd (the kernel said so) or a poll found
         another name; ``proc`` is a fresh reading of it. Returns what it was, or None when
         nothing that names it changed (or it can't be read).
@@ -401,8 +430,7 @@ class Grouper:
         tracker = self.tracker
         try:
             static = proc.static(cgroups=tracker.read_cgroups)
-            if mark is None:
-                mark = proc.exec_mark()
+            mark = proc.exec_mark()  # of the program ``static`` read
         except READ_ERRORS:
             return None
         metrics: ProcMetrics | None
@@ -508,8 +536,8 @@ class Grouper:
             procs_seen=tu.procs_seen,
         )
         report.started = self._decide(tu.new)
-        for tp, proc, mark in tu.changed:
-            renamed = self.rename(tp, proc, mark)
+        for tp, proc, _mark in tu.changed:
+            renamed = self.rename(tp, proc)
             if renamed is not None:
                 report.renamed.append(renamed)
         report.tracked = len(self.tracker)
@@ -524,6 +552,11 @@ class Grouper:
                 acc = accs[tp.group] = _Acc()
             acc.add(tp)
             tp.accounted = True
+        threads: dict[str, tuple[ThreadCounts, ...]] = {}
+        if self._thread_groups.active or any(acc.threaded for acc in accs.values()):
+            threads = self._thread_groups.update(
+                tp for tp in self.tracker.tracked.values() if tp.metrics.extras is not None and tp.metrics.extras.threads
+            )
         totals = self._totals
         durable = self._durable
         empty_since = self._empty_since
@@ -531,7 +564,7 @@ class Grouper:
         for name, acc in accs.items():
             total = totals.get(name, ZERO_COUNTS) + acc.latest()
             totals[name] = total
-            groups[name] = acc.result(total)
+            groups[name] = acc.result(total, threads.get(name, ()))
             if acc.alive:
                 durable.add(name)
             if empty_since:

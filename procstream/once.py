@@ -5,7 +5,9 @@ processes used since each of them started, as the kernel counts it — what a on
 look at a host is for. ``serve`` counts differently on purpose: its counters start when
 it first sees a process (as process-exporter's do), so a restart of the service does not
 replay hours of usage into a rate. With ``delay``, the rates (``cpu_pct``, ``read_bps``,
-``write_bps``) are measured between two polls; without it they are 0.
+``write_bps``) are measured between two polls; without it they are 0. Each process has
+its numbers too (``cpu_pct``, ``mem_resident``, ``state``…, as in ``serve``'s snapshots),
+its rates likewise measured over ``delay``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import orjson
 
 from .events import EventBuilder, group_fields
 from .grouper import GroupCounts, Grouper
+from .live import LiveTable
 from .procfs import FS
 from .tracker import ZERO_COUNTS, Counts, TrackedProc
 from .wiring import build_core
@@ -39,10 +42,12 @@ def snapshot(fs: FS, grouper: Grouper, builder: EventBuilder, *, delay: float = 
     before = _usage_before_first_seen(grouper, update.started, {})
     first = grouper.groups()
     prev_time = update.time
+    live = LiveTable.of(update.time, grouper.tracker.tracked.values())
     if delay > 0:
         time.sleep(delay)
         update = grouper.update(fs.all_procs())
         _usage_before_first_seen(grouper, update.started, before)
+        live = LiveTable.of(update.time, grouper.tracker.tracked.values(), live)
     groups = grouper.groups()
     dt = update.time - prev_time
     fields: dict[str, Any] = {}
@@ -57,7 +62,7 @@ def snapshot(fs: FS, grouper: Grouper, builder: EventBuilder, *, delay: float = 
         "host": socket.gethostname(),
         "ts": round(update.time, 6),
         "groups": fields,
-        "procs": builder.procs(grouper.tracker.tracked.values()),
+        "procs": [{**p, **(live.fields(p["pid"]) or {})} for p in builder.procs(grouper.tracker.tracked.values())],
     }
 
 

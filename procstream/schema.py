@@ -15,10 +15,21 @@ Rules:
 - To add an event type: write its class here, add it to :data:`Event` and to
   :data:`EVENTS`. The wire protocol's type filter and wildcards, and the order types are
   listed in, follow from :data:`EVENTS`.
+- Events have a bounded size, whatever a process puts in its argv or name: a
+  ``cmdline`` keeps at most :data:`CMDLINE_MAX_ARGS` arguments and
+  :data:`CMDLINE_MAX_BYTES` bytes of them (:func:`cap_cmdline`; a cut one says
+  ``cmdline_truncated: true``), every other supplied string at most
+  :data:`STRING_MAX_BYTES` (:func:`cut_text`). With JSON's escapes an event then stays
+  far below the frames clients accept (websockets' default is 1 MiB).
+- A type in :data:`EXPLICIT_TYPES` is sent only to who names it: no wildcard (``*``,
+  ``proc.*``) and no "every type" selects it. ``proc.update`` is one: per-process numbers
+  at every poll are for a viewer looking at those processes, not for every subscriber;
+  and the hub gives it no ``seq`` (see :class:`ProcUpdate`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final, Literal, TypedDict, Union
 
 __all__ = [
@@ -32,10 +43,12 @@ __all__ = [
     "CYCLE",
     "HOST_LOST",
     "EXIT_CLASSES",
+    "PROC_UPDATE",
     "HOST_UP",
     "HOST_DOWN",
     "StateCounts",
     "ProcFields",
+    "ProcLive",
     "GroupFields",
     "RestartOf",
     "LastExit",
@@ -52,14 +65,23 @@ __all__ = [
     "CycleExtras",
     "Cycle",
     "HostLost",
+    "ProcUpdate",
     "HostUp",
     "HostDown",
     "Event",
     "EVENTS",
     "EVENT_TYPES",
+    "EXPLICIT_TYPES",
+    "DEFAULT_TYPES",
     "EVENT_ONLY_FIELDS",
     "PROC_FIELDS",
     "GROUP_FIELDS",
+    "CMDLINE_MAX_ARGS",
+    "CMDLINE_MAX_BYTES",
+    "STRING_MAX_BYTES",
+    "cap_cmdline",
+    "cut_text",
+    "LIVE_FIELDS",
 ]
 
 PROC_START: Final = "proc.start"
@@ -71,6 +93,7 @@ GROUP_CRASHLOOP: Final = "group.crashloop"
 GROUP_STABLE: Final = "group.stable"
 CYCLE: Final = "cycle"
 HOST_LOST: Final = "host.lost"
+PROC_UPDATE: Final = "proc.update"
 HOST_UP: Final = "host.up"
 HOST_DOWN: Final = "host.down"
 
@@ -92,9 +115,10 @@ class StateCounts(TypedDict):
 
 
 class ProcFields(TypedDict):
-    """A process's identity. ``cmdline`` is redacted; ``cmdline_known`` is False when the
-    argv could not be read (the process was gone first): ``cmdline`` is then ``[]``,
-    never another process's. ``user`` is ``uid``'s name."""
+    """A process's identity. ``cmdline`` is redacted, and cut where it was too long
+    (``cmdline_truncated``); ``cmdline_known`` is False when the argv could not be read
+    (the process was gone first): ``cmdline`` is then ``[]``, never another process's.
+    ``user`` is ``uid``'s name."""
 
     pid: int
     ppid: int
@@ -102,9 +126,30 @@ class ProcFields(TypedDict):
     name: str
     cmdline: list[str]
     cmdline_known: bool
+    cmdline_truncated: bool
     group: str
     user: str
     uid: int
+
+
+class ProcLive(TypedDict):
+    """A process's numbers as of the latest poll. ``cpu_pct`` (100 = one core),
+    ``read_bps`` and ``write_bps`` are over the last interval; ``cpu_s`` is its CPU time
+    since it started; ``open_fds`` is -1 and ``fd_ratio`` 0 when unknown (``fd_ratio``:
+    open fds over the soft limit, 0 when unlimited); ``state`` is the scheduler's letter
+    (``R`` running, ``S`` sleeping, ``D`` uninterruptible, ``Z`` zombie, ``T`` stopped, ...)."""
+
+    cpu_pct: float
+    cpu_s: float
+    mem_resident: int
+    mem_virtual: int
+    mem_swap: int
+    threads: int
+    open_fds: int
+    fd_ratio: float
+    state: str
+    read_bps: float
+    write_bps: float
 
 
 class GroupFields(TypedDict):
@@ -295,10 +340,12 @@ class GroupStable(_Numbered):
 
 class CycleExtras(TypedDict, total=False):
     """``cycle`` fields that depend on how the service runs: ``skipped`` poll ticks (a
-    poll overran), and with kernel events, ``source`` and the ``lost_events`` since the
-    last cycle."""
+    poll overran) and ``interval_s``, the seconds since the previous poll began (the
+    interval in effect), and with kernel events, ``source`` and the ``lost_events`` since
+    the last cycle."""
 
     skipped: int
+    interval_s: float
     source: str
     lost_events: int
 
@@ -346,6 +393,25 @@ class HostLost(_LostExtras):
     count: int
 
 
+class _Hosted(TypedDict, total=False):
+    """Added by the hub to an event it doesn't number."""
+
+    host: str
+
+
+class ProcUpdate(ProcLive, _Hosted):
+    """A process's numbers changed since the last poll (sent only to subscribers whose
+    ``types`` name ``proc.update``, and only for the processes they select). ``pid`` and
+    ``start_time`` identify it as in its ``proc.start``. A reading, not a change of state:
+    it has no ``seq`` (it is never replayed, and doesn't make other subscribers see gaps)."""
+
+    type: Literal["proc.update"]
+    ts: float
+    pid: int
+    start_time: float
+    group: str
+
+
 class HostUp(_InTheFleet):
     """A fleet aggregator hears from ``host`` again after it was down, or from a new
     run of it (``epoch``): its state is that run's from here on. ``last_seen``: when the
@@ -380,6 +446,7 @@ Event = Union[
     GroupStable,
     Cycle,
     HostLost,
+    ProcUpdate,
     HostUp,
     HostDown,
 ]
@@ -395,12 +462,19 @@ EVENTS: Final[dict[str, tuple[type, ...]]] = {
     GROUP_STABLE: (GroupStable,),
     CYCLE: (Cycle,),
     HOST_LOST: (HostLost,),
+    PROC_UPDATE: (ProcUpdate,),
     HOST_UP: (HostUp,),
     HOST_DOWN: (HostDown,),
 }
 
 #: The event type names, in a stable order.
 EVENT_TYPES: Final[tuple[str, ...]] = tuple(EVENTS)
+
+#: Types sent only to subscribers that name them (never through a wildcard or "all").
+EXPLICIT_TYPES: Final[frozenset[str]] = frozenset({PROC_UPDATE})
+
+#: What "every type" means: all types but the explicit ones, in the stable order.
+DEFAULT_TYPES: Final[tuple[str, ...]] = tuple(t for t in EVENT_TYPES if t not in EXPLICIT_TYPES)
 
 #: Fields about the event itself, not about the process or group it describes.
 EVENT_ONLY_FIELDS: Final[frozenset[str]] = frozenset(
@@ -412,3 +486,47 @@ EVENT_ONLY_FIELDS: Final[frozenset[str]] = frozenset(
 PROC_FIELDS: Final[tuple[str, ...]] = tuple(ProcFields.__annotations__)
 #: A group's fields, in the order events carry them.
 GROUP_FIELDS: Final[tuple[str, ...]] = tuple(GroupFields.__annotations__)
+#: A process's live numbers, in the order ``proc.update`` and a snapshot's procs carry them.
+LIVE_FIELDS: Final[tuple[str, ...]] = tuple(ProcLive.__annotations__)
+
+
+# -- bounded sizes ----------------------------------------------------------------------
+
+#: Arguments a ``cmdline`` keeps at most.
+CMDLINE_MAX_ARGS: Final = 256
+#: Bytes (UTF-8) of arguments a ``cmdline`` keeps at most.
+CMDLINE_MAX_BYTES: Final = 16 * 1024
+#: Bytes (UTF-8) of any other string from a process or its name (``name``, ``user``,
+#: ``group``) an event keeps at most.
+STRING_MAX_BYTES: Final = 1024
+
+
+def cut_text(text: str, max_bytes: int = STRING_MAX_BYTES) -> str:
+    """``text``, or its start of at most ``max_bytes`` bytes of UTF-8 (never half a
+    character)."""
+    if len(text) * 4 <= max_bytes:  # even four bytes a character would fit
+        return text
+    data = text.encode("utf-8", "replace")
+    if len(data) <= max_bytes:
+        return text
+    return data[:max_bytes].decode("utf-8", "ignore")
+
+
+def cap_cmdline(argv: Iterable[str]) -> tuple[list[str], bool]:
+    """``(argv as a list, False)``, or its start within :data:`CMDLINE_MAX_ARGS` and
+    :data:`CMDLINE_MAX_BYTES` and ``True`` when it had to be cut (the last argument kept
+    may be cut itself)."""
+    args = list(argv)
+    if len(args) <= CMDLINE_MAX_ARGS and sum(map(len, args)) * 4 <= CMDLINE_MAX_BYTES:
+        return args, False
+    kept: list[str] = []
+    room = CMDLINE_MAX_BYTES
+    for arg in args[:CMDLINE_MAX_ARGS]:
+        size = len(arg.encode("utf-8", "replace"))
+        if size > room:
+            if room:
+                kept.append(cut_text(arg, room))
+            return kept, True
+        kept.append(arg)
+        room -= size
+    return kept, len(args) > CMDLINE_MAX_ARGS

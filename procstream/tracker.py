@@ -12,10 +12,14 @@ Rules (process-exporter's, with its leak fixed):
   polls (never negative). A process that was already running at the first poll starts
   from zero; one that started after it counts everything it used since it started.
 - Tracked processes that are no longer seen are reported once as exited, then forgotten;
-  ignored ones are forgotten silently (the Go version kept them forever). A process whose
-  exit another source already reported (``TrackedProc.exited``) stays tracked while /proc
-  lists it, a zombie its parent has not reaped: it is still in the process table, so it
-  still counts in its group; once gone it is reported as ``reaped``, not as exited again.
+  ignored ones are forgotten silently (the Go version kept them forever). "No longer
+  seen" means gone: its ``stat`` vanished (``ProcessLookupError``) or shows another start
+  time. A ``stat`` that can't be read or parsed is a counted read error and the process
+  it belongs to stays, with its last sample: reporting it as exited would be followed by
+  a second start of the same process at the next good read. A process whose exit another
+  source already reported (``TrackedProc.exited``) stays tracked while /proc lists it, a
+  zombie its parent has not reaped: it is still in the process table, so it still counts
+  in its group; once gone it is reported as ``reaped``, not as exited again.
 - An ignored process that has exec'd since it was judged (``ExecMark``: a new stack, or
   a new comm where the stack is hidden) is judged anew, as a new process: a poll that
   caught it between its parent's fork and its exec saw only a copy of the parent. A
@@ -127,6 +131,9 @@ class Memory:
     resident_bytes: int = 0
     virtual_bytes: int = 0
     swapped_bytes: int = 0
+    #: proportional set sizes (``smaps_rollup``'s Pss and SwapPss), when read
+    proportional_bytes: int = 0
+    proportional_swap_bytes: int = 0
 
 
 @dataclass(slots=True)
@@ -294,6 +301,8 @@ class Tracker:
                 pid_id = proc.proc_id()
             except READ_ERRORS as exc:
                 _count_failure(exc, errors)
+                if not isinstance(exc, ProcessLookupError):
+                    self._still_there(proc.pid, gen)
                 continue
             seen += 1
             if pid_id.start_time_rel > max_ticks:
@@ -341,6 +350,7 @@ class Tracker:
                     if skip.mark is None or not mark.execed_since(skip.mark):
                         continue
                 static = proc.static(cgroups=self.read_cgroups)
+                mark = proc.exec_mark()  # of the program ``static`` read (it may have exec'd)
             except READ_ERRORS as exc:
                 _count_failure(exc, errors)
                 continue
@@ -354,6 +364,21 @@ class Tracker:
         if self._crediting:
             self._take_children_io()
         return report
+
+    def _still_there(self, pid: int, gen: int) -> None:
+        """The process we know under ``pid`` is there, though its ``stat`` was unreadable."""
+        pid_id = self._by_pid.get(pid)
+        if pid_id is None:
+            return
+        tp = self.tracked.get(pid_id)
+        if tp is not None:
+            tp.seen = gen
+            if tp.accounted:
+                tp.latest = ZERO_COUNTS
+            return
+        skip = self._ignored.get(pid_id)
+        if skip is not None:
+            skip.seen = gen
 
     def _sweep(self, gen: int, report: TrackerUpdate) -> None:
         by_pid = self._by_pid

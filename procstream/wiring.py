@@ -34,7 +34,13 @@ def build_core(args: argparse.Namespace) -> tuple[FS, Grouper, EventBuilder]:
     """The /proc reader, the grouper and the event builder the options ask for."""
     namer = load_namer(args.config)
     try:
-        fs = FS(args.procfs)
+        # process-exporter's optional families (serve only): read only what is exported
+        fs = FS(
+            args.procfs,
+            threads=getattr(args, "threads", False),
+            smaps=getattr(args, "gather_smaps", False),
+            wchan=getattr(args, "threads_wchan", False),
+        )
     except ProcfsError as exc:
         raise UsageError(f"cannot read --procfs: {exc}") from exc
     try:

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import dataclasses
+
 import orjson
 import pytest
 
 from procstream.events import EventBuilder, group_fields
 from procstream.grouper import Grouper
-from procstream.schema import GROUP_FIELDS, Cycle, GroupUpdate, ProcExit, ProcStart
+from procstream.redact import Redactor
+from procstream.schema import CMDLINE_MAX_BYTES, GROUP_FIELDS, STRING_MAX_BYTES, Cycle, GroupUpdate, ProcExit, ProcStart
 from tests.support.fake_procs import BOOT, HZ, ByName, Clock, fake
 
 
@@ -39,6 +42,7 @@ def test_first_poll_yields_state_not_start_events():
             "name": "web",
             "cmdline": ["web", "-x"],
             "cmdline_known": True,
+            "cmdline_truncated": False,
             "group": "web",
             "user": "u3",
             "uid": 3,
@@ -152,3 +156,39 @@ def test_start_times_are_truncated_to_the_millisecond():
     (update,) = [e for e in events if e["type"] == "group.update"]
     exact = s.grouper.tracker.tracked[s.grouper.tracker.known(10)].static.start_time
     assert start["start_time"] == update["oldest_start_time"] <= exact < start["start_time"] + 0.001
+
+
+def test_hostile_strings_are_capped_and_a_cut_cmdline_says_so():
+    s = Setup("web", redact=Redactor())
+    s.poll([])
+    argv = ("web", "--password=hunter2", *["a" * 100_000] * 20)  # 2 MB
+    events = s.poll([fake(10, "web", cmdline=argv, uid=3)])
+    (start,) = [e for e in events if e["type"] == "proc.start"]
+    assert start["cmdline_truncated"] is True
+    assert start["cmdline"][:2] == ["web", "--password=***"]  # redacted before it was cut
+    assert sum(len(a.encode()) for a in start["cmdline"]) <= CMDLINE_MAX_BYTES
+    assert len(orjson.dumps(start)) < 2 * CMDLINE_MAX_BYTES
+
+
+def test_an_argv_cut_at_reading_is_marked_too():
+    s = Setup("web")
+    s.poll([])
+    proc = fake(10, "web", cmdline=("web", "x" * 100))
+    static = dataclasses.replace(proc.info.static, cmdline_truncated=True)
+    proc = dataclasses.replace(proc, info=dataclasses.replace(proc.info, static=static))
+    (start,) = [e for e in s.poll([proc]) if e["type"] == "proc.start"]
+    assert start["cmdline_truncated"] is True and start["cmdline"] == ["web", "x" * 100]
+    (plain,) = [e for e in s.poll([proc, fake(11, "web")]) if e["type"] == "proc.start"]
+    assert plain["cmdline_truncated"] is False
+
+
+def test_names_users_and_groups_are_capped():
+    grouper_names = {"n" * 5000}
+    s = Setup(*grouper_names)
+    s.builder.username = lambda uid: "u" * 5000
+    s.poll([])
+    events = s.poll([fake(10, "n" * 5000)])
+    (start,) = [e for e in events if e["type"] == "proc.start"]
+    (update,) = [e for e in events if e["type"] == "group.update"]
+    for value in (start["name"], start["user"], start["group"], update["group"]):
+        assert len(value.encode()) == STRING_MAX_BYTES

@@ -6,9 +6,11 @@ Layers, bottom up (a package covers its modules unless a module is listed itself
    stdlib only, nothing of procstream outside their own package.
 1. Pure helpers: ``_go`` (Go regexp/template ports), ``users``, ``config``, ``redact``,
    ``schema`` (the event types and their fields), ``stats`` (the shape of every counter
-   set), and ``stream.protocol`` (the wire protocol, no I/O).
-2. State across polls, pure and sync: ``tracker``, ``grouper``, ``events``, ``lifecycle``
-   (restarts, crash loops, expected groups: what the events' history tells).
+   set), ``containers`` (who runs a process, from its cgroup paths) and
+   ``stream.protocol`` (the wire protocol, no I/O).
+2. State across polls, pure and sync: ``tracker``, ``grouper`` (and ``threadgroups``, its
+   per-thread-name counters), ``live`` (each process's numbers from two polls), ``events``,
+   ``lifecycle`` (restarts, crash loops, expected groups: what the events' history tells).
 3. ``collect`` (the core on its worker thread, and its two sources: polls and kernel
    events) and ``stream`` (sequence numbers, resume buffer, fan-out, event log, and the
    sink that feeds them).
@@ -42,9 +44,12 @@ LAYER: dict[str, int] = {
     "procstream.redact": 1,
     "procstream.schema": 1,
     "procstream.stats": 1,
+    "procstream.containers": 1,
     "procstream.stream.protocol": 1,
     "procstream.tracker": 2,
     "procstream.grouper": 2,
+    "procstream.threadgroups": 2,
+    "procstream.live": 2,
     "procstream.events": 2,
     "procstream.lifecycle": 2,
     "procstream.collect": 3,
@@ -70,6 +75,8 @@ BANNED: dict[str, tuple[str, ...]] = {
     # pure state machines: no event loop, no network, no /proc internals
     "procstream.tracker": (*_NO_IO, "procstream.procfs.fs", "procstream.procfs._read"),
     "procstream.grouper": (*_NO_IO, "procstream.procfs.fs", "procstream.procfs._read"),
+    "procstream.threadgroups": (*_NO_IO, "procstream.procfs.fs", "procstream.procfs._read"),
+    "procstream.live": (*_NO_IO, "procstream.procfs.fs", "procstream.procfs._read"),
     "procstream.events": (*_NO_IO, "procstream.procfs.fs", "procstream.procfs._read"),
     "procstream.lifecycle": (*_NO_IO, "procstream.procfs"),
     "procstream.config": (*_NO_IO, "procstream.procfs"),
@@ -77,6 +84,8 @@ BANNED: dict[str, tuple[str, ...]] = {
     # the vocabulary and the counters' shape: stdlib only, so every layer may use them
     "procstream.schema": (*_NO_IO, "procstream.", "orjson"),
     "procstream.stats": (*_NO_IO, "procstream.", "orjson"),
+    # cgroup paths -> container, pod, unit: pure, stdlib only
+    "procstream.containers": (*_NO_IO, "procstream."),
     "procstream.stream.protocol": (*_NO_IO,),
     # the stream and the server know nothing of /proc
     "procstream.stream": _NO_PROC,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import orjson
 
-from procstream.schema import GROUP_FIELDS, PROC_FIELDS
+from procstream.schema import GROUP_FIELDS, LIVE_FIELDS, PROC_FIELDS
 from tests.support.processes import running
 from tests.support.waiting import wait_for
 
@@ -29,12 +29,16 @@ def test_snapshot_of_a_fake_proc_tree(fake_proc: Path) -> None:
     assert set(doc["groups"]) == {"sleep", "a) (b c)", "python3"}
     for fields in doc["groups"].values():
         assert list(fields) == list(GROUP_FIELDS)
-    assert all(list(p) == list(PROC_FIELDS) for p in doc["procs"])
+    # identity, then the process's numbers, as in serve's snapshots
+    assert all(list(p) == list(PROC_FIELDS) + list(LIVE_FIELDS) for p in doc["procs"])
     pids = {p["pid"]: p for p in doc["procs"]}
     assert {14, 1002, 1003, 1004}.isdisjoint(pids)
     assert pids[1001]["name"] == "a) (b c)"
     assert doc["groups"]["python3"]["threads"] == 3
     assert doc["groups"]["python3"]["states"] == {"running": 1, "sleeping": 1, "waiting": 1, "zombie": 0, "other": 0}
+    py = pids[1010]  # one process's own numbers (no --delay: no rates)
+    assert (py["state"], py["threads"], py["open_fds"], py["cpu_pct"]) == ("S", 3, 6, 0.0)
+    assert py["mem_resident"] == 3363 * os.sysconf("SC_PAGE_SIZE") and py["fd_ratio"] > 0
 
 
 def test_command_lines_are_redacted_by_default_and_can_be_dropped(tmp_path: Path) -> None:

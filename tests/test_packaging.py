@@ -312,6 +312,21 @@ def test_compose_fleet_profile(compose: dict) -> None:
     assert "docker compose --profile fleet up" in (DOCS / "deploy.md").read_text()
 
 
+def _descriptors_needed(max_clients: int = 1024) -> int:
+    from procstream.serve.resources import FD_RESERVE
+    from procstream.serve.server import ServerConfig
+
+    return ServerConfig(max_clients=max_clients).descriptors + FD_RESERVE
+
+
+def test_compose_allows_the_descriptors_the_default_clients_need(compose: dict) -> None:
+    for name, svc in compose["services"].items():
+        if not svc["image"].startswith("procstream"):
+            continue  # NATS has its own needs
+        nofile = svc["ulimits"]["nofile"]
+        assert nofile["soft"] == nofile["hard"] >= _descriptors_needed(), name
+
+
 def test_compose_never_publishes_beyond_loopback(compose: dict) -> None:
     for name, svc in compose["services"].items():
         for port in svc.get("ports", []):
@@ -383,6 +398,11 @@ def test_unit_keeps_proc_visible(unit: dict[str, dict[str, list[str]]]) -> None:
         assert key not in svc, key
     families = set(one(unit, "Service", "RestrictAddressFamilies").split())
     assert {"AF_INET", "AF_INET6", "AF_UNIX", "AF_NETLINK"} == families
+
+
+def test_unit_allows_the_descriptors_the_default_clients_need(unit: dict[str, dict[str, list[str]]]) -> None:
+    # systemd's default soft limit is 1024: below what --max-clients 1024 needs
+    assert int(one(unit, "Service", "LimitNOFILE")) >= _descriptors_needed() > 1024
 
 
 def test_default_env_file_feeds_the_unit(unit: dict[str, dict[str, list[str]]]) -> None:

@@ -13,6 +13,7 @@ from typing import Any, get_type_hints
 
 from procstream.events import EventBuilder
 from procstream.grouper import Grouper
+from procstream.live import LiveTable, UpdateInterest
 from procstream.stream import protocol as P
 from procstream.stream.hub import RESET_REASONS
 from procstream import schema
@@ -89,8 +90,8 @@ def test_every_control_type_has_a_section() -> None:
 
 def events_of_one_poll() -> dict[str, dict[str, Any]]:
     """Real polls' batches by type: an exit, two starts (one a restart), a group update,
-    a cycle, and the lifecycle's events about them (an expected group missing from the
-    start, then recovered; a crash loop, then stable)."""
+    the watched processes' numbers, a cycle, and the lifecycle's events about them (an
+    expected group missing from the start, then recovered; a crash loop, then stable)."""
     clock = Clock()
     grouper = Grouper(ByName({"web"}), clock=clock, usernames=lambda uid: f"u{uid}")
     builder = EventBuilder(username=grouper.username)
@@ -102,7 +103,9 @@ def events_of_one_poll() -> dict[str, dict[str, Any]]:
     now = round((clock() - BOOT) * HZ)
     running = [fake(11, "web", start=now), fake(12, "web", start=now)]
     update = grouper.update(running)
-    events += lifecycle.observe(builder.batch(update, grouper.groups(), duration_ms=1.0), tick=True)
+    live = LiveTable.of(update.time, grouper.tracker.tracked.values())
+    batch = builder.batch(update, grouper.groups(), duration_ms=1.0, live=live, interest=UpdateInterest())
+    events += lifecycle.observe(batch, tick=True)
     clock.advance(2.0)
     events += lifecycle.observe(builder.batch(grouper.update(running), grouper.groups(), duration_ms=1.0), tick=True)
     return {ev["type"]: ev for ev in events}
@@ -120,11 +123,13 @@ def test_event_tables_name_their_fields() -> None:
     assert (start - {"restart_of"}) | exit_only | ENVELOPE_ADDED_BY_THE_BUILDER == set(events["proc.exit"]) | {"core_dumped"}
     group = table_fields(section("### `group.update`"))
     assert group | ENVELOPE_ADDED_BY_THE_BUILDER == set(events["group.update"])
-    # the poller adds skipped; the kernel source adds source and lost_events
+    # the poller adds skipped and interval_s; the kernel source adds source and lost_events
     cycle = table_fields(section("### `cycle`"))
-    assert cycle | ENVELOPE_ADDED_BY_THE_BUILDER == set(events["cycle"]) | {"skipped", "source", "lost_events"}
+    assert cycle | ENVELOPE_ADDED_BY_THE_BUILDER == set(events["cycle"]) | {"skipped", "interval_s", "source", "lost_events"}
     for name in ("group.missing", "group.recovered", "group.crashloop", "group.stable"):
         assert table_fields(section(f"### `{name}`")) | ENVELOPE_ADDED_BY_THE_BUILDER == set(events[name]), name
+    update = table_fields(section("### `proc.update`"))
+    assert update | ENVELOPE_ADDED_BY_THE_BUILDER == set(events["proc.update"])
 
 
 def loss_record_fields() -> set[str]:
@@ -159,3 +164,7 @@ def test_the_fleet_tables_name_their_fields() -> None:
     # a message the aggregator could not use, in its place: host.lost's fields and two more
     place = filler(7, 1.0, "invalid").event
     assert table_fields(section("### `host.lost`"), nth=1) == set(place) - set(loss_record_fields())
+
+
+def test_the_connect_table_names_every_query_parameter() -> None:
+    assert table_fields(section("## Connecting")) == set(P._QUERY_FIELDS)

@@ -128,6 +128,35 @@ def test_unreadable_and_garbage_processes_are_counted():
     assert [n.id.pid for n in r.new] == [3]
 
 
+class BadStat:
+    """A process whose ``stat`` can't be read or parsed in this poll."""
+
+    def __init__(self, pid: int, exc: BaseException) -> None:
+        self.pid = pid
+        self.exc = exc
+
+    def proc_id(self) -> ProcId:
+        raise self.exc
+
+
+@pytest.mark.parametrize("exc", [ProcfsParseError("garbage"), PermissionError(), OSError(5, "EIO")])
+def test_an_unreadable_or_garbage_stat_keeps_the_process_no_exit_and_no_new_start(exc: BaseException):
+    t = Tracker(clock=Clock())
+    first = t.update([fake(10, cpu=(1.0, 0.0)), fake(11)])
+    t.track("g", first.new[0])
+    t.ignore(first.new[1].id, first.new[1].mark)  # ignored ones stay too
+    r = t.update([BadStat(10, exc), BadStat(11, exc)])
+    assert r.exited == [] and r.new == []
+    assert (r.errors.read, r.errors.permission) == ((0, 2) if isinstance(exc, PermissionError) else (2, 0))
+    assert t.tracked[ProcId(10, 1000)].latest == Counts()  # nothing used while unknown
+    r = t.update([fake(10, cpu=(3.0, 0.0)), fake(11)])
+    assert r.exited == [] and r.new == []  # the same processes, not new ones
+    assert t.tracked[ProcId(10, 1000)].latest.cpu_user == pytest.approx(2.0)
+    # gone for real: its stat vanished
+    r = t.update([BadStat(10, ProcessLookupError())])
+    assert [tp.pid for tp in r.exited] == [10]
+
+
 def test_permission_error_on_a_tracked_process_keeps_it_alive():
     t = Tracker(clock=Clock())
     decide_all(t, t.update([fake(10, cpu=(1.0, 0.0))]))

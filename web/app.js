@@ -1,18 +1,21 @@
-// Entry point: wires the connection, the store and the views, and owns what is global
-// to the page: the selected group and, from a fleet aggregator, the host shown (both
-// kept in the URL's #fragment), keyboard shortcuts (which the user can turn off), the
-// help dialog and the once-a-frame flush of every change to the DOM.
+// Entry point: wires the connections, the store and the views, and owns what is global
+// to the page: the selected group, the process shown in detail and, from a fleet
+// aggregator, the host shown (all kept in the URL's #fragment), what the live connection
+// watches, keyboard shortcuts (which the user can turn off), the help dialog and the
+// once-a-frame flush of every change to the DOM.
 
 import { Connection, socketUrl } from './connection.js';
+import { DetailView } from './detail.js';
 import { LogView } from './eventlog.js';
 import { onFrame } from './frame.js';
 import { GroupsView } from './groups.js';
 import { Header } from './header.js';
 import { BreakdownView, HostsView } from './hosts.js';
+import { LiveFeed } from './live.js';
 import { loadPref, savePref } from './prefs.js';
 import { ProcsView } from './procs.js';
 import { theme } from './sparkline.js';
-import { Store } from './store.js';
+import { Store, procKey } from './store.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -58,6 +61,7 @@ store.onHostResync = (host) => {
 theme.read();
 window.matchMedia('(prefers-color-scheme: dark)').addEventListener('change', () => {
   theme.read();
+  detail.repaint();
   schedule();
 });
 
@@ -79,6 +83,34 @@ const header = new Header(store, conn, {
 });
 
 let selected = null;
+let watchedPid = null; // the process shown in detail
+let liveCycle = false; // the live connection finished a poll since the last frame
+
+const live = new LiveFeed(store, {
+  token,
+  onChange: () => schedule(),
+  onCycle: () => {
+    liveCycle = true;
+    if (detail.isOpen) detail.sample();
+  },
+});
+
+function watch() {
+  live.watch(selected, watchedPid);
+}
+
+const detail = new DetailView(store, {
+  token,
+  onWatch: (pid) => {
+    watchedPid = pid;
+    watch();
+    writeHash();
+  },
+  onClosed: () => {
+    procs.vt.scroller.focus({ preventScroll: true });
+    schedule();
+  },
+});
 
 const hosts = new HostsView(store, {
   panel: $('hosts-panel'),
@@ -99,6 +131,7 @@ const groups = new GroupsView(store, {
   scroller: $('groups-scroll'),
   table: $('groups-table'),
   filter: $('group-filter'),
+  hideEmpty: $('hide-empty'),
   count: $('groups-count'),
   held: $('order-held'),
   empty: $('groups-empty'),
@@ -113,7 +146,7 @@ const procs = new ProcsView(store, {
   scroller: $('procs-scroll'),
   table: $('procs-table'),
   empty: $('procs-empty'),
-}, () => select(null, { focusGroups: true }));
+}, () => select(null, { focusGroups: true }), (p) => detail.open(p));
 
 const log = new LogView(store, {
   scroller: $('log-scroll'),
@@ -128,10 +161,13 @@ const log = new LogView(store, {
   if (store.shownGroups().has(name)) select(name, { reveal: true });
 });
 
-/** Keep the selected group and the host shown in the URL's #fragment. */
+/** Keep the selected group, the process shown and the host shown in the URL's #fragment. */
 function writeHash() {
   const parts = [];
-  if (selected !== null) parts.push(`group=${encodeURIComponent(selected)}`);
+  if (selected !== null) {
+    parts.push(`group=${encodeURIComponent(selected)}`);
+    if (watchedPid !== null) parts.push(`pid=${watchedPid}`);
+  }
   if (store.hostFilter !== null) parts.push(`host=${encodeURIComponent(store.hostFilter)}`);
   const hash = parts.length ? `#${parts.join('&')}` : '';
   if (window.location.hash !== hash) {
@@ -144,6 +180,7 @@ function select(name, { reveal = false, focusGroups = false } = {}) {
   selected = name;
   groups.setSelected(name, reveal);
   procs.show(name);
+  watch();
   writeHash();
   if (focusGroups) groups.vt.scroller.focus({ preventScroll: true });
   schedule();
@@ -164,7 +201,8 @@ function showHost(name) {
   schedule();
 }
 
-function fromHash(key) {
+/** The value of KEY in the URL's #k=v&k=v fragment; null when absent. */
+function hashValue(key) {
   const m = new RegExp(`(?:^#|&)${key}=([^&]*)`).exec(window.location.hash);
   if (!m) return null;
   try {
@@ -174,12 +212,17 @@ function fromHash(key) {
   }
 }
 
+/** {group, pid} named by the URL's #group=NAME[&pid=PID]; nulls when absent. */
 function selectionFromHash() {
-  return fromHash('group');
+  const group = hashValue('group');
+  const pid = group === null ? null : hashValue('pid');
+  return { group, pid: pid !== null && /^\d+$/.test(pid) ? Number(pid) : null };
 }
 
-let revealPending = selectionFromHash() !== null;
-let hostPending = fromHash('host');
+const fromHash = selectionFromHash();
+let revealPending = fromHash.group !== null;
+let openPending = fromHash.pid;
+let hostPending = hashValue('host');
 
 function flush() {
   const changes = store.takeChanges();
@@ -203,8 +246,21 @@ function flush() {
       groups.update(null, false, now);
     }
   }
-  procs.update(changes, now);
+  if (openPending !== null && store.synced) {
+    // A process named in the URL: show it once the state is in (if it still runs).
+    const p = detail.findTracked(openPending);
+    openPending = null;
+    if (p) detail.open(p);
+  }
+  if (detail.isOpen && changes.rebuilt) {
+    // After a rebuild the record of the process shown is a new object: follow it.
+    const p = detail.proc && store.procs.get(procKey(detail.proc));
+    if (p) detail.proc = p;
+  }
+  procs.update(changes, now, liveCycle);
+  liveCycle = false;
   breakdown.update(selected);
+  detail.render(now);
   log.update(changes);
 }
 
@@ -254,16 +310,18 @@ function isControl(el) {
 }
 
 document.addEventListener('keydown', (e) => {
-  if (e.ctrlKey || e.metaKey || e.altKey || e.isComposing || e.defaultPrevented || help.open) return;
+  if (e.ctrlKey || e.metaKey || e.altKey || e.isComposing || e.defaultPrevented || help.open || detail.isOpen) return;
   const target = e.target;
   if (e.key === 'Escape') {
     if (isTextField(target)) {
+      // Clear the filter and leave it, for the table it filters (or nowhere).
       if (target.value) {
         target.value = '';
         target.dispatchEvent(new Event('input', { bubbles: true }));
-      } else {
-        target.blur();
       }
+      const to = target.dataset.escapeTo ? $(target.dataset.escapeTo) : null;
+      if (to) to.focus();
+      else target.blur();
       return;
     }
     // A <select> keeps its choice: Escape only closes its list, natively.
@@ -295,6 +353,15 @@ document.addEventListener('keydown', (e) => {
   }
 });
 
-select(selectionFromHash());
+// A #group=…&pid=… typed or followed by hand (the page writes its own with replaceState,
+// which fires nothing): show what it names.
+window.addEventListener('hashchange', () => {
+  const want = selectionFromHash();
+  if (detail.isOpen) detail.dialog.close();
+  select(want.group, { reveal: true });
+  openPending = want.pid;
+});
+
+select(fromHash.group);
 conn.start();
 schedule();

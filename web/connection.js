@@ -47,15 +47,40 @@ export class Connection {
     this.lastMessageAt = 0;
     this.timer = 0;
     this.watchdog = 0;
+    this.listening = false;
   }
 
-  /** Connect now and keep connected until the page goes away. Call once. */
+  /** Connect now and keep connected until stop() or the page goes away. */
   start() {
-    window.addEventListener('online', () => this.retryNow());
-    document.addEventListener('visibilitychange', () => {
-      if (document.visibilityState === 'visible') this.retryNow();
-    });
-    this.connect();
+    if (!this.listening) {
+      this.listening = true;
+      window.addEventListener('online', () => this.retryNow());
+      document.addEventListener('visibilitychange', () => {
+        if (document.visibilityState === 'visible') this.retryNow();
+      });
+    }
+    if (this.state === 'idle') {
+      this.attempt = 0;
+      this.connect();
+    }
+  }
+
+  /** Close the connection (if any) and stop reconnecting until start() is called again. */
+  stop() {
+    clearTimeout(this.timer);
+    clearInterval(this.watchdog);
+    const ws = this.ws;
+    this.ws = null;
+    this.openedAt = 0;
+    if (ws) {
+      ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+      try {
+        ws.close(1000);
+      } catch {
+        /* already closing */
+      }
+    }
+    this.setState('idle');
   }
 
   /** Skip the rest of the backoff wait (the "retry now" button, the network came back). */

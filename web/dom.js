@@ -20,3 +20,22 @@ export function setAttr(el, name, value) {
     el.setAttribute(name, value);
   }
 }
+
+/**
+ * Fill `dl` with one <dt>label</dt><dd></dd> pair per [id, label, ...] of `facts`, each
+ * pair in a <div> (a grid cell); returns the <dd>s by id, for the caller to keep filled.
+ */
+export function factList(dl, facts) {
+  const cells = new Map();
+  for (const [id, label] of facts) {
+    const div = document.createElement('div');
+    const dt = document.createElement('dt');
+    dt.textContent = label;
+    const dd = document.createElement('dd');
+    dd.dataset.fact = id;
+    div.append(dt, dd);
+    dl.append(div);
+    cells.set(id, dd);
+  }
+  return cells;
+}

@@ -171,3 +171,14 @@ export function fmtCmdline(cmdline, name) {
   if (Array.isArray(cmdline) && cmdline.length) return cmdline.join(' ');
   return `[${name ?? '?'}]`;
 }
+
+const STATES = {
+  R: 'running', S: 'sleeping', D: 'waiting (uninterruptible)', Z: 'zombie', T: 'stopped',
+  t: 'stopped by a debugger', X: 'dead', I: 'idle', P: 'parked', W: 'waking', K: 'wakekill',
+};
+
+/** The scheduler state a letter of /proc/PID/stat stands for: "S sleeping". */
+export function stateName(letter) {
+  if (typeof letter !== 'string' || !letter) return 'not read yet';
+  return `${letter} ${STATES[letter] ?? 'other'}`;
+}

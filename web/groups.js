@@ -1,8 +1,9 @@
 // The groups table: one row per group with its current usage and a CPU sparkline, its
 // lifecycle (expected, missing, crash loop, restarts, how its last process ended).
-// Sortable by any column (header buttons), filterable by name, keyboard navigable.
-// Whatever the sort, missing expected groups come first, then crash-looping ones: they
-// are what someone opening the page must see.
+// Sortable by any column (header buttons), filterable by name, keyboard navigable; empty
+// groups can be hidden (a choice remembered in this browser). Whatever the sort, missing
+// expected groups come first, then crash-looping ones: they are what someone opening the
+// page must see.
 //
 // Order is recomputed once per poll (on `cycle`), not per event, and not at all while
 // the pointer is over the rows: rows never move under the cursor that is about to
@@ -82,7 +83,8 @@ export class GroupsView {
   /**
    * @param {import('./store.js').Store} store
    * @param {{scroller: HTMLElement, table: HTMLTableElement, filter: HTMLInputElement,
-   *          count: HTMLElement, held: HTMLElement, empty: HTMLElement}} els
+   *          hideEmpty: HTMLInputElement, count: HTMLElement, held: HTMLElement,
+   *          empty: HTMLElement}} els
    * @param {(name: string|null) => void} onSelect
    */
   constructor(store, els, onSelect) {
@@ -91,6 +93,7 @@ export class GroupsView {
     this.onSelect = onSelect;
     this.selected = null;
     this.filter = '';
+    this.hideEmpty = loadPref('groups.hideEmpty') === true;
     this.items = [];
     this.needSort = true;
     this.hovering = false;
@@ -109,7 +112,6 @@ export class GroupsView {
         if (g.f.missing) cls = 'missing';
         else if (isEmpty(g)) cls = 'empty';
         if (g.f.crashloop) cls += ' crashloop';
-        if (g.gone) cls += ' gone';
         if (g.name === this.selected) cls += ' selected';
         return cls.trim();
       },
@@ -129,6 +131,13 @@ export class GroupsView {
       this.needSort = true;
       this.update(null, true);
     });
+    els.hideEmpty.checked = this.hideEmpty;
+    els.hideEmpty.addEventListener('change', () => {
+      this.hideEmpty = els.hideEmpty.checked;
+      savePref('groups.hideEmpty', this.hideEmpty);
+      this.needSort = true;
+      this.update(null, true);
+    });
     // Hold the order while the pointer is over the rows (see the module comment).
     this.vt.tbody.addEventListener('pointerenter', () => {
       this.hovering = true;
@@ -142,8 +151,7 @@ export class GroupsView {
   makeColumns() {
     return [
       {
-        id: 'name', label: 'Group', cls: 'name', firstDir: 'asc', tip: (g) => (g.gone
-          ? `${g.name} (not reported since the server restarted)` : g.name),
+        id: 'name', label: 'Group', cls: 'name', firstDir: 'asc', tip: true,
         value: (g) => g.name,
         text: (g) => g.name,
       },
@@ -269,6 +277,9 @@ export class GroupsView {
   }
 
   matches(g) {
+    // The selected group stays, even empty: its process list is open below; and a
+    // missing expected group is empty by definition, and what matters most.
+    if (this.hideEmpty && isEmpty(g) && !g.f.missing && g.name !== this.selected) return false;
     return !this.filter || g.name.toLowerCase().includes(this.filter);
   }
 
@@ -325,6 +336,8 @@ export class GroupsView {
   update(changes, force = false, now = this.store.serverNow()) {
     if (changes) {
       if (changes.cycle || changes.rebuilt) this.needSort = true;
+      // A group that goes empty (or gets a process again) leaves (or joins) at once.
+      if (this.hideEmpty && changes.groups.size) this.needSort = true;
       if (changes.structure && !changes.rebuilt) {
         this.needSort = true;
         if (this.hovering) this.patch();
@@ -336,11 +349,12 @@ export class GroupsView {
 
     const total = this.store.shownGroups().size;
     const shown = this.items.length;
-    setText(this.els.count, this.filter ? `${fmtInt(shown)} of ${fmtInt(total)}` : fmtInt(total));
+    setText(this.els.count, shown !== total ? `${fmtInt(shown)} of ${fmtInt(total)}` : fmtInt(total));
     let note = '';
     if (!shown) {
       if (!this.store.synced) note = 'Waiting for the first snapshot\u2026';
       else if (this.filter) note = `No group name contains \u201c${this.els.filter.value.trim()}\u201d.`;
+      else if (total) note = 'Every group is empty right now (empty groups are hidden).';
       else note = 'No groups yet: no process matches the configuration.';
     }
     setText(this.els.empty, note);

@@ -26,12 +26,17 @@ export const theme = {
   },
 };
 
+/** Give `canvas` the pixels of a CSS size of `width` x `height` on this screen. */
+export function sizeSparkCanvas(canvas, width, height) {
+  const dpr = Math.min(3, window.devicePixelRatio || 1);
+  canvas.width = Math.round(width * dpr);
+  canvas.height = Math.round(height * dpr);
+}
+
 /** A canvas sized for this screen's pixel density. */
 export function createSparkCanvas() {
   const canvas = document.createElement('canvas');
-  const dpr = Math.min(3, window.devicePixelRatio || 1);
-  canvas.width = Math.round(SPARK_WIDTH * dpr);
-  canvas.height = Math.round(SPARK_HEIGHT * dpr);
+  sizeSparkCanvas(canvas, SPARK_WIDTH, SPARK_HEIGHT);
   canvas.className = 'spark';
   canvas.setAttribute('aria-hidden', 'true');
   return canvas;
@@ -39,9 +44,11 @@ export function createSparkCanvas() {
 
 /**
  * Draw `hist` (a ring of samples whose oldest is at index `oldest`; NaN = no sample)
- * scaled to max(its peak, 10 %). Returns {avg, peak} of the samples drawn.
+ * scaled to max(its peak, 10 %); with `relative`, from its lowest to its highest sample
+ * instead (memory: its changes matter more than its distance from zero). Returns
+ * {avg, peak} of the samples drawn.
  */
-export function drawSparkline(canvas, hist, oldest, muted) {
+export function drawSparkline(canvas, hist, oldest, muted, { relative = false } = {}) {
   const g = canvas.getContext('2d');
   const w = canvas.width;
   const h = canvas.height;
@@ -52,21 +59,30 @@ export function drawSparkline(canvas, hist, oldest, muted) {
   g.fillStyle = theme.base;
   g.fillRect(0, h - lw, w, lw);
   let peak = 0;
+  let low = Infinity;
   let sum = 0;
   let n = 0;
   for (let i = 0; i < len; i += 1) {
     const v = hist[i];
     if (!Number.isNaN(v)) {
       if (v > peak) peak = v;
+      if (v < low) low = v;
       sum += v;
       n += 1;
     }
   }
   if (!n) return { avg: NaN, peak: NaN };
-  const ceiling = Math.max(peak, MIN_CEILING);
   const pad = Math.max(1, Math.round(h / 16)); // keep the line inside the canvas
   const step = len > 1 ? w / (len - 1) : w;
-  const y = (v) => h - pad - (v / ceiling) * (h - 2 * pad);
+  let y;
+  if (relative) {
+    // A flat series sits in the middle; a changing one spans the height.
+    const span = peak - low;
+    y = span > 0 ? (v) => h - pad - ((v - low) / span) * (h - 2 * pad) : () => h / 2;
+  } else {
+    const ceiling = Math.max(peak, MIN_CEILING);
+    y = (v) => h - pad - (v / ceiling) * (h - 2 * pad);
+  }
   const line = muted ? theme.muted : theme.line;
 
   // Runs of consecutive samples; a missing sample breaks the line.

@@ -4,8 +4,15 @@
 // It applies events strictly in sequence: duplicates (seq already seen, e.g. a replay
 // overlapping what arrived live) are skipped, a gap asks the server to resume from the
 // last applied seq, and a reset or overflow waits for the snapshot that follows and
-// rebuilds from it. It never touches the DOM; views read it and consume `changes` once
-// per animation frame (takeChanges).
+// rebuilds from it: exactly the snapshot's groups and processes (after a server restart,
+// groups the new run doesn't report are gone from the page too). It never touches the
+// DOM; views read it and consume `changes` once per animation frame (takeChanges).
+//
+// Processes carry their numbers (CPU %, memory, state, ...: LIVE_FIELDS) as of the
+// snapshot; those of the processes being watched are kept current by applyLive, fed by
+// a second connection that asks for proc.update (live.js). That stream is not in
+// sequence with this one, so numbers of a process whose start has not arrived yet wait
+// (a few, briefly) until it does.
 
 import { RingBuffer } from './ring.js';
 import { fmtAge } from './format.js';
@@ -32,10 +39,13 @@ export const LIFE_EVENTS = {
   'group.stable': ['crashloop', false],
 };
 
-// Fields of a group that describe what it uses now (as opposed to its counters).
-const CURRENT_FIELDS = [
-  'procs', 'threads', 'cpu_pct', 'read_bps', 'write_bps', 'mem_resident', 'mem_virtual',
-  'mem_swap', 'open_fds', 'worst_fd_ratio', 'oldest_start_time',
+// Numbers of processes not known yet (their proc.start is still on its way) kept at most.
+const MAX_PENDING_LIVE = 500;
+
+/** A process's numbers, as proc.update and a snapshot's procs carry them. */
+export const LIVE_FIELDS = [
+  'cpu_pct', 'cpu_s', 'mem_resident', 'mem_virtual', 'mem_swap', 'threads', 'open_fds',
+  'fd_ratio', 'state', 'read_bps', 'write_bps',
 ];
 
 const RESET_TEXT = {
@@ -105,7 +115,6 @@ export function newGroup(name, points) {
     hist: new Float32Array(points).fill(NaN),
     sum: 0,
     n: 0,
-    gone: false, // not reported since the server restarted; kept, dimmed
   };
 }
 
@@ -119,6 +128,7 @@ export class Store {
     this.synced = false; // a snapshot was applied: the state is complete as of seq
     this.awaiting = true; // a snapshot is due (first connect, after reset/overflow)
     this.pendingResync = null; // why the coming snapshot replaces the state
+    this.snapParts = null; // the parts of a snapshot received so far
     this.resumeAsked = null; // {since, epoch} the current connection asked for
     this.lostAt = 0; // performance.now() when the connection was lost
     this.gapRequested = false;
@@ -136,6 +146,7 @@ export class Store {
     this.pendingLife = new Map(); // name -> lifecycle fields of a group not described yet
     this.procs = new Map(); // procKey -> proc fields
     this.members = new Map(); // group name -> Map(procKey -> proc)
+    this.pendingLive = new Map(); // procKey -> numbers of a process not known yet
     this.log = new RingBuffer(LOG_LIMIT);
     this.logIds = 0;
 
@@ -153,6 +164,7 @@ export class Store {
       groups: new Set(), // groups whose fields changed
       structure: false, // groups appeared or disappeared
       members: new Set(), // groups whose process list changed
+      live: new Set(), // groups some of whose processes' numbers changed
       log: 0, // entries added to the log
       cycle: false, // a poll finished (new sparkline sample)
       rebuilt: false, // state replaced from a snapshot
@@ -216,7 +228,7 @@ export class Store {
         this.onHello(o);
         break;
       case 'snapshot':
-        this.onSnapshot(o);
+        this.onSnapshotPart(o);
         break;
       case 'reset':
         this.awaiting = true;
@@ -275,28 +287,38 @@ export class Store {
     this.changes.conn = true;
   }
 
+  /** A snapshot comes in `parts` objects (one when it is small), each with some groups
+   * and processes: gather them, and apply the whole once the last is in. A part 1
+   * starts over (a new snapshot replaces one still incomplete). */
+  onSnapshotPart(o) {
+    const part = o.part ?? 1;
+    if (part === 1) this.snapParts = { seq: o.seq, groups: {}, procs: [], hosts: {} };
+    const acc = this.snapParts;
+    if (!acc || acc.seq !== o.seq) return;
+    Object.assign(acc.groups, o.groups ?? {});
+    for (const p of o.procs ?? []) acc.procs.push(p);
+    Object.assign(acc.hosts, o.hosts ?? {}); // a fleet's hosts are shared out too
+    if (part < (o.parts ?? 1)) return;
+    this.snapParts = null;
+    const whole = { ...o, groups: acc.groups, procs: acc.procs };
+    if (this.fleet) whole.hosts = acc.hosts;
+    this.onSnapshot(whole);
+  }
+
   onSnapshot(o) {
     const hadState = this.synced;
     const restarted = hadState && o.epoch !== this.epoch;
+    this.pendingLive.clear();
     const why = this.pendingResync ?? { kind: 'reset', reason: restarted ? 'epoch' : 'resync' };
     this.pendingResync = null;
 
+    // Exactly the snapshot's groups: a group this state no longer has (a restarted server
+    // never saw it) goes; one that stays keeps its sparkline history.
     const next = new Map();
     for (const [name, fields] of Object.entries(o.groups ?? {})) {
       const g = this.groups.get(name) ?? newGroup(name, this.histPoints);
       g.f = Object.assign({ group: name }, fields);
-      g.gone = false;
       next.set(name, g);
-    }
-    if (restarted) {
-      // The new server run knows nothing of groups whose processes all ended while it
-      // was down. They went empty: keep them, dimmed, like the server keeps empty groups.
-      for (const [name, g] of this.groups) {
-        if (next.has(name)) continue;
-        for (const key of CURRENT_FIELDS) g.f[key] = 0;
-        g.gone = true;
-        next.set(name, g);
-      }
     }
     this.groups = next;
     this.pendingLife = new Map();
@@ -431,6 +453,12 @@ export class Store {
       if (m) m.delete(key);
       this.changes.members.add(known.group);
     }
+    if (known) this.setLive(o, known); // its numbers hold until the next reading
+    const numbers = this.pendingLive.get(key);
+    if (numbers) {
+      this.pendingLive.delete(key);
+      this.setLive(o, numbers);
+    }
     this.procs.set(key, o);
     this.memberMap(o.group).set(key, o);
     this.changes.members.add(o.group);
@@ -483,8 +511,31 @@ export class Store {
       this.changes.structure = true;
     }
     Object.assign(g.f, o);
-    g.gone = false;
     this.changes.groups.add(name);
+  }
+
+  /**
+   * The numbers of one process (a proc.update, or a process of a snapshot of the live
+   * connection): set them on the process, or keep them until its proc.start arrives.
+   */
+  applyLive(o) {
+    const key = procKey(o);
+    const p = this.procs.get(key);
+    if (p) {
+      this.setLive(p, o);
+      this.changes.live.add(p.group);
+      return;
+    }
+    if (this.pendingLive.size >= MAX_PENDING_LIVE) {
+      this.pendingLive.delete(this.pendingLive.keys().next().value);
+    }
+    this.pendingLive.set(key, o);
+  }
+
+  setLive(p, numbers) {
+    for (const f of LIVE_FIELDS) {
+      if (f in numbers) p[f] = numbers[f];
+    }
   }
 
   onCycle(o) {

@@ -18,7 +18,10 @@ Rules:
   restarts and exit classes and adds the ``group.*`` lifecycle events.
 - Whoever must see every poll registers with a method: :meth:`Core.join` for a second
   source of exits (it may hold back the poll's exits, and adds to each ``cycle``),
-  :meth:`Core.watch` for readers of each poll's result (``/metrics``).
+  :meth:`Core.watch` for readers of each poll's result (``/metrics``), :meth:`Core.on_live`
+  for each poll's :class:`~procstream.live.LiveTable` (a snapshot's per-process numbers).
+- ``proc.update`` events are built only while :meth:`Core.want_updates` says someone
+  subscribes to them, and only for the processes they select.
 """
 
 from __future__ import annotations
@@ -34,10 +37,11 @@ from ..config import ExpectedGroup, LifecycleConfig
 from ..events import EventBuilder
 from ..grouper import GroupCounts, Grouper, GrouperUpdate
 from ..lifecycle import Lifecycle
+from ..live import LiveTable, UpdateInterest
 from ..procfs.models import ProcLike
 from ..schema import CycleExtras, Event, GroupFields, ProcFields
 
-__all__ = ["EventSink", "PollPartner", "PollWatcher", "Polled", "Core"]
+__all__ = ["EventSink", "PollPartner", "PollWatcher", "LiveListener", "Polled", "Core"]
 
 T = TypeVar("T")
 
@@ -69,6 +73,10 @@ class PollPartner(Protocol):
 #: Sees every good poll: ``(its report, the groups after it, its duration in seconds)``.
 PollWatcher = Callable[[GrouperUpdate, dict[str, GroupCounts], float], None]
 
+#: Gets each good poll's live table, on the event loop thread, just before the sink gets
+#: that poll's events (or its baseline state).
+LiveListener = Callable[[LiveTable], None]
+
 
 @dataclass(frozen=True, slots=True)
 class Polled:
@@ -87,6 +95,7 @@ class _PollResult:
     events: list[Event]
     groups: dict[str, GroupFields] | None = None
     procs: list[ProcFields] | None = None
+    live: LiveTable | None = None
 
 
 class Core:
@@ -113,6 +122,10 @@ class Core:
         # Replaced whole, never changed in place: the core's thread reads them lock-free.
         self._partners: tuple[PollPartner, ...] = ()
         self._watchers: tuple[PollWatcher, ...] = ()
+        self._live_listeners: tuple[LiveListener, ...] = ()
+        #: which processes' proc.update someone wants; None: nobody (set from the loop)
+        self._interest: UpdateInterest | None = None
+        self._live: LiveTable | None = None  # the core's thread only
         self._baselined = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.THREAD_NAME)
 
@@ -128,13 +141,29 @@ class Core:
         are built. Register before the first poll it should see; it must not block."""
         self._watchers = (*self._watchers, watcher)
 
+    def on_live(self, listener: LiveListener) -> None:
+        """Hand ``listener`` each good poll's :class:`LiveTable` from now on (event loop
+        thread, before the poll's events go to the sink). Registering one makes every poll
+        build its table: one entry per tracked process, no computation."""
+        self._live_listeners = (*self._live_listeners, listener)
+
+    def want_updates(self, interest: UpdateInterest | None) -> None:
+        """Build ``proc.update`` events for the processes ``interest`` selects from the
+        next poll on; None: build none (nobody subscribes). Call on the event loop thread
+        whenever the subscriptions change."""
+        self._interest = interest
+
     # -- input (event loop thread) ----------------------------------------------------
 
-    async def poll(self, *, skipped: int = 0) -> Polled:
+    async def poll(self, *, skipped: int = 0, interval_s: float | None = None) -> Polled:
         """Scan /proc, update the groups and hand the sink the baseline state (first good
         poll) or this poll's events. Raises what the scan raised; nothing is delivered
-        then. ``skipped``: poll ticks missed since the last poll, for its ``cycle``."""
-        r = await self._run(self._poll, skipped)
+        then. ``skipped``: poll ticks missed since the last poll, and ``interval_s``:
+        seconds since it began, for its ``cycle``."""
+        r = await self._run(self._poll, skipped, interval_s)
+        if r.live is not None:
+            for listener in self._live_listeners:
+                listener(r.live)
         if r.baseline:
             assert r.groups is not None and r.procs is not None
             self._sink.load_state(r.groups, r.procs)
@@ -188,7 +217,7 @@ class Core:
             return []
         return self._lifecycle.configure(settings, expected)
 
-    def _poll(self, skipped: int) -> _PollResult:
+    def _poll(self, skipped: int, interval_s: float | None = None) -> _PollResult:
         t0 = time.perf_counter()
         grouper, builder = self._grouper, self._builder
         update = grouper.update(self._scan())
@@ -197,21 +226,29 @@ class Core:
             partner.take_exits(update)
         groups = grouper.groups()
         lifecycle = self._lifecycle
+        interest = self._interest  # one read: the loop may replace it meanwhile
+        live: LiveTable | None = None
+        if self._live_listeners or interest is not None:
+            live = self._live = LiveTable.of(update.time, grouper.tracker.tracked.values(), self._live)
         if not self._baselined:
             group_state, procs = builder.state(grouper.tracker.tracked.values(), groups, update.time)
             events: list[Event] = lifecycle.baseline(procs, update.time) if lifecycle is not None else []
-            result = _PollResult(True, time.perf_counter() - t0, events, group_state, procs)
+            result = _PollResult(True, time.perf_counter() - t0, events, group_state, procs, live)
         else:
             extra: CycleExtras = {"skipped": skipped}
+            if interval_s is not None:
+                extra["interval_s"] = interval_s
             for partner in partners:
                 extra.update(partner.cycle_fields())
             duration_ms = (time.perf_counter() - t0) * 1000.0
-            events = builder.batch(update, groups, duration_ms=duration_ms, extra_cycle=extra)
+            events = builder.batch(
+                update, groups, duration_ms=duration_ms, extra_cycle=extra, live=live, interest=interest
+            )
             if lifecycle is not None:
                 if update.removed_groups:
                     lifecycle.forget(update.removed_groups)
                 events = lifecycle.observe(events, tick=True, reported=groups, now=update.time)
-            result = _PollResult(False, time.perf_counter() - t0, events)
+            result = _PollResult(False, time.perf_counter() - t0, events, live=live)
         for watcher in self._watchers:
             watcher(update, groups, result.duration)
         self._baselined = True

@@ -3,9 +3,11 @@
 The :class:`~.aggregator.Aggregator` reads the JetStream stream into a hub; the same
 :class:`~procstream.serve.server.ProcstreamServer` as ``serve``'s serves that hub — the
 WebSocket protocol, the viewer, ``/api/snapshot``, ``/healthz`` — behind the same guard
-(token, Origin, TLS: :class:`~procstream.serve.front.Front`). ``/metrics`` has the
-aggregator's own health and the server's self-metrics; each host's process metrics stay
-on that host's ``/metrics``.
+(token, Origin, TLS: :class:`~procstream.serve.front.Front`), within the same
+``--max-memory`` budget (the resume buffer, clients' pending output and caches each get
+serve's share of it; a :class:`~procstream.serve.resources.MemoryGuard` watches the
+whole) and descriptor limit. ``/metrics`` has the aggregator's own health and the
+server's self-metrics; each host's process metrics stay on that host's ``/metrics``.
 
 Start-up order: check the listening and security options and the NATS options (exit 2
 for what can't work), connect to NATS (refused credentials: exit 2; a server not there
@@ -29,8 +31,9 @@ from prometheus_client import PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from ..serve.front import Front, event_loop_factory, setup_logging
+from ..serve.front import Front, event_loop_factory, setup_logging, watch_memory
 from ..serve.metrics import MetricsCollector, metrics_route
+from ..serve.resources import MemoryGuard
 from ..serve.server import ProcstreamServer
 from ..wiring import UsageError
 from .aggregator import Aggregator, FleetStartError
@@ -142,12 +145,25 @@ class FleetService:
             bucket=fleet.state_bucket,
             host_name=host_name,
             buffer_size=args.buffer,
+            buffer_bytes=front.budget.buffer,
+            output_bytes=front.budget.clients,
+            cache_bytes=front.budget.caches,
+            overflow_grace=args.slow_client_grace,
             host_timeout=fleet.host_timeout,
         )
         hub = self.aggregator.hub
-        self.server = ProcstreamServer(hub, front.server_config(args.max_clients),
-                                       health=self.aggregator.health, authorize=front.guard)
-        base = MetricsCollector(hub_stats=hub.stats, server_stats=self.server.stats, refusals=front.guard.stats.as_dict)
+        server_config, self.descriptors = front.server_config(args.max_clients)
+        self.server = ProcstreamServer(hub, server_config, health=self.aggregator.health, authorize=front.guard)
+        self.memory = MemoryGuard(front.budget.total, hub.shed, held=self._memory_held)
+        base = MetricsCollector(
+            hub_stats=hub.stats,
+            server_stats=self.server.stats,
+            refusals=front.guard.stats.as_dict,
+            budget=front.budget,
+            memory_guard=lambda: self.memory,
+            sockets=self.server.sockets.stats,
+            max_clients=server_config.max_clients,
+        )
         self.metrics = FleetCollector(base, self.aggregator)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(self.metrics)
@@ -160,10 +176,17 @@ class FleetService:
         """Ask the service to shut down (safe from a signal handler)."""
         self._stop.set()
 
+    def _memory_held(self) -> int:
+        hs = self.aggregator.hub.stats
+        return hs.buffer_bytes + hs.output_bytes + hs.cache_bytes
+
     async def run(self, *, ready: Callable[[ProcstreamServer], Any] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
+        if self.descriptors.message:
+            (log.warning if self.descriptors.lowered else log.info)("%s", self.descriptors.message)
+        guard_task = asyncio.create_task(watch_memory(self.memory), name="procstream-memory")
         try:
             starting = asyncio.create_task(self.aggregator.start())
             stopping = asyncio.create_task(self._stop.wait())
@@ -193,6 +216,8 @@ class FleetService:
                     pass
             return 0
         finally:
+            guard_task.cancel()
+            await asyncio.gather(guard_task, return_exceptions=True)
             try:
                 await asyncio.wait_for(self._shutdown(), SHUTDOWN_DEADLINE - 0.5)
             except TimeoutError:

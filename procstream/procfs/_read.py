@@ -22,7 +22,7 @@ _FLAGS = os.O_RDONLY | os.O_CLOEXEC
 _BUFSIZE = 8192
 
 
-def read_file(path: str, *, until_eof: bool = True) -> bytes:
+def read_file(path: str, *, until_eof: bool = True, limit: int | None = None) -> bytes:
     """The whole content of the /proc file at ``path``.
 
     Call with ``until_eof=True`` (the default) for files that may exceed one read
@@ -31,17 +31,22 @@ def read_file(path: str, *, until_eof: bool = True) -> bytes:
     which the kernel renders in one go: a read shorter than the buffer is then the whole
     file, which saves one ``read`` syscall per file on the hot path; a full buffer still
     reads on.
+
+    ``limit``: read at most this many bytes (a file whose size its owner chooses, like
+    ``cmdline``); the result is then the file's first ``limit`` bytes.
     """
     try:
         fd = os.open(path, _FLAGS)
     except FileNotFoundError as exc:
         raise ProcessLookupError(exc.errno, exc.strerror, path) from None
     try:
-        data = os.read(fd, _BUFSIZE)
+        data = os.read(fd, _BUFSIZE if limit is None else min(_BUFSIZE, limit))
         if not until_eof and len(data) < _BUFSIZE:
             return data
         if not data:
             return data
+        if limit is not None:
+            return _read_up_to(fd, data, limit)
         chunk = os.read(fd, _BUFSIZE)
         if not chunk:
             return data
@@ -59,3 +64,15 @@ def read_file(path: str, *, until_eof: bool = True) -> bytes:
         raise
     finally:
         os.close(fd)
+
+
+def _read_up_to(fd: int, first: bytes, limit: int) -> bytes:
+    chunks = [first]
+    size = len(first)
+    while size < limit:
+        chunk = os.read(fd, min(_BUFSIZE, limit - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)

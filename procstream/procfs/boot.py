@@ -6,6 +6,7 @@ turns them into wall-clock time.
 
 from __future__ import annotations
 
+from ._numbers import to_int
 from .errors import ProcfsParseError
 
 __all__ = ["parse_btime"]
@@ -25,6 +26,6 @@ def parse_btime(data: bytes) -> int:
     start += len(_KEY)
     end = data.find(b"\n", start)
     try:
-        return int(data[start:] if end < 0 else data[start:end])
+        return to_int(data[start:] if end < 0 else data[start:end])
     except ValueError as exc:
         raise ProcfsParseError("stat: bad btime value") from exc

@@ -6,7 +6,12 @@ characters, so whatever a process put in its argv stays JSON-encodable downstrea
 
 from __future__ import annotations
 
-__all__ = ["parse_cmdline"]
+__all__ = ["READ_LIMIT", "parse_cmdline"]
+
+#: Bytes of ``cmdline`` read at most. An argv can be as long as the kernel's ``ARG_MAX``
+#: (2 MiB and more) and its owner chooses it: events keep no more than this of it
+#: (``procstream.schema.CMDLINE_MAX_BYTES``), and reading more would only cost the poll.
+READ_LIMIT = 16 * 1024
 
 
 def parse_cmdline(data: bytes) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from ._numbers import to_int
 from .errors import ProcfsParseError
 
 __all__ = ["IoCounters", "parse_io"]
@@ -29,7 +30,7 @@ def _int(data: bytes, key: bytes) -> int:
     start += len(key)
     end = data.find(b"\n", start)
     try:
-        return int(data[start:] if end < 0 else data[start:end])
+        return to_int(data[start:] if end < 0 else data[start:end])
     except ValueError as exc:
         raise ProcfsParseError(f"io: bad {key[1:]!r} value") from exc
 

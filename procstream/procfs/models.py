@@ -15,6 +15,8 @@ __all__ = [
     "ExecMark",
     "ProcStatic",
     "ProcMetrics",
+    "ProcExtras",
+    "ThreadSample",
     "States",
     "ProcIdInfo",
     "ProcLike",
@@ -69,6 +71,8 @@ class ProcStatic:
     #: False when the argv could not be read: the process had already left its memory
     #: (exiting, or a zombie) when we looked, so the empty ``cmdline`` is not its own
     cmdline_known: bool = True
+    #: ``cmdline`` holds only the start of a longer argv (its reader reads a bounded prefix)
+    cmdline_truncated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +118,40 @@ def state_of(letter: str) -> States:
     return _ONE_STATE.get(letter, _OTHER)
 
 
+class ThreadSample(NamedTuple):
+    """One thread of a multi-threaded process, read from ``task/TID/`` (only when asked
+    for: ``FS(threads=True)``). Counters are totals since the thread started."""
+
+    tid: int
+    #: start after boot in clock ticks: with ``tid``, the thread's identity
+    start_time_rel: int
+    #: the thread's own comm (``pthread_setname_np``), at most 15 bytes
+    name: str
+    cpu_user: float
+    cpu_system: float
+    read_bytes: int
+    write_bytes: int
+    major_faults: int
+    minor_faults: int
+    ctx_voluntary: int
+    ctx_nonvoluntary: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProcExtras:
+    """What only process-exporter's optional families need, read only when asked for
+    (``FS(threads=, smaps=, wchan=)``): kept apart so that the sample every poll makes of
+    every process stays as small as it was."""
+
+    #: proportional resident and swapped memory (``smaps_rollup``)
+    pss_bytes: int = 0
+    swap_pss_bytes: int = 0
+    #: every thread of a multi-threaded process (empty for a single-threaded one)
+    threads: tuple[ThreadSample, ...] = ()
+    #: the wait channel of each of its threads that waits in the kernel
+    wchans: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class ProcMetrics:
     """What we read at every poll. Counters are totals since the process started."""
@@ -134,6 +172,10 @@ class ProcMetrics:
     states: States = field(default_factory=States)
     #: how many optional files (io, fd, ...) could not be read for this sample
     partial_errors: int = 0
+    #: the process's scheduler state letter (``stat``): R S D Z T t X I ...
+    state: str = ""
+    #: None unless the FS reads process-exporter's optional data
+    extras: ProcExtras | None = None
 
     @property
     def cpu_time(self) -> float:

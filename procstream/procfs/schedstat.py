@@ -8,6 +8,7 @@ task itself only — for a process, its main thread.
 
 from __future__ import annotations
 
+from ._numbers import to_int
 from .errors import ProcfsParseError
 
 __all__ = ["parse_schedstat"]
@@ -19,6 +20,6 @@ def parse_schedstat(data: bytes) -> int:
     if len(fields) != 3:
         raise ProcfsParseError(f"schedstat: expected 3 fields: {data[:80]!r}")
     try:
-        return int(fields[0])
+        return to_int(fields[0])
     except ValueError as exc:
         raise ProcfsParseError(f"schedstat: bad runtime {fields[0]!r}") from exc

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from ._numbers import in_range
 from .errors import ProcfsParseError
 
 __all__ = ["Stat", "parse_stat", "parse_state", "parse_flags", "PF_EXITING", "PF_KTHREAD"]
@@ -74,9 +75,7 @@ def parse_stat(data: bytes) -> Stat:
     if len(state) != 1 or not state.isalpha():
         raise _bad(data, "bad state")
     try:
-        return Stat(
-            data[open_ + 1 : close].decode("utf-8", "replace"),
-            state.decode("ascii"),
+        numbers = (
             int(fields[_PPID]),
             int(fields[_MINFLT]),
             int(fields[_MAJFLT]),
@@ -90,6 +89,9 @@ def parse_stat(data: bytes) -> Stat:
         )
     except ValueError as exc:
         raise _bad(data, "non-numeric field") from exc
+    if not in_range(numbers):
+        raise _bad(data, "a field outside 64 bits")
+    return Stat(data[open_ + 1 : close].decode("utf-8", "replace"), state.decode("ascii"), *numbers)
 
 
 def parse_state(data: bytes) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from ._numbers import INT64_MAX, to_int
 from .errors import ProcfsParseError
 
 __all__ = ["Status", "parse_status", "parse_ctx_switches"]
@@ -46,7 +47,7 @@ def _int(data: bytes, key: bytes) -> int:
     if value is None:
         return 0
     try:
-        return int(value)  # int() ignores the surrounding tab/spaces
+        return to_int(value)  # int() ignores the surrounding tab/spaces
     except ValueError as exc:
         raise ProcfsParseError(f"status: bad {key[1:]!r} value {value!r}") from exc
 
@@ -63,7 +64,7 @@ def parse_status(data: bytes) -> Status:
         raise ProcfsParseError(f"status: no Uid line: {data[:80]!r}")
     try:
         # "Uid:\treal\teffective\tsaved\tfs"
-        uid = int(uids.split()[1])
+        uid = to_int(uids.split()[1])
     except (IndexError, ValueError) as exc:
         raise ProcfsParseError(f"status: bad Uid line {uids!r}") from exc
     swap = _value(data, _VMSWAP)
@@ -71,7 +72,9 @@ def parse_status(data: bytes) -> Status:
     if swap is not None:
         # "VmSwap:\t     123 kB" -- the kernel always prints kB
         try:
-            swapped = int(swap.split()[0]) * 1024
+            swapped = to_int(swap.split()[0]) * 1024
+            if swapped > INT64_MAX:
+                raise ValueError("VmSwap outside 64 bits")
         except (IndexError, ValueError) as exc:
             raise ProcfsParseError(f"status: bad VmSwap line {swap!r}") from exc
     return Status(uid, _int(data, _VOLUNTARY), _int(data, _NONVOLUNTARY), swapped)

@@ -1,5 +1,6 @@
 """What every serving command (``serve``, ``fleet``) builds from its listening options:
-the address, the token and Origin guard, TLS, the event loop and the log.
+the address, the token and Origin guard, TLS, the memory budget, the descriptor limit,
+the event loop and the log.
 
 The options themselves are declared once (``procstream.cli``); this module turns them
 into objects, refusing what can't be used before anything listens (exit code 2).
@@ -15,10 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..wiring import UsageError
+from .resources import MIN_MAX_MEMORY, Descriptors, MemoryBudget, MemoryGuard, fit_descriptors, parse_size
 from .security import Guard, SecurityConfig, SecurityError, TlsFiles, check_exposure, check_token, install_log_redaction
 from .server import ServerConfig
 
-__all__ = ["parse_listen", "token_from", "Front", "event_loop_factory", "setup_logging"]
+__all__ = ["parse_listen", "token_from", "memory_budget", "watch_memory", "Front", "event_loop_factory", "setup_logging"]
+
+log = logging.getLogger("procstream")
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -46,9 +50,36 @@ def token_from(args: argparse.Namespace) -> str | None:
         raise UsageError(f"--token/PROCSTREAM_TOKEN: {exc}") from None
 
 
+def memory_budget(text: str) -> MemoryBudget:
+    """``--max-memory`` as a :class:`MemoryBudget`; ``UsageError`` when it is not a size
+    or is below the least the service runs in."""
+    try:
+        total = parse_size(text)
+    except ValueError as exc:
+        raise UsageError(f"--max-memory: {exc}") from None
+    if total < MIN_MAX_MEMORY:
+        raise UsageError(f"--max-memory {text}: at least {MIN_MAX_MEMORY // (1024 * 1024)}M "
+                         "(the interpreter and a host's processes alone need about half of that)")
+    return MemoryBudget(total)
+
+
+async def watch_memory(guard: MemoryGuard) -> None:
+    """Run ``guard``'s check every second until cancelled."""
+    failed = False
+    while True:
+        await asyncio.sleep(1.0)
+        try:
+            guard.check()
+        except Exception:  # a bug here must not end the service
+            if not failed:
+                failed = True
+                log.exception("memory check failed (not logged again)")
+
+
 @dataclass(frozen=True, slots=True)
 class Front:
-    """Where and how a command listens: address, guard, TLS files."""
+    """Where and how a command listens and what it may hold: address, guard, TLS files,
+    memory budget."""
 
     host: str
     port: int
@@ -56,12 +87,15 @@ class Front:
     tls: TlsFiles | None
     #: said once listening: a non-loopback address without a token, allowed by --insecure
     exposure_warning: str | None
+    budget: MemoryBudget
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Front:
-        """From ``--listen``, ``--token``, ``--allow-origin``, ``--insecure``, ``--tls-*``;
-        raises :class:`~procstream.wiring.UsageError`."""
+        """From ``--listen``, ``--token``, ``--allow-origin``, ``--insecure``, ``--tls-*``,
+        ``--max-memory``, ``--slow-client-grace``; raises
+        :class:`~procstream.wiring.UsageError`."""
         host, port = parse_listen(args.listen)
+        # Security first: a refusal must come before any work or listening socket.
         token = token_from(args)
         try:
             warning = check_exposure(host, port, token=token, insecure=args.insecure)
@@ -71,15 +105,26 @@ class Front:
             guard = Guard(SecurityConfig(token=token, allow_origins=tuple(args.allow_origin), tls=tls is not None))
         except SecurityError as exc:
             raise UsageError(str(exc)) from None
-        return cls(host, port, guard, tls, warning)
+        budget = memory_budget(args.max_memory)
+        if args.slow_client_grace <= 0:
+            raise UsageError("--slow-client-grace must be > 0")
+        return cls(host, port, guard, tls, warning, budget)
 
-    def server_config(self, max_clients: int) -> ServerConfig:
-        return ServerConfig(
+    def server_config(self, max_clients: int) -> tuple[ServerConfig, Descriptors]:
+        """The server's configuration for ``--max-clients``, with the descriptor limit
+        fitted to it (call before anything listens: the clients may be lowered to fit)."""
+        if max_clients < 1:
+            raise UsageError("--max-clients must be at least 1")
+        config = ServerConfig(
             host=self.host,
             port=self.port,
             max_clients=max_clients,
             ssl_context=self.tls.context if self.tls is not None else None,
         )
+        # Every socket the server may hold, plus the reserve.
+        descriptors = fit_descriptors(config.max_clients, config.descriptors - config.max_clients)
+        config.max_clients = descriptors.max_clients
+        return config, descriptors
 
     @property
     def scheme(self) -> str:

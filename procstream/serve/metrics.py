@@ -6,10 +6,12 @@ Rules:
   immutable :class:`PollView`; a scrape reads whatever view is current. No lock: replacing
   a reference is atomic, and nothing in a view is mutated after it is published.
 - The ``namedprocess_*`` families, their label names and HELP texts are
-  process-exporter's (``collector/process_collector.go``, run with ``-threads=false
-  -gather-smaps=false``), so existing dashboards and alerts keep working. Not provided:
-  ``namedprocess_namegroup_threads_wchan`` (it needs every thread's
-  ``/proc/PID/task/TID/wchan`` at every poll).
+  process-exporter's (``collector/process_collector.go``), so existing dashboards and
+  alerts keep working. Its optional families cost /proc reads at every poll, so they are
+  exported only when the service reads what they need (``serve --threads``,
+  ``--gather-smaps``, ``--threads-wchan``; see :class:`Families`): the six
+  ``namedprocess_namegroup_thread_*`` families, ``memory_bytes`` of memtypes
+  ``proportionalResident``/``proportionalSwapped``, and ``threads_wchan``.
 - ``oldest_start_time_seconds`` is whole seconds, as process-exporter's: the start time
   truncated, the same instant as the group's ``oldest_start_time`` in events (truncated
   to the millisecond there). Start times come from a boot time to the microsecond, where
@@ -24,7 +26,9 @@ Rules:
   ``TYPE`` lines back into ``counter`` — the exposition itself is prometheus_client's.
 - Self-metrics are ``procstream_*``: subscribers, events by type, overflows, resets,
   slow-consumer closes, poll duration histogram and poll counts, kernel event counts,
-  event log counters, authorization refusals, NATS publishing (with ``--nats``), build info.
+  event log counters, authorization refusals, NATS publishing (with ``--nats``), build
+  info; the ``--max-memory`` budget and what each of its parts holds, sockets and the
+  client limit in force.
 - Lifecycle families are ``procstream_group_*``, labelled ``groupname`` like
   process-exporter's, for every group the latest poll reported: counters (restarts, exits
   by ``class``, OOM kills; every class from 0, so ``increase()`` sees the first one) and
@@ -69,10 +73,13 @@ from ..collect.oom import OomStats
 from ..collect.poll import PollStatus
 from ..lifecycle import UNKNOWN_CLASS, GroupLife
 from ..schema import EXIT_CLASSES
+from .connections import SocketStats
+from .resources import MemoryBudget, MemoryGuard
 from .server import RouteHandler, ServerStats, http_response
 
 __all__ = [
     "CONTENT_TYPE",
+    "Families",
     "POLL_DURATION_BUCKETS",
     "PollView",
     "MetricsCollector",
@@ -98,6 +105,19 @@ _COUNTERS_WITHOUT_TOTAL: Final = (
     "namedprocess_scrape_procread_errors",
     "namedprocess_scrape_partial_errors",
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Families:
+    """process-exporter's optional families to export, as its flags name them; export
+    one only when the poll reads what it needs (``FS(threads=, smaps=, wchan=)``)."""
+
+    #: ``-threads``: the ``namedprocess_namegroup_thread_*`` families, by thread name
+    threads: bool = False
+    #: ``-gather-smaps``: ``memory_bytes{memtype="proportionalResident"|"proportionalSwapped"}``
+    smaps: bool = False
+    #: ``namedprocess_namegroup_threads_wchan``: threads by kernel wait channel
+    wchan: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +179,13 @@ class MetricsCollector(Collector):
         nats: Callable[[], Mapping[str, Any]] | None = None,
         lifecycle: Callable[[], Mapping[str, GroupLife]] | None = None,
         oom_stats: OomStats | None = None,
+        budget: MemoryBudget | None = None,
+        memory_guard: Callable[[], MemoryGuard | None] | None = None,
+        sockets: SocketStats | None = None,
+        max_clients: int | None = None,
+        families: Families = Families(),
     ) -> None:
+        self.families = families
         self.hub_stats = hub_stats
         self.server_stats = server_stats
         self.poll_status = poll_status
@@ -170,6 +196,10 @@ class MetricsCollector(Collector):
         self.nats = nats
         self.lifecycle = lifecycle
         self.oom_stats = oom_stats
+        self.budget = budget
+        self.memory_guard = memory_guard
+        self.sockets = sockets
+        self.max_clients = max_clients
         self._view: PollView = _EMPTY_VIEW
 
     # -- poll thread -------------------------------------------------------------------
@@ -203,6 +233,7 @@ class MetricsCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         view = self._view
         yield from self._namegroup(view)
+        yield from self._optional(view)
         yield from self._scrape_errors(view)
         if self.lifecycle is not None:
             yield from self._lifecycle(view, self.lifecycle())
@@ -236,6 +267,7 @@ class MetricsCollector(Collector):
             "Number of processes in states Running, Sleeping, Waiting, Zombie, or Other",
             labels=["groupname", "state"],
         )
+        smaps = self.families.smaps
         for name, g in view.groups.items():
             c = g.counts
             label = [name]
@@ -252,6 +284,9 @@ class MetricsCollector(Collector):
             mem.add_metric([name, "resident"], m.resident_bytes)
             mem.add_metric([name, "virtual"], m.virtual_bytes)
             mem.add_metric([name, "swapped"], m.swapped_bytes)
+            if smaps:
+                mem.add_metric([name, "proportionalResident"], m.proportional_bytes)
+                mem.add_metric([name, "proportionalSwapped"], m.proportional_swap_bytes)
             fds.add_metric(label, g.open_fds)
             worst.add_metric(label, g.worst_fd_ratio)
             # whole seconds, truncated like Go's Time.Unix() (events: to the millisecond)
@@ -321,6 +356,64 @@ class MetricsCollector(Collector):
                     high.add_metric(label, e.max)
                 missing.add_metric(label, 1 if life.missing else 0)
         return iter((restarts, exits, ooms, loop, low, high, missing))
+    def _optional(self, view: PollView) -> Iterator[Metric]:
+        """process-exporter's optional families, those :attr:`families` asks for (the
+        proportional memtypes are samples of ``memory_bytes``, in :meth:`_namegroup`)."""
+        fam = self.families
+        if fam.threads:
+            count = GaugeMetricFamily(
+                _NG + "thread_count",
+                "Number of threads in this group with same threadname",
+                labels=["groupname", "threadname"],
+            )
+            cpu = CounterMetricFamily(
+                _NG + "thread_cpu_seconds",
+                "Cpu user/system usage in seconds",
+                labels=["groupname", "threadname", "mode"],
+            )
+            io = CounterMetricFamily(
+                _NG + "thread_io_bytes",
+                "number of bytes read/written by these threads",
+                labels=["groupname", "threadname", "iomode"],
+            )
+            major = CounterMetricFamily(
+                _NG + "thread_major_page_faults",
+                "Major page faults for these threads",
+                labels=["groupname", "threadname"],
+            )
+            minor = CounterMetricFamily(
+                _NG + "thread_minor_page_faults",
+                "Minor page faults for these threads",
+                labels=["groupname", "threadname"],
+            )
+            ctx = CounterMetricFamily(
+                _NG + "thread_context_switches",
+                "Context switches for these threads",
+                labels=["groupname", "threadname", "ctxswitchtype"],
+            )
+            for name, g in view.groups.items():
+                for t in g.threads:
+                    c = t.counts
+                    count.add_metric([name, t.name], t.threads)
+                    cpu.add_metric([name, t.name, "user"], c.cpu_user)
+                    cpu.add_metric([name, t.name, "system"], c.cpu_system)
+                    io.add_metric([name, t.name, "read"], c.read_bytes)
+                    io.add_metric([name, t.name, "write"], c.write_bytes)
+                    major.add_metric([name, t.name], c.major_faults)
+                    minor.add_metric([name, t.name], c.minor_faults)
+                    ctx.add_metric([name, t.name, "voluntary"], c.ctx_voluntary)
+                    ctx.add_metric([name, t.name, "nonvoluntary"], c.ctx_nonvoluntary)
+            yield from (count, cpu, io, major, minor, ctx)
+        if fam.wchan:
+            wchan = GaugeMetricFamily(
+                _NG + "threads_wchan",
+                "Number of threads in this group waiting on each wchan",
+                labels=["groupname", "wchan"],
+            )
+            for name, g in view.groups.items():
+                for channel, n in g.wchans:
+                    wchan.add_metric([name, channel], n)
+            yield wchan
 
     def _scrape_errors(self, view: PollView) -> Iterator[Metric]:
         failures = self.poll_status.failures if self.poll_status is not None else 0
@@ -401,6 +494,13 @@ class MetricsCollector(Collector):
             yield _counter("procstream_overflows", "Times a subscriber fell behind its queue bound", hs.overflows)
             yield _counter("procstream_overflow_dropped_events", "Events skipped for subscribers that overflowed", hs.events_dropped)
             yield _counter("procstream_slow_consumer_closes", "Subscribers closed with 1013 for staying behind", hs.slow_consumer_closes)
+            yield _counter("procstream_stalled_closes", "Of those: their output did not move for --slow-client-grace seconds", hs.stalled_closes)
+            yield _counter("procstream_outbox_closes", "Of those: control frames piled up for a client that does not read", hs.outbox_closes)
+            yield _counter("procstream_budget_closes", "Of those: closed to keep clients' output within its part of --max-memory", hs.budget_closes)
+            yield _gauge("procstream_buffer_events", "Events in the resume buffer", hs.buffer_events)
+            yield _counter("procstream_publish_errors", "Events not published or not applied to the state because of an error", hs.publish_errors)
+            yield _counter("procstream_events_shrunk", "Events cut down to the largest event size", hs.events_shrunk)
+            yield _counter("procstream_encode_fallbacks", "Events with values JSON can't hold as they are (encoded as strings or clamped)", hs.encode_fallbacks)
 
         ss = self.server_stats
         if ss is not None:
@@ -416,6 +516,15 @@ class MetricsCollector(Collector):
                 refused.add_metric([reason], n)
             yield refused
             yield _counter("procstream_bad_frames", "Malformed or unknown inbound frames", ss.bad_frames)
+            yield _counter("procstream_http_internal_errors", "Requests answered 500 because a handler failed", ss.internal_errors)
+        so = self.sockets
+        if so is not None:
+            yield _gauge("procstream_sockets", "TCP connections open now (WebSocket, HTTP and handshakes)", so.open)
+            yield _counter("procstream_idle_sockets_closed", "Sockets that sent no request, closed to make room", so.idle_closed)
+            yield _counter("procstream_unreadable_requests", "Requests answered 400/405/414/431 because they could not be read", so.unreadable_requests)
+        if self.max_clients is not None:
+            yield _gauge("procstream_max_clients", "WebSocket clients accepted at most (--max-clients, or fewer when descriptors are short)", self.max_clients)
+        yield from self._memory()
 
         # -- kernel events
         ks = self.kernel() if self.kernel is not None else None
@@ -451,6 +560,30 @@ class MetricsCollector(Collector):
         # -- NATS JetStream publishing
         if self.nats is not None:
             yield from _nats_metrics(self.nats())
+
+
+    def _memory(self) -> Iterator[Metric]:
+        if self.budget is None:
+            return
+        budget = GaugeMetricFamily("procstream_memory_budget_bytes", "--max-memory (total) and its parts", labels=["part"])
+        budget.add_metric(["total"], self.budget.total)
+        for part, size in self.budget.parts().items():
+            budget.add_metric([part], size)
+        yield budget
+        used = GaugeMetricFamily("procstream_memory_used_bytes", "What each part of --max-memory holds now; resident: the whole process", labels=["part"])
+        hs = self.hub_stats
+        if hs is not None:
+            used.add_metric(["buffer"], hs.buffer_bytes)
+            used.add_metric(["clients"], hs.output_bytes)
+            used.add_metric(["caches"], hs.cache_bytes)
+        if self.eventlog_stats is not None:
+            used.add_metric(["event_log"], self.eventlog_stats.queued_bytes)
+        guard = self.memory_guard() if self.memory_guard is not None else None
+        if guard is not None:
+            used.add_metric(["resident"], guard.last_rss)
+        yield used
+        if guard is not None:
+            yield _counter("procstream_memory_sheds", "Times the process neared --max-memory and gave memory back", guard.sheds)
 
 
 def _nats_metrics(n: Mapping[str, Any]) -> Iterator[Metric]:

@@ -22,7 +22,9 @@ plain HTTP and for WebSocket handshakes alike, so a refused WebSocket gets an HT
 5. **Browsers.** A page's scripts, styles and WebSocket can't add a header or a query to
    what the page itself loads, so a browser that opens ``/…?token=TOKEN`` (a navigation:
    ``Accept: text/html``) gets the token as an HttpOnly, SameSite=Lax cookie and a 303
-   to the same URL without it; the cookie then counts as the token. A browser without
+   to the same URL without it; the cookie then counts as the token. The redirect goes
+   to a path of this server only: one starting with ``//`` or ``/\\`` would be read by a
+   browser as another host (``//evil.example/``), so its leading slashes are folded. A browser without
    one gets a small HTML 401 page with a token form (which does exactly that). Programs
    (no ``text/html`` in ``Accept``) always get the data or a plain 401.
 
@@ -36,6 +38,8 @@ unless ``--insecure``) and :class:`TlsFiles` (``--tls-cert``/``--tls-key`` to an
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
 import ipaddress
 import logging
@@ -60,6 +64,7 @@ __all__ = [
     "GuardStats",
     "Guard",
     "normalize_origin",
+    "same_origin_path",
     "is_loopback",
     "check_exposure",
     "check_token",
@@ -104,7 +109,8 @@ def _split_host_port(value: str) -> tuple[str, int | None] | None:
         return None
     port: int | None = None
     if port_text is not None:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        # isascii(): str.isdigit() also accepts digits int() refuses, like '²'
+        if not (port_text.isascii() and port_text.isdigit()) or len(port_text) > 5 or not 0 < int(port_text) < 65536:
             return None
         port = int(port_text)
     return host.lower().rstrip("."), port
@@ -348,6 +354,7 @@ class Guard:
     def _to_cookie(self, path: str, query: str) -> Response:
         assert self.config.token is not None
         rest = "&".join(p for p in query.split("&") if p and unquote(p.partition("=")[0]) != "token")
+        path = same_origin_path(path)
         cookie = f"{COOKIE_NAME}={quote(self.config.token, safe='')}; Path=/; HttpOnly; SameSite=Lax"
         if self.config.tls:
             cookie += "; Secure"
@@ -366,19 +373,72 @@ class Guard:
 #: The cookie a browser keeps the token in after opening a ``?token=`` link.
 COOKIE_NAME: Final = "procstream_token"
 
-_FORM_CSP: Final = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"
+# The page a browser without a token gets: the viewer's look (its colours, light and
+# dark, its type and controls), in one static document. Its stylesheet can't be the
+# viewer's: every file but /healthz needs the token. So the style is inline, and the CSP
+# allows exactly that style by its hash, nothing else (no script, no image, no font).
+_FORM_STYLE: Final = """
+:root{color-scheme:light dark;--bg:#eef1f5;--panel:#fff;--line:#e4e8ee;--text:#1b2430;
+--muted:#535e6d;--control-line:#7d8896;--accent:#0a7281;--shadow:0 1px 2px rgba(20,30,45,.06);
+--font:system-ui,-apple-system,"Segoe UI",Roboto,"Noto Sans","Helvetica Neue",Arial,sans-serif}
+@media (prefers-color-scheme:dark){:root{--bg:#0d1015;--panel:#141920;--line:#212831;
+--text:#d6dce4;--muted:#8d99a8;--control-line:#5f6a78;--accent:#4bb8c5;--shadow:none}}
+*{box-sizing:border-box}
+body{margin:0;min-height:100vh;display:flex;align-items:center;justify-content:center;
+padding:16px;background:var(--bg);color:var(--text);font:13px/1.45 var(--font)}
+main{width:100%;max-width:380px;background:var(--panel);border:1px solid var(--line);
+border-radius:8px;box-shadow:var(--shadow);padding:20px 22px}
+.brand{display:flex;align-items:center;gap:8px;margin-bottom:14px;color:var(--muted);font-weight:600}
+.brand svg{display:block;border-radius:5px}
+h1{margin:0 0 6px;font-size:16px;font-weight:650}
+p{margin:0 0 14px;color:var(--muted)}
+code{font-size:12px}
+label{display:block;font-weight:600;margin-bottom:4px}
+input{display:block;width:100%;font:inherit;color:var(--text);background:var(--bg);
+border:1px solid var(--control-line);border-radius:6px;padding:6px 8px;margin:0 0 12px}
+button{font:inherit;font-weight:600;color:#fff;background:var(--accent);border:1px solid var(--accent);
+border-radius:6px;padding:5px 16px;cursor:pointer}
+:focus-visible{outline:2px solid var(--accent);outline-offset:2px}
+@media (prefers-color-scheme:dark){button{color:#0d1015}}
+"""
+_FORM_CSP: Final = (
+    "default-src 'none'; "
+    f"style-src 'sha256-{base64.b64encode(hashlib.sha256(_FORM_STYLE.encode()).digest()).decode()}'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
 # Static (nothing from the request is echoed into it). Submitting it navigates to
 # ?token=…, which the guard turns into the cookie and a redirect to the same page.
-_TOKEN_FORM: Final = b"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+_TOKEN_FORM: Final = (
+    """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="color-scheme" content="light dark"><meta name="referrer" content="no-referrer">
 <title>procstream: token required</title>
-<style>body{font:16px system-ui,sans-serif;max-width:32em;margin:4em auto;padding:0 1em}
-input{font:inherit;width:100%;box-sizing:border-box;margin:.5em 0;padding:.4em}</style></head>
-<body><h1>Token required</h1>
-<p>This procstream server needs its access token (PROCSTREAM_TOKEN).</p>
-<form method="get"><label>Token <input name="token" type="password" autocomplete="current-password" required autofocus></label>
-<button type="submit">Open</button></form></body></html>
+<style>"""
+    + _FORM_STYLE
+    + """</style></head>
+<body><main>
+<div class="brand"><svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32" width="22" height="22" aria-hidden="true"><rect width="32" height="32" rx="7" fill="#0b7a8a"/><path d="M5 18h5l3-8 5 14 3-9 2 3h4" fill="none" stroke="#fff" stroke-width="2.6" stroke-linecap="round" stroke-linejoin="round"/></svg>procstream</div>
+<h1>Token required</h1>
+<p>This server needs its access token, the value of <code>PROCSTREAM_TOKEN</code> where it runs.</p>
+<form method="get"><label for="token">Token</label>
+<input id="token" name="token" type="password" autocomplete="current-password" required autofocus>
+<button type="submit">Open</button></form>
+</main></body></html>
 """
+).encode()
+
+
+def same_origin_path(path: str) -> str:
+    """``path`` as a redirect target that stays on this server: ``/`` followed by no
+    further slash or backslash, so it can't be read as ``//host/…``, a reference to
+    another host. Browsers treat ``\\`` in a URL as ``/`` and drop tabs and line breaks
+    from it, so those count too."""
+    path = path.translate(_URL_IGNORED)
+    return "/" + path.lstrip("/\\")
+
+
+# What a browser's URL parser removes from anywhere in a URL.
+_URL_IGNORED: Final = str.maketrans("", "", "\t\n\r")
 
 
 def _refuse(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:

@@ -5,6 +5,12 @@ WebSocket — passes through one seam, ``authorize(request) -> Response | None``
 routing (the token/Origin checks plug in there). Extra HTTP routes (``/metrics``) are
 added with :meth:`ProcstreamServer.add_route`.
 
+What a client sends never raises out of request handling: a request that can't be read
+gets a plain HTTP error (:mod:`procstream.serve.connections`), and an unexpected error
+in a handler is a 500, counted, with its traceback logged once. Sockets are counted,
+idle ones closed past ``max_clients + handshake_slots`` (see ``connections``), so a
+client past the limit gets 503, never a reset.
+
 Usage::
 
     hub = Hub(host=socket.gethostname(), interval=1.0)
@@ -41,6 +47,7 @@ from ..stream import protocol as P
 from ..stream.fanout import Housekeeper, WebSocketTransport, close_bounded
 from ..stream.hub import SERVER_NAME, Hub
 from ..stream.protocol import AbuseGuard, Filter, ProtocolError, parse_frame, parse_query
+from .connections import Sockets, connection_class
 
 __all__ = [
     "ProcstreamServer",
@@ -130,6 +137,17 @@ class ServerConfig:
     bad_frame_window: float = 10.0
     #: serve https/wss with this context (None: plain http/ws)
     ssl_context: ssl.SSLContext | None = None
+    #: sockets beyond max_clients for plain HTTP requests and handshakes in progress;
+    #: past max_clients + handshake_slots, the oldest socket without a request is closed
+    handshake_slots: int = 128
+    #: the listening socket's queue of connections not accepted yet
+    backlog: int = 128
+
+    @property
+    def descriptors(self) -> int:
+        """Descriptors the listening side may hold at most: every socket it keeps open,
+        plus what one round of accepting can add before idle ones are closed."""
+        return self.max_clients + self.handshake_slots + self.backlog
 
 
 @dataclass(slots=True)
@@ -143,6 +161,8 @@ class ServerStats(Stats):
     http_requests: int = 0
     bad_frames: int = 0
     abusive_closes: int = 0
+    #: requests that failed in a handler (answered 500)
+    internal_errors: int = 0
 
 
 def http_response(
@@ -209,6 +229,8 @@ class ProcstreamServer:
         self._connections: set[ServerConnection] = set()
         self._server: Server | None = None
         self._housekeeper = Housekeeper(hub)
+        self.sockets = Sockets(self.config.max_clients + self.config.handshake_slots)
+        self._errors_logged = False
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -231,6 +253,8 @@ class ProcstreamServer:
             write_limit=cfg.write_limit,
             server_header=SERVER_NAME,
             ssl=cfg.ssl_context,
+            create_connection=connection_class(self.sockets),
+            backlog=cfg.backlog,
         )
         self._housekeeper.start()
         log.info("listening on %s:%d%s", cfg.host, self.port, " (TLS)" if cfg.ssl_context is not None else "")
@@ -290,6 +314,19 @@ class ProcstreamServer:
     ) -> Response | None:
         # The one place every request passes: authorization first, then routing.
         self.stats.http_requests += 1
+        self.sockets.requested(connection)
+        try:
+            return await self._route(request)
+        except Exception:
+            self.stats.internal_errors += 1
+            if not self._errors_logged:
+                self._errors_logged = True
+                log.exception("handling %s %s failed (answered 500; later failures are only "
+                              "counted in procstream_http_internal_errors)", request.method,
+                              request.path.partition("?")[0][:200])
+            return _text(500, "internal server error")
+
+    async def _route(self, request: Request) -> Response | None:
         if self._authorize is not None:
             refusal = self._authorize(request)
             if inspect.isawaitable(refusal):
@@ -342,7 +379,7 @@ class ProcstreamServer:
         except ProtocolError as exc:
             return json_response(400, P.error(exc.message))
         return http_response(
-            200, self.hub.snapshot_json(Filter(None, sub.filter.groups, sub.filter.hosts)), "application/json"
+            200, self.hub.snapshot_json(Filter(groups=sub.filter.groups, hosts=sub.filter.hosts)), "application/json"
         )
 
     async def _static(self, path: str) -> Response:

@@ -14,6 +14,11 @@ the first subscriber already gets a full snapshot), then listen, then poll on th
 interval. Signals: SIGTERM/SIGINT close every client with 1001 and exit 0 within 5 s;
 SIGHUP re-reads ``--config`` (a bad file is logged and the old rules stay), reopens the
 event log and re-reads the TLS certificate and key.
+
+Limits: ``--max-memory`` is split into the parts that grow with clients and local users
+(:class:`~procstream.serve.resources.MemoryBudget`), each handed to the part that holds
+it, and a :class:`~procstream.serve.resources.MemoryGuard` watches the whole; the
+descriptor limit is fitted to ``--max-clients`` before anything listens.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..collect.core import Core
+from ..collect.detail import process_detail
 from ..collect.kernel import KernelSource, choose_source
 from ..collect.oom import OomWatch
 from ..config import Config
@@ -35,17 +41,20 @@ from ..fleet.agent import NatsAgent, NatsStartError
 from ..fleet.options import NatsConfigError
 from ..fleet.subjects import check_host_name
 from ..lifecycle import Lifecycle
+from ..live import UpdateInterest
 from ..netlink.connector import ConnectorError
 from ..stream.eventlog import EventLog, parse_types
 from ..stream.hub import Hub
 from ..stream.sink import HubAndLog
 from ..wiring import UsageError, build_core, load_namer
-from .front import Front, event_loop_factory, parse_listen, setup_logging, token_from
-from .metrics import MetricsCollector, make_registry, metrics_route
+from .detail import detail_route
+from .front import Front, event_loop_factory, memory_budget, parse_listen, setup_logging, token_from, watch_memory
+from .metrics import Families, MetricsCollector, make_registry, metrics_route
+from .resources import MemoryGuard
 from .security import SecurityError
 from .server import ProcstreamServer
 
-__all__ = ["parse_listen", "token_from", "Service", "run"]
+__all__ = ["parse_listen", "token_from", "memory_budget", "Service", "run"]
 
 log = logging.getLogger("procstream")
 
@@ -62,12 +71,21 @@ class Service:
         self.exposure_warning = front.exposure_warning
         self.tls = front.tls
         self.guard = front.guard
+        self.budget = front.budget
         self.fs, self.grouper, self.builder = build_core(args)
         host_name = args.host_name if args.host_name is not None else socket.gethostname()
         problem = check_host_name(host_name)
         if problem is not None:
             raise UsageError(f"--host-name {host_name!r}: {problem}")
-        self.hub = Hub(host=host_name, interval=args.interval, buffer_size=args.buffer)
+        self.hub = Hub(
+            host=host_name,
+            interval=args.interval,
+            buffer_size=args.buffer,
+            buffer_bytes=self.budget.buffer,
+            output_bytes=self.budget.clients,
+            cache_bytes=self.budget.caches,
+            overflow_grace=args.slow_client_grace,
+        )
         # Publishing to NATS JetStream: checked here (a bad URL or file is exit 2),
         # connected in run() before the first poll.
         self.nats: NatsAgent | None = None
@@ -87,6 +105,7 @@ class Service:
                 types=types,
                 max_bytes=args.event_log_max_bytes,
                 backups=args.event_log_backups,
+                max_queue_bytes=self.budget.event_log,
             )
         # Restarts, crash loops, expected groups and exit classes, for both sources.
         config = self.grouper.namer
@@ -97,15 +116,21 @@ class Service:
         self.core = Core(
             self.fs.all_procs, self.grouper, self.builder, HubAndLog(self.hub, self.eventlog), self.lifecycle
         )
+        # Per-process numbers: every snapshot carries the latest poll's; proc.update events
+        # are built only for the processes that subscribers select.
+        self.core.on_live(self.hub.set_live)
+        self.hub.watch_interest(lambda i: self.core.want_updates(None if i is None else UpdateInterest(*i)))
         self.poller = Poller(self.core, interval=args.interval)
         try:
             self.use_kernel, self.source_reason = choose_source(args.source, args.procfs)
         except ConnectorError as exc:
             raise UsageError(f"--source netlink: {exc}") from exc
         self.kernel: KernelSource | None = None
+        # Before anything listens: the descriptor limit fitted to the clients.
+        server_config, self.descriptors = front.server_config(args.max_clients)
         self.server = ProcstreamServer(
             self.hub,
-            front.server_config(args.max_clients),
+            server_config,
             health=self._health,
             authorize=self.guard,
         )
@@ -121,9 +146,19 @@ class Service:
             nats=self.nats.metrics if self.nats is not None else None,
             lifecycle=lambda: self.lifecycle.view,
             oom_stats=self.oom.stats,
+            budget=self.budget,
+            memory_guard=lambda: self.memory,
+            sockets=self.server.sockets.stats,
+            max_clients=server_config.max_clients,
+            families=Families(threads=args.threads, smaps=args.gather_smaps, wchan=args.threads_wchan),
         )
         self.core.watch(self.metrics.on_poll)
         self.server.add_route("/metrics", metrics_route(make_registry(self.metrics)))
+        self.server.add_route(
+            "/api/proc",
+            detail_route(lambda pid, st: self.core.call(process_detail, self.fs, self.grouper, self.builder, pid, st)),
+        )
+        self.memory = MemoryGuard(self.budget.total, self.hub.shed, held=self._memory_held)
         self._stop = asyncio.Event()
 
     def _health(self) -> tuple[bool, dict[str, Any]]:
@@ -179,12 +214,16 @@ class Service:
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         handlers.append(signal.SIGHUP)
         poll_task: asyncio.Task[None] | None = None
+        guard_task: asyncio.Task[None] | None = None
+        if self.descriptors.message:
+            (log.warning if self.descriptors.lowered else log.info)("%s", self.descriptors.message)
         try:
             if self.nats is not None:
                 try:
                     await self.nats.start()
                 except NatsStartError as exc:
                     raise UsageError(str(exc)) from None
+            guard_task = asyncio.create_task(watch_memory(self.memory), name="procstream-memory")
             if not await self.poller.poll_now():
                 log.warning("first poll failed; serving anyway and retrying every %.3gs", self.args.interval)
             await self._start_kernel_source()
@@ -211,9 +250,17 @@ class Service:
                 poll_task.result()  # the poller never ends on its own: surface why
             return 0
         finally:
+            if guard_task is not None:
+                guard_task.cancel()
+                await asyncio.gather(guard_task, return_exceptions=True)
             await self._shutdown(poll_task)
             for sig in handlers:
                 loop.remove_signal_handler(sig)
+
+    def _memory_held(self) -> int:
+        hs = self.hub.stats
+        queued = self.eventlog.stats.queued_bytes if self.eventlog is not None else 0
+        return hs.buffer_bytes + hs.output_bytes + hs.cache_bytes + queued
 
     async def _start_kernel_source(self) -> None:
         """Kernel process events next to the poller, when permitted (``--source``)."""

@@ -9,9 +9,10 @@ Fluent Bit, Filebeat or Promtail tail the file; ``-`` writes to standard output.
 Threading: ``write()`` is called on the asyncio event loop after every poll and must never
 block it. It filters and encodes the batch (orjson, microseconds per event), appends the
 lines to a bounded in-memory queue under a lock held only for the append, and returns. A
-dedicated writer thread does all the I/O. When the queue is full (the sink is stuck:
-NFS hang, a FIFO nobody reads, a full pipe to stdout), the events that don't fit are
-dropped and counted in ``dropped``; memory never grows past the bound.
+dedicated writer thread does all the I/O. When the queue is full — in events or in
+bytes — (the sink is stuck: NFS hang, a FIFO nobody reads, a full pipe to stdout), the
+events that don't fit are dropped and counted in ``dropped``; memory never grows past
+the bound.
 
 The writer:
 
@@ -48,7 +49,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from ..schema import GROUP_CRASHLOOP, GROUP_MISSING, GROUP_RECOVERED, GROUP_STABLE, PROC_EXIT, PROC_START
+from ..schema import EXPLICIT_TYPES, GROUP_CRASHLOOP, GROUP_MISSING, GROUP_RECOVERED, GROUP_STABLE, PROC_EXIT, PROC_START
 from ..stats import Stats
 
 __all__ = ["EventLog", "EventLogStats", "DEFAULT_TYPES", "parse_types"]
@@ -141,8 +142,9 @@ class EventLogStats(Stats):
     queue_dropped: int = 0
     #: events that could not be encoded, and so were dropped (caller)
     encode_errors: int = 0
-    #: events waiting for the writer thread right now
+    #: events waiting for the writer thread right now, and their bytes
     queued: int = 0
+    queued_bytes: int = 0
 
     @property
     def dropped(self) -> int:
@@ -158,8 +160,8 @@ class EventLog:
     on the event loop after every poll; ``reopen()`` on SIGHUP; ``close()`` at shutdown.
 
     ``max_bytes`` 0 means no rotation; with ``backups`` 0 a full file is removed and
-    started afresh. ``max_queue`` bounds the events waiting for the writer (on top of the
-    batch it is writing at that moment).
+    started afresh. ``max_queue`` and ``max_queue_bytes`` bound the events waiting for
+    the writer (on top of the batch it is writing at that moment).
     """
 
     def __init__(
@@ -170,11 +172,12 @@ class EventLog:
         max_bytes: int = 0,
         backups: int = 5,
         max_queue: int = 10_000,
+        max_queue_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         if not path:
             raise ValueError("event log: empty path")
-        if max_bytes < 0 or backups < 0 or max_queue < 1:
-            raise ValueError("event log: max_bytes and backups must be >= 0, max_queue >= 1")
+        if max_bytes < 0 or backups < 0 or max_queue < 1 or max_queue_bytes < 1:
+            raise ValueError("event log: max_bytes and backups must be >= 0, max_queue(_bytes) >= 1")
         _check_types(types)
         self._path = path
         self._stdout = path == _STDOUT
@@ -184,6 +187,7 @@ class EventLog:
         self._max_bytes = max_bytes
         self._backups = backups
         self._max_queue = max_queue
+        self._max_queue_bytes = max_queue_bytes
 
         # Shared between the caller and the writer, under _cond's lock.
         self._cond = threading.Condition(threading.Lock())
@@ -218,12 +222,13 @@ class EventLog:
         return self._types
 
     def wants(self, event_type: str) -> bool:
-        """Whether events of this type are written."""
-        return (
-            self._all_types
-            or event_type in self._types
-            or any(event_type.startswith(p) for p in self._prefixes)
-        )
+        """Whether events of this type are written (``proc.update`` only when named:
+        ``*`` and ``proc.*`` don't select it)."""
+        if event_type in self._types:
+            return True
+        if event_type in EXPLICIT_TYPES:
+            return False
+        return self._all_types or any(event_type.startswith(p) for p in self._prefixes)
 
     def write(self, events: Iterable[Mapping[str, Any]]) -> None:
         """Queue the events of one poll (as sent on the wire) that this log wants.
@@ -248,13 +253,22 @@ class EventLog:
                 self.stats.queue_dropped += len(lines)
                 return
             room = self._max_queue - self.stats.queued
-            if room < len(lines):
-                self.stats.queue_dropped += len(lines) - max(room, 0)
-                lines = lines[: max(room, 0)]
+            room_bytes = self._max_queue_bytes - self.stats.queued_bytes
+            fit = 0
+            size = 0
+            for line in lines[: max(room, 0)]:
+                if size + len(line) > room_bytes:
+                    break
+                size += len(line)
+                fit += 1
+            if fit < len(lines):
+                self.stats.queue_dropped += len(lines) - fit
+                lines = lines[:fit]
                 if not lines:
                     return
             self._queue.append(lines)
             self.stats.queued += len(lines)
+            self.stats.queued_bytes += size
             self._cond.notify()
 
     def reopen(self) -> None:
@@ -300,6 +314,7 @@ class EventLog:
                 batches = list(self._queue)
                 self._queue.clear()
                 self.stats.queued = 0
+                self.stats.queued_bytes = 0
                 closing = self._closing
             if reopen:
                 self._close_sink()

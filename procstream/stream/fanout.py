@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import socket
+import struct
+import termios
+from typing import Final
 
 from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed
@@ -25,6 +30,9 @@ __all__ = ["WebSocketTransport", "Housekeeper", "close_bounded"]
 log = logging.getLogger(__name__)
 
 _OPEN = State.OPEN
+# Where struct tcp_info keeps tcpi_bytes_acked (Linux >= 4.1), and how much to ask for.
+_BYTES_ACKED: Final = 120
+_TCP_INFO_LEN: Final = _BYTES_ACKED + 8
 
 
 async def close_bounded(ws: Connection, code: int, reason: str, timeout: float | None) -> None:
@@ -53,7 +61,7 @@ class WebSocketTransport:
     """
 
     __slots__ = ("ws", "limit", "close_timeout", "_protocol", "_transport", "_event",
-                 "_close_task")
+                 "_close_task", "_sock")
 
     def __init__(self, ws: Connection, limit: int, close_timeout: float | None = 3.0) -> None:
         self.ws = ws
@@ -63,6 +71,9 @@ class WebSocketTransport:
         self._transport = ws.transport
         self._event = asyncio.Event()
         self._close_task: asyncio.Task[None] | None = None
+        sock = ws.transport.get_extra_info("socket")
+        # TCP only: the kernel's queue of a unix socket says nothing about the peer
+        self._sock = sock if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6) else None
 
     def writable(self) -> bool:
         """Open, and the write buffer is at most ``limit`` bytes."""
@@ -93,6 +104,42 @@ class WebSocketTransport:
         except Exception:
             return -1
         return 1
+
+    def buffered(self) -> int:
+        """Bytes in the connection's write buffer, not yet taken by the kernel."""
+        try:
+            return self._transport.get_write_buffer_size()
+        except Exception:  # closed under our feet: it holds nothing any more
+            return 0
+
+    def unacked(self) -> int:
+        """Bytes the kernel holds for the peer that it has not acknowledged (SIOCOUTQ).
+
+        On loopback a socket's send buffer grows to megabytes: a client that stopped
+        reading can have everything sent to it sitting there, with nothing left in our
+        own write buffer to show it."""
+        if self._sock is None:
+            return 0
+        try:
+            raw = fcntl.ioctl(self._sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        except (OSError, ValueError):
+            return 0
+        queued: int = struct.unpack("i", raw)[0]
+        return queued
+
+    def acked(self) -> int:
+        """Bytes the peer has acknowledged since the connection opened (TCP_INFO):
+        whether it is still taking what it is sent."""
+        if self._sock is None:
+            return 0
+        try:
+            info = self._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+        except (OSError, ValueError):
+            return 0
+        if len(info) < _TCP_INFO_LEN:
+            return 0
+        acked: int = struct.unpack_from("Q", info, _BYTES_ACKED)[0]
+        return acked
 
     def wake(self) -> None:
         """Let :meth:`pump` pull frames from the hub."""

@@ -2,36 +2,69 @@
 
 Sans-I/O, like websockets' protocol core: the hub never awaits and never touches a
 socket. Each subscriber talks to its connection through a tiny :class:`Transport` (is
-the write buffer small? write this frame now; wake the pump; close). The asyncio glue in
-:mod:`procstream.stream.fanout` implements it over a websockets connection and runs the
-per-connection pump and the housekeeping timer; tests drive the hub with fake transports
-and a fake clock.
+the write buffer small? write this frame now; how much is buffered? wake the pump;
+close). The asyncio glue in :mod:`procstream.stream.fanout` implements it over a
+websockets connection and runs the per-connection pump and the housekeeping timer;
+tests drive the hub with fake transports and a fake clock.
 
 How delivery works (the design choice that keeps memory bounded):
 
 * ``publish(batch)`` numbers the events, applies them to the state, encodes each event
-  once with orjson and appends it to the **resume buffer** (bounded by count and age).
-  For each *distinct filter* among the subscribers it joins the selected encoded events
-  into one frame (a JSON array); every subscriber with that filter gets the same bytes.
+  once and appends it to the **resume buffer** (bounded by count, age and bytes). For
+  each *distinct filter* among the subscribers it joins the selected encoded events into
+  one frame (a JSON array; several when one would pass :data:`MAX_FRAME_BYTES`); every
+  subscriber with that filter gets the same bytes.
 * Fast path: a subscriber that is caught up and whose transport buffer is small gets the
   frame written right away (what ``websockets.broadcast`` does).
 * Otherwise the subscriber *lags*: it keeps a cursor (the next seq it needs) into the
   shared resume buffer, and its pump pulls frames from there with
   :meth:`Subscriber.next_frame` as the transport drains. A lagging subscriber thus holds
-  no events of its own — its "queue" is a window of the shared buffer — so a stalled
-  client costs the server nothing beyond its socket's write buffer.
-* The window is bounded: more than ``queue_limit`` events behind (or behind the oldest
-  buffered event) means **overflow**: the backlog is dropped (the cursor jumps) and, when
-  the transport accepts data again, the subscriber gets ``overflow`` + a fresh snapshot.
-  Still not caught up ``overflow_grace`` seconds after the first overflow → close 1013.
+  no events of its own — its "queue" is a window of the shared buffer.
+* What a subscriber does hold is small and bounded in bytes: control frames waiting for
+  it (``hello``, ``error``, ``subscribed``: :data:`OUTBOX_BYTES`), and the snapshot it is
+  being sent. A snapshot is never queued: a subscription (or a reset, an overflow) only
+  marks one as due, and it is built when the pump gets to it, as of the head then, in
+  parts of at most :data:`SNAPSHOT_PART_BYTES` shared by every subscriber that gets the
+  same one. A new subscription replaces whatever the previous one had not sent yet, so
+  a client that sends ``subscribe`` without reading costs one pending snapshot, not one
+  per frame.
+* A subscriber whose output has not moved for ``drain_grace`` seconds while it had
+  something to send is closed with 1013 — also on a quiet host, where no backlog ever
+  grows. "Moved" is the pump taking a frame, or the peer acknowledging bytes: a client
+  that stopped reading may have everything sent to it in the kernel's send buffer
+  (megabytes on loopback), owing us nothing in our own. The window is bounded too: more than ``queue_limit`` events behind (or behind
+  the oldest buffered event) means **overflow**: the backlog is dropped (the cursor
+  jumps) and, when the transport accepts data again, the subscriber gets ``overflow`` +
+  a fresh snapshot. Still not caught up ``overflow_grace`` seconds after the first
+  overflow → close 1013.
+* All subscribers' pending output together (control frames, snapshot parts being sent,
+  what their transports buffer) is bounded by ``output_bytes``: past it, the subscribers
+  holding the most are closed with 1013. The per-filter caches (recent frames, encoded
+  snapshots) share ``cache_bytes``, and a filter's recent frames go with its last
+  subscriber.
 * Resume is the same mechanism: ``since=N`` in this epoch and within the buffer sets the
   cursor to N+1; the pump replays, then the subscriber joins the fast path. Nothing is
   lost or doubled because the live fast path only ever serves caught-up subscribers.
+
+Per-process numbers: a snapshot's processes carry the live numbers of the latest poll
+(:meth:`Hub.set_live`). ``proc.update`` events are readings, not history: they exist
+only while some subscriber names that type (the hub tells whoever listens which
+processes its subscribers select, :meth:`Hub.watch_interest`, so the producer builds
+those and nothing else), and they take no ``seq`` and no room in the resume buffer. So a
+subscriber that doesn't ask for them sees the same gap-free sequence as if nobody did,
+and keeps the same resume window. They go out with their poll's events on the fast path
+only; a subscriber that lags gets them only from the recent frames it catches up from
+(the next snapshot carries the numbers anyway).
+
+A producer whose events come numbered already (a fleet aggregator: its seqs are a
+JetStream stream's) keeps its own :class:`State`, starts the hub at its position and
+hands it numbered batches; everything above holds for it unchanged.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -41,10 +74,10 @@ from typing import Any, Final, Protocol
 import orjson
 
 from .. import __version__
-from ..schema import Event, GroupFields, ProcFields
+from ..schema import LIVE_FIELDS, PROC_UPDATE, Event, GroupFields, ProcFields
 from ..stats import Stats
 from . import protocol as P
-from .protocol import NO_GROUP, Filter, Subscription
+from .protocol import NO_GROUP, Filter, Subscription, update_key
 from .state import HostState
 
 __all__ = [
@@ -52,29 +85,45 @@ __all__ = [
     "HubStats",
     "State",
     "Transport",
+    "LiveNumbers",
+    "Interest",
     "Subscriber",
     "SERVER_NAME",
     "RESET_REASONS",
     "SLOW_CONSUMER_CODE",
+    "MAX_FRAME_BYTES",
+    "MAX_EVENT_BYTES",
+    "SNAPSHOT_PART_BYTES",
+    "OUTBOX_BYTES",
 ]
+
+log = logging.getLogger(__name__)
 
 SERVER_NAME: Final = f"procstream/{__version__}"
 RESET_REASONS: Final = ("epoch", "expired", "future", "resync")
 #: WebSocket close code for a subscriber that doesn't keep up (1013 "try again later").
 SLOW_CONSUMER_CODE: Final = 1013
 
-# A replayed frame stops growing at the first batch boundary past this many bytes, so
-# replays of a large backlog don't produce frames bigger than clients accept (websockets
-# clients default to 1 MiB).
+#: No frame the hub builds is larger (websockets clients accept 1 MiB by default).
+MAX_FRAME_BYTES: Final = 768 * 1024
+#: An encoded event larger than this (a producer that did not bound its strings) is cut
+#: down before it is numbered; the event builder's caps keep its events far below.
+MAX_EVENT_BYTES: Final = 128 * 1024
+#: A snapshot larger than this is sent in parts of about this size.
+SNAPSHOT_PART_BYTES: Final = 512 * 1024
+#: Control frames waiting for one subscriber that doesn't read; more is a slow consumer.
+OUTBOX_BYTES: Final = 64 * 1024
+
+# A replayed frame stops growing at the first batch boundary past this many bytes.
 _REPLAY_FRAME_BYTES: Final = 256 * 1024
-# Control frames waiting for a subscriber that doesn't read (errors, snapshots): more
-# than this and it is a slow consumer.
-_OUTBOX_LIMIT: Final = 64
 # The fields of every snapshot; a fleet aggregator's have more.
 _SNAPSHOT_KEYS: Final = frozenset({"type", "seq", "host", "epoch", "groups", "procs"})
 # Per filter, the frames of the latest batches are kept so a subscriber that lags by a
 # few polls (a burst filled its buffer) catches up with the very bytes the others got.
 _RECENT_FRAMES: Final = 16
+# What one buffered event costs beyond its encoding: the bytes object's header and its
+# slots in the ring's parallel lists.
+_EVENT_OVERHEAD: Final = 112
 
 
 class Transport(Protocol):
@@ -90,6 +139,16 @@ class Transport(Protocol):
     def try_write(self, frame: bytes) -> int:
         """The fast path in one call: write ``frame`` if :meth:`writable`; returns 1 when
         written, 0 when the buffer is full (nothing written), -1 when the peer is gone."""
+
+    def buffered(self) -> int:
+        """Bytes written but not yet sent (the connection's write buffer)."""
+
+    def unacked(self) -> int:
+        """Bytes handed to the kernel that the peer has not acknowledged yet (0 when
+        unknown)."""
+
+    def acked(self) -> int:
+        """Bytes the peer has acknowledged so far (0 when unknown): grows while it reads."""
 
     def wake(self) -> None:
         """Frames are waiting: start (or keep) calling :meth:`Subscriber.next_frame` and
@@ -113,10 +172,26 @@ class State(Protocol):
         """``(groups, procs, extra fields or None)`` of a snapshot for this filter."""
 
 
+class LiveNumbers(Protocol):
+    """The latest poll's per-process numbers (``procstream.live.LiveTable``)."""
+
+    def fields(self, pid: int, start_time: float | None = None) -> Mapping[str, Any] | None:
+        """The numbers of process ``pid`` started at ``start_time``; None if unknown."""
+
+
+#: Which processes' ``proc.update`` the subscribers select: ``(groups, pids)`` with
+#: ``(None, None)`` meaning every process; None: no subscriber names ``proc.update``.
+Interest = tuple[frozenset[str] | None, frozenset[int] | None] | None
+
+# A process the latest poll hasn't read yet (started since, seen by kernel events).
+_UNKNOWN_LIVE: Final[dict[str, None]] = dict.fromkeys(LIVE_FIELDS)
+
+
 @dataclass(slots=True)
 class HubStats(Stats):
-    """Counters for self-metrics. Totals only grow; ``subscribers`` and ``lagging`` are
-    current values."""
+    """Counters for self-metrics. Totals only grow; ``subscribers``, ``lagging`` and the
+    ``*_bytes``/``buffer_events`` gauges are current values (the gauges as of the last
+    :meth:`Hub.tick`)."""
 
     subscribers: int = 0
     lagging: int = 0
@@ -134,8 +209,21 @@ class HubStats(Stats):
     resets: dict[str, int] = field(default_factory=dict)
     overflows: int = 0
     events_dropped: int = 0
+    #: every close with 1013; the next three say why some were closed
     slow_consumer_closes: int = 0
+    stalled_closes: int = 0  # no progress for drain_grace seconds
+    outbox_closes: int = 0  # control frames past OUTBOX_BYTES
+    budget_closes: int = 0  # all subscribers' output past output_bytes
     dead_subscribers: int = 0
+    #: events cut down to MAX_EVENT_BYTES, encoded through the fallback, or not
+    #: published (or applied to the state) because of an error
+    events_shrunk: int = 0
+    encode_fallbacks: int = 0
+    publish_errors: int = 0
+    buffer_events: int = 0
+    buffer_bytes: int = 0
+    output_bytes: int = 0
+    cache_bytes: int = 0
 
 
 class Subscriber:
@@ -157,11 +245,17 @@ class Subscriber:
         "replay_end",
         "lagging",
         "outbox",
-        "ov_pending",
+        "outbox_bytes",
+        "restart",
+        "reset_reason",
+        "reset_since",
         "ov_from",
         "ov_dropped",
         "ov_since",
+        "parts",
         "last_write",
+        "progress_at",
+        "acked",
         "__weakref__",
     )
 
@@ -177,11 +271,19 @@ class Subscriber:
         self.replay_end = 0  # head when a resume started: the replay is not "backlog"
         self.lagging = False  # True while the pump, not the fast path, delivers
         self.outbox: collections.deque[bytes] = collections.deque()
-        self.ov_pending = False  # overflow happened; overflow+snapshot not yet sent
+        self.outbox_bytes = 0
+        #: due before any further event: "snapshot", "reset" or "overflow" (each with a
+        #: snapshot after it when want_snapshot), built when the pump gets to it
+        self.restart: str | None = None
+        self.reset_reason = ""
+        self.reset_since: int | None = None
         self.ov_from = 0
         self.ov_dropped = 0
         self.ov_since: float | None = None  # first overflow of the current streak
+        self.parts: collections.deque[bytes] | None = None  # snapshot frames still to send
         self.last_write = now
+        self.progress_at = now  # when its output last moved (or began to be owed)
+        self.acked = 0  # what its peer had acknowledged at the last tick
 
     def next_frame(self) -> bytes | None:
         """The next frame to send, or None once caught up (the fast path takes over).
@@ -192,16 +294,21 @@ class Subscriber:
         return self.hub._pull(self)
 
     @property
+    def ov_pending(self) -> bool:
+        """An overflow happened; ``overflow`` (+ snapshot) not sent yet."""
+        return self.restart == "overflow"
+
+    @property
     def backlog(self) -> int:
         """Events (before filtering) between this subscriber and the head."""
-        if self.ov_pending:
+        if self.restart is not None:
             return 0
         return max(0, self.hub.head_seq - self.cursor + 1)
 
     def __repr__(self) -> str:
         return (
             f"<Subscriber {self.id} cursor={self.cursor} lagging={self.lagging} "
-            f"overflow={self.ov_pending} closed={self.closed}>"
+            f"restart={self.restart} closed={self.closed}>"
         )
 
 
@@ -209,10 +316,11 @@ class _Ring:
     """The resume buffer: encoded events with their type, group, host and publish time.
 
     Parallel lists with a moving start offset, compacted now and then: O(1) append,
-    O(1) indexing by seq, amortized O(1) trimming at the front.
+    O(1) indexing by seq, amortized O(1) trimming at the front. ``nbytes`` is what the
+    held events cost (their encodings plus :data:`_EVENT_OVERHEAD` each).
     """
 
-    __slots__ = ("times", "types", "groups", "hosts", "data", "eob", "start")
+    __slots__ = ("times", "types", "groups", "hosts", "data", "eob", "start", "nbytes")
 
     def __init__(self) -> None:
         self.times: list[float] = []
@@ -222,6 +330,7 @@ class _Ring:
         self.data: list[bytes] = []
         self.eob: list[bool] = []  # last event of its batch (replay frames end there)
         self.start = 0
+        self.nbytes = 0
 
     def __len__(self) -> int:
         return len(self.data) - self.start
@@ -238,10 +347,13 @@ class _Ring:
         self.data.extend(data)
         self.eob.extend([False] * (n - 1))
         self.eob.append(True)
+        self.nbytes += sum(map(len, data)) + n * _EVENT_OVERHEAD
 
     def drop_front(self, n: int) -> None:
         if n <= 0:
             return
+        s = self.start
+        self.nbytes -= sum(map(len, self.data[s : s + n])) + n * _EVENT_OVERHEAD
         self.start += n
         if self.start >= len(self.data):
             self.clear()
@@ -255,6 +367,22 @@ class _Ring:
         for lst in self._lists():
             lst.clear()
         self.start = 0
+        self.nbytes = 0
+
+
+# (groups filter, hosts filter, whole: one object for HTTP rather than parts)
+_SnapshotKey = tuple[frozenset[str] | None, frozenset[str] | None, bool]
+
+
+@dataclass(slots=True)
+class _Snapshot:
+    """One encoded snapshot: the first part as an object (a reset or overflow may go
+    before it in its frame), the later parts as ready frames."""
+
+    seq: int
+    first: bytes
+    rest: tuple[bytes, ...]
+    nbytes: int
 
 
 class Hub:
@@ -266,13 +394,18 @@ class Hub:
     :meth:`attach`, :meth:`subscribe`, :meth:`send`, :meth:`detach`; a timer calls
     :meth:`tick` every :attr:`tick_interval` seconds.
 
-    A producer whose events come numbered already (the fleet aggregator: its seqs are
-    the JetStream stream's) passes its own ``state``, moves it itself, starts the hub
-    at its position with :meth:`start_at` and hands batches to :meth:`publish_numbered`.
-    ``hosts_filter`` lets subscribers filter by host; ``hello_extra`` adds fields to
-    ``hello``; ``future_wait`` seconds is how long a resume from a seq the hub has not
-    reached yet waits for it (another replica of the producer may be a little ahead)
-    before it becomes a ``reset``.
+    Bounds: the resume buffer keeps at most ``buffer_size`` events, ``buffer_bytes``
+    bytes and ``buffer_age`` seconds; subscribers' pending output at most
+    ``output_bytes``; per-filter caches at most ``cache_bytes``. ``drain_grace``
+    (default: ``overflow_grace``) is how long a subscriber may hold undelivered output
+    without its transport taking any.
+
+    A producer whose events come numbered already (the fleet aggregator) passes its own
+    ``state``, moves it itself, starts the hub at its position with :meth:`start_at` and
+    hands batches to :meth:`publish_numbered`. ``hosts_filter`` lets subscribers filter
+    by host; ``hello_extra`` adds fields to ``hello``; ``future_wait`` seconds is how
+    long a resume from a seq the hub has not reached yet waits for it (another replica
+    of the producer may be a little ahead) before it becomes a ``reset``.
     """
 
     def __init__(
@@ -282,8 +415,12 @@ class Hub:
         interval: float,
         buffer_size: int = 100_000,
         buffer_age: float = 900.0,
+        buffer_bytes: int = 64 * 1024 * 1024,
         queue_limit: int = 10_000,
         overflow_grace: float = 30.0,
+        drain_grace: float | None = None,
+        output_bytes: int = 64 * 1024 * 1024,
+        cache_bytes: int = 32 * 1024 * 1024,
         bookmark_interval: float = 15.0,
         clock: Callable[[], float] = time.time,
         epoch: str | None = None,
@@ -294,13 +431,19 @@ class Hub:
     ) -> None:
         if buffer_size < 1 or queue_limit < 1:
             raise ValueError("buffer_size and queue_limit must be at least 1")
+        if min(buffer_bytes, output_bytes, cache_bytes) < 1:
+            raise ValueError("buffer_bytes, output_bytes and cache_bytes must be at least 1")
         self.host = host
         self.interval = interval
         self.buffer_size = buffer_size
         self.buffer_age = buffer_age
+        self.buffer_bytes = buffer_bytes
         # A lag beyond the buffer can't be served from it anyway.
         self.queue_limit = min(queue_limit, buffer_size)
         self.overflow_grace = overflow_grace
+        self.drain_grace = overflow_grace if drain_grace is None else drain_grace
+        self.output_bytes = output_bytes
+        self.cache_bytes = cache_bytes
         self.bookmark_interval = bookmark_interval
         self._clock = clock
         self.epoch: str = epoch if epoch is not None else secrets.token_hex(8)
@@ -315,10 +458,16 @@ class Hub:
         self.future_wait = future_wait
         # Resumes from a seq not reached yet: (subscriber, request, ack, give up at).
         self._waiting: list[tuple[Subscriber, Subscription, bool, float]] = []
-        # by (groups, hosts) filter, until the next change
-        self._snapshots: dict[tuple[frozenset[str] | None, frozenset[str] | None], bytes] = {}
-        # filter -> recent batches as (first seq, next seq, frame or None if nothing matched)
+        # Encoded snapshots by groups and hosts filter ("whole" ones for HTTP apart),
+        # valid until the next publish; half of cache_bytes.
+        self._snapshots: dict[_SnapshotKey, _Snapshot] = {}
+        self._snapshot_bytes_held = 0
+        # filter -> recent batches as (first seq, next seq, frame or None if nothing
+        # matched); the other half of cache_bytes, shared by the filters.
         self._recent: dict[Filter, collections.deque[tuple[int, int, bytes | None]]] = {}
+        self._recent_size: dict[Filter, int] = {}
+        self._recent_bytes = 0
+        self._failures_logged: set[str] = set()
 
         self._readers: tuple[Callable[[], None], ...] = ()
 
@@ -326,6 +475,9 @@ class Hub:
         self._subs: set[Subscriber] = set()
         self._by_filter: dict[Filter, set[Subscriber]] = {}
         self._lagging: set[Subscriber] = set()
+        self._live: LiveNumbers | None = None
+        self._interest: Interest = None
+        self._interest_listeners: list[Callable[[Interest], None]] = []
 
     # -- read-only views ---------------------------------------------------------------
 
@@ -350,8 +502,9 @@ class Hub:
         candidates = [1.0]
         if self.bookmark_interval > 0:
             candidates.append(self.bookmark_interval / 4)
-        if self.overflow_grace > 0:
-            candidates.append(self.overflow_grace / 4)
+        for grace in (self.overflow_grace, self.drain_grace):
+            if grace > 0:
+                candidates.append(grace / 4)
         return max(0.01, min(candidates))
 
     # -- readers of the buffer (the NATS publisher) --------------------------------------
@@ -376,8 +529,9 @@ class Hub:
 
     def state_json(self) -> tuple[int, bytes]:
         """``(head seq, the unfiltered snapshot encoded)`` for a reader that is not a
-        subscriber (not counted as a snapshot sent)."""
-        return self._head, self._snapshot_bytes(Filter(), count=False)
+        subscriber (not counted as a snapshot sent), without the per-process numbers:
+        they are readings, not state, and are stale by the time another reads them."""
+        return self._head, P.encode(self._snapshot_obj(Filter(), live=False))
 
     # -- producer side -----------------------------------------------------------------
 
@@ -413,26 +567,29 @@ class Hub:
     def state_changed(self) -> None:
         """The producer changed its state between batches (not through an event): the
         next snapshot is built afresh."""
-        self._snapshots.clear()
+        self._forget_snapshots()
 
     def _rebaseline(self, reason: str, baseline: int) -> None:
-        self._snapshots.clear()
+        self._forget_snapshots()
         self._baseline_seq = baseline
         self._ring.clear()
         self._recent.clear()
+        self._recent_size.clear()
+        self._recent_bytes = 0
         head = self._head
         for sub in list(self._subs):
             if not sub.active:
                 continue
-            sub.ov_pending = False
             sub.ov_since = None
             sub.cursor = head + 1
             sub.replay_end = 0
-            parts = [P.encode(P.reset(reason, seq=head, epoch=self.epoch))]
-            if sub.want_snapshot:
-                parts.append(self._snapshot_bytes(sub.filter))
             self._count_reset(reason)
-            self._push(sub, _join(parts))
+            if sub.want_snapshot:
+                self._set_restart(sub, "reset", reason, None)
+            else:
+                sub.restart = None
+                sub.parts = None
+                self._push(sub, P.frame(P.reset(reason, seq=head, epoch=self.epoch)))
         for reader in self._readers:
             reader()
 
@@ -440,30 +597,64 @@ class Hub:
         """Number, record and deliver one poll's events, in order.
 
         Takes ownership of the dicts: ``seq`` and ``host`` are added in place. Call on
-        the event loop thread; it never blocks.
+        the event loop thread; it never blocks, and it never raises because of what an
+        event holds: an event it can't number is left out (and counted), one it can't
+        apply to the state is still sent.
         """
         if not batch:
             return
+        now = self._clock()
         host = self.host
-        dumps = _dumps
-        counts = self.stats.events_by_type
+        stats = self.stats
+        counts = stats.events_by_type
         apply = self._state.apply
         seq = self._head
         first = seq + 1
         types: list[Any] = []
         groups: list[Any] = []
         parts: list[bytes] = []
+        cursors: list[int] = []  # the seq of each part, or the next one for a proc.update
+        updates = 0
         for ev in batch:
-            seq += 1
-            ev["seq"] = seq
-            ev["host"] = host
-            parts.append(dumps(ev))  # never raises, so numbering and state stay in step
-            apply(ev)
-            t = ev.get("type")
+            try:
+                t = ev.get("type")
+                reading = t == PROC_UPDATE
+                if not reading:
+                    ev["seq"] = seq + 1
+                ev["host"] = host
+                g = update_key(ev.get("group"), ev.get("pid")) if reading else ev.get("group", NO_GROUP)
+            except Exception:  # not a mutable mapping: nothing to number
+                self._failed("numbering an event")
+                continue
+            if not reading:
+                seq += 1
+            data = _encode(ev, stats)
+            # The filters and counters key on them: hashable strings, whatever came.
+            if type(t) is not str:
+                t = str(t)
+            if reading:
+                # a reading, not history: no seq, no state, no room in the resume buffer
+                updates += 1
+                types.append(t)
+                groups.append(g)
+                parts.append(data)
+                cursors.append(seq + 1)
+                counts[t] = counts.get(t, 0) + 1
+                continue
+            if g is not NO_GROUP and type(g) is not str:
+                g = str(g)
+            cursors.append(seq)
+            try:
+                apply(ev)
+            except Exception:
+                self._failed(f"applying a {t} event to the state")
             types.append(t)
-            groups.append(ev.get("group", NO_GROUP))
+            groups.append(g)
+            parts.append(data)
             counts[t] = counts.get(t, 0) + 1
-        self._deliver(first, types, groups, [host] * len(parts), parts)
+        if not parts:
+            return
+        self._deliver(now, first, seq, types, groups, None, parts, cursors, updates)
 
     def publish_numbered(self, batch: Sequence[Event]) -> None:
         """Record and deliver events that carry their ``seq`` and ``host`` already, in
@@ -474,62 +665,91 @@ class Hub:
         first = self._head + 1
         if batch[0].get("seq") != first or batch[-1].get("seq") != first + len(batch) - 1:
             raise ValueError(f"events must be numbered from {first} without a gap")
-        dumps = _dumps
-        counts = self.stats.events_by_type
+        stats = self.stats
+        counts = stats.events_by_type
         types: list[Any] = []
         groups: list[Any] = []
         hosts: list[Any] = []
         parts: list[bytes] = []
         for ev in batch:
-            parts.append(dumps(ev))
+            parts.append(_encode(ev, stats))
             t = ev.get("type")
+            if type(t) is not str:
+                t = str(t)
+            g = ev.get("group", NO_GROUP)
+            if g is not NO_GROUP and type(g) is not str:
+                g = str(g)
             types.append(t)
-            groups.append(ev.get("group", NO_GROUP))
+            groups.append(g)
             hosts.append(ev.get("host"))
             counts[t] = counts.get(t, 0) + 1
-        self._deliver(first, types, groups, hosts, parts)
+        last = first + len(parts) - 1
+        self._deliver(self._clock(), first, last, types, groups, hosts, parts, list(range(first, last + 1)), 0)
 
-    def _deliver(self, first: int, types: list[Any], groups: list[Any], hosts: list[Any], parts: list[bytes]) -> None:
-        """Append a batch (seqs ``first``...) to the buffer and fan it out."""
-        now = self._clock()
-        seq = first + len(parts) - 1
-        self._head = seq
-        self._ring.extend(now, types, groups, hosts, parts)
-        self._snapshots.clear()
+    def _deliver(
+        self,
+        now: float,
+        first: int,
+        seq: int,
+        types: list[Any],
+        groups: list[Any],
+        hosts: list[Any] | None,
+        parts: list[bytes],
+        cursors: list[int],
+        updates: int,
+    ) -> None:
+        """Append a batch (seqs ``first`` to ``seq``, and ``updates`` of its parts
+        ``proc.update`` readings without one) to the buffer and fan it out. ``hosts``:
+        each part's host, or None when they are all :attr:`host`'s."""
         stats = self.stats
+        self._head = seq
+        ring_hosts = hosts if hosts is not None else [self.host] * len(parts)
+        if not updates:
+            self._ring.extend(now, types, groups, ring_hosts, parts)
+        elif seq >= first:
+            kept = [i for i, t in enumerate(types) if t != PROC_UPDATE]
+            self._ring.extend(now, [types[i] for i in kept], [groups[i] for i in kept],
+                              [ring_hosts[i] for i in kept], [parts[i] for i in kept])
+        self._forget_snapshots()
         stats.batches += 1
-        stats.events_published += len(parts)
+        stats.events_published += len(parts) - updates
 
         next_seq = seq + 1
+        # Only numbered events can be pulled from the buffer later (a batch of nothing
+        # but readings has no place in it: past a full transport, they are just dropped).
+        numbered = seq >= first
         dead: list[Subscriber] = []
         # This loop is the hot path (once per subscriber per poll): keep it to one transport
         # call per subscriber and count into locals.
         for filt, subs in self._by_filter.items():
-            if filt.everything:
+            if filt.everything and not updates:
                 sel = parts
-            elif filt.hosts is None:
+            elif filt.hosts is None or hosts is None:
                 match = filt.matches
-                sel = [p for p, t, g in zip(parts, types, groups) if match(t, g)]
+                host = self.host if filt.hosts is not None else None
+                sel = [p for p, t, g in zip(parts, types, groups) if match(t, g, host)]
             else:
                 match = filt.matches
                 sel = [p for p, t, g, h in zip(parts, types, groups, hosts) if match(t, g, h)]
             nsel = len(sel)
-            recent = self._recent.get(filt)
-            if recent is None:
-                recent = self._recent[filt] = collections.deque(maxlen=_RECENT_FRAMES)
             if not nsel:
-                recent.append((first, next_seq, None))
+                if numbered:
+                    self._remember(filt, first, next_seq, None)
                 for sub in subs:
                     if not sub.lagging:
                         sub.cursor = next_seq
                 continue
             frame = b"[" + b",".join(sel) + b"]"
-            recent.append((first, next_seq, frame))
+            if len(frame) > MAX_FRAME_BYTES:
+                self._deliver_split(filt, subs, parts, types, groups, ring_hosts, cursors, next_seq, numbered, now, dead)
+                continue
+            if numbered:
+                self._remember(filt, first, next_seq, frame)
             stats.frames_encoded += 1
             written = 0
             for sub in subs:
                 if sub.lagging:
-                    if sub.ov_pending:
+                    if sub.restart == "overflow":
                         sub.ov_dropped += nsel
                     continue
                 r = sub.transport.try_write(frame)
@@ -539,7 +759,8 @@ class Hub:
                     written += 1
                 elif r == 0:
                     # cursor stays at `first`: the pump will pull this batch from the buffer
-                    self._set_lagging(sub)
+                    if numbered:
+                        self._set_lagging(sub)
                 else:
                     dead.append(sub)
             stats.frames_sent += written
@@ -551,6 +772,107 @@ class Hub:
             self._resume_waiting(now)
         for reader in self._readers:
             reader()
+
+    def _deliver_split(
+        self,
+        filt: Filter,
+        subs: set[Subscriber],
+        parts: list[bytes],
+        types: list[Any],
+        groups: list[Any],
+        hosts: list[Any],
+        cursors: list[int],
+        next_seq: int,
+        numbered: bool,
+        now: float,
+        dead: list[Subscriber],
+    ) -> None:
+        """A batch too big for one frame under ``filt``: consecutive frames, each within
+        :data:`MAX_FRAME_BYTES`, each remembered with the seqs it covers. ``cursors[i]``:
+        the seq part ``i`` is (or, a ``proc.update``, the next one to come)."""
+        chunks: list[tuple[int, int, bytes]] = []
+        sel: list[bytes] = []
+        size = 1
+        start = cursors[0]
+        nsel = 0
+        everything, match = filt.everything, filt.matches
+        for i, data in enumerate(parts):
+            if not (everything or match(types[i], groups[i], hosts[i])):
+                continue
+            if sel and size + len(data) + 1 > MAX_FRAME_BYTES:
+                chunks.append((start, cursors[i], b"[" + b",".join(sel) + b"]"))
+                sel, size, start = [], 1, cursors[i]
+            sel.append(data)
+            size += len(data) + 1
+            nsel += 1
+        chunks.append((start, next_seq, b"[" + b",".join(sel) + b"]"))
+        stats = self.stats
+        if numbered:
+            for begin, end, frame in chunks:
+                self._remember(filt, begin, end, frame)
+        stats.frames_encoded += len(chunks)
+        for sub in subs:
+            if sub.lagging:
+                if sub.restart == "overflow":
+                    sub.ov_dropped += nsel
+                continue
+            for _, end, frame in chunks:
+                r = sub.transport.try_write(frame)
+                if r > 0:
+                    sub.cursor = end
+                    sub.last_write = now
+                    stats.frames_sent += 1
+                    stats.bytes_sent += len(frame)
+                    continue
+                if r == 0:
+                    if numbered:
+                        self._set_lagging(sub)  # the pump goes on from sub.cursor
+                else:
+                    dead.append(sub)
+                break
+
+    def set_live(self, live: LiveNumbers) -> None:
+        """The per-process numbers of the poll whose events come next (call before that
+        :meth:`publish` or :meth:`load_state`); snapshots carry them from then on."""
+        self._live = live
+        self._forget_snapshots()
+
+    def watch_interest(self, listener: Callable[[Interest], None]) -> None:
+        """Call ``listener`` with the current :data:`Interest` now and whenever it
+        changes (a subscriber naming ``proc.update`` comes, goes or changes its filter)."""
+        self._interest_listeners.append(listener)
+        listener(self._interest)
+
+    @property
+    def interest(self) -> Interest:
+        """Which processes' ``proc.update`` the subscribers select now (see :data:`Interest`)."""
+        return self._interest
+
+    def _update_interest(self) -> None:
+        everyone = False
+        groups: set[str] = set()
+        pids: set[int] = set()
+        anyone = False
+        for filt in self._by_filter:
+            if not filt.wants_updates:
+                continue
+            anyone = True
+            if filt.groups is None and filt.pids is None:
+                everyone = True
+                break
+            groups.update(filt.groups or ())
+            pids.update(filt.pids or ())
+        interest: Interest
+        if not anyone:
+            interest = None
+        elif everyone:
+            interest = (None, None)
+        else:
+            interest = (frozenset(groups) if groups else None, frozenset(pids) if pids else None)
+        if interest != self._interest:
+            self._interest = interest
+            for listener in self._interest_listeners:
+                listener(interest)
 
     # -- connection side ---------------------------------------------------------------
 
@@ -573,6 +895,9 @@ class Hub:
         self._unlist(sub)
         self._lagging.discard(sub)
         sub.outbox.clear()
+        sub.outbox_bytes = 0
+        sub.parts = None
+        sub.restart = None
         self.stats.subscribers = len(self._subs)
         self.stats.lagging = len(self._lagging)
 
@@ -601,8 +926,9 @@ class Hub:
 
         ``ack=True`` (a ``subscribe`` frame, as opposed to the URL) sends ``subscribed``
         first. With ``since``+``epoch`` within the buffer the events after ``since`` are
-        replayed; otherwise ``reset`` + snapshot. Without ``since``, a snapshot as of the
-        head (unless ``snapshot`` is false) then live events.
+        replayed; otherwise ``reset`` + snapshot. Without ``since``, a snapshot (unless
+        ``snapshot`` is false) then live events. Whatever an earlier subscription had not
+        sent yet is dropped: the latest request wins.
         """
         self._subscribe(sub, request, ack, wait=self.future_wait > 0)
 
@@ -616,40 +942,44 @@ class Hub:
             # gives up: then it is a reset like any other).
             self._unlist(sub)
             sub.active = False
+            sub.restart = None
+            sub.parts = None
             self._waiting.append((sub, request, ack, self._clock() + self.future_wait))
             return
         self._unlist(sub)
         sub.filter = request.filter
         sub.want_snapshot = request.snapshot
         sub.active = True
-        sub.ov_pending = False
+        sub.restart = None
+        sub.parts = None
         sub.ov_since = None
         sub.replay_end = 0
         self._by_filter.setdefault(sub.filter, set()).add(sub)
+        self._update_interest()
         head = self._head
 
-        parts: list[bytes] = []
         if ack:
-            parts.append(P.encode(P.subscribed(sub.filter, head if request.since is None
-                                               else min(request.since, head))))
+            since = request.since
+            self._push(sub, P.frame(P.subscribed(sub.filter, head if since is None else min(since, head))))
+        sub.cursor = head + 1
         if request.since is not None:
             reason = self.resume_problem(request.since, request.epoch)
             if reason is None:
                 self.stats.resumes += 1
                 sub.cursor = request.since + 1
                 sub.replay_end = head
-                if parts:
-                    self._push(sub, _join(parts))
                 if sub.cursor <= head:
                     self._set_lagging(sub)
                 return
             self._count_reset(reason)
-            parts.append(P.encode(P.reset(reason, seq=head, epoch=self.epoch, since=request.since)))
-        sub.cursor = head + 1
+            if request.snapshot:
+                self._set_restart(sub, "reset", reason, request.since)
+            else:
+                # Nothing to build later: the reset goes now, live events after it.
+                self._push(sub, P.frame(P.reset(reason, seq=head, epoch=self.epoch, since=request.since)))
+            return
         if request.snapshot:
-            parts.append(self._snapshot_bytes(sub.filter))
-        if parts:
-            self._push(sub, _join(parts))
+            self._set_restart(sub, "snapshot", "", None)
 
     def _resume_waiting(self, now: float) -> None:
         """Resume the subscribers whose ``since`` the hub reached; reset those that
@@ -688,15 +1018,25 @@ class Hub:
         return obj
 
     def snapshot_json(self, filter: Filter | None = None) -> bytes:
-        """:meth:`snapshot` encoded (cached until the state changes)."""
-        return self._snapshot_bytes(filter or Filter())
+        """:meth:`snapshot` encoded whole, in one object (``/api/snapshot``; cached
+        until the state changes)."""
+        filt = filter or Filter()
+        key = (filt.groups, filt.hosts, True)
+        snap = self._snapshots.get(key)
+        if snap is None:
+            data = P.encode(self._snapshot_obj(filt))
+            snap = _Snapshot(self._head, data, (), len(data))
+            self._keep_snapshot(key, snap)
+        return snap.first
 
     def tick(self) -> None:
         """Housekeeping; call every :attr:`tick_interval` seconds.
 
         Trims the buffer by age, closes subscribers still stuck ``overflow_grace``
-        seconds after their first overflow, and sends ``bookmark`` to subscribers that
-        heard nothing for ``bookmark_interval`` seconds.
+        seconds after their first overflow or ``drain_grace`` seconds without progress,
+        keeps all subscribers' output within ``output_bytes``, refreshes the memory
+        gauges, and sends ``bookmark`` to subscribers that heard nothing for
+        ``bookmark_interval`` seconds.
         """
         now = self._clock()
         self._trim(now)
@@ -706,6 +1046,12 @@ class Hub:
         for sub in list(self._lagging):
             if sub.ov_since is not None and now - sub.ov_since >= grace:
                 self._close_slow(sub)
+        self._close_stalled(now)
+        self._bound_output()
+        stats = self.stats
+        stats.buffer_events = len(self._ring)
+        stats.buffer_bytes = self._ring.nbytes
+        stats.cache_bytes = self._recent_bytes + self._snapshot_bytes_held
         if self.bookmark_interval <= 0:
             return
         due = now - self.bookmark_interval
@@ -722,36 +1068,125 @@ class Hub:
                     frame = P.frame(P.bookmark(self._head))
                 if transport.write(frame):
                     sub.last_write = now
-                    self.stats.bookmarks_sent += 1
-                    self.stats.frames_sent += 1
-                    self.stats.bytes_sent += len(frame)
+                    stats.bookmarks_sent += 1
+                    stats.frames_sent += 1
+                    stats.bytes_sent += len(frame)
                 else:
                     dead.append(sub)
         for sub in dead:
             self._drop_dead(sub)
 
+    def _close_stalled(self, now: float) -> None:
+        """Close the subscribers whose output has not moved for ``drain_grace``."""
+        drain = self.drain_grace
+        if drain <= 0:
+            return
+        for sub in list(self._subs):
+            transport = sub.transport
+            if not (sub.lagging or transport.buffered() or transport.unacked()):
+                sub.progress_at = now  # owes nothing: not stalled
+                continue
+            acked = transport.acked()
+            if acked != sub.acked:
+                sub.acked = acked
+                sub.progress_at = now
+            elif now - sub.progress_at >= drain:
+                self.stats.stalled_closes += 1
+                self._close_slow(sub)
+
+    def shed(self) -> None:
+        """Give memory back now (the process is near its budget): drop the caches, halve
+        the resume buffer, and close the subscribers holding the most output until what
+        is left holds at most half of ``output_bytes``."""
+        self._forget_snapshots()
+        self._recent.clear()
+        self._recent_size.clear()
+        self._recent_bytes = 0
+        ring = self._ring
+        keep = ring.nbytes // 2
+        data, i = ring.data, ring.start
+        held = ring.nbytes
+        while held > keep and i < len(data):
+            held -= len(data[i]) + _EVENT_OVERHEAD
+            i += 1
+        self._drop_until(self.oldest_seq + (i - ring.start), self._clock())
+        self._bound_output(self.output_bytes // 2)
+
     # -- internals ---------------------------------------------------------------------
 
-    def _snapshot_obj(self, filt: Filter) -> dict[str, Any]:
-        groups, procs, extra = self._state.snapshot_view(filt)
-        obj = P.snapshot(seq=self._head, host=self.host, epoch=self.epoch, groups=groups, procs=procs)
+    def _failed(self, what: str) -> None:
+        """An error while publishing: counted, logged (with its traceback) the first time
+        for each kind, never raised to the producer."""
+        self.stats.publish_errors += 1
+        if what not in self._failures_logged:
+            self._failures_logged.add(what)
+            log.exception("publishing: %s failed (counted in procstream_publish_errors; "
+                          "not logged again)", what)
+
+    def _snapshot_obj(self, filt: Filter, *, live: bool = True) -> dict[str, Any]:
+        gstate, procs, extra = self._state.snapshot_view(filt)
+        numbers = self._live if live else None
+        if numbers is not None:
+            # identity as the events told it, numbers as the latest poll read them
+            procs = [{**p, **(numbers.fields(p.get("pid"), p.get("start_time")) or _UNKNOWN_LIVE)} for p in procs]
+        obj = P.snapshot(seq=self._head, host=self.host, epoch=self.epoch, groups=gstate, procs=procs)
         if extra:
             obj.update(extra)
         return obj
 
-    def _snapshot_bytes(self, filt: Filter, *, count: bool = True) -> bytes:
-        # Cached per groups (and hosts) filter until the next change: a thousand
-        # clients (re)connecting within one interval cost one encoding.
-        key = (filt.groups, filt.hosts)
-        data = self._snapshots.get(key)
-        if data is None:
-            data = _dumps(self._snapshot_obj(filt))
-            self._snapshots[key] = data
-        if count:
-            self.stats.snapshots_sent += 1
-        return data
+    def _snapshot_parts(self, filt: Filter) -> _Snapshot:
+        """The snapshot for ``filt`` as of the head, in parts (cached until the next
+        publish: a thousand clients (re)connecting within one interval cost one
+        encoding)."""
+        key = (filt.groups, filt.hosts, False)
+        snap = self._snapshots.get(key)
+        if snap is not None:
+            return snap
+        obj = self._snapshot_obj(filt)
+        encoded = P.snapshot_parts(obj, SNAPSHOT_PART_BYTES)
+        rest = tuple(b"[" + part + b"]" for part in encoded[1:])
+        snap = _Snapshot(self._head, encoded[0], rest, sum(map(len, encoded)))
+        self._keep_snapshot(key, snap)
+        return snap
+
+    def _keep_snapshot(self, key: _SnapshotKey, snap: _Snapshot) -> None:
+        budget = self.cache_bytes // 2
+        if snap.nbytes > budget:
+            return  # used by the subscribers that asked, not kept
+        held = self._snapshots
+        while held and self._snapshot_bytes_held + snap.nbytes > budget:
+            oldest = next(iter(held))
+            self._snapshot_bytes_held -= held.pop(oldest).nbytes
+        held[key] = snap
+        self._snapshot_bytes_held += snap.nbytes
+
+    def _forget_snapshots(self) -> None:
+        self._snapshots.clear()
+        self._snapshot_bytes_held = 0
+
+    def _remember(self, filt: Filter, first: int, next_seq: int, frame: bytes | None) -> None:
+        """Keep a batch's frame for ``filt`` in its recent frames, within its share of
+        half of ``cache_bytes``."""
+        recent = self._recent.get(filt)
+        if recent is None:
+            recent = self._recent[filt] = collections.deque()
+            self._recent_size[filt] = 0
+        recent.append((first, next_seq, frame))
+        added = len(frame) if frame is not None else 0
+        size = self._recent_size[filt] + added
+        self._recent_bytes += added
+        # Evicting even this batch's frame is fine: a subscriber that lags then gets it
+        # from the resume buffer, joined again.
+        share = self.cache_bytes // 2 // max(1, len(self._by_filter))
+        while recent and (len(recent) > _RECENT_FRAMES or size > share):
+            old = recent.popleft()[2]
+            if old is not None:
+                size -= len(old)
+                self._recent_bytes -= len(old)
+        self._recent_size[filt] = size
 
     def _push(self, sub: Subscriber, frame: bytes) -> None:
+        """Send a control frame now, or queue it (bounded in bytes) behind what waits."""
         if not sub.lagging and sub.transport.writable():
             if sub.transport.write(frame):
                 sub.last_write = self._clock()
@@ -760,15 +1195,26 @@ class Hub:
             else:
                 self._drop_dead(sub)
             return
-        if len(sub.outbox) >= _OUTBOX_LIMIT:
+        if sub.outbox_bytes + len(frame) > OUTBOX_BYTES:
+            self.stats.outbox_closes += 1
             self._close_slow(sub)
             return
         sub.outbox.append(frame)
+        sub.outbox_bytes += len(frame)
+        self._set_lagging(sub)
+
+    def _set_restart(self, sub: Subscriber, kind: str, reason: str, since: int | None) -> None:
+        """Mark a snapshot (after a reset or an overflow) as due; the pump builds it."""
+        sub.restart = kind
+        sub.reset_reason = reason
+        sub.reset_since = since
+        sub.parts = None
         self._set_lagging(sub)
 
     def _set_lagging(self, sub: Subscriber) -> None:
         if not sub.lagging:
             sub.lagging = True
+            sub.progress_at = self._clock()
             self._lagging.add(sub)
             self.stats.lagging = len(self._lagging)
             sub.transport.wake()
@@ -778,24 +1224,19 @@ class Hub:
         if sub.closed:
             return None
         stats = self.stats
-        if sub.outbox:
+        if sub.parts:
+            frame: bytes | None = sub.parts.popleft()
+        elif sub.outbox:
             frame = sub.outbox.popleft()
+            sub.outbox_bytes -= len(frame)
         elif not sub.active:
             frame = None  # not subscribed (yet): control frames only
-        elif sub.ov_pending:
-            head = self._head
-            sub.ov_pending = False
-            parts = [P.encode(P.overflow(sub.ov_dropped, sub.ov_from, head))]
-            if sub.want_snapshot:
-                parts.append(self._snapshot_bytes(sub.filter))
-            frame = _join(parts)
-            sub.cursor = head + 1
         else:
-            frame = None
+            frame = self._restart_frame(sub) if sub.restart is not None else None
             head = self._head
             while frame is None and sub.cursor <= head:
                 if sub.cursor < self.oldest_seq:
-                    # Fell out of the buffer (a re-baseline or age trim got there first).
+                    # Fell out of the buffer (a re-baseline or a trim got there first).
                     self._overflow(sub, self._clock())
                     return self._pull(sub)
                 frame, sub.cursor = self._collect(sub.filter, sub.cursor)
@@ -809,14 +1250,37 @@ class Hub:
             self._lagging.discard(sub)
             stats.lagging = len(self._lagging)
             return None
-        sub.last_write = self._clock()
+        sub.last_write = sub.progress_at = self._clock()
         stats.frames_sent += 1
         stats.bytes_sent += len(frame)
         return frame
 
+    def _restart_frame(self, sub: Subscriber) -> bytes | None:
+        """The frame that starts a subscriber over: ``reset`` or ``overflow`` (as of the
+        head now) and the first part of a snapshot; the other parts follow."""
+        kind, sub.restart = sub.restart, None
+        head = self._head
+        objs: list[bytes] = []
+        if kind == "overflow":
+            objs.append(P.encode(P.overflow(sub.ov_dropped, sub.ov_from, head)))
+        elif kind == "reset":
+            objs.append(P.encode(P.reset(sub.reset_reason, seq=head, epoch=self.epoch,
+                                         since=sub.reset_since)))
+        sub.cursor = head + 1
+        if sub.want_snapshot:
+            snap = self._snapshot_parts(sub.filter)
+            objs.append(snap.first)
+            if snap.rest:
+                sub.parts = collections.deque(snap.rest)
+            self.stats.snapshots_sent += 1
+        if not objs:
+            return None
+        return b"[" + b",".join(objs) + b"]"
+
     def _collect(self, filt: Filter, from_seq: int) -> tuple[bytes | None, int]:
         """Frame of the buffered events from ``from_seq`` that pass ``filt``, ending at a
-        batch boundary once the frame is big enough; returns (frame or None, next seq)."""
+        batch boundary once the frame is big enough, and always before it would pass
+        :data:`MAX_FRAME_BYTES`; returns (frame or None, next seq)."""
         recent = self._recent.get(filt)
         if recent and recent[0][0] <= from_seq:
             # A short lag: reuse the frame built at publish time for this batch.
@@ -831,12 +1295,14 @@ class Hub:
         match = filt.matches
         types, groups, hosts = ring.types, ring.groups, ring.hosts
         sel: list[bytes] = []
-        size = 0
+        size = 1
         while i < end:
             if everything or match(types[i], groups[i], hosts[i]):
                 d = data[i]
+                if sel and size + len(d) + 1 > MAX_FRAME_BYTES:
+                    break
                 sel.append(d)
-                size += len(d)
+                size += len(d) + 1
             i += 1
             if eob[i - 1] and size >= _REPLAY_FRAME_BYTES:
                 break
@@ -865,37 +1331,85 @@ class Hub:
         if sub.ov_since is None:
             sub.ov_since = now
         dropped = self._count_matching(sub.filter, sub.cursor)
-        sub.ov_pending = True
         sub.ov_from = sub.cursor
         sub.ov_dropped = dropped
         sub.replay_end = 0
         self.stats.overflows += 1
         self.stats.events_dropped += dropped
-        self._set_lagging(sub)
+        self._set_restart(sub, "overflow", "", None)
 
     def _trim(self, now: float) -> None:
-        """Apply the buffer's count and age bounds, and the subscribers' lag bound."""
+        """Apply the buffer's count, bytes and age bounds, and the subscribers' lag bound."""
         ring = self._ring
         oldest = self.oldest_seq
         new_oldest = oldest + max(0, len(ring) - self.buffer_size)
-        if self.buffer_age > 0 and len(ring):
+        i = ring.start + (new_oldest - oldest)
+        end = len(ring.data)
+        if ring.nbytes > self.buffer_bytes:
+            data = ring.data
+            held = ring.nbytes - (sum(map(len, data[ring.start : i])) + (i - ring.start) * _EVENT_OVERHEAD)
+            while held > self.buffer_bytes and i < end:
+                held -= len(data[i]) + _EVENT_OVERHEAD
+                i += 1
+        if self.buffer_age > 0 and i < end:
             limit = now - self.buffer_age
             times = ring.times
-            i = ring.start + (new_oldest - oldest)
-            end = len(times)
             while i < end and times[i] < limit:
                 i += 1
-            new_oldest = oldest + (i - ring.start)
+        self._drop_until(oldest + (i - ring.start), now)
+
+    def _drop_until(self, new_oldest: int, now: float) -> None:
+        """Drop the buffered events before ``new_oldest``; lagging subscribers that needed
+        them, or that are more than ``queue_limit`` behind, overflow."""
         if self._lagging:
             head = self._head
             qlimit = self.queue_limit
             for sub in list(self._lagging):
-                if sub.ov_pending or sub.closed or not sub.active:
+                if sub.restart is not None or sub.closed or not sub.active:
                     continue
                 behind = head - max(sub.cursor - 1, sub.replay_end)
                 if behind > qlimit or sub.cursor < new_oldest:
                     self._overflow(sub, now)
-        ring.drop_front(new_oldest - oldest)
+        self._ring.drop_front(new_oldest - self.oldest_seq)
+
+    def _bound_output(self, budget: int | None = None) -> None:
+        """Measure every subscriber's pending output; close those holding the most while
+        the total is past ``budget`` (default ``output_bytes``)."""
+        limit = self.output_bytes if budget is None else budget
+        held: list[tuple[int, Subscriber]] = []
+        total = 0
+        # Snapshot parts are shared by every subscriber sending the same snapshot: each
+        # counts once, and is given back when its last sender goes.
+        shared: dict[int, list[int]] = {}  # id -> [size, senders]
+        for sub in self._subs:
+            pending = sub.outbox_bytes + sub.transport.buffered()
+            if sub.parts:
+                for part in sub.parts:
+                    entry = shared.get(id(part))
+                    if entry is None:
+                        shared[id(part)] = [len(part), 1]
+                        total += len(part)
+                    else:
+                        entry[1] += 1
+                    pending += len(part)  # for ranking only
+            held.append((pending, sub))
+            total += sub.outbox_bytes + sub.transport.buffered()
+        self.stats.output_bytes = total
+        if total <= limit:
+            return
+        held.sort(key=lambda item: item[0], reverse=True)
+        for pending, sub in held:
+            if total <= limit or pending == 0:
+                break
+            total -= sub.outbox_bytes + sub.transport.buffered()
+            for part in sub.parts or ():
+                entry = shared[id(part)]
+                entry[1] -= 1
+                if not entry[1]:
+                    total -= entry[0]
+            self.stats.budget_closes += 1
+            self._close_slow(sub)
+        self.stats.output_bytes = total
 
     def _close_slow(self, sub: Subscriber) -> None:
         self.stats.slow_consumer_closes += 1
@@ -913,24 +1427,25 @@ class Hub:
             if not subs:
                 del self._by_filter[sub.filter]
                 self._recent.pop(sub.filter, None)
+                self._recent_bytes -= self._recent_size.pop(sub.filter, 0)
+                if sub.filter.wants_updates:
+                    self._update_interest()
 
     def _count_reset(self, reason: str) -> None:
         self.stats.resets[reason] = self.stats.resets.get(reason, 0) + 1
 
 
-def _dumps(obj: Any) -> bytes:
-    """orjson, falling back to ``str()`` for values JSON can't hold (a set, a Path…):
-    one odd value from a producer must not break the stream.
-
-    The result is an exact-size copy: orjson hands back bytes with spare capacity, a
-    multiple of a small event's size, and the resume buffer keeps ``buffer_size`` of them.
-    """
+def _encode(ev: Any, stats: HubStats) -> bytes:
+    """One event's bytes, whatever it holds: through the fallback when orjson can't, cut
+    down (in place) past :data:`MAX_EVENT_BYTES`."""
     try:
-        data = orjson.dumps(obj)
+        # orjson's bytes have spare capacity; the buffer keeps an exact copy
+        data = memoryview(orjson.dumps(ev)).tobytes()
     except TypeError:
-        data = orjson.dumps(obj, default=str, option=orjson.OPT_NON_STR_KEYS)
-    return memoryview(data).tobytes()
-
-
-def _join(parts: list[bytes]) -> bytes:
-    return b"[" + b",".join(parts) + b"]"
+        stats.encode_fallbacks += 1
+        data = P.encode(ev)
+    if len(data) > MAX_EVENT_BYTES:
+        P.shrink(ev, MAX_EVENT_BYTES)
+        stats.events_shrunk += 1
+        data = P.encode(ev)
+    return data

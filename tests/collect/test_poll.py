@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -116,7 +117,8 @@ async def test_the_loop_never_blocks_during_a_slow_poll(make):
     assert max(gaps) < 0.15
 
 
-async def test_an_overrunning_poll_skips_ticks_and_says_so(make):
+async def test_an_overrunning_poll_skips_ticks_and_says_so(make, caplog):
+    caplog.set_level("INFO", logger="procstream.collect.poll")
     poller, scan, sink = make(interval=0.05)
     scan.delay = 0.13
     task = asyncio.create_task(poller.run())
@@ -129,6 +131,63 @@ async def test_an_overrunning_poll_skips_ticks_and_says_so(make):
     assert all(c["skipped"] >= 2 for c in cycles)
     assert poller.status.skipped >= 4
     assert poller.status.polls == len(sink.batches) + 1  # no pile-up
+    # said once for the streak, not at every poll
+    assert len([r for r in caplog.records if "take longer than the interval" in r.getMessage()]) == 1
+
+
+async def test_polls_slower_than_three_intervals_are_healthy_and_say_their_interval(make):
+    """A host whose polls take longer than 3 intervals is slow, not stuck: /healthz stays
+    200 (a liveness probe would otherwise restart it forever), and says why."""
+    poller, scan, sink = make(interval=0.02)
+    scan.delay = 0.15  # more than 3 intervals (0.06 s)
+    task = asyncio.create_task(poller.run())
+    try:
+        await async_wait_for("condition", lambda: poller.status.polls >= 1, 10)
+        seen: list[bool] = []
+        while len(sink.batches) < 4:
+            seen.append(poller.health()[0])
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert all(seen) and len(seen) > 20
+    ok, details = poller.health()
+    assert ok and details["stale_after_s"] >= 0.45 and details["interval_s"] == 0.02
+    assert details["effective_interval_s"] >= 0.15
+    cycles = [e for b in sink.batches for e in b if e["type"] == "cycle"]
+    assert all(c["interval_s"] >= 0.15 for c in cycles[1:])
+
+
+async def test_a_poll_that_hangs_turns_health_bad(make):
+    poller, scan, sink = make(interval=0.02)
+    scan.delay = 0.05
+    task = asyncio.create_task(poller.run())
+    try:
+        await async_wait_for("condition", lambda: len(sink.batches) >= 3, 10)
+        assert poller.health()[0] is True
+        scan.delay = 1.5  # hangs: far past 3 times the recent polls
+        await async_wait_for("condition", lambda: poller.health()[0] is False, 1.4)
+        assert poller.health()[1]["status"] == "stale"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_streak_of_failed_polls_is_logged_once_and_counted_each_time(make, caplog):
+    poller, scan, sink = make(interval=0.02)
+    task = asyncio.create_task(poller.run())
+    try:
+        await async_wait_for("condition", lambda: poller.status.polls >= 1)
+        scan.fail = True
+        await async_wait_for("condition", lambda: poller.status.failures >= 10)
+        scan.fail = False
+        await async_wait_for("condition", lambda: poller.status.last_error is None)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    lines = [r.getMessage() for r in caplog.records if r.name == "procstream.collect.poll"]
+    assert len([m for m in lines if "poll failed" in m]) == 1
+    assert len([m for m in lines if "works again after" in m]) == 1
 
 
 async def test_failing_polls_are_retried_and_health_follows(make):
@@ -180,3 +239,14 @@ async def test_run_after_a_first_poll_waits_one_interval(make):
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def test_the_healthz_fields_are_the_ones_deploy_md_documents(make):
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "deploy.md").read_text()
+    section = doc[doc.index("## Health: `/healthz`"):doc.index("## Limits")]
+    rows = [line.split(" | ")[0] for line in section.splitlines() if line.startswith("| `")]
+    documented = {name for row in rows for name in re.findall(r"`([^`]+)`", row)}
+    poller, _, _ = make()
+    assert documented == set(poller.health()[1])

@@ -6,6 +6,7 @@ import errno
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,11 +17,14 @@ from procstream.procfs import (
     ProcfsParseError,
     ProcId,
     ProcLike,
+    ProcExtras,
     ProcMetrics,
     ProcStatic,
     States,
+    ThreadSample,
 )
-from tests.support.fake_proc_tree import deny, unprivileged
+from procstream.procfs import fs as fs_module
+from tests.support.fake_proc_tree import add_proc, deny, unprivileged
 
 BTIME = 1795677232
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -84,6 +88,13 @@ def test_all_procs_lists_numeric_entries_in_pid_order(fake_proc: Path) -> None:
     assert [p.pid for p in procs] == [14, 1000, 1001, 1002, 1003, 1004, 1006, 1010]
 
 
+def test_all_procs_skips_names_that_are_not_pids_as_the_kernel_writes_them(fake_proc: Path) -> None:
+    # str.isdigit() accepts all of these; int() refuses the first three
+    for name in ("\u00b2", "\u0663", "1\u2082", "0", "007", "99999999999"):
+        shutil.copytree(fake_proc / "1000", fake_proc / name, symlinks=True)
+    assert [p.pid for p in FS(fake_proc).all_procs()] == [14, 1000, 1001, 1002, 1003, 1004, 1006, 1010]
+
+
 def test_all_procs_listing_failure_raises_at_call(fake_proc: Path) -> None:
     fs = FS(fake_proc)
     shutil.rmtree(fake_proc)
@@ -123,6 +134,7 @@ def test_normal_process(fake_proc: Path) -> None:
         open_fds=3,
         states=States(sleeping=1),
         partial_errors=0,
+        state="S",
     )
     assert proc.fd_limit() == 20000
 
@@ -180,6 +192,31 @@ def test_garbage_stat(fake_proc: Path) -> None:
         proc.proc_id()
     with pytest.raises(ProcfsParseError):
         proc.metrics()
+
+
+def test_a_stat_field_beyond_64_bits_is_garbage(fake_proc: Path) -> None:
+    stat = fake_proc / "1000" / "stat"
+    stat.write_bytes(stat.read_bytes().replace(b" 2990080 ", b" 1180591620717411303424 "))
+    with pytest.raises(ProcfsParseError):
+        FS(fake_proc).proc(1000).proc_id()
+
+
+def test_a_long_cmdline_is_read_up_to_the_limit_and_says_so(fake_proc: Path) -> None:
+    from procstream.procfs.cmdline import READ_LIMIT
+
+    argv = [b"/usr/bin/hostile"] + [b"a" * 100_000] * 30  # 3 MB, as a local user may
+    (fake_proc / "1000" / "cmdline").write_bytes(b"\0".join(argv) + b"\0")
+    static = FS(fake_proc).proc(1000).static()
+    assert static.cmdline_truncated is True
+    assert static.cmdline[0] == "/usr/bin/hostile"
+    assert sum(len(a) + 1 for a in static.cmdline) - 1 == READ_LIMIT
+    # exactly at the limit is whole
+    exact = b"b" * (READ_LIMIT - 1) + b"\0"
+    (fake_proc / "1006" / "cmdline").write_bytes(exact)
+    static = FS(fake_proc).proc(1006).static()
+    assert static.cmdline == ("b" * (READ_LIMIT - 1),) and static.cmdline_truncated is False
+    with_cgroups = FS(fake_proc).proc(1000).static(cgroups=True)
+    assert with_cgroups.cmdline_truncated is True and with_cgroups.cgroups
 
 
 def test_stat_without_status_is_a_vanished_process(fake_proc: Path) -> None:
@@ -329,3 +366,169 @@ def test_unreadable_limits_is_unknown(fake_proc: Path) -> None:
 
 def _fd_limit(mount: str, pid: int) -> int:
     return FS(mount).proc(pid).fd_limit()
+
+
+# -- a process that execs while it is read ------------------------------------------
+
+STARTSTACK = 25  # field 28 of stat, counted after "(comm)"
+FLAGS = 6  # field 9
+
+
+def _become(root: Path, pid: int, comm: str, argv: tuple[str, ...], *, stack: int = 0, flags: int | None = None) -> None:
+    """Turn process ``pid`` of a fake tree into another program in place (an exec keeps
+    its pid and start time): its name, its argv and its stack (0: not set up yet)."""
+    d = root / str(pid)
+    fields = (d / "stat").read_bytes().rpartition(b")")[2].split()
+    fields[STARTSTACK] = str(stack).encode()
+    if flags is not None:
+        fields[FLAGS] = str(flags).encode()
+    (d / "stat").write_bytes(f"{pid} ({comm}) ".encode() + b" ".join(fields) + b"\n")
+    (d / "cmdline").write_bytes(b"".join(a.encode() + b"\0" for a in argv))
+
+
+NOHUP = ("nohup", "sleep", "60")
+SLEEP = ("sleep", "60")
+
+
+def _nohup(fake_proc: Path) -> Proc:
+    add_proc(fake_proc, 4000, comm="nohup", cmdline=NOHUP)
+    _become(fake_proc, 4000, "nohup", NOHUP, stack=0x7000)
+    return FS(fake_proc).proc(4000)
+
+
+def test_an_exec_between_stat_and_cmdline_names_the_new_program_with_its_own_argv(fake_proc: Path) -> None:
+    proc = _nohup(fake_proc)
+    proc.proc_id()  # stat read: still nohup
+    _become(fake_proc, 4000, "sleep", SLEEP, stack=0x8000)
+    static = proc.static()
+    assert (static.name, static.cmdline, static.cmdline_known) == ("sleep", SLEEP, True)
+    assert proc.exec_mark() == ("sleep", 0x8000)  # the mark of the program it names
+
+
+def test_an_exec_between_an_argv_read_first_and_stat_names_the_new_program_with_its_own_argv(fake_proc: Path) -> None:
+    proc = _nohup(fake_proc)
+    proc.read_argv_first()  # nohup's argv
+    _become(fake_proc, 4000, "sleep", SLEEP, stack=0x8000)
+    proc.proc_id()
+    static = proc.static()
+    assert (static.name, static.cmdline) == ("sleep", SLEEP)
+
+
+def test_a_process_read_mid_exec_gets_its_argv_once_the_kernel_has_set_it_up(
+    fake_proc: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proc = _nohup(fake_proc)
+    _become(fake_proc, 4000, "sleep", (), stack=0)  # new name, no argv yet
+    proc.proc_id()
+    real_read = fs_module.read_file
+
+    def read_file(path: str, **kw: Any) -> bytes:
+        data = real_read(path, **kw)
+        if path.endswith("/cmdline"):
+            _become(fake_proc, 4000, "sleep", SLEEP, stack=0x8000)  # the exec goes on
+        return data
+
+    monkeypatch.setattr(fs_module, "read_file", read_file)
+    static = proc.static()
+    assert (static.name, static.cmdline, static.cmdline_known) == ("sleep", SLEEP, True)
+
+
+def test_an_argv_read_first_stands_for_a_process_that_exits_before_the_rest_is_read(fake_proc: Path) -> None:
+    proc = _nohup(fake_proc)
+    proc.read_argv_first()
+    _become(fake_proc, 4000, "nohup", (), flags=0x400104)  # PF_EXITING: its memory is gone
+    proc.proc_id()
+    static = proc.static()
+    assert (static.name, static.cmdline, static.cmdline_known) == ("nohup", NOHUP, True)
+
+
+def test_a_live_program_with_an_empty_argv_keeps_it_as_its_own(fake_proc: Path) -> None:
+    proc = _nohup(fake_proc)
+    _become(fake_proc, 4000, "noargs", (), stack=0x8000)
+    static = proc.static()
+    assert (static.name, static.cmdline, static.cmdline_known) == ("noargs", (), True)
+
+
+# -- what process-exporter reads with -threads and -gather-smaps, and wait channels ---
+
+
+def test_extras_are_not_read_unless_asked(fake_proc: Path) -> None:
+    metrics = FS(fake_proc).proc(1010).metrics()
+    assert metrics.extras is None
+    # not even opened: unreadable, they would count as partial errors
+    for name in ("smaps_rollup", "wchan", "task/1011/io", "task/1011/wchan"):
+        (fake_proc / "1010" / name).unlink()
+    assert FS(fake_proc).proc(1010).metrics().partial_errors == 0
+
+
+def test_threads_of_a_multithreaded_process(fake_proc: Path) -> None:
+    fs = FS(fake_proc, threads=True, thread_detail=False)
+    assert fs.thread_detail is True  # per-thread samples are thread detail
+    metrics = fs.proc(1010).metrics()
+    assert metrics.extras is not None
+    assert sorted(metrics.extras.threads) == [
+        ThreadSample(1010, 67176, "python3", 2 / TICKS, 0.0, 4096, 0, 0, 1932, 4, 3),
+        # the comm of a thread is its own (pthread_setname_np), ')' and ' ' included
+        ThreadSample(1011, 67179, "pool) worker", 0.0, 0.0, 0, 8192, 0, 3, 25, 7),
+        ThreadSample(1012, 67179, "pool) worker", 0.0, 0.0, 12288, 4096, 0, 3, 3, 1),
+    ]
+    # the same walk still gives the process's states and context switches
+    assert metrics.states == States(running=1, sleeping=1, waiting=1)
+    assert (metrics.ctx_voluntary, metrics.ctx_nonvoluntary) == (32, 11)
+    assert metrics.partial_errors == 0
+
+
+def test_single_threaded_process_has_no_thread_samples(fake_proc: Path) -> None:
+    # as in process-exporter, per-thread data is about processes with 2 threads or more
+    assert FS(fake_proc, threads=True).proc(1000).metrics().extras == ProcExtras()
+
+
+def test_thread_io_unreadable_is_partial(fake_proc: Path) -> None:
+    deny(fake_proc / "1010" / "task" / "1012" / "io")
+    metrics = unprivileged(lambda: FS(fake_proc, threads=True).proc(1010).metrics())
+    by_tid = {t.tid: t for t in metrics.extras.threads}
+    assert (by_tid[1012].read_bytes, by_tid[1012].write_bytes) == (0, 0)
+    assert by_tid[1011].write_bytes == 8192
+    assert metrics.partial_errors >= 1
+
+
+def test_wait_channels_one_per_waiting_thread(fake_proc: Path) -> None:
+    fs = FS(fake_proc, wchan=True)
+    # three threads: two wait, one runs (0); the process's own wchan is not counted again
+    assert sorted(fs.proc(1010).metrics().extras.wchans) == ["do_select", "io_schedule"]
+    assert fs.proc(1000).metrics().extras == ProcExtras(wchans=("hrtimer_nanosleep",))
+
+
+def test_wchan_missing_while_the_process_lives_is_partial(fake_proc: Path) -> None:
+    (fake_proc / "1000" / "wchan").unlink()
+    metrics = FS(fake_proc, wchan=True).proc(1000).metrics()
+    assert (metrics.extras, metrics.partial_errors) == (ProcExtras(), 1)
+
+
+def test_proportional_memory(fake_proc: Path) -> None:
+    fs = FS(fake_proc, smaps=True)
+    m = fs.proc(1010).metrics()
+    assert m.extras == ProcExtras(pss_bytes=9261 * 1024, swap_pss_bytes=16 * 1024)
+    assert m.partial_errors == 0
+    assert fs.proc(14).metrics().extras == ProcExtras()
+
+
+def test_proportional_memory_missing_is_partial(fake_proc: Path) -> None:
+    # the zombie's fixture has no smaps_rollup (a kernel before 4.14 has none at all)
+    m = FS(fake_proc, smaps=True).proc(1002).metrics()
+    assert (m.extras, m.partial_errors) == (ProcExtras(), 2)  # and no io
+
+
+def test_proportional_memory_of_a_vanished_process(fake_proc: Path) -> None:
+    proc = FS(fake_proc, smaps=True).proc(1000)
+    proc.static()  # stat and status read; io and fd still there
+    # smaps_rollup missing and stat too: the process is gone, not just the file
+    (fake_proc / "1000" / "smaps_rollup").unlink()
+    (fake_proc / "1000" / "stat").unlink()
+    with pytest.raises(ProcessLookupError):
+        proc.metrics()
+
+
+def test_state_letter(fake_proc: Path) -> None:
+    fs = FS(fake_proc)
+    assert [fs.proc(pid).metrics().state for pid in (1000, 1002, 1010)] == ["S", "Z", "S"]

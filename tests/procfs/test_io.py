@@ -37,3 +37,8 @@ def test_without_trailing_newline() -> None:
 def test_garbage_raises(data: bytes) -> None:
     with pytest.raises(ProcfsParseError):
         parse_io(data)
+
+
+def test_a_value_beyond_64_bits_is_garbage() -> None:
+    with pytest.raises(ProcfsParseError):
+        parse_io(b"rchar: 0\nread_bytes: 1180591620717411303424\nwrite_bytes: 0\n")

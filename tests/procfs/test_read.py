@@ -33,6 +33,15 @@ def test_files_larger_than_one_read(tmp_path: Path, size: int) -> None:
     assert read_file(str(tmp_path / "big"), until_eof=False) == data
 
 
+@pytest.mark.parametrize("limit", [1, 100, 8192, 8193, 20_000])
+def test_a_limit_reads_no_more_than_that(tmp_path: Path, limit: int) -> None:
+    data = bytes(i % 251 for i in range(100_000))
+    (tmp_path / "big").write_bytes(data)
+    assert read_file(str(tmp_path / "big"), limit=limit) == data[:limit]
+    (tmp_path / "small").write_bytes(data[:50])
+    assert read_file(str(tmp_path / "small"), limit=limit) == data[: min(50, limit)]
+
+
 @pytest.fixture
 def long_argv() -> Iterator[tuple[int, list[bytes]]]:
     """A live python whose cmdline is ~2 pages long."""

@@ -87,6 +87,13 @@ def test_multithreaded() -> None:
         b"1003 (sleep) S 900 1 1 0 -1 0 x 0 1 0 1 1 0 0 20 0 1 0 9 9 9",  # non-numeric
         b"1003 (sleep) 42 900 1 1 0 -1 0 1 0 1 0 1 1 0 0 20 0 1 0 9 9 9",  # bad state
         b"\x00\x01\x02 garbage",
+        # beyond 64 bits: no kernel wrote that (a crafted tree); it would break encoders
+        b"1003 (sleep) S 900 1 1 0 -1 0 1 0 1 0 1 1 0 0 20 0 1 0 9 1180591620717411303424 9",
+        b"1003 (sleep) S 900 1 1 0 -1 0 1 0 1 0 1 1 0 0 20 0 1 0 9 9 -9223372036854775809",
+        b"1003 (sleep) S 900 1 1 0 -1 0 1 0 1 0 1 1 0 0 20 0 1 0 9 9 9 0 0 0 18446744073709551615",
+        # digits int() of bytes refuses (non-ASCII), and far too many of them
+        "1003 (sleep) S 900 1 1 0 -1 0 \u00b2 0 1 0 1 1 0 0 20 0 1 0 9 9 9".encode(),
+        b"1003 (sleep) S 900 1 1 0 -1 0 1 0 1 0 1 1 0 0 20 0 1 0 9 9 " + b"9" * 5000,
     ],
 )
 def test_garbage_raises(data: bytes) -> None:

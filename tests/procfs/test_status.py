@@ -69,3 +69,17 @@ def test_thread_status_ctx_switches() -> None:
 def test_garbage_raises(data: bytes) -> None:
     with pytest.raises(ProcfsParseError):
         parse_status(data)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"Uid:\t0\t18446744073709551616\t0\t0", b"voluntary_ctxt_switches:\t99999999999999999999",
+     b"VmSwap:\t9223372036854775807 kB"],
+)
+def test_values_beyond_64_bits_are_garbage(line: bytes) -> None:
+    base = (PROC / "1000" / "status").read_bytes()
+    key = line.split(b":")[0] + b":"
+    start = base.index(b"\n" + key) + 1
+    end = base.index(b"\n", start)
+    with pytest.raises(ProcfsParseError):
+        parse_status(base[:start] + line + base[end:])

@@ -34,12 +34,11 @@ from procstream.serve.metrics import (
 from procstream.collect.poll import PollStatus
 from procstream.procfs.models import States
 from procstream.tracker import CollectErrors, Counts, Memory
+from tests.support.exporter import running_exporter
 from tests.support.served import Client, Served, http_get
-from tests.support.network import free_port
 from tests.support.processes import running, stop
 from tests.support.waiting import wait_for
 
-EXPORTER = shutil.which("prometheus-process-exporter")
 
 # -- a small parser of the text format (independent of prometheus_client's) --------------
 
@@ -220,7 +219,6 @@ def tag() -> str:
 @pytest.fixture
 def exporter(tmp_path: Path, tag: str) -> Iterator[tuple[str, Path, float]]:
     """process-exporter on a free loopback port, with a config naming this test's processes."""
-    assert EXPORTER is not None, "prometheus-process-exporter is not installed (apt install prometheus-process-exporter)"
     config = tmp_path / "config.yml"
     config.write_text(
         "process_names:\n"
@@ -228,27 +226,8 @@ def exporter(tmp_path: Path, tag: str) -> Iterator[tuple[str, Path, float]]:
         f"  - name: \"gone-{{{{.Comm}}}}\"\n    comm: [pxc_{tag}]\n"
         f"  - name: \"work:{{{{.Matches.Tag}}}}\"\n    cmdline: ['pxm-(?P<Tag>{tag})']\n"
     )
-    port = free_port()
     launched = time.time()
-    with running(
-        EXPORTER,
-        f"-config.path={config}",
-        f"-web.listen-address=127.0.0.1:{port}",
-        "-threads=false",
-        "-gather-smaps=false",
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    ):
-        url = f"http://127.0.0.1:{port}/metrics"
-
-        def answers() -> bool:
-            try:
-                with urllib.request.urlopen(url, timeout=2):
-                    return True
-            except OSError:
-                return False
-
-        wait_for("process-exporter to answer", answers, timeout=15)
+    with running_exporter(config, "-threads=false", "-gather-smaps=false") as url:
         yield url, config, launched
 
 

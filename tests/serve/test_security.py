@@ -126,6 +126,36 @@ def test_a_browser_link_with_the_token_becomes_a_cookie() -> None:
     assert "; Secure" in tls(req(f"/?token={quoted}", Accept=html)).headers["Set-Cookie"]  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize(
+    ("path", "location"),
+    [
+        ("//evil.com/", "/evil.com/"),
+        ("/\\evil.com/", "/evil.com/"),
+        ("/\\/evil.com", "/evil.com"),
+        ("///evil.com/a", "/evil.com/a"),
+        ("/\t/evil.com", "/evil.com"),  # browsers drop tabs and line breaks from URLs
+        ("/%2F%2Fevil.com", "/%2F%2Fevil.com"),  # a path, however it reads
+    ],
+)
+def test_the_token_redirect_never_leaves_this_server(path: str, location: str) -> None:
+    guard = Guard(SecurityConfig(token=TOKEN))
+    quoted = urllib.request.quote(TOKEN, safe="")
+    response = guard(req(f"{path}?token={quoted}&x=1", Accept="text/html"))
+    assert response is not None and response.status_code == 303
+    assert response.headers["Location"] == f"{location}?x=1"
+    assert response.headers["Location"].startswith("/") and response.headers["Location"][1] not in "/\\"
+
+
+def test_unicode_digits_in_a_port_are_not_a_port() -> None:
+    guard = Guard(SecurityConfig())
+    # headers arrive as Latin-1: these are the digits str.isdigit() accepts there
+    for host in ("127.0.0.1:\u00b2", "localhost:8\u00b3", "[::1]:\u00b9"):
+        assert status_of(guard, req("/api/snapshot", Host=host)) == 403, host
+    assert status_of(guard, req("/api/snapshot", Host="127.0.0.1:8765", Origin="http://127.0.0.1:\u00b2")) == 403
+    assert normalize_origin("http://a:\u00b2") is None
+    assert status_of(guard, req("/api/snapshot", Host="127.0.0.1:8765")) == 200
+
+
 def test_origin_own_allowed_and_foreign() -> None:
     guard = Guard(SecurityConfig(token=TOKEN, allow_origins=("https://dash.example.com",)))
     auth = f"Bearer {TOKEN}"

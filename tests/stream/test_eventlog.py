@@ -375,6 +375,24 @@ def test_oversized_batch_is_cut_at_the_queue_bound(tmp_path: Path, logs: list[Ev
     assert [e["seq"] for e in read_lines(path)] == list(range(10))
 
 
+def test_the_queue_is_bounded_in_bytes_too(tmp_path: Path) -> None:
+    """Few events but big ones (a command line of 10 KB each): the bytes bound holds
+    where the count bound would not."""
+    fifo = tmp_path / "ev.fifo"
+    os.mkfifo(fifo)  # nobody reads: the writer thread blocks opening it
+    el = EventLog(str(fifo), max_queue=1_000_000, max_queue_bytes=64 * 1024)
+    reader_fd: int | None = None
+    try:
+        for s in range(200):  # 2 MB of lines
+            el.write([ev(s, cmdline=["x" * 10_000])])
+        assert 0 < el.stats.queued_bytes <= 64 * 1024
+        assert el.stats.queued == 6 and el.stats.queue_dropped == 194
+    finally:
+        reader_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # unblocks the writer
+        el.close(timeout=DEADLINE)
+        os.close(reader_fd)
+
+
 def test_stuck_sink_never_blocks_the_caller(tmp_path: Path) -> None:
     """A FIFO nobody reads: the writer thread blocks opening it. The caller keeps going,
     the queue stops at its bound and the rest is counted as dropped."""
@@ -413,3 +431,12 @@ def test_stuck_sink_never_blocks_the_caller(tmp_path: Path) -> None:
             reader.join(DEADLINE)
         os.close(reader_fd)
     assert [json.loads(line)["seq"] for line in bytes(received).splitlines()] == list(range(50))
+
+
+def test_proc_update_is_logged_only_when_named(tmp_path: Path, logs: list[EventLog]) -> None:
+    cases = ((frozenset({"*"}), False), (frozenset({"proc.*"}), False),
+             (frozenset({"proc.update"}), True), (frozenset({"*", "proc.update"}), True))
+    for i, (types, logged) in enumerate(cases):
+        el = make(logs, tmp_path / f"log{i}", types=types)
+        assert el.wants("proc.update") is logged, types
+        assert el.wants("proc.start") is (types != {"proc.update"}), types

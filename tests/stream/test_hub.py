@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from procstream.schema import PROC_FIELDS, ProcStart
-from procstream.stream.hub import SLOW_CONSUMER_CODE, Hub, Subscriber
+from procstream.stream.hub import OUTBOX_BYTES, SLOW_CONSUMER_CODE, Hub, Subscriber
 from procstream.stream.protocol import Filter, Subscription, expand_types
 
 
@@ -31,6 +31,9 @@ class FakeTransport:
         self.woken = 0
         self.closed_with: tuple[int, str] | None = None
         self.gone = False
+        self.held = 0  # bytes its write buffer holds (for the output budget)
+        self.in_kernel = 0  # bytes the kernel holds for the peer, unacknowledged
+        self.peer_acked = 0  # bytes the peer acknowledged
 
     def writable(self) -> bool:
         return self.ok and self.closed_with is None
@@ -45,6 +48,15 @@ class FakeTransport:
         if not self.writable():
             return 0
         return 1 if self.write(frame) else -1
+
+    def buffered(self) -> int:
+        return self.held
+
+    def unacked(self) -> int:
+        return self.in_kernel
+
+    def acked(self) -> int:
+        return self.peer_acked
 
     def wake(self) -> None:
         self.woken += 1
@@ -81,8 +93,8 @@ _pids = itertools.count(100)
 def start(group: str = "web", pid: int | None = None, st: float = 5.0) -> ProcStart:
     pid = next(_pids) if pid is None else pid
     return {"type": "proc.start", "ts": 10.0, "pid": pid, "ppid": 1, "start_time": st,
-            "name": group, "cmdline": [group, "-x"], "cmdline_known": True, "group": group, "user": "root", "uid": 0,
-            "restart_of": None, "source": "poll"}
+            "name": group, "cmdline": [group, "-x"], "cmdline_known": True, "cmdline_truncated": False, "group": group,
+            "user": "root", "uid": 0, "restart_of": None, "source": "poll"}
 
 
 def exit_(ev: ProcStart) -> dict[str, Any]:
@@ -241,8 +253,11 @@ def test_snapshot_then_live_events_in_frames_that_are_arrays() -> None:
     hub, _ = make_hub()
     hub.publish([start("web")])
     sub, transport = subscribe(hub)
+    assert transport.frames == [] and sub.lagging  # the pump sends the snapshot
+    transport.pump(sub)
     objs = transport.objects()
     assert [o["type"] for o in objs] == ["snapshot"] and objs[0]["seq"] == 1
+    assert (objs[0]["part"], objs[0]["parts"]) == (1, 1)
     batch = [cycle(), start("web")]
     hub.publish(batch)
     assert len(transport.frames) == 2  # one poll = one frame
@@ -337,6 +352,7 @@ def test_reset_for_foreign_epoch_future_and_expired(snapshot: bool) -> None:
     for make_kw, reason in cases:
         kw = make_kw()
         sub, transport = subscribe(hub, snapshot=snapshot, **kw)
+        transport.pump(sub)
         objs = transport.objects()
         assert objs[0] == {"type": "reset", "reason": reason, "seq": hub.head_seq,
                            "epoch": hub.epoch, "since": kw["since"]}
@@ -360,12 +376,14 @@ def test_load_state_again_is_a_resync() -> None:
     objs = transport.objects()
     assert objs[0]["type"] == "reset" and objs[0]["reason"] == "resync" and objs[0]["seq"] == 2
     assert len(objs) == 1  # snapshot=0: no state
-    _, transport2 = subscribe(hub)
+    sub2, transport2 = subscribe(hub)
     hub.load_state({"y": {"procs": 1}}, [])
+    transport2.pump(sub2)
     reset, snap = transport2.objects()[-2:]
     assert reset["reason"] == "resync" and snap["groups"] == {"y": {"procs": 1, "group": "y"}}
     # resume points from before the re-baseline can't be replayed
-    _, transport3 = subscribe(hub, since=1, epoch=hub.epoch)
+    sub3, transport3 = subscribe(hub, since=1, epoch=hub.epoch)
+    transport3.pump(sub3)
     assert transport3.objects()[0]["reason"] == "resync"
 
 
@@ -469,6 +487,10 @@ def test_control_frames_queue_behind_a_full_buffer() -> None:
     hub.publish([cycle()])
     transport.ok = True
     transport.pump(sub)
+    # the snapshot is built when it is sent: as of then, so it covers the cycle
+    assert [o["type"] for o in transport.objects()] == ["hello", "snapshot"]
+    assert transport.objects()[1]["seq"] == 1
+    hub.publish([cycle()])
     assert [o["type"] for o in transport.objects()] == ["hello", "snapshot", "cycle"]
 
 
@@ -487,6 +509,7 @@ def test_overflow_drops_backlog_then_overflow_and_snapshot() -> None:
     hub, clock = make_hub(queue_limit=10, overflow_grace=30.0)
     healthy_sub, healthy = subscribe(hub, snapshot=False)
     sub, transport = subscribe(hub, filter=types_filter("proc.*"), snapshot=True)
+    transport.pump(sub)
     transport.frames.clear()
     transport.ok = False
     started = []
@@ -568,12 +591,14 @@ def test_outbox_bound_closes_a_client_that_never_reads() -> None:
     hub, _ = make_hub()
     transport = FakeTransport(ok=False)
     sub = hub.attach(transport)
-    for _ in range(100):
-        hub.send(sub, {"type": "error", "error": "bad", "op": None})
-        if sub.closed:
-            break
+    error = {"type": "error", "error": "x" * 1000, "op": None}
+    fits = OUTBOX_BYTES // len(orjson.dumps([error]))
+    for _ in range(fits):
+        hub.send(sub, error)
+    assert not sub.closed and sub.outbox_bytes <= OUTBOX_BYTES
+    hub.send(sub, error)
     assert sub.closed and transport.closed_with == (SLOW_CONSUMER_CODE, "slow consumer")
-    assert len(sub.outbox) == 0
+    assert len(sub.outbox) == 0 and hub.stats.outbox_closes == 1
 
 
 def test_dead_transport_is_detached() -> None:
@@ -686,8 +711,10 @@ def test_a_reader_gets_the_encoded_events_by_seq_and_sees_what_the_buffer_lost()
     subscriber = FakeTransport()
     sub = hub.attach(subscriber)
     hub.subscribe(sub, Subscription(Filter()))
+    subscriber.pump(sub)
     assert subscriber.events() == []
     hub.publish([cycle()])
+    subscriber.pump(sub)
     # the bytes a reader gets are the very bytes the WebSocket frame was joined from
     assert subscriber.frames[-1] == b"[" + hub.read(8, 1)[2][0] + b"]"
 

@@ -76,6 +76,7 @@ def test_a_snapshot_plus_the_events_after_it_as_docs_protocol_md_applies_them() 
     t = FakeTransport()
     sub = hub.attach(t)
     hub.subscribe(sub, Subscription())
+    t.pump(sub)
     live = [start("web") for _ in range(3)]
     batches: list[list[dict[str, Any]]] = [
         [life("group.missing", "db", expected_min=1, procs=0)],
@@ -87,6 +88,7 @@ def test_a_snapshot_plus_the_events_after_it_as_docs_protocol_md_applies_them() 
     ]  # fmt: skip
     for batch in batches:
         hub.publish(batch)
+        t.pump(sub)
     (snap,) = t.of_type("snapshot")
     groups = {name: dict(fields) for name, fields in snap["groups"].items()}
     procs = {(p["pid"], p["start_time"]) for p in snap["procs"]}

@@ -52,6 +52,7 @@ def attach(hub: Hub, **kw: Any) -> tuple[Any, FakeTransport]:
     t = FakeTransport()
     sub = hub.attach(t)
     hub.subscribe(sub, Subscription(**kw))
+    t.pump(sub)  # what is due (a snapshot) is built when the pump asks
     return sub, t
 
 
@@ -96,10 +97,11 @@ def test_the_hosts_filter_live_replayed_and_in_snapshots() -> None:
 def test_a_new_epoch_resets_every_subscriber() -> None:
     hub, state, _ = fleet_hub()
     hub.start_at(10)
-    _, t = attach(hub)
+    sub, t = attach(hub)
     feed(hub, state, ev(11, "a"))
     state.events.clear()
     hub.restart("e2", 0)
+    t.pump(sub)
     reset = t.of_type("reset")[-1]
     assert (reset["reason"], reset["epoch"], reset["seq"]) == ("epoch", "e2", 0)
     assert t.of_type("snapshot")[-1]["epoch"] == "e2"
@@ -126,9 +128,10 @@ def test_a_resume_from_a_seq_not_reached_yet_waits_then_replays_exactly() -> Non
     feed(hub, state, ev(5, "a"))
     assert [e["seq"] for e in t.events()] == [4, 5]
     # one too far ahead is a reset once the wait is over
-    _, far = attach(hub, since=100, epoch="e")
+    far_sub, far = attach(hub, since=100, epoch="e")
     clock.t += 5.0
     hub.tick()
+    far.pump(far_sub)
     assert far.of_type("reset")[0]["reason"] == "future"
 
 

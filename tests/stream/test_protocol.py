@@ -107,6 +107,10 @@ def test_parse_query_mapping_and_blank_lists() -> None:
         ("since=-1&epoch=e", "'since' must be a non-negative integer"),
         ("since=abc&epoch=e", "'since' must be a non-negative integer"),
         ("since=99999999999999999999&epoch=e", "'since' must be a non-negative integer"),
+        # str.isdigit() says yes to these; int() says no
+        ("since=%C2%B2&epoch=e", "'since' must be a non-negative integer"),
+        ("since=%D9%A3&epoch=e", "'since' must be a non-negative integer"),
+        ("since=1%E2%82%82&epoch=e", "'since' must be a non-negative integer"),
         ("since=5", '"since" needs "epoch"'),
         ("epoch=e", '"epoch" needs "since"'),
         ("since=1&epoch=e&since=2", "'since' given more than once"),
@@ -212,3 +216,28 @@ def test_abuse_guard_sliding_window() -> None:
     # spread out over time, the same count is fine
     slow = AbuseGuard(limit=20, window=10.0)
     assert not any(slow.record(i * 0.6) for i in range(100))
+
+
+# -- encoding -------------------------------------------------------------------------------
+
+
+def test_encode_never_raises_and_keeps_what_it_can() -> None:
+    odd = {
+        "big": 2**70,
+        "small": -(2**70),
+        "set": {"b"},
+        "keys": {1: "x", (2, 3): "y"},
+        "lone_surrogate": "a\ud800b",
+        "nested": [[[[["deep"]]]]],
+        "obj": object.__new__(type("Broken", (), {"__str__": lambda self: 1 / 0})),
+    }
+    got = orjson.loads(P.encode(odd))
+    assert got["big"] == 2**64 - 1 and got["small"] == -(2**63)
+    assert got["set"] == "{'b'}" and got["keys"] == {"1": "x", "(2, 3)": "y"}
+    assert got["lone_surrogate"] == "a?b" and got["nested"] == [[[[["deep"]]]]]
+    assert got["obj"] == "<Broken>"
+    deep: list = []
+    for _ in range(300):  # deeper than orjson itself goes
+        deep = [deep]
+    assert orjson.loads(P.encode({"deep": deep}))
+    assert orjson.loads(P.frame({"type": "error", "error": "\udcff"}))[0]["error"] == "?"

@@ -41,3 +41,27 @@ def test_without_an_event_log_only_the_hub_gets_the_events() -> None:
     sink.load_state({}, [])
     sink.publish([{"type": "cycle", "ts": 1.0}])  # type: ignore[list-item]
     assert hub.head_seq == 1
+
+
+class Broken:
+    def write(self, events) -> None:
+        raise OSError("the log is broken")
+
+
+def test_a_failing_part_is_counted_and_logged_once_and_the_other_still_gets_the_batch(caplog) -> None:
+    hub = Hub(host="h1", interval=1.0)
+    sink = HubAndLog(hub, Broken())  # type: ignore[arg-type]
+    sink.load_state({}, [])
+    for ts in (1.0, 2.0, 3.0):
+        sink.publish([{"type": "cycle", "ts": ts}])  # type: ignore[list-item]
+    assert hub.head_seq == 3 and hub.stats.publish_errors == 3
+    assert len([r for r in caplog.records if "event log failed" in r.getMessage()]) == 1
+
+    def boom(events) -> None:
+        raise RuntimeError("hub bug")
+
+    hub.publish = boom  # type: ignore[method-assign]
+    log = Log()
+    sink = HubAndLog(hub, log)  # type: ignore[arg-type]
+    sink.publish([{"type": "cycle", "ts": 4.0}])  # type: ignore[list-item]
+    assert len(log.batches) == 1 and hub.stats.publish_errors == 4

@@ -20,7 +20,10 @@ import pytest
 
 from tests.support.children import NOBODY, become, in_child
 
-__all__ = ["FIXTURES", "NOBODY", "BOOT_TIME", "LIFECYCLE_CONFIG", "make_fake_proc", "ticks_now", "unprivileged", "deny"]
+__all__ = [
+    "FIXTURES", "NOBODY", "BOOT_TIME", "LIFECYCLE_CONFIG", "make_fake_proc", "ticks_now", "unprivileged", "deny",
+    "add_proc", "remove_proc", "set_stat",
+]  # fmt: skip
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "proc"
 #: the fixture tree's boot time (``btime`` of its ``stat``), epoch seconds
@@ -128,3 +131,40 @@ def remove_proc(root: Path, pid: int) -> None:
     gone = root.parent / f".gone-{pid}"
     (root / str(pid)).rename(gone)
     shutil.rmtree(gone)
+
+
+def write_proc(root: Path, pid: int, *, comm: str, cmdline: bytes, start: int, stat: bytes | None = None) -> None:
+    """Add process ``pid`` to a fake tree with only the files a poll reads (``stat``,
+    ``status``, ``cmdline``, ``io`` and an empty ``fd/``): cheaper than ``add_proc`` when
+    a test churns many processes. ``cmdline`` is the file's raw bytes; ``stat`` replaces
+    the generated one. Renamed into place, so a poller never sees half a process."""
+    tmp = root.parent / f".new-{pid}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    (tmp / "fd").mkdir(parents=True)
+    fields = f"S 1 {pid} {pid} 0 -1 4194304 10 0 0 0 1 0 0 0 20 0 1 0 {start} 2990080 423"
+    (tmp / "stat").write_bytes(stat if stat is not None else f"{pid} ({comm}) {fields}\n".encode())
+    (tmp / "status").write_bytes(f"Name:\t{comm}\nUid:\t0\t0\t0\t0\nVmSwap:\t0 kB\n".encode())
+    (tmp / "cmdline").write_bytes(cmdline)
+    (tmp / "io").write_bytes(b"rchar: 0\nread_bytes: 0\nwrite_bytes: 0\n")
+    dst = root / str(pid)
+    if dst.exists():
+        remove_proc(root, pid)
+    tmp.rename(dst)
+
+
+# Fields of a stat line after the comm, by name (field N of proc(5) at index N - 3).
+_STAT_FIELDS = {"state": 0, "ppid": 1, "minflt": 7, "utime": 11, "stime": 12, "num_threads": 17, "rss": 21}
+
+
+def set_stat(root: Path, pid: int, **fields: int | str) -> None:
+    """Change fields of process ``pid``'s ``stat`` in a fake tree (``state``, ``utime``,
+    ``rss`` in pages, ...), atomically: a poller reads the old line or the new one."""
+    path = root / str(pid) / "stat"
+    head, _, rest = path.read_bytes().rpartition(b")")
+    parts = rest.split()
+    for name, value in fields.items():
+        parts[_STAT_FIELDS[name]] = str(value).encode()
+    tmp = path.with_name(".stat.new")
+    tmp.write_bytes(head + b") " + b" ".join(parts) + b"\n")
+    tmp.rename(path)

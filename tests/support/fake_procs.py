@@ -10,7 +10,9 @@ from procstream.procfs.models import (
     ProcId,
     ProcIdInfo,
     ProcMetrics,
+    ProcExtras,
     ProcStatic,
+    ThreadSample,
     state_of,
 )
 
@@ -40,6 +42,9 @@ def fake(
     partial: int = 0,
     error: BaseException | None = None,
     stack: int = 0,
+    pss: tuple[int, int] = (0, 0),
+    thread_samples: tuple[ThreadSample, ...] = (),
+    wchans: tuple[str, ...] = (),
 ) -> FixedProc:
     """One process as one poll would see it. ``start`` is in clock ticks since boot;
     ``stack`` (the address in ``stat``, new on each exec) 0 for unknown."""
@@ -68,9 +73,25 @@ def fake(
         open_fds=fds,
         states=state_of(state),
         partial_errors=partial,
+        state=state,
+        extras=ProcExtras(pss[0], pss[1], thread_samples, wchans) if pss != (0, 0) or thread_samples or wchans else None,
     )
     mark = ExecMark(name, stack) if stack else None
     return FixedProc(ProcIdInfo(ProcId(pid, start), static, metrics), limit=limit, error=error, mark=mark)
+
+
+def thread(
+    tid: int,
+    name: str,
+    *,
+    start: int = 1000,
+    cpu: tuple[float, float] = (0.0, 0.0),
+    io: tuple[int, int] = (0, 0),
+    faults: tuple[int, int] = (0, 0),
+    ctx: tuple[int, int] = (0, 0),
+) -> ThreadSample:
+    """One thread's sample (for ``fake(..., thread_samples=...)``); counters are totals."""
+    return ThreadSample(tid, start, name, cpu[0], cpu[1], io[0], io[1], faults[0], faults[1], ctx[0], ctx[1])
 
 
 @dataclass

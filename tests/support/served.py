@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -40,10 +41,19 @@ def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 5
 class Served:
     """``procstream serve`` (or another serving ``command``) in a child process on 127.0.0.1."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, log: Path | None = None, port: int | None = None,
-                 command: str = "serve") -> None:
+    def __init__(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+        port: int | None = None,
+        nofile: tuple[int, int] | None = None,
+        command: str = "serve",
+    ) -> None:
+        """``nofile``: the (soft, hard) descriptor limit the server starts with."""
         self.command = command
         self.port = port or free_port()
+        self.nofile = nofile
         self.args = ["--listen", f"127.0.0.1:{self.port}", *args]
         self.env = dict(os.environ, **(env or {}))
         self.log_path = log
@@ -67,6 +77,7 @@ class Served:
             stdout=out,
             stderr=subprocess.STDOUT if self.log_path else subprocess.DEVNULL,
             env=self.env,
+            preexec_fn=None if self.nofile is None else self._limit,
         )
         if wait:
             self.wait_ready()
@@ -86,6 +97,10 @@ class Served:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+    def _limit(self) -> None:  # in the child, before exec
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, self.nofile)
 
     def _answers(self) -> bool:
         assert self.proc is not None

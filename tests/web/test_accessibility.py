@@ -83,7 +83,15 @@ class Tour:
         self.viewer.wait("() => document.querySelectorAll('#procs-table tbody tr:not(.pad)').length === 2")
         self.viewer.group_row("python3").hover()  # a row under the pointer
 
+    def open_detail(self) -> None:
+        self.page.locator("#procs-table tbody tr:not(.pad)").first.click()
+        self.viewer.wait("() => document.getElementById('detail').open")
+        self.viewer.wait("() => document.querySelector('#detail-limits tbody tr') !== null")
+        self.viewer.wait("() => /over [2-9]\\d* polls/.test(document.getElementById('detail-cpu-text').textContent)")
+
     def run_processes(self) -> None:
+        self.page.keyboard.press("Escape")  # the detail closes
+        self.viewer.wait("() => !document.getElementById('detail').open")
         for pid in (2401, 2402, 2403):
             add_proc(self.fake_proc, pid, comm="sleep", cmdline=("sleep", str(pid)), start=90_000 + pid)
         self.viewer.wait_log(2403, "start")
@@ -142,12 +150,22 @@ class Tour:
     def restart_server(self) -> None:
         assert self.server is not None
         add_proc(self.fake_proc, 2405, comm="newcomer", cmdline=("newcomer",), start=99_500)
-        remove_proc(self.fake_proc, 1001)  # the only process of "a) (b c)": its row goes dim
+        remove_proc(self.fake_proc, 1001)  # the only process of "a) (b c)": the new run never sees it
         self.serve(port=self.server.port)
         self.page.evaluate("document.getElementById('retry').click()")  # skip the backoff wait
         self.viewer.wait_state("live", timeout=20_000)
         self.viewer.wait_log(2405, "found")
         self.viewer.wait_log(1001, "gone")
+
+    def hide_empty(self) -> None:
+        groups = int(self.page.text_content("#n-groups") or "0")
+        add_proc(self.fake_proc, 2407, comm="brief", cmdline=("brief",))
+        self.viewer.wait("(n) => document.getElementById('n-groups').textContent === String(n)", groups + 1)
+        remove_proc(self.fake_proc, 2407)
+        self.viewer.wait("() => [...document.querySelectorAll('#groups-table tbody tr.empty td.c-name')]"
+                         ".some(td => td.textContent === 'brief')")
+        self.page.check("#hide-empty")
+        self.viewer.wait("() => document.querySelector('#groups-table tbody tr.empty') === null")
 
 
 # Each state the page is checked in, in the order a tour reaches them: a step builds on
@@ -155,12 +173,14 @@ class Tour:
 STATES: list[tuple[str, Callable[[Tour], None]]] = [
     ("initial load", Tour.load),
     ("a group selected, the pointer on another", Tour.select_group),
+    ("a process in detail", Tour.open_detail),
     ("starts, exits and failures in the log", Tour.run_processes),
     ("restarts, a crash loop and an OOM kill", Tour.restarts_crash_loop_and_oom_kill),
     ("help open", Tour.open_help),
     ("the log filtered and paused", Tour.filter_log),
     ("server down: reconnecting", Tour.stop_server),
     ("server restarted: resynchronised", Tour.restart_server),
+    ("empty groups hidden", Tour.hide_empty),
 ]
 
 
@@ -282,15 +302,16 @@ def test_everything_by_keyboard_alone(viewer: Viewer, fake_proc: Path, tmp_path:
         assert page.get_by_role("button", name=help_open.inner_text(), exact=True).get_attribute("id") == "help-open"
         assert page.get_by_role("button", name="Pause", exact=True).get_attribute("aria-pressed") == "false"
 
-        # Filter the groups: "/" goes to the filter; Escape empties it, Escape again leaves it.
+        # Filter the groups: "/" goes to the filter; Escape empties it and leaves it, for
+        # the table it filters.
         keys.press("/")
         assert focused(page) == "group-filter"
         keys.type("pyth")
         viewer.wait_names(["python3"])
         keys.press("Escape")
         viewer.wait_names(["a) (b c)", "python3", "sleep"])  # by CPU (all 0), then by name
-        keys.press("Escape")
-        assert focused(page) == ""
+        assert focused(page) == "groups-scroll"
+        assert page.input_value("#group-filter") == ""
 
         # Pick a group: "g" into the table, arrows, Enter. The focus is visible.
         keys.press("g")
@@ -391,3 +412,38 @@ def test_everything_by_keyboard_alone(viewer: Viewer, fake_proc: Path, tmp_path:
         keys.press("g")
         assert page.evaluate(STATE_JS) == before
         assert not page.is_checked("#shortcuts")
+
+
+def test_the_token_page_looks_like_the_viewer_under_a_strict_csp(any_viewer: Viewer, fake_proc: Path, tmp_path: Path) -> None:
+    """A browser without the token gets a form styled like the viewer, whose only
+    exception to ``default-src 'none'`` is its own inline style, allowed by its hash."""
+    token = "t0ken-for-the-form"
+    page = any_viewer.page
+    # the browser reports the page's own 401 (and its favicon's) as console errors
+    any_viewer.allow(r"the server responded with a status of 401")
+    with Served("--procfs", str(fake_proc), "--interval", "0.2", env={"PROCSTREAM_TOKEN": token},
+                log=tmp_path / "log") as srv:
+        response = page.goto(srv.url + "/")
+        assert response is not None and response.status == 401
+        csp = response.headers["content-security-policy"]
+        assert "default-src 'none'" in csp and "'unsafe-inline'" not in csp and "style-src 'sha256-" in csp
+        assert page.title() == "procstream: token required"
+        dark = any_viewer.page.evaluate("matchMedia('(prefers-color-scheme: dark)').matches")
+        looks = page.evaluate("""() => ({
+            bg: getComputedStyle(document.body).backgroundColor,
+            card: getComputedStyle(document.querySelector('main')).backgroundColor,
+            font: getComputedStyle(document.body).fontFamily,
+            button: getComputedStyle(document.querySelector('button')).backgroundColor,
+        })""")
+        # the viewer's page and panel colours (--bg, --panel) and its type
+        assert looks["bg"] == ("rgb(13, 16, 21)" if dark else "rgb(238, 241, 245)"), looks
+        assert looks["card"] == ("rgb(20, 25, 32)" if dark else "rgb(255, 255, 255)"), looks
+        assert looks["font"].startswith("system-ui"), looks
+        assert page.evaluate("window.__csp") == []  # the style applied: the hash matched
+        assert axe.violations(page) == []
+        any_viewer.screenshot(f"token-page-{'dark' if dark else 'light'}.png")
+        # the form works: the token goes to a cookie, and the viewer opens
+        page.fill("#token", token)
+        page.click("button[type=submit]")
+        any_viewer.wait_state("live")
+        assert "token" not in page.url
