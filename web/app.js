@@ -227,7 +227,11 @@ let hostPending = hashValue('host');
 function flush() {
   const changes = store.takeChanges();
   const now = store.serverNow();
-  if (changes.conn) document.body.classList.toggle('fleet', store.fleet !== null);
+  if (changes.conn) {
+    document.body.classList.toggle('fleet', store.fleet !== null);
+    procs.setFleet(store.fleet !== null);
+    log.setFleet(store.fleet !== null);
+  }
   if (store.fleet === null && store.hostFilter !== null) store.hostFilter = null;
   if (hostPending !== null && store.fleet && store.synced) {
     // A host named in the URL: show it once the fleet's hosts are known.

@@ -173,13 +173,9 @@ export class LogView {
           td.title = st.title;
         },
       },
-      {
-        // a fleet's only (hidden otherwise); last, so a host's columns keep their places
-        id: 'host', label: 'Host', sortable: false, cls: 'name',
-        text: (e) => (e.kind === 'note' ? '' : String(e.ev.host ?? '')),
-        tip: (e) => (e.kind === 'note' ? '' : String(e.ev.host ?? '')),
-      },
     ];
+    this.columns = columns;
+    this.fleet = false;
 
     this.vt = new VirtualTable({
       scroller: els.scroller,
@@ -221,6 +217,20 @@ export class LogView {
     });
     els.pause.addEventListener('click', () => this.setPaused(!this.paused));
     els.count.title = `The log keeps the newest ${fmtInt(LOG_LIMIT)} entries`;
+  }
+
+  /** A fleet's page (or a single host's again): with a host column (last, so the
+   * other columns keep their places), or without. */
+  setFleet(fleet) {
+    if (fleet === this.fleet) return;
+    this.fleet = fleet;
+    const host = {
+      id: 'host', label: 'Host', sortable: false, cls: 'name',
+      text: (e) => (e.kind === 'note' ? '' : String(e.ev.host ?? '')),
+      tip: (e) => (e.kind === 'note' ? '' : String(e.ev.host ?? '')),
+    };
+    this.vt.setColumns(fleet ? [...this.columns, host] : this.columns);
+    this.needList = true;
   }
 
   filtering() {

@@ -71,6 +71,7 @@ export class ProcsView {
     const saved = loadPref('procs.sort');
     this.sort = saved && typeof saved.col === 'string' ? saved : { col: 'pid', dir: 'asc' };
 
+    this.fleet = false; // a fleet's page: a host column too
     this.columns = this.makeColumns();
     if (!this.columns.some((c) => c.id === this.sort.col)) this.sort = { col: 'pid', dir: 'asc' };
 
@@ -102,8 +103,19 @@ export class ProcsView {
     this.factCells = factList(els.facts, FACTS);
   }
 
+  /** A fleet's page (or a single host's again): with a host column, or without. */
+  setFleet(fleet) {
+    if (fleet === this.fleet) return;
+    this.fleet = fleet;
+    this.columns = this.makeColumns();
+    if (!this.columns.some((c) => c.id === this.sort.col)) this.sort = { col: 'pid', dir: 'asc' };
+    this.vt.sort = this.sort;
+    this.vt.setColumns(this.columns);
+    this.needList = true;
+  }
+
   makeColumns() {
-    return [
+    const columns = [
       {
         id: 'pid', label: 'PID', cls: 'num', firstDir: 'asc',
         value: (p) => p.pid, text: (p) => String(p.pid),
@@ -202,12 +214,15 @@ export class ProcsView {
         id: 'cmd', label: 'Command line', cls: 'cmd', firstDir: 'asc', tip: true,
         value: (p) => fmtCmdline(p.cmdline, p.name), text: (p) => fmtCmdline(p.cmdline, p.name),
       },
-      {
-        // a fleet's only (hidden otherwise); last, so a host's columns keep their places
+    ];
+    if (this.fleet) {
+      // last, so the other columns keep their places
+      columns.push({
         id: 'host', label: 'Host', cls: 'name', firstDir: 'asc', tip: true,
         value: (p) => String(p.host ?? ''), text: (p) => String(p.host ?? ''),
-      },
-    ];
+      });
+    }
+    return columns;
   }
 
   /** Show the processes of `name` (null: none selected). */
