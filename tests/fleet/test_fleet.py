@@ -13,6 +13,8 @@ import pytest
 from tests.support.fleet_world import FleetWorld, proc_keys, snapshot_of
 from tests.support.nats_servers import NatsServer
 from tests.support.served import Client, http_get
+from tests.support.waiting import wait_for
+from tests.test_tail import PASTE, TailProc
 
 
 @pytest.fixture
@@ -183,3 +185,29 @@ async def test_a_client_ahead_of_a_replica_waits_for_it_rather_than_reset(world:
         assert not client.of("reset") and client.events()[0]["seq"] == ahead + 1
     finally:
         await client.close()
+
+
+def test_procstream_tail_follows_a_fleet_unchanged_across_an_aggregator_restart(world: FleetWorld, tmp_path: Path) -> None:
+    (web, db) = world.start_agents("web-01", "db-01")
+    fleet = world.fleet()
+    tail = TailProc(tmp_path, "tail", fleet.ws)
+    try:
+        wait_for("tail to connect", lambda: PASTE.search(tail.stderr()), timeout=30)  # it starts at the head
+        pids = {"web-01": web.spawn("job"), "db-01": db.spawn("job")}
+        wait_for("tail to print both starts", lambda: all(tail.has(p) for p in pids.values()), timeout=30,
+                 explain=tail.stderr)
+        assert {e["host"] for e in tail.lines() if e["pid"] in pids.values()} == set(pids)
+        fleet.kill()
+        missed = db.spawn("job2")  # while tail has no aggregator: it retries, then resumes
+        again = world.fleet(port=fleet.port)
+        later = web.spawn("job3")
+        wait_for("tail to print what it missed and what came after",
+                 lambda: tail.has(missed) and tail.has(later), timeout=30, explain=tail.stderr)
+        seqs = [e["seq"] for e in tail.lines()]
+        assert seqs == sorted(set(seqs))  # nothing twice, in order
+        # one epoch (the stream's) at every connect: a resume, not a reset
+        epochs = {epoch for _, epoch in PASTE.findall(tail.stderr())}
+        assert len(epochs) == 1 and "reset" not in tail.stderr().lower()
+        assert again.proc is not None and again.proc.poll() is None
+    finally:
+        tail.stop()
