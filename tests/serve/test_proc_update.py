@@ -154,6 +154,14 @@ async def test_proc_update_costs_nothing_while_nobody_subscribes(served: Served,
 
 
 async def test_snapshots_carry_every_processs_numbers(served: Served, procs: dict[str, int]) -> None:
+    # The idle process is idle from its "ready" on, but a poll's CPU % covers the time
+    # since the poll before: the first poll that finishes now may have begun before
+    # "ready", the next one measures from that one's reading. The one after measures idle
+    # time only, however slowly the interpreter started on a loaded machine.
+    metrics = served.url + "/metrics"
+    start = scrape(metrics).value("procstream_polls_total")
+    wait_for("3 polls", lambda: scrape(metrics).value("procstream_polls_total") >= start + 3)
+
     def read_by_a_poll() -> dict[int, dict[str, Any]] | None:
         status, body, _ = http_get(served.url + "/api/snapshot?groups=pu-busy,pu-idle")
         assert status == 200
