@@ -65,6 +65,15 @@ def test_the_hosts_view_and_the_host_filter(any_viewer: Viewer, tmp_path: Path) 
         viewer.wait("() => document.querySelectorAll('#procs-table tbody tr:not(.pad)').length === 3")
         assert page.is_visible("#procs-table th.c-host") and page.is_visible("#log-table th.c-host")
         no_violations(viewer, "three hosts, a group selected")
+        # a process in detail: the aggregator reads no /proc, its host does
+        page.locator("#procs-table tbody tr:not(.pad)").first.click()
+        viewer.wait("() => document.querySelector('dialog.detail').open")
+        title = page.text_content("dialog.detail h2") or ""
+        assert title.startswith("nginx (pid ") and " on web-0" in title
+        viewer.wait("() => document.querySelector('dialog.detail .note').textContent.includes('read on the host')")
+        no_violations(viewer, "a process in detail")
+        page.keyboard.press("Escape")
+        viewer.wait("() => !document.querySelector('dialog.detail').open")
 
         # one host alone: its groups, its processes, its events
         page.select_option("#host-filter", "web-02")
