@@ -2,6 +2,7 @@
 
     python bench/fleet.py [--hosts 1000] [--period 5] [--events 10] [--subscribers 100]
                           [--seconds 30] [--scale 2500,5000,10000] [--replay 100000]
+                          [--max-memory 1G]
 
 Starts its own ``nats-server -js`` on loopback and, for each fleet size (``--hosts``,
 then each of ``--scale``):
@@ -16,7 +17,9 @@ then each of ``--scale``):
   starts and the exits of the previous poll's starts.
 - **A fresh aggregator** (``procstream fleet``, its own process) started once the hosts
   have their states in the bucket: seconds to ready (``/healthz`` 200) and to a full
-  snapshot (``/api/snapshot`` with every host).
+  snapshot (``/api/snapshot`` with every host). Its ``--max-memory`` is ``--max-memory``
+  (the fleet's state is in it: the default 256M does not hold thousands of hosts), and
+  its resident size and memory sheds are reported after the live part.
 - **Live**, ``--seconds``: ``--subscribers`` WebSocket clients of the aggregator (one
   process; 4 of them parse every frame and note publish → client latency from each
   event's ``ts``, which the simulated host sets right before its hub publishes it; the
@@ -288,13 +291,13 @@ def stop(proc: subprocess.Popen[Any]) -> None:
 class Aggregator:
     """``procstream fleet`` in a process of its own, its log in a file."""
 
-    def __init__(self, url: str, buffer: int) -> None:
+    def __init__(self, url: str, buffer: int, max_memory: str) -> None:
         self.port = free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="procstream-bench-fleet-", suffix=".log", delete=False)
         self.t0 = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "procstream", "fleet", "--nats", url, "--listen", f"127.0.0.1:{self.port}",
-             "--buffer", str(buffer), "--max-clients", "2000", "--host-timeout", "120"],
+             "--buffer", str(buffer), "--max-clients", "2000", "--host-timeout", "120", "--max-memory", max_memory],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
 
     @property
@@ -370,7 +373,7 @@ def phase(args: argparse.Namespace, hosts: int, replay: bool, cheap: bool) -> di
             if sim.stdout.readline().strip() != "ready":
                 raise SystemExit("a host simulator did not start")
         time.sleep(args.period)  # every host polled at least once
-        agg = Aggregator(server.url, 100_000)
+        agg = Aggregator(server.url, 100_000, args.max_memory)
         ready = agg.ready()
         t_snap = time.monotonic()
         snap = orjson.loads(agg.get("/api/snapshot"))
@@ -388,6 +391,8 @@ def phase(args: argparse.Namespace, hosts: int, replay: bool, cheap: bool) -> di
         seq1, ev1, cpu1, t1 = stream_last(server.url), agg.metric("procstream_fleet_events_total"), \
             process_cpu(agg.proc.pid), time.monotonic()
         lag = agg.metric("procstream_fleet_consumer_lag")
+        resident = agg.metric('procstream_memory_used_bytes{part="resident"}')
+        sheds = agg.metric("procstream_memory_sheds_total")
         out_c, _ = clients.communicate(timeout=120)
         out_b, _ = bare.communicate(timeout=120)
         c = json.loads(out_c.strip().splitlines()[-1])
@@ -402,10 +407,12 @@ def phase(args: argparse.Namespace, hosts: int, replay: bool, cheap: bool) -> di
         print(f"   publish → WebSocket client: p50 {c['p50'] * 1000:.0f} ms, p99 {c['p99'] * 1000:.0f} ms, "
               f"max {c['max'] * 1000:.0f} ms ({c['closed']} clients closed); bare nats-py subscriber: "
               f"p50 {b['p50'] * 1000:.0f} ms, p99 {b['p99'] * 1000:.0f} ms", flush=True)
+        print(f"   aggregator resident {resident / 2**20:,.0f} MiB of --max-memory {args.max_memory}, "
+              f"{sheds:.0f} sheds", flush=True)
         print(f"   {'sustained' if ok else 'NOT sustained'}", flush=True)
         result = {"hosts": hosts, "offered": offered, "stored": stored, "ingested": ingested, "lag": lag,
                   "cpu_core": cpu / dt, "cpu_per_10k": per10k, "p50": c["p50"], "p99": c["p99"],
-                  "bare_p99": b["p99"], "ready": ready, "full": full, "ok": ok}
+                  "bare_p99": b["p99"], "ready": ready, "full": full, "resident": resident, "sheds": sheds, "ok": ok}
         if replay:
             for sim in sims:
                 stop(sim)
@@ -419,7 +426,7 @@ def phase(args: argparse.Namespace, hosts: int, replay: bool, cheap: bool) -> di
                     out_b, _ = bare.communicate(timeout=900)
                     b = json.loads(out_b.strip().splitlines()[-1])
                     rates[name].append(b["count"] / b["seconds"])
-                second = Aggregator(server.url, n)
+                second = Aggregator(server.url, n, args.max_memory)
                 try:
                     second.ready(900)
                     count, seconds = second.replay_seconds()
@@ -458,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="in the --scale sizes, hosts send their events without waiting for acknowledgements "
                          "(core NATS publish), to offer more than the real publisher can beside everything else")
     ap.add_argument("--replay", type=int, default=100_000, help="messages of the catch-up part (0 = skip)")
+    ap.add_argument("--max-memory", default="1G", help="the aggregators' --max-memory (its fleet's state lives in it)")
     args = ap.parse_args(argv)
     results = [phase(args, args.hosts, bool(args.replay), False)]
     for hosts in (int(h) for h in args.scale.split(",") if h.strip()):
