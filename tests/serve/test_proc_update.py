@@ -154,14 +154,6 @@ async def test_proc_update_costs_nothing_while_nobody_subscribes(served: Served,
 
 
 async def test_snapshots_carry_every_processs_numbers(served: Served, procs: dict[str, int]) -> None:
-    # The idle process is idle from its "ready" on, but a poll's CPU % covers the time
-    # since the poll before: the first poll that finishes now may have begun before
-    # "ready", the next one measures from that one's reading. The one after measures idle
-    # time only, however slowly the interpreter started on a loaded machine.
-    metrics = served.url + "/metrics"
-    start = scrape(metrics).value("procstream_polls_total")
-    wait_for("3 polls", lambda: scrape(metrics).value("procstream_polls_total") >= start + 3)
-
     def read_by_a_poll() -> dict[int, dict[str, Any]] | None:
         status, body, _ = http_get(served.url + "/api/snapshot?groups=pu-busy,pu-idle")
         assert status == 200
@@ -169,7 +161,9 @@ async def test_snapshots_carry_every_processs_numbers(served: Served, procs: dic
         wanted = [found.get(pid) for pid in procs.values()]
         if not all(p is not None and p["cpu_s"] is not None for p in wanted):
             return None
-        return found if found[procs["idle"]]["state"] == "S" else None  # settled in its read
+        idle = found[procs["idle"]]
+        # settled: asleep when read, and a poll interval past the CPU its start-up took
+        return found if idle["state"] == "S" and idle["cpu_pct"] == 0.0 else None
 
     found = wait_for("a poll to read the test's processes", read_by_a_poll)
     idle = found[procs["idle"]]
