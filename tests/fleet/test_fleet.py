@@ -10,8 +10,9 @@ from typing import Any
 import orjson
 import pytest
 
+from tests.serve.test_security import TOKEN, TlsServed, make_ca, make_server_cert
 from tests.support.fleet_world import FleetWorld, proc_keys, snapshot_of
-from tests.support.nats_servers import NatsServer
+from tests.support.nats_servers import NatsServer, env_without_nats_secrets
 from tests.support.served import Client, http_get
 from tests.support.waiting import wait_for
 from tests.test_tail import PASTE, TailProc
@@ -211,3 +212,29 @@ def test_procstream_tail_follows_a_fleet_unchanged_across_an_aggregator_restart(
         assert again.proc is not None and again.proc.poll() is None
     finally:
         tail.stop()
+
+
+async def test_a_fleet_behind_its_token_origin_check_and_tls(world: FleetWorld, tmp_path: Path) -> None:
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    make_ca(pki)
+    make_server_cert(pki, "server", 1001)
+    world.start_agents("web-01")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    fleet = TlsServed("--nats", world.nats.url, "--host-name", "agg-tls", "--tls-cert", str(pki / "server.pem"),
+                      "--tls-key", str(pki / "server.key"), ca=pki / "ca.pem", command="fleet",
+                      env={**env_without_nats_secrets(), "PROCSTREAM_TOKEN": TOKEN}, log=tmp_path / "fleet-tls.log")
+    with fleet:
+        assert fleet.get("/healthz")[0] == 200  # no token for health
+        assert fleet.get("/api/snapshot")[0] == 401
+        status, body = fleet.get("/api/snapshot", auth)
+        assert status == 200 and list(orjson.loads(body)["hosts"]) == ["web-01"]
+        assert fleet.get("/api/snapshot", {**auth, "Origin": f"https://127.0.0.1:{fleet.port}"})[0] == 200
+        assert fleet.get("/api/snapshot", {**auth, "Origin": "https://elsewhere.example"})[0] == 403
+        client = await Client.connect(fleet.ws + "?hosts=web-01", additional_headers=auth, ssl=fleet.client_ctx)
+        try:
+            snap = (await client.wait("a snapshot over wss", lambda: client.of("snapshot")))[0]
+            assert list(snap["hosts"]) == ["web-01"]
+        finally:
+            await client.close()
+        assert "procstream fleet serving https://127.0.0.1:" in fleet.output()
