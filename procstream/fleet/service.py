@@ -48,7 +48,7 @@ SHUTDOWN_DEADLINE: Final = 5.0
 # Families of serve's collector that describe a host's own processes and polls: a
 # fleet has none of its own (each host's /metrics has them).
 _HOST_ONLY: Final = ("namedprocess_", "procstream_poll_")
-_HOST_ONLY_NAMES: Final = frozenset({"procstream_groups", "procstream_tracked_procs",
+_HOST_ONLY_NAMES: Final = frozenset({"procstream_groups", "procstream_groups_removed", "procstream_tracked_procs",
                                      "procstream_last_poll_timestamp_seconds"})
 _RATE_WINDOW: Final = 10  # seconds the events/s gauge averages over
 

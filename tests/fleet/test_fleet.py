@@ -93,7 +93,7 @@ async def test_three_agents_one_aggregator(world: FleetWorld) -> None:
         for name in ("procstream_fleet_consumer_lag", "procstream_fleet_events_total", "procstream_fleet_events_per_second",
                      "procstream_subscribers 2.0", "process_cpu_seconds_total"):
             assert name in text, name
-        assert "namedprocess_" not in text and "procstream_poll" not in text
+        assert "namedprocess_" not in text and "procstream_poll" not in text and "procstream_groups" not in text
     finally:
         await client.close()
         await only.close()
