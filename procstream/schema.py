@@ -44,6 +44,8 @@ __all__ = [
     "HOST_LOST",
     "EXIT_CLASSES",
     "PROC_UPDATE",
+    "HOST_UP",
+    "HOST_DOWN",
     "StateCounts",
     "ProcFields",
     "ProcLive",
@@ -64,6 +66,8 @@ __all__ = [
     "Cycle",
     "HostLost",
     "ProcUpdate",
+    "HostUp",
+    "HostDown",
     "Event",
     "EVENTS",
     "EVENT_TYPES",
@@ -90,6 +94,8 @@ GROUP_STABLE: Final = "group.stable"
 CYCLE: Final = "cycle"
 HOST_LOST: Final = "host.lost"
 PROC_UPDATE: Final = "proc.update"
+HOST_UP: Final = "host.up"
+HOST_DOWN: Final = "host.down"
 
 #: Why a process ended (``exit_class``): code 0, code != 0, a signal, the kernel's OOM killer.
 EXIT_CLASSES: Final[tuple[str, ...]] = ("ok", "error", "signal", "oom_kill")
@@ -362,11 +368,24 @@ class Cycle(CycleExtras, _Numbered):
     reads_skipped: int
 
 
-class HostLost(TypedDict):
+class _InTheFleet(TypedDict, total=False):
+    """Added by a fleet aggregator: the event's place in the fleet's stream."""
+
+    seq: int
+
+
+class _LostExtras(_InTheFleet, total=False):
+    #: Set by a fleet aggregator for a stream message it could not use (``deleted``
+    #: from the stream, or ``invalid``: not a procstream event); ``epoch``,
+    #: ``from_seq`` and ``to_seq`` are then null.
+    reason: str
+
+
+class HostLost(_LostExtras):
     """Events ``from_seq``..``to_seq`` (``count`` of them) of run ``epoch`` of ``host``
     that never reached NATS: the host's resume buffer no longer held them when NATS was
     back. Written by the NATS publisher in their place, never by the hub, so it has no
-    ``seq`` of its own."""
+    ``seq`` of its own (a fleet aggregator gives it one)."""
 
     type: Literal["host.lost"]
     ts: float
@@ -396,6 +415,28 @@ class ProcUpdate(ProcLive, _Hosted):
     group: str
 
 
+class HostUp(_InTheFleet):
+    """A fleet aggregator hears from ``host`` again after it was down, or from a new
+    run of it (``epoch``): its state is that run's from here on. ``last_seen``: when the
+    stream last got something from it (epoch seconds)."""
+
+    type: Literal["host.up"]
+    ts: float
+    host: str
+    epoch: str
+    last_seen: float
+
+
+class HostDown(_InTheFleet):
+    """A fleet aggregator heard nothing from ``host`` for ``--host-timeout`` seconds;
+    ``last_seen``: when it last did. Its last known state stays in snapshots."""
+
+    type: Literal["host.down"]
+    ts: float
+    host: str
+    epoch: str
+    last_seen: float
+
 
 Event = Union[
     ProcStart,
@@ -409,6 +450,8 @@ Event = Union[
     Cycle,
     HostLost,
     ProcUpdate,
+    HostUp,
+    HostDown,
 ]
 
 #: Every event type and the shapes it comes in, in the order types are listed to clients.
@@ -423,6 +466,8 @@ EVENTS: Final[dict[str, tuple[type, ...]]] = {
     CYCLE: (Cycle,),
     HOST_LOST: (HostLost,),
     PROC_UPDATE: (ProcUpdate,),
+    HOST_UP: (HostUp,),
+    HOST_DOWN: (HostDown,),
 }
 
 #: The event type names, in a stable order.

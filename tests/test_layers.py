@@ -14,11 +14,13 @@ Layers, bottom up (a package covers its modules unless a module is listed itself
 3. ``collect`` (the core on its worker thread, and its two sources: polls and kernel
    events) and ``stream`` (sequence numbers, resume buffer, fan-out, event log, and the
    sink that feeds them).
-4. ``fleet`` (NATS JetStream: the publisher ``serve --nats`` runs, ``tail nats://``),
-   then ``serve`` (HTTP and WebSocket server, security, metrics), ``tail`` (a client),
-   ``wiring`` (what every command builds from its options). ``fleet`` imports none of
-   the others of its layer, and nothing below it imports it.
-5. The commands: ``serve.service`` (the composition root of ``procstream serve``), ``once``.
+4. ``fleet`` (NATS JetStream: the publisher ``serve --nats`` runs, ``tail nats://``,
+   the aggregator ``fleet`` runs), then ``serve`` (HTTP and WebSocket server, security,
+   metrics), ``tail`` (a client), ``wiring`` (what every command builds from its
+   options). ``fleet`` imports none of the others of its layer, and nothing below it
+   imports it.
+5. The commands: ``serve.service`` (the composition root of ``procstream serve``),
+   ``fleet.service`` (of ``procstream fleet``), ``once``.
 6. ``cli``, then ``__main__``.
 """
 
@@ -57,6 +59,7 @@ LAYER: dict[str, int] = {
     "procstream.tail": 4,
     "procstream.wiring": 4,
     "procstream.serve.service": 5,
+    "procstream.fleet.service": 5,
     "procstream.once": 5,
     "procstream.cli": 6,
     "procstream.__main__": 7,

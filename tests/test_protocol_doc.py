@@ -113,7 +113,7 @@ def events_of_one_poll() -> dict[str, dict[str, Any]]:
 
 def test_event_tables_name_their_fields() -> None:
     events = events_of_one_poll()
-    assert set(events) == set(P.EVENT_TYPES) - {"host.lost"}  # host.lost: only in NATS
+    assert set(events) == set(P.EVENT_TYPES) - {"host.lost", "host.up", "host.down"}  # NATS and fleets only
     assert table_fields(section("## Events")) == {"type", "seq", "ts", "host"}
     start = table_fields(section("### `proc.start`"))
     assert start | ENVELOPE_ADDED_BY_THE_BUILDER == set(events["proc.start"])
@@ -132,6 +132,12 @@ def test_event_tables_name_their_fields() -> None:
     assert update | ENVELOPE_ADDED_BY_THE_BUILDER == set(events["proc.update"])
 
 
+def loss_record_fields() -> set[str]:
+    from procstream.fleet.publisher import loss_record
+
+    return set(loss_record("h", "e", 1, 1))
+
+
 def test_the_lifecycle_tables_name_their_fields() -> None:
     assert table_fields(section("### `proc.start`"), nth=1) == set(get_type_hints(schema.RestartOf))
     assert table_fields(section("### `snapshot`")) == set(get_type_hints(schema.GroupLifecycle))
@@ -144,6 +150,20 @@ def test_the_nats_loss_record_table_names_its_fields() -> None:
     record = loss_record("web-01", "e", 5, 9)
     assert table_fields(section("### `host.lost`")) | {"type"} == set(record)
     assert record["count"] == 5
+
+
+def test_the_fleet_tables_name_their_fields() -> None:
+    from procstream.fleet.aggregator import status_record
+    from procstream.fleet.fleetstate import HostEntry
+    from procstream.fleet.intake import filler
+
+    for kind in ("up", "down"):
+        record = status_record(kind, "web-01", "e", 1.0, 2.0)
+        assert table_fields(section(f"### `host.{kind}`")) | {"type"} == set(record)
+    assert table_fields(section("### A fleet's snapshot")) == set(HostEntry("h").describe(None))
+    # a message the aggregator could not use, in its place: host.lost's fields and two more
+    place = filler(7, 1.0, "invalid").event
+    assert table_fields(section("### `host.lost`"), nth=1) == set(place) - set(loss_record_fields())
 
 
 def test_the_connect_table_names_every_query_parameter() -> None:

@@ -44,8 +44,12 @@ CONTRACT: dict[type, tuple[set[str], set[str]]] = {  # (required, optional)
         NUMBERED | {"skipped", "interval_s", "source", "lost_events"},
     ),
     # written by the NATS publisher in place of events it could no longer send: no seq
-    schema.HostLost: ({"type", "ts", "host", "epoch", "from_seq", "to_seq", "count"}, set()),
+    # until a fleet aggregator numbers it (and says why, for a message it could not use)
+    schema.HostLost: ({"type", "ts", "host", "epoch", "from_seq", "to_seq", "count"}, {"seq", "reason"}),
     schema.ProcUpdate: (LIVE | {"type", "ts", "pid", "start_time", "group"}, {"host"}),  # no seq
+    # decided by a fleet aggregator and published into the stream: numbered there
+    schema.HostUp: ({"type", "ts", "host", "epoch", "last_seen"}, {"seq"}),
+    schema.HostDown: ({"type", "ts", "host", "epoch", "last_seen"}, {"seq"}),
 }  # fmt: skip
 
 
@@ -69,7 +73,7 @@ def test_proc_update_is_sent_only_to_who_names_it() -> None:
     assert schema.DEFAULT_TYPES == (
         "proc.start", "proc.exit", "group.update",
         "group.missing", "group.recovered", "group.crashloop", "group.stable",
-        "cycle", "host.lost",
+        "cycle", "host.lost", "host.up", "host.down",
     )  # fmt: skip
 
 
@@ -85,7 +89,7 @@ def test_the_registry_lists_every_shape_under_its_own_type() -> None:
     assert schema.EVENT_TYPES == (
         "proc.start", "proc.exit", "group.update",
         "group.missing", "group.recovered", "group.crashloop", "group.stable",
-        "cycle", "host.lost", "proc.update",
+        "cycle", "host.lost", "proc.update", "host.up", "host.down",
     )  # fmt: skip
     shapes = [cls for classes in EVENTS.values() for cls in classes]
     assert sorted(c.__name__ for c in shapes) == sorted(c.__name__ for c in get_args(schema.Event))

@@ -1,7 +1,8 @@
 // Entry point: wires the connections, the store and the views, and owns what is global
-// to the page: the selected group and the process shown in detail (kept in the URL's
-// #fragment), what the live connection watches, keyboard shortcuts (which the user can
-// turn off), the help dialog and the once-a-frame flush of every change to the DOM.
+// to the page: the selected group, the process shown in detail and, from a fleet
+// aggregator, the host shown (all kept in the URL's #fragment), what the live connection
+// watches, keyboard shortcuts (which the user can turn off), the help dialog and the
+// once-a-frame flush of every change to the DOM.
 
 import { Connection, socketUrl } from './connection.js';
 import { DetailView } from './detail.js';
@@ -9,6 +10,7 @@ import { LogView } from './eventlog.js';
 import { onFrame } from './frame.js';
 import { GroupsView } from './groups.js';
 import { Header } from './header.js';
+import { BreakdownView, HostsView } from './hosts.js';
 import { LiveFeed } from './live.js';
 import { loadPref, savePref } from './prefs.js';
 import { ProcsView } from './procs.js';
@@ -40,6 +42,22 @@ const conn = new Connection({
 // Missing events: ask for a resume on the same connection (replay, or reset + snapshot).
 store.onGap = ({ since, epoch }) => conn.send({ op: 'subscribe', since, epoch });
 
+// A fleet's host starts over (host.up): fetch its state alone; its events wait meanwhile.
+store.onHostResync = (host) => {
+  const url = new URL('api/snapshot', window.location.href);
+  url.search = '';
+  url.hash = '';
+  url.searchParams.set('hosts', host);
+  if (token) url.searchParams.set('token', token);
+  fetch(url, { cache: 'no-store', headers: { Accept: 'application/json' } })
+    .then((r) => (r.ok ? r.json() : null))
+    .catch(() => null)
+    .then((snap) => {
+      if (store.fleet) store.fleet.applyHostSnapshot(host, snap);
+      schedule();
+    });
+};
+
 theme.read();
 window.matchMedia('(prefers-color-scheme: dark)').addEventListener('change', () => {
   theme.read();
@@ -56,6 +74,8 @@ const header = new Header(store, conn, {
   pollAge: $('poll-age'),
   pollDur: $('poll-dur'),
   rate: $('ev-rate'),
+  hostsBox: $('n-hosts').parentElement,
+  hosts: $('n-hosts'),
   groups: $('n-groups'),
   procs: $('n-procs'),
   cpu: $('cpu-total'),
@@ -92,6 +112,21 @@ const detail = new DetailView(store, {
   },
 });
 
+const hosts = new HostsView(store, {
+  panel: $('hosts-panel'),
+  scroller: $('hosts-scroll'),
+  table: $('hosts-table'),
+  count: $('hosts-count'),
+  filter: $('host-filter'),
+  empty: $('hosts-empty'),
+}, (name) => showHost(name));
+
+const breakdown = new BreakdownView(store, {
+  box: $('procs-hosts'),
+  body: $('procs-hosts-body'),
+  note: $('procs-hosts-more'),
+});
+
 const groups = new GroupsView(store, {
   scroller: $('groups-scroll'),
   table: $('groups-table'),
@@ -123,8 +158,22 @@ const log = new LogView(store, {
   count: $('log-count'),
   empty: $('log-empty'),
 }, (name) => {
-  if (store.groups.has(name)) select(name, { reveal: true });
+  if (store.shownGroups().has(name)) select(name, { reveal: true });
 });
+
+/** Keep the selected group, the process shown and the host shown in the URL's #fragment. */
+function writeHash() {
+  const parts = [];
+  if (selected !== null) {
+    parts.push(`group=${encodeURIComponent(selected)}`);
+    if (watchedPid !== null) parts.push(`pid=${watchedPid}`);
+  }
+  if (store.hostFilter !== null) parts.push(`host=${encodeURIComponent(store.hostFilter)}`);
+  const hash = parts.length ? `#${parts.join('&')}` : '';
+  if (window.location.hash !== hash) {
+    window.history.replaceState(null, '', `${window.location.pathname}${window.location.search}${hash}`);
+  }
+}
 
 /** Select a group (null: none): highlight it, list its processes, remember it in #. */
 function select(name, { reveal = false, focusGroups = false } = {}) {
@@ -137,38 +186,66 @@ function select(name, { reveal = false, focusGroups = false } = {}) {
   schedule();
 }
 
-function writeHash() {
-  let hash = selected === null ? '' : `#group=${encodeURIComponent(selected)}`;
-  if (selected !== null && watchedPid !== null) hash += `&pid=${watchedPid}`;
-  if (window.location.hash !== hash) {
-    window.history.replaceState(null, '', `${window.location.pathname}${window.location.search}${hash}`);
+/** A fleet: show one host alone (null: every host) in the groups, processes and log. */
+function showHost(name) {
+  store.hostFilter = name;
+  procs.needList = true;
+  log.needList = true;
+  header.totals = null;
+  const now = store.serverNow();
+  groups.needSort = true;
+  groups.update(null, true, now); // other rows altogether: re-sorted even under the pointer
+  hosts.update(null, now);
+  hosts.reveal(name);
+  writeHash();
+  schedule();
+}
+
+/** The value of KEY in the URL's #k=v&k=v fragment; null when absent. */
+function hashValue(key) {
+  const m = new RegExp(`(?:^#|&)${key}=([^&]*)`).exec(window.location.hash);
+  if (!m) return null;
+  try {
+    return decodeURIComponent(m[1]);
+  } catch {
+    return null;
   }
 }
 
 /** {group, pid} named by the URL's #group=NAME[&pid=PID]; nulls when absent. */
 function selectionFromHash() {
-  const m = /^#group=([^&]*)(?:&pid=(\d+))?$/.exec(window.location.hash);
-  if (!m) return { group: null, pid: null };
-  try {
-    return { group: decodeURIComponent(m[1]), pid: m[2] ? Number(m[2]) : null };
-  } catch {
-    return { group: null, pid: null };
-  }
+  const group = hashValue('group');
+  const pid = group === null ? null : hashValue('pid');
+  return { group, pid: pid !== null && /^\d+$/.test(pid) ? Number(pid) : null };
 }
 
 const fromHash = selectionFromHash();
 let revealPending = fromHash.group !== null;
 let openPending = fromHash.pid;
+let hostPending = hashValue('host');
 
 function flush() {
   const changes = store.takeChanges();
   const now = store.serverNow();
+  if (changes.conn) {
+    document.body.classList.toggle('fleet', store.fleet !== null);
+    procs.setFleet(store.fleet !== null);
+    log.setFleet(store.fleet !== null);
+  }
+  if (store.fleet === null && store.hostFilter !== null) store.hostFilter = null;
+  if (hostPending !== null && store.fleet && store.synced) {
+    // A host named in the URL: show it once the fleet's hosts are known.
+    const name = hostPending;
+    hostPending = null;
+    if (store.fleet.hosts.has(name)) showHost(name);
+  }
   header.update(changes, now);
+  hosts.update(changes, now);
   groups.update(changes, false, now);
   if (revealPending && store.synced) {
     // A group named in the URL: scroll to it once it exists.
     revealPending = false;
-    if (selected !== null && store.groups.has(selected)) {
+    if (selected !== null && store.shownGroups().has(selected)) {
       groups.setSelected(selected, true);
       groups.update(null, false, now);
     }
@@ -186,6 +263,7 @@ function flush() {
   }
   procs.update(changes, now, liveCycle);
   liveCycle = false;
+  breakdown.update(selected);
   detail.render(now);
   log.update(changes);
 }

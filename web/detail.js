@@ -150,6 +150,11 @@ export class DetailView {
 
   async fetchDetail(p) {
     const ticket = ++this.request;
+    if (this.store.fleet) {
+      // A fleet aggregator reads no host's /proc: the process's host answers for it.
+      this.detail = { fleet: true, missing: 0 };
+      return;
+    }
     const url = new URL('api/proc', window.location.href);
     url.search = '';
     url.hash = '';
@@ -189,13 +194,14 @@ export class DetailView {
     const p = this.current();
     const d = this.detail;
     const gone = !this.store.procs.has(this.key);
-    setText(this.els.title, `${p.name ?? '?'} (pid ${p.pid})`);
+    setText(this.els.title, `${p.name ?? '?'} (pid ${p.pid}${this.store.fleet ? ` on ${p.host}` : ''})`);
     setText(this.els.cmd, fmtCmdline(p.cmdline, p.name));
     setText(this.els.state, gone ? 'exited' : stateName(p.state));
     this.els.state.classList.toggle('gone', gone);
     setHidden(this.els.state, false);
     let note = '';
     if (gone) note = 'This process has exited; these are its last numbers.';
+    else if (d && d.fleet) note = `Limits, cgroups and family are read on the host: open this process in ${p.host ?? 'its host'}'s own viewer.`;
     else if (d && d.missing !== undefined) note = d.missing === 404 ? 'The server no longer tracks this process.' : 'Its details could not be read from the server.';
     else if (d && d.errors && d.errors.length) note = `Not readable: ${d.errors.join(', ')}.`;
     setText(this.els.note, note);
@@ -210,7 +216,7 @@ export class DetailView {
     }
     if (full) {
       this.renderTree(p, d);
-      this.renderContainer(d);
+      this.renderContainer(d, p);
       this.renderLimits(d);
     }
   }
@@ -264,7 +270,7 @@ export class DetailView {
     } else if (d && !d.missing) {
       ul.append(item(p.ppid, null, null, 'parent', 'none'));
     } else {
-      ul.append(item(p.ppid, '\u2026', null, 'parent'));
+      ul.append(item(p.ppid, d?.fleet ? null : '\u2026', null, 'parent', d?.fleet ? `on ${p.host}` : ''));
     }
     const me = document.createElement('li');
     me.className = 'head';
@@ -281,7 +287,7 @@ export class DetailView {
     for (const c of children) ul.append(item(c.pid, c.name, c.group, 'child'));
   }
 
-  renderContainer(d) {
+  renderContainer(d, p) {
     const dl = this.els.container;
     dl.replaceChildren();
     const c = d?.container;
@@ -301,7 +307,7 @@ export class DetailView {
       const dt = document.createElement('dt');
       dt.textContent = 'Container';
       const dd = document.createElement('dd');
-      dd.textContent = d ? 'none that the cgroup tells' : '\u2026';
+      dd.textContent = d?.fleet ? `read on ${p.host}` : d ? 'none that the cgroup tells' : '\u2026';
       dl.append(dt, dd);
     }
     const ul = this.els.cgroups;

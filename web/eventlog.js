@@ -174,6 +174,8 @@ export class LogView {
         },
       },
     ];
+    this.columns = columns;
+    this.fleet = false;
 
     this.vt = new VirtualTable({
       scroller: els.scroller,
@@ -217,12 +219,27 @@ export class LogView {
     els.count.title = `The log keeps the newest ${fmtInt(LOG_LIMIT)} entries`;
   }
 
+  /** A fleet's page (or a single host's again): with a host column (last, so the
+   * other columns keep their places), or without. */
+  setFleet(fleet) {
+    if (fleet === this.fleet) return;
+    this.fleet = fleet;
+    const host = {
+      id: 'host', label: 'Host', sortable: false, cls: 'name',
+      text: (e) => (e.kind === 'note' ? '' : String(e.ev.host ?? '')),
+      tip: (e) => (e.kind === 'note' ? '' : String(e.ev.host ?? '')),
+    };
+    this.vt.setColumns(fleet ? [...this.columns, host] : this.columns);
+    this.needList = true;
+  }
+
   filtering() {
-    return this.type !== 'all' || this.groupFilter !== '';
+    return this.type !== 'all' || this.groupFilter !== '' || this.store.hostFilter !== null;
   }
 
   matches(e) {
     if (e.kind === 'note') return true; // context for whatever is shown around it
+    if (this.store.hostFilter !== null && e.ev.host !== this.store.hostFilter) return false;
     if (this.type === 'problem') {
       if (!isProblem(e)) return false;
     } else if (this.type === 'restart') {

@@ -309,7 +309,7 @@ export class GroupsView {
   /** Recompute the order now (sort, filter, and each poll unless held). */
   resort() {
     const out = [];
-    for (const g of this.store.groups.values()) if (this.matches(g)) out.push(g);
+    for (const g of this.store.shownGroups().values()) if (this.matches(g)) out.push(g);
     out.sort(this.comparator());
     this.setItems(out);
     this.needSort = false;
@@ -317,7 +317,7 @@ export class GroupsView {
 
   /** Keep the current order; drop what went away, append what is new. */
   patch() {
-    const groups = this.store.groups;
+    const groups = this.store.shownGroups();
     const out = this.items.filter((g) => groups.get(g.name) === g && this.matches(g));
     const have = new Set(out.map((g) => g.name));
     for (const g of groups.values()) if (!have.has(g.name) && this.matches(g)) out.push(g);
@@ -347,7 +347,7 @@ export class GroupsView {
     else if (changes && changes.rebuilt) this.patch();
     setHidden(this.els.held, !(this.hovering && this.needSort));
 
-    const total = this.store.groups.size;
+    const total = this.store.shownGroups().size;
     const shown = this.items.length;
     setText(this.els.count, shown !== total ? `${fmtInt(shown)} of ${fmtInt(total)}` : fmtInt(total));
     let note = '';

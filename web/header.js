@@ -1,5 +1,6 @@
-// The top bar: host, connection state, last poll (age and duration), events per
-// second and host-wide totals summed over the groups.
+// The top bar: host (or the fleet's stream), connection state, last poll (age and
+// duration), events per second, a fleet's hosts up and down, and totals summed over the
+// groups shown (a fleet's, or the one host picked).
 
 import { setAttr, setHidden, setText } from './dom.js';
 import { NONE, fmtAge, fmtBytes, fmtInt, fmtMs, fmtPct, fmtPerSecond } from './format.js';
@@ -18,7 +19,8 @@ export class Header {
    * @param {import('./store.js').Store} store
    * @param {import('./connection.js').Connection} conn
    * @param {Record<string, HTMLElement>} els  host, conn, connText (the live region's
-   *   text), connWait (the countdown), retry, pollAge, pollDur, rate, groups, procs, cpu, mem
+   *   text), connWait (the countdown), retry, pollAge, pollDur, rate, hostsBox, hosts, groups,
+   *   procs, cpu, mem
    */
   constructor(store, conn, els) {
     this.store = store;
@@ -62,9 +64,18 @@ export class Header {
     setAttr(els.conn, 'title', tip);
     setHidden(els.retry, conn.state !== 'waiting');
 
-    setText(els.host, store.host || NONE);
-    const title = store.host ? `${store.host} \u00b7 procstream` : 'procstream';
+    const fleet = store.fleet;
+    const name = fleet ? `${fleet.stream || 'fleet'} (fleet)` : store.host;
+    setText(els.host, name || NONE);
+    setAttr(els.host, 'title', fleet ? `Fleet aggregator ${store.host}, stream ${fleet.stream}` : 'Host');
+    const title = name ? `${name} \u00b7 procstream` : 'procstream';
     if (document.title !== title) document.title = title;
+    setHidden(els.hostsBox, !fleet);
+    if (fleet) {
+      const [up, down] = fleet.counts();
+      setText(els.hosts, down ? `${fmtInt(up)} up, ${fmtInt(down)} down` : `${fmtInt(up)} up`);
+      els.hosts.classList.toggle('stale', down > 0);
+    }
 
     const cyc = store.lastCycle;
     if (changes && changes.cycle && state === 'live' && !this.reduceMotion.matches) {
@@ -84,16 +95,16 @@ export class Header {
     }
     setText(els.rate, fmtPerSecond(store.rate.rate(performance.now())));
 
-    if (!this.totals || (changes && (changes.cycle || changes.structure || changes.rebuilt))) {
+    if (!this.totals || (changes && (changes.cycle || changes.structure || changes.rebuilt || changes.hosts))) {
       let procs = 0;
       let cpu = 0;
       let mem = 0;
-      for (const g of store.groups.values()) {
+      for (const g of store.shownGroups().values()) {
         procs += g.f.procs || 0;
         cpu += g.f.cpu_pct || 0;
         mem += g.f.mem_resident || 0;
       }
-      this.totals = { groups: store.groups.size, procs, cpu, mem };
+      this.totals = { groups: store.shownGroups().size, procs, cpu, mem };
     }
     const t = this.totals;
     const synced = store.synced;

@@ -71,6 +71,7 @@ export class ProcsView {
     const saved = loadPref('procs.sort');
     this.sort = saved && typeof saved.col === 'string' ? saved : { col: 'pid', dir: 'asc' };
 
+    this.fleet = false; // a fleet's page: a host column too
     this.columns = this.makeColumns();
     if (!this.columns.some((c) => c.id === this.sort.col)) this.sort = { col: 'pid', dir: 'asc' };
 
@@ -102,8 +103,19 @@ export class ProcsView {
     this.factCells = factList(els.facts, FACTS);
   }
 
+  /** A fleet's page (or a single host's again): with a host column, or without. */
+  setFleet(fleet) {
+    if (fleet === this.fleet) return;
+    this.fleet = fleet;
+    this.columns = this.makeColumns();
+    if (!this.columns.some((c) => c.id === this.sort.col)) this.sort = { col: 'pid', dir: 'asc' };
+    this.vt.sort = this.sort;
+    this.vt.setColumns(this.columns);
+    this.needList = true;
+  }
+
   makeColumns() {
-    return [
+    const columns = [
       {
         id: 'pid', label: 'PID', cls: 'num', firstDir: 'asc',
         value: (p) => p.pid, text: (p) => String(p.pid),
@@ -203,6 +215,14 @@ export class ProcsView {
         value: (p) => fmtCmdline(p.cmdline, p.name), text: (p) => fmtCmdline(p.cmdline, p.name),
       },
     ];
+    if (this.fleet) {
+      // last, so the other columns keep their places
+      columns.push({
+        id: 'host', label: 'Host', cls: 'name', firstDir: 'asc', tip: true,
+        value: (p) => String(p.host ?? ''), text: (p) => String(p.host ?? ''),
+      });
+    }
+    return columns;
   }
 
   /** Show the processes of `name` (null: none selected). */
@@ -231,7 +251,7 @@ export class ProcsView {
         const d = typeof va === 'string' ? collator.compare(va, vb) : va - vb;
         if (d) return d * sign;
       }
-      return a.pid - b.pid;
+      return a.pid - b.pid || collator.compare(String(a.host ?? ''), String(b.host ?? ''));
     };
   }
 
@@ -248,14 +268,16 @@ export class ProcsView {
       this.needList = false;
       this.needSort = false;
       const members = name === null ? null : store.members.get(name);
-      this.items = members ? [...members.values()].sort(this.comparator()) : [];
+      const host = store.hostFilter;
+      const all = members ? [...members.values()] : [];
+      this.items = (host === null ? all : all.filter((p) => p.host === host)).sort(this.comparator());
       this.vt.setSource(arraySource(this.items));
     } else if (this.needSort && !this.hovering) {
       this.needSort = false;
       this.items.sort(this.comparator());
       this.vt.setSource(arraySource(this.items));
     }
-    const g = name === null ? null : store.groups.get(name);
+    const g = name === null ? null : store.shownGroups().get(name);
     setText(this.els.count, name === null ? '' : fmtInt(this.items.length));
     if (g && (!changes || changes.groups.has(name) || changes.rebuilt || this.lastFacts !== g)) {
       this.lastFacts = g;
@@ -267,6 +289,7 @@ export class ProcsView {
 
     let note = '';
     if (name === null) note = 'Select a group (click it, or Enter on it) to list its processes.';
+    else if (!g && store.hostFilter !== null) note = `Host ${store.hostFilter} has no such group.`;
     else if (!g) note = 'This group is not reported by the server any more.';
     else if (!this.items.length) note = 'No processes in this group right now.';
     setText(this.els.empty, note);

@@ -16,6 +16,7 @@
 
 import { RingBuffer } from './ring.js';
 import { fmtAge } from './format.js';
+import { Fleet } from './fleetstore.js';
 
 /** The event log keeps this many entries (starts, exits, notes); older ones fall out. */
 export const LOG_LIMIT = 2000;
@@ -54,18 +55,21 @@ const RESET_TEXT = {
   resync: 'Server re-read its state',
 };
 
+// From a fleet aggregator, processes of many hosts: a pid is a host's.
+let keyByHost = false;
+
 /** The identity of a process: a pid is reused, a (pid, start time) pair is not. */
 export function procKey(p) {
-  return `${p.pid}@${p.start_time}`;
+  return keyByHost ? `${p.host}/${p.pid}@${p.start_time}` : `${p.pid}@${p.start_time}`;
 }
 
-function historyPoints(interval) {
+export function historyPoints(interval) {
   const n = Math.round(HISTORY_SECONDS / (interval > 0 ? interval : 1));
   return Math.min(MAX_HISTORY_POINTS, Math.max(MIN_HISTORY_POINTS, n));
 }
 
 /** Events received per second over a sliding window of a few seconds. */
-class RateMeter {
+export class RateMeter {
   constructor(windowMs = 5000, bucketMs = 250) {
     this.windowMs = windowMs;
     this.bucketMs = bucketMs;
@@ -104,7 +108,7 @@ class RateMeter {
  * cpu_pct of the last polls (a ring shared by all groups: index store.histPos is the
  * oldest sample), `sum`/`n` its running average.
  */
-function newGroup(name, points) {
+export function newGroup(name, points) {
   return {
     name,
     f: { group: name },
@@ -131,6 +135,12 @@ export class Store {
     /** Called with {since, epoch} when events are missing; the app re-subscribes. */
     this.onGap = null;
     this.lastError = null;
+    /** From a fleet aggregator: its hosts (see fleetstore.js); null from one host's server. */
+    this.fleet = null;
+    /** Called with a host's name when its state must be fetched again (fleet only). */
+    this.onHostResync = null;
+    /** Show this host only (fleet only; null: every host). */
+    this.hostFilter = null;
 
     this.groups = new Map(); // name -> group
     this.pendingLife = new Map(); // name -> lifecycle fields of a group not described yet
@@ -159,11 +169,22 @@ export class Store {
       cycle: false, // a poll finished (new sparkline sample)
       rebuilt: false, // state replaced from a snapshot
       conn: false, // hello, reset, error: the header should look again
+      hosts: false, // a fleet's hosts changed (state, groups, set)
     };
+  }
+
+  /** The groups the views show: the fleet's totals, or one host's (hostFilter). */
+  shownGroups() {
+    if (this.fleet && this.hostFilter !== null) {
+      const host = this.fleet.hosts.get(this.hostFilter);
+      return host ? host.groups : new Map();
+    }
+    return this.groups;
   }
 
   /** What changed since the last call; views call this once per frame. */
   takeChanges() {
+    if (this.fleet) this.fleet.flush();
     const c = this.changes;
     this.changes = this.freshChanges();
     return c;
@@ -239,8 +260,13 @@ export class Store {
   onHello(o) {
     this.host = String(o.host ?? '');
     this.server = String(o.server ?? '');
-    if (o.interval > 0 && o.interval !== this.interval) {
-      this.interval = o.interval;
+    const modeChanged = Boolean(o.fleet) !== (this.fleet !== null);
+    if (modeChanged) {
+      this.fleet = o.fleet ? new Fleet(this, o.fleet) : null;
+      keyByHost = this.fleet !== null;
+    }
+    if ((o.interval > 0 && o.interval !== this.interval) || modeChanged) {
+      if (o.interval > 0) this.interval = o.interval;
       this.resizeHistory();
     }
     const asked = this.resumeAsked;
@@ -266,14 +292,17 @@ export class Store {
    * starts over (a new snapshot replaces one still incomplete). */
   onSnapshotPart(o) {
     const part = o.part ?? 1;
-    if (part === 1) this.snapParts = { seq: o.seq, groups: {}, procs: [] };
+    if (part === 1) this.snapParts = { seq: o.seq, groups: {}, procs: [], hosts: {} };
     const acc = this.snapParts;
     if (!acc || acc.seq !== o.seq) return;
     Object.assign(acc.groups, o.groups ?? {});
     for (const p of o.procs ?? []) acc.procs.push(p);
+    Object.assign(acc.hosts, o.hosts ?? {}); // a fleet's hosts are shared out too
     if (part < (o.parts ?? 1)) return;
     this.snapParts = null;
-    this.onSnapshot({ ...o, groups: acc.groups, procs: acc.procs });
+    const whole = { ...o, groups: acc.groups, procs: acc.procs };
+    if (this.fleet) whole.hosts = acc.hosts;
+    this.onSnapshot(whole);
   }
 
   onSnapshot(o) {
@@ -302,6 +331,7 @@ export class Store {
       this.procs.set(key, p);
       this.memberMap(p.group).set(key, p);
     }
+    if (this.fleet) this.fleet.onSnapshot(o);
     if (hadState) this.noteDifferences(before, why);
 
     this.epoch = o.epoch ?? this.epoch;
@@ -352,6 +382,12 @@ export class Store {
     }
     this.seq = o.seq;
     this.gapRequested = false;
+    if (this.fleet && this.fleet.hold(o)) return;
+    this.apply(o);
+  }
+
+  /** Apply one event that is in sequence. */
+  apply(o) {
     switch (o.type) {
       case 'proc.start':
         this.onStart(o);
@@ -364,6 +400,11 @@ export class Store {
         break;
       case 'cycle':
         this.onCycle(o);
+        break;
+      case 'host.up':
+      case 'host.down':
+      case 'host.lost':
+        if (this.fleet) this.fleet.onStatus(o);
         break;
       default:
         if (o.type in LIFE_EVENTS) this.onLife(o);
@@ -450,6 +491,10 @@ export class Store {
   }
 
   onGroupUpdate(o) {
+    if (this.fleet) {
+      this.fleet.onGroupUpdate(o); // a host's group; the totals follow
+      return;
+    }
     const name = o.group;
     if (o.removed) {
       if (this.groups.delete(name)) this.changes.structure = true;
@@ -500,6 +545,8 @@ export class Store {
       if (this.skews.length > 20) this.skews.shift();
     }
     this.lastCycle = o;
+    // A fleet's hosts poll each on its own: its history takes a sample a second.
+    if (this.fleet && !this.fleet.onCycle(o)) return;
     this.pushHistory();
     this.changes.cycle = true;
   }
@@ -507,8 +554,8 @@ export class Store {
   /** One sparkline sample per group per poll (unchanged groups keep their last cpu_pct). */
   pushHistory() {
     const pos = this.histPos;
-    for (const g of this.groups.values()) {
-      const v = Number(g.f.cpu_pct ?? NaN);
+    for (const g of this.allGroups()) {
+      const v = g.gone ? NaN : Number(g.f.cpu_pct ?? NaN);
       const old = g.hist[pos];
       if (!Number.isNaN(old)) {
         g.sum -= old;
@@ -524,10 +571,16 @@ export class Store {
     this.histVersion += 1;
   }
 
+  /** Every group with a history: the groups, and in a fleet each host's too. */
+  * allGroups() {
+    yield* this.groups.values();
+    if (this.fleet) for (const host of this.fleet.hosts.values()) yield* host.groups.values();
+  }
+
   resizeHistory() {
-    this.histPoints = historyPoints(this.interval);
+    this.histPoints = historyPoints(this.fleet ? this.fleet.sampleEvery : this.interval);
     this.histPos = 0;
-    for (const g of this.groups.values()) {
+    for (const g of this.allGroups()) {
       g.hist = new Float32Array(this.histPoints).fill(NaN);
       g.sum = 0;
       g.n = 0;

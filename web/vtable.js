@@ -86,7 +86,9 @@ export class VirtualTable {
     });
     sizes.observe(this.scroller);
     sizes.observe(this.tbody);
-    this.tbody.addEventListener('click', (e) => this.onClick(e));
+    this.sizes = sizes;
+    this.clicked = (e) => this.onClick(e);
+    this.tbody.addEventListener('click', this.clicked);
     if (this.navigable) {
       this.scroller.addEventListener('keydown', (e) => this.onKey(e));
       this.scroller.addEventListener('focus', () => {
@@ -136,6 +138,22 @@ export class VirtualTable {
     this.tbody.append(this.topPad, this.bottomPad);
     this.table.append(colgroup, this.thead, this.tbody);
     this.showSort();
+  }
+
+  /** Replace the columns (a fleet's page has more than one host's): every row is built anew. */
+  setColumns(columns) {
+    this.sizes.unobserve(this.tbody);
+    this.columns = columns;
+    this.live.clear();
+    this.pool = [];
+    this.first = 0;
+    this.last = 0;
+    this.table.replaceChildren();
+    this.build();
+    this.sizes.observe(this.tbody);
+    this.tbody.addEventListener('click', this.clicked);
+    this.headH = this.thead.offsetHeight;
+    onFrame(this.rerender);
   }
 
   spacer() {

@@ -10,6 +10,12 @@
 - :mod:`.state`: each host's latest state in a key-value bucket, so a reader can start
   from it instead of from the beginning of the stream.
 - :mod:`.tail`: ``procstream tail nats://…``: a durable consumer printed as NDJSON.
+- ``procstream fleet``, the stream of every host served as one: :mod:`.feed` (the
+  stream in order from a chosen position), :mod:`.intake` (a message as an event of the
+  fleet), :mod:`.fleetstate` (every host's state, pure), :mod:`.aggregator` (all of it
+  into a hub, hosts up and down), :mod:`.service` (its composition root, beside
+  ``serve``'s).
 
-This package may use asyncio and nats-py; nothing below it imports it.
+This package may use asyncio and nats-py; nothing below it imports it. Only
+:mod:`.service` imports the serving layer.
 """

@@ -1,4 +1,5 @@
-"""The NATS options of ``serve --nats`` and ``tail nats://…``, and what they turn into.
+"""The NATS options of ``serve --nats``, ``fleet`` and ``tail nats://…``, and what they
+turn into.
 
 Secrets: a password or token on the command line is visible to every local user
 (``ps``), so both also come from the environment (``PROCSTREAM_NATS_PASSWORD``,
@@ -26,6 +27,9 @@ __all__ = [
     "PublishSettings",
     "add_connection_arguments",
     "add_publish_arguments",
+    "add_fleet_arguments",
+    "FleetSettings",
+    "fleet_settings_from",
     "settings_from",
     "stream_spec_from",
     "publish_settings_from",
@@ -117,6 +121,15 @@ class PublishSettings:
     state_interval: float = 10.0  # seconds, 0 = don't publish the host's state
 
 
+@dataclass(frozen=True, slots=True)
+class FleetSettings:
+    """How ``fleet`` reads the stream."""
+
+    stream: str = DEFAULT_STREAM
+    state_bucket: str = DEFAULT_STATE_BUCKET
+    host_timeout: float | None = None  # None: 3 host intervals, at least 15 s
+
+
 def split_urls(values: str | list[str]) -> tuple[str, ...]:
     """Comma-separated server URLs, checked: ``nats://`` or ``tls://`` (the scheme may
     be left out), a host, an optional port."""
@@ -193,8 +206,8 @@ def add_connection_arguments(group: argparse._ActionsContainer) -> None:
     group.add_argument("--nats-user", metavar="USER", help="NATS user name (password: --nats-password or $PROCSTREAM_NATS_PASSWORD)")
     group.add_argument("--nats-password", metavar="PASSWORD", help=f"NATS password; default ${PASSWORD_ENV} (prefer it: command lines are public)")
     group.add_argument("--nats-token", metavar="TOKEN", help=f"NATS authentication token; default ${TOKEN_ENV}")
-    group.add_argument("--nats-creds", metavar="FILE", help="NATS credentials file (user JWT and NKey seed; needs the nkeys package)")
-    group.add_argument("--nats-nkey", metavar="FILE", help="NATS NKey seed file (needs the nkeys package)")
+    group.add_argument("--nats-creds", metavar="FILE", help="NATS credentials file (user JWT and NKey seed)")
+    group.add_argument("--nats-nkey", metavar="FILE", help="NATS NKey seed file")
     group.add_argument("--nats-tls-ca", metavar="FILE", help="verify the NATS server with this CA bundle (PEM); implies TLS")
     group.add_argument("--nats-tls-cert", metavar="FILE", help="client certificate (PEM) for NATS TLS; implies TLS")
     group.add_argument("--nats-tls-key", metavar="FILE", help="the private key of --nats-tls-cert (default: in that file)")
@@ -228,6 +241,17 @@ def add_publish_arguments(group: argparse._ActionsContainer) -> None:
                        help="publish the host's state at most every S seconds when it changed (default: 10; 0 = never)")
 
 
+def add_fleet_arguments(group: argparse._ActionsContainer) -> None:
+    """``fleet``'s NATS options: where the stream is, how hosts are judged."""
+    group.add_argument("--nats", action="append", required=True, metavar="URL[,URL…]",
+                       help="read the stream from these NATS servers (nats://HOST:PORT or tls://…)")
+    add_connection_arguments(group)
+    group.add_argument("--nats-state-bucket", default=DEFAULT_STATE_BUCKET, metavar="NAME",
+                       help=f"key-value bucket of the hosts' latest states (default: {DEFAULT_STATE_BUCKET})")
+    group.add_argument("--host-timeout", type=_duration, default=None, metavar="S",
+                       help="a host silent this long is down (default: 3 of its poll intervals, at least 15 s)")
+
+
 def _name(option: str, value: str) -> None:
     try:
         check_name(option, value)
@@ -256,7 +280,8 @@ def settings_from(args: argparse.Namespace, urls: str | list[str]) -> NatsSettin
     if args.nats_tls_key and not args.nats_tls_cert:
         raise NatsConfigError("--nats-tls-key needs --nats-tls-cert")
     if (args.nats_creds or args.nats_nkey) and importlib.util.find_spec("nkeys") is None:
-        raise NatsConfigError("--nats-creds/--nats-nkey need the nkeys package (pip install nkeys)")
+        # a dependency of procstream (nats-py's extra); missing only from a broken install
+        raise NatsConfigError("--nats-creds/--nats-nkey need the nkeys package (pip install 'nats-py[nkeys]')")
     if args.nats_creds and args.nats_nkey:
         raise NatsConfigError("--nats-creds and --nats-nkey: use one (a creds file holds its own NKey)")
     if args.nats_connect_timeout <= 0:
@@ -276,6 +301,14 @@ def settings_from(args: argparse.Namespace, urls: str | list[str]) -> NatsSettin
     )
     settings.tls_context()  # a bad certificate or key is a start-up error
     return settings
+
+
+def fleet_settings_from(args: argparse.Namespace) -> FleetSettings:
+    _name("--nats-state-bucket", args.nats_state_bucket)
+    if args.host_timeout is not None and args.host_timeout <= 0:
+        raise NatsConfigError("--host-timeout must be > 0")
+    return FleetSettings(stream=args.nats_stream, state_bucket=args.nats_state_bucket,
+                         host_timeout=args.host_timeout)
 
 
 def stream_spec_from(args: argparse.Namespace) -> StreamSpec:

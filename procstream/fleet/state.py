@@ -4,8 +4,9 @@ A reader of the stream (the fleet aggregator, a dashboard) that starts now needs
 host's current groups and processes, also of hosts that are quiet. Replaying the stream
 from its beginning is slow and, past its retention, impossible; asking every host is
 what NATS is there to avoid. So each ``serve --nats`` also keeps its state in the bucket
-(default ``PROCSTREAM_STATE``), at most every ``--nats-state-interval`` seconds and only
-when it changed:
+(default ``PROCSTREAM_STATE``), at most every ``--nats-state-interval`` seconds: the
+whole state when it changed, else only ``head`` again when the host published since (the
+same pieces, as of a later ``seq``), so that where a reader starts is never far back:
 
 - ``<host>.chunk.<i>`` (subject ``$KV.<bucket>.<host>.chunk.<i>``): the hub's snapshot
   (the ``snapshot`` object of the WebSocket protocol) compressed with zlib, cut into
@@ -62,6 +63,8 @@ class StateSource(Protocol):
 
     def state_json(self) -> tuple[int, bytes]: ...
 
+    def on_append(self, callback: Callable[[], None]) -> None: ...
+
 
 def state_subject(bucket: str, token: str, key: str) -> str:
     return f"$KV.{bucket}.{token}.{key}"
@@ -102,16 +105,23 @@ class StateWriter:
         self.writes = 0
         self.failures = 0
         self._last: int | None = None  # crc of the state last written
+        self._last_chunks: list[int] = []  # its pieces' revisions
+        self._last_stream_seq = -1  # the stream position the last head was written at
         self._task: asyncio.Task[None] | None = None
         self._failing = False
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="procstream-nats-state")
+        # Nothing before the hub has its first state (serve connects before its first
+        # poll): a reader must never take an empty state for the host's.
+        loaded = asyncio.Event()
+        self.hub.on_append(loaded.set)
+        self._task = asyncio.create_task(self._run(loaded), name="procstream-nats-state")
 
     async def close(self) -> None:
         await stop_task(self._task)
 
-    async def _run(self) -> None:
+    async def _run(self, loaded: asyncio.Event) -> None:
+        await loaded.wait()
         while True:
             await self.link.connected.wait()
             with contextlib.suppress(asyncio.TimeoutError):
@@ -119,14 +129,19 @@ class StateWriter:
             await asyncio.sleep(self.interval)
 
     async def write_if_changed(self) -> bool:
-        """Write the current state unless it is the one written last; True if written."""
+        """Write the current state unless it is the one written last (then only its
+        ``head`` again, when the host published since); True if the state was written."""
         seq, data = self.hub.state_json()
         crc = zlib.crc32(_state_part(data))
-        if crc == self._last:
-            return False
         acked, stream_seq = self.position()
+        same = crc == self._last
+        if same and stream_seq == self._last_stream_seq:
+            return False
         try:
-            await self._write(seq, data, stream_seq)
+            if same:
+                await self._write_head(seq, len(data), stream_seq, self._last_chunks)
+            else:
+                await self._write(seq, data, stream_seq)
         except (nats.errors.Error, APIError, OSError, TimeoutError) as exc:
             self.failures += 1
             if not self._failing:
@@ -136,6 +151,9 @@ class StateWriter:
         if self._failing:
             log.info("NATS: host state written to %s again", self.bucket)
         self._failing = False
+        self._last_stream_seq = stream_seq
+        if same:
+            return False
         self._last = crc
         self.writes += 1
         return True
@@ -149,6 +167,11 @@ class StateWriter:
             ack = await js.publish(state_subject(self.bucket, self.token, f"chunk.{i // size}"),
                                    packed[i:i + size], timeout=self.timeout)
             revisions.append(ack.seq)
+        await self._write_head(seq, len(data), stream_seq, revisions)
+        self._last_chunks = revisions
+
+    async def _write_head(self, seq: int, size: int, stream_seq: int, revisions: list[int]) -> None:
+        js = self.link.nc.jetstream()
         head = {
             "host": self.hub.host,
             "epoch": self.hub.epoch,
@@ -158,17 +181,20 @@ class StateWriter:
             "stream_seq": stream_seq,
             "ts": time.time(),
             "encoding": STATE_ENCODING,
-            "size": len(data),
+            "size": size,
             "chunks": revisions,
         }
         await js.publish(state_subject(self.bucket, self.token, "head"), orjson.dumps(head), timeout=self.timeout)
 
 
-async def read_host_state(js: JetStreamContext, bucket: str, host: str, *, tries: int = 3) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """``(head, snapshot)`` of ``host``'s latest state in ``bucket``, or None when it
-    has none (or it kept changing while we read, ``tries`` times)."""
+async def read_host_state(js: JetStreamContext, bucket: str, host: str | None, *, tries: int = 3,
+                          token: str | None = None) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """``(head, snapshot)`` of ``host``'s latest state in ``bucket`` (or of the host
+    whose subject token is ``token``), or None when it has none (or it kept changing
+    while we read, ``tries`` times)."""
     stream = f"KV_{bucket}"
-    token = host_token(host)
+    if token is None:
+        token = host_token(host or "")
     for _ in range(tries):
         try:
             msg = await js.get_last_msg(stream, state_subject(bucket, token, "head"))

@@ -24,7 +24,15 @@ from ..schema import EVENT_TYPES
 from .options import StreamSpec
 from .subjects import MIN_DUPLICATE_WINDOW, PREFIX, event_subject, subject_matches
 
-__all__ = ["StreamProblem", "stream_config", "incompatibilities", "ensure_stream", "ensure_state_bucket"]
+__all__ = [
+    "StreamProblem",
+    "stream_config",
+    "incompatibilities",
+    "ensure_stream",
+    "ensure_state_bucket",
+    "api_problem",
+    "jetstream_missing",
+]
 
 log = logging.getLogger("procstream.nats")
 
@@ -93,7 +101,15 @@ def _differences(config: StreamConfig, spec: StreamSpec) -> list[str]:
     return out
 
 
-def _api_problem(exc: Exception, what: str) -> StreamProblem:
+def jetstream_missing(exc: Exception) -> bool:
+    """Whether ``exc`` says there is no JetStream to talk to (not enabled, or nothing
+    answers its API): no retry will change that."""
+    return (isinstance(exc, APIError) and exc.err_code in _ERR_NOT_ENABLED) or isinstance(
+        exc, nats.errors.NoRespondersError | nats.js.errors.ServiceUnavailableError)
+
+
+def api_problem(exc: Exception, what: str) -> StreamProblem:
+    """What a JetStream API error means for ``what`` (a stream, a bucket)."""
     if isinstance(exc, APIError) and exc.err_code in _ERR_NOT_ENABLED:
         return StreamProblem("JetStream is not enabled on this NATS server or account (nats-server -js)")
     if isinstance(exc, nats.errors.NoRespondersError | nats.js.errors.ServiceUnavailableError):
@@ -115,11 +131,11 @@ async def ensure_stream(js: JetStreamContext, spec: StreamSpec, token: str) -> S
             except APIError as exc:
                 if exc.err_code == _ERR_NAME_IN_USE:
                     continue  # another host created it first: check that one
-                raise _api_problem(exc, f"cannot create stream {spec.name}") from None
+                raise api_problem(exc, f"cannot create stream {spec.name}") from None
             log.info("NATS: created stream %s (subjects %s.>, replicas %d)", spec.name, PREFIX, spec.replicas)
             return info
         except (APIError, nats.errors.NoRespondersError) as exc:
-            raise _api_problem(exc, f"stream {spec.name}") from None
+            raise api_problem(exc, f"stream {spec.name}") from None
         problems = incompatibilities(info.config, token)
         if problems:
             raise StreamProblem(f"stream {spec.name} exists but won't do: " + "; ".join(problems))
@@ -138,7 +154,7 @@ async def ensure_state_bucket(js: JetStreamContext, bucket: str, replicas: int) 
     except BucketNotFoundError:
         pass
     except (APIError, nats.errors.NoRespondersError) as exc:
-        raise _api_problem(exc, f"bucket {bucket}") from None
+        raise api_problem(exc, f"bucket {bucket}") from None
     try:
         await js.create_key_value(KeyValueConfig(
             bucket=bucket,
@@ -149,5 +165,5 @@ async def ensure_state_bucket(js: JetStreamContext, bucket: str, replicas: int) 
         ))
     except APIError as exc:
         if exc.err_code != _ERR_NAME_IN_USE:
-            raise _api_problem(exc, f"cannot create bucket {bucket}") from None
+            raise api_problem(exc, f"cannot create bucket {bucket}") from None
     log.info("NATS: state bucket %s ready", bucket)

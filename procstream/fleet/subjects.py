@@ -8,6 +8,11 @@
   sent, so JetStream stores a retry once (within the stream's duplicate window). A
   ``host.lost`` record stands for events ``from_seq``..``to_seq`` and has the id
   ``<host>:<epoch>:lost:<from_seq>``.
+- ``host.up`` and ``host.down`` are decided by fleet aggregators and published to the
+  host's subjects with the id ``fleet:<host>:<epoch>:up:<n>`` (``down``), ``n`` the
+  host's seq the decision follows: every aggregator of the stream takes the same
+  decision under the same id, so the stream holds it once and every aggregator sees it
+  at the same place.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ __all__ = [
     "host_subjects",
     "msg_id",
     "lost_msg_id",
+    "status_msg_id",
     "parse_msg_id",
+    "parse_status_msg_id",
     "subject_matches",
     "check_name",
 ]
@@ -76,6 +83,22 @@ def msg_id(host: str, epoch: str, seq: int) -> str:
 
 def lost_msg_id(host: str, epoch: str, from_seq: int) -> str:
     return f"{host}:{epoch}:lost:{from_seq}"
+
+
+def status_msg_id(kind: str, host: str, epoch: str, after: int) -> str:
+    """The id of a fleet aggregator's ``host.up`` (``kind`` "up") or ``host.down``."""
+    return f"fleet:{host}:{epoch}:{kind}:{after}"
+
+
+def parse_status_msg_id(value: str, host: str) -> tuple[str, str, int] | None:
+    """``(epoch, kind, after)`` of a :func:`status_msg_id` about ``host``, or None."""
+    prefix = f"fleet:{host}:"
+    if not value.startswith(prefix):
+        return None
+    parts = value[len(prefix):].split(":")
+    if len(parts) != 3 or parts[1] not in ("up", "down") or not parts[2].isdigit() or not parts[0]:
+        return None
+    return parts[0], parts[1], int(parts[2])
 
 
 def parse_msg_id(value: str, host: str, epoch: str) -> tuple[bool, int] | None:

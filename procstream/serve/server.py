@@ -375,11 +375,11 @@ class ProcstreamServer:
 
     def _api_snapshot(self, request: Request) -> Response:
         try:
-            sub = parse_query(request.path)
+            sub = parse_query(request.path, hosts=self.hub.hosts_filter)
         except ProtocolError as exc:
             return json_response(400, P.error(exc.message))
         return http_response(
-            200, self.hub.snapshot_json(Filter(None, sub.filter.groups)), "application/json"
+            200, self.hub.snapshot_json(Filter(groups=sub.filter.groups, hosts=sub.filter.hosts)), "application/json"
         )
 
     async def _static(self, path: str) -> Response:
@@ -432,7 +432,7 @@ class ProcstreamServer:
                 return
             assert ws.request is not None
             try:
-                request = parse_query(ws.request.path)
+                request = parse_query(ws.request.path, hosts=hub.hosts_filter)
             except ProtocolError as exc:
                 hub.send(sub, hub.hello(None), P.error(exc.message, exc.op))
             else:
@@ -442,7 +442,7 @@ class ProcstreamServer:
             guard = AbuseGuard(cfg.bad_frame_limit, cfg.bad_frame_window)
             async for message in ws:
                 try:
-                    request = parse_frame(message)
+                    request = parse_frame(message, hosts=hub.hosts_filter)
                 except ProtocolError as exc:
                     self.stats.bad_frames += 1
                     hub.send(sub, P.error(exc.message, exc.op))

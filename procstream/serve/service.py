@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import socket
 from collections.abc import Callable
@@ -49,18 +48,11 @@ from ..stream.hub import Hub
 from ..stream.sink import HubAndLog
 from ..wiring import UsageError, build_core, load_namer
 from .detail import detail_route
+from .front import Front, event_loop_factory, memory_budget, parse_listen, setup_logging, token_from, watch_memory
 from .metrics import Families, MetricsCollector, make_registry, metrics_route
-from .resources import MIN_MAX_MEMORY, MemoryBudget, MemoryGuard, fit_descriptors, parse_size
-from .security import (
-    Guard,
-    SecurityConfig,
-    SecurityError,
-    TlsFiles,
-    check_exposure,
-    check_token,
-    install_log_redaction,
-)
-from .server import ProcstreamServer, ServerConfig
+from .resources import MemoryGuard
+from .security import SecurityError
+from .server import ProcstreamServer
 
 __all__ = ["parse_listen", "token_from", "memory_budget", "Service", "run"]
 
@@ -69,52 +61,17 @@ log = logging.getLogger("procstream")
 SHUTDOWN_DEADLINE = 5.0
 
 
-def parse_listen(value: str) -> tuple[str, int]:
-    """``HOST:PORT``, ``[v6]:PORT`` or ``:PORT`` (all interfaces) → (host, port)."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep:
-        raise UsageError(f"--listen {value!r}: expected HOST:PORT")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise UsageError(f"--listen {value!r}: bad port {port_text!r}") from None
-    if not 0 <= port <= 65535:
-        raise UsageError(f"--listen {value!r}: port out of range")
-    return host or "0.0.0.0", port
-
-
-def token_from(args: argparse.Namespace) -> str | None:
-    """``--token``, else ``$PROCSTREAM_TOKEN``; None when neither is set (or empty)."""
-    token = args.token if args.token is not None else os.environ.get("PROCSTREAM_TOKEN")
-    try:
-        return check_token(token)
-    except SecurityError as exc:
-        raise UsageError(f"--token/PROCSTREAM_TOKEN: {exc}") from None
-
-
 class Service:
     """Everything ``serve`` runs, so tests and other front ends can start it in-process."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        host, port = parse_listen(args.listen)
         # Security first: a refusal must come before any work or listening socket.
-        token = token_from(args)
-        try:
-            self.exposure_warning = check_exposure(host, port, token=token, insecure=args.insecure)
-            if args.tls_key and not args.tls_cert:
-                raise SecurityError("--tls-key needs --tls-cert")
-            self.tls = TlsFiles(args.tls_cert, args.tls_key) if args.tls_cert else None
-            self.guard = Guard(
-                SecurityConfig(token=token, allow_origins=tuple(args.allow_origin), tls=self.tls is not None)
-            )
-        except SecurityError as exc:
-            raise UsageError(str(exc)) from None
-        self.budget = memory_budget(args.max_memory)
-        if args.slow_client_grace <= 0:
-            raise UsageError("--slow-client-grace must be > 0")
+        front = Front.from_args(args)
+        self.exposure_warning = front.exposure_warning
+        self.tls = front.tls
+        self.guard = front.guard
+        self.budget = front.budget
         self.fs, self.grouper, self.builder = build_core(args)
         host_name = args.host_name if args.host_name is not None else socket.gethostname()
         problem = check_host_name(host_name)
@@ -169,15 +126,8 @@ class Service:
         except ConnectorError as exc:
             raise UsageError(f"--source netlink: {exc}") from exc
         self.kernel: KernelSource | None = None
-        if args.max_clients < 1:
-            raise UsageError("--max-clients must be at least 1")
-        server_config = ServerConfig(host=host, port=port, max_clients=args.max_clients,
-                                     ssl_context=self.tls.context if self.tls is not None else None)
-        # Before anything listens: every socket the server may hold, plus the reserve.
-        self.descriptors = fit_descriptors(
-            server_config.max_clients, server_config.descriptors - server_config.max_clients
-        )
-        server_config.max_clients = self.descriptors.max_clients
+        # Before anything listens: the descriptor limit fitted to the clients.
+        server_config, self.descriptors = front.server_config(args.max_clients)
         self.server = ProcstreamServer(
             self.hub,
             server_config,
@@ -273,7 +223,7 @@ class Service:
                     await self.nats.start()
                 except NatsStartError as exc:
                     raise UsageError(str(exc)) from None
-            guard_task = asyncio.create_task(self._watch_memory(), name="procstream-memory")
+            guard_task = asyncio.create_task(watch_memory(self.memory), name="procstream-memory")
             if not await self.poller.poll_now():
                 log.warning("first poll failed; serving anyway and retrying every %.3gs", self.args.interval)
             await self._start_kernel_source()
@@ -311,17 +261,6 @@ class Service:
         hs = self.hub.stats
         queued = self.eventlog.stats.queued_bytes if self.eventlog is not None else 0
         return hs.buffer_bytes + hs.output_bytes + hs.cache_bytes + queued
-
-    async def _watch_memory(self) -> None:
-        failed = False
-        while True:
-            await asyncio.sleep(1.0)
-            try:
-                self.memory.check()
-            except Exception:  # a bug here must not end the service
-                if not failed:
-                    failed = True
-                    log.exception("memory check failed (not logged again)")
 
     async def _start_kernel_source(self) -> None:
         """Kernel process events next to the poller, when permitted (``--source``)."""
@@ -372,45 +311,12 @@ class Service:
             log.warning("shutdown took too long; exiting anyway")
 
 
-def memory_budget(text: str) -> MemoryBudget:
-    """``--max-memory`` as a :class:`MemoryBudget`; ``UsageError`` when it is not a size
-    or is below the least the service runs in."""
-    try:
-        total = parse_size(text)
-    except ValueError as exc:
-        raise UsageError(f"--max-memory: {exc}") from None
-    if total < MIN_MAX_MEMORY:
-        raise UsageError(f"--max-memory {text}: at least {MIN_MAX_MEMORY // (1024 * 1024)}M "
-                         "(the interpreter and a host's processes alone need about half of that)")
-    return MemoryBudget(total)
-
-
-def _event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    if choice == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        if choice == "uvloop":
-            raise UsageError("--loop uvloop: uvloop is not installed") from None
-        return None
-    return uvloop.new_event_loop
-
-
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``procstream serve``."""
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if args.log_level != "debug":
-        # one line per HTTP request or connection is debug detail, not service news
-        logging.getLogger("websockets").setLevel(logging.WARNING)
-    # websockets logs request lines and headers at debug level: keep tokens out.
-    install_log_redaction(token_from(args))
+    setup_logging(args)
     if args.interval <= 0:
         raise UsageError("--interval must be > 0")
-    factory = _event_loop_factory(args.loop)
+    factory = event_loop_factory(args.loop)
 
     async def main() -> int:
         service = Service(args)

@@ -55,6 +55,10 @@ subscriber that doesn't ask for them sees the same gap-free sequence as if nobod
 and keeps the same resume window. They go out with their poll's events on the fast path
 only; a subscriber that lags gets them only from the recent frames it catches up from
 (the next snapshot carries the numbers anyway).
+
+A producer whose events come numbered already (a fleet aggregator: its seqs are a
+JetStream stream's) keeps its own :class:`State`, starts the hub at its position and
+hands it numbered batches; everything above holds for it unchanged.
 """
 
 from __future__ import annotations
@@ -70,28 +74,16 @@ from typing import Any, Final, Protocol
 import orjson
 
 from .. import __version__
-from ..schema import (
-    EVENT_ONLY_FIELDS,
-    GROUP_CRASHLOOP,
-    GROUP_MISSING,
-    GROUP_RECOVERED,
-    GROUP_STABLE,
-    GROUP_UPDATE,
-    LIVE_FIELDS,
-    PROC_EXIT,
-    PROC_START,
-    PROC_UPDATE,
-    Event,
-    GroupFields,
-    ProcFields,
-)
+from ..schema import LIVE_FIELDS, PROC_UPDATE, Event, GroupFields, ProcFields
 from ..stats import Stats
 from . import protocol as P
 from .protocol import NO_GROUP, Filter, Subscription, update_key
+from .state import HostState
 
 __all__ = [
     "Hub",
     "HubStats",
+    "State",
     "Transport",
     "LiveNumbers",
     "Interest",
@@ -124,9 +116,8 @@ OUTBOX_BYTES: Final = 64 * 1024
 
 # A replayed frame stops growing at the first batch boundary past this many bytes.
 _REPLAY_FRAME_BYTES: Final = 256 * 1024
-# Groups whose lifecycle fields wait for their first group.update: a group made only of
-# processes that came and went between polls may never get one, so the oldest go first.
-_PENDING_LIFE_LIMIT: Final = 1024
+# The fields of every snapshot; a fleet aggregator's have more.
+_SNAPSHOT_KEYS: Final = frozenset({"type", "seq", "host", "epoch", "groups", "procs"})
 # Per filter, the frames of the latest batches are kept so a subscriber that lags by a
 # few polls (a burst filled its buffer) catches up with the very bytes the others got.
 _RECENT_FRAMES: Final = 16
@@ -165,6 +156,20 @@ class Transport(Protocol):
 
     def close(self, code: int, reason: str) -> None:
         """Start closing the connection with this close code."""
+
+
+class State(Protocol):
+    """What a snapshot is made of: :class:`~procstream.stream.state.HostState` for one
+    host, the fleet's state in a fleet aggregator."""
+
+    def load(self, groups: Mapping[str, GroupFields], procs: Iterable[ProcFields]) -> None:
+        """Replace the whole state."""
+
+    def apply(self, ev: Event) -> None:
+        """Move the state by one event."""
+
+    def snapshot_view(self, filt: Filter) -> tuple[dict[str, Any], list[Any], dict[str, Any] | None]:
+        """``(groups, procs, extra fields or None)`` of a snapshot for this filter."""
 
 
 class LiveNumbers(Protocol):
@@ -308,19 +313,20 @@ class Subscriber:
 
 
 class _Ring:
-    """The resume buffer: encoded events with their type, group and publish time.
+    """The resume buffer: encoded events with their type, group, host and publish time.
 
     Parallel lists with a moving start offset, compacted now and then: O(1) append,
     O(1) indexing by seq, amortized O(1) trimming at the front. ``nbytes`` is what the
     held events cost (their encodings plus :data:`_EVENT_OVERHEAD` each).
     """
 
-    __slots__ = ("times", "types", "groups", "data", "eob", "start", "nbytes")
+    __slots__ = ("times", "types", "groups", "hosts", "data", "eob", "start", "nbytes")
 
     def __init__(self) -> None:
         self.times: list[float] = []
         self.types: list[Any] = []
         self.groups: list[Any] = []
+        self.hosts: list[Any] = []
         self.data: list[bytes] = []
         self.eob: list[bool] = []  # last event of its batch (replay frames end there)
         self.start = 0
@@ -329,11 +335,15 @@ class _Ring:
     def __len__(self) -> int:
         return len(self.data) - self.start
 
-    def extend(self, now: float, types: list[Any], groups: list[Any], data: list[bytes]) -> None:
+    def _lists(self) -> tuple[list[Any], ...]:
+        return (self.times, self.types, self.groups, self.hosts, self.data, self.eob)
+
+    def extend(self, now: float, types: list[Any], groups: list[Any], hosts: list[Any], data: list[bytes]) -> None:
         n = len(data)
         self.times.extend([now] * n)
         self.types.extend(types)
         self.groups.extend(groups)
+        self.hosts.extend(hosts)
         self.data.extend(data)
         self.eob.extend([False] * (n - 1))
         self.eob.append(True)
@@ -349,15 +359,19 @@ class _Ring:
             self.clear()
         elif self.start > 4096 and self.start * 2 > len(self.data):
             s = self.start
-            for lst in (self.times, self.types, self.groups, self.data, self.eob):
+            for lst in self._lists():
                 del lst[:s]
             self.start = 0
 
     def clear(self) -> None:
-        for lst in (self.times, self.types, self.groups, self.data, self.eob):
+        for lst in self._lists():
             lst.clear()
         self.start = 0
         self.nbytes = 0
+
+
+# (groups filter, hosts filter, whole: one object for HTTP rather than parts)
+_SnapshotKey = tuple[frozenset[str] | None, frozenset[str] | None, bool]
 
 
 @dataclass(slots=True)
@@ -385,6 +399,13 @@ class Hub:
     ``output_bytes``; per-filter caches at most ``cache_bytes``. ``drain_grace``
     (default: ``overflow_grace``) is how long a subscriber may hold undelivered output
     without its transport taking any.
+
+    A producer whose events come numbered already (the fleet aggregator) passes its own
+    ``state``, moves it itself, starts the hub at its position with :meth:`start_at` and
+    hands batches to :meth:`publish_numbered`. ``hosts_filter`` lets subscribers filter
+    by host; ``hello_extra`` adds fields to ``hello``; ``future_wait`` seconds is how
+    long a resume from a seq the hub has not reached yet waits for it (another replica
+    of the producer may be a little ahead) before it becomes a ``reset``.
     """
 
     def __init__(
@@ -403,6 +424,10 @@ class Hub:
         bookmark_interval: float = 15.0,
         clock: Callable[[], float] = time.time,
         epoch: str | None = None,
+        state: State | None = None,
+        hosts_filter: bool = False,
+        hello_extra: Mapping[str, Any] | None = None,
+        future_wait: float = 0.0,
     ) -> None:
         if buffer_size < 1 or queue_limit < 1:
             raise ValueError("buffer_size and queue_limit must be at least 1")
@@ -427,24 +452,15 @@ class Hub:
         self._head = 0
         self._ring = _Ring()
         self._baseline_seq = -1  # head at the last load_state; no resume across it
-        self._groups: dict[str, GroupFields] = {}
-        self._procs: dict[tuple[int, float], ProcFields] = {}  # by (pid, start_time)
-        # Lifecycle fields of groups no group.update has described yet (one whose first
-        # processes came and went between polls): merged in when one does.
-        self._pending_life: dict[str, dict[str, Any]] = {}
-        # How each event type changes the state; the types not listed leave it as it is.
-        self._apply: dict[str, Callable[[Event], None]] = {
-            PROC_START: self._proc_started,
-            PROC_EXIT: self._proc_exited,
-            GROUP_UPDATE: self._group_updated,
-            GROUP_MISSING: lambda ev: self._set_life(ev, "missing", True),
-            GROUP_RECOVERED: lambda ev: self._set_life(ev, "missing", False),
-            GROUP_CRASHLOOP: lambda ev: self._set_life(ev, "crashloop", True),
-            GROUP_STABLE: lambda ev: self._set_life(ev, "crashloop", False),
-        }
-        # Encoded snapshots by groups filter ("whole" ones for HTTP apart), valid until
-        # the next publish; half of cache_bytes.
-        self._snapshots: dict[tuple[frozenset[str] | None, bool], _Snapshot] = {}
+        self._state: State = state if state is not None else HostState()
+        self.hosts_filter = hosts_filter
+        self._hello_extra = dict(hello_extra or {})
+        self.future_wait = future_wait
+        # Resumes from a seq not reached yet: (subscriber, request, ack, give up at).
+        self._waiting: list[tuple[Subscriber, Subscription, bool, float]] = []
+        # Encoded snapshots by groups and hosts filter ("whole" ones for HTTP apart),
+        # valid until the next publish; half of cache_bytes.
+        self._snapshots: dict[_SnapshotKey, _Snapshot] = {}
         self._snapshot_bytes_held = 0
         # filter -> recent batches as (first seq, next seq, frame or None if nothing
         # matched); the other half of cache_bytes, shared by the filters.
@@ -513,8 +529,9 @@ class Hub:
 
     def state_json(self) -> tuple[int, bytes]:
         """``(head seq, the unfiltered snapshot encoded)`` for a reader that is not a
-        subscriber (not counted as a snapshot sent)."""
-        return self._head, P.encode(self._snapshot_obj(Filter()))
+        subscriber (not counted as a snapshot sent), without the per-process numbers:
+        they are readings, not state, and are stale by the time another reads them."""
+        return self._head, P.encode(self._snapshot_obj(Filter(), live=False))
 
     # -- producer side -----------------------------------------------------------------
 
@@ -525,17 +542,36 @@ class Hub:
         the resume buffer is cleared (earlier points can't be replayed onto the new
         state) and every subscriber gets ``reset`` {"reason": "resync"} + snapshot.
         """
-        self._groups = {}
-        self._pending_life.clear()
-        for name, fields in groups.items():
-            state = _strip(fields)
-            state["group"] = name
-            self._groups[name] = state
-        self._procs = {(p.get("pid"), p.get("start_time")): _strip(p) for p in procs}
-        self._forget_snapshots()
+        self._state.load(groups, procs)
         # The first load (before any event) is the baseline itself, not a re-baseline:
         # resumes from seq 0 stay valid.
-        self._baseline_seq = self._head if self._head > 0 else -1
+        self._rebaseline("resync", self._head if self._head > 0 else -1)
+
+    def start_at(self, seq: int) -> None:
+        """Before anything is published: the next event is ``seq + 1`` (a producer that
+        numbers its events itself and starts in the middle of its sequence). A resume
+        from ``seq`` is valid and replays nothing; anything older is ``expired``."""
+        if self._head or len(self._ring) or self._subs:
+            raise RuntimeError("start_at() is for a hub that has published nothing yet")
+        self._head = seq
+
+    def restart(self, epoch: str, seq: int) -> None:
+        """The producer's numbering starts over: a new ``epoch`` whose next event is
+        ``seq + 1``. The buffer is cleared and every subscriber gets ``reset``
+        {"reason": "epoch"} + snapshot (of the state as the producer left it)."""
+        self.epoch = epoch
+        self._head = seq
+        # Points of the old epoch are refused by their epoch; the new one has no past.
+        self._rebaseline("epoch", -1)
+
+    def state_changed(self) -> None:
+        """The producer changed its state between batches (not through an event): the
+        next snapshot is built afresh."""
+        self._forget_snapshots()
+
+    def _rebaseline(self, reason: str, baseline: int) -> None:
+        self._forget_snapshots()
+        self._baseline_seq = baseline
         self._ring.clear()
         self._recent.clear()
         self._recent_size.clear()
@@ -547,13 +583,13 @@ class Hub:
             sub.ov_since = None
             sub.cursor = head + 1
             sub.replay_end = 0
-            self._count_reset("resync")
+            self._count_reset(reason)
             if sub.want_snapshot:
-                self._set_restart(sub, "reset", "resync", None)
+                self._set_restart(sub, "reset", reason, None)
             else:
                 sub.restart = None
                 sub.parts = None
-                self._push(sub, P.frame(P.reset("resync", seq=head, epoch=self.epoch)))
+                self._push(sub, P.frame(P.reset(reason, seq=head, epoch=self.epoch)))
         for reader in self._readers:
             reader()
 
@@ -571,8 +607,7 @@ class Hub:
         host = self.host
         stats = self.stats
         counts = stats.events_by_type
-        apply = self._apply
-        dumps = orjson.dumps
+        apply = self._state.apply
         seq = self._head
         first = seq + 1
         types: list[Any] = []
@@ -593,16 +628,7 @@ class Hub:
                 continue
             if not reading:
                 seq += 1
-            try:
-                # orjson's bytes have spare capacity; the buffer keeps an exact copy
-                data = memoryview(dumps(ev)).tobytes()
-            except TypeError:
-                stats.encode_fallbacks += 1
-                data = P.encode(ev)
-            if len(data) > MAX_EVENT_BYTES:
-                P.shrink(ev, MAX_EVENT_BYTES)
-                stats.events_shrunk += 1
-                data = P.encode(ev)
+            data = _encode(ev, stats)
             # The filters and counters key on them: hashable strings, whatever came.
             if type(t) is not str:
                 t = str(t)
@@ -618,24 +644,72 @@ class Hub:
             if g is not NO_GROUP and type(g) is not str:
                 g = str(g)
             cursors.append(seq)
-            change = apply.get(t)
-            if change is not None:
-                try:
-                    change(ev)
-                except Exception:
-                    self._failed(f"applying a {t} event to the state")
+            try:
+                apply(ev)
+            except Exception:
+                self._failed(f"applying a {t} event to the state")
             types.append(t)
             groups.append(g)
             parts.append(data)
             counts[t] = counts.get(t, 0) + 1
         if not parts:
             return
+        self._deliver(now, first, seq, types, groups, None, parts, cursors, updates)
+
+    def publish_numbered(self, batch: Sequence[Event]) -> None:
+        """Record and deliver events that carry their ``seq`` and ``host`` already, in
+        order and without a gap from :attr:`head_seq` + 1. The state is the producer's
+        to move (before or after this call, on the same turn of the event loop)."""
+        if not batch:
+            return
+        first = self._head + 1
+        if batch[0].get("seq") != first or batch[-1].get("seq") != first + len(batch) - 1:
+            raise ValueError(f"events must be numbered from {first} without a gap")
+        stats = self.stats
+        counts = stats.events_by_type
+        types: list[Any] = []
+        groups: list[Any] = []
+        hosts: list[Any] = []
+        parts: list[bytes] = []
+        for ev in batch:
+            parts.append(_encode(ev, stats))
+            t = ev.get("type")
+            if type(t) is not str:
+                t = str(t)
+            g = ev.get("group", NO_GROUP)
+            if g is not NO_GROUP and type(g) is not str:
+                g = str(g)
+            types.append(t)
+            groups.append(g)
+            hosts.append(ev.get("host"))
+            counts[t] = counts.get(t, 0) + 1
+        last = first + len(parts) - 1
+        self._deliver(self._clock(), first, last, types, groups, hosts, parts, list(range(first, last + 1)), 0)
+
+    def _deliver(
+        self,
+        now: float,
+        first: int,
+        seq: int,
+        types: list[Any],
+        groups: list[Any],
+        hosts: list[Any] | None,
+        parts: list[bytes],
+        cursors: list[int],
+        updates: int,
+    ) -> None:
+        """Append a batch (seqs ``first`` to ``seq``, and ``updates`` of its parts
+        ``proc.update`` readings without one) to the buffer and fan it out. ``hosts``:
+        each part's host, or None when they are all :attr:`host`'s."""
+        stats = self.stats
         self._head = seq
+        ring_hosts = hosts if hosts is not None else [self.host] * len(parts)
         if not updates:
-            self._ring.extend(now, types, groups, parts)
+            self._ring.extend(now, types, groups, ring_hosts, parts)
         elif seq >= first:
             kept = [i for i, t in enumerate(types) if t != PROC_UPDATE]
-            self._ring.extend(now, [types[i] for i in kept], [groups[i] for i in kept], [parts[i] for i in kept])
+            self._ring.extend(now, [types[i] for i in kept], [groups[i] for i in kept],
+                              [ring_hosts[i] for i in kept], [parts[i] for i in kept])
         self._forget_snapshots()
         stats.batches += 1
         stats.events_published += len(parts) - updates
@@ -650,9 +724,13 @@ class Hub:
         for filt, subs in self._by_filter.items():
             if filt.everything and not updates:
                 sel = parts
+            elif filt.hosts is None or hosts is None:
+                match = filt.matches
+                host = self.host if filt.hosts is not None else None
+                sel = [p for p, t, g in zip(parts, types, groups) if match(t, g, host)]
             else:
                 match = filt.matches
-                sel = [p for p, t, g in zip(parts, types, groups) if match(t, g)]
+                sel = [p for p, t, g, h in zip(parts, types, groups, hosts) if match(t, g, h)]
             nsel = len(sel)
             if not nsel:
                 if numbered:
@@ -663,7 +741,7 @@ class Hub:
                 continue
             frame = b"[" + b",".join(sel) + b"]"
             if len(frame) > MAX_FRAME_BYTES:
-                self._deliver_split(filt, subs, parts, types, groups, cursors, next_seq, numbered, now, dead)
+                self._deliver_split(filt, subs, parts, types, groups, ring_hosts, cursors, next_seq, numbered, now, dead)
                 continue
             if numbered:
                 self._remember(filt, first, next_seq, frame)
@@ -690,6 +768,8 @@ class Hub:
         for sub in dead:
             self._drop_dead(sub)
         self._trim(now)
+        if self._waiting:
+            self._resume_waiting(now)
         for reader in self._readers:
             reader()
 
@@ -700,6 +780,7 @@ class Hub:
         parts: list[bytes],
         types: list[Any],
         groups: list[Any],
+        hosts: list[Any],
         cursors: list[int],
         next_seq: int,
         numbered: bool,
@@ -716,7 +797,7 @@ class Hub:
         nsel = 0
         everything, match = filt.everything, filt.matches
         for i, data in enumerate(parts):
-            if not (everything or match(types[i], groups[i])):
+            if not (everything or match(types[i], groups[i], hosts[i])):
                 continue
             if sel and size + len(data) + 1 > MAX_FRAME_BYTES:
                 chunks.append((start, cursors[i], b"[" + b",".join(sel) + b"]"))
@@ -822,7 +903,7 @@ class Hub:
 
     def hello(self, filter: Filter | None) -> dict[str, Any]:
         """The ``hello`` object for a new connection (send it first, with :meth:`send`)."""
-        return P.hello(
+        obj = P.hello(
             server=SERVER_NAME,
             host=self.host,
             epoch=self.epoch,
@@ -831,6 +912,9 @@ class Hub:
             interval=self.interval,
             filter=filter,
         )
+        if self._hello_extra:
+            obj.update(self._hello_extra)
+        return obj
 
     def send(self, sub: Subscriber, *objs: Mapping[str, Any]) -> None:
         """Send control objects to one subscriber, in order with everything else it gets."""
@@ -846,7 +930,21 @@ class Hub:
         ``snapshot`` is false) then live events. Whatever an earlier subscription had not
         sent yet is dropped: the latest request wins.
         """
+        self._subscribe(sub, request, ack, wait=self.future_wait > 0)
+
+    def _subscribe(self, sub: Subscriber, request: Subscription, ack: bool, wait: bool) -> None:
         if sub.closed:
+            return
+        if self._waiting:
+            self._waiting = [w for w in self._waiting if w[0] is not sub]
+        if wait and request.since is not None and request.since > self._head and request.epoch == self.epoch:
+            # Not there yet: nothing for this subscriber until the hub gets there (or
+            # gives up: then it is a reset like any other).
+            self._unlist(sub)
+            sub.active = False
+            sub.restart = None
+            sub.parts = None
+            self._waiting.append((sub, request, ack, self._clock() + self.future_wait))
             return
         self._unlist(sub)
         sub.filter = request.filter
@@ -883,6 +981,17 @@ class Hub:
         if request.snapshot:
             self._set_restart(sub, "snapshot", "", None)
 
+    def _resume_waiting(self, now: float) -> None:
+        """Resume the subscribers whose ``since`` the hub reached; reset those that
+        waited long enough."""
+        head = self._head
+        ready = [w for w in self._waiting if w[0].closed or w[1].since <= head or now >= w[3]]  # type: ignore[operator]
+        if not ready:
+            return
+        self._waiting = [w for w in self._waiting if w not in ready]
+        for sub, request, ack, _deadline in ready:
+            self._subscribe(sub, request, ack, wait=False)
+
     def resume_problem(self, since: int, epoch: str | None) -> str | None:
         """Why ``since``+``epoch`` can't be replayed exactly (a reset reason), or None."""
         if epoch != self.epoch:
@@ -904,13 +1013,15 @@ class Hub:
         obj = self._snapshot_obj(filter or Filter())
         obj["groups"] = {k: dict(v) for k, v in obj["groups"].items()}
         obj["procs"] = [dict(p) for p in obj["procs"]]
+        for key in obj.keys() - _SNAPSHOT_KEYS:
+            obj[key] = orjson.loads(orjson.dumps(obj[key]))  # a fleet's extra parts, copied
         return obj
 
     def snapshot_json(self, filter: Filter | None = None) -> bytes:
         """:meth:`snapshot` encoded whole, in one object (``/api/snapshot``; cached
         until the state changes)."""
         filt = filter or Filter()
-        key = (filt.groups, True)
+        key = (filt.groups, filt.hosts, True)
         snap = self._snapshots.get(key)
         if snap is None:
             data = P.encode(self._snapshot_obj(filt))
@@ -929,6 +1040,8 @@ class Hub:
         """
         now = self._clock()
         self._trim(now)
+        if self._waiting:
+            self._resume_waiting(now)
         grace = self.overflow_grace
         for sub in list(self._lagging):
             if sub.ov_since is not None and now - sub.ov_since >= grace:
@@ -1001,57 +1114,6 @@ class Hub:
 
     # -- internals ---------------------------------------------------------------------
 
-    # Keep the state exactly as of the latest seq, so a snapshot taken between two
-    # batches is consistent with the events that follow it.
-
-    def _proc_started(self, ev: Event) -> None:
-        self._procs[(ev.get("pid"), ev.get("start_time"))] = _strip(ev)
-        if ev.get("restart_of"):
-            life = self._life(ev.get("group"))
-            life["restarts"] = life.get("restarts", 0) + 1
-
-    def _proc_exited(self, ev: Event) -> None:
-        self._procs.pop((ev.get("pid"), ev.get("start_time")), None)
-        e: Any = ev
-        self._life(e.get("group"))["last_exit"] = {
-            "pid": e.get("pid"),
-            "ts": e.get("ts"),
-            "exit_class": e.get("exit_class"),
-            "exit_code": e.get("exit_code"),
-            "signal": e.get("signal"),
-            "oom_killed": e.get("oom_killed"),
-        }
-
-    def _group_updated(self, ev: Event) -> None:
-        name: Any = ev.get("group")
-        if ev.get("removed"):
-            self._groups.pop(name, None)
-            self._pending_life.pop(name, None)
-        else:
-            state = self._groups.get(name)
-            if state is None:
-                state = self._groups[name] = _strip(ev)
-                state.update(self._pending_life.pop(name, ()))
-            else:
-                state.update(_strip(ev))
-
-    def _life(self, name: Any) -> dict[str, Any]:
-        """Where a group's lifecycle fields live: its state, or (no ``group.update`` for
-        it yet) its pending fields."""
-        state = self._groups.get(name)
-        if state is not None:
-            return state
-        pending = self._pending_life
-        life = pending.get(name)
-        if life is None:
-            if len(pending) >= _PENDING_LIFE_LIMIT:
-                del pending[next(iter(pending))]
-            life = pending[name] = {}
-        return life
-
-    def _set_life(self, ev: Event, key: str, value: bool) -> None:
-        self._life(ev.get("group"))[key] = value
-
     def _failed(self, what: str) -> None:
         """An error while publishing: counted, logged (with its traceback) the first time
         for each kind, never raised to the producer."""
@@ -1061,25 +1123,22 @@ class Hub:
             log.exception("publishing: %s failed (counted in procstream_publish_errors; "
                           "not logged again)", what)
 
-    def _snapshot_obj(self, filt: Filter) -> dict[str, Any]:
-        groups = filt.groups
-        if groups is None:
-            gstate = dict(self._groups)
-            procs = list(self._procs.values())
-        else:
-            gstate = {k: v for k, v in self._groups.items() if k in groups}
-            procs = [p for p in self._procs.values() if p.get("group") in groups]
-        live = self._live
-        if live is not None:
+    def _snapshot_obj(self, filt: Filter, *, live: bool = True) -> dict[str, Any]:
+        gstate, procs, extra = self._state.snapshot_view(filt)
+        numbers = self._live if live else None
+        if numbers is not None:
             # identity as the events told it, numbers as the latest poll read them
-            procs = [{**p, **(live.fields(p.get("pid"), p.get("start_time")) or _UNKNOWN_LIVE)} for p in procs]
-        return P.snapshot(seq=self._head, host=self.host, epoch=self.epoch, groups=gstate, procs=procs)
+            procs = [{**p, **(numbers.fields(p.get("pid"), p.get("start_time")) or _UNKNOWN_LIVE)} for p in procs]
+        obj = P.snapshot(seq=self._head, host=self.host, epoch=self.epoch, groups=gstate, procs=procs)
+        if extra:
+            obj.update(extra)
+        return obj
 
     def _snapshot_parts(self, filt: Filter) -> _Snapshot:
         """The snapshot for ``filt`` as of the head, in parts (cached until the next
         publish: a thousand clients (re)connecting within one interval cost one
         encoding)."""
-        key = (filt.groups, False)
+        key = (filt.groups, filt.hosts, False)
         snap = self._snapshots.get(key)
         if snap is not None:
             return snap
@@ -1090,7 +1149,7 @@ class Hub:
         self._keep_snapshot(key, snap)
         return snap
 
-    def _keep_snapshot(self, key: tuple[frozenset[str] | None, bool], snap: _Snapshot) -> None:
+    def _keep_snapshot(self, key: _SnapshotKey, snap: _Snapshot) -> None:
         budget = self.cache_bytes // 2
         if snap.nbytes > budget:
             return  # used by the subscribers that asked, not kept
@@ -1234,11 +1293,11 @@ class Hub:
         data, eob = ring.data, ring.eob
         everything = filt.everything
         match = filt.matches
-        types, groups = ring.types, ring.groups
+        types, groups, hosts = ring.types, ring.groups, ring.hosts
         sel: list[bytes] = []
         size = 1
         while i < end:
-            if everything or match(types[i], groups[i]):
+            if everything or match(types[i], groups[i], hosts[i]):
                 d = data[i]
                 if sel and size + len(d) + 1 > MAX_FRAME_BYTES:
                     break
@@ -1262,8 +1321,8 @@ class Hub:
         if filt.everything:
             return n + len(ring.data) - start
         match = filt.matches
-        types, groups = ring.types, ring.groups
-        return n + sum(1 for i in range(start, len(ring.data)) if match(types[i], groups[i]))
+        types, groups, hosts = ring.types, ring.groups, ring.hosts
+        return n + sum(1 for i in range(start, len(ring.data)) if match(types[i], groups[i], hosts[i]))
 
     def _overflow(self, sub: Subscriber, now: float) -> None:
         if sub.ov_since is not None and now - sub.ov_since >= self.overflow_grace:
@@ -1376,6 +1435,17 @@ class Hub:
         self.stats.resets[reason] = self.stats.resets.get(reason, 0) + 1
 
 
-def _strip(fields: Mapping[str, Any]) -> Any:
-    """The state an event carries: its fields less those about the event itself."""
-    return {k: v for k, v in fields.items() if k not in EVENT_ONLY_FIELDS}
+def _encode(ev: Any, stats: HubStats) -> bytes:
+    """One event's bytes, whatever it holds: through the fallback when orjson can't, cut
+    down (in place) past :data:`MAX_EVENT_BYTES`."""
+    try:
+        # orjson's bytes have spare capacity; the buffer keeps an exact copy
+        data = memoryview(orjson.dumps(ev)).tobytes()
+    except TypeError:
+        stats.encode_fallbacks += 1
+        data = P.encode(ev)
+    if len(data) > MAX_EVENT_BYTES:
+        P.shrink(ev, MAX_EVENT_BYTES)
+        stats.events_shrunk += 1
+        data = P.encode(ev)
+    return data

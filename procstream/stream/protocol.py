@@ -88,6 +88,8 @@ _MAX_EPOCH_LEN: Final = 128
 _MAX_PID: Final = 2**22  # the kernel's PID_MAX_LIMIT
 _SUBSCRIBE_FIELDS: Final = frozenset({"op", "types", "groups", "pids", "since", "epoch", "snapshot"})
 _QUERY_FIELDS: Final = frozenset({"types", "groups", "pids", "since", "epoch", "snapshot", "token"})
+# A fleet aggregator also filters by host; a single host's server does not know the word.
+_HOSTS: Final = frozenset({"hosts"})
 _KNOWN_OPS: Final = ("subscribe",)
 
 
@@ -106,14 +108,14 @@ class ProtocolError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Filter:
-    """Which events a subscriber wants: event types and group names, ``None`` = all;
-    and ``pids``, which (like ``groups``) select the processes whose ``proc.update``
-    events are sent.
+    """Which events a subscriber wants: event types and group names (and, from a fleet
+    aggregator, host names), ``None`` = all; and ``pids``, which (like ``groups``) select
+    the processes whose ``proc.update`` events are sent.
 
     ``types`` ``None`` means every type but those sent only when named
     (:data:`~procstream.schema.EXPLICIT_TYPES`: ``proc.update``). A ``proc.update``
     passes when its group is in ``groups`` or its pid in ``pids`` (every process when both
-    are ``None``); ``pids`` narrows no other type.
+    are ``None``); ``pids`` narrows no other type. ``hosts`` narrows every type.
 
     Filters are canonical (wildcards expanded, "every type" folded to ``None``) and
     hashable, so the hub can group subscribers by filter and encode each batch once per
@@ -123,22 +125,25 @@ class Filter:
     types: frozenset[str] | None = None
     groups: frozenset[str] | None = None
     pids: frozenset[int] | None = None
+    hosts: frozenset[str] | None = None
 
     @property
     def everything(self) -> bool:
         """True when the filter lets every event through but ``proc.update`` (which it
         never does unless named)."""
-        return self.types is None and self.groups is None
+        return self.types is None and self.groups is None and self.hosts is None
 
     @property
     def wants_updates(self) -> bool:
         """Whether ``proc.update`` events are named in :attr:`types`."""
         return self.types is not None and PROC_UPDATE in self.types
 
-    def matches(self, type_: object, group: object) -> bool:
-        """Whether an event of this type and group passes; ``group`` is :data:`NO_GROUP`
-        for events without a group (``cycle``), which pass any groups filter, and
-        :func:`update_key` for a ``proc.update``."""
+    def matches(self, type_: object, group: object, host: object = None) -> bool:
+        """Whether an event of this type, group and host passes; ``group`` is
+        :data:`NO_GROUP` for events without a group (``cycle``), which pass any groups
+        filter, and :func:`update_key` for a ``proc.update``."""
+        if self.hosts is not None and host not in self.hosts:
+            return False
         types = self.types
         if type_ == PROC_UPDATE:
             if types is None or type_ not in types:
@@ -157,13 +162,14 @@ class Filter:
     def matches_event(self, event: Mapping[str, Any]) -> bool:
         """:meth:`matches` for an event dict."""
         type_ = event.get("type")
+        host = event.get("host")
         if type_ == PROC_UPDATE:
-            return self.matches(type_, update_key(event.get("group"), event.get("pid")))
-        return self.matches(type_, event.get("group", NO_GROUP))
+            return self.matches(type_, update_key(event.get("group"), event.get("pid")), host)
+        return self.matches(type_, event.get("group", NO_GROUP), host)
 
     def to_json(self) -> dict[str, list[Any] | None]:
         """The filter as sent in ``hello``/``subscribed``: sorted lists, ``null`` = all;
-        ``pids`` only when the filter has some."""
+        ``pids`` only when the filter has some, ``hosts`` only when it names hosts."""
         obj: dict[str, list[Any] | None] = {
             "types": None if self.types is None else [t for t in EVENT_TYPES if t in self.types]
             + sorted(self.types.difference(EVENT_TYPES)),
@@ -171,6 +177,8 @@ class Filter:
         }
         if self.pids is not None:
             obj["pids"] = sorted(self.pids)
+        if self.hosts is not None:
+            obj["hosts"] = sorted(self.hosts)
         return obj
 
 
@@ -276,18 +284,18 @@ def _op_of(where: str) -> str | None:
     return None if where.startswith("query") else "subscribe"
 
 
-def _groups(names: Iterable[object], *, where: str) -> frozenset[str] | None:
+def _groups(names: Iterable[object], *, where: str, what: str = "group") -> frozenset[str] | None:
     result: set[str] = set()
     for name in names:
         if not isinstance(name, str):
             raise ProtocolError(f"{where} must be a list of strings", _op_of(where))
         if not name or len(name) > _MAX_NAME_LEN:
             raise ProtocolError(
-                f"{where}: group names must be 1 to {_MAX_NAME_LEN} characters", _op_of(where)
+                f"{where}: {what} names must be 1 to {_MAX_NAME_LEN} characters", _op_of(where)
             )
         result.add(name)
         if len(result) > _MAX_NAMES:
-            raise ProtocolError(f"{where}: more than {_MAX_NAMES} groups", _op_of(where))
+            raise ProtocolError(f"{where}: more than {_MAX_NAMES} {what}s", _op_of(where))
     return frozenset(result) if result else None
 
 
@@ -322,12 +330,13 @@ def _check_resume(since: int | None, epoch: str | None, *, op: str | None) -> No
         raise ProtocolError(f'"epoch" must be 1 to {_MAX_EPOCH_LEN} characters', op)
 
 
-def parse_query(query: str | Mapping[str, str | Sequence[str]]) -> Subscription:
+def parse_query(query: str | Mapping[str, str | Sequence[str]], *, hosts: bool = False) -> Subscription:
     """Parse the query of a ``/ws`` URL (a full path like ``/ws?types=cycle`` also works).
 
-    ``types``, ``groups`` and ``pids`` are comma lists and may be repeated (the values add up);
-    ``since``, ``epoch``, ``snapshot`` and ``token`` may appear once. An unknown parameter
-    is an error rather than silently ignored: a typo (``type=``) would otherwise turn a
+    ``types``, ``groups`` and ``pids`` (and with ``hosts=True``, a fleet aggregator's,
+    ``hosts``) are comma lists and may be repeated (the values add up); ``since``,
+    ``epoch``, ``snapshot`` and ``token`` may appear once. An unknown parameter is an
+    error rather than silently ignored: a typo (``type=``) would otherwise turn a
     filtered subscription into "everything".
     """
     pairs: list[tuple[str, str]]
@@ -346,12 +355,13 @@ def parse_query(query: str | Mapping[str, str | Sequence[str]]) -> Subscription:
             else:
                 pairs.extend((key, v) for v in value)
 
-    lists: dict[str, list[str]] = {"types": [], "groups": [], "pids": []}
+    known = _QUERY_FIELDS | _HOSTS if hosts else _QUERY_FIELDS
+    lists: dict[str, list[str]] = {"types": [], "groups": [], "pids": [], "hosts": []}
     scalars: dict[str, str] = {}
     for key, value in pairs:
-        if key not in _QUERY_FIELDS:
+        if key not in known:
             raise ProtocolError(
-                f"unknown query parameter {key!r} (known: {', '.join(sorted(_QUERY_FIELDS))})"
+                f"unknown query parameter {key!r} (known: {', '.join(sorted(known))})"
             )
         if key in lists:
             lists[key].extend(part for part in value.split(",") if part.strip())
@@ -364,8 +374,11 @@ def parse_query(query: str | Mapping[str, str | Sequence[str]]) -> Subscription:
     groups = _groups(
         (g.strip() for g in lists["groups"]), where="query parameter 'groups'"
     )
+    host_names = _groups(
+        (h.strip() for h in lists["hosts"]), where="query parameter 'hosts'", what="host"
+    )
     pids = _pids(lists["pids"], where="query parameter 'pids'", text=True)
-    filt = Filter(types, groups, pids)
+    filt = Filter(types, groups, pids, host_names)
     _check_pids(filt, op=None)
 
     since: int | None = None
@@ -397,13 +410,14 @@ def parse_query(query: str | Mapping[str, str | Sequence[str]]) -> Subscription:
     )
 
 
-def parse_frame(data: str | bytes) -> Subscription:
+def parse_frame(data: str | bytes, *, hosts: bool = False) -> Subscription:
     """Parse one inbound text frame; the only op is ``subscribe``.
 
     ``{"op": "subscribe", "types": [...], "groups": [...], "pids": [...], "since": N,
-    "epoch": "...", "snapshot": true}`` — every field but ``op`` is optional; ``null`` or
-    an empty list means "all". Raises :class:`ProtocolError` for malformed JSON, a non-object, an
-    unknown or missing op, unknown fields and wrongly typed values.
+    "epoch": "...", "snapshot": true}`` (and with ``hosts=True``, ``"hosts": [...]``) —
+    every field but ``op`` is optional; ``null`` or an empty list means "all". Raises
+    :class:`ProtocolError` for malformed JSON, a non-object, an unknown or missing op,
+    unknown fields and wrongly typed values.
     """
     try:
         obj = orjson.loads(data)
@@ -419,21 +433,24 @@ def parse_frame(data: str | bytes) -> Subscription:
     if op not in _KNOWN_OPS:
         raise ProtocolError(f"unknown op {op!r} (known ops: {', '.join(_KNOWN_OPS)})", op)
 
-    unknown = sorted(set(obj) - _SUBSCRIBE_FIELDS)
+    fields = _SUBSCRIBE_FIELDS | _HOSTS if hosts else _SUBSCRIBE_FIELDS
+    unknown = sorted(set(obj) - fields)
     if unknown:
         raise ProtocolError(
             f"unknown field {unknown[0]!r} for op 'subscribe' "
-            f"(known: {', '.join(sorted(_SUBSCRIBE_FIELDS - {'op'}))})",
+            f"(known: {', '.join(sorted(fields - {'op'}))})",
             op,
         )
 
     types = _list_field(obj, "types")
     groups = _list_field(obj, "groups")
     pids = _list_field(obj, "pids", "integers")
+    host_names = _list_field(obj, "hosts")
     filt = Filter(
         expand_types(types, where='"types"') if types else None,
         _groups(groups, where='"groups"') if groups else None,
         _pids(pids, where='"pids"') if pids else None,
+        _groups(host_names, where='"hosts"', what="host") if host_names else None,
     )
     _check_pids(filt, op=op)
 
@@ -605,15 +622,28 @@ def _text(obj: Any) -> str:
 
 
 
+# A snapshot's own fields; any other (a fleet's ``hosts``) is a map shared out in parts.
+_SNAPSHOT_FIELDS: Final = frozenset({"type", "seq", "host", "epoch", "groups", "procs", "part", "parts"})
+
+
 def snapshot_parts(obj: Mapping[str, Any], part_bytes: int) -> list[bytes]:
     """A :func:`snapshot` object encoded as parts of about ``part_bytes`` each (one
     when it is smaller), numbered by ``part`` from 1 of ``parts``: the groups, then the
-    processes, shared out in order; a part holds at least one of them."""
+    processes, then the entries of any further map (a fleet's ``hosts``), shared out in
+    order; a part holds at least one of them, and every part has every map (maybe
+    empty) and any further field that is not a map."""
     enc = encode
-    items: list[tuple[bool, bytes]] = [
-        (True, enc(name) + b":" + enc(fields)) for name, fields in obj["groups"].items()
+    extra = [key for key in obj if key not in _SNAPSHOT_FIELDS]
+    maps = [key for key in extra if isinstance(obj[key], Mapping)]
+    # any other further field is small: every part has it whole
+    whole = b"".join(b"," + enc(key) + b":" + enc(obj[key]) for key in extra if key not in maps)
+    # (where it goes: -1 procs, 0 groups, k > 0 the k-th further map; its bytes)
+    items: list[tuple[int, bytes]] = [
+        (0, enc(name) + b":" + enc(fields)) for name, fields in obj["groups"].items()
     ]
-    items.extend((False, enc(p)) for p in obj["procs"])
+    items.extend((-1, enc(p)) for p in obj["procs"])
+    for k, key in enumerate(maps, 1):
+        items.extend((k, enc(name) + b":" + enc(value)) for name, value in obj[key].items())
     # Greedy: a part takes items until the next would take it past the part size.
     cuts = [0]
     size = 0
@@ -629,13 +659,16 @@ def snapshot_parts(obj: Mapping[str, Any], part_bytes: int) -> list[bytes]:
     parts: list[bytes] = []
     for k in range(n):
         chunk = items[cuts[k] : cuts[k + 1]]
-        parts.append(
+        part = (
             head + b'"part":%d,"parts":%d,"groups":{' % (k + 1, n)
-            + b",".join(item for is_group, item in chunk if is_group)
+            + b",".join(item for where, item in chunk if where == 0)
             + b'},"procs":['
-            + b",".join(item for is_group, item in chunk if not is_group)
-            + b"]}"
+            + b",".join(item for where, item in chunk if where == -1)
+            + b"]"
         )
+        for m, key in enumerate(maps, 1):
+            part += b"," + enc(key) + b":{" + b",".join(item for where, item in chunk if where == m) + b"}"
+        parts.append(part + whole + b"}")
     return parts
 
 

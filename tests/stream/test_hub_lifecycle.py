@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from procstream.stream import hub as hub_module
+from procstream.stream import state as state_module
 from procstream.stream.hub import Hub
 from procstream.stream.protocol import Subscription
 from tests.stream.test_hub import FakeTransport, exit_, gupd, last_exit, start
@@ -62,13 +62,13 @@ def test_a_group_no_update_described_yet_gets_its_lifecycle_with_its_first_updat
 
 
 def test_pending_lifecycles_are_bounded(monkeypatch) -> None:
-    monkeypatch.setattr(hub_module, "_PENDING_LIFE_LIMIT", 3)
+    monkeypatch.setattr(state_module, "_PENDING_LIFE_LIMIT", 3)  # the hub's state keeps them
     hub = make_hub()
     for i in range(5):
         hub.publish([life("group.crashloop", f"g{i}", restarts=5, window_s=1.0)])
-    assert list(hub._pending_life) == ["g2", "g3", "g4"]
+    assert list(hub._state._pending_life) == ["g2", "g3", "g4"]  # type: ignore[attr-defined]
     hub.load_state({}, [])
-    assert hub._pending_life == {}
+    assert hub._state._pending_life == {}  # type: ignore[attr-defined]
 
 
 def test_a_snapshot_plus_the_events_after_it_as_docs_protocol_md_applies_them() -> None:

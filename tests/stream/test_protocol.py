@@ -27,10 +27,11 @@ def test_expand_types_wildcards_and_canonical_forms() -> None:
     # every type, however spelled, is "no filter" so equal filters share one encoding
     assert expand_types(["*"]) is None
     assert expand_types([]) is None
-    assert expand_types(["proc.*", "group.*", "cycle", "host.lost"]) is None
+    assert expand_types(["proc.*", "group.*", "cycle", "host.lost", "host.up", "host.down"]) is None
     assert expand_types(["group.*"]) == frozenset(
         {"group.update", "group.missing", "group.recovered", "group.crashloop", "group.stable"}
     )
+    assert expand_types(["host.*"]) == frozenset({"host.lost", "host.up", "host.down"})
     assert expand_types(["group.*", "cycle", "proc.start", "proc.exit", "host.*"]) is None
 
 

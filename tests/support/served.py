@@ -1,4 +1,4 @@
-"""A real ``procstream serve`` process for tests (not a test module).
+"""A real ``procstream serve`` (or ``fleet``) process for tests (not a test module).
 
 ``Served`` starts the service on a free loopback port, waits until /healthz answers,
 and stops it (SIGTERM, then SIGKILL) when the test ends. ``Client`` is a websockets
@@ -39,7 +39,7 @@ def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 5
 
 
 class Served:
-    """``procstream serve`` in a child process on 127.0.0.1."""
+    """``procstream serve`` (or another serving ``command``) in a child process on 127.0.0.1."""
 
     def __init__(
         self,
@@ -48,8 +48,10 @@ class Served:
         log: Path | None = None,
         port: int | None = None,
         nofile: tuple[int, int] | None = None,
+        command: str = "serve",
     ) -> None:
         """``nofile``: the (soft, hard) descriptor limit the server starts with."""
+        self.command = command
         self.port = port or free_port()
         self.nofile = nofile
         self.args = ["--listen", f"127.0.0.1:{self.port}", *args]
@@ -70,7 +72,7 @@ class Served:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self._log = out if self.log_path else None
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "procstream", "serve", *self.args],
+            [sys.executable, "-m", "procstream", self.command, *self.args],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT if self.log_path else subprocess.DEVNULL,
@@ -78,8 +80,23 @@ class Served:
             preexec_fn=None if self.nofile is None else self._limit,
         )
         if wait:
-            wait_for("the server to answer /healthz", self._answers, timeout=20)
+            self.wait_ready()
         return self
+
+    def wait_ready(self, timeout: float = 20) -> Served:
+        """Wait until /healthz says 200 (a ``fleet``: caught up with its stream)."""
+        wait_for("the server to answer /healthz", self._answers, timeout=timeout)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL (a crash), and wait for it."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def _limit(self) -> None:  # in the child, before exec
         assert self.nofile is not None
@@ -88,7 +105,7 @@ class Served:
     def _answers(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise AssertionError(f"procstream serve exited with {self.proc.returncode}: {self.output()}")
+            raise AssertionError(f"procstream {self.command} exited with {self.proc.returncode}: {self.output()}")
         try:
             return http_get(self.url + "/healthz", timeout=1)[0] == 200
         except OSError:
@@ -111,7 +128,7 @@ class Served:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout)
-                raise AssertionError("procstream serve did not stop on SIGTERM")
+                raise AssertionError(f"procstream {self.command} did not stop on SIGTERM")
         if self._log is not None:
             self._log.close()
             self._log = None
