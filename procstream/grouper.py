@@ -463,6 +463,7 @@ class Grouper:
             tp.accounted = True
             tp.group = group
         tp.static = static
+        self.tracker.changed(tp)
         return before
 
     def retire(
@@ -512,6 +513,7 @@ class Grouper:
         if final is not None:
             delta = Counts.between(tp.metrics, final)
             tp.metrics = final
+            self.tracker.changed(tp)
             tp.latest = delta
             usage = usage + delta
         if tp.children_read or tp.children_write:

@@ -3,7 +3,11 @@
 Rules:
 - :meth:`LiveTable.of` takes what one poll read of every tracked process: one dict entry
   per process, a plain tuple of references to what the tracker already made (samples
-  are never changed once made), so the poll pays no per-process computation. A process's fields
+  are never changed once made), so the poll pays no per-process computation.
+  :meth:`LiveTable.then` makes the next poll's table from this one and the pids that
+  changed (:meth:`~procstream.tracker.Tracker.take_changes`): a copy of the dict and a
+  tuple per change, so that a poll of a host where few processes ran makes few new
+  objects (each would also be traversed by the garbage collector). A process's fields
   (:class:`~procstream.schema.ProcLive`) are computed only when asked for: by a snapshot,
   or for the processes someone watches (``proc.update``).
 - A table is immutable once made, so the event loop may read it while the core builds the
@@ -18,7 +22,7 @@ Pure: the core makes the tables on its thread; the hub and the event builder rea
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -68,6 +72,10 @@ def _r(x: float, digits: int) -> float:
     return round(x, digits)
 
 
+def _entry(tp: TrackedProc) -> tuple:
+    return (tp.id, tp.group, tp.metrics, tp.fd_limit, tp.static)
+
+
 class LiveTable:
     """The tracked processes of one poll, by pid, and the previous poll's for rates."""
 
@@ -88,9 +96,21 @@ class LiveTable:
     @classmethod
     def of(cls, time: float, tracked: Iterable[TrackedProc], before: LiveTable | None = None) -> LiveTable:
         """The table of a poll at ``time`` that left ``tracked``."""
-        return cls(
-            time, {tp.id.pid: (tp.id, tp.group, tp.metrics, tp.fd_limit, tp.static) for tp in tracked}, before
-        )
+        return cls(time, {tp.id.pid: _entry(tp) for tp in tracked}, before)
+
+    def then(self, time: float, changed: Iterable[int], current: Callable[[int], TrackedProc | None]) -> LiveTable:
+        """The table of the next poll, at ``time``: this one's entries but those of the
+        ``changed`` pids, which ``current`` gives as they are now (None: no longer
+        tracked). Equal to :meth:`of` that poll's tracked processes when ``changed``
+        holds every pid whose entry differs."""
+        entries = dict(self.entries)
+        for pid in changed:
+            tp = current(pid)
+            if tp is None:
+                entries.pop(pid, None)
+            else:
+                entries[pid] = _entry(tp)
+        return LiveTable(time, entries, self)
 
     def __len__(self) -> int:
         return len(self.entries)

@@ -41,6 +41,11 @@ Rules (process-exporter's, with its leak fixed):
   ``cutime`` and the like). A tracked child's I/O is its own group's; so when one is
   reaped, what it did is taken back out of its parent's next increases
   (``credit_parent``), and no byte is counted in two groups.
+- Once asked (:meth:`Tracker.take_changes`), it records the pids whose tracked process
+  came, went, or was given new metrics, a new group or name, so that a view of every
+  tracked process (the live table) is made again from the last one at the cost of what
+  changed, not of every process. Whoever changes a ``TrackedProc`` outside this module
+  says so with :meth:`Tracker.changed`. The record is taken at every poll, or dropped.
 
 Pure and synchronous: no asyncio, no /proc internals; the clock is injected.
 """
@@ -291,6 +296,9 @@ class Tracker:
         # Start (clock ticks since boot) of the youngest process of the first poll: a
         # process that started later started after us, so all of its usage counts.
         self._first_poll_max_ticks: int | None = None
+        # pids changed since the last take_changes(); None: not recorded (nobody takes
+        # them, and an untaken record would grow with every pid ever used)
+        self._changes: set[int] | None = None
 
     # -- queries ----------------------------------------------------------------------
 
@@ -300,6 +308,32 @@ class Tracker:
 
     def is_ignored(self, pid_id: ProcId) -> bool:
         return pid_id in self._ignored
+
+    def current(self, pid: int) -> TrackedProc | None:
+        """The tracked process with this pid now, if any."""
+        pid_id = self._by_pid.get(pid)
+        return self.tracked.get(pid_id) if pid_id is not None else None
+
+    # -- changes, for views made again from the last one ------------------------------
+
+    def take_changes(self) -> set[int] | None:
+        """The pids whose tracked process started or stopped being tracked, or was
+        given new metrics, a new group or name since the last call (:meth:`current`
+        says what each is now); None when that is not known (the first call, or the
+        first after :meth:`drop_changes`): any may have. Records from now on."""
+        changes = self._changes
+        self._changes = set()
+        return changes
+
+    def drop_changes(self) -> None:
+        """Stop recording changes (the next :meth:`take_changes` returns None)."""
+        self._changes = None
+
+    def changed(self, tp: TrackedProc) -> None:
+        """``tp``'s metrics, group or name were replaced outside a poll (a rename, a
+        reported exit)."""
+        if self._changes is not None:
+            self._changes.add(tp.id.pid)
 
     def __len__(self) -> int:
         return len(self.tracked)
@@ -323,6 +357,7 @@ class Tracker:
         watch = self.watch_execs
         restat_every = self.restat_every
         full_every = self.full_every
+        changes = self._changes
         seen = 0
         skipped = 0
         max_ticks = 0
@@ -384,6 +419,8 @@ class Tracker:
                 if sample.reused:
                     skipped += 1
                 tp.sample = sample
+                if changes is not None:
+                    changes.add(pid_id.pid)
                 if tp.exited:
                     # a zombie whose final usage is counted: only its gauges change
                     tp.metrics = metrics
@@ -446,8 +483,11 @@ class Tracker:
     def _sweep(self, gen: int, report: TrackerUpdate) -> None:
         by_pid = self._by_pid
         gone = [tp for tp in self.tracked.values() if tp.seen != gen]
+        changes = self._changes
         for tp in gone:
             del self.tracked[tp.id]
+            if changes is not None:
+                changes.add(tp.id.pid)
             if by_pid.get(tp.id.pid) == tp.id:
                 del by_pid[tp.id.pid]
             (report.reaped if tp.exited else report.exited).append(tp)
@@ -568,6 +608,8 @@ class Tracker:
         self._ignored.pop(new.id, None)
         self.tracked[new.id] = tp
         self._by_pid[new.id.pid] = new.id
+        if self._changes is not None:
+            self._changes.add(new.id.pid)
         return tp
 
     def ignore(self, pid_id: ProcId, mark: ExecMark | None = None) -> None:
@@ -581,6 +623,8 @@ class Tracker:
     def forget(self, pid_id: ProcId) -> TrackedProc | None:
         """Drop a process now (e.g. its exit was reported by another source)."""
         tp = self.tracked.pop(pid_id, None)
+        if tp is not None and self._changes is not None:
+            self._changes.add(pid_id.pid)
         self._ignored.pop(pid_id, None)
         self._crediting.discard(pid_id)
         if self._by_pid.get(pid_id.pid) == pid_id:

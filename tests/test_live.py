@@ -3,12 +3,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 
+from procstream.config import default_config
 from procstream.events import EventBuilder, start_ms
 from procstream.grouper import Grouper
 from procstream.live import LiveTable, UpdateInterest
+from procstream.procfs import FS
 from procstream.schema import LIVE_FIELDS
+from tests.support.fake_proc_tree import BOOT_TIME, add_proc, remove_proc, ticks_now
 from tests.support.fake_procs import BOOT, HZ, ByName, Clock, fake
 
 
@@ -131,3 +137,86 @@ def test_proc_updates_come_after_group_updates_and_before_the_cycle() -> None:
 def test_the_table_holds_one_entry_per_tracked_process(n: int) -> None:
     t = Host().poll(*(fake(100 + i, "web") for i in range(n)))
     assert len(t) == n
+
+
+def identical(a: LiveTable, b: LiveTable) -> bool:
+    """The same processes, each entry the same objects, and the same numbers."""
+    same_entries = a.entries.keys() == b.entries.keys() and all(
+        all(x is y for x, y in zip(a.entries[pid], b.entries[pid], strict=True)) for pid in a.entries
+    )
+    return same_entries and all(a.fields(pid) == b.fields(pid) for pid in a.entries)
+
+
+def test_a_table_made_from_the_last_one_and_the_changes_is_the_whole_one(fake_proc: Path) -> None:
+    """Every way a tracked process changes, in a poll (it ran, started, exited, its pid
+    reused) or between polls (another source renames it or reports its exit), on /proc
+    as the tracker reads it: processes that did not run keep their readings."""
+    clock = Clock(float(BOOT_TIME + 10_000))
+    g = Grouper(default_config(), clock=clock, usernames=str)
+    tracker = g.tracker
+    fs = FS(str(fake_proc))
+    start = ticks_now(-60)
+    for pid in range(3000, 3040):
+        add_proc(fake_proc, pid, comm=f"w{pid % 3}", cmdline=("w",), start=start)
+
+    def poll() -> tuple[LiveTable, LiveTable, set[int] | None]:
+        clock.advance(1.0)
+        update = g.update(fs.all_procs())
+        changes = tracker.take_changes()
+        whole = LiveTable.of(update.time, tracker.tracked.values(), h.whole)
+        made = h.made.then(update.time, changes, tracker.current) if h.made and changes is not None else whole
+        h.whole, h.made = whole, made
+        return whole, made, changes
+
+    class h:  # the two chains of tables
+        whole: LiveTable | None = None
+        made: LiveTable | None = None
+
+    assert poll()[2] is None  # nothing recorded before the first take: the whole table
+    whole, made, changes = poll()
+    assert identical(whole, made) and len(made) >= 40
+    assert changes is not None and not changes & set(range(3000, 3040))  # none of them ran
+
+    add_proc(fake_proc, 3001, comm="w1", cmdline=("w",), start=start, utime=50)  # it ran
+    remove_proc(fake_proc, 3002)  # exited
+    add_proc(fake_proc, 3003, comm="w0", cmdline=("w",))  # the pid reused
+    add_proc(fake_proc, 3100, comm="w9", cmdline=("w",))  # started
+    whole, made, changes = poll()
+    assert changes is not None and {3001, 3002, 3003, 3100} <= changes
+    assert identical(whole, made) and made.fields(3001)["cpu_pct"] > 0  # type: ignore[index]
+    assert 3002 not in made.entries and 3100 in made.entries
+
+    # between polls, another source (kernel events) renames one and reports another's exit
+    tp = tracker.current(3004)
+    assert tp is not None
+    g.rename_as(tp, dataclasses.replace(tp.static, name="renamed"), tp.mark, None)
+    gone = tracker.current(3005)
+    assert gone is not None
+    g.retire(gone.id, dataclasses.replace(gone.metrics, cpu_user=gone.metrics.cpu_user + 5))
+    zombie = tracker.current(3006)
+    assert zombie is not None
+    g.retire(zombie.id, dataclasses.replace(zombie.metrics, cpu_user=zombie.metrics.cpu_user + 1), listed=True)
+    whole, made, changes = poll()
+    assert changes is not None and {3004, 3005, 3006} <= changes
+    assert identical(whole, made)
+    assert made.entries[3004][4].name == "renamed" and 3005 not in made.entries
+    assert made.fields(3006)["cpu_s"] == whole.fields(3006)["cpu_s"]  # type: ignore[index]
+
+    for _ in range(12):  # past restat and full re-reads of each process
+        whole, made, _ = poll()
+        assert identical(whole, made)
+
+
+def test_changes_are_recorded_only_between_takes() -> None:
+    h = Host()
+    h.poll(fake(10, "web"))
+    tracker = h.grouper.tracker
+    assert tracker.take_changes() is None
+    h.poll(fake(10, "web"), fake(11, "web"))
+    assert tracker.take_changes() == {10, 11}  # made-up processes are read anew at every poll
+    tracker.drop_changes()
+    h.poll(fake(11, "web"))
+    assert tracker.take_changes() is None  # not known: nobody recorded them
+    h.poll(fake(11, "web"))
+    assert tracker.take_changes() == {11}
+    assert tracker.take_changes() == set()

@@ -229,7 +229,9 @@ class Core:
         interest = self._interest  # one read: the loop may replace it meanwhile
         live: LiveTable | None = None
         if self._live_listeners or interest is not None:
-            live = self._live = LiveTable.of(update.time, grouper.tracker.tracked.values(), self._live)
+            live = self._live = self._next_table(update.time)
+        else:
+            grouper.tracker.drop_changes()  # nobody would take them
         if not self._baselined:
             group_state, procs = builder.state(grouper.tracker.tracked.values(), groups, update.time)
             events: list[Event] = lifecycle.baseline(procs, update.time) if lifecycle is not None else []
@@ -253,3 +255,13 @@ class Core:
             watcher(update, groups, result.duration)
         self._baselined = True
         return result
+
+    def _next_table(self, now: float) -> LiveTable:
+        """This poll's live table: made again from the last one where the tracker knows
+        what changed since, whole otherwise."""
+        tracker = self._grouper.tracker
+        changes = tracker.take_changes()
+        before = self._live
+        if before is None or changes is None:
+            return LiveTable.of(now, tracker.tracked.values(), before)
+        return before.then(now, changes, tracker.current)
