@@ -579,15 +579,13 @@ class Grouper:
         for name, total in list(totals.items()):
             if name in groups:
                 continue
-            if name in self.pinned:
-                pass
-            elif self.remove_empty_groups:
-                del totals[name]
-                removed.append(name)
-                continue
-            elif ttl is not None and name not in durable:
+            if name not in self.pinned:
+                if self.remove_empty_groups:
+                    del totals[name]
+                    removed.append(name)
+                    continue
                 # only ever seen between polls: reported for ttl seconds once empty
-                if now - empty_since.setdefault(name, now) >= ttl:
+                if ttl is not None and name not in durable and now - empty_since.setdefault(name, now) >= ttl:
                     del totals[name], empty_since[name]
                     removed.append(name)
                     continue
