@@ -382,8 +382,9 @@ class Proc:
         says the new name. So ``stat`` is read again after ``cmdline``: the same name and
         stack, and a non-empty argv, and both belong to one program; else both are read
         again, as the program it is now (at most ``_EXEC_TRIES`` times). An argv read
-        before any ``stat`` (:meth:`read_argv_first`) stands in for a process that exits
-        meanwhile, whose argv nobody can read any more.
+        before any ``stat`` (:meth:`read_argv_first`) is read again after it instead: the
+        same argv both times brackets ``stat`` with no exec between. It also stands in
+        for a process that exits meanwhile, whose argv nobody can read any more.
 
         An empty argv is the process's own for a kernel thread, or a live program that
         kept an empty one over every try; not for a process exiting or gone (a zombie
@@ -395,6 +396,9 @@ class Proc:
         for _ in range(_EXEC_TRIES):
             try:
                 raw = self._read_cmdline()
+                if raw and raw == early:
+                    # the same argv before and after ``st``: no exec in between
+                    return st, raw, True
                 data = read_file(self._dir + "stat", until_eof=False)
             except ProcessLookupError:
                 if not early:

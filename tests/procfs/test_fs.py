@@ -532,3 +532,24 @@ def test_proportional_memory_of_a_vanished_process(fake_proc: Path) -> None:
 def test_state_letter(fake_proc: Path) -> None:
     fs = FS(fake_proc)
     assert [fs.proc(pid).metrics().state for pid in (1000, 1002, 1010)] == ["S", "Z", "S"]
+
+
+def test_an_argv_read_first_and_again_the_same_needs_no_second_stat(
+    fake_proc: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exec-event path reads the argv before ``stat`` and again after it: the same
+    bytes twice bracket ``stat``, so it is not read a second time."""
+    proc = _nohup(fake_proc)
+    proc.read_argv_first()
+    proc.proc_id()
+    real_read = fs_module.read_file
+    reads: list[str] = []
+
+    def read_file(path: str, **kw: Any) -> bytes:
+        reads.append(path.rsplit("/", 1)[1])
+        return real_read(path, **kw)
+
+    monkeypatch.setattr(fs_module, "read_file", read_file)
+    static = proc.static()
+    assert (static.name, static.cmdline) == ("nohup", NOHUP)
+    assert reads.count("stat") == 0 and reads.count("cmdline") == 1
