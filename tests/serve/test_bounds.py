@@ -395,10 +395,10 @@ async def test_an_unreadable_or_garbage_stat_is_no_exit_and_no_new_start(fake_pr
 
 async def test_polls_slower_than_three_intervals_keep_healthz_200(fake_proc: Path, tmp_path: Path) -> None:
     """Defect 7: at 100 k processes a poll took 4-5 s at a 1 s interval and /healthz stayed
-    503 although every poll succeeded. Here a process with 8,000 threads makes each poll
+    503 although every poll succeeded. Here a process with 16,000 threads makes each poll
     take longer than 3 intervals."""
     task = fake_proc / "1010" / "task"
-    for tid in range(100_000, 108_000):
+    for tid in range(100_000, 116_000):
         os.symlink("1010", task / str(tid))  # each one the same thread directory
     with Served("--procfs", str(fake_proc), "--interval", "0.02", "--source", "poll", log=tmp_path / "log") as srv:
         c = await Client.connect(srv.ws + "?types=cycle&snapshot=0")
