@@ -47,6 +47,7 @@ pytestmark = pytest.mark.skipif(not OK, reason=f"kernel events unavailable here:
 
 RUN = os.getpid()
 SLEEP, BURN, WRITE, THREADS, ZOMBIES = (f"pp{kind}{RUN}" for kind in ("sl", "cpu", "io", "thr", "z"))
+GROUPS = (SLEEP, BURN, WRITE, THREADS, ZOMBIES)
 
 # half a core: 10 ms of work, 10 ms of sleep
 BURNER = """
@@ -237,7 +238,7 @@ def _exports_groups(port: int, exporter: subprocess.Popen[bytes]) -> bool:
         status, body, _ = http_get(f"http://127.0.0.1:{port}/metrics", timeout=2)
     except OSError:
         return False
-    return status == 200 and all(f'groupname="{g}"'.encode() in body for g in (SLEEP, BURN, WRITE, THREADS, ZOMBIES))
+    return status == 200 and all(f'groupname="{g}"'.encode() in body for g in GROUPS)
 
 
 def _left(deadline: float) -> float:
@@ -256,13 +257,18 @@ def compare(prometheus: Prometheus, deadline: float) -> None:
 
     def window_scraped() -> float | None:
         """A recent instant when both jobs' latest scrape succeeded and a rate window
-        holds enough of their samples. A failed scrape (on a busy machine one can time
-        out) marks its series stale: gauges have no value until the next good one."""
+        holds enough samples of every group compared. A failed scrape (on a busy machine
+        one can time out) marks its series stale: gauges have no value until the next
+        good one. A group whose series began inside the window (process-exporter names a
+        process at its first scrape after the start) would have its rate extrapolated
+        over part of the window only."""
         at = time.time() - 0.5
-        samples = f'count_over_time(namedprocess_namegroup_num_procs{{groupname="{SLEEP}"}}[{WINDOW_S}s])'
+        groups = "|".join(GROUPS)
+        samples = f'count_over_time(namedprocess_namegroup_num_procs{{groupname=~"{groups}"}}[{WINDOW_S}s])'
         query = f"{samples} >= {WINDOW_S // SCRAPE_S - 1} and on(job) (up == 1)"
         good = prometheus.api("query", query=query, time=f"{at:.3f}")["result"]
-        return at if sorted(s["metric"]["job"] for s in good) == ["exporter", "procstream"] else None
+        full = sorted((s["metric"]["job"], s["metric"]["groupname"]) for s in good)
+        return at if full == sorted((job, g) for job in ("exporter", "procstream") for g in GROUPS) else None
 
     def durations() -> object:
         return prometheus.api("query", query=f"max_over_time(scrape_duration_seconds[{WINDOW_S}s])")["result"]
