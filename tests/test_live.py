@@ -64,6 +64,26 @@ def test_a_reused_pid_is_another_process() -> None:
     assert t.fields(99) is None
 
 
+def test_a_version_stays_while_a_process_is_idle_and_is_new_while_it_runs() -> None:
+    h = Host()
+    first = h.poll(fake(10, "web", cpu=(1.0, 0.0)), fake(11, "web", cpu=(1.0, 0.0)))
+    assert first.version(11) is first.version(11) and first.version(99) is None
+    current = h.grouper.tracker.current
+
+    def then(table: LiveTable, changed: list[int], *procs) -> LiveTable:
+        h.clock.advance(2.0)
+        return table.then(h.grouper.update(list(procs)).time, changed, current)
+
+    second = then(first, [10], fake(10, "web", cpu=(3.0, 0.0)), fake(11, "web", cpu=(1.0, 0.0)))
+    assert second.version(11) is first.version(11)  # idle: the same numbers
+    assert second.fields(11) == first.fields(11)
+    assert second.version(10) is not second.version(10)  # ran: its rates depend on the time
+    assert second.fields(10)["cpu_pct"] == 100.0  # type: ignore[index]
+    third = then(second, [], fake(10, "web", cpu=(3.0, 0.0)), fake(11, "web", cpu=(1.0, 0.0)))
+    assert third.version(10) is third.version(10) is not None
+    assert third.fields(10)["cpu_pct"] == 0.0  # type: ignore[index]
+
+
 def test_only_the_previous_poll_is_kept() -> None:
     h = Host()
     first = h.poll(fake(10, "web"))

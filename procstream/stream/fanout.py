@@ -170,7 +170,9 @@ class WebSocketTransport:
 
 class Housekeeper:
     """Calls :meth:`Hub.tick` every :attr:`Hub.tick_interval` seconds (bookmarks,
-    grace periods, buffer age). :meth:`start` it when serving, :meth:`stop` at the end."""
+    grace periods, buffer age), and gives the hub later turns of the loop for the
+    fan-out a publish left (:meth:`Hub.on_deferred`). :meth:`start` it when serving,
+    :meth:`stop` at the end."""
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
@@ -182,7 +184,15 @@ class Housekeeper:
 
     def start(self) -> None:
         if not self.running:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            loop = asyncio.get_running_loop()
+            self.hub.on_deferred(lambda: loop.call_soon(self._deliver))
+            self._task = loop.create_task(self._run())
+
+    def _deliver(self) -> None:
+        try:
+            self.hub.deliver_deferred()
+        except Exception:  # a bug here must not leave subscribers waiting for good
+            log.exception("deferred delivery failed")
 
     async def stop(self) -> None:
         task, self._task = self._task, None

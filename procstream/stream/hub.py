@@ -15,7 +15,11 @@ How delivery works (the design choice that keeps memory bounded):
   one frame (a JSON array; several when one would pass :data:`MAX_FRAME_BYTES`); every
   subscriber with that filter gets the same bytes.
 * Fast path: a subscriber that is caught up and whose transport buffer is small gets the
-  frame written right away (what ``websockets.broadcast`` does).
+  frame written right away (what ``websockets.broadcast`` does). At most
+  :data:`WRITES_PER_TURN` of them in one call when the connection layer can call back
+  (:meth:`Hub.on_deferred`): the others are marked lagging at the batch and written by
+  :meth:`Hub.deliver_deferred` in the next turns, so that anything the lagging rules
+  allow in between (a control frame, a resubscribe, the next batch) stays in order.
 * Otherwise the subscriber *lags*: it keeps a cursor (the next seq it needs) into the
   shared resume buffer, and its pump pulls frames from there with
   :meth:`Subscriber.next_frame` as the transport drains. A lagging subscriber thus holds
@@ -95,6 +99,7 @@ __all__ = [
     "MAX_EVENT_BYTES",
     "SNAPSHOT_PART_BYTES",
     "OUTBOX_BYTES",
+    "WRITES_PER_TURN",
 ]
 
 log = logging.getLogger(__name__)
@@ -113,6 +118,12 @@ MAX_EVENT_BYTES: Final = 128 * 1024
 SNAPSHOT_PART_BYTES: Final = 512 * 1024
 #: Control frames waiting for one subscriber that doesn't read; more is a slow consumer.
 OUTBOX_BYTES: Final = 64 * 1024
+
+#: Direct writes in one publish (one turn of the event loop) when the connection layer
+#: can run the rest in later turns (:meth:`Hub.on_deferred`): a fan-out to a thousand
+#: subscribers then holds the loop up for a few of them at a time, not all at once, and
+#: another client's request waits for one share, not the whole.
+WRITES_PER_TURN: Final = 64
 
 # A replayed frame stops growing at the first batch boundary past this many bytes.
 _REPLAY_FRAME_BYTES: Final = 256 * 1024
@@ -177,6 +188,10 @@ class LiveNumbers(Protocol):
 
     def fields(self, pid: int, start_time: float | None = None) -> Mapping[str, Any] | None:
         """The numbers of process ``pid`` started at ``start_time``; None if unknown."""
+
+    def version(self, pid: int) -> object:
+        """An object that is the same (``is``) in two tables exactly when :meth:`fields`
+        of ``pid`` gives the same numbers in both (a new one when that can't be told)."""
 
 
 #: Which processes' ``proc.update`` the subscribers select: ``(groups, pids)`` with
@@ -459,11 +474,18 @@ class Hub:
         # Resumes from a seq not reached yet: (subscriber, request, ack, give up at).
         self._waiting: list[tuple[Subscriber, Subscription, bool, float]] = []
         # Encoded snapshots by groups and hosts filter ("whole" ones for HTTP apart),
-        # valid until the next publish; half of cache_bytes.
+        # valid until the next publish; a quarter of cache_bytes.
         self._snapshots: dict[_SnapshotKey, _Snapshot] = {}
         self._snapshot_bytes_held = 0
+        # Each process's snapshot entry as encoded last, by id of its state dict:
+        # (that dict, the live numbers' version then, the bytes). State dicts of
+        # processes are never changed, only replaced, and the entry holds its dict, so
+        # an id can't be reused while cached; an idle process's numbers keep their
+        # version, so the next snapshot reuses its bytes. Within a quarter of cache_bytes.
+        self._proc_bytes: dict[int, tuple[Any, object, bytes]] = {}
+        self._proc_bytes_held = 0
         # filter -> recent batches as (first seq, next seq, frame or None if nothing
-        # matched); the other half of cache_bytes, shared by the filters.
+        # matched); half of cache_bytes, shared by the filters.
         self._recent: dict[Filter, collections.deque[tuple[int, int, bytes | None]]] = {}
         self._recent_size: dict[Filter, int] = {}
         self._recent_bytes = 0
@@ -476,6 +498,10 @@ class Hub:
         self._by_filter: dict[Filter, set[Subscriber]] = {}
         self._lagging: set[Subscriber] = set()
         self._live: LiveNumbers | None = None
+        # Fast-path writes left for later turns: (filter, frame, its first seq, the seq
+        # after it, subscribers still to write), and how to ask for a turn.
+        self._deferred: collections.deque[tuple[Filter, bytes, int, int, list[Subscriber]]] = collections.deque()
+        self._defer: Callable[[], None] | None = None
         self._interest: Interest = None
         self._interest_listeners: list[Callable[[Interest], None]] = []
 
@@ -719,6 +745,9 @@ class Hub:
         # but readings has no place in it: past a full transport, they are just dropped).
         numbered = seq >= first
         dead: list[Subscriber] = []
+        # Direct writes left this turn (only numbered batches can wait: their subscribers
+        # are held at the batch like lagging ones).
+        turn = WRITES_PER_TURN if numbered and self._defer is not None else -1
         # This loop is the hot path (once per subscriber per poll): keep it to one transport
         # call per subscriber and count into locals.
         for filt, subs in self._by_filter.items():
@@ -747,11 +776,16 @@ class Hub:
                 self._remember(filt, first, next_seq, frame)
             stats.frames_encoded += 1
             written = 0
+            later: list[Subscriber] = []
             for sub in subs:
                 if sub.lagging:
                     if sub.restart == "overflow":
                         sub.ov_dropped += nsel
                     continue
+                if not turn:
+                    later.append(sub)
+                    continue
+                turn -= 1
                 r = sub.transport.try_write(frame)
                 if r > 0:
                     sub.cursor = next_seq
@@ -765,6 +799,8 @@ class Hub:
                     dead.append(sub)
             stats.frames_sent += written
             stats.bytes_sent += written * len(frame)
+            if later:
+                self._hold(filt, frame, first, next_seq, later, now)
         for sub in dead:
             self._drop_dead(sub)
         self._trim(now)
@@ -830,6 +866,74 @@ class Hub:
                 else:
                     dead.append(sub)
                 break
+
+    def on_deferred(self, callback: Callable[[], None]) -> None:
+        """Let :meth:`publish` write to at most :data:`WRITES_PER_TURN` subscribers at
+        once: when it leaves some for later it calls ``callback()``, which must return at
+        once and have :meth:`deliver_deferred` called soon, after whatever else is ready
+        to run (``loop.call_soon``)."""
+        self._defer = callback
+
+    def _hold(self, filt: Filter, frame: bytes, first: int, next_seq: int, subs: list[Subscriber], now: float) -> None:
+        """Leave ``subs`` at the batch ``first``..``next_seq - 1`` (whose frame for them
+        is ``frame``) for :meth:`deliver_deferred`: lagging, so that they get everything
+        else in order after it, but not woken: the frame is written for them later."""
+        lagging = self._lagging
+        for sub in subs:
+            sub.lagging = True
+            sub.progress_at = now
+            lagging.add(sub)
+        self.stats.lagging = len(lagging)
+        if not self._deferred and self._defer is not None:
+            self._defer()
+        self._deferred.append((filt, frame, first, next_seq, subs))
+
+    def deliver_deferred(self) -> None:
+        """Write what the fast path left for later, :data:`WRITES_PER_TURN` subscribers
+        a turn (asking for another turn while any are left). A subscriber whose state
+        moved on in between (a control frame waits, it resubscribed, overflowed, a full
+        buffer) is handed to its pump instead, which goes on from the same seq."""
+        deferred = self._deferred
+        if not deferred:
+            return
+        stats = self.stats
+        now = self._clock()
+        head = self._head
+        turn = WRITES_PER_TURN
+        dead: list[Subscriber] = []
+        while deferred and turn:
+            filt, frame, first, next_seq, subs = deferred[0]
+            while subs and turn:
+                sub = subs.pop()
+                turn -= 1
+                if sub.closed or not sub.lagging:
+                    continue
+                if (sub.cursor != first or sub.restart is not None or sub.outbox or sub.parts
+                        or (sub.filter is not filt and sub.filter != filt)):
+                    sub.transport.wake()
+                    continue
+                r = sub.transport.try_write(frame)
+                if r > 0:
+                    sub.cursor = next_seq
+                    sub.last_write = sub.progress_at = now
+                    stats.frames_sent += 1
+                    stats.bytes_sent += len(frame)
+                    if next_seq > head:
+                        sub.lagging = False  # caught up: the fast path again
+                        self._lagging.discard(sub)
+                    else:
+                        sub.transport.wake()  # batches came since: its pump goes on
+                elif r == 0:
+                    sub.transport.wake()
+                else:
+                    dead.append(sub)
+            if not subs:
+                deferred.popleft()
+        stats.lagging = len(self._lagging)
+        for sub in dead:
+            self._drop_dead(sub)
+        if deferred and self._defer is not None:
+            self._defer()
 
     def set_live(self, live: LiveNumbers) -> None:
         """The per-process numbers of the poll whose events come next (call before that
@@ -1051,7 +1155,7 @@ class Hub:
         stats = self.stats
         stats.buffer_events = len(self._ring)
         stats.buffer_bytes = self._ring.nbytes
-        stats.cache_bytes = self._recent_bytes + self._snapshot_bytes_held
+        stats.cache_bytes = self._recent_bytes + self._snapshot_bytes_held + self._proc_bytes_held
         if self.bookmark_interval <= 0:
             return
         due = now - self.bookmark_interval
@@ -1099,6 +1203,7 @@ class Hub:
         the resume buffer, and close the subscribers holding the most output until what
         is left holds at most half of ``output_bytes``."""
         self._forget_snapshots()
+        self._forget_proc_bytes()
         self._recent.clear()
         self._recent_size.clear()
         self._recent_bytes = 0
@@ -1137,20 +1242,62 @@ class Hub:
     def _snapshot_parts(self, filt: Filter) -> _Snapshot:
         """The snapshot for ``filt`` as of the head, in parts (cached until the next
         publish: a thousand clients (re)connecting within one interval cost one
-        encoding)."""
+        encoding; and each process's entry until it or its numbers change)."""
         key = (filt.groups, filt.hosts, False)
         snap = self._snapshots.get(key)
         if snap is not None:
             return snap
-        obj = self._snapshot_obj(filt)
-        encoded = P.snapshot_parts(obj, SNAPSHOT_PART_BYTES)
+        gstate, procs, extra = self._state.snapshot_view(filt)
+        obj = P.snapshot(seq=self._head, host=self.host, epoch=self.epoch, groups=gstate, procs=[])
+        if extra:
+            obj.update(extra)
+        encoded = P.snapshot_parts(obj, SNAPSHOT_PART_BYTES, procs=self._encoded_procs(procs, filt))
         rest = tuple(b"[" + part + b"]" for part in encoded[1:])
         snap = _Snapshot(self._head, encoded[0], rest, sum(map(len, encoded)))
         self._keep_snapshot(key, snap)
         return snap
 
+    def _encoded_procs(self, procs: list[Any], filt: Filter) -> list[bytes]:
+        """The snapshot entries of ``procs`` (state dicts), encoded, each with the live
+        numbers of the latest poll; from :attr:`_proc_bytes` where neither changed."""
+        live = self._live
+        version = live.version if live is not None else None
+        cache = self._proc_bytes
+        budget = self.cache_bytes // 4
+        whole = filt.groups is None and filt.hosts is None
+        fresh: dict[int, tuple[Any, object, bytes]] = {}
+        held = 0 if whole else self._proc_bytes_held
+        keep = fresh if whole else cache
+        out: list[bytes] = []
+        for p in procs:
+            v = version(p.get("pid")) if version is not None else None
+            hit = cache.get(id(p))
+            if hit is not None and hit[0] is p and hit[1] is v:
+                data = hit[2]
+            else:
+                if live is None:
+                    entry = p
+                else:
+                    # identity as the events told it, numbers as the latest poll read them
+                    entry = {**p, **(live.fields(p.get("pid"), p.get("start_time")) or _UNKNOWN_LIVE)}
+                data = P.encode(entry)
+                hit = None
+            if (whole or hit is None) and held + len(data) + _EVENT_OVERHEAD <= budget:
+                keep[id(p)] = (p, v, data)
+                held += len(data) + _EVENT_OVERHEAD
+            out.append(data)
+        # A snapshot of everything says what every process's entry is now: the exited
+        # ones go. Filtered ones only add, up to the budget.
+        self._proc_bytes = keep
+        self._proc_bytes_held = held
+        return out
+
+    def _forget_proc_bytes(self) -> None:
+        self._proc_bytes = {}
+        self._proc_bytes_held = 0
+
     def _keep_snapshot(self, key: _SnapshotKey, snap: _Snapshot) -> None:
-        budget = self.cache_bytes // 2
+        budget = self.cache_bytes // 4
         if snap.nbytes > budget:
             return  # used by the subscribers that asked, not kept
         held = self._snapshots

@@ -626,12 +626,13 @@ def _text(obj: Any) -> str:
 _SNAPSHOT_FIELDS: Final = frozenset({"type", "seq", "host", "epoch", "groups", "procs", "part", "parts"})
 
 
-def snapshot_parts(obj: Mapping[str, Any], part_bytes: int) -> list[bytes]:
+def snapshot_parts(obj: Mapping[str, Any], part_bytes: int, procs: Iterable[bytes] | None = None) -> list[bytes]:
     """A :func:`snapshot` object encoded as parts of about ``part_bytes`` each (one
     when it is smaller), numbered by ``part`` from 1 of ``parts``: the groups, then the
     processes, then the entries of any further map (a fleet's ``hosts``), shared out in
     order; a part holds at least one of them, and every part has every map (maybe
-    empty) and any further field that is not a map."""
+    empty) and any further field that is not a map. ``procs``: the processes encoded
+    already, in place of ``obj["procs"]``."""
     enc = encode
     extra = [key for key in obj if key not in _SNAPSHOT_FIELDS]
     maps = [key for key in extra if isinstance(obj[key], Mapping)]
@@ -641,7 +642,9 @@ def snapshot_parts(obj: Mapping[str, Any], part_bytes: int) -> list[bytes]:
     items: list[tuple[int, bytes]] = [
         (0, enc(name) + b":" + enc(fields)) for name, fields in obj["groups"].items()
     ]
-    items.extend((-1, enc(p)) for p in obj["procs"])
+    if procs is None:
+        procs = map(enc, obj["procs"])
+    items.extend((-1, p) for p in procs)
     for k, key in enumerate(maps, 1):
         items.extend((k, enc(name) + b":" + enc(value)) for name, value in obj[key].items())
     # Greedy: a part takes items until the next would take it past the part size.

@@ -280,13 +280,14 @@ def test_recent_frames_share_a_bytes_bound_and_go_with_the_last_subscriber_of_a_
     assert hub.stats.cache_bytes == 0 and hub._recent == {}
 
 
-def test_snapshot_cache_stays_within_its_half() -> None:
+def test_snapshot_caches_stay_within_their_quarters() -> None:
     hub, _ = make_hub(cache_bytes=2 * 1024 * KIB)
     hub.publish([big_start(f"g{i}", 20 * KIB) for i in range(60)])
     for i in range(60):
         sub, t = subscribe(hub, filter=types_filter(groups=(f"g{i}", f"g{(i + 1) % 60}")))
         t.pump(sub)
     hub.tick()
+    assert hub._snapshot_bytes_held <= 512 * KIB and hub._proc_bytes_held <= 512 * KIB
     assert hub.stats.cache_bytes <= 1024 * KIB
 
 

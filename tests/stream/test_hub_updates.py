@@ -10,7 +10,7 @@ from typing import Any
 from procstream.schema import LIVE_FIELDS
 from procstream.stream.protocol import Filter, Subscription, expand_types
 from procstream.stream.hub import Hub, Interest, Subscriber
-from tests.stream.test_hub import FakeTransport, cycle, gupd, make_hub, start
+from tests.stream.test_hub import FakeTransport, cycle, exit_, gupd, make_hub, start
 from tests.stream.test_hub import subscribe as _subscribe
 
 
@@ -131,11 +131,19 @@ def test_a_second_subscriber_with_the_same_filter_changes_nothing() -> None:
 
 
 class Live:
+    """A poll's numbers; each process's numbers dict is its version (the same object
+    while they stay the same), and every ``fields`` call is counted."""
+
     def __init__(self, numbers: dict[tuple[int, float], dict[str, Any]]) -> None:
         self.numbers = numbers
+        self.asked: list[int] = []
 
     def fields(self, pid: int, start_time: float | None = None) -> dict[str, Any] | None:
+        self.asked.append(pid)
         return self.numbers.get((pid, start_time))
+
+    def version(self, pid: int) -> object:
+        return next((v for (p, _), v in self.numbers.items() if p == pid), None)
 
 
 def test_snapshot_processes_carry_the_latest_numbers() -> None:
@@ -152,6 +160,60 @@ def test_snapshot_processes_carry_the_latest_numbers() -> None:
     hub.set_live(Live({(10, 5.0): {**numbers, "cpu_pct": 50.0}}))
     assert hub.snapshot_json() != before
     assert {p["pid"]: p["cpu_pct"] for p in hub.snapshot()["procs"]}[10] == 50.0
+
+
+def ws_snapshot(hub: Hub, **kw: Any) -> dict[str, Any]:
+    """The snapshot a new WebSocket subscriber gets (parts joined)."""
+    _, t = subscribe(hub, **kw)
+    snaps = [o for o in t.objects() if o["type"] == "snapshot"]
+    return {**snaps[0], "procs": [p for s in snaps for p in s["procs"]]}
+
+
+def test_an_idle_process_keeps_its_encoded_entry_from_one_poll_to_the_next() -> None:
+    hub, _ = make_hub()
+    hub.publish([start("web", pid=10), start("web", pid=11), start("db", pid=12), cycle()])
+    numbers = {pid: {**{k: v for k, v in upd(pid).items() if k in LIVE_FIELDS}} for pid in (10, 11, 12)}
+    live = Live({(pid, 5.0): n for pid, n in numbers.items()})
+    hub.set_live(live)
+    first = ws_snapshot(hub)
+    assert sorted(live.asked) == [10, 11, 12]
+    # the next poll: 11 changed, the others are idle (same numbers object)
+    live2 = Live({**live.numbers, (11, 5.0): {**numbers[11], "cpu_pct": 75.0}})
+    hub.set_live(live2)
+    hub.publish([cycle()])
+    second = ws_snapshot(hub)
+    assert live2.asked == [11]  # only the process that changed was merged and encoded again
+    by_pid = {p["pid"]: p for p in second["procs"]}
+    assert by_pid[11]["cpu_pct"] == 75.0 and by_pid[10] == {p["pid"]: p for p in first["procs"]}[10]
+    # what the WebSocket gets is what the HTTP snapshot (built afresh) says
+    assert second["procs"] == hub.snapshot()["procs"]
+
+
+def test_an_exited_process_leaves_the_entry_cache_and_a_new_one_with_its_pid_is_new() -> None:
+    hub, _ = make_hub()
+    begun = start("web", pid=10)
+    hub.publish([begun, cycle()])
+    hub.set_live(Live({(10, 5.0): {"cpu_pct": 1.0}}))
+    ws_snapshot(hub)
+    assert len(hub._proc_bytes) == 1
+    hub.publish([exit_(begun), start("db", pid=10, st=7.0), cycle()])
+    hub.set_live(Live({(10, 7.0): {"cpu_pct": 2.0}}))
+    procs = ws_snapshot(hub)["procs"]
+    assert [(p["pid"], p["group"], p["cpu_pct"]) for p in procs] == [(10, "db", 2.0)]
+    assert len(hub._proc_bytes) == 1
+
+
+def test_a_filtered_snapshot_adds_to_the_entry_cache_within_its_quarter() -> None:
+    hub, _ = make_hub(cache_bytes=4 * 1024)
+    hub.publish([start("web", pid=pid) for pid in range(10, 60)] + [cycle()])
+    live = Live({(pid, 5.0): {"cpu_pct": 1.0, "name": "x" * 40} for pid in range(10, 60)})
+    hub.set_live(live)
+    procs = ws_snapshot(hub, filter=Filter(None, frozenset({"web"})))["procs"]
+    assert len(procs) == 50 and 0 < hub._proc_bytes_held <= 1024
+    hub.publish([cycle()])
+    live.asked.clear()
+    assert ws_snapshot(hub, filter=Filter(None, frozenset({"web"})))["procs"] == procs
+    assert 0 < len(live.asked) < 50  # those that fitted were reused
 
 
 def test_snapshot_without_live_numbers_is_identity_only() -> None:
