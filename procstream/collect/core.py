@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 from ..config import ExpectedGroup, LifecycleConfig
 from ..events import EventBuilder
@@ -41,7 +41,7 @@ from ..live import LiveTable, UpdateInterest
 from ..procfs.models import ProcLike
 from ..schema import CycleExtras, Event, GroupFields, ProcFields
 
-__all__ = ["EventSink", "PollPartner", "PollWatcher", "LiveListener", "Polled", "Core"]
+__all__ = ["EventSink", "PollPartner", "PollWatcher", "LiveListener", "Polled", "Core", "SWITCH_INTERVAL"]
 
 T = TypeVar("T")
 
@@ -96,6 +96,15 @@ class _PollResult:
     groups: dict[str, GroupFields] | None = None
     procs: list[ProcFields] | None = None
     live: LiveTable | None = None
+
+
+#: The interpreter's GIL switch interval while a core polls next to an event loop
+#: (``sys.setswitchinterval``). The poll's thread and the loop's share the GIL: at
+#: Python's default of 5 ms, a client's request that comes in during a poll waits up
+#: to 5 ms for the loop to get the GIL back, every time; at 1 ms, a fifth of that.
+#: A thread that waits for nothing is never switched away from, so an idle loop costs
+#: the poll nothing.
+SWITCH_INTERVAL: Final = 0.001
 
 
 class Core:

@@ -6,7 +6,8 @@ users do, each enforced where it is held:
 - ``buffer``: the resume buffer (events by bytes, besides ``--buffer`` events and 15 min);
 - ``clients``: every WebSocket client's pending output (queued control frames, the
   snapshot being sent, what its socket's write buffer holds);
-- ``caches``: per-filter frames of recent batches and encoded snapshots;
+- ``caches``: per-filter frames of recent batches, encoded snapshots and each process's
+  encoded snapshot entry;
 - ``event_log``: lines waiting for the event log's writer.
 
 The rest (:meth:`MemoryBudget.parts`' ``other``) is for what does not depend on

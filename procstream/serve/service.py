@@ -28,10 +28,11 @@ import asyncio
 import logging
 import signal
 import socket
+import sys
 from collections.abc import Callable
 from typing import Any
 
-from ..collect.core import Core
+from ..collect.core import SWITCH_INTERVAL, Core
 from ..collect.detail import process_detail
 from ..collect.kernel import KernelSource, choose_source
 from ..collect.oom import OomWatch
@@ -215,6 +216,8 @@ class Service:
         handlers.append(signal.SIGHUP)
         poll_task: asyncio.Task[None] | None = None
         guard_task: asyncio.Task[None] | None = None
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch_interval, SWITCH_INTERVAL))
         if self.descriptors.message:
             (log.warning if self.descriptors.lowered else log.info)("%s", self.descriptors.message)
         try:
@@ -250,6 +253,7 @@ class Service:
                 poll_task.result()  # the poller never ends on its own: surface why
             return 0
         finally:
+            sys.setswitchinterval(switch_interval)
             if guard_task is not None:
                 guard_task.cancel()
                 await asyncio.gather(guard_task, return_exceptions=True)

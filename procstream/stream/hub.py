@@ -43,9 +43,11 @@ How delivery works (the design choice that keeps memory bounded):
   overflow → close 1013.
 * All subscribers' pending output together (control frames, snapshot parts being sent,
   what their transports buffer) is bounded by ``output_bytes``: past it, the subscribers
-  holding the most are closed with 1013. The per-filter caches (recent frames, encoded
-  snapshots) share ``cache_bytes``, and a filter's recent frames go with its last
-  subscriber.
+  holding the most are closed with 1013. The caches share ``cache_bytes``: half for the
+  per-filter recent frames (a filter's go with its last subscriber), a quarter for
+  encoded snapshots, a quarter for each process's encoded snapshot entry (kept while
+  the process and its numbers stay the same, so that a snapshot after a poll encodes
+  only the processes that ran).
 * Resume is the same mechanism: ``since=N`` in this epoch and within the buffer sets the
   cursor to N+1; the pump replays, then the subscriber joins the fast path. Nothing is
   lost or doubled because the live fast path only ever serves caught-up subscribers.

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 
 import pytest
 
+from procstream.collect.core import SWITCH_INTERVAL
 from procstream.netlink import connector as netlink
 from procstream.serve.service import Service, parse_listen
 from procstream.cli import UsageError, build_parser
@@ -69,6 +71,26 @@ async def test_poll_source_logs_why(caplog) -> None:
     service = Service(serve_args("--source", "poll"))
     await run_briefly(service)
     assert any("poll every 0.2s only (--source poll)" in r.getMessage() for r in caplog.records)
+
+
+async def test_the_loop_gets_the_gil_back_within_a_millisecond_while_serving() -> None:
+    service = Service(serve_args("--source", "poll"))
+    before = sys.getswitchinterval()
+    started = asyncio.Event()
+    seen: list[float] = []
+
+    def ready(_srv) -> None:
+        seen.append(sys.getswitchinterval())
+        started.set()
+
+    task = asyncio.create_task(service.run(ready=ready))
+    try:
+        await asyncio.wait_for(started.wait(), 10)
+    finally:
+        service.stop()
+        assert await asyncio.wait_for(task, 10) == 0
+    assert seen == [SWITCH_INTERVAL] and before > SWITCH_INTERVAL
+    assert sys.getswitchinterval() == before  # given back when it stops
 
 
 @pytest.mark.parametrize(
