@@ -190,7 +190,7 @@ class Housekeeper:
 
     def _deliver(self) -> None:
         try:
-            self.hub.deliver_deferred()
+            self.hub.next_turn()
         except Exception:  # a bug here must not leave subscribers waiting for good
             log.exception("deferred delivery failed")
 

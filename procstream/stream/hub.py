@@ -16,10 +16,12 @@ How delivery works (the design choice that keeps memory bounded):
   subscriber with that filter gets the same bytes.
 * Fast path: a subscriber that is caught up and whose transport buffer is small gets the
   frame written right away (what ``websockets.broadcast`` does). At most
-  :data:`WRITES_PER_TURN` of them in one call when the connection layer can call back
+  :data:`SUBSCRIBERS_PER_TURN` of them in one call when the connection layer can call back
   (:meth:`Hub.on_deferred`): the others are marked lagging at the batch and written by
-  :meth:`Hub.deliver_deferred` in the next turns, so that anything the lagging rules
+  :meth:`Hub.next_turn` in the next turns, so that anything the lagging rules
   allow in between (a control frame, a resubscribe, the next batch) stays in order.
+  A tick's checks of every subscriber (stalled, output held, bookmark due) go the same
+  way, a share per turn.
 * Otherwise the subscriber *lags*: it keeps a cursor (the next seq it needs) into the
   shared resume buffer, and its pump pulls frames from there with
   :meth:`Subscriber.next_frame` as the transport drains. A lagging subscriber thus holds
@@ -101,7 +103,7 @@ __all__ = [
     "MAX_EVENT_BYTES",
     "SNAPSHOT_PART_BYTES",
     "OUTBOX_BYTES",
-    "WRITES_PER_TURN",
+    "SUBSCRIBERS_PER_TURN",
 ]
 
 log = logging.getLogger(__name__)
@@ -121,11 +123,11 @@ SNAPSHOT_PART_BYTES: Final = 512 * 1024
 #: Control frames waiting for one subscriber that doesn't read; more is a slow consumer.
 OUTBOX_BYTES: Final = 64 * 1024
 
-#: Direct writes in one publish (one turn of the event loop) when the connection layer
-#: can run the rest in later turns (:meth:`Hub.on_deferred`): a fan-out to a thousand
-#: subscribers then holds the loop up for a few of them at a time, not all at once, and
+#: Subscribers a publish writes to, or a tick checks, in one turn of the event loop
+#: when the connection layer can run the rest in later turns (:meth:`Hub.on_deferred`):
+#: a thousand subscribers then hold the loop up a few at a time, not all at once, and
 #: another client's request waits for one share, not the whole.
-WRITES_PER_TURN: Final = 64
+SUBSCRIBERS_PER_TURN: Final = 64
 
 # A replayed frame stops growing at the first batch boundary past this many bytes.
 _REPLAY_FRAME_BYTES: Final = 256 * 1024
@@ -402,6 +404,24 @@ class _Snapshot:
     nbytes: int
 
 
+@dataclass(slots=True)
+class _Sweep:
+    """One pass over the subscribers: a tick's (a share per turn of the loop), or
+    :meth:`Hub.shed`'s (at once). ``held``: (output for ranking, output of its own,
+    the snapshot parts it was sending, subscriber); ``shared``: snapshot parts by id,
+    as [size, senders], each counted once in ``total`` and given back when its last
+    sender goes."""
+
+    now: float
+    todo: list[Subscriber]
+    bookmark_before: float | None = None  # a bookmark to who heard nothing since
+    bookmark: bytes = b""
+    bookmark_seq: int = -1
+    held: list[tuple[int, int, tuple[bytes, ...], Subscriber]] = field(default_factory=list)
+    shared: dict[int, list[int]] = field(default_factory=dict)
+    total: int = 0
+
+
 class Hub:
     """Numbers events, keeps state and the resume buffer, and fans frames out.
 
@@ -504,6 +524,8 @@ class Hub:
         # after it, subscribers still to write), and how to ask for a turn.
         self._deferred: collections.deque[tuple[Filter, bytes, int, int, list[Subscriber]]] = collections.deque()
         self._defer: Callable[[], None] | None = None
+        self._sweep: _Sweep | None = None  # a tick's checks still to finish
+        self._turn_asked = False
         self._interest: Interest = None
         self._interest_listeners: list[Callable[[Interest], None]] = []
 
@@ -749,7 +771,7 @@ class Hub:
         dead: list[Subscriber] = []
         # Direct writes left this turn (only numbered batches can wait: their subscribers
         # are held at the batch like lagging ones).
-        turn = WRITES_PER_TURN if numbered and self._defer is not None else -1
+        turn = SUBSCRIBERS_PER_TURN if numbered and self._defer is not None else -1
         # This loop is the hot path (once per subscriber per poll): keep it to one transport
         # call per subscriber and count into locals.
         for filt, subs in self._by_filter.items():
@@ -870,15 +892,16 @@ class Hub:
                 break
 
     def on_deferred(self, callback: Callable[[], None]) -> None:
-        """Let :meth:`publish` write to at most :data:`WRITES_PER_TURN` subscribers at
-        once: when it leaves some for later it calls ``callback()``, which must return at
-        once and have :meth:`deliver_deferred` called soon, after whatever else is ready
-        to run (``loop.call_soon``)."""
+        """Let :meth:`publish` write to, and :meth:`tick` check, at most
+        :data:`SUBSCRIBERS_PER_TURN` subscribers at once: when one leaves some for
+        later it calls ``callback()``, which must return at once and have
+        :meth:`next_turn` called soon, after whatever else is ready to run
+        (``loop.call_soon``)."""
         self._defer = callback
 
     def _hold(self, filt: Filter, frame: bytes, first: int, next_seq: int, subs: list[Subscriber], now: float) -> None:
         """Leave ``subs`` at the batch ``first``..``next_seq - 1`` (whose frame for them
-        is ``frame``) for :meth:`deliver_deferred`: lagging, so that they get everything
+        is ``frame``) for :meth:`next_turn`: lagging, so that they get everything
         else in order after it, but not woken: the frame is written for them later."""
         lagging = self._lagging
         for sub in subs:
@@ -886,22 +909,35 @@ class Hub:
             sub.progress_at = now
             lagging.add(sub)
         self.stats.lagging = len(lagging)
-        if not self._deferred and self._defer is not None:
-            self._defer()
         self._deferred.append((filt, frame, first, next_seq, subs))
+        self._ask_turn()
 
-    def deliver_deferred(self) -> None:
-        """Write what the fast path left for later, :data:`WRITES_PER_TURN` subscribers
-        a turn (asking for another turn while any are left). A subscriber whose state
+    def next_turn(self) -> None:
+        """Do the next share of what a publish or a tick left for later (asking for
+        another turn while anything is left): the fast path's writes, then the tick's
+        checks, :data:`SUBSCRIBERS_PER_TURN` subscribers each."""
+        self._turn_asked = False
+        if self._deferred:
+            self._write_deferred()
+        if self._sweep is not None:
+            self._sweep_on(SUBSCRIBERS_PER_TURN)
+        if self._deferred or self._sweep is not None:
+            self._ask_turn()
+
+    def _ask_turn(self) -> None:
+        if not self._turn_asked and self._defer is not None:
+            self._turn_asked = True
+            self._defer()
+
+    def _write_deferred(self) -> None:
+        """Write to a share of the subscribers the fast path left. One whose state
         moved on in between (a control frame waits, it resubscribed, overflowed, a full
         buffer) is handed to its pump instead, which goes on from the same seq."""
         deferred = self._deferred
-        if not deferred:
-            return
         stats = self.stats
         now = self._clock()
         head = self._head
-        turn = WRITES_PER_TURN
+        turn = SUBSCRIBERS_PER_TURN
         dead: list[Subscriber] = []
         while deferred and turn:
             filt, frame, first, next_seq, subs = deferred[0]
@@ -934,8 +970,6 @@ class Hub:
         stats.lagging = len(self._lagging)
         for sub in dead:
             self._drop_dead(sub)
-        if deferred and self._defer is not None:
-            self._defer()
 
     def set_live(self, live: LiveNumbers) -> None:
         """The per-process numbers of the poll whose events come next (call before that
@@ -1142,7 +1176,8 @@ class Hub:
         seconds after their first overflow or ``drain_grace`` seconds without progress,
         keeps all subscribers' output within ``output_bytes``, refreshes the memory
         gauges, and sends ``bookmark`` to subscribers that heard nothing for
-        ``bookmark_interval`` seconds.
+        ``bookmark_interval`` seconds. The checks of each subscriber are done a share per
+        turn of the loop when it can (:meth:`on_deferred`), all at once otherwise.
         """
         now = self._clock()
         self._trim(now)
@@ -1152,53 +1187,64 @@ class Hub:
         for sub in list(self._lagging):
             if sub.ov_since is not None and now - sub.ov_since >= grace:
                 self._close_slow(sub)
-        self._close_stalled(now)
-        self._bound_output()
         stats = self.stats
         stats.buffer_events = len(self._ring)
         stats.buffer_bytes = self._ring.nbytes
         stats.cache_bytes = self._recent_bytes + self._snapshot_bytes_held + self._proc_bytes_held
-        if self.bookmark_interval <= 0:
-            return
-        due = now - self.bookmark_interval
-        frame: bytes | None = None
+        if self._sweep is not None:
+            self._sweep_on(None)  # the last tick's, not done yet: the loop gave it no turn
+        self._sweep = _Sweep(now, list(self._subs),
+                             now - self.bookmark_interval if self.bookmark_interval > 0 else None)
+        self._sweep_on(SUBSCRIBERS_PER_TURN if self._defer is not None else None)
+        if self._sweep is not None:
+            self._ask_turn()
+
+    def _sweep_on(self, n: int | None) -> None:
+        """Check the next ``n`` subscribers of the tick's sweep (None: all that are
+        left); once all are, keep their output within ``output_bytes``."""
+        sw = self._sweep
+        assert sw is not None
+        todo = sw.todo
+        drain = self.drain_grace
+        stats = self.stats
         dead: list[Subscriber] = []
-        for subs in self._by_filter.values():
-            for sub in subs:
-                if sub.lagging or sub.last_write > due:
-                    continue
-                transport = sub.transport
-                if not transport.writable():
-                    continue
-                if frame is None:
-                    frame = P.frame(P.bookmark(self._head))
-                if transport.write(frame):
-                    sub.last_write = now
+        for _ in range(len(todo) if n is None else min(n, len(todo))):
+            sub = todo.pop()
+            if sub.closed:
+                continue
+            transport = sub.transport
+            buffered = transport.buffered()
+            if drain > 0:
+                if not (sub.lagging or buffered or transport.unacked()):
+                    sub.progress_at = sw.now  # owes nothing: not stalled
+                else:
+                    acked = transport.acked()
+                    if acked != sub.acked:
+                        sub.acked = acked
+                        sub.progress_at = sw.now
+                    elif sw.now - sub.progress_at >= drain:
+                        stats.stalled_closes += 1
+                        self._close_slow(sub)
+                        continue
+            self._measure(sub, buffered, sw)
+            if (sw.bookmark_before is not None and sub.active and not sub.lagging
+                    and sub.last_write <= sw.bookmark_before and transport.writable()):
+                if sw.bookmark_seq != self._head:
+                    sw.bookmark_seq = self._head
+                    sw.bookmark = P.frame(P.bookmark(self._head))
+                if transport.write(sw.bookmark):
+                    sub.last_write = sw.now
                     stats.bookmarks_sent += 1
                     stats.frames_sent += 1
-                    stats.bytes_sent += len(frame)
+                    stats.bytes_sent += len(sw.bookmark)
                 else:
                     dead.append(sub)
         for sub in dead:
             self._drop_dead(sub)
-
-    def _close_stalled(self, now: float) -> None:
-        """Close the subscribers whose output has not moved for ``drain_grace``."""
-        drain = self.drain_grace
-        if drain <= 0:
-            return
-        for sub in list(self._subs):
-            transport = sub.transport
-            if not (sub.lagging or transport.buffered() or transport.unacked()):
-                sub.progress_at = now  # owes nothing: not stalled
-                continue
-            acked = transport.acked()
-            if acked != sub.acked:
-                sub.acked = acked
-                sub.progress_at = now
-            elif now - sub.progress_at >= drain:
-                self.stats.stalled_closes += 1
-                self._close_slow(sub)
+        if todo:
+            return  # the next turn goes on
+        self._sweep = None
+        self._settle(sw, self.output_bytes)
 
     def shed(self) -> None:
         """Give memory back now (the process is near its budget): drop the caches, halve
@@ -1217,6 +1263,8 @@ class Hub:
             held -= len(data[i]) + _EVENT_OVERHEAD
             i += 1
         self._drop_until(self.oldest_seq + (i - ring.start), self._clock())
+        if self._sweep is not None:
+            self._sweep_on(None)
         self._bound_output(self.output_bytes // 2)
 
     # -- internals ---------------------------------------------------------------------
@@ -1521,44 +1569,64 @@ class Hub:
                     self._overflow(sub, now)
         self._ring.drop_front(new_oldest - self.oldest_seq)
 
-    def _bound_output(self, budget: int | None = None) -> None:
-        """Measure every subscriber's pending output; close those holding the most while
-        the total is past ``budget`` (default ``output_bytes``)."""
-        limit = self.output_bytes if budget is None else budget
-        held: list[tuple[int, Subscriber]] = []
-        total = 0
-        # Snapshot parts are shared by every subscriber sending the same snapshot: each
-        # counts once, and is given back when its last sender goes.
-        shared: dict[int, list[int]] = {}  # id -> [size, senders]
+    def _bound_output(self, budget: int) -> None:
+        """Measure every subscriber's pending output now; close those holding the most
+        while the total is past ``budget``."""
+        sw = _Sweep(self._clock(), [])
         for sub in self._subs:
-            pending = sub.outbox_bytes + sub.transport.buffered()
-            if sub.parts:
-                for part in sub.parts:
-                    entry = shared.get(id(part))
-                    if entry is None:
-                        shared[id(part)] = [len(part), 1]
-                        total += len(part)
-                    else:
-                        entry[1] += 1
-                    pending += len(part)  # for ranking only
-            held.append((pending, sub))
-            total += sub.outbox_bytes + sub.transport.buffered()
+            self._measure(sub, sub.transport.buffered(), sw)
+        self._settle(sw, budget)
+
+    @staticmethod
+    def _measure(sub: Subscriber, buffered: int, sw: _Sweep) -> None:
+        """Count a subscriber's pending output (its transport holds ``buffered``) in ``sw``."""
+        own = sub.outbox_bytes + buffered
+        rank = own
+        parts: tuple[bytes, ...] = ()
+        if sub.parts:
+            # Snapshot parts are shared by every subscriber sending the same snapshot
+            parts = tuple(sub.parts)
+            shared = sw.shared
+            for part in parts:
+                entry = shared.get(id(part))
+                if entry is None:
+                    shared[id(part)] = [len(part), 1]
+                    sw.total += len(part)
+                else:
+                    entry[1] += 1
+                rank += len(part)
+        sw.held.append((rank, own, parts, sub))
+        sw.total += own
+
+    def _settle(self, sw: _Sweep, limit: int) -> None:
+        """Close the subscribers measured in ``sw`` that hold the most while their total
+        is past ``limit``; a subscriber gone since gave its share back already."""
+        total = sw.total
+        for _, own, parts, sub in sw.held:
+            if sub.closed:
+                total -= own + self._release(parts, sw)
+        if total > limit:
+            for rank, own, parts, sub in sorted(sw.held, key=lambda item: item[0], reverse=True):
+                if total <= limit or rank == 0:
+                    break
+                if sub.closed:
+                    continue
+                total -= own + self._release(parts, sw)
+                self.stats.budget_closes += 1
+                self._close_slow(sub)
         self.stats.output_bytes = total
-        if total <= limit:
-            return
-        held.sort(key=lambda item: item[0], reverse=True)
-        for pending, sub in held:
-            if total <= limit or pending == 0:
-                break
-            total -= sub.outbox_bytes + sub.transport.buffered()
-            for part in sub.parts or ():
-                entry = shared[id(part)]
-                entry[1] -= 1
-                if not entry[1]:
-                    total -= entry[0]
-            self.stats.budget_closes += 1
-            self._close_slow(sub)
-        self.stats.output_bytes = total
+
+    @staticmethod
+    def _release(parts: tuple[bytes, ...], sw: _Sweep) -> int:
+        """The bytes of the shared snapshot ``parts`` that nobody sends any more once
+        one of their senders stops."""
+        freed = 0
+        for part in parts:
+            entry = sw.shared[id(part)]
+            entry[1] -= 1
+            if not entry[1]:
+                freed += entry[0]
+        return freed
 
     def _close_slow(self, sub: Subscriber) -> None:
         self.stats.slow_consumer_closes += 1

@@ -1,5 +1,5 @@
 """The fast path in turns: with :meth:`Hub.on_deferred`, one publish writes to at most
-:data:`WRITES_PER_TURN` subscribers and :meth:`Hub.deliver_deferred` the rest in later
+:data:`SUBSCRIBERS_PER_TURN` subscribers and :meth:`Hub.next_turn` the rest in later
 turns of the loop; whatever happens in between, every subscriber still gets every event
 once, in order."""
 
@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from procstream.stream.hub import WRITES_PER_TURN, Hub, Subscriber
+from procstream.stream.hub import SUBSCRIBERS_PER_TURN, Hub, Subscriber
 from procstream.stream.protocol import Subscription
-from tests.stream.test_hub import FakeTransport, cycle, make_hub, start, subscribe
+from tests.stream.test_hub import FakeTransport, cycle, make_hub, start, subscribe, types_filter
 
 
 class Turns:
@@ -28,7 +28,7 @@ class Turns:
         ran = 0
         while self.asked:
             self.asked -= 1
-            self.hub.deliver_deferred()
+            self.hub.next_turn()
             ran += 1
         return ran
 
@@ -54,10 +54,10 @@ def seqs(t: FakeTransport) -> list[int]:
 def test_a_publish_writes_to_a_share_of_the_subscribers_and_the_next_turns_to_the_rest() -> None:
     hub, _ = make_hub()
     turns = Turns(hub)
-    subs = many(hub, 3 * WRITES_PER_TURN + 5)
+    subs = many(hub, 3 * SUBSCRIBERS_PER_TURN + 5)
     hub.publish([start(), cycle()])
-    assert sum(1 for _, t in subs if t.events()) == WRITES_PER_TURN
-    assert turns.asked == 1 and hub.stats.lagging == len(subs) - WRITES_PER_TURN
+    assert sum(1 for _, t in subs if t.events()) == SUBSCRIBERS_PER_TURN
+    assert turns.asked == 1 and hub.stats.lagging == len(subs) - SUBSCRIBERS_PER_TURN
     assert turns.run() == 3  # three more shares, the last one short
     assert all(seqs(t) == [1, 2] for _, t in subs)
     assert hub.stats.lagging == 0 and not any(sub.lagging for sub, _ in subs)
@@ -66,7 +66,7 @@ def test_a_publish_writes_to_a_share_of_the_subscribers_and_the_next_turns_to_th
 
 def test_without_a_way_to_defer_every_subscriber_is_written_at_once() -> None:
     hub, _ = make_hub()
-    subs = many(hub, 2 * WRITES_PER_TURN)
+    subs = many(hub, 2 * SUBSCRIBERS_PER_TURN)
     hub.publish([start(), cycle()])
     assert all(seqs(t) == [1, 2] for _, t in subs)
 
@@ -74,7 +74,7 @@ def test_without_a_way_to_defer_every_subscriber_is_written_at_once() -> None:
 def test_a_batch_published_before_the_turn_comes_after_the_one_held() -> None:
     hub, _ = make_hub()
     turns = Turns(hub)
-    subs = many(hub, 2 * WRITES_PER_TURN)
+    subs = many(hub, 2 * SUBSCRIBERS_PER_TURN)
     hub.publish([start(), cycle()])
     hub.publish([start(), cycle()])  # the held ones lag: not written on the fast path
     turns.run()
@@ -86,7 +86,7 @@ def test_a_batch_published_before_the_turn_comes_after_the_one_held() -> None:
 def test_what_happens_in_between_keeps_each_subscriber_in_order() -> None:
     hub, clock = make_hub(bookmark_interval=1.0)
     turns = Turns(hub)
-    subs = many(hub, WRITES_PER_TURN + 4)
+    subs = many(hub, SUBSCRIBERS_PER_TURN + 4)
     hub.publish([start(), cycle()])
     held = [(sub, t) for sub, t in subs if not t.events()]
     assert len(held) == 4
@@ -109,3 +109,64 @@ def test_what_happens_in_between_keeps_each_subscriber_in_order() -> None:
     for t in (t_quiet, t_full, t_again):
         assert seqs(t)[-1] == 3 and len(seqs(t)) == len(set(seqs(t)))
     assert not hub._deferred and not any(sub.lagging for sub, _ in subs if not sub.closed)
+
+
+# -- a tick's checks, a share per turn --------------------------------------------------------
+
+KIB = 1024
+
+
+def test_a_tick_checks_a_share_of_the_subscribers_and_the_next_turns_the_rest() -> None:
+    hub, clock = make_hub(bookmark_interval=1.0)
+    turns = Turns(hub)
+    subs = many(hub, 2 * SUBSCRIBERS_PER_TURN + 3, filter=types_filter("proc.start"))
+    clock.t += 2.0
+    hub.tick()
+    assert [len(t.of_type("bookmark")) for _, t in subs].count(1) == SUBSCRIBERS_PER_TURN
+    hub.publish([cycle()])  # between turns, and none of them takes it
+    turns.run()
+    assert all(len(t.of_type("bookmark")) == 1 for _, t in subs)
+    # each bookmark says where the head was when it was written
+    seqs = sorted(t.of_type("bookmark")[0]["seq"] for _, t in subs)
+    assert seqs == [0] * SUBSCRIBERS_PER_TURN + [1] * (len(subs) - SUBSCRIBERS_PER_TURN)
+    assert hub._sweep is None and hub.stats.bookmarks_sent == len(subs)
+
+
+def test_stalled_clients_are_closed_in_the_turns_and_the_budget_is_kept_after_the_last() -> None:
+    hub, clock = make_hub(drain_grace=5.0, output_bytes=1024 * KIB, bookmark_interval=0)
+    turns = Turns(hub)
+    subs = many(hub, SUBSCRIBERS_PER_TURN + 10)
+    stalled = subs[:5]
+    for _, t in stalled:
+        t.in_kernel = 1000  # owes its peer bytes it never acknowledges
+    hub.tick()  # they begin to owe
+    turns.run()
+    holders = subs[5:8]
+    for i, (_, t) in enumerate(holders):
+        t.held = (i + 1) * 300 * KIB  # 300 + 600 + 900 KiB > 1 MiB
+    for _, t in holders:
+        t.peer_acked += 1  # they read: only slowly
+    clock.t += 6.0
+    hub.tick()
+    assert hub.stats.budget_closes == 0  # not before every subscriber was measured
+    first_gone = next(sub for sub, t in holders if t.held == 900 * KIB)
+    hub.detach(first_gone)  # went between turns: what it held is given back
+    turns.run()
+    assert all(t.closed_with == (1013, "slow consumer") for _, t in stalled)
+    assert hub.stats.stalled_closes == 5
+    # 300 + 600 KiB left: within the budget, nobody else closed
+    assert hub.stats.budget_closes == 0 and hub.stats.output_bytes == 900 * KIB
+    assert not any(t.closed_with for _, t in subs[5:])
+
+
+def test_a_tick_the_loop_gave_no_turn_finishes_the_last_ones_checks_first() -> None:
+    hub, clock = make_hub(bookmark_interval=1.0)
+    turns = Turns(hub)
+    subs = many(hub, 2 * SUBSCRIBERS_PER_TURN)
+    clock.t += 2.0
+    hub.tick()
+    clock.t += 2.0
+    hub.tick()  # before the loop ran the turn the first asked for
+    turns.run()
+    # each got the first tick's bookmark, and the second's (two seconds later) too
+    assert all(len(t.of_type("bookmark")) == 2 for _, t in subs)
