@@ -204,6 +204,20 @@ class Result:
     notes: list[str] = field(default_factory=list)
 
 
+#: Where an attack marks its phases, as (name, time.time() at its start): the scenario
+#: then reports the well-behaved client's p99 in each.
+MARKS: list[tuple[str, float]] = []
+
+
+def by_phase(good: GoodClient, end: float) -> str:
+    out = []
+    for (name, t0), (_, t1) in zip(MARKS, [*MARKS[1:], ("", end)]):
+        lat = good.between(t0, t1)
+        if lat:
+            out.append(f"{name} {t1 - t0:.1f} s: p99 {percentile(lat, 0.99) * 1000:.1f} ms over {len(lat)}")
+    return "well-behaved client by phase: " + "; ".join(out)
+
+
 async def sample_rss(server: Server, into: list[int], stop: asyncio.Event) -> None:
     while not stop.is_set():
         into.append(server.rss())
@@ -233,6 +247,7 @@ async def scenario(name: str, args: argparse.Namespace, attack: Callable[[Server
         sampler = asyncio.create_task(sample_rss(server, samples, stop))
         t1 = time.time()
         try:
+            MARKS.clear()
             notes = await attack(server, tree, args.seconds)
         finally:
             stop.set()
@@ -240,6 +255,8 @@ async def scenario(name: str, args: argparse.Namespace, attack: Callable[[Server
         result.attack_lat = good.between(t1, time.time())
         result.peak_rss = max(samples)
         result.notes = list(notes or [])
+        if MARKS:
+            result.notes.append(by_phase(good, time.time()))
         await asyncio.sleep(5)  # attackers gone: let the server give memory back
         result.after_rss = server.rss()
         result.buffer_growth = int(server.metrics()['procstream_memory_used_bytes{part="buffer"}'] - buffered)
@@ -275,6 +292,7 @@ async def attack_spam(server: Server, tree: Path, seconds: float) -> list[str]:
             closed_at = time.monotonic() - t0
     for s in attackers:
         s.close()
+    await asyncio.sleep(1)  # what the server does about the closes counts in the attack
     m = server.metrics()
     return [f"40 stalled clients closed after {closed_at:.1f} s" if closed_at is not None
             else "stalled clients NOT all closed",
@@ -348,6 +366,7 @@ async def attack_filters(server: Server, tree: Path, seconds: float) -> list[str
 async def attack_nofile(server: Server, tree: Path, seconds: float) -> list[str]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+    MARKS.append(("connecting", time.time()))
     half_open = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(1100)]
     t = time.monotonic()
     status = urllib.request.urlopen(server.url + "/healthz", timeout=10).status
@@ -363,9 +382,12 @@ async def attack_nofile(server: Server, tree: Path, seconds: float) -> list[str]
     t = time.monotonic()
     status2 = urllib.request.urlopen(server.url + "/healthz", timeout=10).status
     healthz2_ms = (time.monotonic() - t) * 1000
+    MARKS.append(("holding", time.time()))
     await asyncio.sleep(max(0.0, seconds - 5))
+    MARKS.append(("closing", time.time()))
     for s in clients + half_open:
         s.close()
+    await asyncio.sleep(1)  # what the server does about the closes counts in the attack
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     m = server.metrics()
     return [f"limit 1024: accepts {accepted} clients; {len(clients)} connected, refused: {refused}",

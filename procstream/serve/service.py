@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -231,6 +232,12 @@ class Service:
                 log.warning("first poll failed; serving anyway and retrying every %.3gs", self.args.interval)
             await self._start_kernel_source()
             await self.server.start()
+            # What exists now lives as long as the service: modules, the config, the
+            # first poll's state. Frozen, it is left out of every later collection of
+            # the oldest generation, whose pause (the loop's too: it holds the GIL)
+            # then grows with what came since, such as connections, not with all of it.
+            gc.collect()
+            gc.freeze()
             log.info(
                 "procstream serving %s://%s:%d/ (interval %.3gs, %d groups, %s)",
                 "https" if self.tls is not None else "http",
@@ -254,6 +261,7 @@ class Service:
             return 0
         finally:
             sys.setswitchinterval(switch_interval)
+            gc.unfreeze()
             if guard_task is not None:
                 guard_task.cancel()
                 await asyncio.gather(guard_task, return_exceptions=True)
