@@ -752,6 +752,10 @@ class Hub:
         ``proc.update`` readings without one) to the buffer and fan it out. ``hosts``:
         each part's host, or None when they are all :attr:`host`'s."""
         stats = self.stats
+        if self._deferred:
+            # The last batch's turns did not come yet: its writes first, all of them,
+            # so that its subscribers take this one on the fast path too.
+            self._write_deferred(None)
         self._head = seq
         ring_hosts = hosts if hosts is not None else [self.host] * len(parts)
         if not updates:
@@ -929,15 +933,16 @@ class Hub:
             self._turn_asked = True
             self._defer()
 
-    def _write_deferred(self) -> None:
-        """Write to a share of the subscribers the fast path left. One whose state
-        moved on in between (a control frame waits, it resubscribed, overflowed, a full
-        buffer) is handed to its pump instead, which goes on from the same seq."""
+    def _write_deferred(self, share: int | None = SUBSCRIBERS_PER_TURN) -> None:
+        """Write to ``share`` of the subscribers the fast path left (None: all). One
+        whose state moved on in between (a control frame waits, it resubscribed,
+        overflowed, a full buffer) is handed to its pump instead, which goes on from
+        the same seq."""
         deferred = self._deferred
         stats = self.stats
         now = self._clock()
         head = self._head
-        turn = SUBSCRIBERS_PER_TURN
+        turn = -1 if share is None else share
         dead: list[Subscriber] = []
         while deferred and turn:
             filt, frame, first, next_seq, subs = deferred[0]
