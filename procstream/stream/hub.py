@@ -15,13 +15,7 @@ How delivery works (the design choice that keeps memory bounded):
   one frame (a JSON array; several when one would pass :data:`MAX_FRAME_BYTES`); every
   subscriber with that filter gets the same bytes.
 * Fast path: a subscriber that is caught up and whose transport buffer is small gets the
-  frame written right away (what ``websockets.broadcast`` does). At most
-  :data:`SUBSCRIBERS_PER_TURN` of them in one call when the connection layer can call back
-  (:meth:`Hub.on_deferred`): the others are marked lagging at the batch and written by
-  :meth:`Hub.next_turn` in the next turns, so that anything the lagging rules
-  allow in between (a control frame, a resubscribe, the next batch) stays in order.
-  A tick's checks of every subscriber (stalled, output held, bookmark due) go the same
-  way, a share per turn.
+  frame written right away (what ``websockets.broadcast`` does).
 * Otherwise the subscriber *lags*: it keeps a cursor (the next seq it needs) into the
   shared resume buffer, and its pump pulls frames from there with
   :meth:`Subscriber.next_frame` as the transport drains. A lagging subscriber thus holds
@@ -123,10 +117,10 @@ SNAPSHOT_PART_BYTES: Final = 512 * 1024
 #: Control frames waiting for one subscriber that doesn't read; more is a slow consumer.
 OUTBOX_BYTES: Final = 64 * 1024
 
-#: Subscribers a publish writes to, or a tick checks, in one turn of the event loop
-#: when the connection layer can run the rest in later turns (:meth:`Hub.on_deferred`):
-#: a thousand subscribers then hold the loop up a few at a time, not all at once, and
-#: another client's request waits for one share, not the whole.
+#: Subscribers a tick checks in one turn of the event loop when the connection layer
+#: can run the rest in later turns (:meth:`Hub.on_deferred`): a thousand subscribers
+#: then hold the loop up a few at a time, not all at once, and another client's
+#: request waits for one share, not the whole.
 SUBSCRIBERS_PER_TURN: Final = 64
 
 # A replayed frame stops growing at the first batch boundary past this many bytes.
@@ -520,10 +514,7 @@ class Hub:
         self._by_filter: dict[Filter, set[Subscriber]] = {}
         self._lagging: set[Subscriber] = set()
         self._live: LiveNumbers | None = None
-        # Fast-path writes left for later turns: (filter, frame, its first seq, the seq
-        # after it, subscribers still to write), and how to ask for a turn.
-        self._deferred: collections.deque[tuple[Filter, bytes, int, int, list[Subscriber]]] = collections.deque()
-        self._defer: Callable[[], None] | None = None
+        self._defer: Callable[[], None] | None = None  # how to ask for a later turn
         self._sweep: _Sweep | None = None  # a tick's checks still to finish
         self._turn_asked = False
         self._interest: Interest = None
@@ -752,10 +743,6 @@ class Hub:
         ``proc.update`` readings without one) to the buffer and fan it out. ``hosts``:
         each part's host, or None when they are all :attr:`host`'s."""
         stats = self.stats
-        if self._deferred:
-            # The last batch's turns did not come yet: its writes first, all of them,
-            # so that its subscribers take this one on the fast path too.
-            self._write_deferred(None)
         self._head = seq
         ring_hosts = hosts if hosts is not None else [self.host] * len(parts)
         if not updates:
@@ -773,9 +760,6 @@ class Hub:
         # but readings has no place in it: past a full transport, they are just dropped).
         numbered = seq >= first
         dead: list[Subscriber] = []
-        # Direct writes left this turn (only numbered batches can wait: their subscribers
-        # are held at the batch like lagging ones).
-        turn = SUBSCRIBERS_PER_TURN if numbered and self._defer is not None else -1
         # This loop is the hot path (once per subscriber per poll): keep it to one transport
         # call per subscriber and count into locals.
         for filt, subs in self._by_filter.items():
@@ -804,16 +788,11 @@ class Hub:
                 self._remember(filt, first, next_seq, frame)
             stats.frames_encoded += 1
             written = 0
-            later: list[Subscriber] = []
             for sub in subs:
                 if sub.lagging:
                     if sub.restart == "overflow":
                         sub.ov_dropped += nsel
                     continue
-                if not turn:
-                    later.append(sub)
-                    continue
-                turn -= 1
                 r = sub.transport.try_write(frame)
                 if r > 0:
                     sub.cursor = next_seq
@@ -827,8 +806,6 @@ class Hub:
                     dead.append(sub)
             stats.frames_sent += written
             stats.bytes_sent += written * len(frame)
-            if later:
-                self._hold(filt, frame, first, next_seq, later, now)
         for sub in dead:
             self._drop_dead(sub)
         self._trim(now)
@@ -896,85 +873,25 @@ class Hub:
                 break
 
     def on_deferred(self, callback: Callable[[], None]) -> None:
-        """Let :meth:`publish` write to, and :meth:`tick` check, at most
-        :data:`SUBSCRIBERS_PER_TURN` subscribers at once: when one leaves some for
-        later it calls ``callback()``, which must return at once and have
-        :meth:`next_turn` called soon, after whatever else is ready to run
-        (``loop.call_soon``)."""
+        """Let :meth:`tick` check at most :data:`SUBSCRIBERS_PER_TURN` subscribers at
+        once: when it leaves some for later it calls ``callback()``, which must return
+        at once and have :meth:`next_turn` called soon, after whatever else is ready to
+        run (``loop.call_soon``)."""
         self._defer = callback
 
-    def _hold(self, filt: Filter, frame: bytes, first: int, next_seq: int, subs: list[Subscriber], now: float) -> None:
-        """Leave ``subs`` at the batch ``first``..``next_seq - 1`` (whose frame for them
-        is ``frame``) for :meth:`next_turn`: lagging, so that they get everything
-        else in order after it, but not woken: the frame is written for them later."""
-        lagging = self._lagging
-        for sub in subs:
-            sub.lagging = True
-            sub.progress_at = now
-            lagging.add(sub)
-        self.stats.lagging = len(lagging)
-        self._deferred.append((filt, frame, first, next_seq, subs))
-        self._ask_turn()
-
     def next_turn(self) -> None:
-        """Do the next share of what a publish or a tick left for later (asking for
-        another turn while anything is left): the fast path's writes, then the tick's
-        checks, :data:`SUBSCRIBERS_PER_TURN` subscribers each."""
+        """Check the next share of the subscribers the last tick left for later (and ask
+        for another turn while some are left)."""
         self._turn_asked = False
-        if self._deferred:
-            self._write_deferred()
         if self._sweep is not None:
             self._sweep_on(SUBSCRIBERS_PER_TURN)
-        if self._deferred or self._sweep is not None:
-            self._ask_turn()
+            if self._sweep is not None:
+                self._ask_turn()
 
     def _ask_turn(self) -> None:
         if not self._turn_asked and self._defer is not None:
             self._turn_asked = True
             self._defer()
-
-    def _write_deferred(self, share: int | None = SUBSCRIBERS_PER_TURN) -> None:
-        """Write to ``share`` of the subscribers the fast path left (None: all). One
-        whose state moved on in between (a control frame waits, it resubscribed,
-        overflowed, a full buffer) is handed to its pump instead, which goes on from
-        the same seq."""
-        deferred = self._deferred
-        stats = self.stats
-        now = self._clock()
-        head = self._head
-        turn = -1 if share is None else share
-        dead: list[Subscriber] = []
-        while deferred and turn:
-            filt, frame, first, next_seq, subs = deferred[0]
-            while subs and turn:
-                sub = subs.pop()
-                turn -= 1
-                if sub.closed or not sub.lagging:
-                    continue
-                if (sub.cursor != first or sub.restart is not None or sub.outbox or sub.parts
-                        or (sub.filter is not filt and sub.filter != filt)):
-                    sub.transport.wake()
-                    continue
-                r = sub.transport.try_write(frame)
-                if r > 0:
-                    sub.cursor = next_seq
-                    sub.last_write = sub.progress_at = now
-                    stats.frames_sent += 1
-                    stats.bytes_sent += len(frame)
-                    if next_seq > head:
-                        sub.lagging = False  # caught up: the fast path again
-                        self._lagging.discard(sub)
-                    else:
-                        sub.transport.wake()  # batches came since: its pump goes on
-                elif r == 0:
-                    sub.transport.wake()
-                else:
-                    dead.append(sub)
-            if not subs:
-                deferred.popleft()
-        stats.lagging = len(self._lagging)
-        for sub in dead:
-            self._drop_dead(sub)
 
     def set_live(self, live: LiveNumbers) -> None:
         """The per-process numbers of the poll whose events come next (call before that
