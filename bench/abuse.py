@@ -7,7 +7,7 @@ Run by hand (not a test)::
     python bench/abuse.py --max-memory 128M --procs 3000
     python bench/abuse.py --repeat 3             # each scenario 3 times, verdicts on all runs' samples
 
-One server per scenario, over a fake /proc tree of ``--procs`` processes (whose files the
+One server per scenario, over a fake /proc tree of ``--procs`` idle processes (whose files the
 scenario changes to play a local user), with ``--max-memory`` and ``--slow-client-grace``
 (``--grace``). A well-behaved client, in a process of its own, reads everything sent to
 it and sends a ``subscribe`` frame every ``--probe`` seconds (20 ms: some 700 samples in
@@ -80,6 +80,9 @@ def make_tree(base: Path, procs: int) -> Path:
         pid = 1000 + i
         write_proc(root, pid, comm=f"app{i % 40}", start=10_000 + i,
                    cmdline=f"/usr/bin/app{i % 40}\0--worker\0{i}\0--config\0/etc/app.yaml\0".encode())
+        # As on a real host, each has a schedstat of its own (run time, wait, runs): a
+        # poll tells by it that an idle process has not run, and reads no more of it.
+        (root / str(pid) / "schedstat").write_bytes(b"10000000 %d 1\n" % (10_000 + i))
     return root
 
 
