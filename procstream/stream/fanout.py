@@ -171,7 +171,7 @@ class WebSocketTransport:
 class Housekeeper:
     """Calls :meth:`Hub.tick` every :attr:`Hub.tick_interval` seconds (bookmarks,
     grace periods, buffer age), and gives the hub later turns of the loop for the
-    fan-out a publish left (:meth:`Hub.on_deferred`). :meth:`start` it when serving,
+    checks a tick left (:meth:`Hub.on_deferred`). :meth:`start` it when serving,
     :meth:`stop` at the end."""
 
     def __init__(self, hub: Hub) -> None:
@@ -185,14 +185,14 @@ class Housekeeper:
     def start(self) -> None:
         if not self.running:
             loop = asyncio.get_running_loop()
-            self.hub.on_deferred(lambda: loop.call_soon(self._deliver))
+            self.hub.on_deferred(lambda: loop.call_soon(self._next_turn))
             self._task = loop.create_task(self._run())
 
-    def _deliver(self) -> None:
+    def _next_turn(self) -> None:
         try:
             self.hub.next_turn()
-        except Exception:  # a bug here must not leave subscribers waiting for good
-            log.exception("deferred delivery failed")
+        except Exception:  # a bug here must not stop the next ticks' checks
+            log.exception("hub housekeeping failed")
 
     async def stop(self) -> None:
         task, self._task = self._task, None
