@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import logging
 import signal
 import socket
@@ -210,10 +211,8 @@ class FleetService:
                 ready(self.server)
             while not self._stop.is_set():
                 self.metrics.sample()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), 1.0)
-                except TimeoutError:
-                    pass
             return 0
         finally:
             guard_task.cancel()
