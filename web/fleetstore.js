@@ -12,7 +12,7 @@
 // groups and processes and the events after it are applied on top. Nothing else of the
 // page waits for it.
 
-import { RateMeter, newGroup, procKey } from './store.js';
+import { RateMeter, lifeFields, newGroup, newGroupWithLife, procKey } from './store.js';
 
 /** Seconds between two samples of the CPU history in a fleet. */
 const SAMPLE_EVERY = 1;
@@ -27,11 +27,10 @@ function newHost(name) {
     name,
     up: false,
     epoch: null,
-    lastSeen: 0,
     lastPoll: null,
-    interval: null,
     synced: true,
     groups: new Map(), // name -> group (as the store's, with its own history)
+    pendingLife: new Map(), // name -> lifecycle fields of a group not described yet
     rate: new RateMeter(),
     held: null, // events kept aside while the host's snapshot is fetched
   };
@@ -86,22 +85,11 @@ export class Fleet {
     return host;
   }
 
-  groupOf(host, name) {
-    let g = host.groups.get(name);
-    if (!g) {
-      g = newGroup(name, this.store.histPoints);
-      host.groups.set(name, g);
-    }
-    return g;
-  }
-
   /** A host's entry of a snapshot's `hosts`. */
   describe(host, h) {
     host.up = Boolean(h.up);
     host.epoch = h.epoch ?? null;
-    host.lastSeen = Number(h.last_seen) || 0;
     host.lastPoll = typeof h.last_poll === 'number' ? h.last_poll : null;
-    host.interval = typeof h.interval === 'number' ? h.interval : null;
     host.synced = h.synced !== false;
     const groups = new Map();
     for (const [name, fields] of Object.entries(h.groups ?? {})) {
@@ -112,6 +100,7 @@ export class Fleet {
     }
     for (const name of host.groups.keys()) if (!groups.has(name)) this.dirty.add(name);
     host.groups = groups;
+    host.pendingLife = new Map();
   }
 
   onSnapshot(o) {
@@ -146,12 +135,26 @@ export class Fleet {
     const name = o.group;
     if (o.removed) {
       host.groups.delete(name);
+      host.pendingLife.delete(name);
     } else {
-      Object.assign(this.groupOf(host, name).f, o);
-      host.groups.get(name).gone = false;
+      let g = host.groups.get(name);
+      if (!g) {
+        g = newGroupWithLife(name, this.store.histPoints, host.pendingLife);
+        host.groups.set(name, g);
+      }
+      Object.assign(g.f, o);
+      g.gone = false;
     }
     this.dirty.add(name);
     this.store.changes.hosts = true;
+  }
+
+  /** Where a lifecycle event of `hostName` about group `name` lands (see Store.lifeOf):
+   * that host's group, the group's total summed again from it. */
+  lifeOf(hostName, name) {
+    const host = this.host(hostName);
+    this.dirty.add(name);
+    return lifeFields(host.groups, host.pendingLife, name);
   }
 
   /** True when the CPU history takes a sample now (once a second, whichever host polled). */
@@ -177,7 +180,6 @@ export class Fleet {
     }
     const wasUp = host.up;
     host.up = o.type === 'host.up';
-    if (typeof o.last_seen === 'number') host.lastSeen = o.last_seen;
     for (const g of host.groups.keys()) this.dirty.add(g);
     this.store.changes.hosts = true;
     if (host.up) {

@@ -118,6 +118,28 @@ export function newGroup(name, points) {
   };
 }
 
+/** Group `name`'s fields in `groups`, or (no group.update described it yet) the
+ * lifecycle fields waiting for it in `pending`, at most MAX_PENDING_LIFE groups'. */
+export function lifeFields(groups, pending, name) {
+  const g = groups.get(name);
+  if (g) return g.f;
+  let f = pending.get(name);
+  if (!f) {
+    if (pending.size >= MAX_PENDING_LIFE) pending.delete(pending.keys().next().value);
+    f = {};
+    pending.set(name, f);
+  }
+  return f;
+}
+
+/** A new group for its first group.update, with the lifecycle fields that waited for it. */
+export function newGroupWithLife(name, points, pending) {
+  const g = newGroup(name, points);
+  Object.assign(g.f, pending.get(name));
+  pending.delete(name);
+  return g;
+}
+
 export class Store {
   constructor() {
     this.host = '';
@@ -412,25 +434,18 @@ export class Store {
     }
   }
 
-  /** A group's fields (or, before its first group.update, the ones waiting for it). */
-  lifeOf(name) {
-    const g = this.groups.get(name);
-    if (g) return g.f;
-    let f = this.pendingLife.get(name);
-    if (!f) {
-      if (this.pendingLife.size >= MAX_PENDING_LIFE) {
-        this.pendingLife.delete(this.pendingLife.keys().next().value);
-      }
-      f = {};
-      this.pendingLife.set(name, f);
-    }
-    return f;
+  /** Where a lifecycle event about its group lands: the group's fields (or, before
+   * its first group.update, the ones waiting for it); in a fleet, those of the group
+   * on the event's host, from which the group's total is summed. */
+  lifeOf(o) {
+    if (this.fleet) return this.fleet.lifeOf(String(o.host ?? ''), o.group);
+    return lifeFields(this.groups, this.pendingLife, o.group);
   }
 
   /** group.missing / recovered / crashloop / stable: the group's state, and a log entry. */
   onLife(o) {
     const [field, value] = LIFE_EVENTS[o.type];
-    this.lifeOf(o.group)[field] = value;
+    this.lifeOf(o)[field] = value;
     // Missing and crash-looping groups sort first: the order must be looked at again.
     this.changes.structure = true;
     this.changes.groups.add(o.group);
@@ -463,7 +478,7 @@ export class Store {
     this.memberMap(o.group).set(key, o);
     this.changes.members.add(o.group);
     if (o.restart_of) {
-      const f = this.lifeOf(o.group);
+      const f = this.lifeOf(o);
       f.restarts = (f.restarts ?? 0) + 1;
       this.changes.groups.add(o.group);
     }
@@ -478,7 +493,7 @@ export class Store {
     const m = this.members.get(group);
     if (m) m.delete(key);
     this.changes.members.add(group);
-    this.lifeOf(o.group).last_exit = {
+    this.lifeOf(o).last_exit = {
       pid: o.pid,
       ts: o.ts,
       exit_class: o.exit_class ?? null,
@@ -504,9 +519,7 @@ export class Store {
     }
     let g = this.groups.get(name);
     if (!g) {
-      g = newGroup(name, this.histPoints);
-      Object.assign(g.f, this.pendingLife.get(name));
-      this.pendingLife.delete(name);
+      g = newGroupWithLife(name, this.histPoints, this.pendingLife);
       this.groups.set(name, g);
       this.changes.structure = true;
     }

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.support.fleet_world import FleetWorld
+from tests.support.served import Served
 from tests.support.nats_servers import NatsServer
 from tests.web import axe
 from tests.web.page import Viewer, checked
@@ -112,3 +113,50 @@ def test_the_hosts_view_and_the_host_filter(any_viewer: Viewer, tmp_path: Path) 
         viewer.wait("() => [...document.querySelectorAll('#groups-table td.c-name')].some(td => td.textContent === 'cron')")
         dark = page.evaluate("matchMedia('(prefers-color-scheme: dark)').matches")
         viewer.screenshot(f"fleet-{'dark' if dark else 'light'}.png")
+
+
+# A fleet's Store in the page, fed frames by hand: two hosts with group "svc".
+FLEET_LIFECYCLE_JS = """async () => {
+    const { Store } = await import('/store.js');
+    const s = new Store();
+    const up = (groups) => ({ up: true, epoch: 'e1', synced: true, groups });
+    s.handleAll([
+        { type: 'hello', host: 'agg', server: 'procstream', epoch: '-', interval: 1, fleet: { stream: 'S' } },
+        { type: 'snapshot', seq: 0, host: 'agg', epoch: '-', groups: {}, procs: [],
+          hosts: { a: up({ svc: { procs: 1 } }), b: up({ svc: { procs: 1 } }) } },
+    ]);
+    s.takeChanges();
+    let seq = 0;
+    const ev = (o) => ({ seq: ++seq, ts: 100 + seq, ...o });
+    s.handleAll([
+        ev({ type: 'group.crashloop', host: 'a', group: 'svc' }),
+        ev({ type: 'proc.start', host: 'a', group: 'svc', pid: 7, start_time: 5, restart_of: 6 }),
+        ev({ type: 'proc.exit', host: 'b', group: 'svc', pid: 9, start_time: 4, exit_class: 'crash', exit_code: 1 }),
+        ev({ type: 'group.missing', host: 'b', group: 'new' }),
+    ]);
+    s.takeChanges();
+    const before = { ...s.groups.get('svc').f };
+    // each host's next poll
+    s.handleAll([
+        ev({ type: 'group.update', host: 'a', group: 'svc', procs: 1 }),
+        ev({ type: 'group.update', host: 'b', group: 'svc', procs: 1 }),
+        ev({ type: 'group.update', host: 'b', group: 'new', procs: 0 }),
+    ]);
+    s.takeChanges();
+    return { before, after: { ...s.groups.get('svc').f }, fresh: { ...s.groups.get('new').f },
+             a: { ...s.fleet.hosts.get('a').groups.get('svc').f } };
+}"""
+
+
+def test_a_fleets_lifecycle_flags_outlast_the_next_poll(viewer: Viewer, fake_proc: Path) -> None:
+    """Lifecycle events land on their host's group, the group's total is summed from the
+    hosts: the next group.update (which carries none of them) keeps them, and a flag
+    that came before a group's first group.update waits for it."""
+    with Served("--procfs", str(fake_proc), "--interval", "0.5") as srv:
+        viewer.open(srv.url + "/")
+        got = viewer.page.evaluate(FLEET_LIFECYCLE_JS)
+    for total in (got["before"], got["after"]):
+        assert (total["procs"], total["crashloop"], total["restarts"]) == (2, True, 1)
+        assert (total["last_exit"]["pid"], total["last_exit"]["exit_class"]) == (9, "crash")
+    assert got["a"]["crashloop"] is True and got["a"]["restarts"] == 1 and "last_exit" not in got["a"]
+    assert got["fresh"]["missing"] is True
