@@ -79,7 +79,7 @@ def _entry(tp: TrackedProc) -> tuple:
 class LiveTable:
     """The tracked processes of one poll, by pid, and the previous poll's for rates."""
 
-    __slots__ = ("time", "entries", "_before", "_dt")
+    __slots__ = ("time", "entries", "_before", "_dt", "_stamp")
 
     def __init__(
         self,
@@ -92,6 +92,7 @@ class LiveTable:
         # Only the previous poll's entries are kept: a chain of tables would never be freed.
         self._before: Mapping[int, tuple] = before.entries if before is not None else {}
         self._dt = time - before.time if before is not None else 0.0
+        self._stamp = object()  # this table's :meth:`version` of what changed at its poll
 
     @classmethod
     def of(cls, time: float, tracked: Iterable[TrackedProc], before: LiveTable | None = None) -> LiveTable:
@@ -130,8 +131,8 @@ class LiveTable:
     def version(self, pid: int) -> object:
         """What :meth:`fields` of ``pid`` depends on, as one object: two tables that
         give the same object (``is``) give the same fields (for the same start time).
-        A new object when they depend on the time between polls too (the process
-        changed at this poll: its rates are over that time).
+        When they depend on the time between polls too (the process changed at this
+        poll: its rates are over that time), an object of this table's own.
 
         Lets a snapshot keep each process's encoding from one poll to the next while
         the process is idle, which on most hosts is most of them."""
@@ -142,7 +143,7 @@ class LiveTable:
         # Rates are 0 unless the previous poll read this process other than now.
         if prev is None or prev is raw or prev[0] != raw[0] or self._dt <= 0:
             return raw
-        return object()
+        return self._stamp
 
     def _fields(self, entry: LiveEntry) -> ProcLive:
         m = entry.metrics

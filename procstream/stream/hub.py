@@ -189,7 +189,8 @@ class LiveNumbers(Protocol):
 
     def version(self, pid: int) -> object:
         """An object that is the same (``is``) in two tables exactly when :meth:`fields`
-        of ``pid`` gives the same numbers in both (a new one when that can't be told)."""
+        of ``pid`` gives the same numbers in both (one of its own when that depends on
+        the table)."""
 
 
 #: Which processes' ``proc.update`` the subscribers select: ``(groups, pids)`` with
@@ -1242,10 +1243,11 @@ class Hub:
         keep = fresh if whole else cache
         out: list[bytes] = []
         for p in procs:
+            key = id(p)
             v = version(p.get("pid")) if version is not None else None
-            hit = cache.get(id(p))
-            if hit is not None and hit[0] is p and hit[1] is v:
-                data = hit[2]
+            old = cache.get(key)
+            if old is not None and old[1] is v:
+                data = old[2]
             else:
                 if live is None:
                     entry = p
@@ -1253,9 +1255,12 @@ class Hub:
                     # identity as the events told it, numbers as the latest poll read them
                     entry = {**p, **(live.fields(p.get("pid"), p.get("start_time")) or _UNKNOWN_LIVE)}
                 data = P.encode(entry)
-                hit = None
-            if (whole or hit is None) and held + len(data) + _EVENT_OVERHEAD <= budget:
-                keep[id(p)] = (p, v, data)
+                if old is not None and not whole:
+                    del cache[key]  # outdated: its bytes are given back
+                    held -= len(old[2]) + _EVENT_OVERHEAD
+                old = None
+            if (whole or old is None) and held + len(data) + _EVENT_OVERHEAD <= budget:
+                keep[key] = (p, v, data)
                 held += len(data) + _EVENT_OVERHEAD
             out.append(data)
         # A snapshot of everything says what every process's entry is now: the exited

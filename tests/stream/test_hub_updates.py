@@ -9,7 +9,7 @@ from typing import Any
 
 from procstream.schema import LIVE_FIELDS
 from procstream.stream.protocol import Filter, Subscription, expand_types
-from procstream.stream.hub import Hub, Interest, Subscriber
+from procstream.stream.hub import _EVENT_OVERHEAD, Hub, Interest, Subscriber
 from tests.stream.test_hub import FakeTransport, cycle, exit_, gupd, make_hub, start
 from tests.stream.test_hub import subscribe as _subscribe
 
@@ -214,6 +214,18 @@ def test_a_filtered_snapshot_adds_to_the_entry_cache_within_its_quarter() -> Non
     live.asked.clear()
     assert ws_snapshot(hub, filter=Filter(None, frozenset({"web"})))["procs"] == procs
     assert 0 < len(live.asked) < 50  # those that fitted were reused
+
+
+def test_a_filtered_snapshot_counts_an_entry_it_replaces_once() -> None:
+    hub, _ = make_hub()
+    hub.publish([start("web", pid=10), cycle()])
+    for cpu in (1.0, 2.0, 3.0, 4.0):
+        hub.set_live(Live({(10, 5.0): {"cpu_pct": cpu}}))  # its numbers changed: a new version
+        hub.publish([cycle()])
+        procs = ws_snapshot(hub, filter=Filter(None, frozenset({"web"})))["procs"]
+        assert procs[0]["cpu_pct"] == cpu
+    assert len(hub._proc_bytes) == 1
+    assert hub._proc_bytes_held == sum(len(e[2]) + _EVENT_OVERHEAD for e in hub._proc_bytes.values())
 
 
 def test_snapshot_without_live_numbers_is_identity_only() -> None:
