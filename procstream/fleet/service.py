@@ -55,7 +55,11 @@ _RATE_WINDOW: Final = 10  # seconds the events/s gauge averages over
 
 
 class FleetCollector(Collector):
-    """``/metrics`` of the aggregator: its health, and the server's self-metrics."""
+    """``/metrics`` of the aggregator: its health, and the server's self-metrics.
+
+    A scrape renders on a worker thread while the aggregator's state moves on the
+    event loop: :meth:`sample`, called on the loop every second, takes what the
+    scrape shows, and :meth:`collect` only reads that."""
 
     def __init__(self, server: MetricsCollector, aggregator: Aggregator,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -63,11 +67,11 @@ class FleetCollector(Collector):
         self.aggregator = aggregator
         self._clock = clock
         self._samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=64)
-
-    def events_per_second(self) -> float:
-        """Events handed to clients per second over the last few seconds (sampled at
-        each scrape and each second by :meth:`sample`)."""
+        self._view: dict[str, Any] = {}
         self.sample()
+
+    def _events_per_second(self) -> float:
+        """Events handed to clients per second over the last few seconds."""
         samples = self._samples
         now, count = samples[-1]
         for t, n in samples:
@@ -76,16 +80,20 @@ class FleetCollector(Collector):
         return 0.0
 
     def sample(self) -> None:
+        """Take what the next scrapes show (call on the event loop, every second)."""
         now = self._clock()
         if not self._samples or now - self._samples[-1][0] >= 0.5:
             self._samples.append((now, self.aggregator.stats.events))
+        view = self.aggregator.metrics()
+        view.update(events_per_second=self._events_per_second(), ready=self.aggregator.ready)
+        self._view = view  # replaced whole: a scrape reads one or the other
 
     def collect(self) -> Iterator[Metric]:
         for family in self.server.collect():
             if family.name.startswith(_HOST_ONLY) or family.name in _HOST_ONLY_NAMES:
                 continue
             yield family
-        m = self.aggregator.metrics()
+        m = self._view
         hosts = GaugeMetricFamily("procstream_fleet_hosts", "Hosts known to the fleet, by state", labels=["state"])
         hosts.add_metric(["up"], m["hosts_up"])
         hosts.add_metric(["down"], m["hosts_down"])
@@ -95,11 +103,11 @@ class FleetCollector(Collector):
             published.add_metric([f"host.{kind}"], m["published"].get(kind, 0))
         yield published
         gauges = (
-            ("ready", "1 once the fleet's state is built and the stream caught up", 1 if self.aggregator.ready else 0),
+            ("ready", "1 once the fleet's state is built and the stream caught up", 1 if m["ready"] else 0),
             ("nats_connected", "1 while connected to a NATS server", 1 if m["connected"] else 0),
             ("consumer_lag", "Messages of the stream not handled yet", m["lag"]),
             ("stream_seq", "Stream sequence of the latest event handed to clients", m["seq"]),
-            ("events_per_second", f"Events handed to clients per second, over the last {_RATE_WINDOW} s", self.events_per_second()),
+            ("events_per_second", f"Events handed to clients per second, over the last {_RATE_WINDOW} s", m["events_per_second"]),
             ("start_seconds", "Seconds from connected to ready at start", m["start_seconds"]),
             ("hosts_waiting_for_state", "Hosts whose new run waits for its state from the bucket", m["waiting_for_state"]),
         )
