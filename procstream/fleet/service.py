@@ -142,8 +142,6 @@ class FleetService:
             fleet = fleet_settings_from(args)
         except NatsConfigError as exc:
             raise UsageError(f"--nats: {exc}") from None
-        if args.buffer < 1:
-            raise UsageError("--buffer must be at least 1")
         host_name = args.host_name if args.host_name is not None else socket.gethostname()
         problem = check_host_name(host_name)
         if problem is not None:

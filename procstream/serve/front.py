@@ -108,6 +108,8 @@ class Front:
         budget = memory_budget(args.max_memory)
         if args.slow_client_grace <= 0:
             raise UsageError("--slow-client-grace must be > 0")
+        if args.buffer < 1:
+            raise UsageError("--buffer must be at least 1")
         return cls(host, port, guard, tls, warning, budget)
 
     def server_config(self, max_clients: int) -> tuple[ServerConfig, Descriptors]:

@@ -83,6 +83,7 @@ def test_the_fleets_hub_is_bounded_by_max_memory_as_serves() -> None:
     (("--max-memory", "lots"), "--max-memory"),
     (("--slow-client-grace", "0"), "--slow-client-grace"),
     (("--max-clients", "0"), "--max-clients"),
+    (("--buffer", "0"), "--buffer must be at least 1"),
 ])
 def test_the_fleet_refuses_limits_serve_refuses(argv: tuple[str, ...], message: str) -> None:
     with pytest.raises(UsageError, match=message):

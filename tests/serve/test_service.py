@@ -100,6 +100,11 @@ async def test_while_serving_the_loop_waits_less_for_the_gil_and_the_collector()
     assert sys.getswitchinterval() == before and gc.get_freeze_count() == 0  # undone
 
 
+def test_a_buffer_of_nothing_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="--buffer must be at least 1"):
+        Service(serve_args("--buffer", "0"))
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
