@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 import nats.errors
 import orjson
@@ -142,10 +142,6 @@ class Feed:
             if len(queue) < self.max_queue // 2:
                 self._wake.set()
         return out
-
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
 
     @property
     def lag(self) -> int:
@@ -287,6 +283,3 @@ class Feed:
         if not self._closing:
             log.debug("fleet feed: %s", text)
 
-    def describe(self) -> dict[str, Any]:
-        return {"position": self.position, "lag": self.lag, "consumers": self.stats.consumers,
-                "last_error": self.stats.last_error}

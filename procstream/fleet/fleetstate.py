@@ -110,7 +110,7 @@ class HostEntry:
 
     def describe(self, groups: frozenset[str] | None) -> dict[str, Any]:
         """Its entry under a snapshot's ``hosts``."""
-        own, _ = self.state.view(groups)
+        own = self.state.groups_view(groups)
         return {
             "up": self.up,
             "epoch": self.epoch,

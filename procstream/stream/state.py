@@ -96,8 +96,13 @@ class HostState:
         are new, the dicts in them are the state's own (copy before changing them)."""
         if groups is None:
             return dict(self.groups), list(self.procs.values())
-        return ({k: v for k, v in self.groups.items() if k in groups},
-                [p for p in self.procs.values() if p.get("group") in groups])
+        return self.groups_view(groups), [p for p in self.procs.values() if p.get("group") in groups]
+
+    def groups_view(self, groups: frozenset[str] | None) -> dict[str, GroupFields]:
+        """:meth:`view`'s groups alone."""
+        if groups is None:
+            return dict(self.groups)
+        return {k: v for k, v in self.groups.items() if k in groups}
 
     def snapshot_view(self, filt: Filter) -> tuple[dict[str, GroupFields], list[ProcFields], None]:
         """What the hub's snapshot says for ``filt`` (a host's state filters by group)."""
