@@ -125,8 +125,6 @@ SUBSCRIBERS_PER_TURN: Final = 64
 
 # A replayed frame stops growing at the first batch boundary past this many bytes.
 _REPLAY_FRAME_BYTES: Final = 256 * 1024
-# The fields of every snapshot; a fleet aggregator's have more.
-_SNAPSHOT_KEYS: Final = frozenset({"type", "seq", "host", "epoch", "groups", "procs"})
 # Per filter, the frames of the latest batches are kept so a subscriber that lags by a
 # few polls (a burst filled its buffer) catches up with the very bytes the others got.
 _RECENT_FRAMES: Final = 16
@@ -573,7 +571,11 @@ class Hub:
         """``(head seq, the unfiltered snapshot encoded)`` for a reader that is not a
         subscriber (not counted as a snapshot sent), without the per-process numbers:
         they are readings, not state, and are stale by the time another reads them."""
-        return self._head, P.encode(self._snapshot_obj(Filter(), live=False))
+        gstate, procs, extra = self._state.snapshot_view(Filter())
+        obj = P.snapshot(seq=self._head, host=self.host, epoch=self.epoch, groups=gstate, procs=procs)
+        if extra:
+            obj.update(extra)
+        return self._head, P.encode(obj)
 
     # -- producer side -----------------------------------------------------------------
 
@@ -1068,16 +1070,13 @@ class Hub:
         return None
 
     def snapshot(self, filter: Filter | None = None) -> dict[str, Any]:
-        """The state as of :attr:`head_seq` (filtered by groups), as a fresh dict.
+        """The state as of :attr:`head_seq` (filtered by groups), as a fresh dict:
+        :meth:`snapshot_json` decoded.
 
         ``{"type": "snapshot", "seq", "host", "epoch", "groups": {name: fields},
-        "procs": [fields]}``; the dicts are copies the caller may keep or change.
+        "procs": [fields]}``.
         """
-        obj = self._snapshot_obj(filter or Filter())
-        obj["groups"] = {k: dict(v) for k, v in obj["groups"].items()}
-        obj["procs"] = [dict(p) for p in obj["procs"]]
-        for key in obj.keys() - _SNAPSHOT_KEYS:
-            obj[key] = orjson.loads(orjson.dumps(obj[key]))  # a fleet's extra parts, copied
+        obj: dict[str, Any] = orjson.loads(self.snapshot_json(filter))
         return obj
 
     def snapshot_json(self, filter: Filter | None = None) -> bytes:
@@ -1087,7 +1086,7 @@ class Hub:
         key = (filt.groups, filt.hosts, True)
         snap = self._snapshots.get(key)
         if snap is None:
-            data = P.encode(self._snapshot_obj(filt))
+            data = self._encode_snapshot(filt, None)[0]
             snap = _Snapshot(self._head, data, (), len(data))
             self._keep_snapshot(key, snap)
         return snap.first
@@ -1201,17 +1200,6 @@ class Hub:
             log.exception("publishing: %s failed (counted in procstream_publish_errors; "
                           "not logged again)", what)
 
-    def _snapshot_obj(self, filt: Filter, *, live: bool = True) -> dict[str, Any]:
-        gstate, procs, extra = self._state.snapshot_view(filt)
-        numbers = self._live if live else None
-        if numbers is not None:
-            # identity as the events told it, numbers as the latest poll read them
-            procs = [{**p, **(numbers.fields(p.get("pid"), p.get("start_time")) or _UNKNOWN_LIVE)} for p in procs]
-        obj = P.snapshot(seq=self._head, host=self.host, epoch=self.epoch, groups=gstate, procs=procs)
-        if extra:
-            obj.update(extra)
-        return obj
-
     def _snapshot_parts(self, filt: Filter) -> _Snapshot:
         """The snapshot for ``filt`` as of the head, in parts (cached until the next
         publish: a thousand clients (re)connecting within one interval cost one
@@ -1220,15 +1208,19 @@ class Hub:
         snap = self._snapshots.get(key)
         if snap is not None:
             return snap
-        gstate, procs, extra = self._state.snapshot_view(filt)
-        obj = P.snapshot(seq=self._head, host=self.host, epoch=self.epoch, groups=gstate, procs=[])
-        if extra:
-            obj.update(extra)
-        encoded = P.snapshot_parts(obj, SNAPSHOT_PART_BYTES, procs=self._encoded_procs(procs, filt))
+        encoded = self._encode_snapshot(filt, SNAPSHOT_PART_BYTES)
         rest = tuple(b"[" + part + b"]" for part in encoded[1:])
         snap = _Snapshot(self._head, encoded[0], rest, sum(map(len, encoded)))
         self._keep_snapshot(key, snap)
         return snap
+
+    def _encode_snapshot(self, filt: Filter, part_bytes: int | None) -> list[bytes]:
+        """The snapshot for ``filt`` as of the head, encoded (:func:`P.snapshot_parts`)."""
+        gstate, procs, extra = self._state.snapshot_view(filt)
+        obj = P.snapshot(seq=self._head, host=self.host, epoch=self.epoch, groups=gstate, procs=[])
+        if extra:
+            obj.update(extra)
+        return P.snapshot_parts(obj, part_bytes, procs=self._encoded_procs(procs, filt))
 
     def _encoded_procs(self, procs: list[Any], filt: Filter) -> list[bytes]:
         """The snapshot entries of ``procs`` (state dicts), encoded, each with the live

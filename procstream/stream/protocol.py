@@ -626,13 +626,15 @@ def _text(obj: Any) -> str:
 _SNAPSHOT_FIELDS: Final = frozenset({"type", "seq", "host", "epoch", "groups", "procs", "part", "parts"})
 
 
-def snapshot_parts(obj: Mapping[str, Any], part_bytes: int, procs: Iterable[bytes] | None = None) -> list[bytes]:
+def snapshot_parts(obj: Mapping[str, Any], part_bytes: int | None,
+                   procs: Iterable[bytes] | None = None) -> list[bytes]:
     """A :func:`snapshot` object encoded as parts of about ``part_bytes`` each (one
     when it is smaller), numbered by ``part`` from 1 of ``parts``: the groups, then the
     processes, then the entries of any further map (a fleet's ``hosts``), shared out in
     order; a part holds at least one of them, and every part has every map (maybe
-    empty) and any further field that is not a map. ``procs``: the processes encoded
-    already, in place of ``obj["procs"]``."""
+    empty) and any further field that is not a map. ``part_bytes`` None: the whole
+    object, unnumbered. ``procs``: the processes encoded already, in place of
+    ``obj["procs"]``."""
     enc = encode
     extra = [key for key in obj if key not in _SNAPSHOT_FIELDS]
     maps = [key for key in extra if isinstance(obj[key], Mapping)]
@@ -651,7 +653,7 @@ def snapshot_parts(obj: Mapping[str, Any], part_bytes: int, procs: Iterable[byte
     cuts = [0]
     size = 0
     for i, (_, item) in enumerate(items):
-        if size and size + len(item) > part_bytes:
+        if part_bytes is not None and size and size + len(item) > part_bytes:
             cuts.append(i)
             size = 0
         size += len(item) + 1
@@ -663,7 +665,8 @@ def snapshot_parts(obj: Mapping[str, Any], part_bytes: int, procs: Iterable[byte
     for k in range(n):
         chunk = items[cuts[k] : cuts[k + 1]]
         part = (
-            head + b'"part":%d,"parts":%d,"groups":{' % (k + 1, n)
+            head + (b'"part":%d,"parts":%d,' % (k + 1, n) if part_bytes is not None else b"")
+            + b'"groups":{'
             + b",".join(item for where, item in chunk if where == 0)
             + b'},"procs":['
             + b",".join(item for where, item in chunk if where == -1)

@@ -185,8 +185,11 @@ def test_an_idle_process_keeps_its_encoded_entry_from_one_poll_to_the_next() -> 
     assert live2.asked == [11]  # only the process that changed was merged and encoded again
     by_pid = {p["pid"]: p for p in second["procs"]}
     assert by_pid[11]["cpu_pct"] == 75.0 and by_pid[10] == {p["pid"]: p for p in first["procs"]}[10]
-    # what the WebSocket gets is what the HTTP snapshot (built afresh) says
-    assert second["procs"] == hub.snapshot()["procs"]
+    # the same as a hub that never cached anything says
+    fresh, _ = make_hub()
+    fresh.publish([start("web", pid=10), start("web", pid=11), start("db", pid=12), cycle()])
+    fresh.set_live(Live(live2.numbers))
+    assert second["procs"] == fresh.snapshot()["procs"] == hub.snapshot()["procs"]
 
 
 def test_an_exited_process_leaves_the_entry_cache_and_a_new_one_with_its_pid_is_new() -> None:
