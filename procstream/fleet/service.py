@@ -28,12 +28,11 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
-from prometheus_client import PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.registry import Collector
 
 from ..serve.front import Front, event_loop_factory, setup_logging, watch_memory
-from ..serve.metrics import MetricsCollector, metrics_route
+from ..serve.metrics import MetricsCollector, make_registry, metrics_route
 from ..serve.resources import MemoryGuard
 from ..serve.server import ProcstreamServer
 from ..wiring import UsageError
@@ -172,11 +171,7 @@ class FleetService:
             max_clients=server_config.max_clients,
         )
         self.metrics = FleetCollector(base, self.aggregator)
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(self.metrics)
-        ProcessCollector(registry=registry)
-        PlatformCollector(registry=registry)
-        self.server.add_route("/metrics", metrics_route(registry))
+        self.server.add_route("/metrics", metrics_route(make_registry(self.metrics)))
         self._stop = asyncio.Event()
 
     def stop(self) -> None:

@@ -613,7 +613,7 @@ def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, help_text, value=value)
 
 
-def make_registry(collector: MetricsCollector, *, process: bool = True) -> CollectorRegistry:
+def make_registry(collector: Collector, *, process: bool = True) -> CollectorRegistry:
     """A registry with ``collector`` and, with ``process``, prometheus_client's
     ``process_*`` (this process's own CPU, memory, fds: a few reads of /proc/self, never
     of other processes) and ``python_info`` collectors."""

@@ -1185,8 +1185,7 @@ class Hub:
             held -= len(data[i]) + _EVENT_OVERHEAD
             i += 1
         self._drop_until(self.oldest_seq + (i - ring.start), self._clock())
-        if self._sweep is not None:
-            self._sweep_on(None)
+        self._sweep = None  # measured again here; its other checks wait for the next tick
         self._bound_output(self.output_bytes // 2)
 
     # -- internals ---------------------------------------------------------------------
