@@ -22,6 +22,27 @@ export function setAttr(el, name, value) {
 }
 
 /**
+ * A table cell holding one badge: `st` is {text, tone, title?}; the badge (a <span>
+ * kept on the row as `tr[slot + 'Badge']`) gets class `prefix + tone` (none when it
+ * says nothing) and the cell the title. Written only when `st` differs from the last.
+ */
+export function paintBadge(td, tr, slot, st, prefix) {
+  const title = st.title ?? '';
+  const key = `${st.tone}|${st.text}|${title}`;
+  if (tr[slot] === key) return;
+  tr[slot] = key;
+  const badgeSlot = `${slot}Badge`;
+  if (!tr[badgeSlot]) {
+    tr[badgeSlot] = document.createElement('span');
+    td.append(tr[badgeSlot]);
+  }
+  const badge = tr[badgeSlot];
+  badge.textContent = st.text;
+  badge.className = st.text ? `${prefix}${st.tone}` : '';
+  td.title = title;
+}
+
+/**
  * Fill `dl` with one <dt>label</dt><dd></dd> pair per [id, label, ...] of `facts`, each
  * pair in a <div> (a grid cell); returns the <dd>s by id, for the caller to keep filled.
  */

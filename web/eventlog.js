@@ -11,7 +11,7 @@
 // While the user has scrolled down to read, new entries arriving on top do not push
 // the rows they are reading: the scroll position moves with them.
 
-import { setAttr, setHidden, setText } from './dom.js';
+import { paintBadge, setAttr, setHidden, setText } from './dom.js';
 import { NONE, exitStatus, fmtClock, fmtCmdline, fmtInt, fmtLifetime, fmtRestart, lifeText } from './format.js';
 import { LOG_LIMIT } from './store.js';
 import { VirtualTable, arraySource } from './vtable.js';
@@ -158,20 +158,8 @@ export class LogView {
       {
         id: 'exit', label: 'Exit', sortable: false, cls: 'exit',
         title: 'Exit status, the signal that ended the process, or the OOM killer',
-        paint: (td, e, tr) => {
-          const st = e.kind === 'exit' && !e.synthetic ? exitStatus(e.ev)
-            : { text: e.kind === 'exit' ? NONE : '', title: '', tone: 'unknown' };
-          const key = `${st.tone}|${st.text}`;
-          if (tr.exitKey === key) return;
-          tr.exitKey = key;
-          if (!tr.exitBadge) {
-            tr.exitBadge = document.createElement('span');
-            td.append(tr.exitBadge);
-          }
-          tr.exitBadge.textContent = st.text;
-          tr.exitBadge.className = `status s-${st.tone}`;
-          td.title = st.title;
-        },
+        paint: (td, e, tr) => paintBadge(td, tr, 'exit', e.kind === 'exit' && !e.synthetic ? exitStatus(e.ev)
+          : { text: e.kind === 'exit' ? NONE : '', title: '', tone: 'unknown' }, 'status s-'),
       },
     ];
     this.columns = columns;

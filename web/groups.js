@@ -9,7 +9,7 @@
 // the pointer is over the rows: rows never move under the cursor that is about to
 // click them. New groups then join at the end until the order is recomputed.
 
-import { setHidden, setText } from './dom.js';
+import { paintBadge, setHidden, setText } from './dom.js';
 import { NONE, exitStatus, fmtAge, fmtBytes, fmtClock, fmtInt, fmtPct, fmtRate } from './format.js';
 import { createSparkCanvas, drawSparkline, theme } from './sparkline.js';
 import { VirtualTable, arraySource } from './vtable.js';
@@ -159,7 +159,7 @@ export class GroupsView {
         id: 'status', label: 'Status', cls: 'status-cell', firstDir: 'asc',
         title: 'Expected groups, and groups missing or in a crash loop (always listed first)',
         value: (g) => rank(g) * 2 + (status(g).tone === 'expected' ? 0 : 1),
-        paint: (td, g, tr) => this.paintBadge(td, tr, 'statusKey', status(g)),
+        paint: (td, g, tr) => paintBadge(td, tr, 'statusKey', status(g), 'flag f-'),
       },
       {
         id: 'procs', label: 'Procs', cls: 'num', firstDir: 'desc', title: 'Processes in the group now',
@@ -230,25 +230,9 @@ export class GroupsView {
         id: 'exit', label: 'Last exit', cls: 'exit', firstDir: 'desc',
         title: 'How the group\'s latest process to end ended (sorts by when)',
         value: (g) => (g.f.last_exit ? g.f.last_exit.ts : null),
-        paint: (td, g, tr) => this.paintBadge(td, tr, 'exitKey', lastExit(g), 'status s-'),
+        paint: (td, g, tr) => paintBadge(td, tr, 'exitKey', lastExit(g), 'status s-'),
       },
     ];
-  }
-
-  /** A cell holding one badge (status or exit): written only when it changes. */
-  paintBadge(td, tr, slot, st, prefix = 'flag f-') {
-    const key = `${st.tone}|${st.text}|${st.title}`;
-    if (tr[slot] === key) return;
-    tr[slot] = key;
-    const badgeSlot = `${slot}Badge`;
-    if (!tr[badgeSlot]) {
-      tr[badgeSlot] = document.createElement('span');
-      td.append(tr[badgeSlot]);
-    }
-    const badge = tr[badgeSlot];
-    badge.textContent = st.text;
-    badge.className = st.text ? `${prefix}${st.tone}` : '';
-    td.title = st.title;
   }
 
   paintSpark(td, g, tr) {

@@ -5,7 +5,7 @@
 // Picking a host (a row, or the filter) shows that host alone in the groups table, the
 // process list and the event log; picking it again, or "All hosts", shows the fleet.
 
-import { setAttr, setHidden, setText } from './dom.js';
+import { paintBadge, setAttr, setHidden, setText } from './dom.js';
 import { NONE, fmtAge, fmtBytes, fmtInt, fmtPct, fmtPerSecond } from './format.js';
 import { loadPref, savePref } from './prefs.js';
 import { VirtualTable, arraySource } from './vtable.js';
@@ -59,17 +59,7 @@ export class HostsView {
       {
         id: 'state', label: 'State', firstDir: 'asc', title: 'Up, down (silent past its timeout), or syncing its state',
         value: (h) => stateOf(h).text,
-        paint: (td, h, tr) => {
-          const st = stateOf(h);
-          if (tr.stateText === st.text) return;
-          tr.stateText = st.text;
-          if (!tr.stateBadge) {
-            tr.stateBadge = document.createElement('span');
-            td.append(tr.stateBadge);
-          }
-          tr.stateBadge.textContent = st.text;
-          tr.stateBadge.className = `status h-${st.tone}`;
-        },
+        paint: (td, h, tr) => paintBadge(td, tr, 'state', stateOf(h), 'status h-'),
       },
       {
         id: 'procs', label: 'Procs', cls: 'num', firstDir: 'desc', title: 'Processes in its groups now',
