@@ -2,7 +2,8 @@
 websockets connection, the per-connection pump, and the housekeeping timer.
 
 The hub decides *what* to send; this module only moves bytes: the fast path writes a
-frame straight into the connection (as ``websockets.broadcast`` does), and when a
+frame straight into the connection (as ``websockets.broadcast`` does, but framed once
+for all the subscribers that get the same bytes: :func:`text_frame`), and when a
 connection can't take more, its pump asks the hub for frames one at a time and awaits
 ``send()``, which waits for the transport to drain — back-pressure for that one client,
 never for the others.
@@ -25,7 +26,7 @@ from websockets.protocol import State
 
 from .hub import Hub, Subscriber
 
-__all__ = ["WebSocketTransport", "Housekeeper", "close_bounded"]
+__all__ = ["WebSocketTransport", "Housekeeper", "close_bounded", "text_frame"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,30 @@ _OPEN = State.OPEN
 # Where struct tcp_info keeps tcpi_bytes_acked (Linux >= 4.1), and how much to ask for.
 _BYTES_ACKED: Final = 120
 _TCP_INFO_LEN: Final = _BYTES_ACKED + 8
+
+# The last payload framed, and its frame: a publish writes one payload to many
+# connections in a row, so one entry saves all but the first framing and copy.
+_last_frame: tuple[bytes, bytes] = (b"", b"\x81\x00")
+
+
+def text_frame(payload: bytes) -> bytes:
+    """``payload`` as one unmasked, final text frame (RFC 6455 section 5.2): what a
+    server sends on a connection without extensions. The same object passed again
+    returns the same frame without building it again."""
+    global _last_frame
+    last, frame = _last_frame
+    if payload is last:
+        return frame
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x81, n))
+    elif n < 65536:
+        head = struct.pack("!BBH", 0x81, 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x81, 127, n)
+    frame = head + payload
+    _last_frame = (payload, frame)
+    return frame
 
 
 async def close_bounded(ws: Connection, code: int, reason: str, timeout: float | None) -> None:
@@ -84,26 +109,27 @@ class WebSocketTransport:
 
     def write(self, frame: bytes) -> bool:
         """Write a text frame without waiting (``websockets.broadcast``'s technique)."""
+        protocol = self._protocol
         try:
-            self._protocol.send_text(frame)
-            self.ws.send_data()
+            if protocol.extensions or protocol.expect_continuation_frame or protocol.state is not _OPEN:
+                # not the plain case text_frame() covers: websockets frames it
+                protocol.send_text(frame)
+                self.ws.send_data()
+            else:
+                # Nothing else is pending in the protocol between callbacks (websockets
+                # hands over what it has at the end of each), so this frame is in order.
+                self._transport.write(text_frame(frame))
         except Exception:  # closed under our feet: the handler will detach us
             return False
         return True
 
     def try_write(self, frame: bytes) -> int:
         """:meth:`writable` then :meth:`write`, in one call (the hub's hot path)."""
-        protocol = self._protocol
-        if protocol.state is not _OPEN:
+        if self._protocol.state is not _OPEN:
             return -1  # closing or closed: the handler is about to detach us
         if self._transport.get_write_buffer_size() > self.limit:
             return 0
-        try:
-            protocol.send_text(frame)
-            self.ws.send_data()
-        except Exception:
-            return -1
-        return 1
+        return 1 if self.write(frame) else -1
 
     def buffered(self) -> int:
         """Bytes in the connection's write buffer, not yet taken by the kernel."""
