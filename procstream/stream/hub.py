@@ -15,7 +15,14 @@ How delivery works (the design choice that keeps memory bounded):
   one frame (a JSON array; several when one would pass :data:`MAX_FRAME_BYTES`); every
   subscriber with that filter gets the same bytes.
 * Fast path: a subscriber that is caught up and whose transport buffer is small gets the
-  frame written right away (what ``websockets.broadcast`` does).
+  frame written right away (what ``websockets.broadcast`` does). At most
+  :data:`SUBSCRIBERS_PER_TURN` of them in one call when the connection layer can call back
+  (:meth:`Hub.on_deferred`) and the loop has room for it (:data:`TURN_ROOM`): the others
+  are held at the batch and written by :meth:`Hub.next_turn` in the next turns, so that
+  another client's request waits for one share, not the whole fan-out. Anything sent to
+  a held subscriber in between (an ack, an error) first writes its batch, and the next
+  publish first writes every held one: each gets everything in order. A tick's checks of
+  every subscriber (stalled, output held, bookmark due) go the same way, a share per turn.
 * Otherwise the subscriber *lags*: it keeps a cursor (the next seq it needs) into the
   shared resume buffer, and its pump pulls frames from there with
   :meth:`Subscriber.next_frame` as the transport drains. A lagging subscriber thus holds
@@ -67,6 +74,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -117,11 +125,17 @@ SNAPSHOT_PART_BYTES: Final = 512 * 1024
 #: Control frames waiting for one subscriber that doesn't read; more is a slow consumer.
 OUTBOX_BYTES: Final = 64 * 1024
 
-#: Subscribers a tick checks in one turn of the event loop when the connection layer
-#: can run the rest in later turns (:meth:`Hub.on_deferred`): a thousand subscribers
-#: then hold the loop up a few at a time, not all at once, and another client's
-#: request waits for one share, not the whole.
+#: Subscribers a publish writes to, or a tick checks, in one turn of the event loop
+#: when the connection layer can run the rest in later turns (:meth:`Hub.on_deferred`):
+#: a thousand subscribers then hold the loop up a few at a time, not all at once, and
+#: another client's request waits for one share, not the whole.
 SUBSCRIBERS_PER_TURN: Final = 64
+
+#: A publish goes out in turns only while the loop has room for them: when the time
+#: since the last publish is at least this many times what writing that one took.
+#: Otherwise the loop does little but fan out anyway, and writing to everyone at once
+#: delivers soonest (the later turns would only come with the next publish).
+TURN_ROOM: Final = 4
 
 # A replayed frame stops growing at the first batch boundary past this many bytes.
 _REPLAY_FRAME_BYTES: Final = 256 * 1024
@@ -268,6 +282,7 @@ class Subscriber:
         "last_write",
         "progress_at",
         "acked",
+        "held",
         "__weakref__",
     )
 
@@ -296,6 +311,9 @@ class Subscriber:
         self.last_write = now
         self.progress_at = now  # when its output last moved (or began to be owed)
         self.acked = 0  # what its peer had acknowledged at the last tick
+        #: (filter, frame, first seq, next seq) of the batch a publish left this subscriber
+        #: at, for a later turn to write (:meth:`Hub.next_turn`)
+        self.held: tuple[Filter, bytes, int, int] | None = None
 
     def next_frame(self) -> bytes | None:
         """The next frame to send, or None once caught up (the fast path takes over).
@@ -513,7 +531,12 @@ class Hub:
         self._by_filter: dict[Filter, set[Subscriber]] = {}
         self._lagging: set[Subscriber] = set()
         self._live: LiveNumbers | None = None
-        self._defer: Callable[[], None] | None = None  # how to ask for a later turn
+        # Fast-path writes left for later turns (each subscriber's ``held`` says which
+        # frame), and how to ask for a turn.
+        self._deferred: collections.deque[list[Subscriber]] = collections.deque()
+        self._defer: Callable[[], None] | None = None
+        self._last_publish = -math.inf  # when the last fan-out began, and what it took
+        self._fanout_cost = 0.0
         self._sweep: _Sweep | None = None  # a tick's checks still to finish
         self._turn_asked = False
         self._interest: Interest = None
@@ -746,6 +769,10 @@ class Hub:
         ``proc.update`` readings without one) to the buffer and fan it out. ``hosts``:
         each part's host, or None when they are all :attr:`host`'s."""
         stats = self.stats
+        if self._deferred:
+            # The last batch's turns did not come yet: its writes first, all of them,
+            # so that its subscribers take this one on the fast path too.
+            self._write_deferred(None)
         self._head = seq
         ring_hosts = hosts if hosts is not None else [self.host] * len(parts)
         if not updates:
@@ -763,6 +790,14 @@ class Hub:
         # but readings has no place in it: past a full transport, they are just dropped).
         numbered = seq >= first
         dead: list[Subscriber] = []
+        # Direct writes left this turn (only numbered batches can wait: their subscribers
+        # are held at the batch like lagging ones).
+        split = (numbered and self._defer is not None
+                 and now - self._last_publish >= TURN_ROOM * self._fanout_cost)
+        turn = SUBSCRIBERS_PER_TURN if split else -1
+        self._last_publish = now
+        clock = self._clock
+        began = clock()
         # This loop is the hot path (once per subscriber per poll): keep it to one transport
         # call per subscriber and count into locals.
         for filt, subs in self._by_filter.items():
@@ -791,11 +826,16 @@ class Hub:
                 self._remember(filt, first, next_seq, frame)
             stats.frames_encoded += 1
             written = 0
+            later: list[Subscriber] = []
             for sub in subs:
                 if sub.lagging:
                     if sub.restart == "overflow":
                         sub.ov_dropped += nsel
                     continue
+                if not turn:
+                    later.append(sub)
+                    continue
+                turn -= 1
                 r = sub.transport.try_write(frame)
                 if r > 0:
                     sub.cursor = next_seq
@@ -809,6 +849,9 @@ class Hub:
                     dead.append(sub)
             stats.frames_sent += written
             stats.bytes_sent += written * len(frame)
+            if later:
+                self._hold(filt, frame, first, next_seq, later, now)
+        self._fanout_cost = clock() - began
         for sub in dead:
             self._drop_dead(sub)
         self._trim(now)
@@ -876,25 +919,93 @@ class Hub:
                 break
 
     def on_deferred(self, callback: Callable[[], None]) -> None:
-        """Let :meth:`tick` check at most :data:`SUBSCRIBERS_PER_TURN` subscribers at
-        once: when it leaves some for later it calls ``callback()``, which must return
-        at once and have :meth:`next_turn` called soon, after whatever else is ready to
-        run (``loop.call_soon``)."""
+        """Let :meth:`publish` write to, and :meth:`tick` check, at most
+        :data:`SUBSCRIBERS_PER_TURN` subscribers at once: when one leaves some for
+        later it calls ``callback()``, which must return at once and have
+        :meth:`next_turn` called soon, after whatever else is ready to run
+        (``loop.call_soon``)."""
         self._defer = callback
 
+    def _hold(self, filt: Filter, frame: bytes, first: int, next_seq: int, subs: list[Subscriber], now: float) -> None:
+        """Leave ``subs`` at the batch ``first``..``next_seq - 1`` (whose frame for them
+        is ``frame``) for :meth:`next_turn`: lagging, so that they get everything
+        else in order after it, but not woken: the frame is written for them later,
+        or as soon as anything else is sent to one of them (:meth:`_write_held`)."""
+        lagging = self._lagging
+        held = (filt, frame, first, next_seq)
+        for sub in subs:
+            sub.lagging = True
+            sub.progress_at = now
+            sub.held = held
+            lagging.add(sub)
+        self.stats.lagging = len(lagging)
+        self._deferred.append(subs)
+        self._ask_turn()
+
     def next_turn(self) -> None:
-        """Check the next share of the subscribers the last tick left for later (and ask
-        for another turn while some are left)."""
+        """Do the next share of what a publish or a tick left for later (asking for
+        another turn while anything is left): the fast path's writes, then the tick's
+        checks, :data:`SUBSCRIBERS_PER_TURN` subscribers each."""
         self._turn_asked = False
+        if self._deferred:
+            self._write_deferred()
         if self._sweep is not None:
             self._sweep_on(SUBSCRIBERS_PER_TURN)
-            if self._sweep is not None:
-                self._ask_turn()
+        if self._deferred or self._sweep is not None:
+            self._ask_turn()
 
     def _ask_turn(self) -> None:
         if not self._turn_asked and self._defer is not None:
             self._turn_asked = True
             self._defer()
+
+    def _write_deferred(self, share: int | None = SUBSCRIBERS_PER_TURN) -> None:
+        """Write to ``share`` of the subscribers the fast path left (None: all)."""
+        deferred = self._deferred
+        turn = -1 if share is None else share
+        now = self._clock()
+        dead: list[Subscriber] = []
+        while deferred and turn:
+            subs = deferred[0]
+            while subs and turn:
+                sub = subs.pop()
+                turn -= 1
+                if sub.held is not None and self._write_held(sub, now) < 0:
+                    dead.append(sub)
+            if not subs:
+                deferred.popleft()
+        self._fanout_cost += self._clock() - now
+        for sub in dead:
+            self._drop_dead(sub)
+
+    def _write_held(self, sub: Subscriber, now: float) -> int:
+        """Write the batch a publish held ``sub`` at (:meth:`_hold`) now: 1 when written,
+        0 when its pump goes on instead, -1 when the peer is gone (the caller drops it).
+        A subscriber whose state moved on in between (closed, a full buffer, restarted)
+        is handed to its pump, which goes on from the same seq."""
+        assert sub.held is not None
+        filt, frame, first, next_seq = sub.held
+        sub.held = None
+        if sub.closed or not sub.lagging:
+            return 0
+        if (sub.cursor != first or sub.restart is not None or sub.outbox or sub.parts
+                or (sub.filter is not filt and sub.filter != filt)):
+            sub.transport.wake()
+            return 0
+        r = sub.transport.try_write(frame)
+        if r > 0:
+            stats = self.stats
+            sub.cursor = next_seq
+            sub.last_write = sub.progress_at = now
+            stats.frames_sent += 1
+            stats.bytes_sent += len(frame)
+            if next_seq > self._head:
+                self._caught_up(sub)  # the fast path again
+            else:
+                sub.transport.wake()  # batches came since: its pump goes on
+        elif r == 0:
+            sub.transport.wake()
+        return r
 
     def set_live(self, live: LiveNumbers) -> None:
         """The per-process numbers of the poll whose events come next (call before that
@@ -963,6 +1074,7 @@ class Hub:
         sub.outbox_bytes = 0
         sub.parts = None
         sub.restart = None
+        sub.held = None
         self.stats.subscribers = len(self._subs)
         self.stats.lagging = len(self._lagging)
 
@@ -998,7 +1110,7 @@ class Hub:
         self._subscribe(sub, request, ack, wait=self.future_wait > 0)
 
     def _subscribe(self, sub: Subscriber, request: Subscription, ack: bool, wait: bool) -> None:
-        if sub.closed:
+        if sub.closed or (sub.held is not None and not self._unhold(sub)):
             return
         if self._waiting:
             self._waiting = [w for w in self._waiting if w[0] is not sub]
@@ -1302,6 +1414,8 @@ class Hub:
 
     def _push(self, sub: Subscriber, frame: bytes) -> None:
         """Send a control frame now, or queue it (bounded in bytes) behind what waits."""
+        if sub.held is not None and not self._unhold(sub):
+            return
         if not sub.lagging and sub.transport.writable():
             if sub.transport.write(frame):
                 sub.last_write = self._clock()
@@ -1358,17 +1472,29 @@ class Hub:
             if frame is not None:
                 stats.replayed_frames += 1
         if frame is None:
-            # Caught up: from now on the fast path delivers.
-            sub.lagging = False
-            sub.ov_since = None
-            sub.replay_end = 0
-            self._lagging.discard(sub)
-            stats.lagging = len(self._lagging)
+            self._caught_up(sub)
             return None
         sub.last_write = sub.progress_at = self._clock()
         stats.frames_sent += 1
         stats.bytes_sent += len(frame)
         return frame
+
+    def _unhold(self, sub: Subscriber) -> bool:
+        """Write the batch a publish holds ``sub`` at before anything else goes to it: a
+        client's own request never waits for the fan-out to the others. False when the
+        peer turned out to be gone."""
+        if self._write_held(sub, self._clock()) < 0:
+            self._drop_dead(sub)
+            return False
+        return True
+
+    def _caught_up(self, sub: Subscriber) -> None:
+        """From now on the fast path delivers to ``sub``."""
+        sub.lagging = False
+        sub.ov_since = None
+        sub.replay_end = 0
+        self._lagging.discard(sub)
+        self.stats.lagging = len(self._lagging)
 
     def _restart_frame(self, sub: Subscriber) -> bytes | None:
         """The frame that starts a subscriber over: ``reset`` or ``overflow`` (as of the
