@@ -160,7 +160,8 @@ class FleetService:
         hub = self.aggregator.hub
         server_config, self.descriptors = front.server_config(args.max_clients)
         self.server = ProcstreamServer(hub, server_config, health=self.aggregator.health, authorize=front.guard)
-        self.memory = MemoryGuard(front.budget.total, hub.shed, held=self._memory_held)
+        self.memory = MemoryGuard(front.budget.total, hub.shed, held=self._memory_held,
+                                  ended=lambda: self.server.sockets.stats.closed)
         base = MetricsCollector(
             hub_stats=hub.stats,
             server_stats=self.server.stats,

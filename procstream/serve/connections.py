@@ -41,10 +41,12 @@ _NO_BODY_METHODS: Final = (b"GET", b"HEAD")
 
 @dataclass(slots=True)
 class SocketStats(Stats):
-    """The server's sockets: ``open`` now; totals of idle sockets closed to make room and
-    of requests refused because they could not be read."""
+    """The server's sockets: ``open`` now; totals of sockets ``closed`` (whoever closed
+    them), of idle sockets closed to make room and of requests refused because they could
+    not be read."""
 
     open: int = 0
+    closed: int = 0
     idle_closed: int = 0
     unreadable_requests: int = 0
 
@@ -83,6 +85,7 @@ class Sockets:
 
     def closed(self, conn: ServerConnection) -> None:
         self._forget(conn)
+        self.stats.closed += 1
 
     def _forget(self, conn: ServerConnection) -> None:
         self._open.discard(conn)

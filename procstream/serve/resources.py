@@ -15,7 +15,10 @@ clients: the interpreter, the state of every process and group (each event's str
 capped), a poll's working set. On top of the parts, :class:`MemoryGuard` watches the
 process's resident size: past 90 % of the budget the hub gives memory back at once
 (caches, half the resume buffer, the clients holding most), and freed heap pages are
-returned to the system.
+returned to the system. After a wave of connections has ended it runs the cyclic
+garbage collector once: a closed websockets connection is a cycle (its parser generator
+and its logger refer back to it), and on a quiet server the collector's own schedule may
+not come for a long time.
 
 Descriptors: each client holds a socket. :func:`fit_descriptors` raises the soft
 ``RLIMIT_NOFILE`` to what ``--max-clients`` needs plus a reserve (for polls, the event
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 import os
 import re
@@ -181,13 +185,18 @@ class MemoryGuard:
     nears ``budget`` (``shed``, then the heap's free pages), and returns freed heap pages
     to the system once ``held()`` (what the budget's parts hold) fell by
     :attr:`FREED` bytes, and now and then anyway, so that what clients held shows as
-    freed."""
+    freed. ``ended()``: how many connections have ended so far; once
+    :attr:`COLLECT_AFTER` more ended and a check saw no more end since the one before (the
+    wave is over), a full garbage collection (``collect``) frees them, then the pages."""
 
     #: fraction of the budget where shedding starts
     HIGH: Final = 0.9
     #: checks between two returns of free heap pages otherwise
     TRIM_EVERY: Final = 10
     FREED: Final = 8 * MIB
+    #: connections ended since the last collection that are worth one (its pause grows
+    #: with what the heap holds, a few tens of milliseconds at most, once per wave)
+    COLLECT_AFTER: Final = 100
 
     def __init__(
         self,
@@ -195,11 +204,18 @@ class MemoryGuard:
         shed: Callable[[], None],
         rss: Callable[[], int] = resident_bytes,
         held: Callable[[], int] = lambda: 0,
+        ended: Callable[[], int] = lambda: 0,
+        collect: Callable[[], object] = gc.collect,
     ) -> None:
         self.budget = budget
         self._shed = shed
         self._rss = rss
         self._held = held
+        self._ended = ended
+        self._collect = collect
+        self._ended_then = 0  # at the check before
+        self._ended_collected = 0  # at the last collection
+        self.collections = 0
         self._trim = _malloc_trim()
         self._checks = 0
         self._peak = 0
@@ -222,8 +238,15 @@ class MemoryGuard:
             self.last_rss = self._rss()
             return
         self._shedding = False
+        ended, ended_then = self._ended(), self._ended_then
+        self._ended_then = ended
+        collected = ended == ended_then and ended - self._ended_collected >= self.COLLECT_AFTER
+        if collected:
+            self._collect()
+            self._ended_collected = ended
+            self.collections += 1
         held = self._held()
         self._peak = max(self._peak, held)
-        if self._peak - held >= self.FREED or self._checks % self.TRIM_EVERY == 0:
+        if collected or self._peak - held >= self.FREED or self._checks % self.TRIM_EVERY == 0:
             self._trim()
             self._peak = held

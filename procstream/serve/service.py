@@ -160,7 +160,8 @@ class Service:
             "/api/proc",
             detail_route(lambda pid, st: self.core.call(process_detail, self.fs, self.grouper, self.builder, pid, st)),
         )
-        self.memory = MemoryGuard(self.budget.total, self.hub.shed, held=self._memory_held)
+        self.memory = MemoryGuard(self.budget.total, self.hub.shed, held=self._memory_held,
+                                  ended=lambda: self.server.sockets.stats.closed)
         self._stop = asyncio.Event()
 
     def _health(self) -> tuple[bool, dict[str, Any]]:

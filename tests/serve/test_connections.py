@@ -28,3 +28,5 @@ def test_sockets_close_the_oldest_idle_one_never_one_that_sent_its_request() -> 
     assert not e.aborted and sockets.stats.open == 4  # nothing idle but the newcomer
     sockets.closed(a)  # type: ignore[arg-type]
     assert sockets.stats.open == 3 and sockets.stats.idle_closed == 1
+    sockets.closed(b)  # type: ignore[arg-type]  # the idle one it aborted, gone now
+    assert sockets.stats.open == 3 and sockets.stats.closed == 2

@@ -9,8 +9,12 @@ import sys
 
 import pytest
 
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection
+
 from procstream.collect.core import SWITCH_INTERVAL
 from procstream.netlink import connector as netlink
+from procstream.serve.resources import MemoryGuard
 from procstream.serve.service import Service, parse_listen
 from procstream.cli import UsageError, build_parser
 from procstream.netlink.connector import ConnectorError
@@ -98,6 +102,31 @@ async def test_while_serving_the_loop_waits_less_for_the_gil_and_the_collector()
     assert seen == [SWITCH_INTERVAL] and before > SWITCH_INTERVAL
     assert frozen[0] > 10_000  # the interpreter's and our modules' objects at least
     assert sys.getswitchinterval() == before and gc.get_freeze_count() == 0  # undone
+
+
+async def test_after_a_wave_of_connections_the_collector_frees_them() -> None:
+    """A closed websockets connection is a cycle: once a wave of them is over, the
+    memory guard's check runs a full collection, and none of them is left."""
+    service = Service(serve_args("--source", "poll"))
+    started = asyncio.Event()
+    task = asyncio.create_task(service.run(ready=lambda srv: started.set()))
+    try:
+        await asyncio.wait_for(started.wait(), 10)
+        port = service.server.port
+        wave = MemoryGuard.COLLECT_AFTER + 10
+        for _ in range(wave):
+            async with connect(f"ws://127.0.0.1:{port}/ws?snapshot=0", compression=None) as ws:
+                await asyncio.wait_for(ws.recv(), 10)  # hello
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while service.memory.collections == 0 and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        assert service.memory.collections == 1
+        assert service.server.sockets.stats.closed >= wave
+        assert not [o for o in gc.get_objects() if isinstance(o, ServerConnection)]
+    finally:
+        service.stop()
+        assert await asyncio.wait_for(task, 10) == 0
 
 
 def test_a_buffer_of_nothing_is_a_usage_error() -> None:
