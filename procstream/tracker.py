@@ -391,7 +391,8 @@ class Tracker:
                 prev = tp.sample
                 try:
                     turn = gen + pid_id.pid
-                    sample = proc.sample(full=turn % full_every == 0, restat=turn % restat_every == 0)
+                    full = turn % full_every == 0
+                    sample = proc.sample(full=full, restat=turn % restat_every == 0)
                 except READ_ERRORS as exc:
                     if isinstance(exc, ProcessLookupError):
                         continue  # exited while we read it: reported as exited below
@@ -407,8 +408,10 @@ class Tracker:
                 if metrics.partial_errors:
                     errors.partial += 1
                 if sample is prev:
-                    # it has not run: nothing changed, not even its program
-                    skipped += 1
+                    # it has not run: nothing changed, not even its program (read whole, it
+                    # was not a skipped read)
+                    if not full:
+                        skipped += 1
                     if tp.exited:
                         tp.latest = ZERO_COUNTS
                         tp.accounted = True

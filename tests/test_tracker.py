@@ -268,6 +268,7 @@ class Followed:
         self.idle = idle
         self.prev: Sample | None = None
         self.pid = proc.pid
+        self.same_when_full = False  # a full read finds what the followed sample had
 
     def follow(self, prev: Sample) -> None:
         self.prev = prev
@@ -293,7 +294,7 @@ class Followed:
 
     def sample(self, *, full: bool = False, restat: bool = False) -> Sample:
         self.log.setdefault(self.pid, []).append((self.prev, full, restat))
-        if self.idle and self.prev is not None and not full:
+        if self.idle and self.prev is not None and (not full or self.same_when_full):
             return self.prev
         return self.proc.sample()
 
@@ -333,6 +334,20 @@ def test_a_process_that_has_not_run_keeps_its_usage_and_counts_as_skipped():
     r = poll_followed(t, range(10, 13), log, cpu=(5.0, 0.0), idle=False)  # they ran
     assert r.reads_skipped == 0
     assert all(t.tracked[ProcId(pid, 1000)].latest.cpu == pytest.approx(5.0) for pid in range(10, 13))
+
+
+def test_a_full_read_that_found_nothing_new_is_not_a_skipped_read():
+    t = Tracker(clock=Clock(), full_every=1)
+    log: dict[int, list[tuple[Sample | None, bool, bool]]] = {}
+    procs = [Followed(fake(pid), log) for pid in range(10, 13)]
+    decide_all(t, t.update(procs))  # type: ignore[arg-type]
+    for p in procs:
+        p.same_when_full = True  # what Proc does when nothing moved
+    before = {pid: t.tracked[ProcId(pid, 1000)].sample for pid in range(10, 13)}
+    t.take_changes()
+    r = t.update(procs)  # type: ignore[arg-type]
+    assert r.reads_skipped == 0 and not t.take_changes()  # read whole, and nothing changed
+    assert all(t.tracked[ProcId(pid, 1000)].sample is before[pid] for pid in range(10, 13))
 
 
 def test_full_every_1_reads_everything_at_every_poll():

@@ -170,6 +170,12 @@ def _is_pid(name: str) -> bool:
     return name.isascii() and name.isdigit() and name[0] != "0" and len(name) < 11
 
 
+def _same_reading(new: Sample, old: Sample) -> bool:
+    """Everything ``new`` read is what ``old`` had."""
+    return (new.stat == old.stat and new.sched == old.sched and new.metrics == old.metrics
+            and new.mark == old.mark and new.threads == old.threads)
+
+
 class Proc:
     """One process as seen in one poll: implements ``ProcLike`` (see models.py).
 
@@ -445,7 +451,8 @@ class Proc:
         thread detail; smaps_rollup, wchan, task/*/io and task/*/wchan as the ``FS`` asks
         for them), less after :meth:`follow` (see there) unless ``full``; with
         ``restat``, ``stat`` even of a process that has not run (what changes while it
-        does not: its memory, its state). Once per poll, for tracked processes. ``io`` or
+        does not: its memory, its state); a reading that finds nothing new returns the
+        followed sample itself. Once per poll, for tracked processes. ``io`` or
         ``fd`` unreadable or missing: read/write bytes 0 or open fds -1, counted in
         ``partial_errors``.
         """
@@ -455,9 +462,14 @@ class Proc:
             if self._idle and not full and prev is not None and prev.metrics is not None:
                 self._sample = self._restat(prev) if restat else prev
             else:
+                last = prev
                 if full or prev is None or prev.metrics is None:
                     prev = None
                 self._sample = self._read(prev, restat)
+                if full and last is not None and _same_reading(self._sample, last):
+                    # Nothing moved: the last sample goes on, and the new one's objects are
+                    # freed now rather than kept until the next full reading.
+                    self._sample = last
         return self._sample
 
     def _read(self, prev: Sample | None, restat: bool = False) -> Sample:

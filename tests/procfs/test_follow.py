@@ -126,6 +126,14 @@ def test_full_reads_everything_although_it_has_not_run(fake_proc: Path) -> None:
     assert (full.metrics.resident_bytes, full.metrics.open_fds) == (1000 * PAGE, 4)
 
 
+def test_a_full_read_that_finds_nothing_new_keeps_the_last_sample(fake_proc: Path, reads: list[str]) -> None:
+    fs = FS(fake_proc)
+    first = sample(fs, 1000)
+    reads.clear()
+    assert sample(fs, 1000, first, full=True) is first
+    assert {"io", "status"} <= {Path(r).name for r in reads}  # read all the same
+
+
 def test_restat_reads_stat_of_a_process_that_has_not_run(fake_proc: Path, reads: list[str]) -> None:
     fs = FS(fake_proc)
     first = sample(fs, 1000)
