@@ -185,9 +185,10 @@ class MemoryGuard:
     nears ``budget`` (``shed``, then the heap's free pages), and returns freed heap pages
     to the system once ``held()`` (what the budget's parts hold) fell by
     :attr:`FREED` bytes, and now and then anyway, so that what clients held shows as
-    freed. ``ended()``: how many connections have ended so far; once
-    :attr:`COLLECT_AFTER` more ended and a check saw no more end since the one before (the
-    wave is over), a full garbage collection (``collect``) frees them, then the pages."""
+    freed. ``ended()``: how many connections have ended so far. Once some ended and a
+    check sees no more end since the one before (a wave of them is over), what they held
+    is given back: with :attr:`COLLECT_AFTER` or more since the last collection, a full
+    garbage collection (``collect``) frees them first."""
 
     #: fraction of the budget where shedding starts
     HIGH: Final = 0.9
@@ -206,6 +207,7 @@ class MemoryGuard:
         held: Callable[[], int] = lambda: 0,
         ended: Callable[[], int] = lambda: 0,
         collect: Callable[[], object] = gc.collect,
+        trim: Callable[[], None] | None = None,
     ) -> None:
         self.budget = budget
         self._shed = shed
@@ -214,9 +216,10 @@ class MemoryGuard:
         self._ended = ended
         self._collect = collect
         self._ended_then = 0  # at the check before
+        self._ended_settled = 0  # when the last wave was over
         self._ended_collected = 0  # at the last collection
         self.collections = 0
-        self._trim = _malloc_trim()
+        self._trim = trim if trim is not None else _malloc_trim()
         self._checks = 0
         self._peak = 0
         self.sheds = 0
@@ -240,13 +243,15 @@ class MemoryGuard:
         self._shedding = False
         ended, ended_then = self._ended(), self._ended_then
         self._ended_then = ended
-        collected = ended == ended_then and ended - self._ended_collected >= self.COLLECT_AFTER
-        if collected:
-            self._collect()
-            self._ended_collected = ended
-            self.collections += 1
+        wave_over = ended == ended_then != self._ended_settled
+        if wave_over:
+            self._ended_settled = ended
+            if ended - self._ended_collected >= self.COLLECT_AFTER:
+                self._collect()
+                self._ended_collected = ended
+                self.collections += 1
         held = self._held()
         self._peak = max(self._peak, held)
-        if collected or self._peak - held >= self.FREED or self._checks % self.TRIM_EVERY == 0:
+        if wave_over or self._peak - held >= self.FREED or self._checks % self.TRIM_EVERY == 0:
             self._trim()
             self._peak = held

@@ -91,24 +91,26 @@ def test_the_guard_sheds_near_the_budget_and_gives_pages_back() -> None:
     assert guard.sheds == 1
 
 
-def test_the_guard_collects_once_a_wave_of_connections_is_over() -> None:
+def test_the_guard_gives_back_what_a_wave_of_connections_held_once_it_is_over() -> None:
     ended = [0]
     collected: list[int] = []
-    guard = MemoryGuard(256 * MIB, lambda: None, rss=lambda: 100 * MIB,
-                        ended=lambda: ended[0], collect=lambda: collected.append(ended[0]))
+    trimmed: list[int] = []
+    guard = MemoryGuard(256 * MIB, lambda: None, rss=lambda: 100 * MIB, ended=lambda: ended[0],
+                        collect=lambda: collected.append(ended[0]), trim=lambda: trimmed.append(ended[0]))
     wave = MemoryGuard.COLLECT_AFTER
     for n in (wave // 2, wave + 5, wave + 20):  # still ending at every check
         ended[0] = n
         guard.check()
-    assert collected == []
+    assert collected == [] and trimmed == []
     guard.check()  # none ended since the last check: the wave is over
-    assert collected == [wave + 20] and guard.collections == 1
+    assert collected == [wave + 20] and trimmed == [wave + 20] and guard.collections == 1
     guard.check()
-    ended[0] += wave - 1  # a smaller wave is not worth a collection
+    assert trimmed == [wave + 20]  # once per wave
+    ended[0] += 3  # a small wave: its pages, not worth a collection
     guard.check()
     guard.check()
-    assert collected == [wave + 20]
-    ended[0] += 1
+    assert collected == [wave + 20] and trimmed == [wave + 20, wave + 23]
+    ended[0] += wave - 3  # with the small one, enough for a collection
     guard.check()
     guard.check()
     assert collected == [wave + 20, 2 * wave + 20]
