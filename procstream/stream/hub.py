@@ -594,10 +594,8 @@ class Hub:
         """``(head seq, the unfiltered snapshot encoded)`` for a reader that is not a
         subscriber (not counted as a snapshot sent), without the per-process numbers:
         they are readings, not state, and are stale by the time another reads them."""
-        gstate, procs, extra = self._state.snapshot_view(Filter())
-        obj = P.snapshot(seq=self._head, host=self.host, epoch=self.epoch, groups=gstate, procs=procs)
-        if extra:
-            obj.update(extra)
+        obj, procs = self._snapshot_view(Filter())
+        obj["procs"] = procs
         return self._head, P.encode(obj)
 
     # -- producer side -----------------------------------------------------------------
@@ -1325,12 +1323,18 @@ class Hub:
         self._keep_snapshot(key, snap)
         return snap
 
-    def _encode_snapshot(self, filt: Filter, part_bytes: int | None) -> list[bytes]:
-        """The snapshot for ``filt`` as of the head, encoded (:func:`P.snapshot_parts`)."""
+    def _snapshot_view(self, filt: Filter) -> tuple[dict[str, Any], list[Any]]:
+        """The snapshot object for ``filt`` as of the head with its ``procs`` empty, and
+        the state dicts of those processes."""
         gstate, procs, extra = self._state.snapshot_view(filt)
         obj = P.snapshot(seq=self._head, host=self.host, epoch=self.epoch, groups=gstate, procs=[])
         if extra:
             obj.update(extra)
+        return obj, procs
+
+    def _encode_snapshot(self, filt: Filter, part_bytes: int | None) -> list[bytes]:
+        """The snapshot for ``filt`` as of the head, encoded (:func:`P.snapshot_parts`)."""
+        obj, procs = self._snapshot_view(filt)
         return P.snapshot_parts(obj, part_bytes, procs=self._encoded_procs(procs, filt))
 
     def _encoded_procs(self, procs: list[Any], filt: Filter) -> list[bytes]:

@@ -94,9 +94,9 @@ class HostState:
     def view(self, groups: frozenset[str] | None) -> tuple[dict[str, GroupFields], list[ProcFields]]:
         """``(groups by name, processes)`` of the groups named (None: all); the containers
         are new, the dicts in them are the state's own (copy before changing them)."""
-        if groups is None:
-            return dict(self.groups), list(self.procs.values())
-        return self.groups_view(groups), [p for p in self.procs.values() if p.get("group") in groups]
+        procs = self.procs.values()
+        return (self.groups_view(groups),
+                list(procs) if groups is None else [p for p in procs if p.get("group") in groups])
 
     def groups_view(self, groups: frozenset[str] | None) -> dict[str, GroupFields]:
         """:meth:`view`'s groups alone."""
