@@ -1,9 +1,16 @@
 """The server's TCP connections: how many are open, and what a request that can't be read
 gets back.
 
-websockets accepts every TCP connection and reads its HTTP request itself; two things
-about that are decided here, in the connection class the server hands it:
+websockets accepts every TCP connection and reads its HTTP request itself; three things
+about that are decided here, in the connection factory the server hands it:
 
+- **A socket is cheap until it speaks.** Until its first byte, an accepted socket is a
+  transport and a small :class:`_Silent` protocol with a timer for the opening
+  deadline, not a websockets connection with its handler task, futures and parser
+  (about 1 KiB instead of 9: a thousand half-open sockets would otherwise grow the heap
+  by 9 MiB, which Python's allocator keeps after they are gone). The first byte makes
+  it a websockets connection; the handshake still has to be done ``open_timeout``
+  after the socket was accepted.
 - **Counting sockets.** Each accepted socket holds a file descriptor until it closes,
   also when its peer never sends a request (a half-open or slowloris client). Past
   ``limit`` open sockets, the oldest one that has still not sent its request is closed
@@ -20,13 +27,14 @@ about that are decided here, in the connection class the server hands it:
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import http
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Final
 
-from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import Server, ServerConnection
 from websockets.exceptions import InvalidMessage, RequestLineTooLong, SecurityError
 from websockets.http11 import Request
 from websockets.protocol import CONNECTING, Protocol
@@ -52,44 +60,52 @@ class SocketStats(Stats):
 
 
 class Sockets:
-    """The open sockets, oldest first, and which of them have sent their request."""
+    """The open sockets (their transports), oldest first, and which of them have sent
+    their request."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.stats = SocketStats()
-        self._waiting: collections.OrderedDict[ServerConnection, None] = collections.OrderedDict()
-        self._open: set[ServerConnection] = set()
+        self._waiting: collections.OrderedDict[asyncio.BaseTransport, None] = collections.OrderedDict()
+        self._open: set[asyncio.BaseTransport] = set()
 
-    def opened(self, conn: ServerConnection) -> None:
-        self._open.add(conn)
-        self._waiting[conn] = None
+    def opened(self, transport: asyncio.BaseTransport) -> None:
+        self._open.add(transport)
+        self._waiting[transport] = None
         self.stats.open = len(self._open)
         while len(self._open) > self.limit and self._waiting:
             idle = next(iter(self._waiting))
-            if idle is conn and len(self._waiting) == 1:
+            if idle is transport and len(self._waiting) == 1:
                 break  # nothing idle but the newcomer: it may still send its request
-            if idle is conn:
-                self._waiting.move_to_end(conn)
+            if idle is transport:
+                self._waiting.move_to_end(transport)
                 continue
             self._forget(idle)
             self.stats.idle_closed += 1
-            idle.transport.abort()
+            idle.abort()  # type: ignore[attr-defined]
 
     def refused(self) -> None:
         """A request that could not be read was answered with an error status."""
         self.stats.unreadable_requests += 1
 
-    def requested(self, conn: ServerConnection) -> None:
-        """``conn`` sent its request: it is no longer idle."""
-        self._waiting.pop(conn, None)
+    def requested(self, transport: asyncio.BaseTransport) -> None:
+        """The socket of ``transport`` sent its request: it is no longer idle."""
+        self._waiting.pop(transport, None)
 
-    def closed(self, conn: ServerConnection) -> None:
-        self._forget(conn)
+    def closed(self, transport: asyncio.BaseTransport) -> None:
+        self._forget(transport)
         self.stats.closed += 1
 
-    def _forget(self, conn: ServerConnection) -> None:
-        self._open.discard(conn)
-        self._waiting.pop(conn, None)
+    def abort_silent(self) -> None:
+        """Close every socket that has sent nothing (the server is closing: websockets
+        only knows of the others)."""
+        for transport in list(self._waiting):
+            if isinstance(transport.get_protocol(), _Silent):
+                transport.abort()  # type: ignore[attr-defined]
+
+    def _forget(self, transport: asyncio.BaseTransport) -> None:
+        self._open.discard(transport)
+        self._waiting.pop(transport, None)
         self.stats.open = len(self._open)
 
 
@@ -159,9 +175,55 @@ class _Protocol(ServerProtocol):
         self.send_response(response)
 
 
-def connection_class(sockets: Sockets) -> type[ServerConnection]:
-    """The ``create_connection`` class for websockets' ``serve()``: counts its sockets in
-    ``sockets`` and answers unreadable requests in plain HTTP."""
+class _Silent(asyncio.Protocol):
+    """An accepted socket that has sent nothing yet. Its first bytes make it a websockets
+    connection (``make()``), which takes the transport over; past ``open_timeout`` after
+    the accept, a socket still silent or still in its handshake is closed."""
+
+    __slots__ = ("_make", "_sockets", "_open_timeout", "_transport", "_deadline")
+
+    def __init__(self, make: Callable[[], ServerConnection], sockets: Sockets,
+                 open_timeout: float | None) -> None:
+        self._make = make
+        self._sockets = sockets
+        self._open_timeout = open_timeout
+        self._transport: asyncio.Transport | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        self._sockets.opened(transport)
+        if self._open_timeout is not None:
+            self._deadline = asyncio.get_running_loop().call_later(self._open_timeout, self._expire)
+
+    def data_received(self, data: bytes) -> None:
+        transport = self._transport
+        assert transport is not None
+        connection = self._make()
+        connection.deadline = self._deadline  # type: ignore[attr-defined]
+        transport.set_protocol(connection)
+        connection.connection_made(transport)
+        connection.data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        assert self._transport is not None
+        self._sockets.closed(self._transport)
+
+    def _expire(self) -> None:
+        transport = self._transport
+        assert transport is not None
+        protocol = transport.get_protocol()
+        if protocol is self or (isinstance(protocol, ServerConnection) and protocol.protocol.state is CONNECTING):
+            transport.abort()
+
+
+def connection_class(sockets: Sockets, open_timeout: float | None) -> Callable[..., asyncio.Protocol]:
+    """The ``create_connection`` factory for websockets' ``serve()``: a socket is a
+    :class:`_Silent` protocol until its first bytes; its connection counts its socket in
+    ``sockets`` and answers unreadable requests in plain HTTP. ``open_timeout`` is the
+    one given to ``serve()``."""
 
     class Connection(ServerConnection):
         def __init__(self, protocol: ServerProtocol, *args: Any, **kwargs: Any) -> None:
@@ -169,17 +231,21 @@ def connection_class(sockets: Sockets) -> type[ServerConnection]:
             # (nothing was received yet, so nothing is lost).
             protocol.__class__ = _Protocol
             protocol.sockets = sockets  # type: ignore[attr-defined]
-            protocol.parser.close()
             protocol.parser = protocol.parse()
             next(protocol.parser)
             super().__init__(protocol, *args, **kwargs)
 
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
-            sockets.opened(self)
+        #: the opening deadline :class:`_Silent` set at the accept
+        deadline: asyncio.TimerHandle | None = None
 
         def connection_lost(self, exc: Exception | None) -> None:
-            sockets.closed(self)
+            if self.deadline is not None:
+                self.deadline.cancel()  # which lets go of this connection at once
+            sockets.closed(self.transport)
             super().connection_lost(exc)
 
-    return Connection
+    def create(protocol: ServerProtocol, server: Server, **kwargs: Any) -> asyncio.Protocol:
+        protocol.parser.close()  # its frames are what a silent socket should not hold
+        return _Silent(lambda: Connection(protocol, server, **kwargs), sockets, open_timeout)
+
+    return create

@@ -253,7 +253,7 @@ class ProcstreamServer:
             write_limit=cfg.write_limit,
             server_header=SERVER_NAME,
             ssl=cfg.ssl_context,
-            create_connection=connection_class(self.sockets),
+            create_connection=connection_class(self.sockets, cfg.open_timeout),
             backlog=cfg.backlog,
         )
         self._housekeeper.start()
@@ -265,6 +265,7 @@ class ProcstreamServer:
         server, self._server = self._server, None
         if server is not None:
             server.close(code=code, reason=reason)
+            self.sockets.abort_silent()
             timeout = self.config.close_timeout
             try:
                 await asyncio.wait_for(asyncio.shield(server.wait_closed()), timeout)
@@ -314,7 +315,7 @@ class ProcstreamServer:
     ) -> Response | None:
         # The one place every request passes: authorization first, then routing.
         self.stats.http_requests += 1
-        self.sockets.requested(connection)
+        self.sockets.requested(connection.transport)
         try:
             return await self._route(request)
         except Exception:

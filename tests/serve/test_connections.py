@@ -8,7 +8,6 @@ from procstream.serve.connections import Sockets
 class Conn:
     def __init__(self) -> None:
         self.aborted = False
-        self.transport = self
 
     def abort(self) -> None:
         self.aborted = True

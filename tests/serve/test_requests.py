@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -136,3 +138,85 @@ async def test_idle_sockets_make_room_and_clients_past_the_limit_get_503() -> No
         finally:
             for s in idle:
                 s.close()
+
+
+async def test_a_silent_socket_costs_no_websockets_connection_until_it_speaks() -> None:
+    """A socket that has sent nothing holds a transport and a small protocol, not a
+    websockets connection with its handler task (about 9 KiB of heap each, which the
+    allocator keeps after they close)."""
+    async with running(make_hub()) as srv:
+        tasks = len(asyncio.all_tasks())
+        tracemalloc.start()
+        try:
+            before = tracemalloc.take_snapshot()
+            silent = await asyncio.to_thread(
+                lambda: [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(200)])
+            await async_wait_for("the server to accept them", lambda: srv.sockets.stats.open == 200)
+            after = tracemalloc.take_snapshot()
+        finally:
+            tracemalloc.stop()
+        try:
+            per_socket = sum(s.size_diff for s in after.compare_to(before, "filename")) / 200
+            assert per_socket < 5 * 1024, f"a silent socket costs {per_socket:.0f} bytes"
+            assert len(asyncio.all_tasks()) == tasks
+            # the first bytes make it a connection like any other, request split or not
+            silent[0].sendall(b"G")
+            await asyncio.sleep(0)
+            silent[0].sendall(b"ET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            response = await asyncio.to_thread(silent[0].recv, 65536)
+            assert response.startswith(b"HTTP/1.1 200 ")
+            async with connect(url(srv, "snapshot=0")) as ws:
+                assert (await recv(ws))[0]["type"] == "hello"
+        finally:
+            for s in silent:
+                s.close()
+        await async_wait_for("the sockets to be gone", lambda: srv.sockets.stats.open == 0)
+        assert srv.sockets.stats.closed == 201
+
+
+def _closed_after(sock: socket.socket, started: float) -> float:
+    """Block until the server closes ``sock``; seconds since ``started``."""
+    sock.settimeout(10)
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    return time.monotonic() - started
+
+
+async def test_a_handshake_must_be_done_open_timeout_after_the_accept() -> None:
+    """A silent socket is closed ``open_timeout`` after its accept; so is one that
+    speaks but has not finished its handshake by then (not ``open_timeout`` after its
+    first byte: a slowloris would get twice the time)."""
+    async with running(make_hub(), open_timeout=1.0) as srv:
+        started = time.monotonic()
+        silent = socket.create_connection(("127.0.0.1", srv.port))
+        slow = socket.create_connection(("127.0.0.1", srv.port))
+        try:
+            await asyncio.sleep(0.7)
+            slow.sendall(b"GET /ws HTTP/1.1\r\n")
+            closes = await asyncio.gather(asyncio.to_thread(_closed_after, silent, started),
+                                          asyncio.to_thread(_closed_after, slow, started))
+            assert all(0.9 <= t < 1.6 for t in closes), closes
+        finally:
+            silent.close()
+            slow.close()
+        # a connection whose handshake is done stays past the deadline
+        async with connect(url(srv, "snapshot=0")) as ws:
+            await recv(ws)
+            await asyncio.sleep(1.2)
+            await ws.send('{"op": "subscribe", "snapshot": false}')
+            assert (await recv(ws))[0]["type"] == "subscribed"
+
+
+async def test_closing_the_server_closes_the_silent_sockets() -> None:
+    srv_cm = running(make_hub())
+    srv = await srv_cm.__aenter__()
+    silent = socket.create_connection(("127.0.0.1", srv.port))
+    try:
+        await async_wait_for("the server to accept it", lambda: srv.sockets.stats.open == 1)
+        await asyncio.wait_for(srv_cm.__aexit__(None, None, None), 5)
+        assert await asyncio.to_thread(_closed_after, silent, time.monotonic()) < 5
+    finally:
+        silent.close()
