@@ -142,8 +142,8 @@ async def test_idle_sockets_make_room_and_clients_past_the_limit_get_503() -> No
 
 async def test_a_silent_socket_costs_no_websockets_connection_until_it_speaks() -> None:
     """A socket that has sent nothing holds a transport and a small protocol, not a
-    websockets connection with its handler task (about 9 KiB of heap each, which the
-    allocator keeps after they close)."""
+    websockets connection with its handler task (about 11 KiB of heap each on asyncio's
+    loop, which the allocator keeps after they close)."""
     async with running(make_hub()) as srv:
         tasks = len(asyncio.all_tasks())
         tracemalloc.start()
@@ -157,8 +157,9 @@ async def test_a_silent_socket_costs_no_websockets_connection_until_it_speaks() 
             tracemalloc.stop()
         try:
             per_socket = sum(s.size_diff for s in after.compare_to(before, "filename")) / 200
-            assert per_socket < 5 * 1024, f"a silent socket costs {per_socket:.0f} bytes"
-            assert len(asyncio.all_tasks()) == tasks
+            assert per_socket < 6 * 1024, f"a silent socket costs {per_socket:.0f} bytes"
+            # (asyncio's own loop has a task per accept for a moment)
+            await async_wait_for("no task per socket", lambda: len(asyncio.all_tasks()) == tasks)
             # the first bytes make it a connection like any other, request split or not
             silent[0].sendall(b"G")
             await asyncio.sleep(0)
