@@ -1,7 +1,7 @@
 """The server's TCP connections: how many are open, and what a request that can't be read
 gets back.
 
-websockets accepts every TCP connection and reads its HTTP request itself; three things
+websockets accepts every TCP connection and reads its HTTP request itself; four things
 about that are decided here, in the connection factory the server hands it:
 
 - **A socket is cheap until it speaks.** Until its first byte, an accepted socket is a
@@ -11,6 +11,8 @@ about that are decided here, in the connection factory the server hands it:
   by 9 MiB, which Python's allocator keeps after they are gone). The first byte makes
   it a websockets connection; the handshake still has to be done ``open_timeout``
   after the socket was accepted.
+- **A connection holds no more than it needs.** Its handshake headers go once the
+  handshake is over (2-5 KiB a connection would otherwise hold for its whole life).
 - **Counting sockets.** Each accepted socket holds a file descriptor until it closes,
   also when its peer never sends a request (a half-open or slowloris client). Past
   ``limit`` open sockets, the oldest one that has still not sent its request is closed
@@ -29,12 +31,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import http
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Final
 
 from websockets.asyncio.server import Server, ServerConnection
+from websockets.datastructures import Headers
 from websockets.exceptions import InvalidMessage, RequestLineTooLong, SecurityError
 from websockets.http11 import Request
 from websockets.protocol import CONNECTING, Protocol
@@ -146,6 +150,8 @@ class _Protocol(ServerProtocol):
             for key, value in request.headers.raw_items():
                 self.logger.debug("< %s: %s", key, value)
         self.events.append(request)
+        # This frame lives as long as the connection: it must not hold the request.
+        del request, first, read_line
         # the frames that follow: what ServerProtocol.parse() hands over to as well
         yield from Protocol.parse(self)
 
@@ -237,6 +243,20 @@ def connection_class(sockets: Sockets, open_timeout: float | None) -> Callable[.
 
         #: the opening deadline :class:`_Silent` set at the accept
         deadline: asyncio.TimerHandle | None = None
+
+        async def handshake(self, *args: Any, **kwargs: Any) -> None:
+            try:
+                await super().handshake(*args, **kwargs)
+            finally:
+                if self.deadline is not None:
+                    self.deadline.cancel()  # done in time (or over): let go of the _Silent
+                    self.deadline = None
+            # The headers were for the request's checks, done now; a connection would
+            # otherwise hold them (2-5 KiB) for its whole life.
+            if self.request is not None:
+                self.request = dataclasses.replace(self.request, headers=Headers())
+            if self.response is not None:
+                self.response = dataclasses.replace(self.response, headers=Headers(), body=b"")
 
         def connection_lost(self, exc: Exception | None) -> None:
             if self.deadline is not None:

@@ -423,8 +423,7 @@ class ProcstreamServer:
         self.stats.connections = len(self._connections)
         self.stats.connections_total += 1
         transport = WebSocketTransport(ws, cfg.write_limit, cfg.close_timeout)
-        sub = hub.attach(transport)
-        pump = asyncio.get_running_loop().create_task(transport.pump(sub))
+        sub = transport.subscriber = hub.attach(transport)
         try:
             if len(self._connections) > cfg.max_clients:
                 # Lost a race between handshakes: refuse like the HTTP check would.
@@ -458,6 +457,6 @@ class ProcstreamServer:
             pass
         finally:
             hub.detach(sub)
-            pump.cancel()
+            transport.stop()
             self._connections.discard(ws)
             self.stats.connections = len(self._connections)

@@ -297,7 +297,7 @@ class Subscriber:
         self.cursor = hub.head_seq + 1  # next seq this subscriber needs
         self.replay_end = 0  # head when a resume started: the replay is not "backlog"
         self.lagging = False  # True while the pump, not the fast path, delivers
-        self.outbox: collections.deque[bytes] = collections.deque()
+        self.outbox: collections.deque[bytes] | None = None  # made when first needed
         self.outbox_bytes = 0
         #: due before any further event: "snapshot", "reset" or "overflow" (each with a
         #: snapshot after it when want_snapshot), built when the pump gets to it
@@ -1068,7 +1068,7 @@ class Hub:
         self._subs.discard(sub)
         self._unlist(sub)
         self._lagging.discard(sub)
-        sub.outbox.clear()
+        sub.outbox = None
         sub.outbox_bytes = 0
         sub.parts = None
         sub.restart = None
@@ -1432,6 +1432,8 @@ class Hub:
             self.stats.outbox_closes += 1
             self._close_slow(sub)
             return
+        if sub.outbox is None:
+            sub.outbox = collections.deque()
         sub.outbox.append(frame)
         sub.outbox_bytes += len(frame)
         self._set_lagging(sub)

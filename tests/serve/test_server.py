@@ -27,6 +27,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from procstream.stream.hub import Hub
 from procstream.serve.server import ProcstreamServer, ServerConfig, http_response, json_response
+from tests.support.raw_ws import stalled_client
 from tests.support.waiting import async_wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -437,7 +438,7 @@ async def test_slow_subscriber_overflows_while_healthy_one_keeps_up() -> None:
                 nonlocal max_buffer
                 max_buffer = max(max_buffer, slow_conn.transport.get_write_buffer_size())
                 # the hub keeps nothing queued for it: no outbox, no per-subscriber events
-                assert len(slow_sub.outbox) == 0
+                assert not slow_sub.outbox
                 return hub.stats.overflows >= 1
 
             await _publish_until(hub, overflowed)
@@ -766,3 +767,29 @@ async def test_server_process_shutdown_closes_clients_1001() -> None:
         for pipe in (proc.stdin, proc.stdout):
             if pipe is not None:
                 pipe.close()
+
+
+async def test_a_connected_client_that_only_listens_costs_little_heap() -> None:
+    """What a subscribed client that keeps up costs the server: no pump task until it
+    lags, no queue until a control frame has to wait, no handshake headers kept. A
+    thousand such clients are a thousand times this, and Python's allocator keeps most
+    of it after they leave."""
+    hub = make_hub()
+    async with running(hub) as srv:
+        tracemalloc.start()
+        try:
+            before = tracemalloc.take_snapshot()
+            clients = await asyncio.to_thread(lambda: [stalled_client(srv.port, "snapshot=0") for _ in range(100)])
+            await async_wait_for("100 subscribers", lambda: hub.stats.subscribers == 100)
+            after = tracemalloc.take_snapshot()
+        finally:
+            tracemalloc.stop()
+        try:
+            clients_own = [tracemalloc.Filter(False, "*/raw_ws.py"), tracemalloc.Filter(False, "*/socket.py")]
+            growth = sum(s.size_diff for s in after.filter_traces(clients_own).compare_to(
+                before.filter_traces(clients_own), "filename"))
+            # 13 KiB on asyncio's loop; 21 KiB with a pump task and the headers kept
+            assert growth / 100 < 16 * 1024, f"a client costs {growth / 100:.0f} bytes"
+        finally:
+            for s in clients:
+                s.close()

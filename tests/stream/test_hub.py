@@ -522,7 +522,7 @@ def test_overflow_drops_backlog_then_overflow_and_snapshot() -> None:
     # while stalled, nothing accumulates for it
     for _ in range(100):
         hub.publish([cycle(), start("web")])
-    assert len(transport.frames) == 0 and len(sub.outbox) == 0
+    assert len(transport.frames) == 0 and not sub.outbox
     # the healthy subscriber got every event, unaffected
     assert [e["seq"] for e in healthy.events()] == list(range(1, hub.head_seq + 1))
 
@@ -598,7 +598,7 @@ def test_outbox_bound_closes_a_client_that_never_reads() -> None:
     assert not sub.closed and sub.outbox_bytes <= OUTBOX_BYTES
     hub.send(sub, error)
     assert sub.closed and transport.closed_with == (SLOW_CONSUMER_CODE, "slow consumer")
-    assert len(sub.outbox) == 0 and hub.stats.outbox_closes == 1
+    assert not sub.outbox and hub.stats.outbox_closes == 1
 
 
 def test_dead_transport_is_detached() -> None:
