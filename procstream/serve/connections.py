@@ -7,8 +7,8 @@ about that are decided here, in the connection factory the server hands it:
 - **A socket is cheap until it speaks.** Until its first byte, an accepted socket is a
   transport and a small :class:`_Silent` protocol with a timer for the opening
   deadline, not a websockets connection with its handler task, futures and parser
-  (about 1 KiB instead of 9: a thousand half-open sockets would otherwise grow the heap
-  by 9 MiB, which Python's allocator keeps after they are gone). The first byte makes
+  (about 3 KiB instead of 10: a thousand half-open sockets would otherwise grow the
+  heap by 9 MiB, which Python's allocator keeps after they are gone). The first byte makes
   it a websockets connection; the handshake still has to be done ``open_timeout``
   after the socket was accepted.
 - **A connection holds no more than it needs.** Its handshake headers go once the
