@@ -8,9 +8,9 @@ about that are decided here, in the connection factory the server hands it:
   transport and a small :class:`_Silent` protocol with a timer for the opening
   deadline, not a websockets connection with its handler task, futures and parser
   (about 3 KiB instead of 10: a thousand half-open sockets would otherwise grow the
-  heap by 9 MiB, which Python's allocator keeps after they are gone). The first byte makes
-  it a websockets connection; the handshake still has to be done ``open_timeout``
-  after the socket was accepted.
+  heap by 9 MiB, which Python's allocator keeps after they are gone). The first byte
+  makes it a websockets connection; the handshake still has to be done
+  ``open_timeout`` after the socket was accepted.
 - **A connection holds no more than it needs.** Its handshake headers go once the
   handshake is over (2-5 KiB a connection would otherwise hold for its whole life).
 - **Counting sockets.** Each accepted socket holds a file descriptor until it closes,
@@ -249,7 +249,8 @@ def connection_class(sockets: Sockets, open_timeout: float | None) -> Callable[.
                 await super().handshake(*args, **kwargs)
             finally:
                 if self.deadline is not None:
-                    self.deadline.cancel()  # done in time (or over): let go of the _Silent
+                    # done in time, or over: the timer would hold this connection
+                    self.deadline.cancel()
                     self.deadline = None
             # The headers were for the request's checks, done now; a connection would
             # otherwise hold them (2-5 KiB) for its whole life.
@@ -259,8 +260,6 @@ def connection_class(sockets: Sockets, open_timeout: float | None) -> Callable[.
                 self.response = dataclasses.replace(self.response, headers=Headers(), body=b"")
 
         def connection_lost(self, exc: Exception | None) -> None:
-            if self.deadline is not None:
-                self.deadline.cancel()  # which lets go of this connection at once
             sockets.closed(self.transport)
             super().connection_lost(exc)
 

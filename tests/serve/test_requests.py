@@ -195,7 +195,7 @@ async def test_a_handshake_must_be_done_open_timeout_after_the_accept() -> None:
         silent = socket.create_connection(("127.0.0.1", srv.port))
         slow = socket.create_connection(("127.0.0.1", srv.port))
         try:
-            await asyncio.sleep(0.7)
+            await asyncio.sleep(0.7)  # the time this test is about, not a condition
             slow.sendall(b"GET /ws HTTP/1.1\r\n")
             closes = await asyncio.gather(asyncio.to_thread(_closed_after, silent, started),
                                           asyncio.to_thread(_closed_after, slow, started))
@@ -206,7 +206,7 @@ async def test_a_handshake_must_be_done_open_timeout_after_the_accept() -> None:
         # a connection whose handshake is done stays past the deadline
         async with connect(url(srv, "snapshot=0")) as ws:
             await recv(ws)
-            await asyncio.sleep(1.2)
+            await asyncio.sleep(1.2)  # past the deadline
             await ws.send('{"op": "subscribe", "snapshot": false}')
             assert (await recv(ws))[0]["type"] == "subscribed"
 
