@@ -183,13 +183,14 @@ class _Protocol(ServerProtocol):
 
 class _Silent(asyncio.Protocol):
     """An accepted socket that has sent nothing yet. Its first bytes make it a websockets
-    connection (``make()``), which takes the transport over; past ``open_timeout`` after
-    the accept, a socket still silent or still in its handshake is closed."""
+    connection (``make(deadline)``), which takes the transport over; past
+    ``open_timeout`` after the accept, a socket still silent or still in its handshake is
+    closed."""
 
     __slots__ = ("_make", "_sockets", "_open_timeout", "_transport", "_deadline")
 
-    def __init__(self, make: Callable[[], ServerConnection], sockets: Sockets,
-                 open_timeout: float | None) -> None:
+    def __init__(self, make: Callable[[asyncio.TimerHandle | None], ServerConnection],
+                 sockets: Sockets, open_timeout: float | None) -> None:
         self._make = make
         self._sockets = sockets
         self._open_timeout = open_timeout
@@ -205,8 +206,7 @@ class _Silent(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         transport = self._transport
         assert transport is not None
-        connection = self._make()
-        connection.deadline = self._deadline  # type: ignore[attr-defined]
+        connection = self._make(self._deadline)
         transport.set_protocol(connection)
         connection.connection_made(transport)
         connection.data_received(data)
@@ -232,7 +232,8 @@ def connection_class(sockets: Sockets, open_timeout: float | None) -> Callable[.
     one given to ``serve()``."""
 
     class Connection(ServerConnection):
-        def __init__(self, protocol: ServerProtocol, *args: Any, **kwargs: Any) -> None:
+        def __init__(self, protocol: ServerProtocol, *args: Any,
+                     deadline: asyncio.TimerHandle | None = None, **kwargs: Any) -> None:
             # The protocol's parser started at its construction; restart it as ours
             # (nothing was received yet, so nothing is lost).
             protocol.__class__ = _Protocol
@@ -240,9 +241,8 @@ def connection_class(sockets: Sockets, open_timeout: float | None) -> Callable[.
             protocol.parser = protocol.parse()
             next(protocol.parser)
             super().__init__(protocol, *args, **kwargs)
-
-        #: the opening deadline :class:`_Silent` set at the accept
-        deadline: asyncio.TimerHandle | None = None
+            #: the opening deadline :class:`_Silent` set at the accept
+            self.deadline = deadline
 
         async def handshake(self, *args: Any, **kwargs: Any) -> None:
             try:
@@ -265,6 +265,7 @@ def connection_class(sockets: Sockets, open_timeout: float | None) -> Callable[.
 
     def create(protocol: ServerProtocol, server: Server, **kwargs: Any) -> asyncio.Protocol:
         protocol.parser.close()  # its frames are what a silent socket should not hold
-        return _Silent(lambda: Connection(protocol, server, **kwargs), sockets, open_timeout)
+        return _Silent(lambda deadline: Connection(protocol, server, deadline=deadline, **kwargs),
+                       sockets, open_timeout)
 
     return create
