@@ -243,7 +243,7 @@ async def test_resumes_across_plain_reconnect_without_gap() -> None:
         await async_wait_for("condition", lambda: len(out.events()) == 3)
         # drop the connection from the server side, publish while tail is away
         for conn in srv.connections:
-            await conn.close(1012, "restarting connection")
+            conn.close(1012, "restarting connection")
         await async_wait_for("condition", lambda: hub.stats.subscribers == 0)
         for i in range(3, 8):
             hub.publish([cycle(i=i)])

@@ -1,6 +1,7 @@
 """The procstream server: ``/ws`` and the HTTP routes on one port.
 
-Built on websockets' asyncio API; knows nothing of /proc. Every request — HTTP or
+Built on websockets' Sans-I/O protocol, with our own connections
+(:mod:`procstream.serve.connections`); knows nothing of /proc. Every request — HTTP or
 WebSocket — passes through one seam, ``authorize(request) -> Response | None``, before
 routing (the token/Origin checks plug in there). Extra HTTP routes (``/metrics``) are
 added with :meth:`ProcstreamServer.add_route`.
@@ -37,17 +38,21 @@ from typing import Any, Final, Union
 from urllib.parse import unquote
 
 import orjson
-from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from ..stats import Stats
 from ..stream import protocol as P
-from ..stream.fanout import Housekeeper, WebSocketTransport, close_bounded
+from ..stream.fanout import Housekeeper
 from ..stream.hub import SERVER_NAME, Hub
-from ..stream.protocol import AbuseGuard, Filter, ProtocolError, parse_frame, parse_query
-from .connections import Sockets, connection_class
+from ..stream.protocol import (
+    AbuseGuard,
+    Filter,
+    ProtocolError,
+    parse_frame,
+    parse_query,
+)
+from .connections import Connection, Listener, Sockets
 
 __all__ = [
     "ProcstreamServer",
@@ -226,10 +231,23 @@ class ProcstreamServer:
             "/api/snapshot": self._api_snapshot,
         }
         self._routes.update(routes or {})
-        self._connections: set[ServerConnection] = set()
-        self._server: Server | None = None
+        self._connections: set[Connection] = set()
+        # per connection that sent a bad request: when (made at its first)
+        self._guards: dict[Connection, AbuseGuard] = {}
+        self._server: asyncio.Server | None = None
         self._housekeeper = Housekeeper(hub)
         self.sockets = Sockets(self.config.max_clients + self.config.handshake_slots)
+        cfg = self.config
+        self._listener = Listener(
+            self, self.sockets,
+            open_timeout=cfg.open_timeout,
+            ping_interval=cfg.ping_interval,
+            ping_timeout=cfg.ping_timeout,
+            close_timeout=cfg.close_timeout,
+            write_limit=cfg.write_limit,
+            max_size=cfg.max_message_size,
+            server_header=SERVER_NAME,
+        )
         self._errors_logged = False
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -239,42 +257,22 @@ class ProcstreamServer:
         if self._server is not None:
             raise RuntimeError("server already started")
         cfg = self.config
-        self._server = await serve(
-            self._handler,
-            cfg.host,
-            cfg.port,
-            process_request=self._process_request,
-            compression=None,
-            max_size=cfg.max_message_size,
-            ping_interval=cfg.ping_interval,
-            ping_timeout=cfg.ping_timeout,
-            close_timeout=cfg.close_timeout,
-            open_timeout=cfg.open_timeout,
-            write_limit=cfg.write_limit,
-            server_header=SERVER_NAME,
-            ssl=cfg.ssl_context,
-            create_connection=connection_class(self.sockets, cfg.open_timeout),
-            backlog=cfg.backlog,
-        )
+        self._listener.serving = True
+        self._server = await asyncio.get_running_loop().create_server(
+            self._listener, cfg.host, cfg.port, ssl=cfg.ssl_context, backlog=cfg.backlog)
         self._housekeeper.start()
         log.info("listening on %s:%d%s", cfg.host, self.port, " (TLS)" if cfg.ssl_context is not None else "")
 
     async def close(self, code: int = 1001, reason: str = "server shutting down") -> None:
         """Stop listening, close every client with ``code`` (1001 "going away") and wait
-        until their handlers finished. Idempotent."""
+        until every socket is closed. Idempotent."""
         server, self._server = self._server, None
         if server is not None:
-            server.close(code=code, reason=reason)
-            self.sockets.abort_silent()
-            timeout = self.config.close_timeout
-            try:
-                await asyncio.wait_for(asyncio.shield(server.wait_closed()), timeout)
-            except TimeoutError:
-                # websockets' close() waits for a full write buffer to drain, with no
-                # deadline: abort the peers that stopped reading.
-                for ws in list(self._connections):
-                    ws.transport.abort()
-                await server.wait_closed()
+            server.close()  # no more accepts
+            # (a peer that stopped reading never finishes its closing handshake: it is
+            # aborted close_timeout later)
+            await self._listener.shut(code, reason)
+            await server.wait_closed()
         await self._housekeeper.stop()
 
     async def __aenter__(self) -> ProcstreamServer:
@@ -298,7 +296,7 @@ class ProcstreamServer:
         return port
 
     @property
-    def connections(self) -> set[ServerConnection]:
+    def connections(self) -> set[Connection]:
         """Open ``/ws`` connections (a copy)."""
         return set(self._connections)
 
@@ -308,14 +306,12 @@ class ProcstreamServer:
             raise ValueError(f"bad route path {path!r}")
         self._routes[path] = handler
 
-    # -- HTTP --------------------------------------------------------------------------
+    # -- HTTP (connections call respond(); see connections.Handler) -------------------
 
-    async def _process_request(
-        self, connection: ServerConnection, request: Request
-    ) -> Response | None:
+    async def respond(self, conn: Connection, request: Request) -> Response | None:
+        """The answer to ``request`` on ``conn``: None accepts a WebSocket handshake."""
         # The one place every request passes: authorization first, then routing.
         self.stats.http_requests += 1
-        self.sockets.requested(connection.transport)
         try:
             return await self._route(request)
         except Exception:
@@ -414,49 +410,55 @@ class ProcstreamServer:
             {"Content-Security-Policy": _VIEWER_CSP},
         )
 
-    # -- WebSocket ---------------------------------------------------------------------
+    # -- WebSocket (connections call these; see connections.Handler) -----------------
 
-    async def _handler(self, ws: ServerConnection) -> None:
+    def opened(self, conn: Connection) -> None:
+        """A ``/ws`` handshake is done: attach the connection and send its hello (and
+        what its query asks for)."""
         cfg = self.config
         hub = self.hub
-        self._connections.add(ws)
+        self._connections.add(conn)
         self.stats.connections = len(self._connections)
         self.stats.connections_total += 1
-        transport = WebSocketTransport(ws, cfg.write_limit, cfg.close_timeout)
-        sub = transport.subscriber = hub.attach(transport)
+        sub = conn.subscriber = hub.attach(conn)
+        if len(self._connections) > cfg.max_clients:
+            # Handshakes answered in the same turn: refuse like the HTTP check would.
+            self.stats.refused_max_clients += 1
+            conn.close(1013, "too many clients")
+            return
         try:
-            if len(self._connections) > cfg.max_clients:
-                # Lost a race between handshakes: refuse like the HTTP check would.
-                self.stats.refused_max_clients += 1
-                await close_bounded(ws, 1013, "too many clients", cfg.close_timeout)
-                return
-            assert ws.request is not None
-            try:
-                request = parse_query(ws.request.path, hosts=hub.hosts_filter)
-            except ProtocolError as exc:
-                hub.send(sub, hub.hello(None), P.error(exc.message, exc.op))
-            else:
-                hub.send(sub, hub.hello(request.filter))
-                hub.subscribe(sub, request)
+            request = parse_query(conn.path, hosts=hub.hosts_filter)
+        except ProtocolError as exc:
+            hub.send(sub, hub.hello(None), P.error(exc.message, exc.op))
+        else:
+            hub.send(sub, hub.hello(request.filter))
+            hub.subscribe(sub, request)
 
-            guard = AbuseGuard(cfg.bad_frame_limit, cfg.bad_frame_window)
-            async for message in ws:
-                try:
-                    request = parse_frame(message, hosts=hub.hosts_filter)
-                except ProtocolError as exc:
-                    self.stats.bad_frames += 1
-                    hub.send(sub, P.error(exc.message, exc.op))
-                    if guard.record(time.monotonic()):
-                        self.stats.abusive_closes += 1
-                        await close_bounded(ws, 1008, "too many bad requests",
-                                            cfg.close_timeout)
-                        break
-                    continue
-                hub.subscribe(sub, request, ack=True)
-        except ConnectionClosed:
-            pass
-        finally:
-            hub.detach(sub)
-            transport.stop()
-            self._connections.discard(ws)
-            self.stats.connections = len(self._connections)
+    def received(self, conn: Connection, message: str | bytes) -> None:
+        """A message from a client: a subscribe request, or a counted bad one (too many
+        of those close it with 1008)."""
+        hub = self.hub
+        sub = conn.subscriber
+        assert sub is not None  # set by opened(), before any message is read
+        try:
+            request = parse_frame(message, hosts=hub.hosts_filter)
+        except ProtocolError as exc:
+            self.stats.bad_frames += 1
+            hub.send(sub, P.error(exc.message, exc.op))
+            guard = self._guards.get(conn)
+            if guard is None:
+                cfg = self.config
+                guard = self._guards[conn] = AbuseGuard(cfg.bad_frame_limit, cfg.bad_frame_window)
+            if guard.record(time.monotonic()):
+                self.stats.abusive_closes += 1
+                conn.close(1008, "too many bad requests")
+            return
+        hub.subscribe(sub, request, ack=True)
+
+    def closed(self, conn: Connection) -> None:
+        """An opened connection is gone: detach it."""
+        if conn.subscriber is not None:
+            self.hub.detach(conn.subscriber)
+        self._guards.pop(conn, None)
+        self._connections.discard(conn)
+        self.stats.connections = len(self._connections)
