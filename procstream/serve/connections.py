@@ -207,7 +207,6 @@ class _Protocol(ServerProtocol):
         self.send_response(response)
 
 
-
 class Handler(Interface):
     """What a :class:`Listener` asks of the server; each method is called on the loop."""
 
@@ -373,14 +372,15 @@ class Connection(asyncio.Protocol):
         self._paused = False
         if self._ping_waits:
             self._ping_waits = False
-            self._keepalive()
+            self._send_ping()
         if self._pulling:
             self._pull()
 
     # -- the hub's Transport -----------------------------------------------------------
 
     def writable(self) -> bool:
-        """Open, and the write buffer is at most the limit."""
+        """Open, and writing not paused (it pauses past ``write_limit`` bytes in the
+        buffer, until they drained to a quarter of that)."""
         protocol = self.protocol
         return protocol is not None and protocol.state is OPEN and not self._paused
 
@@ -513,13 +513,17 @@ class Connection(asyncio.Protocol):
         self._task = asyncio.get_running_loop().create_task(self._respond(request))
 
     async def _respond(self, request: Request) -> None:
-        response = await self.listener.handler.respond(self, request)
-        self._task = None
-        protocol = self.protocol
-        transport = self.transport
-        if protocol is None or transport is None or protocol.state is not CONNECTING:
-            return  # gone meanwhile
         listener = self.listener
+        protocol = self.protocol
+        assert protocol is not None  # it read the request
+        try:
+            response = await listener.handler.respond(self, request)
+        except Exception:  # the handler's bug: answered as websockets would
+            log.exception("answering %s %s failed", request.method, request.path[:200])
+            response = protocol.reject(http.HTTPStatus.INTERNAL_SERVER_ERROR, "internal server error\n")
+        self._task = None
+        if self.transport is None or protocol.state is not CONNECTING:
+            return  # gone meanwhile
         if response is None:
             response = protocol.accept(request)
             if response.status_code == http.HTTPStatus.SWITCHING_PROTOCOLS and not listener.serving:
@@ -527,7 +531,6 @@ class Connection(asyncio.Protocol):
         if listener.server_header is not None:
             response.headers["Server"] = listener.server_header
         protocol.send_response(response)
-        del request, response  # this frame ends here, but say it: the headers go now
         if protocol.state is OPEN:
             self._set_timer(None, None)  # the opening deadline: done in time
             self._send()
@@ -588,6 +591,9 @@ class Connection(asyncio.Protocol):
     def _keepalive(self) -> None:
         """Every ``ping_interval``: a ping; ``ping_timeout`` later, its pong must be in."""
         self._timer = None
+        self._send_ping()
+
+    def _send_ping(self) -> None:
         protocol = self.protocol
         if protocol is None or protocol.state is not OPEN:
             return

@@ -65,6 +65,8 @@ class Recorder:
         self.closed_conns: list[Connection] = []
 
     async def respond(self, conn: Connection, request: Request) -> Response | None:
+        if request.path == "/bug":
+            raise RuntimeError("a handler's bug")
         if request.path.startswith("/ws"):
             return None
         assert conn.protocol is not None
@@ -143,6 +145,19 @@ async def test_a_client_offering_compression_gets_plain_frames() -> None:
             assert frame[:2] == b"\x81\x7e"  # final text frame, not compressed (no RSV1), 16-bit length
         finally:
             sock.close()
+
+
+async def test_a_handler_that_raises_answers_500_and_the_server_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    async with listening() as (handler, _, port):
+        sock = socket.create_connection(("127.0.0.1", port))
+        try:
+            sock.sendall(b"GET /bug HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert (await asyncio.to_thread(read_until_closed, sock)).startswith(b"HTTP/1.1 500 ")
+        finally:
+            sock.close()
+        assert "answering GET /bug failed" in caplog.text
+        async with connect(f"ws://127.0.0.1:{port}/ws", compression=None):
+            await opened(handler)
 
 
 async def test_a_closing_connection_takes_no_more_frames() -> None:
