@@ -328,17 +328,16 @@ class Connection(asyncio.Protocol):
         protocol.receive_data(data)
         events = protocol.events_received()
         self._send()
-        if protocol.state is CONNECTING:
-            for event in events:
-                if isinstance(event, Request):
-                    self._answer(event)
-                elif self._early is None:
-                    self._early = [event]  # type: ignore[list-item]
-                else:
-                    self._early.append(event)  # type: ignore[arg-type]
-            return
         for event in events:
-            self._received(event)  # type: ignore[arg-type]
+            if isinstance(event, Request):
+                self._answer(event)
+            elif isinstance(event, Frame):
+                if protocol.state is CONNECTING:  # came with the request: read once answered
+                    if self._early is None:
+                        self._early = []
+                    self._early.append(event)
+                else:
+                    self._received(event)
 
     def eof_received(self) -> None:
         if self.protocol is not None:

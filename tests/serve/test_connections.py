@@ -191,6 +191,18 @@ async def test_messages_whole_fragmented_and_binary_reach_the_handler_invalid_ut
         assert len(handler.messages) == 3
 
 
+async def test_a_message_sent_with_the_handshake_is_read_once_the_handshake_is_done() -> None:
+    async with listening() as (handler, _, port):
+        sock = socket.create_connection(("127.0.0.1", port))
+        try:
+            sock.sendall(handshake() + masked(b"right behind"))  # one packet
+            assert (await asyncio.to_thread(read_head, sock)).startswith(b"HTTP/1.1 101 ")
+            await async_wait_for("the message", lambda: handler.messages == ["right behind"])
+            assert len(handler.opened_conns) == 1
+        finally:
+            sock.close()
+
+
 async def test_keepalive_keeps_a_client_that_answers_and_closes_one_that_does_not_with_1011() -> None:
     async with listening(ping_interval=0.2, ping_timeout=0.3, close_timeout=0.5) as (handler, _, port):
         async with connect(f"ws://127.0.0.1:{port}/ws", compression=None, ping_interval=None) as answering:
