@@ -3,9 +3,9 @@
 Sans-I/O, like websockets' protocol core: the hub never awaits and never touches a
 socket. Each subscriber talks to its connection through a tiny :class:`Transport` (is
 the write buffer small? write this frame now; how much is buffered? wake the pump;
-close). The asyncio glue in :mod:`procstream.stream.fanout` implements it over a
-websockets connection and runs the per-connection pump and the housekeeping timer;
-tests drive the hub with fake transports and a fake clock.
+close). The server's connections (``procstream.serve.connections``) implement it, each
+its own pump (pulling frames as its write buffer drains); :mod:`procstream.stream.fanout`
+runs the housekeeping timer; tests drive the hub with fake transports and a fake clock.
 
 How delivery works (the design choice that keeps memory bounded):
 
@@ -255,7 +255,7 @@ class HubStats(Stats):
 class Subscriber:
     """One connection's subscription state, owned by the hub.
 
-    The connection layer calls :meth:`next_frame` from its pump after :meth:`Transport.wake`;
+    The connection calls :meth:`next_frame` (its pump) after :meth:`Transport.wake`;
     everything else is the hub's business.
     """
 

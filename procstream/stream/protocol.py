@@ -225,14 +225,11 @@ class AbuseGuard:
     def __init__(self, limit: int = 20, window: float = 10.0) -> None:
         self.limit = limit
         self.window = window
-        # Only the last limit+1 timestamps matter for "more than limit within window";
-        # made at the first bad request (a connection that sends none needs none).
-        self._times: collections.deque[float] | None = None
+        # Only the last limit+1 timestamps matter for "more than limit within window".
+        self._times: collections.deque[float] = collections.deque(maxlen=limit + 1)
 
     def record(self, now: float) -> bool:
         """Note one bad request at time ``now``; True if the client is now abusive."""
-        if self._times is None:
-            self._times = collections.deque(maxlen=self.limit + 1)
         self._times.append(now)
         return len(self._times) > self.limit and now - self._times[0] <= self.window
 
