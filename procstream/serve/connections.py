@@ -536,10 +536,9 @@ class Connection(asyncio.Protocol):
             self.is_open = True
             try:
                 listener.handler.opened(self)
-            except Exception:
+            except Exception:  # the handler's bug: closed as websockets would
                 log.exception("opening a WebSocket connection failed")
-                self.abort()
-                return
+                self.close(CloseCode.INTERNAL_ERROR, "internal server error")
             if not self._closing and listener.ping_interval is not None:
                 self._set_timer(listener.ping_interval, self._keepalive)
             early, self._early = self._early, None
@@ -583,9 +582,9 @@ class Connection(asyncio.Protocol):
                 return
         try:
             self.listener.handler.received(self, message)
-        except Exception:
+        except Exception:  # the handler's bug: closed as websockets would
             log.exception("handling a WebSocket message failed")
-            self.abort()
+            self.close(CloseCode.INTERNAL_ERROR, "internal server error")
 
     def _keepalive(self) -> None:
         """Every ``ping_interval``: a ping; ``ping_timeout`` later, its pong must be in."""

@@ -76,6 +76,8 @@ class Recorder:
         self.opened_conns.append(conn)
 
     def received(self, conn: Connection, message: str | bytes) -> None:
+        if message == "bug":
+            raise RuntimeError("a handler's bug")
         self.messages.append(message)
 
     def closed(self, conn: Connection) -> None:
@@ -147,7 +149,7 @@ async def test_a_client_offering_compression_gets_plain_frames() -> None:
             sock.close()
 
 
-async def test_a_handler_that_raises_answers_500_and_the_server_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_handler_that_raises_answers_500_or_closes_1011_and_the_server_goes_on(caplog: pytest.LogCaptureFixture) -> None:
     async with listening() as (handler, _, port):
         sock = socket.create_connection(("127.0.0.1", port))
         try:
@@ -156,8 +158,14 @@ async def test_a_handler_that_raises_answers_500_and_the_server_goes_on(caplog: 
         finally:
             sock.close()
         assert "answering GET /bug failed" in caplog.text
-        async with connect(f"ws://127.0.0.1:{port}/ws", compression=None):
-            await opened(handler)
+        async with connect(f"ws://127.0.0.1:{port}/ws", compression=None) as client:
+            await client.send("bug")
+            await asyncio.wait_for(client.wait_closed(), 10)
+            assert client.close_code == 1011
+        assert "handling a WebSocket message failed" in caplog.text
+        async with connect(f"ws://127.0.0.1:{port}/ws", compression=None) as client:
+            await client.send("fine")
+            await async_wait_for("its message", lambda: handler.messages == ["fine"])
 
 
 async def test_a_closing_connection_takes_no_more_frames() -> None:
