@@ -23,7 +23,13 @@ from websockets.server import ServerProtocol
 
 from procstream.serve.connections import Connection, Listener, Sockets
 from procstream.stream.fanout import text_frame
-from tests.support.raw_ws import handshake, masked
+from tests.support.raw_ws import (
+    handshake,
+    masked,
+    response_head,
+    response_line,
+    stalled_client,
+)
 from tests.support.waiting import async_wait_for
 
 
@@ -112,6 +118,16 @@ def read_until_closed(sock: socket.socket) -> bytes:
     return data
 
 
+async def stalling(handler: Recorder, port: int) -> tuple[socket.socket, Connection]:
+    """A client that reads nothing it is not asked to (:func:`stalled_client`), whose
+    socket buffers little on the server's side too: a test fills the buffers fast."""
+    sock = await asyncio.to_thread(stalled_client, port)
+    conn = await opened(handler)
+    assert conn.transport is not None
+    conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    return sock, conn
+
+
 def close_code(data: bytes) -> int:
     """The code of the close frame at the end of ``data`` (unmasked server frames)."""
     i = data.rindex(b"\x88")
@@ -136,10 +152,10 @@ async def test_frames_written_directly_arrive_whole_and_in_order_with_the_protoc
 
 async def test_a_client_offering_compression_gets_plain_frames() -> None:
     async with listening() as (handler, _, port):
-        sock = socket.create_connection(("127.0.0.1", port))
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         try:
             sock.sendall(handshake().replace(b"\r\n\r\n", b"\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n"))
-            head = await asyncio.to_thread(read_head, sock)
+            head = await asyncio.to_thread(response_head, sock)
             assert head.startswith(b"HTTP/1.1 101 ") and b"sec-websocket-extensions" not in head.lower()
             conn = await opened(handler)
             assert conn.try_write(b"plain " * 100) == 1
@@ -187,10 +203,8 @@ async def test_messages_whole_fragmented_and_binary_reach_the_handler_invalid_ut
             await client.send(b"\x00\x01")
             await async_wait_for("three messages", lambda: len(handler.messages) == 3)
         assert handler.messages == ["whole", "fragmented", b"\x00\x01"]
-        sock = socket.create_connection(("127.0.0.1", port))
+        sock = await asyncio.to_thread(stalled_client, port)
         try:
-            sock.sendall(handshake())
-            await asyncio.to_thread(read_head, sock)
             sock.sendall(masked(b"\xff\xfe"))
             data = await asyncio.to_thread(read_until_closed, sock)
             assert close_code(data) == 1007
@@ -201,10 +215,10 @@ async def test_messages_whole_fragmented_and_binary_reach_the_handler_invalid_ut
 
 async def test_a_message_sent_with_the_handshake_is_read_once_the_handshake_is_done() -> None:
     async with listening() as (handler, _, port):
-        sock = socket.create_connection(("127.0.0.1", port))
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         try:
             sock.sendall(handshake() + masked(b"right behind"))  # one packet
-            assert (await asyncio.to_thread(read_head, sock)).startswith(b"HTTP/1.1 101 ")
+            assert (await asyncio.to_thread(response_line, sock)).startswith(b"HTTP/1.1 101 ")
             await async_wait_for("the message", lambda: handler.messages == ["right behind"])
             assert len(handler.opened_conns) == 1
         finally:
@@ -214,10 +228,8 @@ async def test_a_message_sent_with_the_handshake_is_read_once_the_handshake_is_d
 async def test_keepalive_keeps_a_client_that_answers_and_closes_one_that_does_not_with_1011() -> None:
     async with listening(ping_interval=0.2, ping_timeout=0.3, close_timeout=0.5) as (handler, _, port):
         async with connect(f"ws://127.0.0.1:{port}/ws", compression=None, ping_interval=None) as answering:
-            silent = socket.create_connection(("127.0.0.1", port))  # reads, never answers a ping
+            silent = await asyncio.to_thread(stalled_client, port)  # reads, never answers a ping
             try:
-                silent.sendall(handshake())
-                await asyncio.to_thread(read_head, silent)
                 started = time.monotonic()
                 data = await asyncio.to_thread(read_until_closed, silent)
                 took = time.monotonic() - started
@@ -240,15 +252,8 @@ async def test_a_ping_waits_while_the_buffer_is_full() -> None:
     close, with 1013)."""
     async with listening(ping_interval=0.2, ping_timeout=0.2, close_timeout=0.5, write_limit=4096) as (
             handler, _, port):
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", port))
+        sock, conn = await stalling(handler, port)
         try:
-            sock.sendall(handshake())
-            await asyncio.to_thread(read_head, sock)
-            conn = await opened(handler)
-            assert conn.transport is not None
-            conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
             for _ in range(300):  # far more than the kernel's buffers take
                 assert conn.write(b"x" * 1000)
             await asyncio.sleep(1.0)  # the time this test is about: five ping intervals
@@ -262,10 +267,8 @@ async def test_a_ping_waits_while_the_buffer_is_full() -> None:
 
 async def test_a_peer_that_does_not_finish_the_closing_handshake_is_aborted_close_timeout_later() -> None:
     async with listening(close_timeout=0.5) as (handler, _, port):
-        sock = socket.create_connection(("127.0.0.1", port))
+        sock = await asyncio.to_thread(stalled_client, port)
         try:
-            sock.sendall(handshake())
-            await asyncio.to_thread(read_head, sock)
             conn = await opened(handler)
             started = time.monotonic()
             conn.close(1000, "bye")
@@ -295,15 +298,8 @@ class Frames:
 async def test_a_woken_connection_pulls_as_its_buffer_drains_never_inside_the_wake() -> None:
     frames = [b"%05d" % i + b"x" * 2000 for i in range(300)]
     async with listening(write_limit=8192) as (handler, _, port):
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", port))
+        sock, conn = await stalling(handler, port)
         try:
-            sock.sendall(handshake())
-            await asyncio.to_thread(read_head, sock)
-            conn = await opened(handler)
-            assert conn.transport is not None  # and the kernel's buffers small, as the client's
-            conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
             source = Frames(frames)
             conn.subscriber = source  # type: ignore[assignment]
             conn.wake()
@@ -326,8 +322,8 @@ async def test_a_closed_connection_is_freed_without_the_collector() -> None:
         gc.disable()
         try:
             for _ in range(5):
-                async with connect(f"ws://127.0.0.1:{port}/ws", compression=None):
-                    pass
+                client = await connect(f"ws://127.0.0.1:{port}/ws", compression=None)
+                await client.close()
             for _ in range(5):
                 sock = socket.create_connection(("127.0.0.1", port))
                 sock.sendall(b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
@@ -340,18 +336,6 @@ async def test_a_closed_connection_is_freed_without_the_collector() -> None:
                 o for o in gc.get_objects() if type(o) is Connection or issubclass(type(o), ServerProtocol)])
         finally:
             gc.enable()
-
-
-def read_head(sock: socket.socket) -> bytes:
-    """The HTTP response's head, read byte by byte (what follows stays unread)."""
-    sock.settimeout(10)
-    head = b""
-    while not head.endswith(b"\r\n\r\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        head += chunk
-    return head
 
 
 def read_exactly(sock: socket.socket, n: int) -> bytes:

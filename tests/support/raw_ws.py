@@ -9,7 +9,7 @@ import os
 import socket
 import struct
 
-__all__ = ["handshake", "masked", "response_line", "stalled_client"]
+__all__ = ["handshake", "masked", "response_head", "response_line", "stalled_client"]
 
 
 def handshake(query: str = "") -> bytes:
@@ -27,16 +27,21 @@ def masked(payload: bytes) -> bytes:
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
-def response_line(sock: socket.socket) -> bytes:
-    """The status line of the response; its head is read byte by byte, so what follows
-    it stays unread (``b""`` if the server closed first)."""
+def response_head(sock: socket.socket) -> bytes:
+    """The head of the response (status line and headers), read byte by byte, so what
+    follows it stays unread (``b""`` if the server closed first)."""
     head = b""
     while not head.endswith(b"\r\n\r\n"):
         chunk = sock.recv(1)
         if not chunk:
             break
         head += chunk
-    return head.split(b"\r\n", 1)[0]
+    return head
+
+
+def response_line(sock: socket.socket) -> bytes:
+    """The status line of the response (see :func:`response_head`)."""
+    return response_head(sock).split(b"\r\n", 1)[0]
 
 
 def stalled_client(port: int, query: str = "") -> socket.socket:
